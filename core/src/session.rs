@@ -1,0 +1,532 @@
+//! The per-peer sync session: a sans-IO state machine.
+//!
+//! Frames and events go in, frames to send and storage writes come out; the caller owns the
+//! document (shared by every session of a node), the socket and the clock (milliseconds from any
+//! fixed origin). One session lives as long as one connection; its Automerge sync state is
+//! persisted between connections so that a reconnect sends only what is missing.
+//!
+//! Receiving is two steps so that the caller may make changes durable before they are applied:
+//! [`SyncSession::on_frame`] yields [`SessionOutput::Received`], the caller stores the chunks if
+//! it must, then hands the message to [`SyncSession::apply`].
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, ChangeHash};
+
+use crate::frame::{Frame, Hello, PROTOCOL_VERSION};
+use crate::trust::{ChangeFilter, Refusal};
+use crate::{DeviceId, DocId};
+
+/// Send a ping after this long without hearing from the peer.
+pub const PING_AFTER_MS: u64 = 5_000;
+/// Give the peer up after this long without hearing from it.
+pub const DEAD_AFTER_MS: u64 = 20_000;
+/// Re-negotiate when a sync message has been in flight this long without an answer.
+pub const RESEND_AFTER_MS: u64 = 2_000;
+
+/// Codes carried in [`Frame::Goodbye`].
+pub mod close_code {
+    /// Normal shutdown.
+    pub const NORMAL: u16 = 0;
+    /// The peers speak different protocol versions.
+    pub const PROTOCOL: u16 = 1;
+    /// The peers hold different workspace documents.
+    pub const WRONG_DOCUMENT: u16 = 2;
+    /// The peer sent something malformed.
+    pub const MALFORMED: u16 = 3;
+    /// The peer's changes were refused by policy.
+    pub const REFUSED: u16 = 4;
+    /// The peer is not (or no longer) allowed.
+    pub const NOT_ALLOWED: u16 = 5;
+    /// The peer stopped answering.
+    pub const TIMEOUT: u16 = 6;
+}
+
+/// Why a session ended with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// Different protocol versions.
+    #[error("peer speaks sync protocol {theirs}, this build speaks {PROTOCOL_VERSION}")]
+    ProtocolMismatch {
+        /// The peer's version.
+        theirs: u16,
+    },
+    /// The peers hold different workspace documents.
+    #[error("peer holds workspace {theirs}, this device holds {ours}")]
+    WrongDocument {
+        /// Ours.
+        ours: DocId,
+        /// Theirs.
+        theirs: DocId,
+    },
+    /// A frame arrived out of order or could not be decoded.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The peer's changes were refused.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Automerge rejected the peer's message.
+    #[error("could not apply the peer's changes: {0}")]
+    Apply(String),
+    /// Nothing heard for [`DEAD_AFTER_MS`].
+    #[error("peer silent for {0} ms")]
+    Timeout(u64),
+    /// The peer said goodbye.
+    #[error("peer closed the session (code {code}): {reason}")]
+    ClosedByPeer {
+        /// Its code.
+        code: u16,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+impl SessionError {
+    /// The goodbye frame that tells the peer why we end the session, if one should be sent.
+    pub fn goodbye(&self) -> Option<Frame> {
+        let code = match self {
+            SessionError::ProtocolMismatch { .. } => close_code::PROTOCOL,
+            SessionError::WrongDocument { .. } => close_code::WRONG_DOCUMENT,
+            SessionError::Protocol(_) | SessionError::Apply(_) => close_code::MALFORMED,
+            SessionError::Refused(_) => close_code::REFUSED,
+            SessionError::Timeout(_) => close_code::TIMEOUT,
+            SessionError::ClosedByPeer { .. } => return None,
+        };
+        Some(Frame::Goodbye {
+            code,
+            reason: self.to_string(),
+        })
+    }
+}
+
+/// A sync message received and decoded but not yet applied.
+#[derive(Debug)]
+pub struct PendingSync {
+    message: sync::Message,
+    bytes: usize,
+}
+
+impl PendingSync {
+    /// Encoded change chunks the message carries (possibly none).
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.message.changes.iter()
+    }
+    /// Whether it carries any changes.
+    pub fn has_changes(&self) -> bool {
+        !self.message.changes.is_empty()
+    }
+}
+
+/// What the caller must do after feeding the session.
+#[derive(Debug)]
+pub enum SessionOutput {
+    /// Write this frame to the peer.
+    Send(Frame),
+    /// A sync message arrived: store its chunks if required, then call [`SyncSession::apply`].
+    Received(PendingSync),
+    /// The document changed by the peer's changes; heads before the change are given.
+    DocChanged {
+        /// Heads before applying.
+        before: Vec<ChangeHash>,
+    },
+    /// Persist this encoded sync state for the peer.
+    PersistSyncState(Vec<u8>),
+    /// The peer told us the workspace id (a phone that had none adopts it).
+    AdoptDocId(DocId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingHello,
+    Open,
+}
+
+/// Bytes and frames counted by a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Encoded frame bytes handed out to send.
+    pub bytes_sent: u64,
+    /// Frame bytes received (as reported by the caller).
+    pub bytes_received: u64,
+    /// Sync messages sent.
+    pub sync_sent: u64,
+    /// Sync messages received.
+    pub sync_received: u64,
+}
+
+/// One peer's sync session.
+#[derive(Debug)]
+pub struct SyncSession {
+    peer: DeviceId,
+    local_doc: Option<DocId>,
+    state: sync::State,
+    phase: Phase,
+    last_heard: u64,
+    last_sync_sent: u64,
+    ping_outstanding: Option<u64>,
+    next_nonce: u64,
+    persisted_shared: Vec<ChangeHash>,
+    stats: SessionStats,
+}
+
+impl SyncSession {
+    /// A session with `peer`, resuming from its persisted sync state if there is one.
+    ///
+    /// A persisted state that does not decode is dropped: the protocol then re-negotiates from
+    /// scratch, which costs bytes but loses nothing.
+    pub fn new(
+        peer: DeviceId,
+        local_doc: Option<DocId>,
+        persisted: Option<&[u8]>,
+        now: u64,
+    ) -> Self {
+        let state = persisted
+            .and_then(|b| sync::State::decode(b).ok())
+            .unwrap_or_default();
+        let persisted_shared = state.shared_heads.clone();
+        Self {
+            peer,
+            local_doc,
+            state,
+            phase: Phase::AwaitingHello,
+            last_heard: now,
+            last_sync_sent: now,
+            ping_outstanding: None,
+            next_nonce: 1,
+            persisted_shared,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// The peer.
+    pub fn peer(&self) -> DeviceId {
+        self.peer
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Whether both hellos were exchanged.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// Heads both sides are known to share.
+    pub fn shared_heads(&self) -> &[ChangeHash] {
+        &self.state.shared_heads
+    }
+
+    /// Starts the session: our hello.
+    pub fn start(&mut self, doc: &Automerge) -> Vec<SessionOutput> {
+        let mut out = Vec::new();
+        self.send(&mut out, Frame::Hello(self.hello(doc)));
+        out
+    }
+
+    fn hello(&self, doc: &Automerge) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            doc_id: self.local_doc,
+            heads: doc.get_heads(),
+        }
+    }
+
+    fn send(&mut self, out: &mut Vec<SessionOutput>, frame: Frame) {
+        // Counted as encoded; the caller encodes once more when writing, which is cheap
+        // compared with the network write and keeps the byte count exact.
+        self.stats.bytes_sent += frame_len(&frame) as u64;
+        out.push(SessionOutput::Send(frame));
+    }
+
+    fn generate(&mut self, doc: &Automerge, out: &mut Vec<SessionOutput>, now: u64) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        if let Some(msg) = doc.generate_sync_message(&mut self.state) {
+            self.stats.sync_sent += 1;
+            self.last_sync_sent = now;
+            self.send(out, Frame::Sync(msg.encode()));
+        }
+    }
+
+    /// Feeds one frame received from the peer (`wire_len` is its encoded size, for the stats).
+    pub fn on_frame(
+        &mut self,
+        frame: Frame,
+        wire_len: usize,
+        doc: &Automerge,
+        now: u64,
+    ) -> Result<Vec<SessionOutput>, SessionError> {
+        self.last_heard = now;
+        self.stats.bytes_received += wire_len as u64;
+        let mut out = Vec::new();
+        match frame {
+            Frame::Hello(h) => {
+                if h.protocol != PROTOCOL_VERSION {
+                    return Err(SessionError::ProtocolMismatch { theirs: h.protocol });
+                }
+                match (self.local_doc, h.doc_id) {
+                    (Some(ours), Some(theirs)) if ours != theirs => {
+                        return Err(SessionError::WrongDocument { ours, theirs });
+                    }
+                    (None, Some(theirs)) => {
+                        self.local_doc = Some(theirs);
+                        out.push(SessionOutput::AdoptDocId(theirs));
+                    }
+                    _ => {}
+                }
+                if self.phase == Phase::Open {
+                    // A repeated hello: the peer restarted its side. Start negotiation afresh.
+                    self.reset_negotiation();
+                }
+                self.phase = Phase::Open;
+                self.generate(doc, &mut out, now);
+            }
+            Frame::Sync(bytes) => {
+                if self.phase != Phase::Open {
+                    return Err(SessionError::Protocol("sync message before hello".into()));
+                }
+                let message = sync::Message::decode(&bytes).map_err(|e| {
+                    SessionError::Protocol(format!("undecodable sync message: {e}"))
+                })?;
+                self.stats.sync_received += 1;
+                out.push(SessionOutput::Received(PendingSync {
+                    message,
+                    bytes: bytes.len(),
+                }));
+            }
+            Frame::Ping(n) => self.send(&mut out, Frame::Pong(n)),
+            Frame::Pong(n) => {
+                if self.ping_outstanding == Some(n) {
+                    self.ping_outstanding = None;
+                }
+            }
+            Frame::Goodbye { code, reason } => {
+                return Err(SessionError::ClosedByPeer { code, reason });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a received sync message after the filter accepts it.
+    pub fn apply(
+        &mut self,
+        pending: PendingSync,
+        doc: &mut Automerge,
+        filter: &dyn ChangeFilter,
+        now: u64,
+    ) -> Result<Vec<SessionOutput>, SessionError> {
+        let _ = pending.bytes;
+        let mut out = Vec::new();
+        if pending.has_changes() {
+            let chunks: Vec<&[u8]> = pending.chunks().collect();
+            filter.check(&self.peer, doc, &chunks)?;
+        }
+        let before = doc.get_heads();
+        doc.receive_sync_message(&mut self.state, pending.message)
+            .map_err(|e| SessionError::Apply(e.to_string()))?;
+        if doc.get_heads() != before {
+            out.push(SessionOutput::DocChanged { before });
+        }
+        if self.state.shared_heads != self.persisted_shared {
+            self.persisted_shared = self.state.shared_heads.clone();
+            out.push(SessionOutput::PersistSyncState(self.state.encode()));
+        }
+        self.generate(doc, &mut out, now);
+        Ok(out)
+    }
+
+    /// The document changed locally (or through another peer): tell this peer.
+    pub fn on_local_change(&mut self, doc: &Automerge, now: u64) -> Vec<SessionOutput> {
+        let mut out = Vec::new();
+        self.generate(doc, &mut out, now);
+        out
+    }
+
+    /// When [`Self::on_tick`] next has something to do.
+    pub fn next_deadline(&self) -> u64 {
+        let mut t = self.last_heard
+            + if self.ping_outstanding.is_some() {
+                DEAD_AFTER_MS
+            } else {
+                PING_AFTER_MS
+            };
+        if self.phase != Phase::Open || self.state.in_flight {
+            t = t.min(self.last_sync_sent.max(self.last_heard) + RESEND_AFTER_MS);
+        }
+        t
+    }
+
+    /// Timers: liveness pings, giving up on a silent peer, and re-negotiating a lost exchange.
+    pub fn on_tick(
+        &mut self,
+        doc: &Automerge,
+        now: u64,
+    ) -> Result<Vec<SessionOutput>, SessionError> {
+        let silent = now.saturating_sub(self.last_heard);
+        if silent >= DEAD_AFTER_MS {
+            return Err(SessionError::Timeout(silent));
+        }
+        let mut out = Vec::new();
+        if silent >= PING_AFTER_MS && self.ping_outstanding.is_none() {
+            let n = self.next_nonce;
+            self.next_nonce += 1;
+            self.ping_outstanding = Some(n);
+            self.send(&mut out, Frame::Ping(n));
+        }
+        let waited = now.saturating_sub(self.last_sync_sent.max(self.last_heard));
+        if waited >= RESEND_AFTER_MS {
+            if self.phase != Phase::Open {
+                self.last_sync_sent = now;
+                self.send(&mut out, Frame::Hello(self.hello(doc)));
+            } else if self.state.in_flight {
+                // Our last message (or its answer) was lost: forget what we believe was sent.
+                self.reset_negotiation();
+                self.generate(doc, &mut out, now);
+            }
+        }
+        Ok(out)
+    }
+
+    fn reset_negotiation(&mut self) {
+        self.state.in_flight = false;
+        self.state.sent_hashes.clear();
+        self.state.have_responded = false;
+        self.state.last_sent_heads.clear();
+    }
+}
+
+fn frame_len(frame: &Frame) -> usize {
+    match frame {
+        Frame::Sync(b) => 4 + 2 + b.len(),
+        other => other.encode().len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Workspace};
+    use crate::trust::AcceptAll;
+
+    fn pump(a: &mut SyncSession, da: &mut Automerge, b: &mut SyncSession, db: &mut Automerge) {
+        let mut to_b: Vec<Frame> = a.start(da).into_iter().filter_map(send).collect();
+        let mut to_a: Vec<Frame> = b.start(db).into_iter().filter_map(send).collect();
+        for _ in 0..50 {
+            if to_a.is_empty() && to_b.is_empty() {
+                return;
+            }
+            for f in std::mem::take(&mut to_b) {
+                to_a.extend(deliver(b, db, f));
+            }
+            for f in std::mem::take(&mut to_a) {
+                to_b.extend(deliver(a, da, f));
+            }
+        }
+        panic!("did not settle");
+    }
+
+    fn send(o: SessionOutput) -> Option<Frame> {
+        match o {
+            SessionOutput::Send(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn deliver(s: &mut SyncSession, doc: &mut Automerge, f: Frame) -> Vec<Frame> {
+        let len = f.encode().len();
+        let mut frames = Vec::new();
+        for o in s.on_frame(f, len, doc, 0).unwrap() {
+            match o {
+                SessionOutput::Send(f) => frames.push(f),
+                SessionOutput::Received(p) => frames.extend(
+                    s.apply(p, doc, &AcceptAll, 0)
+                        .unwrap()
+                        .into_iter()
+                        .filter_map(send),
+                ),
+                _ => {}
+            }
+        }
+        frames
+    }
+
+    #[test]
+    fn empty_phone_receives_the_desktop_document() {
+        let desk = DeviceId::from_bytes([1; 32]);
+        let phone = DeviceId::from_bytes([2; 32]);
+        let mut dd = Automerge::new().with_actor(desk.actor_id());
+        dd.transact::<_, _, SchemaError>(|tx| {
+            Workspace::init(
+                tx,
+                &DesktopInfo {
+                    id: desk.to_string(),
+                    name: "d".into(),
+                    os: "linux".into(),
+                    heartbeat_at: 0,
+                    executor: ExecutorState::Idle,
+                },
+            )
+        })
+        .unwrap();
+        let mut pd = Automerge::new().with_actor(phone.actor_id());
+        let doc_id = DocId::from_bytes([9; 16]);
+        let mut sd = SyncSession::new(phone, Some(doc_id), None, 0);
+        let mut sp = SyncSession::new(desk, None, None, 0);
+        pump(&mut sd, &mut dd, &mut sp, &mut pd);
+        assert_eq!(dd.get_heads(), pd.get_heads());
+        pd.transact::<_, _, SchemaError>(|tx| {
+            Workspace::append_message(
+                tx,
+                &Message {
+                    id: "m".into(),
+                    author: phone.to_string(),
+                    role: Role::User,
+                    text: "hi".into(),
+                    created_at: 1,
+                    task_id: None,
+                },
+            )
+        })
+        .unwrap();
+        pump(&mut sd, &mut dd, &mut sp, &mut pd);
+        assert_eq!(Workspace::read(&dd).unwrap().messages.len(), 1);
+    }
+
+    #[test]
+    fn different_documents_are_refused() {
+        let doc = Automerge::new();
+        let mut s = SyncSession::new(
+            DeviceId::from_bytes([1; 32]),
+            Some(DocId::from_bytes([1; 16])),
+            None,
+            0,
+        );
+        let hello = Frame::Hello(Hello {
+            protocol: 1,
+            doc_id: Some(DocId::from_bytes([2; 16])),
+            heads: vec![],
+        });
+        assert!(matches!(
+            s.on_frame(hello, 10, &doc, 0),
+            Err(SessionError::WrongDocument { .. })
+        ));
+        let mut s = SyncSession::new(DeviceId::from_bytes([1; 32]), None, None, 0);
+        let hello = Frame::Hello(Hello {
+            protocol: 9,
+            doc_id: None,
+            heads: vec![],
+        });
+        assert!(matches!(
+            s.on_frame(hello, 10, &doc, 0),
+            Err(SessionError::ProtocolMismatch { theirs: 9 })
+        ));
+        let mut s = SyncSession::new(DeviceId::from_bytes([1; 32]), None, None, 0);
+        assert!(matches!(
+            s.on_frame(Frame::Sync(vec![0x42]), 10, &doc, 0),
+            Err(SessionError::Protocol(_))
+        ));
+    }
+}
