@@ -167,6 +167,7 @@ pub struct SyncSession {
     next_nonce: u64,
     persisted_shared: Vec<ChangeHash>,
     stats: SessionStats,
+    hold: bool,
 }
 
 impl SyncSession {
@@ -195,6 +196,7 @@ impl SyncSession {
             next_nonce: 1,
             persisted_shared,
             stats: SessionStats::default(),
+            hold: false,
         }
     }
 
@@ -216,6 +218,13 @@ impl SyncSession {
     /// Heads both sides are known to share.
     pub fn shared_heads(&self) -> &[ChangeHash] {
         &self.state.shared_heads
+    }
+
+    /// While held, the session sends no sync messages (it still receives, answers pings and
+    /// keeps time). A node holds its sessions while some of its document is not yet durable, so
+    /// that nothing it has not stored is ever sent; it calls [`Self::on_local_change`] on release.
+    pub fn set_hold(&mut self, hold: bool) {
+        self.hold = hold;
     }
 
     /// Starts the session: our hello.
@@ -241,7 +250,7 @@ impl SyncSession {
     }
 
     fn generate(&mut self, doc: &Automerge, out: &mut Vec<SessionOutput>, now: u64) {
-        if self.phase != Phase::Open {
+        if self.phase != Phase::Open || self.hold {
             return;
         }
         if let Some(msg) = doc.generate_sync_message(&mut self.state) {

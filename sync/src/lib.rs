@@ -1,1 +1,21 @@
-//! placeholder
+//! Deskhand's networking and storage.
+//!
+//! The only crate that knows tokio, iroh and redb. [`Node`] is a device (the desktop hub or a
+//! phone): it owns the redb store, the workspace document, the iroh endpoint and one sync driver
+//! per connected peer.
+
+#![deny(missing_docs)]
+
+mod driver;
+pub mod endpoint;
+mod migrations;
+pub mod node;
+pub mod presence;
+mod protocol;
+pub mod store;
+mod tables;
+
+pub use endpoint::{NetConfig, RelaySetting};
+pub use node::{Node, NodeConfig, NodeError, NodeRole, PeerRecord};
+pub use presence::Presence;
+pub use store::StoreError;

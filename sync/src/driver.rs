@@ -1,0 +1,233 @@
+//! The tokio driver of one peer's sync session: bytes from the stream into the state machine,
+//! frames out to the stream, timers, local-change wake-ups and cancellation.
+
+use std::sync::Arc;
+
+use deskhand_core::session::{SessionError, SessionOutput, SessionStats, close_code};
+use deskhand_core::{DeviceId, Frame, FrameDecoder, SyncSession};
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{DocState, Shared};
+
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Runs a sync session with `peer` on an open bi-stream until it ends. Registers the session
+/// (replacing an older one of the same peer) and records presence and byte counts.
+pub(crate) async fn run_peer(
+    shared: Arc<Shared>,
+    peer: DeviceId,
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+) -> Result<(), String> {
+    let Some((conn_no, cancel)) = shared.session_started(&peer) else {
+        conn.close(
+            u32::from(close_code::NOT_ALLOWED).into(),
+            b"this device is not paired with this desktop",
+        );
+        return Err("not allowed".into());
+    };
+    tracing::info!(peer = %peer.short(), "session open");
+    let mut driver = Driver {
+        shared: shared.clone(),
+        peer,
+        send,
+        out: Vec::new(),
+    };
+    let (result, stats) = driver.run(recv, &cancel).await;
+    let (code, reason): (u16, &[u8]) = match &result {
+        Ok(()) if cancel.is_cancelled() && !shared.is_allowed(&peer) => {
+            (close_code::NOT_ALLOWED, b"this device was revoked")
+        }
+        Ok(()) => (close_code::NORMAL, b"bye"),
+        Err(_) => (close_code::MALFORMED, b"session error"),
+    };
+    let _ = driver.send.finish();
+    conn.close(u32::from(code).into(), reason);
+    let error = result.as_ref().err().cloned();
+    match &error {
+        Some(e) => tracing::warn!(peer = %peer.short(), "session ended: {e}"),
+        None => tracing::info!(peer = %peer.short(), "session closed"),
+    }
+    shared.session_ended(&peer, conn_no, stats, error.clone());
+    result
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    peer: DeviceId,
+    send: SendStream,
+    out: Vec<u8>,
+}
+
+impl Driver {
+    async fn run(
+        &mut self,
+        mut recv: RecvStream,
+        cancel: &CancellationToken,
+    ) -> (Result<(), String>, SessionStats) {
+        let now = self.shared.now_ms();
+        let persisted = self.shared.sync_state(&self.peer);
+        let mut session = {
+            let ds = self.shared.lock_doc();
+            let mut s = SyncSession::new(self.peer, ds.doc_id, persisted.as_deref(), now);
+            s.set_hold(Shared::is_dirty(&ds));
+            let first = s.start(&ds.doc);
+            drop(ds);
+            self.queue(first);
+            s
+        };
+        let result = self.main_loop(&mut session, &mut recv, cancel).await;
+        let result = match result {
+            Ok(()) => {
+                if cancel.is_cancelled() {
+                    let (code, reason) = if self.shared.is_allowed(&self.peer) {
+                        (close_code::NORMAL, "shutting down".to_owned())
+                    } else {
+                        (
+                            close_code::NOT_ALLOWED,
+                            "this device was revoked by the desktop".to_owned(),
+                        )
+                    };
+                    Frame::Goodbye { code, reason }.encode_into(&mut self.out);
+                    let _ = self.flush().await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(bye) = e.goodbye() {
+                    bye.encode_into(&mut self.out);
+                    let _ = self.flush().await;
+                }
+                if let SessionError::Refused(r) = &e {
+                    self.shared.audit("refused_changes", &self.peer, &r.reason);
+                }
+                Err(e.to_string())
+            }
+        };
+        (result, session.stats())
+    }
+
+    async fn main_loop(
+        &mut self,
+        session: &mut SyncSession,
+        recv: &mut RecvStream,
+        cancel: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut durable = self.shared.durable.subscribe();
+        durable.mark_unchanged();
+        let mut decoder = FrameDecoder::new();
+        self.flush().await.map_err(SessionError::Protocol)?;
+        loop {
+            let deadline = self.shared.instant_at(session.next_deadline());
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                chunk = recv.read_chunk(READ_CHUNK) => {
+                    match chunk {
+                        Ok(Some(bytes)) => {
+                            decoder.push(&bytes);
+                            loop {
+                                let wire = decoder.needed();
+                                let frame = decoder
+                                    .next_frame()
+                                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                                let Some(frame) = frame else { break };
+                                let _ = wire;
+                                self.on_frame(session, frame)?;
+                            }
+                        }
+                        Ok(None) => return Err(SessionError::ClosedByPeer { code: 0, reason: "stream finished".into() }),
+                        Err(e) => return Err(SessionError::ClosedByPeer { code: 0, reason: e.to_string() }),
+                    }
+                }
+                _ = durable.changed() => {
+                    let ds = self.shared.lock_doc();
+                    session.set_hold(Shared::is_dirty(&ds));
+                    let out = session.on_local_change(&ds.doc, self.shared.now_ms());
+                    drop(ds);
+                    self.queue(out);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let ds = self.shared.lock_doc();
+                    let out = session.on_tick(&ds.doc, self.shared.now_ms())?;
+                    drop(ds);
+                    self.queue(out);
+                }
+            }
+            self.flush().await.map_err(SessionError::Protocol)?;
+        }
+    }
+
+    fn on_frame(&mut self, session: &mut SyncSession, frame: Frame) -> Result<(), SessionError> {
+        let len = match &frame {
+            Frame::Sync(b) => 6 + b.len(),
+            f => f.encode().len(),
+        };
+        let now = self.shared.now_ms();
+        let shared = self.shared.clone();
+        let mut ds = shared.lock_doc();
+        session.set_hold(Shared::is_dirty(&ds));
+        let outputs = session.on_frame(frame, len, &ds.doc, now)?;
+        let mut to_send = Vec::new();
+        for o in outputs {
+            match o {
+                SessionOutput::Received(pending) => {
+                    let filter = self.shared.filter.clone();
+                    let more = session.apply(pending, &mut ds.doc, filter.as_ref(), now)?;
+                    self.handle_applied(session, &mut ds, more, &mut to_send);
+                }
+                other => self.handle_applied(session, &mut ds, vec![other], &mut to_send),
+            }
+        }
+        drop(ds);
+        self.queue(to_send);
+        Ok(())
+    }
+
+    fn handle_applied(
+        &self,
+        session: &mut SyncSession,
+        ds: &mut DocState,
+        outputs: Vec<SessionOutput>,
+        to_send: &mut Vec<SessionOutput>,
+    ) {
+        for o in outputs {
+            match o {
+                SessionOutput::DocChanged { .. } => {
+                    self.shared.persist_changes(ds, true, None);
+                    // From now until the store confirms, nothing is sent (see node.rs).
+                    session.set_hold(true);
+                }
+                SessionOutput::PersistSyncState(bytes) => {
+                    self.shared.persist_sync_state(&self.peer, bytes)
+                }
+                SessionOutput::AdoptDocId(id) => self.shared.adopt_doc_id(ds, id),
+                send @ SessionOutput::Send(_) => to_send.push(send),
+                SessionOutput::Received(_) => {}
+            }
+        }
+    }
+
+    fn queue(&mut self, outputs: Vec<SessionOutput>) {
+        for o in outputs {
+            if let SessionOutput::Send(f) = o {
+                f.encode_into(&mut self.out);
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let r = self
+            .send
+            .write_all(&self.out)
+            .await
+            .map_err(|e| format!("write failed: {e}"));
+        self.out.clear();
+        r
+    }
+}

@@ -1,0 +1,822 @@
+//! A device: store, document, endpoint, and the sync drivers of its peers.
+//!
+//! Ordering rules that make durability hold:
+//! - Every document change (local or received) is turned into one incremental chunk and queued
+//!   to the store *while the document lock is held*, so chunks reach the store in the order of
+//!   the changes, and a compaction snapshot (also queued under the lock) covers every chunk
+//!   queued before it.
+//! - While any change is not yet durable, every session is held: nothing a device has not stored
+//!   is sent to a peer. A hub therefore never relays a change it could lose in a crash.
+//! - [`Node::write`] returns only once the change is durable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use automerge::{Automerge, ChangeHash, transaction::Transaction};
+use deskhand_core::schema::{DesktopInfo, ExecutorState, SchemaError, Workspace};
+use deskhand_core::session::SessionStats;
+use deskhand_core::trust::{AcceptAll, ChangeFilter};
+use deskhand_core::{DeviceId, DeviceKey, DocId, SYNC_ALPN};
+use iroh::Endpoint;
+use iroh::protocol::Router;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::{self, NetConfig};
+use crate::presence::{Presence, now_unix_ms};
+use crate::store::{Store, StoreError, StoreThread, WriteOp};
+
+/// Compact the stored document after this many incremental chunks.
+const COMPACT_EVERY_CHUNKS: usize = 4096;
+/// Give up a connection attempt after this long (iroh's own timeout is ~30 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What kind of device this node is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeRole {
+    /// The hub: creates the document, accepts registered phones, relays between them.
+    Desktop {
+        /// Human name shown on phones.
+        name: String,
+    },
+    /// A remote: starts empty, dials its home desktop.
+    Phone,
+}
+
+/// A paired device (desktop registry) or the home desktop (phone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// Human name.
+    pub name: String,
+    /// Platform (`ios`, `android`, `terminal`, `desktop`).
+    pub platform: String,
+    /// When it was paired (unix ms).
+    pub paired_at: i64,
+    /// When it was revoked, if it was (unix ms).
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+    /// When a session with it last ended (unix ms).
+    #[serde(default)]
+    pub last_seen: Option<i64>,
+    /// Where to dial it (the home desktop's direct addresses).
+    #[serde(default)]
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Settings of a node.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Directory holding the database file (created 0700 if missing).
+    pub data_dir: PathBuf,
+    /// Desktop or phone.
+    pub role: NodeRole,
+    /// Network settings.
+    pub net: NetConfig,
+    /// Vets peers' changes before they enter the document (desktop: phone-write rules).
+    pub filter: Arc<dyn ChangeFilter>,
+}
+
+impl NodeConfig {
+    /// A config with default network settings and no change filter.
+    pub fn new(data_dir: impl Into<PathBuf>, role: NodeRole) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            role,
+            net: NetConfig::default(),
+            filter: Arc::new(AcceptAll),
+        }
+    }
+    /// Sets the network settings.
+    pub fn with_net(mut self, net: NetConfig) -> Self {
+        self.net = net;
+        self
+    }
+    /// Sets the change filter.
+    pub fn with_filter(mut self, filter: Arc<dyn ChangeFilter>) -> Self {
+        self.filter = filter;
+        self
+    }
+}
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored document does not load.
+    #[error(
+        "the workspace document stored in {path} is damaged: {reason}. The file was left untouched"
+    )]
+    CorruptDocument {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory is unusable.
+    #[error("cannot use the data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The document refused the operation.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// Networking could not start.
+    #[error(transparent)]
+    Endpoint(#[from] endpoint::EndpointError),
+    /// The operation is for the other role.
+    #[error("{0}")]
+    WrongRole(&'static str),
+    /// The node is shutting down.
+    #[error("the node is shut down")]
+    ShutDown,
+}
+
+pub(crate) struct DocState {
+    pub(crate) doc: Automerge,
+    pub(crate) doc_id: Option<DocId>,
+    persisted_heads: Vec<ChangeHash>,
+    unflushed: usize,
+    chunks_since_snapshot: usize,
+}
+
+/// Counters of one peer across sessions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerStats {
+    /// Sessions opened.
+    pub sessions: u64,
+    /// Bytes sent over all sessions.
+    pub bytes_sent: u64,
+    /// Bytes received over all sessions.
+    pub bytes_received: u64,
+    /// Bytes sent in the last (or current, once ended) session.
+    pub last_session_sent: u64,
+    /// Bytes received in the last session.
+    pub last_session_received: u64,
+}
+
+struct PeerEntry {
+    record: PeerRecord,
+    presence: Presence,
+    live: Option<(u64, CancellationToken)>,
+    stats: PeerStats,
+    last_error: Option<String>,
+}
+
+/// A peer as shown to the user.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerView {
+    /// Device id.
+    pub id: DeviceId,
+    /// Registry record.
+    pub record: PeerRecord,
+    /// Reachability.
+    pub presence: Presence,
+    /// Byte counters.
+    pub stats: PeerStats,
+    /// Why the last session ended badly, if it did.
+    pub last_error: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) id: DeviceId,
+    role: NodeRole,
+    pub(crate) doc: Mutex<DocState>,
+    store: Store,
+    /// Bumped when the whole document is durable again after a change: sessions send then.
+    pub(crate) durable: watch::Sender<u64>,
+    /// Bumped when the document changed (local: once durable; received: once applied).
+    changed: watch::Sender<u64>,
+    peers: Mutex<HashMap<DeviceId, PeerEntry>>,
+    sync_states: Mutex<HashMap<DeviceId, Vec<u8>>>,
+    pub(crate) filter: Arc<dyn ChangeFilter>,
+    origin: Instant,
+    next_conn: std::sync::atomic::AtomicU64,
+    wake_dialer: Notify,
+    path: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock is a bug; the data it guards is still consistent
+    // (every mutation is a single assignment), so keep going rather than cascade.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+    pub(crate) fn instant_at(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.origin + Duration::from_millis(ms))
+    }
+    pub(crate) fn lock_doc(&self) -> MutexGuard<'_, DocState> {
+        lock(&self.doc)
+    }
+    pub(crate) fn is_dirty(ds: &DocState) -> bool {
+        ds.unflushed > 0
+    }
+
+    /// Queues the changes since the last persisted heads as one chunk. Must be called with the
+    /// document lock held (it is: `ds` borrows it). `notify_applied` bumps `changed` at once
+    /// (received changes); otherwise it is bumped when durable (own changes).
+    pub(crate) fn persist_changes(
+        self: &Arc<Self>,
+        ds: &mut DocState,
+        notify_applied: bool,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) {
+        let heads = ds.doc.get_heads();
+        if heads == ds.persisted_heads {
+            if let Some(d) = done {
+                let _ = d.send(Ok(()));
+            }
+            return;
+        }
+        let chunk = ds.doc.save_after(&ds.persisted_heads);
+        ds.persisted_heads = heads;
+        ds.unflushed += 1;
+        ds.chunks_since_snapshot += 1;
+        if notify_applied {
+            self.changed.send_modify(|g| *g += 1);
+        }
+        let me = Arc::downgrade(self);
+        self.store.queue(
+            WriteOp::AppendChunk(chunk),
+            Some(Box::new(move |r| {
+                if let Some(me) = me.upgrade() {
+                    let clean = {
+                        let mut ds = me.lock_doc();
+                        ds.unflushed -= 1;
+                        ds.unflushed == 0
+                    };
+                    if r.is_ok() && !notify_applied {
+                        me.changed.send_modify(|g| *g += 1);
+                    }
+                    if clean {
+                        me.durable.send_modify(|g| *g += 1);
+                    }
+                }
+                if let Some(d) = done {
+                    let _ = d.send(r);
+                }
+            })),
+        );
+        if ds.chunks_since_snapshot >= COMPACT_EVERY_CHUNKS {
+            ds.chunks_since_snapshot = 0;
+            self.store.queue(WriteOp::Compact(ds.doc.save()), None);
+        }
+    }
+
+    pub(crate) fn sync_state(&self, peer: &DeviceId) -> Option<Vec<u8>> {
+        lock(&self.sync_states).get(peer).cloned()
+    }
+
+    pub(crate) fn persist_sync_state(&self, peer: &DeviceId, state: Vec<u8>) {
+        self.store
+            .queue(WriteOp::PutSyncState(peer.to_string(), state.clone()), None);
+        lock(&self.sync_states).insert(*peer, state);
+    }
+
+    pub(crate) fn adopt_doc_id(&self, ds: &mut DocState, id: DocId) {
+        if ds.doc_id.is_none() {
+            ds.doc_id = Some(id);
+            self.store
+                .queue(WriteOp::PutMeta("doc_id", id.as_bytes().to_vec()), None);
+        }
+    }
+
+    /// Whether `peer` may open a sync session now.
+    pub(crate) fn is_allowed(&self, peer: &DeviceId) -> bool {
+        lock(&self.peers)
+            .get(peer)
+            .is_some_and(|e| e.record.revoked_at.is_none())
+    }
+
+    pub(crate) fn audit(&self, event: &str, peer: &DeviceId, detail: &str) {
+        let line = serde_json::json!({ "at": now_unix_ms(), "event": event, "peer": peer.to_string(), "detail": detail });
+        self.store.queue(WriteOp::Audit(line.to_string()), None);
+    }
+
+    /// Registers a live session; an older session of the same peer is cancelled.
+    pub(crate) fn session_started(&self, peer: &DeviceId) -> Option<(u64, CancellationToken)> {
+        let mut peers = lock(&self.peers);
+        let entry = peers.get_mut(peer)?;
+        if entry.record.revoked_at.is_some() {
+            return None;
+        }
+        let n = self
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = CancellationToken::new();
+        if let Some((_, old)) = entry.live.replace((n, token.clone())) {
+            old.cancel();
+        }
+        entry.presence = Presence::Connected {
+            since: now_unix_ms(),
+        };
+        entry.stats.sessions += 1;
+        Some((n, token))
+    }
+
+    pub(crate) fn session_ended(
+        &self,
+        peer: &DeviceId,
+        conn: u64,
+        stats: SessionStats,
+        error: Option<String>,
+    ) {
+        let now = now_unix_ms();
+        let record = {
+            let mut peers = lock(&self.peers);
+            let Some(entry) = peers.get_mut(peer) else {
+                return;
+            };
+            entry.stats.bytes_sent += stats.bytes_sent;
+            entry.stats.bytes_received += stats.bytes_received;
+            entry.stats.last_session_sent = stats.bytes_sent;
+            entry.stats.last_session_received = stats.bytes_received;
+            entry.last_error = error;
+            if entry.live.as_ref().is_some_and(|(n, _)| *n == conn) {
+                entry.live = None;
+                entry.presence = Presence::LastSeen { at: now };
+            }
+            entry.record.last_seen = Some(now);
+            entry.record.clone()
+        };
+        self.put_peer_record(peer, &record);
+    }
+
+    fn put_peer_record(&self, peer: &DeviceId, record: &PeerRecord) {
+        if let Ok(json) = serde_json::to_vec(record) {
+            self.store
+                .queue(WriteOp::PutPeer(peer.to_string(), json), None);
+        }
+    }
+}
+
+/// A running device.
+pub struct Node {
+    shared: Arc<Shared>,
+    key: DeviceKey,
+    endpoint: Endpoint,
+    router: Option<Router>,
+    tasks: JoinSet<()>,
+    cancel: CancellationToken,
+    _store_thread: StoreThread,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.shared.id)
+            .field("role", &self.shared.role)
+            .finish()
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // The OS RNG failing is unrecoverable for a device that needs keys.
+    getrandom::fill(&mut b).expect("the operating system's random number generator failed");
+    b
+}
+
+/// Fresh random bytes for ids.
+pub fn random_id_bytes() -> [u8; 16] {
+    random_bytes()
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), NodeError> {
+    let err = |e: std::io::Error| NodeError::DataDir {
+        path: dir.to_owned(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+impl Node {
+    /// The database file inside a data directory.
+    pub fn db_path(data_dir: &Path) -> PathBuf {
+        data_dir.join("deskhand.redb")
+    }
+
+    /// Opens the device in `config.data_dir` (creating identity and, on a desktop, the
+    /// workspace document the first time), binds the endpoint and starts syncing.
+    pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
+        prepare_dir(&config.data_dir)?;
+        let path = Self::db_path(&config.data_dir);
+        let (store, store_thread, loaded) = Store::open(&path)?;
+
+        let key = match &loaded.identity {
+            Some(bytes) => {
+                DeviceKey::from_secret_slice(bytes).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: format!("stored device key: {e}"),
+                })?
+            }
+            None => {
+                let key = DeviceKey::from_secret_bytes(random_bytes());
+                store
+                    .write(WriteOp::PutIdentity(key.secret_bytes().to_vec()))
+                    .await?;
+                key
+            }
+        };
+        let id = key.device_id();
+        let corrupt = |reason: String| NodeError::CorruptDocument {
+            path: path.clone(),
+            reason,
+        };
+
+        let mut doc = match &loaded.snapshot {
+            Some(s) => Automerge::load(s).map_err(|e| corrupt(format!("snapshot: {e}")))?,
+            None => Automerge::new(),
+        };
+        for chunk in &loaded.chunks {
+            doc.load_incremental(chunk)
+                .map_err(|e| corrupt(format!("chunk: {e}")))?;
+        }
+        doc.set_actor(id.actor_id());
+        let meta: HashMap<String, Vec<u8>> = loaded.meta.into_iter().collect();
+        let mut doc_id = match meta.get("doc_id") {
+            Some(b) => {
+                Some(DocId::from_bytes(b.as_slice().try_into().map_err(
+                    |_| corrupt("document id is not 16 bytes".into()),
+                )?))
+            }
+            None => None,
+        };
+        let mut peers = HashMap::new();
+        for (k, v) in &loaded.peers {
+            let (Ok(pid), Ok(record)) = (
+                k.parse::<DeviceId>(),
+                serde_json::from_slice::<PeerRecord>(v),
+            ) else {
+                tracing::warn!(path = %path.display(), "skipping an unreadable peer record {k:?}");
+                continue;
+            };
+            let presence = match record.last_seen {
+                Some(at) => Presence::LastSeen { at },
+                None => Presence::Never,
+            };
+            peers.insert(
+                pid,
+                PeerEntry {
+                    record,
+                    presence,
+                    live: None,
+                    stats: PeerStats::default(),
+                    last_error: None,
+                },
+            );
+        }
+        let sync_states = loaded
+            .sync_states
+            .into_iter()
+            .filter_map(|(k, v)| k.parse::<DeviceId>().ok().map(|k| (k, v)))
+            .collect();
+
+        let persisted_heads = doc.get_heads();
+        let chunks_since_snapshot = loaded.chunks.len();
+        let shared = Arc::new(Shared {
+            id,
+            role: config.role.clone(),
+            doc: Mutex::new(DocState {
+                doc,
+                doc_id,
+                persisted_heads,
+                unflushed: 0,
+                chunks_since_snapshot,
+            }),
+            store: store.clone(),
+            durable: watch::channel(0).0,
+            changed: watch::channel(0).0,
+            peers: Mutex::new(peers),
+            sync_states: Mutex::new(sync_states),
+            filter: config.filter.clone(),
+            origin: Instant::now(),
+            next_conn: 0.into(),
+            wake_dialer: Notify::new(),
+            path: path.clone(),
+        });
+
+        if let NodeRole::Desktop { name } = &config.role {
+            let needs_init = matches!(
+                Workspace::check_version(&shared.lock_doc().doc),
+                Err(SchemaError::Uninitialised)
+            );
+            if needs_init {
+                let new_id = DocId::from_bytes(random_bytes());
+                store
+                    .write(WriteOp::PutMeta("doc_id", new_id.as_bytes().to_vec()))
+                    .await?;
+                doc_id = Some(new_id);
+                shared.lock_doc().doc_id = doc_id;
+                let info = DesktopInfo {
+                    id: id.to_string(),
+                    name: name.clone(),
+                    os: std::env::consts::OS.to_owned(),
+                    heartbeat_at: now_unix_ms(),
+                    executor: ExecutorState::Idle,
+                };
+                write_change(&shared, |tx| Workspace::init(tx, &info)).await?;
+            } else {
+                Workspace::check_version(&shared.lock_doc().doc)?;
+            }
+        }
+
+        let alpns = vec![SYNC_ALPN.to_vec()];
+        let endpoint = endpoint::bind(&key, &config.net, alpns).await?;
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let router = match config.role {
+            NodeRole::Desktop { .. } => Some(
+                Router::builder(endpoint.clone())
+                    .accept(
+                        SYNC_ALPN,
+                        crate::protocol::SyncProtocol::new(shared.clone()),
+                    )
+                    .spawn(),
+            ),
+            NodeRole::Phone => {
+                tasks.spawn(dial_loop(shared.clone(), endpoint.clone(), cancel.clone()));
+                None
+            }
+        };
+        tracing::info!(device = %id.short(), db = %path.display(), "node open");
+        Ok(Node {
+            shared,
+            key,
+            endpoint,
+            router,
+            tasks,
+            cancel,
+            _store_thread: store_thread,
+        })
+    }
+
+    /// This device's id.
+    pub fn id(&self) -> DeviceId {
+        self.shared.id
+    }
+
+    /// This device's key (for signing approvals).
+    pub fn key(&self) -> &DeviceKey {
+        &self.key
+    }
+
+    /// The workspace id, once known.
+    pub fn doc_id(&self) -> Option<DocId> {
+        self.shared.lock_doc().doc_id
+    }
+
+    /// The database file.
+    pub fn db_path_of(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Addresses peers can dial.
+    pub fn direct_addrs(&self) -> Vec<SocketAddr> {
+        endpoint::direct_addrs(&self.endpoint)
+    }
+
+    /// The iroh endpoint (for protocols mounted beside sync).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Makes one local change (one Automerge change) and returns once it is durable.
+    pub async fn write<R>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
+    ) -> Result<R, NodeError> {
+        write_change(&self.shared, f).await
+    }
+
+    /// Reads the document.
+    pub fn read<R>(&self, f: impl FnOnce(&Automerge) -> R) -> R {
+        f(&self.shared.lock_doc().doc)
+    }
+
+    /// A receiver bumped whenever the document changed (own changes once durable, received
+    /// changes once applied).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
+    /// Adds or updates a device in the registry (desktop: who may sync; phone: its home).
+    pub async fn put_peer(&self, id: DeviceId, record: PeerRecord) -> Result<(), NodeError> {
+        let json = serde_json::to_vec(&record).map_err(|e| StoreError::Io {
+            path: self.shared.path.clone(),
+            reason: e.to_string(),
+        })?;
+        self.shared
+            .store
+            .write(WriteOp::PutPeer(id.to_string(), json))
+            .await?;
+        {
+            let mut peers = lock(&self.shared.peers);
+            let entry = peers.entry(id).or_insert_with(|| PeerEntry {
+                record: record.clone(),
+                presence: Presence::Never,
+                live: None,
+                stats: PeerStats::default(),
+                last_error: None,
+            });
+            entry.record = record;
+            if entry.record.revoked_at.is_some() {
+                if let Some((_, t)) = entry.live.take() {
+                    t.cancel();
+                }
+            }
+        }
+        self.shared.wake_dialer.notify_one();
+        Ok(())
+    }
+
+    /// Revokes a device: its live session is closed at once and it cannot reconnect.
+    pub async fn revoke_peer(&self, id: &DeviceId) -> Result<bool, NodeError> {
+        let record = {
+            let peers = lock(&self.shared.peers);
+            match peers.get(id) {
+                Some(e) => e.record.clone(),
+                None => return Ok(false),
+            }
+        };
+        self.put_peer(
+            *id,
+            PeerRecord {
+                revoked_at: Some(now_unix_ms()),
+                ..record
+            },
+        )
+        .await?;
+        self.shared.audit("revoked", id, "device revoked");
+        Ok(true)
+    }
+
+    /// Every known peer with presence and counters.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let mut v: Vec<PeerView> = lock(&self.shared.peers)
+            .iter()
+            .map(|(id, e)| PeerView {
+                id: *id,
+                record: e.record.clone(),
+                presence: e.presence,
+                stats: e.stats,
+                last_error: e.last_error.clone(),
+            })
+            .collect();
+        v.sort_by_key(|p| p.record.paired_at);
+        v
+    }
+
+    /// Asks the dialer to try the home desktop now (network change, app foregrounded).
+    pub fn sync_now(&self) {
+        self.shared.wake_dialer.notify_one();
+    }
+
+    /// Reads the audit log (JSON lines, oldest first).
+    pub async fn audit_log(&self) -> Result<Vec<String>, NodeError> {
+        let path = self.shared.path.clone();
+        self.shared
+            .store
+            .read(|db| crate::store::read_audit(db))
+            .await?
+            .map_err(|e| {
+                NodeError::Store(StoreError::Io {
+                    path,
+                    reason: e.to_string(),
+                })
+            })
+    }
+
+    /// Stops everything: sessions end with a goodbye, the endpoint closes, the store flushes.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        for e in lock(&self.shared.peers).values_mut() {
+            if let Some((_, t)) = e.live.take() {
+                t.cancel();
+            }
+        }
+        while self.tasks.join_next().await.is_some() {}
+        if let Some(router) = self.router.take() {
+            let _ = router.shutdown().await;
+        }
+        self.endpoint.close().await;
+        // Wait for queued writes (sync states, peer records) to be committed.
+        let _ = self.shared.store.read(|_| ()).await;
+    }
+}
+
+async fn write_change<R>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
+) -> Result<R, NodeError> {
+    let (tx, rx) = oneshot::channel();
+    let out = {
+        let mut ds = shared.lock_doc();
+        let r = ds.doc.transact(f).map_err(|failure| failure.error)?;
+        shared.persist_changes(&mut ds, false, Some(tx));
+        r.result
+    };
+    rx.await.map_err(|_| NodeError::ShutDown)??;
+    Ok(out)
+}
+
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { next: BACKOFF_MIN }
+    }
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+    /// Capped exponential with full jitter in [d/2, d].
+    fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let r = u32::from_le_bytes(random_bytes::<4>()) as f64 / u32::MAX as f64;
+        d.mul_f64(0.5 + r / 2.0)
+    }
+}
+
+fn home_of(shared: &Shared) -> Option<(DeviceId, Vec<SocketAddr>)> {
+    lock(&shared.peers)
+        .iter()
+        .find(|(_, e)| e.record.platform == "desktop" && e.record.revoked_at.is_none())
+        .map(|(id, e)| (*id, e.record.addrs.clone()))
+}
+
+async fn dial_loop(shared: Arc<Shared>, endpoint: Endpoint, cancel: CancellationToken) {
+    let mut backoff = Backoff::new();
+    loop {
+        let wait = match home_of(&shared) {
+            None => None,
+            Some((home, addrs)) => {
+                match dial_once(&shared, &endpoint, home, &addrs, &cancel).await {
+                    Ok(()) => {
+                        backoff.reset();
+                        Some(BACKOFF_MIN)
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %home.short(), "sync with home desktop failed: {e}");
+                        if let Some(entry) = lock(&shared.peers).get_mut(&home) {
+                            entry.last_error = Some(e);
+                        }
+                        Some(backoff.step())
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = shared.wake_dialer.notified() => backoff.reset(),
+            _ = async { match wait { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
+        }
+    }
+}
+
+async fn dial_once(
+    shared: &Arc<Shared>,
+    endpoint: &Endpoint,
+    home: DeviceId,
+    addrs: &[SocketAddr],
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let addr = endpoint::peer_addr(&home, addrs).map_err(|e| e.to_string())?;
+    let conn = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        r = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, SYNC_ALPN)) => match r {
+            Err(_) => return Err(format!("no answer from the desktop within {CONNECT_TIMEOUT:?}")),
+            Ok(Err(e)) => return Err(format!("cannot connect to the desktop: {e}")),
+            Ok(Ok(c)) => c,
+        }
+    };
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| format!("desktop closed the connection: {e}"))?;
+    crate::driver::run_peer(shared.clone(), home, conn, send, recv).await
+}

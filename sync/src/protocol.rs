@@ -1,0 +1,49 @@
+//! The `deskhand/sync/1` protocol handler, mounted on iroh's router by the desktop. Thin: it
+//! checks the registry, then hands the connection to the driver.
+
+use std::sync::Arc;
+
+use deskhand_core::session::close_code;
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler};
+
+use crate::endpoint::device_id;
+use crate::node::Shared;
+
+#[derive(Clone)]
+pub(crate) struct SyncProtocol {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SyncProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncProtocol")
+    }
+}
+
+impl SyncProtocol {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl ProtocolHandler for SyncProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = device_id(&conn.remote_id());
+        // Deny by default: only registered, unrevoked devices get a stream accepted, so an
+        // unknown peer never sees a byte of the document.
+        if !self.shared.is_allowed(&peer) {
+            tracing::warn!(peer = %peer.short(), "refused a sync connection from a device that is not paired");
+            self.shared
+                .audit("refused_unknown_peer", &peer, "not in the registry");
+            conn.close(
+                u32::from(close_code::NOT_ALLOWED).into(),
+                b"this device is not paired with this desktop",
+            );
+            return Ok(());
+        }
+        let (send, recv) = conn.accept_bi().await?;
+        let _ = crate::driver::run_peer(self.shared.clone(), peer, conn, send, recv).await;
+        Ok(())
+    }
+}
