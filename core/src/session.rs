@@ -17,9 +17,9 @@ use crate::trust::{ChangeFilter, Refusal};
 use crate::{DeviceId, DocId};
 
 /// Send a ping after this long without hearing from the peer.
-pub const PING_AFTER_MS: u64 = 5_000;
+pub const PING_AFTER_MS: u64 = 2_000;
 /// Give the peer up after this long without hearing from it.
-pub const DEAD_AFTER_MS: u64 = 20_000;
+pub const DEAD_AFTER_MS: u64 = 6_000;
 /// Re-negotiate when a sync message has been in flight this long without an answer.
 pub const RESEND_AFTER_MS: u64 = 2_000;
 

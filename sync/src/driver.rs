@@ -34,6 +34,8 @@ pub(crate) async fn run_peer(
         peer,
         send,
         out: Vec::new(),
+        conn: conn.clone(),
+        conn_no,
     };
     let (result, stats) = driver.run(recv, &cancel).await;
     let (code, reason): (u16, &[u8]) = match &result {
@@ -55,6 +57,8 @@ pub(crate) async fn run_peer(
 }
 
 struct Driver {
+    conn: Connection,
+    conn_no: u64,
     shared: Arc<Shared>,
     peer: DeviceId,
     send: SendStream,
@@ -138,8 +142,8 @@ impl Driver {
                                 self.on_frame(session, frame)?;
                             }
                         }
-                        Ok(None) => return Err(SessionError::ClosedByPeer { code: 0, reason: "stream finished".into() }),
-                        Err(e) => return Err(SessionError::ClosedByPeer { code: 0, reason: e.to_string() }),
+                        Ok(None) => return Err(self.closed_by_peer("the peer finished the stream".into())),
+                        Err(e) => return Err(self.closed_by_peer(e.to_string())),
                     }
                 }
                 _ = durable.changed() => {
@@ -157,6 +161,28 @@ impl Driver {
                 }
             }
             self.flush().await.map_err(SessionError::Protocol)?;
+            self.shared
+                .session_progress(&self.peer, self.conn_no, session.stats());
+        }
+    }
+
+    /// The peer's own words when it closed the connection, else `fallback`.
+    fn closed_by_peer(&self, fallback: String) -> SessionError {
+        match self.conn.close_reason() {
+            Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
+                SessionError::ClosedByPeer {
+                    code: u16::try_from(c.error_code.into_inner()).unwrap_or(u16::MAX),
+                    reason: String::from_utf8_lossy(&c.reason).into_owned(),
+                }
+            }
+            Some(other) => SessionError::ClosedByPeer {
+                code: 0,
+                reason: other.to_string(),
+            },
+            None => SessionError::ClosedByPeer {
+                code: 0,
+                reason: fallback,
+            },
         }
     }
 

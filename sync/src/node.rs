@@ -157,11 +157,11 @@ pub(crate) struct DocState {
 pub struct PeerStats {
     /// Sessions opened.
     pub sessions: u64,
-    /// Bytes sent over all sessions.
+    /// Bytes sent over all ended sessions.
     pub bytes_sent: u64,
-    /// Bytes received over all sessions.
+    /// Bytes received over all ended sessions.
     pub bytes_received: u64,
-    /// Bytes sent in the last (or current, once ended) session.
+    /// Bytes sent in the current (live) or last session.
     pub last_session_sent: u64,
     /// Bytes received in the last session.
     pub last_session_received: u64,
@@ -328,6 +328,17 @@ impl Shared {
         };
         entry.stats.sessions += 1;
         Some((n, token))
+    }
+
+    /// Live byte counts of the current session.
+    pub(crate) fn session_progress(&self, peer: &DeviceId, conn: u64, stats: SessionStats) {
+        let mut peers = lock(&self.peers);
+        if let Some(entry) = peers.get_mut(peer) {
+            if entry.live.as_ref().is_some_and(|(n, _)| *n == conn) {
+                entry.stats.last_session_sent = stats.bytes_sent;
+                entry.stats.last_session_received = stats.bytes_received;
+            }
+        }
     }
 
     pub(crate) fn session_ended(

@@ -1,1 +1,163 @@
-//! placeholder
+//! Shared utilities of Deskhand's multi-process tests: spawn a `deskhand-node` process, talk to
+//! it with JSON lines, kill it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// A node process.
+pub struct NodeProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// Its device id.
+    pub id: String,
+    /// Its direct addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// Its data directory.
+    pub data: PathBuf,
+}
+
+/// A free UDP port on loopback (for a desktop that must come back on the same address).
+pub fn free_udp_addr() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+    s.local_addr().expect("local addr")
+}
+
+impl NodeProc {
+    /// Starts `bin` (the `deskhand-node` binary) and waits for it to be ready.
+    pub fn spawn(bin: &Path, data: &Path, role: &str, listen: Option<SocketAddr>) -> Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--data").arg(data).arg("--role").arg(role);
+        if let Some(l) = listen {
+            cmd.arg("--listen").arg(l.to_string());
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        if line.is_empty() {
+            let status = child.wait()?;
+            bail!("node exited before it was ready ({status})");
+        }
+        let ready: Value =
+            serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
+        let id = ready["id"].as_str().context("id")?.to_owned();
+        let addrs = serde_json::from_value(ready["addrs"].clone())?;
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+            id,
+            addrs,
+            data: data.to_owned(),
+        })
+    }
+
+    /// Sends one command and returns its answer.
+    pub fn call(&mut self, cmd: Value) -> Result<Value> {
+        writeln!(self.stdin, "{cmd}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        if line.is_empty() {
+            bail!("node closed its output (it died?) answering {cmd}");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// Like [`Self::call`] but fails unless the answer says ok.
+    pub fn ok(&mut self, cmd: Value) -> Result<Value> {
+        let v = self.call(cmd.clone())?;
+        if v["ok"] != true {
+            bail!("{cmd} failed: {v}");
+        }
+        Ok(v)
+    }
+
+    /// Registers `other` as allowed (desktop) or as home (phone).
+    pub fn allow(&mut self, other: &NodeProc) -> Result<()> {
+        self.ok(json!({"cmd": "allow", "id": other.id, "name": "phone"}))?;
+        Ok(())
+    }
+
+    /// Sets `desktop` as this phone's home.
+    pub fn home(&mut self, desktop: &NodeProc) -> Result<()> {
+        self.ok(json!({"cmd": "home", "id": desktop.id, "addrs": desktop.addrs, "name": "desk"}))?;
+        Ok(())
+    }
+
+    /// Waits until this phone has received the workspace document.
+    pub fn wait_doc(&mut self) -> Result<()> {
+        self.ok(json!({"cmd": "wait_doc", "timeout_ms": 20_000}))?;
+        Ok(())
+    }
+
+    /// Writes a message; returns its id once the node reports it committed.
+    pub fn send(&mut self, text: &str) -> Result<String> {
+        let v = self.ok(json!({"cmd": "send", "text": text}))?;
+        Ok(v["id"].as_str().context("id")?.to_owned())
+    }
+
+    /// The node's state (heads, messages, peers).
+    pub fn state(&mut self) -> Result<Value> {
+        self.ok(json!({"cmd": "state"}))
+    }
+
+    /// Waits until the node holds at least `count` messages; returns its state.
+    pub fn wait_messages(&mut self, count: usize, timeout_ms: u64) -> Result<Value> {
+        let v =
+            self.call(json!({"cmd": "wait_messages", "count": count, "timeout_ms": timeout_ms}))?;
+        if v["ok"] != true {
+            bail!(
+                "node {} did not reach {count} messages in {timeout_ms} ms: has {}",
+                &self.id[..10],
+                v["state"]["messages"].as_array().map_or(0, |a| a.len())
+            );
+        }
+        Ok(v)
+    }
+
+    /// Graceful stop.
+    pub fn quit(mut self) -> Result<()> {
+        let _ = self.call(json!({"cmd": "quit"}));
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGKILL: no goodbye, no flush.
+    pub fn kill9(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Message ids in a state answer.
+pub fn message_ids(state: &Value) -> Vec<String> {
+    state["messages"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,1 +1,195 @@
-fn main() {}
+//! A desktop or phone node driven over stdin/stdout with JSON lines, for multi-process tests
+//! and the benchmark. It uses the very same `deskhand-sync` library as the product.
+//!
+//! Prints `{"event":"ready","id":…,"addrs":[…]}` once open, then answers each command line with
+//! one JSON line. See `deskhand_tests::NodeProc` for the commands.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use deskhand_core::schema::{Message, Role, Workspace};
+use deskhand_core::{DeviceId, MessageId};
+use deskhand_sync::presence::now_unix_ms;
+use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, PeerRecord};
+use serde_json::{Value, json};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("DESKHAND_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().collect();
+    let data = PathBuf::from(arg(&args, "--data").context("--data DIR is required")?);
+    let role = match arg(&args, "--role").as_deref() {
+        Some("desktop") => NodeRole::Desktop {
+            name: arg(&args, "--name").unwrap_or_else(|| "desk".into()),
+        },
+        Some("phone") => NodeRole::Phone,
+        _ => bail!("--role desktop|phone is required"),
+    };
+    let mut net = NetConfig::default();
+    if let Some(l) = arg(&args, "--listen") {
+        net.listen = l.parse().context("--listen")?;
+    }
+    let node = match Node::open(NodeConfig::new(&data, role).with_net(net)).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let out = |v: Value| {
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(o, "{v}");
+        let _ = o.flush();
+    };
+    out(json!({"event": "ready", "id": node.id().to_string(), "addrs": node.direct_addrs()}));
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = rx.recv().await {
+        let reply = match serde_json::from_str::<Value>(&line) {
+            Ok(cmd) => {
+                if cmd["cmd"] == "quit" {
+                    node.shutdown().await;
+                    out(json!({"ok": true}));
+                    return Ok(());
+                }
+                match handle(&node, &cmd).await {
+                    Ok(v) => v,
+                    Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+                }
+            }
+            Err(e) => json!({"ok": false, "error": format!("bad command: {e}")}),
+        };
+        out(reply);
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+fn id_of(cmd: &Value) -> Result<DeviceId> {
+    Ok(cmd["id"].as_str().context("id")?.parse()?)
+}
+
+async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
+    match cmd["cmd"].as_str().unwrap_or("") {
+        "allow" | "home" => {
+            let addrs: Vec<SocketAddr> =
+                serde_json::from_value(cmd["addrs"].clone()).unwrap_or_default();
+            let platform = if cmd["cmd"] == "home" {
+                "desktop"
+            } else {
+                "terminal"
+            };
+            node.put_peer(
+                id_of(cmd)?,
+                PeerRecord {
+                    name: cmd["name"].as_str().unwrap_or("peer").to_owned(),
+                    platform: platform.to_owned(),
+                    paired_at: now_unix_ms(),
+                    revoked_at: None,
+                    last_seen: None,
+                    addrs,
+                },
+            )
+            .await?;
+            Ok(json!({"ok": true}))
+        }
+        "revoke" => Ok(json!({"ok": node.revoke_peer(&id_of(cmd)?).await?})),
+        "send" => {
+            let text = cmd["text"].as_str().context("text")?.to_owned();
+            let id = MessageId::from_random(deskhand_sync::node::random_id_bytes());
+            let role = if cmd["role"] == "agent" {
+                Role::Agent
+            } else {
+                Role::User
+            };
+            let msg = Message {
+                id: id.clone(),
+                author: node.id().to_string(),
+                role,
+                text,
+                created_at: now_unix_ms(),
+                task_id: None,
+            };
+            node.write(|tx| Workspace::append_message(tx, &msg)).await?;
+            Ok(json!({"ok": true, "id": id.to_string()}))
+        }
+        "state" => Ok(state(node)),
+        "wait_messages" => {
+            let want = cmd["count"].as_u64().context("count")? as usize;
+            let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
+            let mut sub = node.subscribe();
+            let started = std::time::Instant::now();
+            let reached = tokio::time::timeout(timeout, async {
+                loop {
+                    if node.read(|d| Workspace::message_count(d)) >= want {
+                        return;
+                    }
+                    if sub.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            Ok(
+                json!({"ok": reached, "waited_us": started.elapsed().as_micros() as u64, "state": state(node)}),
+            )
+        }
+        "wait_doc" => {
+            let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
+            let mut sub = node.subscribe();
+            let ready = tokio::time::timeout(timeout, async {
+                while node.read(|d| Workspace::check_version(d).is_err()) {
+                    if sub.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            Ok(json!({"ok": ready}))
+        }
+        "sync_now" => {
+            node.sync_now();
+            Ok(json!({"ok": true}))
+        }
+        "audit" => Ok(json!({"ok": true, "events": node.audit_log().await?})),
+        other => bail!("unknown command {other:?}"),
+    }
+}
+
+fn state(node: &Node) -> Value {
+    let (heads, messages) = node.read(|d| {
+        let mut heads: Vec<String> = d.get_heads().iter().map(|h| h.to_string()).collect();
+        heads.sort();
+        let msgs = Workspace::messages_from(d, 0).unwrap_or_default();
+        (heads, msgs)
+    });
+    json!({
+        "ok": true,
+        "doc_id": node.doc_id().map(|d| d.to_string()),
+        "heads": heads,
+        "messages": messages.iter().map(|m| json!({"id": m.id.as_str(), "text": m.text, "author": m.author})).collect::<Vec<_>>(),
+        "peers": node.peers(),
+    })
+}
