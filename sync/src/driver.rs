@@ -99,6 +99,10 @@ impl Driver {
                 }
                 Ok(())
             }
+            Err(SessionError::ClosedByPeer {
+                code: close_code::NORMAL,
+                ..
+            }) => Ok(()),
             Err(e) => {
                 if let Some(bye) = e.goodbye() {
                     bye.encode_into(&mut self.out);
