@@ -30,13 +30,29 @@ pub enum SchemaError {
     UnsupportedVersion(u64),
     /// A value has the wrong shape.
     #[error("workspace document is malformed: {0}")]
-    Hydrate(#[from] HydrateError),
+    Hydrate(Box<HydrateError>),
     /// Writing failed.
     #[error("could not write to the workspace document: {0}")]
-    Reconcile(#[from] autosurgeon::ReconcileError),
+    Reconcile(Box<autosurgeon::ReconcileError>),
     /// Automerge refused an operation.
     #[error("automerge: {0}")]
-    Automerge(#[from] automerge::AutomergeError),
+    Automerge(Box<automerge::AutomergeError>),
+}
+
+impl From<HydrateError> for SchemaError {
+    fn from(e: HydrateError) -> Self {
+        Self::Hydrate(Box::new(e))
+    }
+}
+impl From<autosurgeon::ReconcileError> for SchemaError {
+    fn from(e: autosurgeon::ReconcileError) -> Self {
+        Self::Reconcile(Box::new(e))
+    }
+}
+impl From<automerge::AutomergeError> for SchemaError {
+    fn from(e: automerge::AutomergeError) -> Self {
+        Self::Automerge(Box::new(e))
+    }
 }
 
 macro_rules! string_enum {
@@ -284,10 +300,7 @@ impl Workspace {
 fn obj<D: ReadDoc>(doc: &D, key: &str) -> Result<ObjId, SchemaError> {
     match doc.get(ROOT, key)? {
         Some((automerge::Value::Object(_), id)) => Ok(id),
-        Some(_) => Err(SchemaError::Hydrate(HydrateError::unexpected(
-            "an object",
-            format!("a scalar at {key}"),
-        ))),
+        Some(_) => Err(HydrateError::unexpected("an object", format!("a scalar at {key}")).into()),
         None => Err(SchemaError::Uninitialised),
     }
 }

@@ -11,10 +11,10 @@ pub fn default_data_dir() -> PathBuf {
     if cfg!(target_os = "macos") {
         return home.join("Library/Application Support/deskhand");
     }
-    if cfg!(windows) {
-        if let Some(appdata) = std::env::var_os("APPDATA") {
-            return PathBuf::from(appdata).join("deskhand");
-        }
+    if cfg!(windows)
+        && let Some(appdata) = std::env::var_os("APPDATA")
+    {
+        return PathBuf::from(appdata).join("deskhand");
     }
     match std::env::var_os("XDG_DATA_HOME") {
         Some(x) if !x.is_empty() => PathBuf::from(x).join("deskhand"),

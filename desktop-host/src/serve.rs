@@ -35,7 +35,7 @@ pub async fn run(
     }
     println!("Press Ctrl-C to stop.");
 
-    let mut seen = node.read(|d| Workspace::message_count(d));
+    let mut seen = node.read(Workspace::message_count);
     let mut changes = node.subscribe();
     loop {
         tokio::select! {

@@ -333,11 +333,11 @@ impl Shared {
     /// Live byte counts of the current session.
     pub(crate) fn session_progress(&self, peer: &DeviceId, conn: u64, stats: SessionStats) {
         let mut peers = lock(&self.peers);
-        if let Some(entry) = peers.get_mut(peer) {
-            if entry.live.as_ref().is_some_and(|(n, _)| *n == conn) {
-                entry.stats.last_session_sent = stats.bytes_sent;
-                entry.stats.last_session_received = stats.bytes_received;
-            }
+        if let Some(entry) = peers.get_mut(peer)
+            && entry.live.as_ref().is_some_and(|(n, _)| *n == conn)
+        {
+            entry.stats.last_session_sent = stats.bytes_sent;
+            entry.stats.last_session_received = stats.bytes_received;
         }
     }
 
@@ -653,10 +653,10 @@ impl Node {
                 last_error: None,
             });
             entry.record = record;
-            if entry.record.revoked_at.is_some() {
-                if let Some((_, t)) = entry.live.take() {
-                    t.cancel();
-                }
+            if entry.record.revoked_at.is_some()
+                && let Some((_, t)) = entry.live.take()
+            {
+                t.cancel();
             }
         }
         self.shared.wake_dialer.notify_one();
@@ -710,7 +710,7 @@ impl Node {
         let path = self.shared.path.clone();
         self.shared
             .store
-            .read(|db| crate::store::read_audit(db))
+            .read(crate::store::read_audit)
             .await?
             .map_err(|e| {
                 NodeError::Store(StoreError::Io {

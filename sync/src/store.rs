@@ -237,11 +237,13 @@ fn restrict_permissions(_: &Path) {}
 
 fn load(db: &Database) -> Result<Loaded, redb::Error> {
     let rx = db.begin_read()?;
-    let mut out = Loaded::default();
-    out.snapshot = rx
-        .open_table(DOC_SNAPSHOT)?
-        .get("current")?
-        .map(|v| v.value().to_vec());
+    let mut out = Loaded {
+        snapshot: rx
+            .open_table(DOC_SNAPSHOT)?
+            .get("current")?
+            .map(|v| v.value().to_vec()),
+        ..Loaded::default()
+    };
     for item in rx.open_table(DOC_CHUNKS)?.iter()? {
         let (_, v) = item?;
         out.chunks.push(v.value().to_vec());

@@ -81,7 +81,6 @@ fn desktop_and_two_phones_converge_survive_sigkill_and_resume_without_full_resen
     for i in 0..5 {
         written.insert(a.send(&format!("while desktop down #{i}"))?);
     }
-    let doc_bytes_before = std::fs::metadata(desk_data.join("deskhand.redb"))?.len();
     let t = Instant::now();
     let mut desk = NodeProc::spawn(&bin(), &desk_data, "desktop", Some(desk_addr))?;
     for n in [&mut a, &mut b] {

@@ -141,7 +141,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             let started = std::time::Instant::now();
             let reached = tokio::time::timeout(timeout, async {
                 loop {
-                    if node.read(|d| Workspace::message_count(d)) >= want {
+                    if node.read(Workspace::message_count) >= want {
                         return;
                     }
                     if sub.changed().await.is_err() {
