@@ -39,7 +39,7 @@ async fn document_identity_and_doc_id_survive_a_restart() -> anyhow::Result<()> 
     assert_eq!(node.id(), id);
     assert_eq!(node.doc_id(), doc_id);
     assert_eq!(node.read(|d| d.get_heads()), heads);
-    assert_eq!(node.read(|d| Workspace::message_count(d)), 5);
+    assert_eq!(node.read(Workspace::message_count), 5);
     // New changes continue the same actor's sequence without clashing.
     let m = msg(&node, "after restart");
     node.write(|tx| Workspace::append_message(tx, &m)).await?;
