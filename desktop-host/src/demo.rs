@@ -111,7 +111,7 @@ pub async fn run() -> Result<()> {
     say(
         &desk,
         Role::Agent,
-        "Your Downloads folder holds 12 files (the agent arrives in a later release).",
+        "Desktop here: got it. (This build syncs the conversation; running tasks comes next.)",
     )
     .await?;
     until(&a, "A sees the reply", |d| Workspace::message_count(d) >= 2).await?;
