@@ -18,7 +18,7 @@ pub use identity::{DeviceKey, KeyError};
 pub use ids::{DeviceId, DocId, IdError, MessageId, TaskId};
 pub use schema::{Message, Role, SchemaError, Task, TaskStatus, Workspace};
 pub use session::{SessionError, SessionOutput, SyncSession};
-pub use trust::{ChangeFilter, Refusal};
+pub use trust::{ChangeFilter, PhoneWriteRules, Refusal};
 
 /// ALPN of the sync protocol (version 1).
 pub const SYNC_ALPN: &[u8] = b"deskhand/sync/1";

@@ -336,6 +336,13 @@ impl SyncSession {
         let before = doc.get_heads();
         doc.receive_sync_message(&mut self.state, pending.message)
             .map_err(|e| SessionError::Apply(e.to_string()))?;
+        // A change the peer still asks for never reached it (its frame was lost): forget that we
+        // sent it, or Automerge never sends it again and both sides trade empty messages forever.
+        if let Some(need) = &self.state.their_need {
+            for hash in need {
+                self.state.sent_hashes.remove(hash);
+            }
+        }
         if doc.get_heads() != before {
             out.push(SessionOutput::DocChanged { before });
         }
@@ -362,7 +369,7 @@ impl SyncSession {
             } else {
                 PING_AFTER_MS
             };
-        if self.phase != Phase::Open || self.state.in_flight {
+        if self.phase != Phase::Open || self.awaiting_answer() {
             t = t.min(self.last_sync_sent.max(self.last_heard) + RESEND_AFTER_MS);
         }
         t
@@ -390,13 +397,24 @@ impl SyncSession {
             if self.phase != Phase::Open {
                 self.last_sync_sent = now;
                 self.send(&mut out, Frame::Hello(self.hello(doc)));
-            } else if self.state.in_flight {
-                // Our last message (or its answer) was lost: forget what we believe was sent.
+            } else if self.awaiting_answer() {
+                // Our last message (or its answer) was lost. Start over on both sides: the
+                // repeated hello makes the peer reset too and answer with its current state,
+                // which refreshes what we believe it has (a plain resend may get no answer).
                 self.reset_negotiation();
+                self.last_sync_sent = now;
+                self.send(&mut out, Frame::Hello(self.hello(doc)));
                 self.generate(doc, &mut out, now);
             }
         }
         Ok(out)
+    }
+
+    /// Whether our last sync message still needs an answer. Automerge leaves `in_flight` set
+    /// after the last message of every exchange; when the peer's last heads are what we last
+    /// sent, the two are in sync and silence is the expected answer.
+    fn awaiting_answer(&self) -> bool {
+        self.state.in_flight && self.state.their_heads.as_ref() != Some(&self.state.last_sent_heads)
     }
 
     fn reset_negotiation(&mut self) {

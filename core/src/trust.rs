@@ -1,6 +1,6 @@
 //! The hook through which a node vets a peer's changes before they enter its document.
 
-use automerge::Automerge;
+use automerge::{Automerge, ReadDoc};
 
 use crate::DeviceId;
 
@@ -30,5 +30,459 @@ pub struct AcceptAll;
 impl ChangeFilter for AcceptAll {
     fn check(&self, _: &DeviceId, _: &Automerge, _: &[&[u8]]) -> Result<(), Refusal> {
         Ok(())
+    }
+}
+
+/// The desktop's rules for what a phone may write (DESIGN.md, "Identity and trust").
+///
+/// Every change the desktop does not already have must be authored by the connected phone's own
+/// actor and may only: add a user message authored by itself, add a queued task created by
+/// itself, set `cancel_requested_by` to itself on an existing task, and add its own decision to
+/// an approval's `decisions`. Anything else — task status, events, results, another device's
+/// decision, the desktop section, deleting or editing messages — refuses the whole sync message.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PhoneWriteRules;
+
+#[derive(Clone, Debug)]
+enum NewObj {
+    Message {
+        author_ok: bool,
+        role_ok: bool,
+    },
+    Task {
+        id: String,
+        creator_ok: bool,
+        status_ok: bool,
+    },
+    Events,
+    Decision,
+}
+
+type ObjKey = (u64, automerge::ActorId);
+
+impl ChangeFilter for PhoneWriteRules {
+    fn check(&self, peer: &DeviceId, doc: &Automerge, chunks: &[&[u8]]) -> Result<(), Refusal> {
+        let refuse = |reason: String| Refusal {
+            peer: *peer,
+            reason,
+        };
+        let changes = new_changes(doc, chunks).map_err(refuse)?;
+        let actor = peer.actor_id();
+        let me = peer.to_string();
+        let mut new_objs: std::collections::HashMap<ObjKey, NewObj> = Default::default();
+        for change in &changes {
+            if change.actor_id() != &actor {
+                let who = DeviceId::from_actor(change.actor_id())
+                    .map(|d| d.short())
+                    .unwrap_or_else(|| change.actor_id().to_hex_string());
+                return Err(refuse(format!(
+                    "a change written under another device's identity ({who}); a phone may only send its own changes"
+                )));
+            }
+            let expanded = change.decode();
+            let start = expanded.start_op.get();
+            for (i, op) in expanded.operations.iter().enumerate() {
+                let opid = (start + i as u64, expanded.actor_id.clone());
+                check_op(doc, &me, op, opid, &mut new_objs).map_err(refuse)?;
+            }
+        }
+        for obj in new_objs.values() {
+            match obj {
+                NewObj::Message {
+                    author_ok: false, ..
+                } => {
+                    return Err(refuse(
+                        "a message whose author is not the sending phone".into(),
+                    ));
+                }
+                NewObj::Message { role_ok: false, .. } => {
+                    return Err(refuse("a message whose role is not \"user\"".into()));
+                }
+                NewObj::Task {
+                    id,
+                    creator_ok: false,
+                    ..
+                } => {
+                    return Err(refuse(format!(
+                        "task {id} is not created_by the sending phone"
+                    )));
+                }
+                NewObj::Task {
+                    id,
+                    status_ok: false,
+                    ..
+                } => {
+                    return Err(refuse(format!("task {id} does not start as \"queued\"")));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The changes in `chunks` that `doc` does not have yet, in the order sent (causal).
+fn new_changes(doc: &Automerge, chunks: &[&[u8]]) -> Result<Vec<automerge::Change>, String> {
+    let mut out = Vec::new();
+    for chunk in chunks {
+        // A v2 sync message concatenates storage chunks; split them first.
+        for piece in split_storage_chunks(chunk)? {
+            match piece.kind {
+                CHUNK_DOCUMENT => {
+                    let other = Automerge::load(piece.bytes)
+                        .map_err(|e| format!("undecodable document: {e}"))?;
+                    out.extend(
+                        other
+                            .get_changes(&[])
+                            .into_iter()
+                            .filter(|c| doc.get_change_by_hash(&c.hash()).is_none()),
+                    );
+                }
+                _ => {
+                    let c = automerge::Change::from_bytes(piece.bytes.to_vec())
+                        .map_err(|e| format!("undecodable change: {e}"))?;
+                    if doc.get_change_by_hash(&c.hash()).is_none() {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+const CHUNK_DOCUMENT: u8 = 0;
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+struct Piece<'a> {
+    kind: u8,
+    bytes: &'a [u8],
+}
+
+/// Splits concatenated Automerge storage chunks (magic, checksum, type, LEB128 length, body).
+fn split_storage_chunks(mut data: &[u8]) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 9 || data[..4] != CHUNK_MAGIC {
+            return Err("undecodable changes: not an Automerge chunk".into());
+        }
+        let kind = data[8];
+        let (mut len, mut shift, mut i) = (0u64, 0u32, 9usize);
+        loop {
+            let b = *data
+                .get(i)
+                .ok_or("undecodable changes: truncated chunk header")?;
+            if shift > 56 {
+                return Err("undecodable changes: bad chunk length".into());
+            }
+            len |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| i.checked_add(l))
+            .filter(|&e| e <= data.len())
+            .ok_or("undecodable changes: truncated chunk")?;
+        out.push(Piece {
+            kind,
+            bytes: &data[..end],
+        });
+        data = &data[end..];
+    }
+    Ok(out)
+}
+
+fn prop_str(p: &automerge::Prop) -> String {
+    match p {
+        automerge::Prop::Map(k) => k.clone(),
+        automerge::Prop::Seq(i) => i.to_string(),
+    }
+}
+
+fn check_op(
+    doc: &Automerge,
+    me: &str,
+    op: &automerge::legacy::Op,
+    opid: ObjKey,
+    new_objs: &mut std::collections::HashMap<ObjKey, NewObj>,
+) -> Result<(), String> {
+    use automerge::legacy::OpType;
+    use automerge::legacy::{Key, ObjectId};
+    use automerge::{ObjType, ScalarValue};
+
+    let key = match &op.key {
+        Key::Map(k) => Some(k.to_string()),
+        Key::Seq(_) => None,
+    };
+    let put_str =
+        |want: &str| matches!(&op.action, OpType::Put(ScalarValue::Str(s)) if s.as_str() == want);
+    let is_scalar = matches!(&op.action, OpType::Put(_));
+    let denied = |what: &str| format!("{what}, which a phone may not write");
+
+    let (target_key, path): (Option<ObjKey>, Vec<String>) = match &op.obj {
+        ObjectId::Root => (None, vec![]),
+        ObjectId::Id(id) => {
+            let k = (id.counter(), id.actor().clone());
+            if new_objs.contains_key(&k) {
+                (Some(k), vec![])
+            } else {
+                let exid = doc
+                    .import_obj(&format!("{}@{}", id.counter(), id.actor().to_hex_string()))
+                    .map_err(|_| "a change to an object this desktop does not have".to_owned())?;
+                doc.object_type(&exid)
+                    .map_err(|_| "a change to an object this desktop does not have".to_owned())?;
+                let path = doc
+                    .parents(&exid)
+                    .map_err(|e| format!("an object whose place is unknown: {e}"))?
+                    .path()
+                    .iter()
+                    .map(|(_, p)| prop_str(p))
+                    .collect();
+                (None, path)
+            }
+        }
+    };
+
+    if let Some(k) = target_key {
+        let field = key.clone().unwrap_or_default();
+        let Some(obj) = new_objs.get_mut(&k) else {
+            return Err("internal: lost a new object".into());
+        };
+        match obj {
+            NewObj::Message { author_ok, role_ok } => match field.as_str() {
+                "author" if is_scalar => *author_ok = put_str(me),
+                "role" if is_scalar => *role_ok = put_str("user"),
+                "id" | "text" | "created_at" | "task_id" if is_scalar => {}
+                _ => return Err(denied(&format!("a message field {field:?}"))),
+            },
+            NewObj::Task {
+                id,
+                creator_ok,
+                status_ok,
+            } => match field.as_str() {
+                "created_by" if is_scalar => *creator_ok = put_str(me),
+                "status" if is_scalar => *status_ok = put_str("queued"),
+                "id" if is_scalar => {
+                    if !put_str(id) {
+                        return Err(format!("task {id} carries a different id inside"));
+                    }
+                }
+                "prompt" | "created_at" if is_scalar => {}
+                "claimed_by" | "cancel_requested_by"
+                    if matches!(op.action, OpType::Put(ScalarValue::Null)) => {}
+                "events" if matches!(op.action, OpType::Make(ObjType::List)) => {
+                    new_objs.insert(opid, NewObj::Events);
+                }
+                _ => return Err(denied(&format!("tasks/{id}/{field} on a new task"))),
+            },
+            NewObj::Events => return Err(denied("task events")),
+            NewObj::Decision => match field.as_str() {
+                "verdict" | "at" | "signature" if is_scalar => {}
+                _ => return Err(denied(&format!("a decision field {field:?}"))),
+            },
+        }
+        return Ok(());
+    }
+
+    let path_refs: Vec<&str> = path.iter().map(String::as_str).collect();
+    let field = key.clone().unwrap_or_default();
+    match (path_refs.as_slice(), &op.action) {
+        (["messages"], OpType::Make(ObjType::Map)) if op.insert => {
+            new_objs.insert(
+                opid,
+                NewObj::Message {
+                    author_ok: false,
+                    role_ok: false,
+                },
+            );
+            Ok(())
+        }
+        (["messages"], _) => Err(denied("an edit or deletion of existing messages")),
+        (["tasks"], OpType::Make(ObjType::Map)) if key.is_some() => {
+            let tasks = match doc.get(automerge::ROOT, "tasks") {
+                Ok(Some((_, id))) => id,
+                _ => return Err("a task before the workspace exists".into()),
+            };
+            if matches!(doc.get(&tasks, field.as_str()), Ok(Some(_))) {
+                return Err(denied(&format!("a replacement of existing task {field}")));
+            }
+            new_objs.insert(
+                opid,
+                NewObj::Task {
+                    id: field,
+                    creator_ok: false,
+                    status_ok: false,
+                },
+            );
+            Ok(())
+        }
+        (["tasks", task], _) if field == "cancel_requested_by" => {
+            if put_str(me) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "a cancel request on task {task} in another device's name"
+                ))
+            }
+        }
+        (["approvals", _, "decisions"], OpType::Make(ObjType::Map)) if field == me => {
+            new_objs.insert(opid, NewObj::Decision);
+            Ok(())
+        }
+        (["approvals", approval, "decisions"], _) => Err(denied(&format!(
+            "a decision on approval {approval} under another device's key"
+        ))),
+        _ => {
+            let mut place = path.join("/");
+            if !field.is_empty() {
+                if !place.is_empty() {
+                    place.push('/');
+                }
+                place.push_str(&field);
+            }
+            if place.is_empty() {
+                place = "the document root".into();
+            }
+            Err(denied(&place))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{
+        DesktopInfo, ExecutorState, Message, Role, SchemaError, Task, TaskStatus, Workspace,
+    };
+    use automerge::sync::SyncDoc;
+    use automerge::transaction::Transactable;
+
+    fn setup() -> (DeviceId, DeviceId, Automerge, Automerge) {
+        let desk = DeviceId::from_bytes([1; 32]);
+        let phone = DeviceId::from_bytes([2; 32]);
+        let mut d = Automerge::new().with_actor(desk.actor_id());
+        d.transact::<_, _, SchemaError>(|tx| {
+            Workspace::init(
+                tx,
+                &DesktopInfo {
+                    id: desk.to_string(),
+                    name: "d".into(),
+                    os: "l".into(),
+                    heartbeat_at: 0,
+                    executor: ExecutorState::Idle,
+                },
+            )?;
+            Workspace::add_task(tx, &task(desk, "t0"))
+        })
+        .unwrap();
+        let mut p = Automerge::new().with_actor(phone.actor_id());
+        p.merge(&mut d.clone()).unwrap();
+        (desk, phone, d, p)
+    }
+
+    fn task(by: DeviceId, id: &str) -> Task {
+        Task {
+            id: id.into(),
+            prompt: "list ~".into(),
+            created_by: by.to_string(),
+            created_at: 1,
+            status: TaskStatus::Queued,
+            claimed_by: None,
+            cancel_requested_by: None,
+            events: vec![],
+        }
+    }
+
+    /// What the phone would send the desktop after `f`, as sync-message chunks.
+    fn check(
+        desk_doc: &Automerge,
+        phone: DeviceId,
+        phone_doc: &mut Automerge,
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), SchemaError>,
+    ) -> Result<(), Refusal> {
+        let before = phone_doc.get_heads();
+        phone_doc.transact::<_, _, SchemaError>(f).unwrap();
+        let changes: Vec<Vec<u8>> = phone_doc
+            .get_changes(&before)
+            .into_iter()
+            .map(|mut c| c.bytes().to_vec())
+            .collect();
+        let chunks: Vec<&[u8]> = changes.iter().map(|c| c.as_slice()).collect();
+        let _ = desk_doc.generate_sync_message(&mut automerge::sync::State::new());
+        PhoneWriteRules.check(&phone, desk_doc, &chunks)
+    }
+
+    fn msg(author: DeviceId, role: Role) -> Message {
+        Message {
+            id: "m".into(),
+            author: author.to_string(),
+            role,
+            text: "hi".into(),
+            created_at: 1,
+            task_id: None,
+        }
+    }
+
+    #[test]
+    fn honest_phone_writes_are_accepted() {
+        let (_, phone, d, mut p) = setup();
+        check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::append_message(tx, &msg(phone, Role::User))
+        })
+        .unwrap();
+        check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::add_task(tx, &task(phone, "t1"))
+        })
+        .unwrap();
+        check(&d, phone, &mut p, |tx| {
+            let tasks = tx.get(automerge::ROOT, "tasks")?.map(|(_, id)| id).unwrap();
+            let t0 = tx.get(&tasks, "t0")?.map(|(_, id)| id).unwrap();
+            tx.put(&t0, "cancel_requested_by", phone.to_string())?;
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn forged_writes_are_refused_with_a_reason() {
+        let (desk, phone, d, p) = setup();
+        let status = check(&d, phone, &mut p.clone(), |tx| {
+            let tasks = tx.get(automerge::ROOT, "tasks")?.map(|(_, id)| id).unwrap();
+            let t0 = tx.get(&tasks, "t0")?.map(|(_, id)| id).unwrap();
+            tx.put(&t0, "status", "done")?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            status.reason.contains("tasks/t0/status"),
+            "{}",
+            status.reason
+        );
+        let other_author = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::append_message(tx, &msg(desk, Role::User))
+        });
+        assert!(other_author.unwrap_err().reason.contains("author"));
+        let agent = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::append_message(tx, &msg(phone, Role::Agent))
+        });
+        assert!(agent.unwrap_err().reason.contains("role"));
+        let desktop = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::set_heartbeat(tx, 5)
+        });
+        assert!(desktop.unwrap_err().reason.contains("desktop/heartbeat_at"));
+        let mut forged = p.fork().with_actor(desk.actor_id());
+        let actor = check(&d, phone, &mut forged, |tx| {
+            Workspace::append_message(tx, &msg(desk, Role::User))
+        });
+        assert!(
+            actor
+                .unwrap_err()
+                .reason
+                .contains("another device's identity")
+        );
     }
 }

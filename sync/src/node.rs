@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use automerge::{Automerge, ChangeHash, transaction::Transaction};
 use deskhand_core::schema::{DesktopInfo, ExecutorState, SchemaError, Workspace};
 use deskhand_core::session::SessionStats;
-use deskhand_core::trust::{AcceptAll, ChangeFilter};
+use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules};
 use deskhand_core::{DeviceId, DeviceKey, DocId, SYNC_ALPN};
 use iroh::Endpoint;
 use iroh::protocol::Router;
@@ -84,13 +84,18 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A config with default network settings and no change filter.
+    /// A config with default network settings. A desktop vets phones' changes with
+    /// [`PhoneWriteRules`]; a phone accepts what its desktop relays.
     pub fn new(data_dir: impl Into<PathBuf>, role: NodeRole) -> Self {
+        let filter: Arc<dyn ChangeFilter> = match role {
+            NodeRole::Desktop { .. } => Arc::new(PhoneWriteRules),
+            NodeRole::Phone => Arc::new(AcceptAll),
+        };
         Self {
             data_dir: data_dir.into(),
             role,
             net: NetConfig::default(),
-            filter: Arc::new(AcceptAll),
+            filter,
         }
     }
     /// Sets the network settings.
