@@ -9,6 +9,7 @@
 pub mod frame;
 pub mod identity;
 pub mod ids;
+pub mod pairing;
 pub mod schema;
 pub mod session;
 pub mod trust;
@@ -16,6 +17,7 @@ pub mod trust;
 pub use frame::{Frame, FrameDecoder, FrameError, Hello};
 pub use identity::{DeviceKey, KeyError};
 pub use ids::{DeviceId, DocId, IdError, MessageId, TaskId};
+pub use pairing::{PairingPayload, PairingToken, PayloadError};
 pub use schema::{Message, Role, SchemaError, Task, TaskStatus, Workspace};
 pub use session::{SessionError, SessionOutput, SyncSession};
 pub use trust::{ChangeFilter, PhoneWriteRules, Refusal};

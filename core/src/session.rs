@@ -227,6 +227,20 @@ impl SyncSession {
         self.hold = hold;
     }
 
+    /// Whether both sides hold exactly `doc`'s changes, as far as this session knows.
+    pub fn in_sync(&self, doc: &Automerge) -> bool {
+        if self.phase != Phase::Open {
+            return false;
+        }
+        let mut ours = doc.get_heads();
+        ours.sort();
+        let mut shared = self.state.shared_heads.clone();
+        shared.sort();
+        let mut theirs = self.state.their_heads.clone().unwrap_or_default();
+        theirs.sort();
+        shared == ours && theirs == ours
+    }
+
     /// Starts the session: our hello.
     pub fn start(&mut self, doc: &Automerge) -> Vec<SessionOutput> {
         let mut out = Vec::new();
@@ -269,6 +283,9 @@ impl SyncSession {
         now: u64,
     ) -> Result<Vec<SessionOutput>, SessionError> {
         self.last_heard = now;
+        // Any frame shows the peer is alive, so it answers an outstanding ping: waiting for that
+        // ping's own pong would stop our pings for good once one pong is lost.
+        self.ping_outstanding = None;
         self.stats.bytes_received += wire_len as u64;
         let mut out = Vec::new();
         match frame {
@@ -307,11 +324,7 @@ impl SyncSession {
                 }));
             }
             Frame::Ping(n) => self.send(&mut out, Frame::Pong(n)),
-            Frame::Pong(n) => {
-                if self.ping_outstanding == Some(n) {
-                    self.ping_outstanding = None;
-                }
-            }
+            Frame::Pong(_) => {}
             Frame::Goodbye { code, reason } => {
                 return Err(SessionError::ClosedByPeer { code, reason });
             }
@@ -422,6 +435,11 @@ impl SyncSession {
         self.state.sent_hashes.clear();
         self.state.have_responded = false;
         self.state.last_sent_heads.clear();
+        // What the peer said before may be stale: wait for its fresh answer rather than send
+        // changes it may already have.
+        self.state.their_heads = None;
+        self.state.their_have = None;
+        self.state.their_need = None;
     }
 }
 

@@ -1,14 +1,19 @@
-//! `deskhand`: the desktop host.
+//! `deskhand`: the desktop host, its control commands, and the terminal phone.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use deskhand_sync::RelaySetting;
+use serde_json::json;
 
+mod control;
 mod demo;
 mod paths;
+mod phone;
+mod qr;
 mod serve;
 
 #[derive(Parser)]
@@ -35,20 +40,89 @@ enum Command {
         /// Relay: off, default, or a URL.
         #[arg(long, default_value = "off")]
         relay: RelaySetting,
-        /// Name shown on phones.
+        /// Name shown on phones (default: the host name).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Ask the running host for a fresh one-time pairing code.
+    Pair {
+        /// Data directory of the running host.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where to write the QR code PNG (default: pairing-qr.png in the data directory).
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// How long the code stays valid (e.g. 90s, 5m, 1h).
+        #[arg(long, default_value = "5m", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// List, rename or revoke paired devices of the running host.
+    Devices {
+        /// Data directory of the running host.
+        #[arg(long, global = true)]
+        data: Option<PathBuf>,
+        /// Stable JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<DevicesAction>,
+    },
+    /// The terminal phone: pair, send, sync, show, forget.
+    Phone {
+        /// The phone's data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Address the phone's endpoint binds.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        #[command(subcommand)]
+        command: phone::PhoneCommand,
     },
     /// A desktop and two phones in a temporary directory, syncing over real iroh connections on
     /// loopback: shows the document converging, offline catch-up and presence.
     Demo,
 }
 
-fn main() -> Result<()> {
+#[derive(Subcommand)]
+enum DevicesAction {
+    /// Give a device a new name.
+    Rename {
+        /// Device id (or an unambiguous prefix).
+        id: String,
+        /// New name.
+        name: String,
+    },
+    /// Revoke a device: its live connection closes at once and it cannot reconnect.
+    Revoke {
+        /// Device id (or an unambiguous prefix).
+        id: String,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?} is not a duration like 90s, 5m or 1h")),
+    };
+    if secs == 0 {
+        return Err("the duration must be at least 1s".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() {
     let cli = Cli::parse();
     let default_log = match cli.command {
-        Command::Demo => "error",
-        Command::Serve { .. } => "warn,deskhand_sync=info,deskhand=info",
+        Command::Demo | Command::Phone { .. } | Command::Pair { .. } | Command::Devices { .. } => {
+            "error"
+        }
+        Command::Serve { .. } => "warn,iroh=error,deskhand_sync=info,deskhand=info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -57,19 +131,146 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        match cli.command {
-            Command::Serve {
-                data,
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli.command)));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve {
+            data,
+            listen,
+            relay,
+            name,
+        } => {
+            serve::run(
+                data.unwrap_or_else(paths::default_data_dir),
                 listen,
                 relay,
                 name,
-            } => {
-                let data = data.unwrap_or_else(paths::default_data_dir);
-                serve::run(data, listen, relay, name).await
-            }
-            Command::Demo => demo::run().await,
+            )
+            .await
         }
-    })
+        Command::Pair { data, png, ttl } => {
+            let data = data.unwrap_or_else(paths::default_data_dir);
+            let mut req = json!({"cmd": "pair", "ttl_secs": ttl.as_secs()});
+            if let Some(p) = png {
+                req["png"] = json!(std::path::absolute(p)?);
+            }
+            let v = control::request(&data, req).await?;
+            println!("Scan to pair a phone (valid {}s, once):", ttl.as_secs());
+            println!("{}", v["qr"].as_str().unwrap_or_default());
+            println!("pairing payload: {}", v["uri"].as_str().unwrap_or_default());
+            println!("pairing QR PNG : {}", v["png"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Devices { data, json, action } => {
+            let data = data.unwrap_or_else(paths::default_data_dir);
+            match action {
+                Some(DevicesAction::Rename { id, name }) => {
+                    let v =
+                        control::request(&data, json!({"cmd": "rename", "id": id, "name": name}))
+                            .await?;
+                    if v["ok"] != true {
+                        bail!("no such device");
+                    }
+                    println!("renamed");
+                }
+                Some(DevicesAction::Revoke { id }) => {
+                    let v = control::request(&data, json!({"cmd": "revoke", "id": id})).await?;
+                    if v["ok"] != true {
+                        bail!("no such device");
+                    }
+                    println!(
+                        "revoked {}; its connection was closed",
+                        v["id"].as_str().unwrap_or_default()
+                    );
+                }
+                None => {
+                    let v = control::request(&data, json!({"cmd": "devices"})).await?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &json!({"devices": v["devices"], "refusals": v["refusals"]})
+                            )?
+                        );
+                    } else {
+                        print_devices(&v);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Phone {
+            data,
+            listen,
+            command,
+        } => {
+            let data = data.unwrap_or_else(|| paths::default_data_dir().join("phone"));
+            phone::run(data, listen, command).await
+        }
+        Command::Demo => demo::run().await,
+    }
+}
+
+fn print_devices(v: &serde_json::Value) {
+    let devices = v["devices"].as_array().cloned().unwrap_or_default();
+    if devices.is_empty() {
+        println!("No paired devices. Run `deskhand pair` and scan the code with a phone.");
+    }
+    for d in &devices {
+        let presence = match d["presence"]["state"].as_str() {
+            Some("connected") => "connected".to_owned(),
+            Some("last_seen") => format!(
+                "last seen {}",
+                ago(d["presence"]["at"].as_i64().unwrap_or(0))
+            ),
+            _ => "never connected".to_owned(),
+        };
+        let revoked = if d["revoked_at"].is_null() {
+            ""
+        } else {
+            "  REVOKED"
+        };
+        println!(
+            "{}  {:<20} {:<9} {presence}{revoked}",
+            d["id"].as_str().unwrap_or_default(),
+            d["name"].as_str().unwrap_or_default(),
+            d["platform"].as_str().unwrap_or_default()
+        );
+    }
+    let refusals = v["refusals"].as_array().cloned().unwrap_or_default();
+    if !refusals.is_empty() {
+        println!("\nRefused ({}):", refusals.len());
+        for r in refusals.iter().rev().take(20) {
+            println!(
+                "  {}  {}  {}: {}",
+                ago(r["at"].as_i64().unwrap_or(0)),
+                r["peer"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(10)
+                    .collect::<String>(),
+                r["event"].as_str().unwrap_or_default(),
+                r["detail"].as_str().unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn ago(at_ms: i64) -> String {
+    let s = (deskhand_sync::presence::now_unix_ms() - at_ms).max(0) / 1000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
 }

@@ -2,10 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use deskhand_core::schema::Workspace;
 use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, RelaySetting};
+use tokio_util::sync::CancellationToken;
+
+use crate::control;
 
 pub async fn run(
     data: PathBuf,
@@ -20,6 +25,10 @@ pub async fn run(
     )
     .await
     .with_context(|| format!("starting the desktop host in {}", data.display()))?;
+    let node = Arc::new(node);
+    let cancel = CancellationToken::new();
+    let control = tokio::spawn(control::serve(node.clone(), data.clone(), cancel.clone()));
+
     println!("Deskhand desktop host {name:?}");
     println!("  device id : {}", node.id());
     println!(
@@ -31,15 +40,36 @@ pub async fn run(
     let devices = node.peers();
     println!("  paired devices: {}", devices.len());
     for p in &devices {
-        println!("    {} {:<16} {}", p.id.short(), p.record.name, p.presence);
+        let revoked = if p.record.revoked_at.is_some() {
+            " (revoked)"
+        } else {
+            ""
+        };
+        println!(
+            "    {} {:<16} {}{revoked}",
+            p.id.short(),
+            p.record.name,
+            p.presence
+        );
     }
+    let png = data.join("pairing-qr.png");
+    let code = control::pairing_answer(&node, Duration::from_secs(300), &png)?;
+    println!("\nScan to pair a phone (valid 5 minutes, once; `deskhand pair` makes another):");
+    println!("{}", code["qr"].as_str().unwrap_or_default());
+    println!(
+        "pairing payload: {}",
+        code["uri"].as_str().unwrap_or_default()
+    );
+    println!("pairing QR PNG : {}", png.display());
     println!("Press Ctrl-C to stop.");
 
     let mut seen = node.read(Workspace::message_count);
     let mut changes = node.subscribe();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             r = changes.changed() => {
                 if r.is_err() { break; }
                 let new = node.read(|d| Workspace::messages_from(d, seen)).unwrap_or_default();
@@ -51,7 +81,14 @@ pub async fn run(
         }
     }
     println!("stopping…");
-    node.shutdown().await;
+    cancel.cancel();
+    if let Ok(Err(e)) = control.await {
+        tracing::warn!("control socket: {e:#}");
+    }
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.shutdown().await,
+        Err(_) => tracing::warn!("the node was still in use at shutdown"),
+    }
     Ok(())
 }
 

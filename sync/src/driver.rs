@@ -38,15 +38,16 @@ pub(crate) async fn run_peer(
         conn_no,
     };
     let (result, stats) = driver.run(recv, &cancel).await;
-    let (code, reason): (u16, &[u8]) = match &result {
-        Ok(()) if cancel.is_cancelled() && !shared.is_allowed(&peer) => {
-            (close_code::NOT_ALLOWED, b"this device was revoked")
-        }
-        Ok(()) => (close_code::NORMAL, b"bye"),
-        Err(_) => (close_code::MALFORMED, b"session error"),
+    let (code, reason): (u16, String) = match &result {
+        Ok(()) if cancel.is_cancelled() && !shared.is_allowed(&peer) => (
+            close_code::NOT_ALLOWED,
+            "this device was revoked by the desktop".into(),
+        ),
+        Ok(()) => (close_code::NORMAL, "bye".into()),
+        Err(e) => (close_code::MALFORMED, e.chars().take(512).collect()),
     };
     let _ = driver.send.finish();
-    conn.close(u32::from(code).into(), reason);
+    conn.close(u32::from(code).into(), reason.as_bytes());
     let error = result.as_ref().err().cloned();
     match &error {
         Some(e) => tracing::warn!(peer = %peer.short(), "session ended: {e}"),
@@ -165,8 +166,9 @@ impl Driver {
                 }
             }
             self.flush().await.map_err(SessionError::Protocol)?;
+            let in_sync = session.in_sync(&self.shared.lock_doc().doc);
             self.shared
-                .session_progress(&self.peer, self.conn_no, session.stats());
+                .session_progress(&self.peer, self.conn_no, session.stats(), in_sync);
         }
     }
 

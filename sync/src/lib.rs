@@ -10,6 +10,7 @@ mod driver;
 pub mod endpoint;
 mod migrations;
 pub mod node;
+pub mod pairing;
 pub mod presence;
 mod protocol;
 pub mod store;
@@ -17,5 +18,6 @@ mod tables;
 
 pub use endpoint::{NetConfig, RelaySetting};
 pub use node::{Node, NodeConfig, NodeError, NodeRole, PeerRecord};
+pub use pairing::PairError;
 pub use presence::Presence;
 pub use store::StoreError;

@@ -7,7 +7,7 @@ use crate::tables::*;
 type Migration = fn(&WriteTransaction) -> Result<(), redb::Error>;
 
 /// All migrations; index + 1 is the migration number stored under `meta.migration`.
-const MIGRATIONS: &[Migration] = &[m1_create_tables];
+const MIGRATIONS: &[Migration] = &[m1_create_tables, m2_pairing_tokens];
 
 /// The newest migration number this build knows.
 pub const LATEST: u64 = MIGRATIONS.len() as u64;
@@ -20,6 +20,11 @@ fn m1_create_tables(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(PEERS)?;
     tx.open_table(SYNC_STATES)?;
     tx.open_table(AUDIT)?;
+    Ok(())
+}
+
+fn m2_pairing_tokens(tx: &WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(PAIRING_TOKENS)?;
     Ok(())
 }
 

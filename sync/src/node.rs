@@ -16,10 +16,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use automerge::{Automerge, ChangeHash, transaction::Transaction};
+use deskhand_core::schema::DeviceEntry;
 use deskhand_core::schema::{DesktopInfo, ExecutorState, SchemaError, Workspace};
 use deskhand_core::session::SessionStats;
 use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules};
-use deskhand_core::{DeviceId, DeviceKey, DocId, SYNC_ALPN};
+use deskhand_core::{
+    DeviceId, DeviceKey, DocId, PAIR_ALPN, PairingPayload, PairingToken, SYNC_ALPN,
+};
+
+use crate::pairing::PairError;
 use iroh::Endpoint;
 use iroh::protocol::Router;
 use serde::{Deserialize, Serialize};
@@ -178,6 +183,7 @@ struct PeerEntry {
     live: Option<(u64, CancellationToken)>,
     stats: PeerStats,
     last_error: Option<String>,
+    in_sync: bool,
 }
 
 /// A peer as shown to the user.
@@ -193,6 +199,8 @@ pub struct PeerView {
     pub stats: PeerStats,
     /// Why the last session ended badly, if it did.
     pub last_error: Option<String>,
+    /// Connected and both sides hold the same changes.
+    pub in_sync: bool,
 }
 
 pub(crate) struct Shared {
@@ -211,6 +219,8 @@ pub(crate) struct Shared {
     next_conn: std::sync::atomic::AtomicU64,
     wake_dialer: Notify,
     path: PathBuf,
+    codes: Mutex<crate::pairing::Codes>,
+    relay: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -228,6 +238,48 @@ impl Shared {
     }
     pub(crate) fn lock_doc(&self) -> MutexGuard<'_, DocState> {
         lock(&self.doc)
+    }
+    pub(crate) fn codes(&self) -> MutexGuard<'_, crate::pairing::Codes> {
+        lock(&self.codes)
+    }
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+    pub(crate) fn desktop_name(&self) -> String {
+        match &self.role {
+            NodeRole::Desktop { name } => name.clone(),
+            NodeRole::Phone => String::new(),
+        }
+    }
+
+    /// Adds or updates a registry record (durable), closing a revoked device's live session.
+    pub(crate) async fn put_peer(&self, id: DeviceId, record: PeerRecord) -> Result<(), NodeError> {
+        let json = serde_json::to_vec(&record).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        self.store
+            .write(WriteOp::PutPeer(id.to_string(), json))
+            .await?;
+        {
+            let mut peers = lock(&self.peers);
+            let entry = peers.entry(id).or_insert_with(|| PeerEntry {
+                record: record.clone(),
+                presence: Presence::Never,
+                live: None,
+                stats: PeerStats::default(),
+                last_error: None,
+                in_sync: false,
+            });
+            entry.record = record;
+            if entry.record.revoked_at.is_some()
+                && let Some((_, t)) = entry.live.take()
+            {
+                t.cancel();
+            }
+        }
+        self.wake_dialer.notify_one();
+        Ok(())
     }
     pub(crate) fn is_dirty(ds: &DocState) -> bool {
         ds.unflushed > 0
@@ -336,13 +388,20 @@ impl Shared {
     }
 
     /// Live byte counts of the current session.
-    pub(crate) fn session_progress(&self, peer: &DeviceId, conn: u64, stats: SessionStats) {
+    pub(crate) fn session_progress(
+        &self,
+        peer: &DeviceId,
+        conn: u64,
+        stats: SessionStats,
+        in_sync: bool,
+    ) {
         let mut peers = lock(&self.peers);
         if let Some(entry) = peers.get_mut(peer)
             && entry.live.as_ref().is_some_and(|(n, _)| *n == conn)
         {
             entry.stats.last_session_sent = stats.bytes_sent;
             entry.stats.last_session_received = stats.bytes_received;
+            entry.in_sync = in_sync;
         }
     }
 
@@ -366,6 +425,7 @@ impl Shared {
             entry.last_error = error;
             if entry.live.as_ref().is_some_and(|(n, _)| *n == conn) {
                 entry.live = None;
+                entry.in_sync = false;
                 entry.presence = Presence::LastSeen { at: now };
             }
             entry.record.last_seen = Some(now);
@@ -501,6 +561,7 @@ impl Node {
                     live: None,
                     stats: PeerStats::default(),
                     last_error: None,
+                    in_sync: false,
                 },
             );
         }
@@ -532,6 +593,11 @@ impl Node {
             next_conn: 0.into(),
             wake_dialer: Notify::new(),
             path: path.clone(),
+            codes: Mutex::new(crate::pairing::Codes::load(&loaded.pairing_tokens)),
+            relay: match &config.net.relay {
+                crate::RelaySetting::Url(u) => Some(u.clone()),
+                _ => None,
+            },
         });
 
         if let NodeRole::Desktop { name } = &config.role {
@@ -559,7 +625,7 @@ impl Node {
             }
         }
 
-        let alpns = vec![SYNC_ALPN.to_vec()];
+        let alpns = vec![SYNC_ALPN.to_vec(), PAIR_ALPN.to_vec()];
         let endpoint = endpoint::bind(&key, &config.net, alpns).await?;
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -570,6 +636,7 @@ impl Node {
                         SYNC_ALPN,
                         crate::protocol::SyncProtocol::new(shared.clone()),
                     )
+                    .accept(PAIR_ALPN, crate::pairing::PairProtocol::new(shared.clone()))
                     .spawn(),
             ),
             NodeRole::Phone => {
@@ -640,32 +707,7 @@ impl Node {
 
     /// Adds or updates a device in the registry (desktop: who may sync; phone: its home).
     pub async fn put_peer(&self, id: DeviceId, record: PeerRecord) -> Result<(), NodeError> {
-        let json = serde_json::to_vec(&record).map_err(|e| StoreError::Io {
-            path: self.shared.path.clone(),
-            reason: e.to_string(),
-        })?;
-        self.shared
-            .store
-            .write(WriteOp::PutPeer(id.to_string(), json))
-            .await?;
-        {
-            let mut peers = lock(&self.shared.peers);
-            let entry = peers.entry(id).or_insert_with(|| PeerEntry {
-                record: record.clone(),
-                presence: Presence::Never,
-                live: None,
-                stats: PeerStats::default(),
-                last_error: None,
-            });
-            entry.record = record;
-            if entry.record.revoked_at.is_some()
-                && let Some((_, t)) = entry.live.take()
-            {
-                t.cancel();
-            }
-        }
-        self.shared.wake_dialer.notify_one();
-        Ok(())
+        self.shared.put_peer(id, record).await
     }
 
     /// Revokes a device: its live session is closed at once and it cannot reconnect.
@@ -677,16 +719,147 @@ impl Node {
                 None => return Ok(false),
             }
         };
+        let now = now_unix_ms();
         self.put_peer(
             *id,
             PeerRecord {
-                revoked_at: Some(now_unix_ms()),
-                ..record
+                revoked_at: Some(now),
+                ..record.clone()
             },
         )
         .await?;
         self.shared.audit("revoked", id, "device revoked");
+        if matches!(self.shared.role, NodeRole::Desktop { .. }) {
+            let entry = DeviceEntry {
+                name: record.name,
+                platform: record.platform,
+                paired_at: record.paired_at,
+                revoked_at: Some(now),
+            };
+            write_change(&self.shared, |tx| Workspace::put_device(tx, id, &entry)).await?;
+        }
         Ok(true)
+    }
+
+    /// Renames a device in the registry (and in the document's display copy on a desktop).
+    pub async fn rename_peer(&self, id: &DeviceId, name: &str) -> Result<bool, NodeError> {
+        let Some(record) = lock(&self.shared.peers).get(id).map(|e| e.record.clone()) else {
+            return Ok(false);
+        };
+        self.put_peer(
+            *id,
+            PeerRecord {
+                name: name.to_owned(),
+                ..record.clone()
+            },
+        )
+        .await?;
+        if matches!(self.shared.role, NodeRole::Desktop { .. }) {
+            let entry = DeviceEntry {
+                name: name.to_owned(),
+                platform: record.platform,
+                paired_at: record.paired_at,
+                revoked_at: record.revoked_at,
+            };
+            write_change(&self.shared, |tx| Workspace::put_device(tx, id, &entry)).await?;
+        }
+        Ok(true)
+    }
+
+    /// Desktop: a fresh one-time pairing code valid for `ttl`.
+    pub fn create_pairing(&self, ttl: Duration) -> Result<PairingPayload, NodeError> {
+        let NodeRole::Desktop { name } = &self.shared.role else {
+            return Err(NodeError::WrongRole(
+                "only a desktop hands out pairing codes",
+            ));
+        };
+        let token = PairingToken::from_bytes(random_bytes());
+        let record = crate::pairing::new_code(&self.shared, ttl, token.clone());
+        Ok(PairingPayload {
+            desktop: self.id(),
+            addrs: self.direct_addrs(),
+            relay: self.shared.relay.clone(),
+            token,
+            name: name.clone(),
+            expires_at: record.expires_at,
+        })
+    }
+
+    /// Phone: pairs with the desktop of `payload`, which becomes this phone's home.
+    pub async fn pair(
+        &self,
+        payload: &PairingPayload,
+        name: &str,
+        platform: &str,
+    ) -> Result<(), PairError> {
+        if !matches!(self.shared.role, NodeRole::Phone) {
+            return Err(PairError::WrongRole);
+        }
+        if let Some((home, record)) = self.home()
+            && home != payload.desktop
+        {
+            return Err(PairError::AlreadyPaired {
+                name: record.name,
+                id: home.short(),
+            });
+        }
+        let doc_id = crate::pairing::pair_with(&self.endpoint, payload, name, platform).await?;
+        if let Some(id) = doc_id.and_then(|d| d.parse::<DocId>().ok()) {
+            let mut ds = self.shared.lock_doc();
+            self.shared.adopt_doc_id(&mut ds, id);
+        }
+        let record = PeerRecord {
+            name: payload.name.clone(),
+            platform: "desktop".into(),
+            paired_at: now_unix_ms(),
+            revoked_at: None,
+            last_seen: None,
+            addrs: payload.addrs.clone(),
+        };
+        self.put_peer(payload.desktop, record)
+            .await
+            .map_err(|e| PairError::Storage(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Phone: the home desktop, if paired.
+    pub fn home(&self) -> Option<(DeviceId, PeerRecord)> {
+        let (id, _) = home_of(&self.shared)?;
+        lock(&self.shared.peers)
+            .get(&id)
+            .map(|e| (id, e.record.clone()))
+    }
+
+    /// Phone: forgets the home desktop and its workspace, so that it can pair anew.
+    pub async fn forget_desktop(&self) -> Result<(), NodeError> {
+        let home = self.home();
+        {
+            let mut peers = lock(&self.shared.peers);
+            for e in peers.values_mut() {
+                if let Some((_, t)) = e.live.take() {
+                    t.cancel();
+                }
+            }
+            peers.clear();
+        }
+        if let Some((id, _)) = home {
+            self.shared
+                .store
+                .write(WriteOp::RemovePeer(id.to_string()))
+                .await?;
+        }
+        {
+            let mut ds = self.shared.lock_doc();
+            ds.doc = Automerge::new().with_actor(self.shared.id.actor_id());
+            ds.doc_id = None;
+            ds.persisted_heads.clear();
+            ds.chunks_since_snapshot = 0;
+            lock(&self.shared.sync_states).clear();
+            self.shared.store.queue(WriteOp::ClearDocument, None);
+        }
+        self.shared.store.read(|_| ()).await?;
+        self.shared.changed.send_modify(|g| *g += 1);
+        Ok(())
     }
 
     /// Every known peer with presence and counters.
@@ -699,6 +872,7 @@ impl Node {
                 presence: e.presence,
                 stats: e.stats,
                 last_error: e.last_error.clone(),
+                in_sync: e.in_sync && e.live.is_some(),
             })
             .collect();
         v.sort_by_key(|p| p.record.paired_at);
@@ -743,7 +917,7 @@ impl Node {
     }
 }
 
-async fn write_change<R>(
+pub(crate) async fn write_change<R>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
 ) -> Result<R, NodeError> {

@@ -76,6 +76,10 @@ pub enum WriteOp {
     PutIdentity(Vec<u8>),
     /// An audit event (JSON).
     Audit(String),
+    /// A pairing token record (key: SHA-256 of the token, hex).
+    PutPairingToken(String, Vec<u8>),
+    /// Drops the whole document, its id and every sync state (a phone forgetting its desktop).
+    ClearDocument,
 }
 
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -101,6 +105,8 @@ pub struct Loaded {
     pub peers: Vec<(String, Vec<u8>)>,
     /// Sync states (id, bytes).
     pub sync_states: Vec<(String, Vec<u8>)>,
+    /// Pairing token records (hash hex, JSON).
+    pub pairing_tokens: Vec<(String, Vec<u8>)>,
 }
 
 /// Async handle to the store thread. Cheap to clone.
@@ -265,6 +271,11 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
         out.sync_states
             .push((k.value().to_owned(), v.value().to_vec()));
     }
+    for item in rx.open_table(PAIRING_TOKENS)?.iter()? {
+        let (k, v) = item?;
+        out.pairing_tokens
+            .push((k.value().to_owned(), v.value().to_vec()));
+    }
     Ok(out)
 }
 
@@ -394,6 +405,16 @@ fn commit_batch<'a>(
                 }
                 WriteOp::PutIdentity(v) => {
                     tx.open_table(IDENTITY)?.insert("secret", v.as_slice())?;
+                }
+                WriteOp::PutPairingToken(k, v) => {
+                    tx.open_table(PAIRING_TOKENS)?
+                        .insert(k.as_str(), v.as_slice())?;
+                }
+                WriteOp::ClearDocument => {
+                    tx.open_table(DOC_SNAPSHOT)?.retain(|_, _| false)?;
+                    tx.open_table(DOC_CHUNKS)?.retain(|_, _| false)?;
+                    tx.open_table(SYNC_STATES)?.retain(|_, _| false)?;
+                    tx.open_table(META)?.remove("doc_id")?;
                 }
                 WriteOp::Audit(event) => {
                     tx.open_table(AUDIT)?.insert(audit, event.as_str())?;

@@ -19,3 +19,6 @@ pub const SYNC_STATES: TableDefinition<'static, &str, &[u8]> =
     TableDefinition::new("sync_states_v1");
 /// Security-relevant events, JSON, by sequence number.
 pub const AUDIT: TableDefinition<'static, u64, &str> = TableDefinition::new("audit_v1");
+/// Pairing codes by SHA-256 of their token (the token itself is never stored), JSON.
+pub const PAIRING_TOKENS: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new("pairing_tokens_v1");

@@ -161,3 +161,133 @@ pub fn message_ids(state: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The `deskhand` binary of this workspace, built on demand (it lives in another package, so
+/// cargo does not hand its path to this crate's tests).
+pub fn deskhand_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/deskhand
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned();
+    let bin = profile_dir.join("deskhand");
+    // Build once per test process so a stale binary is never tested (a no-op when fresh).
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "deskhand-desktop-host", "--bin", "deskhand"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building deskhand failed");
+    });
+    bin
+}
+
+/// Output of one `deskhand` command.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `deskhand ARGS…` to completion.
+pub fn deskhand(args: &[&str]) -> Result<Run> {
+    let out = Command::new(deskhand_bin())
+        .args(args)
+        .env("DESKHAND_LOG", "error")
+        .output()?;
+    Ok(Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// A `deskhand serve` process whose output is collected in the background.
+pub struct Serve {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// The pairing payload it printed at start.
+    pub payload: String,
+    /// The PNG it wrote.
+    pub png: PathBuf,
+}
+
+impl Serve {
+    /// Starts the host and waits for its pairing code.
+    pub fn start(data: &Path, listen: SocketAddr) -> Result<Self> {
+        let mut child = Command::new(deskhand_bin())
+            .args(["serve", "--data"])
+            .arg(data)
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--relay",
+                "off",
+                "--name",
+                "test-desktop",
+            ])
+            .env("DESKHAND_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(p) = line.strip_prefix("pairing payload: ") {
+                    let _ = tx.send(("payload", p.to_owned()));
+                }
+                if let Some(p) = line.strip_prefix("pairing QR PNG : ") {
+                    let _ = tx.send(("png", p.to_owned()));
+                }
+                sink.lock().map(|mut l| l.push(line)).ok();
+            }
+        });
+        let (mut payload, mut png) = (None, None);
+        while payload.is_none() || png.is_none() {
+            match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(("payload", p)) => payload = Some(p),
+                Ok((_, p)) => png = Some(PathBuf::from(p)),
+                Err(_) => bail!("deskhand serve printed no pairing code within 30 s"),
+            }
+        }
+        Ok(Self {
+            child,
+            lines,
+            data: data.to_owned(),
+            payload: payload.unwrap_or_default(),
+            png: png.unwrap_or_default(),
+        })
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// SIGKILL.
+    pub fn kill9(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

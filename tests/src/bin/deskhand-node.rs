@@ -113,6 +113,17 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             .await?;
             Ok(json!({"ok": true}))
         }
+        "pair" => {
+            let payload =
+                deskhand_core::PairingPayload::parse(cmd["payload"].as_str().context("payload")?)?;
+            node.pair(
+                &payload,
+                cmd["name"].as_str().unwrap_or("harness"),
+                "terminal",
+            )
+            .await?;
+            Ok(json!({"ok": true}))
+        }
         "revoke" => Ok(json!({"ok": node.revoke_peer(&id_of(cmd)?).await?})),
         "send" => {
             let text = cmd["text"].as_str().context("text")?.to_owned();

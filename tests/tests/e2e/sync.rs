@@ -1,10 +1,11 @@
-//! Real processes, real iroh endpoints on loopback with relays off, real redb files.
+//! The sync spine across processes: convergence, offline catch-up, SIGKILL, unknown peers.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
+
 use deskhand_tests::{NodeProc, free_udp_addr, message_ids};
 use serde_json::{Value, json};
 

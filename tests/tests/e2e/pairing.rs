@@ -1,0 +1,507 @@
+//! Pairing by QR, device management, and trust enforcement, driven through the `deskhand` CLI
+//! as a user would, plus a crafted peer that speaks the protocol by hand.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use automerge::Automerge;
+use automerge::ReadDoc;
+use automerge::transaction::Transactable;
+use deskhand_core::schema::{Message, Role, SchemaError, Task, TaskStatus, Workspace};
+use deskhand_core::session::SessionOutput;
+use deskhand_core::trust::AcceptAll;
+use deskhand_core::{
+    DeviceId, DeviceKey, Frame, FrameDecoder, PairingPayload, SYNC_ALPN, SyncSession,
+};
+use deskhand_sync::NetConfig;
+use deskhand_tests::{NodeProc, Run, Serve, deskhand, free_udp_addr};
+use serde_json::{Value, json};
+
+fn ok(r: Run) -> Result<Run> {
+    if r.code != 0 {
+        bail!("deskhand failed ({}):\n{}\n{}", r.code, r.stdout, r.stderr);
+    }
+    Ok(r)
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+fn show(phone: &std::path::Path) -> Result<Value> {
+    let r = ok(deskhand(&[
+        "phone",
+        "--data",
+        path(phone),
+        "show",
+        "--json",
+    ])?)?;
+    Ok(serde_json::from_str(&r.stdout)?)
+}
+
+fn texts(v: &Value) -> Vec<String> {
+    v["messages"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["text"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn devices(data: &std::path::Path) -> Result<Value> {
+    let r = ok(deskhand(&["devices", "--data", path(data), "--json"])?)?;
+    Ok(serde_json::from_str(&r.stdout)?)
+}
+
+fn fresh_code(data: &std::path::Path, ttl: &str) -> Result<String> {
+    let r = ok(deskhand(&["pair", "--data", path(data), "--ttl", ttl])?)?;
+    r.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pairing payload: "))
+        .map(str::to_owned)
+        .context("no payload printed")
+}
+
+#[test]
+fn pairing_by_payload_and_png_refusals_revocation_and_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let desk_dir = dir.path().join("desk");
+    let listen = free_udp_addr();
+    let serve = Serve::start(&desk_dir, listen)?;
+    let (p1, p2, p3) = (
+        dir.path().join("p1"),
+        dir.path().join("p2"),
+        dir.path().join("p3"),
+    );
+
+    // Phone 1 pairs with the payload printed at start; phone 2 by decoding a fresh PNG.
+    let t = Instant::now();
+    let r = ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&p1),
+        "pair",
+        &serve.payload,
+        "--name",
+        "one",
+    ])?)?;
+    eprintln!(
+        "[pairing] phone 1 paired in {:?}: {}",
+        t.elapsed(),
+        r.stdout.trim()
+    );
+    assert!(r.stdout.contains("Workspace received"));
+    let png = dir.path().join("code2.png");
+    ok(deskhand(&[
+        "pair",
+        "--data",
+        path(&desk_dir),
+        "--png",
+        path(&png),
+    ])?)?;
+    let r = ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&p2),
+        "pair",
+        "--qr-png",
+        path(&png),
+        "--name",
+        "two",
+    ])?)?;
+    assert!(
+        r.stdout.contains("Paired with \"test-desktop\""),
+        "{}",
+        r.stdout
+    );
+
+    // A message from one reaches the other.
+    let r = ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&p1),
+        "send",
+        "hello from one",
+    ])?)?;
+    assert!(r.stdout.starts_with("sent"), "{}", r.stdout);
+    ok(deskhand(&["phone", "--data", path(&p2), "sync"])?)?;
+    assert_eq!(texts(&show(&p2)?), vec!["hello from one"]);
+
+    // Refusals: each with a clear message and no state change.
+    let before = devices(&desk_dir)?["devices"]
+        .as_array()
+        .map_or(0, |a| a.len());
+    let reused = deskhand(&["phone", "--data", path(&p3), "pair", &serve.payload])?;
+    eprintln!("[pairing] reused token: {}", reused.stderr.trim());
+    assert_ne!(reused.code, 0);
+    assert!(reused.stderr.contains("already used"), "{}", reused.stderr);
+
+    let mut wrong = PairingPayload::parse(&fresh_code(&desk_dir, "5m")?)?;
+    wrong.token = deskhand_core::PairingToken::from_bytes([0x5a; 16]);
+    let r = deskhand(&["phone", "--data", path(&p3), "pair", &wrong.to_uri()])?;
+    eprintln!("[pairing] wrong token: {}", r.stderr.trim());
+    assert!(
+        r.code != 0 && r.stderr.contains("not valid for this desktop"),
+        "{}",
+        r.stderr
+    );
+
+    let short = fresh_code(&desk_dir, "1s")?;
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = deskhand(&["phone", "--data", path(&p3), "pair", &short])?;
+    eprintln!("[pairing] expired token (phone side): {}", r.stderr.trim());
+    assert!(r.code != 0 && r.stderr.contains("expired"), "{}", r.stderr);
+    // The desktop checks expiry itself too: the same code with its printed expiry pushed out.
+    let mut lying = PairingPayload::parse(&short)?;
+    lying.expires_at += 3600;
+    let r = deskhand(&["phone", "--data", path(&p3), "pair", &lying.to_uri()])?;
+    eprintln!(
+        "[pairing] expired token (desktop side): {}",
+        r.stderr.trim()
+    );
+    assert!(
+        r.code != 0 && r.stderr.contains("has expired"),
+        "{}",
+        r.stderr
+    );
+
+    let r = deskhand(&["phone", "--data", path(&p3), "sync"])?;
+    eprintln!("[pairing] unpaired phone: {}", r.stderr.trim());
+    assert!(
+        r.code != 0 && r.stderr.contains("not paired"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        show(&p3)?["desktop"].is_null(),
+        "a refused phone must not be paired"
+    );
+    let after = devices(&desk_dir)?;
+    assert_eq!(
+        after["devices"].as_array().map_or(0, |a| a.len()),
+        before,
+        "a refusal changed the registry"
+    );
+
+    // Revocation closes a live connection at once and keeps the device out.
+    let mut live = NodeProc::spawn(
+        &deskhand_tests_bin(),
+        &dir.path().join("live"),
+        "phone",
+        None,
+    )?;
+    live.ok(json!({"cmd": "pair", "payload": fresh_code(&desk_dir, "5m")?, "name": "live"}))?;
+    live.wait_doc()?;
+    let live_id = live.id.clone();
+    let r = ok(deskhand(&[
+        "devices",
+        "--data",
+        path(&desk_dir),
+        "revoke",
+        &live_id[..12],
+    ])?)?;
+    assert!(r.stdout.contains("revoked"));
+    let t = Instant::now();
+    let err = loop {
+        let s = live.state()?;
+        let e = s["peers"][0]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if !e.is_empty() || t.elapsed() > Duration::from_secs(10) {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "[pairing] revoked phone was cut off after {:?}: {err}",
+        t.elapsed()
+    );
+    assert!(err.contains("revoked"), "{err}");
+    live.quit()?;
+    let r = deskhand(&["phone", "--data", path(&p2), "sync", "--timeout", "3"])?;
+    assert_eq!(r.code, 0, "phone two is unaffected: {}", r.stderr);
+    let list = devices(&desk_dir)?;
+    let revoked = list["devices"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["id"] == live_id))
+        .cloned()
+        .unwrap_or_default();
+    assert!(!revoked["revoked_at"].is_null());
+
+    // Pairing survives a restart of the desktop.
+    serve.kill9()?;
+    let serve = Serve::start(&desk_dir, listen)?;
+    let r = ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&p2),
+        "send",
+        "after the restart",
+    ])?)?;
+    assert!(r.stdout.starts_with("sent"), "{}", r.stdout);
+    ok(deskhand(&["phone", "--data", path(&p1), "sync"])?)?;
+    assert_eq!(
+        texts(&show(&p1)?),
+        vec!["hello from one", "after the restart"]
+    );
+    assert!(serve.output().contains("after the restart"));
+
+    // Forget and pair again, without deleting anything by hand.
+    ok(deskhand(&["phone", "--data", path(&p1), "forget"])?)?;
+    assert!(show(&p1)?["desktop"].is_null());
+    ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&p1),
+        "pair",
+        &fresh_code(&desk_dir, "5m")?,
+    ])?)?;
+    assert_eq!(
+        texts(&show(&p1)?),
+        vec!["hello from one", "after the restart"]
+    );
+    let r = ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&p1),
+        "send",
+        "one is back",
+    ])?)?;
+    assert!(r.stdout.starts_with("sent"), "{}", r.stdout);
+    drop(serve);
+    Ok(())
+}
+
+fn deskhand_tests_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_deskhand-node"))
+}
+
+enum Forge {
+    AnotherActor(DeviceId),
+    TaskStatus,
+}
+
+/// A peer that pairs honestly, then speaks the sync protocol by hand with a document it
+/// tampers with. Returns why the desktop closed the connection.
+async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
+    let key = DeviceKey::from_secret_bytes(rand_bytes());
+    let me = key.device_id();
+    let ep = deskhand_sync::endpoint::bind(&key, &NetConfig::default(), vec![]).await?;
+    let payload = PairingPayload::parse(code)?;
+    deskhand_sync::pairing::pair_with(&ep, &payload, "crafted", "terminal").await?;
+    let addr = deskhand_sync::endpoint::peer_addr(&payload.desktop, &payload.addrs)?;
+    let conn = ep.connect(addr, SYNC_ALPN).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut doc = Automerge::new().with_actor(me.actor_id());
+    let mut session = SyncSession::new(payload.desktop, None, None, 0);
+    let mut out: Vec<SessionOutput> = session.start(&doc);
+    let mut dec = FrameDecoder::new();
+    let mut bye: Option<String> = None;
+
+    // Exchange frames until `until(doc)` holds or the desktop closes the connection.
+    macro_rules! pump {
+        ($until:expr) => {{
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                for o in std::mem::take(&mut out) {
+                    if let SessionOutput::Send(f) = o {
+                        send.write_all(&f.encode()).await?;
+                    }
+                }
+                if $until(&doc, &session) {
+                    break None;
+                }
+                if Instant::now() > deadline {
+                    bail!("crafted peer: no progress");
+                }
+                match tokio::time::timeout(Duration::from_millis(200), recv.read_chunk(65536)).await
+                {
+                    Err(_) => continue,
+                    Ok(Ok(Some(bytes))) => {
+                        dec.push(&bytes);
+                        while let Some(frame) = dec.next_frame()? {
+                            if let Frame::Goodbye { reason, .. } = &frame {
+                                bye = Some(reason.clone());
+                                continue;
+                            }
+                            for o in session
+                                .on_frame(frame, 0, &doc, 0)
+                                .map_err(|e| anyhow::anyhow!("{e}"))?
+                            {
+                                match o {
+                                    SessionOutput::Received(p) => out.extend(
+                                        session
+                                            .apply(p, &mut doc, &AcceptAll, 0)
+                                            .map_err(|e| anyhow::anyhow!("{e}"))?,
+                                    ),
+                                    other => out.push(other),
+                                }
+                            }
+                            out.extend(session.on_local_change(&doc, 0));
+                        }
+                    }
+                    Ok(_) => break Some(()),
+                }
+            }
+        }};
+    }
+    let _ =
+        pump!(|d: &Automerge, s: &SyncSession| s.in_sync(d) && Workspace::check_version(d).is_ok());
+
+    // An honest task of our own first: it must be accepted.
+    let task_id = format!("crafted-{}", me.short());
+    let task = Task {
+        id: task_id.as_str().into(),
+        prompt: "list ~".into(),
+        created_by: me.to_string(),
+        created_at: 1,
+        status: TaskStatus::Queued,
+        claimed_by: None,
+        cancel_requested_by: None,
+        events: vec![],
+    };
+    doc.transact::<_, _, SchemaError>(|tx| Workspace::add_task(tx, &task))
+        .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
+    out.extend(session.on_local_change(&doc, 0));
+    let _ = pump!(|d: &Automerge, s: &SyncSession| s.in_sync(d));
+
+    match forge {
+        Forge::AnotherActor(victim) => {
+            doc.set_actor(victim.actor_id());
+            let msg = Message {
+                id: "forged".into(),
+                author: victim.to_string(),
+                role: Role::User,
+                text: "forged".into(),
+                created_at: 2,
+                task_id: None,
+            };
+            doc.transact::<_, _, SchemaError>(|tx| Workspace::append_message(tx, &msg))
+                .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
+        }
+        Forge::TaskStatus => {
+            doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+                let tasks = tx
+                    .get(automerge::ROOT, "tasks")?
+                    .map(|(_, id)| id)
+                    .context_err()?;
+                let t = tx
+                    .get(&tasks, task_id.as_str())?
+                    .map(|(_, id)| id)
+                    .context_err()?;
+                tx.put(&t, "status", "done")
+            })
+            .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
+        }
+    }
+    out.extend(session.on_local_change(&doc, 0));
+    let closed = pump!(|_: &Automerge, _: &SyncSession| false);
+    let _ = closed;
+    let reason = match (bye, conn.close_reason()) {
+        (Some(b), _) => b,
+        (None, Some(r)) => r.to_string(),
+        (None, None) => {
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            conn.close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_default()
+        }
+    };
+    ep.close().await;
+    Ok(reason)
+}
+
+trait ContextErr<T> {
+    fn context_err(self) -> Result<T, automerge::AutomergeError>;
+}
+impl<T> ContextErr<T> for Option<T> {
+    fn context_err(self) -> Result<T, automerge::AutomergeError> {
+        self.ok_or(automerge::AutomergeError::Fail)
+    }
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, chunk) in b.chunks_mut(16).enumerate() {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ (i as u128 * 0x9e37_79b9_7f4a_7c15)
+            ^ (std::process::id() as u128) << 64;
+        chunk.copy_from_slice(&n.to_le_bytes()[..16]);
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_phones_that_forge_are_refused_and_disconnected_while_honest_ones_sync()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let desk_dir = dir.path().join("desk");
+    let serve = Serve::start(&desk_dir, free_udp_addr())?;
+    let honest = dir.path().join("honest");
+    ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&honest),
+        "pair",
+        &serve.payload,
+        "--name",
+        "honest",
+    ])?)?;
+    let honest_id: DeviceId = show(&honest)?["device"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+
+    let code = fresh_code(&desk_dir, "5m")?;
+    let reason = crafted_peer(&code, Forge::AnotherActor(honest_id)).await?;
+    eprintln!("[trust] forged actor: {reason}");
+    assert!(reason.contains("another device's identity"), "{reason}");
+
+    let code = fresh_code(&desk_dir, "5m")?;
+    let reason = crafted_peer(&code, Forge::TaskStatus).await?;
+    eprintln!("[trust] forged task status: {reason}");
+    assert!(
+        reason.contains("tasks/crafted-")
+            && reason.contains("/status, which a phone may not write"),
+        "{reason}"
+    );
+
+    // Nothing forged entered the desktop's document; honest phones keep syncing.
+    let r = ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&honest),
+        "send",
+        "still here",
+    ])?)?;
+    assert!(r.stdout.starts_with("sent"), "{}", r.stdout);
+    let v = show(&honest)?;
+    assert_eq!(
+        texts(&v),
+        vec!["still here"],
+        "a forged message reached an honest phone"
+    );
+    let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        tasks.iter().all(|t| t["status"] == "queued"),
+        "a forged status reached an honest phone: {tasks:?}"
+    );
+    let list = devices(&desk_dir)?;
+    let refusals = list["refusals"].to_string();
+    assert!(
+        refusals.contains("refused_changes"),
+        "devices must show the refusals: {refusals}"
+    );
+    eprintln!(
+        "[trust] deskhand devices shows: {}",
+        ok(deskhand(&["devices", "--data", path(&desk_dir)])?)?.stdout
+    );
+    drop(serve);
+    Ok(())
+}
