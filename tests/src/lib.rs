@@ -177,7 +177,9 @@ pub fn deskhand_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "deskhand-desktop-host", "--bin", "deskhand"])
+            // The same selection as the test build, so features unify alike and this is a no-op
+            // after `scripts/test` (or any `cargo test --workspace`) has built everything.
+            .args(["build", "--workspace", "--all-targets", "--quiet"])
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building deskhand failed");
