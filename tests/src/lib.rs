@@ -176,7 +176,19 @@ pub fn deskhand_bin() -> PathBuf {
     // Build once per test process so a stale binary is never tested (a no-op when fresh).
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
+        // The variables cargo and nextest set for a test process would change fingerprints
+        // (and rebuild half the graph): hand the inner cargo the user's environment only.
+        let env = std::env::vars().filter(|(k, _)| {
+            k == "CARGO_HOME"
+                || k == "CARGO_TARGET_DIR"
+                || !(k.starts_with("CARGO")
+                    || k.starts_with("NEXTEST")
+                    || k.starts_with("RUST_")
+                    || k == "OUT_DIR")
+        });
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .env_clear()
+            .envs(env)
             // The same selection as the test build, so features unify alike and this is a no-op
             // after `scripts/test` (or any `cargo test --workspace`) has built everything.
             .args(["build", "--workspace", "--all-targets", "--quiet"])
