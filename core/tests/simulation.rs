@@ -3,17 +3,24 @@
 //! run exactly (`SIM_SEED=<seed> cargo test -p deskhand-core --test simulation`, add `SIM_TRACE=1`
 //! for a log of every frame).
 //!
-//! A run has two phases. Chaos: every node edits its document while frames are dropped, duplicated
-//! and reordered, links go down and come back (new sessions resumed from the sync state each side
-//! persisted), and time jumps so that pings, resends and timeouts fire. Heal: faults and edits stop,
-//! every link that is down is reconnected (live sessions are kept: they must recover on their own),
-//! and the run must converge within a bounded virtual time and then fall quiet.
+//! A run has three phases. Chaos: every node edits its document while frames are dropped,
+//! duplicated and reordered, links go down and come back (new sessions resumed from the sync state
+//! each side persisted), and time jumps so that pings, resends and timeouts fire. Heal: faults and
+//! edits stop, every link that is down is reconnected (live sessions are kept: they must recover on
+//! their own), and the run must converge within a bounded virtual time, then fall quiet: no sync
+//! message carries a change once the documents agree, and idle sessions stop sending sync messages.
+//! Restart: every link drops and is resumed from the persisted sync states; nothing is resent.
+//! Then every document must hold the same heads, read the same, and hold every message written
+//! anywhere exactly once.
+//!
+//! `SIM_SEEDS=<n>` runs seeds `0..n` (64 by default); `PROPTEST_CASES` sets the number of random
+//! fault mixes.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::{Automerge, ChangeHash};
 use deskhand_core::schema::{DesktopInfo, ExecutorState};
-use deskhand_core::session::{PING_AFTER_MS, RESEND_AFTER_MS};
+use deskhand_core::session::{DEAD_AFTER_MS, PING_AFTER_MS, RESEND_AFTER_MS};
 use deskhand_core::trust::AcceptAll;
 use deskhand_core::{
     DeviceId, DocId, Frame, Message, MessageId, Role, SchemaError, SessionError, SessionOutput,
@@ -23,12 +30,14 @@ use deskhand_core::{
 const DESKTOP: usize = 0;
 const PHONES: usize = 3;
 /// Virtual time the heal phase may take to converge.
-const HEAL_LIMIT_MS: u64 = 120_000;
-/// After convergence the network is watched this long: nothing may change and no sync message
-/// may carry changes.
+const HEAL_LIMIT_MS: u64 = 60_000;
+/// After convergence no sync message may carry changes, and after this settling time no sync
+/// message may be sent at all (pings keep going) ...
+const SETTLE_MS: u64 = 5_000;
+/// ... for this long.
 const QUIET_WINDOW_MS: u64 = 60_000;
 /// Guards against a loop that never advances the clock.
-const MAX_EVENTS: u64 = 2_000_000;
+const MAX_EVENTS: u64 = 100_000;
 
 /// splitmix64: tiny, fast, and the same on every platform.
 struct Rng(u64);
@@ -133,6 +142,7 @@ struct Stats {
     disconnects: u64,
     session_errors: BTreeMap<&'static str, u64>,
     edits: u64,
+    events: u64,
     heal_ms: u64,
     quiet_sync_frames: u64,
 }
@@ -149,8 +159,9 @@ struct Sim {
     links: Vec<Link>,
     messages_written: Vec<String>,
     tasks_written: Vec<String>,
-    /// Session errors after the heal began: there must be none.
+    /// Session errors once the chaos' aftermath is over: there must be none.
     heal_errors: Vec<String>,
+    heal_start: Option<u64>,
     /// Sync frames that carried changes, counted while watching for quiet.
     changes_sent: u64,
     stats: Stats,
@@ -225,6 +236,7 @@ impl Sim {
             messages_written: Vec::new(),
             tasks_written: Vec::new(),
             heal_errors: Vec::new(),
+            heal_start: None,
             changes_sent: 0,
             stats: Stats::default(),
         }
@@ -266,7 +278,11 @@ impl Sim {
     fn fail(&mut self, link: usize, side: usize, e: SessionError) {
         self.log(|| format!("link {link} side {side} error: {e}"));
         *self.stats.session_errors.entry(error_kind(&e)).or_default() += 1;
-        if !self.chaos {
+        // Frames lost or held back during the chaos may still end a session early in the heal
+        // (a silence that began before it, a held-back hello); after that, nothing may fail.
+        if let Some(start) = self.heal_start
+            && self.now > start + DEAD_AFTER_MS
+        {
             self.heal_errors
                 .push(format!("t={} link {link} side {side}: {e}", self.now));
         }
@@ -438,7 +454,11 @@ impl Sim {
 
     /// Processes every event due up to `until`, then sets the clock to it.
     fn run_until(&mut self, until: u64) -> Result<(), String> {
-        while let Some((t, e)) = self.next_event() {
+        loop {
+            self.revive();
+            let Some((t, e)) = self.next_event() else {
+                break;
+            };
             if t > until {
                 break;
             }
@@ -544,16 +564,28 @@ impl Sim {
             && self.nodes.iter().all(|n| sorted_heads(&n.doc) == heads)
     }
 
-    fn heal(&mut self) -> Result<(), String> {
-        self.chaos = false;
-        self.log(|| "heal".into());
-        let start = self.now;
+    /// Once healing, a link that is down is reconnected at once.
+    fn revive(&mut self) {
+        if self.chaos {
+            return;
+        }
         for link in 0..PHONES {
             if !self.links[link].is_up() {
                 self.connect(link);
             }
         }
-        while !self.converged() {
+    }
+
+    fn heal(&mut self) -> Result<(), String> {
+        self.chaos = false;
+        self.log(|| "heal".into());
+        let start = self.now;
+        self.heal_start = Some(start);
+        loop {
+            self.revive();
+            if self.converged() {
+                break;
+            }
             let Some((t, e)) = self.next_event() else {
                 return Err("nothing left to do, yet the documents differ".into());
             };
@@ -568,15 +600,32 @@ impl Sim {
         }
         self.stats.heal_ms = self.now - start;
         // Converged: now nothing may change, and no sync message may carry changes.
+        self.log(|| "converged".into());
         let before = sorted_heads(&self.nodes[DESKTOP].doc);
-        let sync_before = self.stats.sync_frames;
         self.changes_sent = 0;
+        // A session whose last answer was lost during the chaos may still re-negotiate once, and
+        // one that ends in the chaos' aftermath is resumed.
+        self.run_until(self.now.max(start + DEAD_AFTER_MS) + SETTLE_MS)?;
+        let sync_before = self.stats.sync_frames;
         self.run_until(self.now + QUIET_WINDOW_MS)?;
         self.stats.quiet_sync_frames = self.stats.sync_frames - sync_before;
-        if !self.converged() || sorted_heads(&self.nodes[DESKTOP].doc) != before {
+        if !self.heal_errors.is_empty() {
+            return Err(format!(
+                "sessions failed once the chaos' aftermath was over:\n{}",
+                self.heal_errors.join("\n")
+            ));
+        }
+        if self.nodes.iter().any(|n| sorted_heads(&n.doc) != before) {
             return Err(format!(
                 "documents diverged again after converging\n{}",
                 self.heads_report()
+            ));
+        }
+        if self.stats.quiet_sync_frames > 0 {
+            return Err(format!(
+                "{} sync messages in the {QUIET_WINDOW_MS} ms after the network settled: \
+                 idle sessions must fall quiet",
+                self.stats.quiet_sync_frames
             ));
         }
         if self.changes_sent > 0 {
@@ -585,9 +634,41 @@ impl Sim {
                 self.changes_sent
             ));
         }
+        Ok(())
+    }
+
+    /// Every link drops and comes back, resumed from the persisted sync states: with nothing
+    /// missing anywhere, no change may cross the wire.
+    fn restart(&mut self) -> Result<(), String> {
+        for link in 0..PHONES {
+            for side in 0..2 {
+                let node = &self.nodes[node_of(link, side)];
+                let peer = self.nodes[node_of(link, 1 - side)].id;
+                if !node.sync_states.contains_key(&peer) {
+                    return Err(format!(
+                        "link {link} side {side} never persisted a sync state"
+                    ));
+                }
+            }
+            self.disconnect(link);
+        }
+        self.changes_sent = 0;
+        self.run_until(self.now + SETTLE_MS)?;
+        if !self.converged() {
+            return Err(format!(
+                "not converged after a restart\n{}",
+                self.heads_report()
+            ));
+        }
+        if self.changes_sent > 0 {
+            return Err(format!(
+                "{} sync messages carried changes after a restart with nothing missing",
+                self.changes_sent
+            ));
+        }
         if !self.heal_errors.is_empty() {
             return Err(format!(
-                "sessions failed after the heal began:\n{}",
+                "sessions failed after the restart:\n{}",
                 self.heal_errors.join("\n")
             ));
         }
@@ -617,6 +698,9 @@ impl Sim {
         let expected_tasks: BTreeSet<&str> =
             self.tasks_written.iter().map(String::as_str).collect();
         for (i, node) in self.nodes.iter().enumerate() {
+            if node.doc_id != self.nodes[DESKTOP].doc_id {
+                return Err(format!("node {i} holds document {:?}", node.doc_id));
+            }
             let ws = Workspace::read(&node.doc).map_err(|e| format!("node {i}: {e}"))?;
             if ws != reference {
                 return Err(format!("node {i} reads differently from the desktop"));
@@ -673,10 +757,9 @@ fn run(cfg: Config) -> Result<Stats, String> {
     let mut sim = Sim::new(cfg);
     sim.chaos()?;
     sim.heal()?;
+    sim.restart()?;
     sim.check_content()?;
-    if sim.messages_written.is_empty() {
-        return Err("the run wrote no message: the simulation exercised nothing".into());
-    }
+    sim.stats.events = sim.events;
     Ok(sim.stats)
 }
 
@@ -700,9 +783,19 @@ fn star_converges_under_drops_duplicates_reorders_and_disconnects() {
     let seeds = seeds();
     for &seed in &seeds {
         let cfg = Config::from_seed(seed);
-        let result = std::panic::catch_unwind(|| run(cfg))
-            .unwrap_or_else(|p| Err(format!("panicked: {p:?}")));
+        let result = std::panic::catch_unwind(|| run(cfg)).unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("?");
+            Err(format!("panicked: {what}"))
+        });
         match result {
+            Ok(s) if s.edits == 0 => {
+                eprintln!("seed {seed} made no edit: the run exercised nothing");
+                failures.push(seed);
+            }
             Ok(s) => {
                 total.frames += s.frames;
                 total.sync_frames += s.sync_frames;
@@ -711,8 +804,8 @@ fn star_converges_under_drops_duplicates_reorders_and_disconnects() {
                 total.reordered += s.reordered;
                 total.disconnects += s.disconnects;
                 total.edits += s.edits;
+                total.events = total.events.max(s.events);
                 total.heal_ms = total.heal_ms.max(s.heal_ms);
-                total.quiet_sync_frames += s.quiet_sync_frames;
                 for (k, v) in s.session_errors {
                     *total.session_errors.entry(k).or_default() += v;
                 }
@@ -723,6 +816,50 @@ fn star_converges_under_drops_duplicates_reorders_and_disconnects() {
             }
         }
     }
-    eprintln!("{} seeds: {total:?}", seeds.len());
+    eprintln!(
+        "{} seeds: {} edits; {} frames ({} sync), {} dropped, {} duplicated, {} reordered; \
+         {} disconnects; session errors {:?}; slowest heal {} ms of virtual time; \
+         most events in one run {}",
+        seeds.len(),
+        total.edits,
+        total.frames,
+        total.sync_frames,
+        total.dropped,
+        total.duplicated,
+        total.reordered,
+        total.disconnects,
+        total.session_errors,
+        total.heal_ms,
+        total.events,
+    );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(8),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/simulation.txt"),
+        )),
+        ..proptest::test_runner::Config::default()
+    })]
+
+    /// Any mix of faults, including harsher ones than the seeded runs use; shrinks towards
+    /// fewer steps and milder faults.
+    #[test]
+    fn star_converges_for_any_fault_mix(
+        seed: u64,
+        chaos_steps in 0u64..500,
+        drop in 0u64..400,
+        duplicate in 0u64..300,
+        reorder in 0u64..400,
+        edit in 50u64..700,
+        disconnect in 0u64..60,
+        reconnect in 10u64..300,
+    ) {
+        let cfg = Config { seed, chaos_steps, drop, duplicate, reorder, edit, disconnect, reconnect };
+        if let Err(e) = run(cfg) {
+            proptest::prop_assert!(false, "{:?}: {}", cfg, e);
+        }
+    }
 }
