@@ -278,6 +278,40 @@ impl Workspace {
         Ok(())
     }
 
+    /// Appends a progress event to a task (desktop only).
+    pub fn append_task_event(
+        tx: &mut Transaction<'_>,
+        task: &TaskId,
+        event: &TaskEvent,
+    ) -> Result<(), SchemaError> {
+        let tasks = obj(tx, "tasks")?;
+        let t = match tx.get(&tasks, task.as_str())? {
+            Some((automerge::Value::Object(_), id)) => id,
+            _ => return Err(HydrateError::unexpected("a task", format!("no task {task}")).into()),
+        };
+        let events = match tx.get(&t, "events")? {
+            Some((automerge::Value::Object(_), id)) => id,
+            _ => tx.put_object(&t, "events", ObjType::List)?,
+        };
+        let at = tx.length(&events);
+        autosurgeon::reconcile_insert(tx, events, at, event)?;
+        Ok(())
+    }
+
+    /// Number of events of a task, without hydrating them.
+    pub fn task_event_count<D: ReadDoc>(doc: &D, task: &TaskId) -> usize {
+        let Ok(tasks) = obj(doc, "tasks") else {
+            return 0;
+        };
+        let Ok(Some((_, t))) = doc.get(&tasks, task.as_str()) else {
+            return 0;
+        };
+        match doc.get(&t, "events") {
+            Ok(Some((_, ev))) => ReadDoc::length(doc, &ev),
+            _ => 0,
+        }
+    }
+
     /// Writes (or replaces) a device's display entry.
     pub fn put_device(
         tx: &mut Transaction<'_>,

@@ -221,6 +221,7 @@ pub(crate) struct Shared {
     path: PathBuf,
     codes: Mutex<crate::pairing::Codes>,
     relay: Option<String>,
+    paused: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -423,7 +424,7 @@ impl Shared {
             entry.stats.last_session_sent = stats.bytes_sent;
             entry.stats.last_session_received = stats.bytes_received;
             entry.last_error = error;
-            if entry.live.as_ref().is_some_and(|(n, _)| *n == conn) {
+            if entry.live.as_ref().is_none_or(|(n, _)| *n == conn) {
                 entry.live = None;
                 entry.in_sync = false;
                 entry.presence = Presence::LastSeen { at: now };
@@ -594,6 +595,7 @@ impl Node {
             wake_dialer: Notify::new(),
             path: path.clone(),
             codes: Mutex::new(crate::pairing::Codes::load(&loaded.pairing_tokens)),
+            paused: false.into(),
             relay: match &config.net.relay {
                 crate::RelaySetting::Url(u) => Some(u.clone()),
                 _ => None,
@@ -879,6 +881,22 @@ impl Node {
         v
     }
 
+    /// Phone: pauses syncing (the live session ends; nothing is dialled) or resumes it. Writes
+    /// go on locally while paused and are sent on resume.
+    pub fn set_sync_paused(&self, paused: bool) {
+        self.shared
+            .paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+        if paused {
+            for e in lock(&self.shared.peers).values_mut() {
+                if let Some((_, t)) = e.live.take() {
+                    t.cancel();
+                }
+            }
+        }
+        self.shared.wake_dialer.notify_one();
+    }
+
     /// Asks the dialer to try the home desktop now (network change, app foregrounded).
     pub fn sync_now(&self) {
         self.shared.wake_dialer.notify_one();
@@ -962,7 +980,9 @@ fn home_of(shared: &Shared) -> Option<(DeviceId, Vec<SocketAddr>)> {
 async fn dial_loop(shared: Arc<Shared>, endpoint: Endpoint, cancel: CancellationToken) {
     let mut backoff = Backoff::new();
     loop {
+        let paused = shared.paused.load(std::sync::atomic::Ordering::SeqCst);
         let wait = match home_of(&shared) {
+            _ if paused => None,
             None => None,
             Some((home, addrs)) => {
                 match dial_once(&shared, &endpoint, home, &addrs, &cancel).await {

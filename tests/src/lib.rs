@@ -76,6 +76,28 @@ impl NodeProc {
         Ok(serde_json::from_str(&line)?)
     }
 
+    /// Sends a command without waiting for its answer (read it later with [`Self::answer`]).
+    pub fn send_only(&mut self, cmd: Value) -> Result<()> {
+        writeln!(self.stdin, "{cmd}")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// Reads the answer to a command sent with [`Self::send_only`].
+    pub fn answer(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        if line.is_empty() {
+            bail!("node closed its output (it died?)");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// Process id (for RSS readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Like [`Self::call`] but fails unless the answer says ok.
     pub fn ok(&mut self, cmd: Value) -> Result<Value> {
         let v = self.call(cmd.clone())?;

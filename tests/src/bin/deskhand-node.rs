@@ -145,6 +145,62 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             Ok(json!({"ok": true, "id": id.to_string()}))
         }
         "state" => Ok(state(node)),
+        "bulk" => {
+            // Setup for benchmarks: `count` messages, `batch` per change.
+            let count = cmd["count"].as_u64().context("count")? as usize;
+            let batch = cmd["batch"].as_u64().unwrap_or(1000).max(1) as usize;
+            let text = "x".repeat(cmd["text_len"].as_u64().unwrap_or(100) as usize);
+            let mut done = 0;
+            while done < count {
+                let n = batch.min(count - done);
+                let msgs: Vec<Message> = (0..n)
+                    .map(|_| Message {
+                        id: MessageId::from_random(deskhand_sync::node::random_id_bytes()),
+                        author: node.id().to_string(),
+                        role: Role::Agent,
+                        text: text.clone(),
+                        created_at: now_unix_ms(),
+                        task_id: None,
+                    })
+                    .collect();
+                node.write(|tx| {
+                    msgs.iter()
+                        .try_for_each(|m| Workspace::append_message(tx, m))
+                })
+                .await?;
+                done += n;
+            }
+            Ok(json!({"ok": true}))
+        }
+        "events" => {
+            // The executor's pace: one durable change per progress event.
+            let task = deskhand_core::TaskId::from(cmd["task"].as_str().context("task")?);
+            let count = cmd["count"].as_u64().context("count")? as usize;
+            let started = std::time::Instant::now();
+            let t = deskhand_core::schema::Task {
+                id: task.clone(),
+                prompt: "benchmark".into(),
+                created_by: node.id().to_string(),
+                created_at: now_unix_ms(),
+                status: deskhand_core::TaskStatus::Running,
+                claimed_by: Some(node.id().to_string()),
+                cancel_requested_by: None,
+                events: vec![],
+            };
+            if node.read(|d| Workspace::task_event_count(d, &task)) == 0 {
+                node.write(|tx| Workspace::add_task(tx, &t)).await?;
+            }
+            for i in 0..count {
+                let ev = deskhand_core::schema::TaskEvent {
+                    at: now_unix_ms(),
+                    kind: "progress".into(),
+                    text: format!("step {i}"),
+                };
+                node.write(|tx| Workspace::append_task_event(tx, &task, &ev))
+                    .await?;
+            }
+            Ok(json!({"ok": true, "elapsed_us": started.elapsed().as_micros() as u64}))
+        }
         "wait_messages" => {
             let want = cmd["count"].as_u64().context("count")? as usize;
             let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
@@ -162,8 +218,17 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             })
             .await
             .is_ok();
+            let observed_at_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            if cmd["brief"] == true {
+                return Ok(
+                    json!({"ok": reached, "waited_us": started.elapsed().as_micros() as u64, "observed_at_us": observed_at_us}),
+                );
+            }
             Ok(
-                json!({"ok": reached, "waited_us": started.elapsed().as_micros() as u64, "state": state(node)}),
+                json!({"ok": reached, "waited_us": started.elapsed().as_micros() as u64, "observed_at_us": observed_at_us, "state": state(node)}),
             )
         }
         "wait_doc" => {

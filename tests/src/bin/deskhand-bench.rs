@@ -1,0 +1,620 @@
+//! `deskhand-bench`: the workloads of shared/PERFORMANCE.md (W1–W5; W6 once the mobile library
+//! exists), over real iroh connections on loopback with relays off and real redb files.
+//!
+//! The desktop is a separate `deskhand-node` process; the phones live in this process, each with
+//! its own endpoint and database. Cross-process latencies use the system clock of this one
+//! machine (unix microseconds) on both sides. Prints one JSON line per figure, then a table.
+//!
+//! `deskhand-bench [all|w1|w2|w3|w4|w5|floor] [--quick]`
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use automerge::Automerge;
+use automerge::sync::{self, SyncDoc};
+use deskhand_core::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Workspace};
+use deskhand_core::{DeviceKey, MessageId, TaskId};
+use deskhand_sync::node::random_id_bytes;
+use deskhand_sync::presence::now_unix_ms;
+use deskhand_sync::{Node, NodeConfig, NodeRole, PeerRecord};
+use deskhand_tests::NodeProc;
+use serde_json::json;
+
+struct Report {
+    rows: Vec<(String, String, f64, String)>,
+}
+
+impl Report {
+    fn put(&mut self, workload: &str, metric: &str, value: f64, note: &str) {
+        println!(
+            "{}",
+            json!({"workload": workload, "metric": metric, "value": (value * 100.0).round() / 100.0})
+        );
+        self.rows
+            .push((workload.into(), metric.into(), value, note.into()));
+    }
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64
+}
+
+fn text100(i: usize) -> String {
+    let mut s = format!("message {i}: ");
+    while s.len() < 100 {
+        s.push_str("lorem ipsum ");
+    }
+    s.truncate(100);
+    s
+}
+
+fn message(author: &Node, i: usize) -> Message {
+    Message {
+        id: MessageId::from_random(random_id_bytes()),
+        author: author.id().to_string(),
+        role: Role::User,
+        text: text100(i),
+        created_at: now_unix_ms(),
+        task_id: None,
+    }
+}
+
+fn node_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.with_file_name("deskhand-node")
+}
+
+async fn phone(dir: &Path, desk: &mut NodeProc, name: &str) -> Result<Node> {
+    let node = Node::open(NodeConfig::new(dir.join(name), NodeRole::Phone)).await?;
+    desk.ok(json!({"cmd": "allow", "id": node.id().to_string(), "name": name}))?;
+    let id = desk.id.parse()?;
+    let record = PeerRecord {
+        name: "desk".into(),
+        platform: "desktop".into(),
+        paired_at: now_unix_ms(),
+        revoked_at: None,
+        last_seen: None,
+        addrs: desk.addrs.clone(),
+    };
+    node.put_peer(id, record).await?;
+    wait_for(&node, Duration::from_secs(30), |d| {
+        Workspace::check_version(d).is_ok()
+    })
+    .await?;
+    Ok(node)
+}
+
+async fn wait_for(node: &Node, timeout: Duration, f: impl Fn(&Automerge) -> bool) -> Result<()> {
+    let mut sub = node.subscribe();
+    tokio::time::timeout(timeout, async {
+        while !node.read(&f) {
+            if sub.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .context("timed out waiting for the document")
+}
+
+async fn in_sync(node: &Node, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if node.peers().iter().any(|p| p.in_sync) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not in sync after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn desk_proc(dir: &Path) -> Result<NodeProc> {
+    NodeProc::spawn(&node_bin(), &dir.join("desk"), "desktop", None)
+}
+
+/// W1: A appends one 100-character message; time until B observes it through the desktop.
+async fn w1(r: &mut Report, quick: bool) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut desk = desk_proc(dir.path())?;
+    let a = phone(dir.path(), &mut desk, "a").await?;
+    let b = phone(dir.path(), &mut desk, "b").await?;
+    let (warm, n) = if quick { (10, 100) } else { (50, 1000) };
+    let (mut from_commit, mut with_commit) = (Vec::new(), Vec::new());
+    let mut sub = b.subscribe();
+    for i in 0..warm + n {
+        let target = b.read(Workspace::message_count) + 1;
+        let m = message(&a, i);
+        let t0 = Instant::now();
+        a.write(|tx| Workspace::append_message(tx, &m)).await?;
+        let t1 = Instant::now();
+        while b.read(Workspace::message_count) < target {
+            tokio::time::timeout(Duration::from_secs(10), sub.changed())
+                .await
+                .context("B never saw it")??;
+        }
+        let t2 = Instant::now();
+        if i >= warm {
+            from_commit.push((t2 - t1).as_micros() as u64);
+            with_commit.push((t2 - t0).as_micros() as u64);
+        }
+    }
+    from_commit.sort_unstable();
+    with_commit.sort_unstable();
+    for (m, p) in [
+        ("p50_us", 0.5),
+        ("p90_us", 0.9),
+        ("p99_us", 0.99),
+        ("max_us", 1.0),
+    ] {
+        r.put(
+            "W1",
+            m,
+            pct(&from_commit, p),
+            "A→desktop→B, from A's durable commit returning",
+        );
+    }
+    r.put(
+        "W1",
+        "p50_incl_commit_us",
+        pct(&with_commit, 0.5),
+        "including A's durable commit",
+    );
+    r.put(
+        "W1",
+        "p99_incl_commit_us",
+        pct(&with_commit, 0.99),
+        "including A's durable commit",
+    );
+
+    // A → desktop only: the desktop process stamps when it observes the message.
+    let mut to_desk = Vec::new();
+    for i in 0..n / 2 {
+        let target = a.read(Workspace::message_count) + 1;
+        desk.send_only(json!({"cmd": "wait_messages", "count": target, "brief": true}))?;
+        let m = message(&a, i);
+        a.write(|tx| Workspace::append_message(tx, &m)).await?;
+        let committed = unix_us();
+        let ans = tokio::task::block_in_place(|| desk.answer())?;
+        let seen = ans["observed_at_us"].as_u64().unwrap_or(0);
+        to_desk.push(seen.saturating_sub(committed));
+    }
+    to_desk.sort_unstable();
+    r.put(
+        "W1",
+        "a_to_desktop_p50_us",
+        pct(&to_desk, 0.5),
+        "A→desktop only (cross-process clock)",
+    );
+    r.put(
+        "W1",
+        "a_to_desktop_p99_us",
+        pct(&to_desk, 0.99),
+        "A→desktop only (cross-process clock)",
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    desk.quit()?;
+    Ok(())
+}
+
+/// W2: A offline appends many messages; time from reconnect until the desktop has them all.
+async fn w2(r: &mut Report, quick: bool) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut desk = desk_proc(dir.path())?;
+    let a = phone(dir.path(), &mut desk, "a").await?;
+    let (base, offline) = if quick { (1000, 1000) } else { (1000, 10_000) };
+    for chunk in 0..base / 100 {
+        let msgs: Vec<Message> = (0..100).map(|i| message(&a, chunk * 100 + i)).collect();
+        a.write(|tx| {
+            msgs.iter()
+                .try_for_each(|m| Workspace::append_message(tx, m))
+        })
+        .await?;
+    }
+    desk.ok(json!({"cmd": "wait_messages", "count": base, "brief": true}))?;
+    in_sync(&a, Duration::from_secs(10)).await?;
+    let before = a.read(|d| d.save());
+    a.set_sync_paused(true);
+    for i in 0..offline {
+        let m = message(&a, base + i);
+        a.write(|tx| Workspace::append_message(tx, &m)).await?;
+    }
+    let total = base + offline;
+    desk.send_only(
+        json!({"cmd": "wait_messages", "count": total, "brief": true, "timeout_ms": 120_000}),
+    )?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t0 = unix_us();
+    a.set_sync_paused(false);
+    let ans = tokio::task::block_in_place(|| desk.answer())?;
+    if ans["ok"] != true {
+        bail!("desktop did not receive all {total} messages");
+    }
+    let took_ms = ans["observed_at_us"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(t0) as f64
+        / 1000.0;
+    in_sync(&a, Duration::from_secs(30)).await?;
+    let home = a.peers().into_iter().next().context("no home")?;
+    r.put(
+        "W2",
+        "catch_up_ms",
+        took_ms,
+        &format!("{offline} offline messages, one change each"),
+    );
+    r.put(
+        "W2",
+        "bytes_sent_by_phone",
+        home.stats.last_session_sent as f64,
+        "",
+    );
+    r.put(
+        "W2",
+        "bytes_sent_by_desktop",
+        home.stats.last_session_received as f64,
+        "",
+    );
+
+    // The floor: Automerge's own in-memory sync of the same changes.
+    let after = a.read(|d| d.save());
+    let mut src = Automerge::load(&after)?;
+    let mut dst = Automerge::load(&before)?;
+    let t = Instant::now();
+    let (mut s1, mut s2) = (sync::State::new(), sync::State::new());
+    loop {
+        let m1 = src.generate_sync_message(&mut s1);
+        let m2 = dst.generate_sync_message(&mut s2);
+        if m1.is_none() && m2.is_none() {
+            break;
+        }
+        if let Some(m) = m1 {
+            dst.receive_sync_message(&mut s2, sync::Message::decode(&m.encode())?)?;
+        }
+        if let Some(m) = m2 {
+            src.receive_sync_message(&mut s1, sync::Message::decode(&m.encode())?)?;
+        }
+    }
+    let floor_ms = t.elapsed().as_secs_f64() * 1000.0;
+    r.put(
+        "W2",
+        "floor_in_memory_ms",
+        floor_ms,
+        "automerge sync in memory",
+    );
+    r.put("W2", "ratio_to_floor", took_ms / floor_ms.max(0.001), "");
+
+    // W5: the desktop's bytes on disk per message.
+    desk.quit()?;
+    let bytes = dir_size(&dir.path().join("desk"));
+    r.put(
+        "W5",
+        "bytes_per_message",
+        bytes as f64 / total as f64,
+        "desktop data dir after W2 (100-char texts)",
+    );
+    a.shutdown().await;
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// W3: the desktop appends progress events at the executor's pace; time until every phone has all.
+async fn w3(r: &mut Report, quick: bool) -> Result<()> {
+    let sizes: &[usize] = if quick { &[1, 4] } else { &[1, 4, 16] };
+    let events = if quick { 200 } else { 1000 };
+    for &n in sizes {
+        let dir = tempfile::tempdir()?;
+        let mut desk = desk_proc(dir.path())?;
+        let mut phones = Vec::new();
+        for i in 0..n {
+            phones.push(phone(dir.path(), &mut desk, &format!("p{i}")).await?);
+        }
+        let task = TaskId::from("bench-task");
+        let t0 = Instant::now();
+        desk.send_only(json!({"cmd": "events", "task": task.as_str(), "count": events}))?;
+        let waits = phones.iter().map(|p| {
+            let task = task.clone();
+            async move {
+                wait_for(p, Duration::from_secs(120), |d| {
+                    Workspace::task_event_count(d, &task) >= events
+                })
+                .await
+            }
+        });
+        for w in futures_join(waits).await {
+            w?;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let _ = tokio::task::block_in_place(|| desk.answer())?;
+        r.put(
+            "W3",
+            &format!("phones_{n}_ms"),
+            ms,
+            &format!("{events} events, one durable change each"),
+        );
+        r.put(
+            "W3",
+            &format!("phones_{n}_events_per_s"),
+            events as f64 / (ms / 1000.0),
+            "",
+        );
+        for p in phones {
+            p.shutdown().await;
+        }
+        desk.quit()?;
+    }
+    Ok(())
+}
+
+async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in futs {
+        out.push(f.await);
+    }
+    out
+}
+
+/// W4: cold start of a desktop holding many messages until it serves a phone again.
+async fn w4(r: &mut Report, quick: bool) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let listen = deskhand_tests::free_udp_addr();
+    let mut desk = NodeProc::spawn(
+        &node_bin(),
+        &dir.path().join("desk"),
+        "desktop",
+        Some(listen),
+    )?;
+    let count = if quick { 10_000 } else { 100_000 };
+    desk.ok(json!({"cmd": "bulk", "count": count, "batch": 1000}))?;
+    let p = phone(dir.path(), &mut desk, "p").await?;
+    wait_for(&p, Duration::from_secs(120), |d| {
+        Workspace::message_count(d) >= count
+    })
+    .await?;
+    desk.quit()?;
+    let t0 = Instant::now();
+    let mut desk = NodeProc::spawn(
+        &node_bin(),
+        &dir.path().join("desk"),
+        "desktop",
+        Some(listen),
+    )?;
+    let ready_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    p.sync_now();
+    let m = message(&p, 0);
+    p.write(|tx| Workspace::append_message(tx, &m)).await?;
+    desk.ok(
+        json!({"cmd": "wait_messages", "count": count + 1, "brief": true, "timeout_ms": 60_000}),
+    )?;
+    let served_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", desk.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    r.put(
+        "W4",
+        "ready_ms",
+        ready_ms,
+        &format!("{count} messages: process start to listening"),
+    );
+    r.put(
+        "W4",
+        "served_first_phone_ms",
+        served_ms,
+        "process start to a phone's new message stored",
+    );
+    r.put("W4", "peak_rss_mb", rss / 1024.0, "desktop process VmHWM");
+    p.shutdown().await;
+    desk.quit()?;
+    Ok(())
+}
+
+/// The floors: a raw iroh stream echo of one sync frame's bytes, and Automerge's in-memory sync
+/// of one message through a hub.
+async fn floor(r: &mut Report, quick: bool) -> Result<()> {
+    use deskhand_sync::endpoint;
+    const ALPN: &[u8] = b"deskhand/bench-echo";
+    let n = if quick { 200 } else { 1000 };
+    let server_key = DeviceKey::from_secret_bytes(random_32());
+    let server = endpoint::bind(&server_key, &Default::default(), vec![ALPN.to_vec()]).await?;
+    let client = endpoint::bind(
+        &DeviceKey::from_secret_bytes(random_32()),
+        &Default::default(),
+        vec![],
+    )
+    .await?;
+    let addrs = endpoint::direct_addrs(&server);
+    let srv = server.clone();
+    let echo = tokio::spawn(async move {
+        if let Some(inc) = srv.accept().await
+            && let Ok(conn) = inc.await
+            && let Ok((mut send, mut recv)) = conn.accept_bi().await
+        {
+            let mut buf = vec![0u8; 300];
+            while recv.read_exact(&mut buf).await.is_ok() {
+                if send.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let conn = client
+        .connect(endpoint::peer_addr(&server_key.device_id(), &addrs)?, ALPN)
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let buf = vec![7u8; 300];
+    let mut back = vec![0u8; 300];
+    let mut rtts = Vec::new();
+    for i in 0..n + 20 {
+        let t = Instant::now();
+        send.write_all(&buf).await?;
+        recv.read_exact(&mut back).await?;
+        if i >= 20 {
+            rtts.push(t.elapsed().as_micros() as u64);
+        }
+    }
+    rtts.sort_unstable();
+    r.put(
+        "floor",
+        "iroh_echo_300B_rtt_p50_us",
+        pct(&rtts, 0.5),
+        "one round trip ≈ two one-way hops of W1",
+    );
+    r.put("floor", "iroh_echo_300B_rtt_p99_us", pct(&rtts, 0.99), "");
+    echo.abort();
+    client.close().await;
+    server.close().await;
+
+    // Automerge in memory: A → hub → B for one message.
+    let mut hub = Automerge::new();
+    hub.transact::<_, _, SchemaError>(|tx| {
+        Workspace::init(
+            tx,
+            &DesktopInfo {
+                id: "d".into(),
+                name: "d".into(),
+                os: "l".into(),
+                heartbeat_at: 0,
+                executor: ExecutorState::Idle,
+            },
+        )
+    })
+    .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
+    let mut a = hub.fork();
+    let mut b = hub.fork();
+    let (mut sa, mut sha, mut shb, mut sb) = (
+        sync::State::new(),
+        sync::State::new(),
+        sync::State::new(),
+        sync::State::new(),
+    );
+    let mut times = Vec::new();
+    for i in 0..n {
+        let m = Message {
+            id: format!("m{i}").into(),
+            author: "a".into(),
+            role: Role::User,
+            text: text100(i),
+            created_at: 0,
+            task_id: None,
+        };
+        a.transact::<_, _, SchemaError>(|tx| Workspace::append_message(tx, &m))
+            .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
+        let t = Instant::now();
+        pump(&mut a, &mut sa, &mut hub, &mut sha)?;
+        pump(&mut hub, &mut shb, &mut b, &mut sb)?;
+        times.push(t.elapsed().as_micros() as u64);
+    }
+    times.sort_unstable();
+    r.put(
+        "floor",
+        "automerge_relay_in_memory_p50_us",
+        pct(&times, 0.5),
+        "A→hub→B, same message, no IO",
+    );
+    Ok(())
+}
+
+fn pump(
+    x: &mut Automerge,
+    sx: &mut sync::State,
+    y: &mut Automerge,
+    sy: &mut sync::State,
+) -> Result<()> {
+    loop {
+        let m1 = x.generate_sync_message(sx);
+        let m2 = y.generate_sync_message(sy);
+        if m1.is_none() && m2.is_none() {
+            return Ok(());
+        }
+        if let Some(m) = m1 {
+            y.receive_sync_message(sy, sync::Message::decode(&m.encode())?)?;
+        }
+        if let Some(m) = m2 {
+            x.receive_sync_message(sx, sync::Message::decode(&m.encode())?)?;
+        }
+    }
+}
+
+fn random_32() -> [u8; 32] {
+    let a = random_id_bytes();
+    let b = random_id_bytes();
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(&a);
+    out[16..].copy_from_slice(&b);
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let which = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .unwrap_or("all");
+    if !node_bin().exists() {
+        bail!(
+            "{} is missing: build with `cargo build --release -p deskhand-tests`",
+            node_bin().display()
+        );
+    }
+    let mut r = Report { rows: Vec::new() };
+    let all = which == "all";
+    if all || which == "floor" || which == "w1" {
+        floor(&mut r, quick).await?;
+    }
+    if all || which == "w1" {
+        w1(&mut r, quick).await?;
+    }
+    if all || which == "w2" || which == "w5" {
+        w2(&mut r, quick).await?;
+    }
+    if all || which == "w3" {
+        w3(&mut r, quick).await?;
+    }
+    if all || which == "w4" {
+        w4(&mut r, quick).await?;
+    }
+    if all || which == "w6" {
+        println!(
+            "{}",
+            json!({"workload": "W6", "metric": "skipped", "value": null, "why": "the uniffi mobile library is not built yet"})
+        );
+    }
+    println!("\n{:<6} {:<32} {:>12}  note", "id", "metric", "value");
+    for (w, m, v, note) in &r.rows {
+        println!("{w:<6} {m:<32} {v:>12.1}  {note}");
+    }
+    Ok(())
+}
