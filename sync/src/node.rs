@@ -930,7 +930,18 @@ impl Node {
             let _ = router.shutdown().await;
         }
         self.endpoint.close().await;
-        // Wait for queued writes (sync states, peer records) to be committed.
+        // Leave a single snapshot behind so that the next start loads one compact document
+        // instead of replaying every incremental chunk.
+        {
+            let mut ds = self.shared.lock_doc();
+            if ds.chunks_since_snapshot > 0 {
+                ds.chunks_since_snapshot = 0;
+                self.shared
+                    .store
+                    .queue(WriteOp::Compact(ds.doc.save()), None);
+            }
+        }
+        // Wait for queued writes (sync states, peer records, snapshot) to be committed.
         let _ = self.shared.store.read(|_| ()).await;
     }
 }

@@ -284,7 +284,7 @@ struct Counters {
     next_audit: u64,
 }
 
-fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
+fn run(mut db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
     let mut counters = match next_keys(&db) {
         Ok(c) => c,
         Err(e) => {
@@ -322,7 +322,11 @@ fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
                 }
             }
         }
+        let compacted = batch
+            .iter()
+            .any(|(op, _)| matches!(op, WriteOp::Compact(_)));
         let result = commit_batch(&db, &mut counters, batch.iter().map(|(op, _)| op));
+        let ok = result.is_ok();
         match result {
             Ok(()) => batch.into_iter().for_each(|(_, done)| {
                 if let Some(d) = done {
@@ -342,6 +346,13 @@ fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
                         d(r)
                     }
                 }
+            }
+        }
+        if ok && compacted {
+            // The chunks a snapshot replaced leave free pages behind: give them back to the
+            // file system (redb copies live pages down and truncates the file).
+            if let Err(e) = db.compact() {
+                tracing::debug!(path = %path.display(), "could not shrink the database file: {e}");
             }
         }
     }
