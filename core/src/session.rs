@@ -103,7 +103,6 @@ impl SessionError {
 #[derive(Debug)]
 pub struct PendingSync {
     message: sync::Message,
-    bytes: usize,
 }
 
 impl PendingSync {
@@ -318,10 +317,7 @@ impl SyncSession {
                     SessionError::Protocol(format!("undecodable sync message: {e}"))
                 })?;
                 self.stats.sync_received += 1;
-                out.push(SessionOutput::Received(PendingSync {
-                    message,
-                    bytes: bytes.len(),
-                }));
+                out.push(SessionOutput::Received(PendingSync { message }));
             }
             Frame::Ping(n) => self.send(&mut out, Frame::Pong(n)),
             Frame::Pong(_) => {}
@@ -340,7 +336,6 @@ impl SyncSession {
         filter: &dyn ChangeFilter,
         now: u64,
     ) -> Result<Vec<SessionOutput>, SessionError> {
-        let _ = pending.bytes;
         let mut out = Vec::new();
         if pending.has_changes() {
             let chunks: Vec<&[u8]> = pending.chunks().collect();

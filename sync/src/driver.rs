@@ -138,12 +138,10 @@ impl Driver {
                         Ok(Some(bytes)) => {
                             decoder.push(&bytes);
                             loop {
-                                let wire = decoder.needed();
                                 let frame = decoder
                                     .next_frame()
                                     .map_err(|e| SessionError::Protocol(e.to_string()))?;
                                 let Some(frame) = frame else { break };
-                                let _ = wire;
                                 self.on_frame(session, frame)?;
                             }
                         }
