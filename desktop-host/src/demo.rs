@@ -7,18 +7,7 @@ use deskhand_core::MessageId;
 use deskhand_core::schema::{Message, Role, Workspace};
 use deskhand_sync::node::random_id_bytes;
 use deskhand_sync::presence::now_unix_ms;
-use deskhand_sync::{Node, NodeConfig, NodeRole, PeerRecord};
-
-fn record(name: &str, platform: &str, addrs: Vec<std::net::SocketAddr>) -> PeerRecord {
-    PeerRecord {
-        name: name.into(),
-        platform: platform.into(),
-        paired_at: now_unix_ms(),
-        revoked_at: None,
-        last_seen: None,
-        addrs,
-    }
-}
+use deskhand_sync::{Node, NodeConfig, NodeRole};
 
 async fn say(node: &Node, role: Role, text: &str) -> Result<()> {
     let msg = Message {
@@ -80,17 +69,17 @@ pub async fn run() -> Result<()> {
     println!("phone A  {}", a.id().short());
     println!("phone B  {}\n", b.id().short());
 
+    // Pair both phones as a user would: phone A scans the QR code the desktop wrote as a PNG,
+    // phone B gets the pairing text (each code works once).
     let t = Instant::now();
-    // Registering stands in for the QR pairing exchange: it fills the same registries.
-    for p in [&a, &b] {
-        desk.put_peer(p.id(), record("phone", "terminal", vec![]))
-            .await?;
-        p.put_peer(
-            desk.id(),
-            record("demo-desktop", "desktop", desk.direct_addrs()),
-        )
-        .await?;
-    }
+    let png = dir.path().join("pairing-qr.png");
+    let code_a = desk.create_pairing(Duration::from_secs(300))?;
+    crate::qr::write_png(&code_a.to_uri(), &png)?;
+    let scanned = deskhand_core::PairingPayload::parse(&crate::qr::read_png(&png)?)?;
+    a.pair(&scanned, "phone A", "terminal").await?;
+    let code_b = desk.create_pairing(Duration::from_secs(300))?;
+    b.pair(&code_b, "phone B", "terminal").await?;
+    let reused = b.pair(&code_a, "phone B", "terminal").await;
     until(&a, "phone A has the workspace", |d| {
         Workspace::check_version(d).is_ok()
     })
@@ -100,7 +89,13 @@ pub async fn run() -> Result<()> {
     })
     .await?;
     let t = t.elapsed();
-    println!("1. both phones received the desktop's workspace document ({t:.1?})");
+    println!(
+        "1. phone A paired by scanning the QR code, phone B with the pairing text; both received the workspace ({t:.1?})"
+    );
+    match reused {
+        Err(e) => println!("   (reusing A's code was refused: {e})"),
+        Ok(()) => bail!("a used pairing code was accepted"),
+    }
 
     say(&a, Role::User, "Hi from phone A: what's in my Downloads?").await?;
     let t = until(&b, "B sees A's message", |d| {
