@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::node::{DocState, Shared};
 
 const READ_CHUNK: usize = 256 * 1024;
+/// How long a goodbye may take to write before the connection is closed anyway.
+const GOODBYE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs a sync session with `peer` on an open bi-stream until it ends. Registers the session
 /// (replacing an older one of the same peer) and records presence and byte counts.
@@ -96,7 +98,7 @@ impl Driver {
                         )
                     };
                     Frame::Goodbye { code, reason }.encode_into(&mut self.out);
-                    let _ = self.flush().await;
+                    let _ = tokio::time::timeout(GOODBYE_GRACE, self.flush()).await;
                 }
                 Ok(())
             }
@@ -107,7 +109,7 @@ impl Driver {
             Err(e) => {
                 if let Some(bye) = e.goodbye() {
                     bye.encode_into(&mut self.out);
-                    let _ = self.flush().await;
+                    let _ = tokio::time::timeout(GOODBYE_GRACE, self.flush()).await;
                 }
                 if let SessionError::Refused(r) = &e {
                     self.shared.audit("refused_changes", &self.peer, &r.reason);

@@ -40,6 +40,8 @@ use crate::store::{Store, StoreError, StoreThread, WriteOp};
 const COMPACT_EVERY_CHUNKS: usize = 4096;
 /// Give up a connection attempt after this long (iroh's own timeout is ~30 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a shutdown waits for each step (sessions, router, endpoint) before moving on.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -159,6 +161,11 @@ pub(crate) struct DocState {
     pub(crate) doc_id: Option<DocId>,
     persisted_heads: Vec<ChangeHash>,
     unflushed: usize,
+    /// A chunk failed to store (disk full, IO error): part of the document exists only in
+    /// memory until a later chunk, saved from scratch, succeeds. Sessions stay held meanwhile.
+    undurable: bool,
+    /// Bumped at each failure; a chunk queued after the latest bump covers everything.
+    fail_gen: u64,
     chunks_since_snapshot: usize,
 }
 
@@ -283,7 +290,7 @@ impl Shared {
         Ok(())
     }
     pub(crate) fn is_dirty(ds: &DocState) -> bool {
-        ds.unflushed > 0
+        ds.unflushed > 0 || ds.undurable
     }
 
     /// Queues the changes since the last persisted heads as one chunk. Must be called with the
@@ -305,6 +312,7 @@ impl Shared {
         let chunk = ds.doc.save_after(&ds.persisted_heads);
         ds.persisted_heads = heads;
         ds.unflushed += 1;
+        let queued_gen = ds.fail_gen;
         ds.chunks_since_snapshot += 1;
         if notify_applied {
             self.changed.send_modify(|g| *g += 1);
@@ -317,7 +325,18 @@ impl Shared {
                     let clean = {
                         let mut ds = me.lock_doc();
                         ds.unflushed -= 1;
-                        ds.unflushed == 0
+                        match &r {
+                            Ok(()) if queued_gen == ds.fail_gen => ds.undurable = false,
+                            Ok(()) => {}
+                            Err(e) => {
+                                // Save everything again with the next chunk; hold the sessions.
+                                tracing::error!("a document change could not be stored: {e}");
+                                ds.undurable = true;
+                                ds.fail_gen += 1;
+                                ds.persisted_heads.clear();
+                            }
+                        }
+                        ds.unflushed == 0 && !ds.undurable
                     };
                     if r.is_ok() && !notify_applied {
                         me.changed.send_modify(|g| *g += 1);
@@ -582,6 +601,8 @@ impl Node {
                 doc_id,
                 persisted_heads,
                 unflushed: 0,
+                undurable: false,
+                fail_gen: 0,
                 chunks_since_snapshot,
             }),
             store: store.clone(),
@@ -925,11 +946,26 @@ impl Node {
                 t.cancel();
             }
         }
-        while self.tasks.join_next().await.is_some() {}
-        if let Some(router) = self.router.take() {
-            let _ = router.shutdown().await;
+        // Sessions end with a goodbye at once; a peer that does not read it (gone, or stuck
+        // mid-handshake) must not hold up the shutdown.
+        let tasks = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, tasks).await.is_err() {
+            tracing::warn!("sync tasks did not stop within {SHUTDOWN_GRACE:?}; aborting them");
+            self.tasks.shutdown().await;
         }
-        self.endpoint.close().await;
+        if let Some(router) = self.router.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, router.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!("the router did not stop within {SHUTDOWN_GRACE:?}");
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the endpoint did not close within {SHUTDOWN_GRACE:?}");
+        }
         // Leave a single snapshot behind so that the next start loads one compact document
         // instead of replaying every incremental chunk.
         {
@@ -1035,9 +1071,9 @@ async fn dial_once(
             Ok(Ok(c)) => c,
         }
     };
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| format!("desktop closed the connection: {e}"))?;
+    let (send, recv) = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        r = conn.open_bi() => r.map_err(|e| format!("desktop closed the connection: {e}"))?,
+    };
     crate::driver::run_peer(shared.clone(), home, conn, send, recv).await
 }

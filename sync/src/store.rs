@@ -36,7 +36,9 @@ pub enum StoreError {
         reason: String,
     },
     /// The disk is full; nothing of the failed write was kept, earlier commits are intact.
-    #[error("no space left writing {path}; the last change was not saved")]
+    #[error(
+        "no space left on the disk of {path}: the change was not saved (it is kept in memory, not sent, and saved with the next change once there is space)"
+    )]
     DiskFull {
         /// The file.
         path: PathBuf,
@@ -284,30 +286,34 @@ struct Counters {
     next_audit: u64,
 }
 
-fn run(mut db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
-    let mut counters = match next_keys(&db) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(path = %path.display(), "store cannot read its counters: {e}");
-            Counters {
-                next_chunk: u64::MAX / 2,
-                next_audit: u64::MAX / 2,
-            }
-        }
-    };
+fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
+    let mut counters = counters_of(&db, &path);
+    // None after an I/O error: redb must be closed and opened again before it is used.
+    let mut db = Some(db);
     let mut pending_read: Option<ReadFn> = None;
     loop {
-        if let Some(f) = pending_read.take() {
-            f(&db);
+        if let Some(f) = pending_read.take()
+            && let Some(d) = &db
+        {
+            f(d);
         }
         let first = match rx.recv() {
             Ok(r) => r,
             Err(_) => return,
         };
+        if db.is_none() {
+            db = reopen(&path);
+            if let Some(d) = &db {
+                counters = counters_of(d, &path);
+            }
+        }
         let mut batch = Vec::new();
         match first {
             Req::Read(f) => {
-                f(&db);
+                // Without a database the reply channel is dropped: the caller sees `Closed`.
+                if let Some(d) = &db {
+                    f(d);
+                }
                 continue;
             }
             Req::Write(op, done) => batch.push((op, done)),
@@ -322,38 +328,81 @@ fn run(mut db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
                 }
             }
         }
+        let Some(d) = db.as_mut() else {
+            for (_, done) in batch {
+                if let Some(done) = done {
+                    done(Err(StoreError::Io {
+                        path: path.clone(),
+                        reason: "the database could not be reopened after an I/O error".into(),
+                    }));
+                }
+            }
+            continue;
+        };
         let compacted = batch
             .iter()
             .any(|(op, _)| matches!(op, WriteOp::Compact(_)));
-        let result = commit_batch(&db, &mut counters, batch.iter().map(|(op, _)| op));
-        let ok = result.is_ok();
-        match result {
-            Ok(()) => batch.into_iter().for_each(|(_, done)| {
-                if let Some(d) = done {
-                    d(Ok(()))
+        match commit_batch(d, &mut counters, batch.iter().map(|(op, _)| op)) {
+            Ok(()) => {
+                batch.into_iter().for_each(|(_, done)| {
+                    if let Some(done) = done {
+                        done(Ok(()))
+                    }
+                });
+                if compacted {
+                    // The chunks a snapshot replaced leave free pages behind: give them back to
+                    // the file system (redb copies live pages down and truncates the file).
+                    if let Err(e) = d.compact() {
+                        tracing::debug!(path = %path.display(), "could not shrink the database file: {e}");
+                    }
                 }
-            }),
+            }
+            Err(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => {
+                // The whole batch failed on the disk (full, or failing). Nothing of it was
+                // committed; earlier commits are intact. Report it and reopen before the next.
+                let text = e.to_string();
+                tracing::error!(path = %path.display(), "writing failed: {text}");
+                for (_, done) in batch {
+                    if let Some(done) = done {
+                        done(Err(io_error(&path, &text)));
+                    }
+                }
+                db = None;
+            }
             Err(e) => {
                 // One bad write must not sink the others: retry one by one.
                 tracing::warn!(path = %path.display(), "group commit failed ({e}); retrying writes one by one");
                 for (op, done) in batch {
-                    let r = commit_batch(&db, &mut counters, std::iter::once(&op))
+                    let r = commit_batch(d, &mut counters, std::iter::once(&op))
                         .map_err(|e| io_error(&path, e));
                     if let Err(e) = &r {
                         tracing::error!(path = %path.display(), "write failed: {e}");
                     }
-                    if let Some(d) = done {
-                        d(r)
+                    if let Some(done) = done {
+                        done(r)
                     }
                 }
             }
         }
-        if ok && compacted {
-            // The chunks a snapshot replaced leave free pages behind: give them back to the
-            // file system (redb copies live pages down and truncates the file).
-            if let Err(e) = db.compact() {
-                tracing::debug!(path = %path.display(), "could not shrink the database file: {e}");
-            }
+    }
+}
+
+fn counters_of(db: &Database, path: &Path) -> Counters {
+    next_keys(db).unwrap_or_else(|e| {
+        tracing::error!(path = %path.display(), "store cannot read its counters: {e}");
+        Counters {
+            next_chunk: u64::MAX / 2,
+            next_audit: u64::MAX / 2,
+        }
+    })
+}
+
+fn reopen(path: &Path) -> Option<Database> {
+    match Database::create(path) {
+        Ok(db) => Some(db),
+        Err(e) => {
+            tracing::error!(path = %path.display(), "cannot reopen the database: {e}");
+            None
         }
     }
 }

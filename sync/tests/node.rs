@@ -127,3 +127,67 @@ async fn a_second_process_on_the_same_data_directory_gets_a_clear_error() -> any
     node.shutdown().await;
     Ok(())
 }
+
+/// Needs root (to mount a tiny tmpfs), as in CI; elsewhere it says so and checks nothing.
+#[tokio::test]
+async fn a_full_disk_refuses_the_write_clearly_and_keeps_every_acknowledged_change()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "SKIPPED: mounting a 1 MiB tmpfs needs root; the full-disk behaviour was not checked"
+        );
+        return Ok(());
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let data = mnt.join("desk");
+    let node = Node::open(desktop(&data)).await?;
+    let mut acked = 0usize;
+    let big = "z".repeat(16 * 1024);
+    let err = loop {
+        let m = Message {
+            text: format!("{acked} {big}"),
+            ..msg(&node, &format!("m{acked}"))
+        };
+        match node.write(|tx| Workspace::append_message(tx, &m)).await {
+            Ok(()) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 1000, "a 1 MiB disk never filled up");
+    };
+    let text = err.to_string();
+    eprintln!("after {acked} writes: {text}");
+    assert!(text.contains("no space left"), "{text}");
+    assert!(
+        text.contains(&Node::db_path(&data).display().to_string()),
+        "{text}"
+    );
+    node.shutdown().await;
+    // Make room and reopen: every acknowledged message is there.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=8m"])
+        .arg(&mnt)
+        .status()?;
+    assert!(grown.success());
+    let node = Node::open(desktop(&data)).await?;
+    let have = node.read(Workspace::message_count);
+    assert!(have >= acked, "acknowledged {acked}, found {have}");
+    node.shutdown().await;
+    Ok(())
+}

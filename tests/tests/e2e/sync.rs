@@ -183,3 +183,39 @@ fn a_device_not_in_the_registry_is_refused_before_any_document_data() -> Result<
     desk.quit()?;
     Ok(())
 }
+
+#[test]
+fn sigkill_in_the_middle_of_writes_loses_no_acknowledged_message() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut desk = NodeProc::spawn(&bin(), &dir.path().join("desk"), "desktop", None)?;
+    let mut acked = BTreeSet::new();
+    for round in 0..5u64 {
+        // Queue a burst of writes, read some of the answers, then kill the process while the
+        // rest are in flight: every write it acknowledged must be there after the restart.
+        let burst = 40;
+        for i in 0..burst {
+            desk.send_only(json!({"cmd": "send", "text": format!("round {round} write {i}")}))?;
+        }
+        let read = 5 + (round as usize * 7) % 30;
+        for _ in 0..read {
+            let a = desk.answer()?;
+            acked.insert(a["id"].as_str().unwrap_or_default().to_owned());
+        }
+        let data = desk.data.clone();
+        desk.kill9()?;
+        desk = NodeProc::spawn(&bin(), &data, "desktop", None)?;
+        let have = ids(&desk.state()?);
+        let lost: Vec<_> = acked.difference(&have).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged writes lost after SIGKILL: {lost:?}"
+        );
+        eprintln!(
+            "[e2e] round {round}: {} acknowledged, {} stored after SIGKILL",
+            acked.len(),
+            have.len()
+        );
+    }
+    desk.quit()?;
+    Ok(())
+}
