@@ -20,6 +20,8 @@ use crate::{DeviceId, DocId};
 pub const PING_AFTER_MS: u64 = 2_000;
 /// Give the peer up after this long without hearing from it.
 pub const DEAD_AFTER_MS: u64 = 6_000;
+/// How long a [`SyncSession::probe`] waits for any answer.
+pub const PROBE_TIMEOUT_MS: u64 = 1_500;
 /// Re-negotiate when a sync message has been in flight this long without an answer.
 pub const RESEND_AFTER_MS: u64 = 2_000;
 
@@ -163,6 +165,8 @@ pub struct SyncSession {
     last_heard: u64,
     last_sync_sent: u64,
     ping_outstanding: Option<u64>,
+    /// Set by [`SyncSession::probe`]: the peer must be heard from by then or the session ends.
+    probe_deadline: Option<u64>,
     next_nonce: u64,
     persisted_shared: Vec<ChangeHash>,
     stats: SessionStats,
@@ -192,6 +196,7 @@ impl SyncSession {
             last_heard: now,
             last_sync_sent: now,
             ping_outstanding: None,
+            probe_deadline: None,
             next_nonce: 1,
             persisted_shared,
             stats: SessionStats::default(),
@@ -285,6 +290,7 @@ impl SyncSession {
         // Any frame shows the peer is alive, so it answers an outstanding ping: waiting for that
         // ping's own pong would stop our pings for good once one pong is lost.
         self.ping_outstanding = None;
+        self.probe_deadline = None;
         self.stats.bytes_received += wire_len as u64;
         let mut out = Vec::new();
         match frame {
@@ -380,7 +386,23 @@ impl SyncSession {
         if self.phase != Phase::Open || self.awaiting_answer() {
             t = t.min(self.last_sync_sent.max(self.last_heard) + RESEND_AFTER_MS);
         }
+        if let Some(p) = self.probe_deadline {
+            t = t.min(p);
+        }
         t
+    }
+
+    /// Checks now that the peer is still there (the network changed, the app came to the
+    /// foreground): a ping goes out, and unless the peer answers within [`PROBE_TIMEOUT_MS`] the
+    /// session ends so that the caller reconnects at once instead of after [`DEAD_AFTER_MS`].
+    pub fn probe(&mut self, now: u64) -> Vec<SessionOutput> {
+        let mut out = Vec::new();
+        let n = self.next_nonce;
+        self.next_nonce += 1;
+        self.ping_outstanding = Some(n);
+        self.probe_deadline = Some(now + PROBE_TIMEOUT_MS);
+        self.send(&mut out, Frame::Ping(n));
+        out
     }
 
     /// Timers: liveness pings, giving up on a silent peer, and re-negotiating a lost exchange.
@@ -390,7 +412,7 @@ impl SyncSession {
         now: u64,
     ) -> Result<Vec<SessionOutput>, SessionError> {
         let silent = now.saturating_sub(self.last_heard);
-        if silent >= DEAD_AFTER_MS {
+        if silent >= DEAD_AFTER_MS || self.probe_deadline.is_some_and(|p| now >= p) {
             return Err(SessionError::Timeout(silent));
         }
         let mut out = Vec::new();

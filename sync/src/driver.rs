@@ -128,6 +128,8 @@ impl Driver {
     ) -> Result<(), SessionError> {
         let mut durable = self.shared.durable.subscribe();
         durable.mark_unchanged();
+        let mut probe = self.shared.probe.subscribe();
+        probe.mark_unchanged();
         let mut decoder = FrameDecoder::new();
         self.flush().await.map_err(SessionError::Protocol)?;
         loop {
@@ -156,6 +158,10 @@ impl Driver {
                     session.set_hold(Shared::is_dirty(&ds));
                     let out = session.on_local_change(&ds.doc, self.shared.now_ms());
                     drop(ds);
+                    self.queue(out);
+                }
+                _ = probe.changed() => {
+                    let out = session.probe(self.shared.now_ms());
                     self.queue(out);
                 }
                 _ = tokio::time::sleep_until(deadline) => {

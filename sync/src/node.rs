@@ -229,6 +229,8 @@ pub(crate) struct Shared {
     codes: Mutex<crate::pairing::Codes>,
     relay: Option<String>,
     paused: std::sync::atomic::AtomicBool,
+    /// Bumped by `sync_now`: live sessions probe their peer.
+    pub(crate) probe: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -617,6 +619,7 @@ impl Node {
             path: path.clone(),
             codes: Mutex::new(crate::pairing::Codes::load(&loaded.pairing_tokens)),
             paused: false.into(),
+            probe: watch::channel(0).0,
             relay: match &config.net.relay {
                 crate::RelaySetting::Url(u) => Some(u.clone()),
                 _ => None,
@@ -918,8 +921,10 @@ impl Node {
         self.shared.wake_dialer.notify_one();
     }
 
-    /// Asks the dialer to try the home desktop now (network change, app foregrounded).
+    /// Syncs now (network change, app foregrounded): the dialer retries at once, and a live
+    /// session checks that its peer is still there, reconnecting within seconds if not.
     pub fn sync_now(&self) {
+        self.shared.probe.send_modify(|g| *g += 1);
         self.shared.wake_dialer.notify_one();
     }
 
