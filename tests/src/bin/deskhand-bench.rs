@@ -276,19 +276,7 @@ async fn w2(r: &mut Report, quick: bool) -> Result<()> {
     let mut dst = Automerge::load(&before)?;
     let t = Instant::now();
     let (mut s1, mut s2) = (sync::State::new(), sync::State::new());
-    loop {
-        let m1 = src.generate_sync_message(&mut s1);
-        let m2 = dst.generate_sync_message(&mut s2);
-        if m1.is_none() && m2.is_none() {
-            break;
-        }
-        if let Some(m) = m1 {
-            dst.receive_sync_message(&mut s2, sync::Message::decode(&m.encode())?)?;
-        }
-        if let Some(m) = m2 {
-            src.receive_sync_message(&mut s1, sync::Message::decode(&m.encode())?)?;
-        }
-    }
+    pump(&mut src, &mut s1, &mut dst, &mut s2)?;
     let floor_ms = t.elapsed().as_secs_f64() * 1000.0;
     r.put(
         "W2",
