@@ -484,7 +484,8 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// `N` bytes from the operating system's random number generator (keys, tokens, ids).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     // The OS RNG failing is unrecoverable for a device that needs keys.
     getrandom::fill(&mut b).expect("the operating system's random number generator failed");

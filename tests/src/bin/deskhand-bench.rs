@@ -15,7 +15,7 @@ use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
 use deskhand_core::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Workspace};
 use deskhand_core::{DeviceKey, MessageId, TaskId};
-use deskhand_sync::node::random_id_bytes;
+use deskhand_sync::node::{random_bytes, random_id_bytes};
 use deskhand_sync::presence::now_unix_ms;
 use deskhand_sync::{Node, NodeConfig, NodeRole, PeerRecord};
 use deskhand_tests::NodeProc;
@@ -432,10 +432,10 @@ async fn floor(r: &mut Report, quick: bool) -> Result<()> {
     use deskhand_sync::endpoint;
     const ALPN: &[u8] = b"deskhand/bench-echo";
     let n = if quick { 200 } else { 1000 };
-    let server_key = DeviceKey::from_secret_bytes(random_32());
+    let server_key = DeviceKey::from_secret_bytes(random_bytes());
     let server = endpoint::bind(&server_key, &Default::default(), vec![ALPN.to_vec()]).await?;
     let client = endpoint::bind(
-        &DeviceKey::from_secret_bytes(random_32()),
+        &DeviceKey::from_secret_bytes(random_bytes()),
         &Default::default(),
         vec![],
     )
@@ -551,15 +551,6 @@ fn pump(
             x.receive_sync_message(sx, sync::Message::decode(&m.encode())?)?;
         }
     }
-}
-
-fn random_32() -> [u8; 32] {
-    let a = random_id_bytes();
-    let b = random_id_bytes();
-    let mut out = [0u8; 32];
-    out[..16].copy_from_slice(&a);
-    out[16..].copy_from_slice(&b);
-    out
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

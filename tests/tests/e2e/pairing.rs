@@ -287,7 +287,7 @@ enum Forge {
 /// A peer that pairs honestly, then speaks the sync protocol by hand with a document it
 /// tampers with. Returns why the desktop closed the connection.
 async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
-    let key = DeviceKey::from_secret_bytes(rand_bytes());
+    let key = DeviceKey::from_secret_bytes(deskhand_sync::node::random_bytes());
     let me = key.device_id();
     let ep = deskhand_sync::endpoint::bind(&key, &NetConfig::default(), vec![]).await?;
     let payload = PairingPayload::parse(code)?;
@@ -421,20 +421,6 @@ impl<T> ContextErr<T> for Option<T> {
     fn context_err(self) -> Result<T, automerge::AutomergeError> {
         self.ok_or(automerge::AutomergeError::Fail)
     }
-}
-
-fn rand_bytes() -> [u8; 32] {
-    let mut b = [0u8; 32];
-    for (i, chunk) in b.chunks_mut(16).enumerate() {
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-            ^ (i as u128 * 0x9e37_79b9_7f4a_7c15)
-            ^ (std::process::id() as u128) << 64;
-        chunk.copy_from_slice(&n.to_le_bytes()[..16]);
-    }
-    b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
