@@ -6,6 +6,10 @@
 
 #![deny(missing_docs)]
 
+#[macro_use]
+mod macros;
+
+pub mod approval;
 pub mod frame;
 pub mod identity;
 pub mod ids;
@@ -14,6 +18,7 @@ pub mod schema;
 pub mod session;
 pub mod trust;
 
+pub use approval::{Approval, Decision, Resolution, Risk, Verdict};
 pub use frame::{Frame, FrameDecoder, FrameError, Hello};
 pub use identity::{DeviceKey, KeyError};
 pub use ids::{DeviceId, DocId, IdError, MessageId, TaskId};

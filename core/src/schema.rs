@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ObjId, ObjType, ROOT, ReadDoc};
-use autosurgeon::{Hydrate, HydrateError, Reconcile, Reconciler, hydrate_prop, reconcile_prop};
+use autosurgeon::{Hydrate, HydrateError, Reconcile, hydrate_prop, reconcile_prop};
 
-use crate::ids::{DeviceId, MessageId, TaskId};
+use crate::approval::Approval;
+use crate::ids::{ApprovalId, DeviceId, MessageId, TaskId};
 
 /// Version of the document layout written by this build.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -53,44 +54,6 @@ impl From<automerge::AutomergeError> for SchemaError {
     fn from(e: automerge::AutomergeError) -> Self {
         Self::Automerge(Box::new(e))
     }
-}
-
-macro_rules! string_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vdoc])* #[doc = $text] $variant),+ }
-
-        impl $name {
-            /// The value as stored in the document.
-            pub fn as_str(&self) -> &'static str {
-                match self { $(Self::$variant => $text),+ }
-            }
-        }
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s { $($text => Ok(Self::$variant),)+ other => Err(format!("unknown {} {other:?}", stringify!($name))) }
-            }
-        }
-        impl Reconcile for $name {
-            type Key<'a> = autosurgeon::reconcile::NoKey;
-            fn reconcile<R: Reconciler>(&self, reconciler: R) -> Result<(), R::Error> {
-                self.as_str().reconcile(reconciler)
-            }
-        }
-        impl Hydrate for $name {
-            fn hydrate_string(s: &'_ str) -> Result<Self, HydrateError> {
-                s.parse().map_err(|_| HydrateError::unexpected(stringify!($name), s.to_owned()))
-            }
-        }
-    };
 }
 
 string_enum!(
@@ -156,15 +119,54 @@ pub struct Message {
     pub task_id: Option<TaskId>,
 }
 
+/// A content-addressed blob held by the desktop (a screenshot, a produced file, a long output).
+#[derive(Clone, Debug, PartialEq, Eq, Reconcile, Hydrate, serde::Serialize, serde::Deserialize)]
+pub struct BlobRef {
+    /// BLAKE3 hash, lower-case hex.
+    pub hash: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Media type, e.g. `image/png`, `text/plain`.
+    pub media_type: String,
+    /// A file name to suggest when saving it.
+    #[autosurgeon(missing = "Option::default")]
+    pub name: Option<String>,
+}
+
 /// A progress event of a task.
 #[derive(Clone, Debug, PartialEq, Reconcile, Hydrate, serde::Serialize)]
 pub struct TaskEvent {
     /// Unix milliseconds.
     pub at: i64,
-    /// Kind, e.g. `progress`, `tool`, `output`.
+    /// Kind, e.g. `progress`, `tool`, `output`, `approval`.
     pub kind: String,
     /// Text.
     pub text: String,
+    /// A blob this event produced.
+    #[autosurgeon(missing = "Option::default")]
+    pub blob: Option<BlobRef>,
+}
+
+impl TaskEvent {
+    /// An event without a blob.
+    pub fn new(at: i64, kind: &str, text: impl Into<String>) -> Self {
+        Self {
+            at,
+            kind: kind.to_owned(),
+            text: text.into(),
+            blob: None,
+        }
+    }
+}
+
+/// The outcome of a finished task.
+#[derive(Clone, Debug, PartialEq, Reconcile, Hydrate, serde::Serialize)]
+pub struct TaskResult {
+    /// What happened, for a person.
+    pub summary: String,
+    /// Blobs the task produced.
+    #[autosurgeon(missing = "Vec::new")]
+    pub blobs: Vec<BlobRef>,
 }
 
 /// A task created by a phone and carried out by the desktop.
@@ -186,9 +188,47 @@ pub struct Task {
     /// Device that asked to cancel it.
     #[autosurgeon(missing = "Option::default")]
     pub cancel_requested_by: Option<String>,
+    /// When the desktop started it.
+    #[autosurgeon(missing = "Option::default")]
+    pub started_at: Option<i64>,
+    /// When it reached a final state.
+    #[autosurgeon(missing = "Option::default")]
+    pub finished_at: Option<i64>,
     /// Progress events.
     #[autosurgeon(missing = "Vec::new")]
     pub events: Vec<TaskEvent>,
+    /// The outcome, once finished.
+    #[autosurgeon(missing = "Option::default")]
+    pub result: Option<TaskResult>,
+}
+
+impl Task {
+    /// A new queued task, as a phone creates it.
+    pub fn queued(id: TaskId, prompt: impl Into<String>, created_by: &DeviceId, at: i64) -> Self {
+        Self {
+            id,
+            prompt: prompt.into(),
+            created_by: created_by.to_string(),
+            created_at: at,
+            status: TaskStatus::Queued,
+            claimed_by: None,
+            cancel_requested_by: None,
+            started_at: None,
+            finished_at: None,
+            events: Vec::new(),
+            result: None,
+        }
+    }
+}
+
+impl TaskStatus {
+    /// Whether the task reached a final state.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::Done | Self::Failed | Self::Cancelled | Self::Interrupted
+        )
+    }
 }
 
 /// A whole, hydrated view of the workspace (for display and tests; hot paths read parts).
@@ -204,6 +244,8 @@ pub struct Workspace {
     pub messages: Vec<Message>,
     /// Tasks by id.
     pub tasks: BTreeMap<String, Task>,
+    /// Approval requests by id.
+    pub approvals: BTreeMap<String, Approval>,
 }
 
 impl Workspace {
@@ -240,6 +282,7 @@ impl Workspace {
             devices: hydrate_prop(doc, ROOT, "devices")?,
             messages: hydrate_prop(doc, ROOT, "messages")?,
             tasks: hydrate_prop(doc, ROOT, "tasks")?,
+            approvals: hydrate_prop(doc, ROOT, "approvals")?,
         })
     }
 
@@ -284,11 +327,7 @@ impl Workspace {
         task: &TaskId,
         event: &TaskEvent,
     ) -> Result<(), SchemaError> {
-        let tasks = obj(tx, "tasks")?;
-        let t = match tx.get(&tasks, task.as_str())? {
-            Some((automerge::Value::Object(_), id)) => id,
-            _ => return Err(HydrateError::unexpected("a task", format!("no task {task}")).into()),
-        };
+        let t = task_obj(tx, task)?;
         let events = match tx.get(&t, "events")? {
             Some((automerge::Value::Object(_), id)) => id,
             _ => tx.put_object(&t, "events", ObjType::List)?,
@@ -323,11 +362,192 @@ impl Workspace {
         Ok(())
     }
 
+    /// One task, if it exists.
+    pub fn task<D: ReadDoc + autosurgeon::ReadDoc>(
+        doc: &D,
+        id: &TaskId,
+    ) -> Result<Option<Task>, SchemaError> {
+        let tasks = obj(doc, "tasks")?;
+        match ReadDoc::get(doc, &tasks, id.as_str())? {
+            Some((automerge::Value::Object(_), _)) => {
+                Ok(Some(hydrate_prop(doc, &tasks, id.as_str())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Ids and statuses of every task, reading only the `status` field of each.
+    pub fn task_statuses<D: ReadDoc>(doc: &D) -> Vec<(TaskId, Option<TaskStatus>)> {
+        let Ok(tasks) = obj(doc, "tasks") else {
+            return Vec::new();
+        };
+        doc.map_range(&tasks, ..)
+            .map(|item| {
+                let status = match doc.get(item.id(), "status") {
+                    Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                        automerge::ScalarValue::Str(t) => t.parse().ok(),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                (TaskId::from(item.key.to_string()), status)
+            })
+            .collect()
+    }
+
+    /// Sets fields of an existing task (desktop only): `status` and, when given, the others.
+    pub fn update_task(
+        tx: &mut Transaction<'_>,
+        id: &TaskId,
+        update: &TaskUpdate,
+    ) -> Result<(), SchemaError> {
+        let t = task_obj(tx, id)?;
+        tx.put(&t, "status", update.status.as_str())?;
+        if let Some(by) = &update.claimed_by {
+            tx.put(&t, "claimed_by", by.as_str())?;
+        }
+        if let Some(at) = update.started_at {
+            tx.put(&t, "started_at", at)?;
+        }
+        if let Some(at) = update.finished_at {
+            tx.put(&t, "finished_at", at)?;
+        }
+        if let Some(result) = &update.result {
+            reconcile_prop(tx, &t, "result", result)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the desktop to cancel a task (a phone writes its own id).
+    pub fn request_cancel(
+        tx: &mut Transaction<'_>,
+        id: &TaskId,
+        by: &DeviceId,
+    ) -> Result<(), SchemaError> {
+        let t = task_obj(tx, id)?;
+        tx.put(&t, "cancel_requested_by", by.to_string())?;
+        Ok(())
+    }
+
+    /// One approval request, if it exists.
+    pub fn approval<D: ReadDoc + autosurgeon::ReadDoc>(
+        doc: &D,
+        id: &ApprovalId,
+    ) -> Result<Option<Approval>, SchemaError> {
+        let approvals = obj(doc, "approvals")?;
+        match ReadDoc::get(doc, &approvals, id.as_str())? {
+            Some((automerge::Value::Object(_), _)) => {
+                Ok(Some(hydrate_prop(doc, &approvals, id.as_str())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Every approval request.
+    pub fn approvals<D: ReadDoc + autosurgeon::ReadDoc>(
+        doc: &D,
+    ) -> Result<BTreeMap<String, Approval>, SchemaError> {
+        obj(doc, "approvals")?;
+        Ok(hydrate_prop(doc, ROOT, "approvals")?)
+    }
+
+    /// Writes a new approval request (desktop only).
+    pub fn put_approval(tx: &mut Transaction<'_>, approval: &Approval) -> Result<(), SchemaError> {
+        let approvals = obj(tx, "approvals")?;
+        reconcile_prop(tx, &approvals, approval.id.as_str(), approval)?;
+        Ok(())
+    }
+
+    /// Adds a device's own decision to an approval request (a phone, under its own key).
+    pub fn put_decision(
+        tx: &mut Transaction<'_>,
+        id: &ApprovalId,
+        by: &DeviceId,
+        decision: &crate::approval::Decision,
+    ) -> Result<(), SchemaError> {
+        let a = approval_obj(tx, id)?;
+        let decisions = match tx.get(&a, "decisions")? {
+            Some((automerge::Value::Object(_), d)) => d,
+            _ => return Err(malformed(format!("approval {id} has no decisions map"))),
+        };
+        reconcile_prop(tx, &decisions, by.to_string().as_str(), decision)?;
+        Ok(())
+    }
+
+    /// Records how the desktop resolved an approval request (desktop only).
+    pub fn set_resolution(
+        tx: &mut Transaction<'_>,
+        id: &ApprovalId,
+        resolution: &crate::approval::Resolution,
+    ) -> Result<(), SchemaError> {
+        let a = approval_obj(tx, id)?;
+        reconcile_prop(tx, &a, "resolution", resolution)?;
+        Ok(())
+    }
+
+    /// Updates the desktop's executor state.
+    pub fn set_executor_state(
+        tx: &mut Transaction<'_>,
+        state: ExecutorState,
+    ) -> Result<(), SchemaError> {
+        let desktop = obj(tx, "desktop")?;
+        tx.put(&desktop, "executor", state.as_str())?;
+        Ok(())
+    }
+
     /// Updates the desktop's heartbeat.
     pub fn set_heartbeat(tx: &mut Transaction<'_>, at: i64) -> Result<(), SchemaError> {
         let desktop = obj(tx, "desktop")?;
         tx.put(&desktop, "heartbeat_at", at)?;
         Ok(())
+    }
+}
+
+/// Fields the desktop sets on a task as it runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskUpdate {
+    /// The new status.
+    pub status: TaskStatus,
+    /// Set `claimed_by`.
+    pub claimed_by: Option<String>,
+    /// Set `started_at`.
+    pub started_at: Option<i64>,
+    /// Set `finished_at`.
+    pub finished_at: Option<i64>,
+    /// Set the result.
+    pub result: Option<TaskResult>,
+}
+
+impl TaskUpdate {
+    /// Only a status change.
+    pub fn status(status: TaskStatus) -> Self {
+        Self {
+            status,
+            claimed_by: None,
+            started_at: None,
+            finished_at: None,
+            result: None,
+        }
+    }
+}
+
+fn malformed(what: String) -> SchemaError {
+    HydrateError::unexpected("a schema-v1 object", what).into()
+}
+
+fn task_obj<D: ReadDoc>(doc: &D, id: &TaskId) -> Result<ObjId, SchemaError> {
+    let tasks = obj(doc, "tasks")?;
+    match doc.get(&tasks, id.as_str())? {
+        Some((automerge::Value::Object(_), t)) => Ok(t),
+        _ => Err(malformed(format!("no task {id}"))),
+    }
+}
+
+fn approval_obj<D: ReadDoc>(doc: &D, id: &ApprovalId) -> Result<ObjId, SchemaError> {
+    let approvals = obj(doc, "approvals")?;
+    match doc.get(&approvals, id.as_str())? {
+        Some((automerge::Value::Object(_), a)) => Ok(a),
+        _ => Err(malformed(format!("no approval {id}"))),
     }
 }
 

@@ -272,7 +272,7 @@ fn check_op(
                     }
                 }
                 "prompt" | "created_at" if is_scalar => {}
-                "claimed_by" | "cancel_requested_by"
+                "claimed_by" | "cancel_requested_by" | "started_at" | "finished_at" | "result"
                     if matches!(op.action, OpType::Put(ScalarValue::Null)) => {}
                 "events" if matches!(op.action, OpType::Make(ObjType::List)) => {
                     new_objs.insert(opid, NewObj::Events);
@@ -393,7 +393,10 @@ mod tests {
             status: TaskStatus::Queued,
             claimed_by: None,
             cancel_requested_by: None,
+            started_at: None,
+            finished_at: None,
             events: vec![],
+            result: None,
         }
     }
 
@@ -483,6 +486,55 @@ mod tests {
                 .unwrap_err()
                 .reason
                 .contains("another device's identity")
+        );
+    }
+
+    #[test]
+    fn decisions_only_under_the_phones_own_key() {
+        use crate::approval::{Approval, Resolution, Risk, Verdict};
+        let (desk, phone, mut d, _) = setup();
+        let req = Approval::new(
+            "ap1".into(),
+            "t0".into(),
+            "trash",
+            "{}",
+            "Move x to the trash",
+            Risk::Medium,
+            1,
+            100,
+            &desk,
+        );
+        d.transact::<_, _, SchemaError>(|tx| Workspace::put_approval(tx, &req))
+            .unwrap();
+        let mut p = Automerge::new().with_actor(phone.actor_id());
+        p.merge(&mut d.clone()).unwrap();
+        let key = crate::DeviceKey::from_secret_bytes([9; 32]);
+        let decision = req.sign(&key, &desk, Verdict::Approve, 5);
+        check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::put_decision(tx, &req.id, &phone, &decision)
+        })
+        .unwrap();
+        let other = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::put_decision(tx, &req.id, &desk, &decision)
+        });
+        assert!(other.unwrap_err().reason.contains("another device's key"));
+        let resolution = check(&d, phone, &mut p, |tx| {
+            Workspace::set_resolution(
+                tx,
+                &req.id,
+                &Resolution {
+                    verdict: Verdict::Approve,
+                    by: phone.to_string(),
+                    at: 5,
+                    reason: String::new(),
+                },
+            )
+        });
+        assert!(
+            resolution
+                .unwrap_err()
+                .reason
+                .contains("approvals/ap1/resolution")
         );
     }
 }

@@ -487,7 +487,10 @@ impl Sim {
                 status: TaskStatus::Queued,
                 claimed_by: None,
                 cancel_requested_by: None,
+                started_at: None,
+                finished_at: None,
                 events: Vec::new(),
+                result: None,
             };
             n.doc
                 .transact::<_, _, SchemaError>(|tx| Workspace::add_task(tx, &task))

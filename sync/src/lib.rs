@@ -6,6 +6,7 @@
 
 #![deny(missing_docs)]
 
+pub mod blobs;
 mod driver;
 pub mod endpoint;
 mod migrations;
@@ -16,6 +17,7 @@ mod protocol;
 pub mod store;
 mod tables;
 
+pub use blobs::{BlobError, BlobStore};
 pub use endpoint::{NetConfig, RelaySetting};
 pub use node::{Node, NodeConfig, NodeError, NodeRole, PeerRecord};
 pub use pairing::PairError;

@@ -88,6 +88,9 @@ pub struct NodeConfig {
     pub net: NetConfig,
     /// Vets peers' changes before they enter the document (desktop: phone-write rules).
     pub filter: Arc<dyn ChangeFilter>,
+    /// The device key, when the platform keeps it (Keychain, Keystore). `None`: the key is
+    /// created on first open and kept in the database (desktop, terminal phone).
+    pub key: Option<DeviceKey>,
 }
 
 impl NodeConfig {
@@ -103,7 +106,13 @@ impl NodeConfig {
             role,
             net: NetConfig::default(),
             filter,
+            key: None,
         }
+    }
+    /// Uses a key held by the platform; it is never written to the database.
+    pub fn with_key(mut self, key: DeviceKey) -> Self {
+        self.key = Some(key);
+        self
     }
     /// Sets the network settings.
     pub fn with_net(mut self, net: NetConfig) -> Self {
@@ -154,6 +163,21 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shut down")]
     ShutDown,
+    /// The key handed in belongs to another device than the data directory.
+    #[error(
+        "the data directory {path} belongs to device {stored}, but the key provided is for device {provided}; use that device's key or another data directory"
+    )]
+    KeyMismatch {
+        /// The data directory.
+        path: PathBuf,
+        /// The device the directory belongs to.
+        stored: String,
+        /// The device of the key provided.
+        provided: String,
+    },
+    /// A blob operation failed.
+    #[error(transparent)]
+    Blob(#[from] crate::blobs::BlobError),
 }
 
 pub(crate) struct DocState {
@@ -470,6 +494,7 @@ pub struct Node {
     key: DeviceKey,
     endpoint: Endpoint,
     router: Option<Router>,
+    blobs: Option<crate::blobs::BlobStore>,
     tasks: JoinSet<()>,
     cancel: CancellationToken,
     _store_thread: StoreThread,
@@ -524,14 +549,43 @@ impl Node {
         let path = Self::db_path(&config.data_dir);
         let (store, store_thread, loaded) = Store::open(&path)?;
 
-        let key = match &loaded.identity {
-            Some(bytes) => {
+        let meta: HashMap<String, Vec<u8>> = loaded.meta.into_iter().collect();
+        let key = match (&config.key, &loaded.identity) {
+            (Some(key), stored) => {
+                let provided = key.device_id();
+                let stored_id = match stored {
+                    Some(bytes) => DeviceKey::from_secret_slice(bytes)
+                        .ok()
+                        .map(|k| k.device_id()),
+                    None => meta
+                        .get("device_id")
+                        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                        .map(DeviceId::from_bytes),
+                };
+                match stored_id {
+                    Some(s) if s != provided => {
+                        return Err(NodeError::KeyMismatch {
+                            path: config.data_dir.clone(),
+                            stored: s.to_string(),
+                            provided: provided.to_string(),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        store
+                            .write(WriteOp::PutMeta("device_id", provided.as_bytes().to_vec()))
+                            .await?;
+                    }
+                }
+                key.clone()
+            }
+            (None, Some(bytes)) => {
                 DeviceKey::from_secret_slice(bytes).map_err(|e| StoreError::Corrupt {
                     path: path.clone(),
                     reason: format!("stored device key: {e}"),
                 })?
             }
-            None => {
+            (None, None) => {
                 let key = DeviceKey::from_secret_bytes(random_bytes());
                 store
                     .write(WriteOp::PutIdentity(key.secret_bytes().to_vec()))
@@ -554,7 +608,6 @@ impl Node {
                 .map_err(|e| corrupt(format!("chunk: {e}")))?;
         }
         doc.set_actor(id.actor_id());
-        let meta: HashMap<String, Vec<u8>> = loaded.meta.into_iter().collect();
         let mut doc_id = match meta.get("doc_id") {
             Some(b) => {
                 Some(DocId::from_bytes(b.as_slice().try_into().map_err(
@@ -652,7 +705,17 @@ impl Node {
             }
         }
 
-        let alpns = vec![SYNC_ALPN.to_vec(), PAIR_ALPN.to_vec()];
+        let blobs = match config.role {
+            NodeRole::Desktop { .. } => {
+                Some(crate::blobs::BlobStore::open(&config.data_dir.join("blobs")).await?)
+            }
+            NodeRole::Phone => None,
+        };
+        let alpns = vec![
+            SYNC_ALPN.to_vec(),
+            PAIR_ALPN.to_vec(),
+            crate::blobs::BLOB_ALPN.to_vec(),
+        ];
         let endpoint = endpoint::bind(&key, &config.net, alpns).await?;
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -664,6 +727,15 @@ impl Node {
                         crate::protocol::SyncProtocol::new(shared.clone()),
                     )
                     .accept(PAIR_ALPN, crate::pairing::PairProtocol::new(shared.clone()))
+                    .accept(
+                        crate::blobs::BLOB_ALPN,
+                        crate::blobs::GatedBlobs::new(
+                            shared.clone(),
+                            blobs
+                                .as_ref()
+                                .ok_or(NodeError::WrongRole("a desktop has blobs"))?,
+                        ),
+                    )
                     .spawn(),
             ),
             NodeRole::Phone => {
@@ -677,6 +749,7 @@ impl Node {
             key,
             endpoint,
             router,
+            blobs,
             tasks,
             cancel,
             _store_thread: store_thread,
@@ -719,6 +792,32 @@ impl Node {
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
     ) -> Result<R, NodeError> {
         write_change(&self.shared, f).await
+    }
+
+    /// The desktop's blob store (`None` on a phone).
+    pub fn blobs(&self) -> Option<&crate::blobs::BlobStore> {
+        self.blobs.as_ref()
+    }
+
+    /// Fetches a blob from the home desktop (a phone) and verifies its BLAKE3 hash.
+    pub async fn fetch_blob(&self, hash: &str) -> Result<Vec<u8>, crate::blobs::BlobError> {
+        use crate::blobs::BlobError;
+        crate::blobs::parse_hash(hash)?;
+        let (home, record) = self.home().ok_or(BlobError::NotPaired)?;
+        let unreachable = |reason: String| BlobError::Unreachable {
+            hash: hash.to_owned(),
+            reason,
+        };
+        let addr =
+            endpoint::peer_addr(&home, &record.addrs).map_err(|e| unreachable(e.to_string()))?;
+        let conn = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.endpoint.connect(addr, crate::blobs::BLOB_ALPN),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        crate::blobs::fetch_over(conn, hash, Duration::from_secs(30)).await
     }
 
     /// Reads the document.
@@ -965,6 +1064,13 @@ impl Node {
                 .is_err()
         {
             tracing::warn!("the router did not stop within {SHUTDOWN_GRACE:?}");
+        }
+        if let Some(blobs) = &self.blobs
+            && tokio::time::timeout(SHUTDOWN_GRACE, blobs.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!("the blob store did not stop within {SHUTDOWN_GRACE:?}");
         }
         if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.close())
             .await

@@ -90,6 +90,8 @@ type ReadFn = Box<dyn FnOnce(&Database) + Send>;
 enum Req {
     Write(WriteOp, Option<Done>),
     Read(ReadFn),
+    /// Sent when the owner goes away: finish what is queued, then stop, even if handles remain.
+    Stop,
 }
 
 /// Everything read at open: what the node needs to start.
@@ -122,10 +124,12 @@ pub struct Store {
 #[derive(Debug)]
 pub struct StoreThread {
     handle: Option<JoinHandle<()>>,
+    tx: mpsc::Sender<Req>,
 }
 
 impl Drop for StoreThread {
     fn drop(&mut self) {
+        let _ = self.tx.send(Req::Stop);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -183,11 +187,12 @@ impl Store {
             .map_err(|e| io_error(path, e))?;
         Ok((
             Store {
-                tx: sender,
+                tx: sender.clone(),
                 path: path.to_owned(),
             },
             StoreThread {
                 handle: Some(handle),
+                tx: sender,
             },
             loaded,
         ))
@@ -298,8 +303,8 @@ fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
             f(d);
         }
         let first = match rx.recv() {
+            Ok(Req::Stop) | Err(_) => return,
             Ok(r) => r,
-            Err(_) => return,
         };
         if db.is_none() {
             db = reopen(&path);
@@ -317,10 +322,16 @@ fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
                 continue;
             }
             Req::Write(op, done) => batch.push((op, done)),
+            Req::Stop => return,
         }
+        let mut stop = false;
         while let Ok(r) = rx.try_recv() {
             match r {
                 Req::Write(op, done) => batch.push((op, done)),
+                Req::Stop => {
+                    stop = true;
+                    break;
+                }
                 Req::Read(f) => {
                     // Reads see everything queued before them: run after this batch.
                     pending_read = Some(f);
@@ -336,6 +347,9 @@ fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
                         reason: "the database could not be reopened after an I/O error".into(),
                     }));
                 }
+            }
+            if stop {
+                return;
             }
             continue;
         };
@@ -383,6 +397,9 @@ fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
                     }
                 }
             }
+        }
+        if stop {
+            return;
         }
     }
 }

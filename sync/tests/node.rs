@@ -191,3 +191,85 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_every_acknowledged_chan
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn blobs_reach_paired_phones_only_and_verify() -> anyhow::Result<()> {
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let desk = Node::open(desktop(dirs[0].path())).await?;
+    let phone = Node::open(NodeConfig::new(dirs[1].path(), NodeRole::Phone)).await?;
+    let stranger = Node::open(NodeConfig::new(dirs[2].path(), NodeRole::Phone)).await?;
+    let payload = desk.create_pairing(std::time::Duration::from_secs(60))?;
+    phone.pair(&payload, "phone", "terminal").await?;
+
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let blob = desk
+        .blobs()
+        .expect("a desktop has a blob store")
+        .add(bytes.clone(), "application/octet-stream", Some("data.bin"))
+        .await?;
+    assert_eq!(blob.hash, deskhand_sync::blobs::hash_hex(&bytes));
+    assert_eq!(blob.size, bytes.len() as u64);
+    assert_eq!(phone.fetch_blob(&blob.hash).await?, bytes);
+
+    // A blob the desktop does not hold, and a malformed hash, are clear errors.
+    let missing = deskhand_sync::blobs::hash_hex(b"never stored");
+    let err = phone.fetch_blob(&missing).await.unwrap_err();
+    assert!(
+        matches!(err, deskhand_sync::BlobError::Unreachable { .. }),
+        "{err}"
+    );
+    let err = phone.fetch_blob("xyz").await.unwrap_err();
+    assert!(err.to_string().contains("not a blob hash"), "{err}");
+
+    // A stranger that knows the desktop's address and the hash gets nothing.
+    stranger
+        .put_peer(
+            desk.id(),
+            deskhand_sync::PeerRecord {
+                name: "desk".into(),
+                platform: "desktop".into(),
+                paired_at: 0,
+                revoked_at: None,
+                last_seen: None,
+                addrs: desk.direct_addrs(),
+            },
+        )
+        .await?;
+    let err = stranger.fetch_blob(&blob.hash).await.unwrap_err();
+    assert!(
+        err.to_string().contains("not paired"),
+        "a stranger must be refused: {err}"
+    );
+    for n in [stranger, phone, desk] {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_platform_key_is_used_and_never_stored_and_a_wrong_key_is_refused() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let key = deskhand_core::DeviceKey::from_secret_bytes(deskhand_sync::node::random_bytes());
+    let cfg = || NodeConfig::new(dir.path(), NodeRole::Phone);
+    let node = Node::open(cfg().with_key(key.clone())).await?;
+    assert_eq!(node.id(), key.device_id());
+    node.shutdown().await;
+    let db = std::fs::read(Node::db_path(dir.path()))?;
+    let secret = key.secret_bytes();
+    assert!(
+        !db.windows(32).any(|w| w == secret),
+        "the secret key must not be written to the database"
+    );
+    let other = deskhand_core::DeviceKey::from_secret_bytes(deskhand_sync::node::random_bytes());
+    let err = Node::open(cfg().with_key(other)).await.unwrap_err();
+    assert!(matches!(err, NodeError::KeyMismatch { .. }), "{err}");
+    let node = Node::open(cfg().with_key(key.clone())).await?;
+    assert_eq!(node.id(), key.device_id());
+    node.shutdown().await;
+    Ok(())
+}

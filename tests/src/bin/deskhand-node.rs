@@ -185,7 +185,10 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 status: deskhand_core::TaskStatus::Running,
                 claimed_by: Some(node.id().to_string()),
                 cancel_requested_by: None,
+                started_at: None,
+                finished_at: None,
                 events: vec![],
+                result: None,
             };
             if node.read(|d| Workspace::task_event_count(d, &task)) == 0 {
                 node.write(|tx| Workspace::add_task(tx, &t)).await?;
@@ -195,6 +198,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                     at: now_unix_ms(),
                     kind: "progress".into(),
                     text: format!("step {i}"),
+                    blob: None,
                 };
                 node.write(|tx| Workspace::append_task_event(tx, &task, &ev))
                     .await?;

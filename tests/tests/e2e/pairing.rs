@@ -361,7 +361,10 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
         status: TaskStatus::Queued,
         claimed_by: None,
         cancel_requested_by: None,
+        started_at: None,
+        finished_at: None,
         events: vec![],
+        result: None,
     };
     doc.transact::<_, _, SchemaError>(|tx| Workspace::add_task(tx, &task))
         .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
