@@ -21,8 +21,16 @@ pub fn socket_path(data: &Path) -> PathBuf {
     data.join("control.sock")
 }
 
+/// Extra fields for the `status` answer (the executor's state).
+pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
+
 /// Serves the control socket until `cancel` fires.
-pub async fn serve(node: Arc<Node>, data: PathBuf, cancel: CancellationToken) -> Result<()> {
+pub async fn serve(
+    node: Arc<Node>,
+    data: PathBuf,
+    status: StatusFn,
+    cancel: CancellationToken,
+) -> Result<()> {
     let path = socket_path(&data);
     if path.exists() {
         if UnixStream::connect(&path).await.is_ok() {
@@ -46,7 +54,7 @@ pub async fn serve(node: Arc<Node>, data: PathBuf, cancel: CancellationToken) ->
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                conns.spawn(handle_conn(node.clone(), data.clone(), stream));
+                conns.spawn(handle_conn(node.clone(), data.clone(), status.clone(), stream));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -56,12 +64,12 @@ pub async fn serve(node: Arc<Node>, data: PathBuf, cancel: CancellationToken) ->
     Ok(())
 }
 
-async fn handle_conn(node: Arc<Node>, data: PathBuf, stream: UnixStream) {
+async fn handle_conn(node: Arc<Node>, data: PathBuf, status: StatusFn, stream: UnixStream) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let answer = match serde_json::from_str::<Value>(&line) {
-            Ok(req) => handle(&node, &data, &req)
+            Ok(req) => handle(&node, &data, &status, &req)
                 .await
                 .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")})),
             Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
@@ -125,7 +133,7 @@ fn parse_id(node: &Node, text: &str) -> Result<DeviceId> {
     }
 }
 
-async fn handle(node: &Node, data: &Path, req: &Value) -> Result<Value> {
+async fn handle(node: &Node, data: &Path, status: &StatusFn, req: &Value) -> Result<Value> {
     match req["cmd"].as_str().unwrap_or("") {
         "pair" => {
             let ttl =
@@ -164,6 +172,8 @@ async fn handle(node: &Node, data: &Path, req: &Value) -> Result<Value> {
             "workspace": node.doc_id().map(|d| d.to_string()),
             "addrs": node.direct_addrs(),
             "devices": devices_json(node),
+            "pid": std::process::id(),
+            "executor": status(),
         })),
         other => bail!("unknown command {other:?}"),
     }

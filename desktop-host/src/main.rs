@@ -11,10 +11,11 @@ use serde_json::json;
 
 mod control;
 mod demo;
-mod paths;
+use deskhand_desktop_host::paths;
 mod phone;
 mod qr;
 mod serve;
+mod service;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,31 @@ enum Command {
         /// Name shown on phones (default: the host name).
         #[arg(long)]
         name: Option<String>,
+        /// Config file (default: config.toml in the platform's config directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Is the host running, and what is it doing?
+    Status {
+        /// Data directory of the host.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Stable JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What tasks moved to the Deskhand trash, and putting it back.
+    Trash {
+        /// Data directory of the host.
+        #[arg(long, global = true)]
+        data: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TrashAction,
+    },
+    /// Run the host in the background at login (systemd user unit / launchd agent).
+    Service {
+        #[command(subcommand)]
+        action: service::ServiceAction,
     },
     /// Ask the running host for a fresh one-time pairing code.
     Pair {
@@ -84,6 +110,17 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TrashAction {
+    /// List what is in the trash, newest first.
+    List,
+    /// Put an item back where it was (by trash id or original path).
+    Restore {
+        /// Trash id or original path.
+        item: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum DevicesAction {
     /// Give a device a new name.
     Rename {
@@ -119,9 +156,13 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 fn main() {
     let cli = Cli::parse();
     let default_log = match cli.command {
-        Command::Demo | Command::Phone { .. } | Command::Pair { .. } | Command::Devices { .. } => {
-            "error"
-        }
+        Command::Demo
+        | Command::Phone { .. }
+        | Command::Pair { .. }
+        | Command::Devices { .. }
+        | Command::Status { .. }
+        | Command::Trash { .. }
+        | Command::Service { .. } => "error",
         Command::Serve { .. } => "warn,iroh=error,deskhand_sync=info,deskhand=info",
     };
     tracing_subscriber::fmt()
@@ -147,15 +188,49 @@ async fn run(command: Command) -> Result<()> {
             listen,
             relay,
             name,
+            config,
         } => {
             serve::run(
                 data.unwrap_or_else(paths::default_data_dir),
                 listen,
                 relay,
                 name,
+                config,
             )
             .await
         }
+        Command::Status { data, json } => {
+            status(data.unwrap_or_else(paths::default_data_dir), json).await
+        }
+        Command::Trash { data, action } => {
+            let data = data.unwrap_or_else(paths::default_data_dir);
+            let trash = deskhand_desktop_host::tools::files::Trash::new(data.join("trash"));
+            match action {
+                TrashAction::List => {
+                    let items = trash.list()?;
+                    if items.is_empty() {
+                        println!("The Deskhand trash is empty ({}).", trash.dir().display());
+                    }
+                    for e in items {
+                        println!(
+                            "{}  {}  {}{}",
+                            e.id,
+                            ago(e.trashed_at as i64),
+                            e.original_path.display(),
+                            e.task_id
+                                .map(|t| format!("  (task {t})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                TrashAction::Restore { item } => {
+                    let e = trash.restore(&item)?;
+                    println!("restored {}", e.original_path.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Service { action } => service::run(action),
         Command::Pair { data, png, ttl } => {
             let data = data.unwrap_or_else(paths::default_data_dir);
             let mut req = json!({"cmd": "pair", "ttl_secs": ttl.as_secs()});
@@ -217,6 +292,52 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Demo => demo::run().await,
     }
+}
+
+async fn status(data: PathBuf, as_json: bool) -> Result<()> {
+    let v = match control::request(&data, json!({"cmd": "status"})).await {
+        Ok(v) => v,
+        Err(e) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"running": false, "data": data, "reason": format!("{e:#}")})
+                );
+            } else {
+                println!("Deskhand host: not running ({e:#})");
+                println!("service: {}", service::describe());
+            }
+            std::process::exit(3);
+        }
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let ex = &v["executor"];
+    let list = |k: &str| {
+        ex[k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!("Deskhand host: running (pid {})", v["pid"]);
+    println!("  device id : {}", v["id"].as_str().unwrap_or_default());
+    println!(
+        "  workspace : {}",
+        v["workspace"].as_str().unwrap_or_default()
+    );
+    println!("  running   : {}", list("running"));
+    println!("  queued    : {}", list("queued"));
+    println!("  approvals : {}", list("waiting_approvals"));
+    println!("  service   : {}", service::describe());
+    print_devices(&v);
+    Ok(())
 }
 
 fn print_devices(v: &serde_json::Value) {

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use deskhand_core::schema::Workspace;
+use deskhand_desktop_host::agent::Builtin;
+use deskhand_desktop_host::config::{Config, default_config_path};
+use deskhand_desktop_host::executor::Executor;
+use deskhand_desktop_host::policy::Policy;
 use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, RelaySetting};
 use tokio_util::sync::CancellationToken;
 
@@ -17,8 +21,23 @@ pub async fn run(
     listen: SocketAddr,
     relay: RelaySetting,
     name: Option<String>,
+    config_path: Option<PathBuf>,
 ) -> Result<()> {
     let name = name.unwrap_or_else(crate::paths::host_name);
+    let config_path = config_path.unwrap_or_else(default_config_path);
+    let config = Config::load(&config_path)?;
+    let home = crate::paths::home_dir();
+    let config_dir = config_path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let policy = Policy::new(&config, &home, &[&data, &config_dir])
+        .map_err(|e| anyhow::anyhow!("the config file {}: {e}", config_path.display()))?;
+    let roots: Vec<String> = policy
+        .roots()
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect();
     let node = Node::open(
         NodeConfig::new(&data, NodeRole::Desktop { name: name.clone() })
             .with_net(NetConfig { listen, relay }),
@@ -27,7 +46,24 @@ pub async fn run(
     .with_context(|| format!("starting the desktop host in {}", data.display()))?;
     let node = Arc::new(node);
     let cancel = CancellationToken::new();
-    let control = tokio::spawn(control::serve(node.clone(), data.clone(), cancel.clone()));
+    let executor = Executor::new(
+        node.clone(),
+        config,
+        policy,
+        Arc::new(Builtin),
+        data.join("trash"),
+    );
+    let status: control::StatusFn = {
+        let ex = executor.clone();
+        Arc::new(move || serde_json::to_value(ex.status()).unwrap_or_default())
+    };
+    let control = tokio::spawn(control::serve(
+        node.clone(),
+        data.clone(),
+        status,
+        cancel.clone(),
+    ));
+    let executor_task = tokio::spawn(executor.run(cancel.clone()));
 
     println!("Deskhand desktop host {name:?}");
     println!("  device id : {}", node.id());
@@ -37,6 +73,8 @@ pub async fn run(
     );
     println!("  data      : {}", node.db_path_of().display());
     println!("  listening : {}", addrs(&node));
+    println!("  config    : {}", config_path.display());
+    println!("  roots     : {}", roots.join(", "));
     let devices = node.peers();
     println!("  paired devices: {}", devices.len());
     for p in &devices {
@@ -74,7 +112,8 @@ pub async fn run(
                 if r.is_err() { break; }
                 let new = node.read(|d| Workspace::messages_from(d, seen)).unwrap_or_default();
                 for m in &new {
-                    println!("[{}] {}: {}", m.role, &m.author[..10.min(m.author.len())], m.text);
+                    let text = m.text.lines().next().unwrap_or_default();
+                    println!("[{}] {}: {}", m.role, &m.author[..10.min(m.author.len())], text);
                 }
                 seen += new.len();
             }
@@ -82,6 +121,11 @@ pub async fn run(
     }
     println!("stopping…");
     cancel.cancel();
+    match executor_task.await {
+        Ok(Err(e)) => tracing::warn!("executor: {e:#}"),
+        Err(e) => tracing::warn!("executor: {e}"),
+        Ok(Ok(())) => {}
+    }
     if let Ok(Err(e)) = control.await {
         tracing::warn!("control socket: {e:#}");
     }

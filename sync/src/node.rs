@@ -1028,6 +1028,16 @@ impl Node {
         self.shared.wake_dialer.notify_one();
     }
 
+    /// Appends an event to the audit log (never secrets: ids, kinds and reasons only).
+    pub fn audit(&self, event: &str, peer: &DeviceId, detail: &str) {
+        self.shared.audit(event, peer, detail);
+    }
+
+    /// Whether `peer` is paired and not revoked (desktop registry).
+    pub fn is_paired(&self, peer: &DeviceId) -> bool {
+        self.shared.is_allowed(peer)
+    }
+
     /// Reads the audit log (JSON lines, oldest first).
     pub async fn audit_log(&self) -> Result<Vec<String>, NodeError> {
         let path = self.shared.path.clone();

@@ -1,0 +1,183 @@
+//! The host's config file (TOML), in the platform's config directory unless given.
+//!
+//! ```toml
+//! roots = ["~"]                    # what tasks may touch (default: the home directory)
+//! max_concurrent_tasks = 1
+//! approval_timeout_secs = 300      # an unanswered request is denied after this
+//! shell_timeout_secs = 60
+//! shell_max_output_bytes = 1048576
+//! heartbeat_secs = 30
+//!
+//! [permissions]                    # tool + pattern, like Claude Code's rules
+//! allow = ["run(git status*)"]
+//! ask = ["read(~/Private/**)"]
+//! deny = ["trash(~/Projects/**)"]
+//! ```
+//!
+//! Secret locations and anything outside `roots` are denied whatever the rules say.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Rules by verdict; each entry is `tool` or `tool(pattern)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    /// Calls that run without asking.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Calls that need a phone's signed approval.
+    #[serde(default)]
+    pub ask: Vec<String>,
+    /// Calls that are refused.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// The host's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folders tasks may touch; `~` is the home directory.
+    pub roots: Vec<String>,
+    /// Tasks run at the same time.
+    pub max_concurrent_tasks: usize,
+    /// Seconds before an unanswered approval request counts as denied.
+    pub approval_timeout_secs: u64,
+    /// Time limit of a shell command.
+    pub shell_timeout_secs: u64,
+    /// Bytes of output kept from a shell command (each of stdout and stderr).
+    pub shell_max_output_bytes: usize,
+    /// Seconds between heartbeats written into the document.
+    pub heartbeat_secs: u64,
+    /// Permission rules.
+    pub permissions: Permissions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            roots: vec!["~".into()],
+            max_concurrent_tasks: 1,
+            approval_timeout_secs: 300,
+            shell_timeout_secs: 60,
+            shell_max_output_bytes: 1024 * 1024,
+            heartbeat_secs: 30,
+            permissions: Permissions::default(),
+        }
+    }
+}
+
+/// Why the config file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// It could not be read.
+    #[error("cannot read the config file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// It is not valid for this version.
+    #[error("the config file {path} is not valid: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads `path`; a missing file means the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string().trim().to_owned(),
+        })?;
+        config.validate().map_err(|reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.roots.is_empty() {
+            return Err("`roots` is empty: name at least one folder tasks may use".into());
+        }
+        if self.max_concurrent_tasks == 0 {
+            return Err("`max_concurrent_tasks` must be at least 1".into());
+        }
+        if self.approval_timeout_secs == 0 || self.shell_timeout_secs == 0 {
+            return Err("timeouts must be at least 1 second".into());
+        }
+        for rule in self
+            .permissions
+            .allow
+            .iter()
+            .chain(&self.permissions.ask)
+            .chain(&self.permissions.deny)
+        {
+            crate::policy::Rule::parse(rule)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the config file lives by default: `$XDG_CONFIG_HOME/deskhand/config.toml` (Linux),
+/// `~/Library/Application Support/deskhand/config.toml` (macOS), `%APPDATA%\deskhand\config.toml`.
+pub fn default_config_path() -> PathBuf {
+    let home = crate::paths::home_dir();
+    if cfg!(target_os = "macos") {
+        return home.join("Library/Application Support/deskhand/config.toml");
+    }
+    if cfg!(windows)
+        && let Some(appdata) = std::env::var_os("APPDATA")
+    {
+        return PathBuf::from(appdata).join("deskhand").join("config.toml");
+    }
+    match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(x) if !x.is_empty() => PathBuf::from(x).join("deskhand/config.toml"),
+        _ => home.join(".config/deskhand/config.toml"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_defaults_and_bad_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        assert_eq!(Config::load(&p).unwrap(), Config::default());
+        std::fs::write(
+            &p,
+            "roots = [\"/srv\"]\n[permissions]\nallow = [\"run(git *)\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.roots, vec!["/srv".to_string()]);
+        assert_eq!(c.permissions.allow, vec!["run(git *)".to_string()]);
+        std::fs::write(&p, "rootz = [\"/srv\"]\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("rootz"), "{e}");
+        std::fs::write(&p, "[permissions]\nallow = [\"explode(*)\"]\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("explode"), "{e}");
+    }
+}

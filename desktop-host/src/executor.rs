@@ -1,0 +1,1342 @@
+//! The desktop's executor: watches the document, claims queued tasks, runs them through an agent,
+//! enforces the policy on every tool call, asks the phones before anything that changes the
+//! machine, and reports progress and results back into the document.
+//!
+//! Rules it keeps:
+//! - it reacts to document changes (no polling), reading only the changes since the last look;
+//! - the claim of a task is durable before its first action, and a task found `running` or
+//!   `waiting_approval` at start was cut short by a crash: it becomes `interrupted` and is never
+//!   run again, so no action runs twice;
+//! - a call the policy marks `ask` is suspended until a decision verifies against the registry
+//!   and the exact call held here (not the document's copy); deny wins, expiry is deny;
+//! - tasks come only from paired, unrevoked phones.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use automerge::{Automerge, ChangeHash, ReadDoc};
+use deskhand_core::approval::{self, Approval, Outcome, Resolution, Risk, Verdict};
+use deskhand_core::ids::{ApprovalId, DeviceId, MessageId, TaskId};
+use deskhand_core::schema::{
+    ExecutorState, Message, Role, Task, TaskEvent, TaskResult, TaskStatus, TaskUpdate, Workspace,
+};
+use deskhand_sync::Node;
+use deskhand_sync::node::random_id_bytes;
+use deskhand_sync::presence::now_unix_ms;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolHost, ToolOutput};
+use crate::config::Config;
+use crate::policy::{Policy, Subject, Verdict as PolicyVerdict};
+use crate::tools::{files, input, open, screen, shell};
+
+/// Output longer than this goes into a blob; the event and reply keep the tail.
+const INLINE_OUTPUT: usize = 4 * 1024;
+/// How long a shutdown waits for running tasks to stop.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The executor of one desktop.
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: Arc<Node>,
+    me: DeviceId,
+    policy: Arc<Policy>,
+    agent: Arc<dyn Agent>,
+    trash: Arc<files::Trash>,
+    config: Config,
+    state: Mutex<State>,
+    input: tokio::sync::Mutex<Option<input::InputDriver>>,
+    finished: Notify,
+    stopping: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<TaskId>,
+    known: HashSet<TaskId>,
+    running: HashMap<TaskId, CancellationToken>,
+    waiting: HashMap<ApprovalId, Waiter>,
+    last_heads: Vec<ChangeHash>,
+}
+
+struct Waiter {
+    task: TaskId,
+    tool: String,
+    args: String,
+    reply: Option<oneshot::Sender<(Verdict, String)>>,
+}
+
+/// What changed since the executor last looked.
+#[derive(Debug, Default, PartialEq)]
+struct Seen {
+    messages: Vec<Message>,
+    tasks: Vec<TaskId>,
+    cancels: Vec<TaskId>,
+    decisions: Vec<ApprovalId>,
+}
+
+/// What `deskhand status` shows about the executor.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExecutorStatus {
+    /// Tasks running now.
+    pub running: Vec<String>,
+    /// Tasks waiting their turn.
+    pub queued: Vec<String>,
+    /// Approval requests waiting for a phone.
+    pub waiting_approvals: Vec<String>,
+}
+
+impl Executor {
+    /// Builds the executor; `trash_dir` is where `trash` moves things.
+    pub fn new(
+        node: Arc<Node>,
+        config: Config,
+        policy: Policy,
+        agent: Arc<dyn Agent>,
+        trash_dir: PathBuf,
+    ) -> Self {
+        let me = node.id();
+        Self {
+            inner: Arc::new(Inner {
+                node,
+                me,
+                policy: Arc::new(policy),
+                agent,
+                trash: Arc::new(files::Trash::new(trash_dir)),
+                config,
+                state: Mutex::new(State::default()),
+                input: tokio::sync::Mutex::new(None),
+                finished: Notify::new(),
+                stopping: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// A snapshot of what runs and waits.
+    pub fn status(&self) -> ExecutorStatus {
+        let st = self.inner.lock();
+        ExecutorStatus {
+            running: st.running.keys().map(|t| t.to_string()).collect(),
+            queued: st.queue.iter().map(|t| t.to_string()).collect(),
+            waiting_approvals: st.waiting.keys().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// Runs until `cancel` fires; then stops the running tasks (they end `interrupted`).
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let inner = self.inner.clone();
+        let mut changes = inner.node.subscribe();
+        inner.recover().await?;
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let beat = Duration::from_secs(inner.config.heartbeat_secs.max(1));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+        loop {
+            inner.start_ready(&mut tasks);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = changes.changed() => {
+                    if r.is_err() { break; }
+                    if let Err(e) = inner.on_change().await {
+                        tracing::error!("executor: {e:#}");
+                    }
+                }
+                _ = inner.finished.notified() => {}
+                Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = r { tracing::error!("a task runner failed: {e}"); }
+                }
+                _ = heartbeat.tick() => {
+                    let now = now_unix_ms();
+                    if let Err(e) = inner.node.write(|tx| Workspace::set_heartbeat(tx, now)).await {
+                        tracing::warn!("could not write the heartbeat: {e}");
+                    }
+                }
+            }
+        }
+        inner.stopping.cancel();
+        for t in inner.lock().running.values() {
+            t.cancel();
+        }
+        let all = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE, all).await.is_err() {
+            tracing::warn!(
+                "tasks did not stop within {STOP_GRACE:?}; they will show as interrupted"
+            );
+            tasks.shutdown().await;
+        }
+        if let Some(driver) = inner.input.lock().await.take() {
+            driver.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a start: tasks caught mid-run by a crash become `interrupted` (never re-run),
+    /// their open approval requests are closed, queued tasks and unanswered messages are picked up.
+    async fn recover(&self) -> anyhow::Result<()> {
+        let me = self.me;
+        let (cut, queued, open_approvals, orphans, heads) = self.node.read(|doc| {
+            let mut cut = Vec::new();
+            let mut queued = Vec::new();
+            for (id, status) in Workspace::task_statuses(doc) {
+                match status {
+                    Some(TaskStatus::Running | TaskStatus::WaitingApproval) => cut.push(id),
+                    Some(TaskStatus::Queued) => queued.push(id),
+                    _ => {}
+                }
+            }
+            let open: Vec<ApprovalId> = Workspace::approvals(doc)
+                .unwrap_or_default()
+                .into_values()
+                .filter(|a| a.resolution.is_none())
+                .map(|a| a.id)
+                .collect();
+            let orphans = unanswered_messages(doc, &me);
+            (cut, queued, open, orphans, doc.get_heads())
+        });
+        let now = now_unix_ms();
+        if !cut.is_empty() || !open_approvals.is_empty() {
+            tracing::warn!(
+                "{} task(s) were cut short by a stop or crash; marking them interrupted",
+                cut.len()
+            );
+            self.node
+                .write(|tx| {
+                    for id in &cut {
+                        Workspace::append_task_event(
+                            tx,
+                            id,
+                            &TaskEvent::new(
+                                now,
+                                "interrupted",
+                                "The desktop host stopped while this task ran. It was not \
+                                 resumed, so nothing it did runs twice; send it again if needed.",
+                            ),
+                        )?;
+                        Workspace::update_task(
+                            tx,
+                            id,
+                            &TaskUpdate {
+                                finished_at: Some(now),
+                                ..TaskUpdate::status(TaskStatus::Interrupted)
+                            },
+                        )?;
+                    }
+                    for a in &open_approvals {
+                        Workspace::set_resolution(
+                            tx,
+                            a,
+                            &Resolution {
+                                verdict: Verdict::Deny,
+                                by: me.to_string(),
+                                at: now,
+                                reason: "the desktop host restarted before it was decided".into(),
+                            },
+                        )?;
+                    }
+                    Workspace::set_executor_state(tx, ExecutorState::Idle)
+                })
+                .await?;
+        }
+        {
+            let mut st = self.lock();
+            st.last_heads = heads;
+            for id in queued {
+                if st.known.insert(id.clone()) {
+                    st.queue.push_back(id);
+                }
+            }
+        }
+        self.tasks_for_messages(orphans).await
+    }
+
+    async fn on_change(&self) -> anyhow::Result<()> {
+        let me = self.me;
+        let last = self.lock().last_heads.clone();
+        let (seen, heads) = self
+            .node
+            .read(|doc| (scan(doc, &last, &me), doc.get_heads()));
+        self.lock().last_heads = heads;
+        if seen == Seen::default() {
+            return Ok(());
+        }
+        self.tasks_for_messages(seen.messages).await?;
+        {
+            let mut st = self.lock();
+            for id in seen.tasks {
+                if st.known.insert(id.clone()) {
+                    st.queue.push_back(id);
+                }
+            }
+        }
+        for id in seen.cancels {
+            self.on_cancel(&id).await?;
+        }
+        for id in seen.decisions {
+            self.on_decision(&id);
+        }
+        Ok(())
+    }
+
+    /// A user message becomes a task `m-<message id>`, created in the phone's name.
+    async fn tasks_for_messages(&self, messages: Vec<Message>) -> anyhow::Result<()> {
+        let mut new = Vec::new();
+        for m in messages {
+            if m.role != Role::User || m.task_id.is_some() || m.author == self.me.to_string() {
+                continue;
+            }
+            let Ok(author) = m.author.parse::<DeviceId>() else {
+                continue;
+            };
+            let id = TaskId::from(format!("m-{}", m.id));
+            if self.lock().known.contains(&id) {
+                continue;
+            }
+            new.push(Task::queued(id, m.text.clone(), &author, now_unix_ms()));
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let created = self
+            .node
+            .write(|tx| {
+                let mut created = Vec::new();
+                for t in &new {
+                    // A task of that id may have come in meanwhile (another desktop run).
+                    if Workspace::task(tx, &t.id)?.is_none() {
+                        Workspace::add_task(tx, t)?;
+                        created.push(t.id.clone());
+                    }
+                }
+                Ok(created)
+            })
+            .await?;
+        let mut st = self.lock();
+        for id in created {
+            if st.known.insert(id.clone()) {
+                st.queue.push_back(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_cancel(&self, id: &TaskId) -> anyhow::Result<()> {
+        let running = self.lock().running.get(id).cloned();
+        if let Some(token) = running {
+            tracing::info!(task = %id, "cancel requested");
+            token.cancel();
+            return Ok(());
+        }
+        let queued = {
+            let mut st = self.lock();
+            let before = st.queue.len();
+            st.queue.retain(|t| t != id);
+            st.queue.len() != before
+        };
+        if queued {
+            let now = now_unix_ms();
+            let by = self.cancel_requester(id);
+            self.node
+                .write(|tx| {
+                    Workspace::append_task_event(
+                        tx,
+                        id,
+                        &TaskEvent::new(
+                            now,
+                            "cancelled",
+                            format!("Cancelled before it started{by}"),
+                        ),
+                    )?;
+                    Workspace::update_task(
+                        tx,
+                        id,
+                        &TaskUpdate {
+                            finished_at: Some(now),
+                            ..TaskUpdate::status(TaskStatus::Cancelled)
+                        },
+                    )
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn cancel_requester(&self, id: &TaskId) -> String {
+        self.node
+            .read(|doc| Workspace::task(doc, id).ok().flatten())
+            .and_then(|t| t.cancel_requested_by)
+            .and_then(|d| d.parse::<DeviceId>().ok())
+            .map(|d| format!(" (asked by {})", self.device_name(&d)))
+            .unwrap_or_default()
+    }
+
+    fn device_name(&self, id: &DeviceId) -> String {
+        self.node
+            .peers()
+            .into_iter()
+            .find(|p| p.id == *id)
+            .map(|p| p.record.name)
+            .unwrap_or_else(|| id.short())
+    }
+
+    /// A decision arrived: resolve it against the call held here.
+    fn on_decision(&self, id: &ApprovalId) {
+        let Some(approval) = self
+            .node
+            .read(|doc| Workspace::approval(doc, id).ok().flatten())
+        else {
+            return;
+        };
+        let mut st = self.lock();
+        let Some(waiter) = st.waiting.get_mut(id) else {
+            // Resolved already, or from before a restart: nothing to act on.
+            return;
+        };
+        let (outcome, ignored) = approval::resolve(
+            &approval,
+            &waiter.tool,
+            &waiter.args,
+            &self.me,
+            now_unix_ms(),
+            |d| self.node.is_paired(d),
+        );
+        for e in &ignored {
+            tracing::warn!(approval = %id, "ignored a decision: {e}");
+            let who = e.to_string();
+            self.node.audit(
+                "decision_ignored",
+                &self.me,
+                &format!("approval {id}: {who}"),
+            );
+        }
+        if let Outcome::Resolved { verdict, by } = outcome {
+            let reason = match (&by, verdict) {
+                (Some(d), Verdict::Approve) => format!("approved on {}", self.device_name(d)),
+                (Some(d), Verdict::Deny) => format!("denied on {}", self.device_name(d)),
+                (None, _) => "expired".into(),
+            };
+            let by_text = by
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "expired".into());
+            if let Some(tx) = waiter.reply.take() {
+                let _ = tx.send((verdict, format!("{by_text}|{reason}")));
+            }
+            let task = waiter.task.clone();
+            st.waiting.remove(id);
+            tracing::info!(approval = %id, task = %task, "resolved: {reason}");
+        }
+    }
+
+    fn start_ready(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
+        loop {
+            let next = {
+                let mut st = self.lock();
+                if st.running.len() >= self.config.max_concurrent_tasks {
+                    return;
+                }
+                let Some(id) = st.queue.pop_front() else {
+                    return;
+                };
+                let token = self.stopping.child_token();
+                st.running.insert(id.clone(), token.clone());
+                (id, token)
+            };
+            let inner = self.clone();
+            tasks.spawn(async move {
+                let (id, token) = next;
+                if let Err(e) = inner.run_task(&id, token).await {
+                    tracing::error!(task = %id, "task failed to run: {e:#}");
+                }
+                inner.lock().running.remove(&id);
+                if inner.lock().running.is_empty() {
+                    let _ = inner
+                        .node
+                        .write(|tx| Workspace::set_executor_state(tx, ExecutorState::Idle))
+                        .await;
+                }
+                inner.finished.notify_one();
+            });
+        }
+    }
+
+    async fn run_task(
+        self: &Arc<Self>,
+        id: &TaskId,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Some(task) = self.node.read(|doc| Workspace::task(doc, id))? else {
+            return Ok(());
+        };
+        if task.status != TaskStatus::Queued {
+            return Ok(());
+        }
+        let creator = task.created_by.parse::<DeviceId>().ok();
+        let now = now_unix_ms();
+        if !creator.is_some_and(|c| self.node.is_paired(&c)) {
+            self.node.audit(
+                "task_refused",
+                &creator.unwrap_or(self.me),
+                &format!("task {id} from a device that is not paired"),
+            );
+            return self
+                .finish(id, &task, false, "Refused: this task comes from a device that is not paired with this desktop (or was revoked).".into(), vec![], TaskStatus::Failed)
+                .await;
+        }
+        if task.cancel_requested_by.is_some() {
+            return self
+                .finish(
+                    id,
+                    &task,
+                    false,
+                    "Cancelled before it started.".into(),
+                    vec![],
+                    TaskStatus::Cancelled,
+                )
+                .await;
+        }
+        // The claim is durable before the first action.
+        let agent = self.agent.name().to_owned();
+        let me = self.me.to_string();
+        self.node
+            .write(|tx| {
+                Workspace::update_task(
+                    tx,
+                    id,
+                    &TaskUpdate {
+                        claimed_by: Some(me.clone()),
+                        started_at: Some(now),
+                        ..TaskUpdate::status(TaskStatus::Running)
+                    },
+                )?;
+                Workspace::append_task_event(
+                    tx,
+                    id,
+                    &TaskEvent::new(now, "started", format!("Started ({agent} agent)")),
+                )?;
+                Workspace::set_executor_state(tx, ExecutorState::Busy)
+            })
+            .await?;
+        let host = TaskHost {
+            inner: self.clone(),
+            task: id.clone(),
+            cancel: cancel.clone(),
+        };
+        let outcome = self.agent.run(&task.prompt, &host).await;
+        let status = if self.stopping.is_cancelled() {
+            TaskStatus::Interrupted
+        } else if cancel.is_cancelled() {
+            TaskStatus::Cancelled
+        } else if outcome.ok {
+            TaskStatus::Done
+        } else {
+            TaskStatus::Failed
+        };
+        let summary = match status {
+            TaskStatus::Cancelled => format!("Cancelled{}.", self.cancel_requester(id)),
+            TaskStatus::Interrupted => "Interrupted: the desktop host is stopping.".into(),
+            _ => outcome.summary,
+        };
+        self.finish(id, &task, outcome.ok, summary, outcome.blobs, status)
+            .await
+    }
+
+    /// Writes the result, the final status and the agent's reply in one change.
+    async fn finish(
+        &self,
+        id: &TaskId,
+        task: &Task,
+        _ok: bool,
+        summary: String,
+        blobs: Vec<deskhand_core::schema::BlobRef>,
+        status: TaskStatus,
+    ) -> anyhow::Result<()> {
+        let now = now_unix_ms();
+        let reply = Message {
+            id: MessageId::from_random(random_id_bytes()),
+            author: self.me.to_string(),
+            role: Role::Agent,
+            text: summary.clone(),
+            created_at: now,
+            task_id: Some(id.clone()),
+        };
+        let _ = task;
+        self.node
+            .write(|tx| {
+                Workspace::update_task(
+                    tx,
+                    id,
+                    &TaskUpdate {
+                        finished_at: Some(now),
+                        result: Some(TaskResult {
+                            summary: summary.clone(),
+                            blobs: blobs.clone(),
+                        }),
+                        ..TaskUpdate::status(status)
+                    },
+                )?;
+                Workspace::append_task_event(
+                    tx,
+                    id,
+                    &TaskEvent::new(now, status.as_str(), first_line(&summary)),
+                )?;
+                Workspace::append_message(tx, &reply)
+            })
+            .await?;
+        tracing::info!(task = %id, "{status}: {}", first_line(&summary));
+        Ok(())
+    }
+
+    async fn event(
+        &self,
+        task: &TaskId,
+        kind: &str,
+        text: String,
+        blob: Option<deskhand_core::schema::BlobRef>,
+    ) {
+        let mut ev = TaskEvent::new(now_unix_ms(), kind, text);
+        ev.blob = blob;
+        if let Err(e) = self
+            .node
+            .write(|tx| Workspace::append_task_event(tx, task, &ev))
+            .await
+        {
+            tracing::warn!(task = %task, "could not record an event: {e}");
+        }
+    }
+}
+
+/// The executor's side of a task: what the agent calls.
+struct TaskHost {
+    inner: Arc<Inner>,
+    task: TaskId,
+    cancel: CancellationToken,
+}
+
+impl ToolHost for TaskHost {
+    fn call(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, CallError>> {
+        Box::pin(self.call_inner(call))
+    }
+
+    fn progress<'a>(&'a self, text: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.inner
+                .event(&self.task, "progress", text.to_owned(), None)
+                .await
+        })
+    }
+}
+
+/// A call with its paths resolved, ready to judge, show and run.
+#[derive(Clone, Debug)]
+struct Prepared {
+    tool: String,
+    /// The exact arguments, resolved; what an approval signs and what runs.
+    args: Value,
+    subject: Subject,
+    summary: String,
+    risk: Risk,
+}
+
+impl TaskHost {
+    async fn call_inner(&self, call: ToolCall) -> Result<ToolOutput, CallError> {
+        if self.cancel.is_cancelled() {
+            return Err(CallError::Cancelled);
+        }
+        let inner = &self.inner;
+        let prepared = prepare(&inner.policy, &call, &inner.config).map_err(CallError::Failed)?;
+        inner
+            .event(&self.task, "tool", prepared.summary.clone(), None)
+            .await;
+        match inner.policy.judge(&prepared.tool, &prepared.subject) {
+            PolicyVerdict::Deny(why) => {
+                inner.node.audit(
+                    "policy_denied",
+                    &inner.me,
+                    &format!("task {}: {} — {why}", self.task, prepared.tool),
+                );
+                inner
+                    .event(&self.task, "denied", format!("Denied: {why}"), None)
+                    .await;
+                return Err(CallError::Denied(why));
+            }
+            PolicyVerdict::Ask => self.ask(&prepared).await?,
+            PolicyVerdict::Allow => {}
+        }
+        // Judge again right before running: a path swapped for a symlink while the request
+        // waited must not slip through on an old approval.
+        let again = prepare(&inner.policy, &call, &inner.config).map_err(CallError::Failed)?;
+        if again.args != prepared.args {
+            return Err(CallError::Denied(
+                "the paths changed while the request waited for approval; ask again".into(),
+            ));
+        }
+        if let PolicyVerdict::Deny(why) = inner.policy.judge(&again.tool, &again.subject) {
+            return Err(CallError::Denied(why));
+        }
+        let out = execute(inner, &self.task, &prepared, &self.cancel).await?;
+        Ok(out)
+    }
+
+    /// Writes an approval request, suspends until it is resolved, and returns if approved.
+    async fn ask(&self, p: &Prepared) -> Result<(), CallError> {
+        let inner = &self.inner;
+        let id = ApprovalId::from_random(random_id_bytes());
+        let args = canonical_json(&p.args);
+        let now = now_unix_ms();
+        let ttl_ms = (inner.config.approval_timeout_secs * 1000) as i64;
+        let expires_at = now + ttl_ms;
+        let request = Approval::new(
+            id.clone(),
+            self.task.clone(),
+            &p.tool,
+            &args,
+            &p.summary,
+            p.risk,
+            now,
+            expires_at,
+            &inner.me,
+        );
+        let (tx, mut rx) = oneshot::channel();
+        inner.lock().waiting.insert(
+            id.clone(),
+            Waiter {
+                task: self.task.clone(),
+                tool: p.tool.clone(),
+                args: args.clone(),
+                reply: Some(tx),
+            },
+        );
+        let task = self.task.clone();
+        let written = inner
+            .node
+            .write(|t| {
+                Workspace::put_approval(t, &request)?;
+                Workspace::update_task(t, &task, &TaskUpdate::status(TaskStatus::WaitingApproval))?;
+                Workspace::append_task_event(
+                    t,
+                    &task,
+                    &TaskEvent::new(
+                        now,
+                        "approval",
+                        format!("Waiting for approval: {}", p.summary),
+                    ),
+                )
+            })
+            .await;
+        if let Err(e) = written {
+            inner.lock().waiting.remove(&id);
+            return Err(CallError::Failed(format!(
+                "could not ask for approval: {e}"
+            )));
+        }
+        // A decision may already be in the document (it raced the write above).
+        inner.on_decision(&id);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ttl_ms as u64);
+        let (verdict, by, reason) = tokio::select! {
+            r = &mut rx => match r {
+                Ok((v, text)) => {
+                    let (by, reason) = text.split_once('|').map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap_or_default();
+                    (v, by, reason)
+                }
+                Err(_) => (Verdict::Deny, inner.me.to_string(), "the request was dropped".into()),
+            },
+            _ = self.cancel.cancelled() => {
+                (Verdict::Deny, inner.me.to_string(), "the task was cancelled".into())
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                // One last look, on the desktop's clock: past the expiry it resolves to deny.
+                inner.on_decision(&id);
+                match rx.try_recv() {
+                    Ok((v, text)) => {
+                        let (by, reason) = text.split_once('|').map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap_or_default();
+                        (v, by, reason)
+                    }
+                    Err(_) => (Verdict::Deny, "expired".into(), "expired".into()),
+                }
+            }
+        };
+        inner.lock().waiting.remove(&id);
+        let now = now_unix_ms();
+        let resolution = Resolution {
+            verdict,
+            by: by.clone(),
+            at: now,
+            reason: reason.clone(),
+        };
+        let status = if verdict == Verdict::Approve {
+            TaskStatus::Running
+        } else {
+            TaskStatus::WaitingApproval
+        };
+        let text = match verdict {
+            Verdict::Approve => format!("Approved ({reason}): {}", p.summary),
+            Verdict::Deny => format!("Not approved ({reason}): {}", p.summary),
+        };
+        let r = inner
+            .node
+            .write(|t| {
+                Workspace::set_resolution(t, &id, &resolution)?;
+                if status == TaskStatus::Running {
+                    Workspace::update_task(t, &task, &TaskUpdate::status(status))?;
+                }
+                Workspace::append_task_event(t, &task, &TaskEvent::new(now, "approval", text))
+            })
+            .await;
+        if let Err(e) = r {
+            return Err(CallError::Failed(format!(
+                "could not record the decision: {e}"
+            )));
+        }
+        inner.node.audit(
+            "approval_resolved",
+            &inner.me,
+            &format!("approval {id} ({}) {verdict}: {reason}", p.tool),
+        );
+        if self.cancel.is_cancelled() {
+            return Err(CallError::Cancelled);
+        }
+        match verdict {
+            Verdict::Approve => Ok(()),
+            Verdict::Deny => Err(CallError::NotApproved(format!("{reason} — {}", p.summary))),
+        }
+    }
+}
+
+/// The arguments as canonical JSON text (sorted keys, no spaces): what the action hash covers.
+fn canonical_json(v: &Value) -> String {
+    // serde_json's map is ordered by key, so this is stable.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn str_arg(call: &ToolCall, key: &str) -> Result<String, String> {
+    call.args
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("`{}` needs a text argument `{key}`", call.tool))
+}
+
+fn int_arg(call: &ToolCall, key: &str) -> Result<i64, String> {
+    call.args
+        .get(key)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| format!("`{}` needs a number argument `{key}`", call.tool))
+}
+
+fn is_url(s: &str) -> bool {
+    let l = s.to_ascii_lowercase();
+    l.starts_with("http://") || l.starts_with("https://")
+}
+
+fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared, String> {
+    let path = |key: &str| -> Result<PathBuf, String> { Ok(policy.resolve(&str_arg(call, key)?)) };
+    let show = |p: &std::path::Path| policy.show(p);
+    let p = |tool: &str, args: Value, subject: Subject, summary: String, risk: Risk| Prepared {
+        tool: tool.into(),
+        args,
+        subject,
+        summary,
+        risk,
+    };
+    Ok(match call.tool.as_str() {
+        t @ ("list" | "read" | "summarize") => {
+            let target = path("path")?;
+            let verb = match t {
+                "list" => "List",
+                "read" => "Read",
+                _ => "Summarize",
+            };
+            p(
+                t,
+                json!({ "path": target }),
+                Subject::Paths(vec![target.clone()]),
+                format!("{verb} {}", show(&target)),
+                Risk::Low,
+            )
+        }
+        "find" => {
+            let target = path("path")?;
+            let pattern = str_arg(call, "pattern")?;
+            p(
+                "find",
+                json!({ "path": target, "pattern": pattern }),
+                Subject::Paths(vec![target.clone()]),
+                format!("Find \"{pattern}\" in {}", show(&target)),
+                Risk::Low,
+            )
+        }
+        "trash" => {
+            let target = path("path")?;
+            p(
+                "trash",
+                json!({ "path": target }),
+                Subject::Paths(vec![target.clone()]),
+                format!("Move {} to the Deskhand trash", show(&target)),
+                Risk::Medium,
+            )
+        }
+        "move" => {
+            let from = path("from")?;
+            let mut to = path("to")?;
+            if to.is_dir()
+                && let Some(name) = from.file_name()
+            {
+                to = to.join(name);
+            }
+            p(
+                "move",
+                json!({ "from": from, "to": to }),
+                Subject::Paths(vec![from.clone(), to.clone()]),
+                format!("Move {} to {}", show(&from), show(&to)),
+                Risk::Medium,
+            )
+        }
+        "open" => {
+            let target = str_arg(call, "target")?;
+            if is_url(&target) {
+                p(
+                    "open",
+                    json!({ "target": target }),
+                    Subject::Text(target.clone()),
+                    format!("Open {target} in the default browser"),
+                    Risk::Low,
+                )
+            } else {
+                let resolved = policy.resolve(&target);
+                p(
+                    "open",
+                    json!({ "target": resolved }),
+                    Subject::Paths(vec![resolved.clone()]),
+                    format!("Open {} with its default app", show(&resolved)),
+                    Risk::Low,
+                )
+            }
+        }
+        "run" => {
+            let command = str_arg(call, "command")?;
+            p(
+                "run",
+                json!({ "command": command }),
+                Subject::Text(command.clone()),
+                format!(
+                    "Run `{command}` in a shell in {} (stopped after {} s)",
+                    show(policy.home()),
+                    config.shell_timeout_secs
+                ),
+                Risk::High,
+            )
+        }
+        "type" => {
+            let text = str_arg(call, "text")?;
+            p(
+                "type",
+                json!({ "text": text }),
+                Subject::Text(text.clone()),
+                format!("Type \"{text}\" on the desktop's keyboard"),
+                Risk::Medium,
+            )
+        }
+        "key" => {
+            let combo = str_arg(call, "combo")?;
+            combo
+                .parse::<input::KeyCombo>()
+                .map_err(|e| e.to_string())?;
+            p(
+                "key",
+                json!({ "combo": combo }),
+                Subject::Text(combo.clone()),
+                format!("Press {combo} on the desktop's keyboard"),
+                Risk::Medium,
+            )
+        }
+        "click" => {
+            let (x, y) = (int_arg(call, "x")?, int_arg(call, "y")?);
+            p(
+                "click",
+                json!({ "x": x, "y": y }),
+                Subject::Text(format!("{x} {y}")),
+                format!("Click at ({x}, {y}) on the desktop's screen"),
+                Risk::Medium,
+            )
+        }
+        "screenshot" => p(
+            "screenshot",
+            json!({}),
+            Subject::Text(String::new()),
+            "Take a screenshot of the desktop".into(),
+            Risk::Low,
+        ),
+        other => return Err(format!("there is no tool called {other:?}")),
+    })
+}
+
+fn arg_path(p: &Prepared, key: &str) -> PathBuf {
+    PathBuf::from(p.args.get(key).and_then(Value::as_str).unwrap_or_default())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::tools::ToolError> + Send + 'static,
+) -> Result<T, CallError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CallError::Failed(format!("the tool stopped unexpectedly: {e}")))?
+        .map_err(|e| CallError::Failed(e.to_string()))
+}
+
+async fn execute(
+    inner: &Arc<Inner>,
+    task: &TaskId,
+    p: &Prepared,
+    cancel: &CancellationToken,
+) -> Result<ToolOutput, CallError> {
+    let policy = inner.policy.clone();
+    let text = |t: String| ToolOutput {
+        text: t,
+        blobs: vec![],
+    };
+    match p.tool.as_str() {
+        "list" => {
+            let dir = arg_path(p, "path");
+            let shown = policy.show(&dir);
+            let d = dir.clone();
+            let listing = blocking(move || files::list(&d, 500)).await?;
+            let mut lines = Vec::new();
+            let mut hidden = 0;
+            for e in &listing.entries {
+                if policy.skip(&dir.join(&e.name)) {
+                    hidden += 1;
+                    continue;
+                }
+                lines.push(entry_line(e));
+            }
+            let mut out = format!("{shown}: {} entries\n{}", lines.len(), lines.join("\n"));
+            if hidden > 0 {
+                out.push_str(&format!("\n({hidden} protected entries not shown)"));
+            }
+            if listing.truncated {
+                out.push_str("\n(more entries not shown)");
+            }
+            Ok(text(out))
+        }
+        "find" => {
+            let dir = arg_path(p, "path");
+            let pattern = p.args["pattern"].as_str().unwrap_or_default().to_owned();
+            let pol = policy.clone();
+            let (d, pat) = (dir.clone(), pattern.clone());
+            let found = blocking(move || files::find(&pat, &d, 200, &|x| pol.skip(x))).await?;
+            let lines: Vec<String> = found.matches.iter().map(|f| policy.show(&f.path)).collect();
+            let mut out = format!(
+                "{} match{} for \"{pattern}\" in {}",
+                lines.len(),
+                if lines.len() == 1 { "" } else { "es" },
+                policy.show(&dir)
+            );
+            if !lines.is_empty() {
+                out.push('\n');
+                out.push_str(&lines.join("\n"));
+            }
+            if found.truncated {
+                out.push_str("\n(stopped early: more may exist)");
+            }
+            Ok(text(out))
+        }
+        "read" => {
+            let f = arg_path(p, "path");
+            let shown = policy.show(&f);
+            let head = blocking(move || files::read_head(&f, 16 * 1024, 200)).await?;
+            let mut out = format!("{shown} ({} bytes)\n{}", head.total_size, head.text);
+            if head.truncated {
+                out.push_str("\n…");
+            }
+            Ok(text(out))
+        }
+        "summarize" => {
+            let dir = arg_path(p, "path");
+            let pol = policy.clone();
+            let s = blocking(move || files::summarize(&dir, &|x| pol.skip(x))).await?;
+            Ok(text(s.to_text()))
+        }
+        "trash" => {
+            let f = arg_path(p, "path");
+            let trash = inner.trash.clone();
+            let t = task.to_string();
+            let entry = blocking(move || trash.trash(&f, Some(&t))).await?;
+            Ok(text(format!(
+                "Moved {} to the Deskhand trash. To undo, on the desktop: deskhand trash restore {}",
+                policy.show(&entry.original_path),
+                entry.id
+            )))
+        }
+        "move" => {
+            let (from, to) = (arg_path(p, "from"), arg_path(p, "to"));
+            let msg = format!("Moved {} to {}", policy.show(&from), policy.show(&to));
+            blocking(move || files::move_path(&from, &to)).await?;
+            Ok(text(msg))
+        }
+        "open" => {
+            let target = p.args["target"].as_str().unwrap_or_default().to_owned();
+            let t = target.clone();
+            blocking(move || open::open_target(&t)).await?;
+            Ok(text(format!("Opened {target}")))
+        }
+        "run" => {
+            let command = p.args["command"].as_str().unwrap_or_default();
+            let limits = shell::ShellLimits {
+                timeout: Duration::from_secs(inner.config.shell_timeout_secs),
+                max_output: inner.config.shell_max_output_bytes,
+            };
+            let out = shell::run(command, policy.home(), limits, cancel.clone())
+                .await
+                .map_err(|e| CallError::Failed(e.to_string()))?;
+            if out.cancelled {
+                return Err(CallError::Cancelled);
+            }
+            let mut full = out.stdout.clone();
+            if !out.stderr.is_empty() {
+                if !full.is_empty() && !full.ends_with('\n') {
+                    full.push('\n');
+                }
+                full.push_str(&out.stderr);
+            }
+            let mut blobs = vec![];
+            let shown = if full.len() > INLINE_OUTPUT {
+                let blob = blob_store(inner)?
+                    .add(
+                        full.clone().into_bytes(),
+                        "text/plain; charset=utf-8",
+                        Some("output.txt"),
+                    )
+                    .await
+                    .map_err(|e| CallError::Failed(e.to_string()))?;
+                inner
+                    .event(
+                        task,
+                        "output",
+                        format!("Full output: {} bytes", blob.size),
+                        Some(blob.clone()),
+                    )
+                    .await;
+                blobs.push(blob);
+                let tail_start = full.len() - INLINE_OUTPUT;
+                let tail_start = (tail_start..full.len())
+                    .find(|i| full.is_char_boundary(*i))
+                    .unwrap_or(full.len());
+                format!("…{}", &full[tail_start..])
+            } else {
+                full
+            };
+            let mut msg = format!("`{command}` {}", out.outcome());
+            if out.truncated {
+                msg.push_str(&format!(
+                    " (output cut at {} bytes)",
+                    inner.config.shell_max_output_bytes
+                ));
+            }
+            if !shown.trim().is_empty() {
+                msg.push('\n');
+                msg.push_str(shown.trim_end());
+            }
+            if out.timed_out || out.exit_code != Some(0) {
+                return Err(CallError::Failed(msg));
+            }
+            Ok(ToolOutput { text: msg, blobs })
+        }
+        "screenshot" => {
+            let shot = screen::capture_png_async()
+                .await
+                .map_err(|e| CallError::Failed(e.to_string()))?;
+            let blob = blob_store(inner)?
+                .add(shot.png, "image/png", Some("screenshot.png"))
+                .await
+                .map_err(|e| CallError::Failed(e.to_string()))?;
+            inner
+                .event(task, "output", "Screenshot".into(), Some(blob.clone()))
+                .await;
+            Ok(ToolOutput {
+                text: format!(
+                    "Screenshot {}×{} ({} KB)",
+                    shot.width,
+                    shot.height,
+                    blob.size.div_ceil(1024)
+                ),
+                blobs: vec![blob],
+            })
+        }
+        "type" | "key" | "click" => {
+            let mut guard = inner.input.lock().await;
+            if guard.is_none() {
+                *guard =
+                    Some(input::InputDriver::new().map_err(|e| CallError::Failed(e.to_string()))?);
+            }
+            let Some(driver) = guard.as_ref() else {
+                return Err(CallError::Failed("no input driver".into()));
+            };
+            let r = match p.tool.as_str() {
+                "type" => {
+                    let t = p.args["text"].as_str().unwrap_or_default();
+                    driver.type_text(t).await.map(|_| format!("Typed \"{t}\""))
+                }
+                "key" => {
+                    let c = p.args["combo"].as_str().unwrap_or_default();
+                    driver.key_combo(c).await.map(|_| format!("Pressed {c}"))
+                }
+                _ => {
+                    let x = p.args["x"].as_i64().unwrap_or_default() as i32;
+                    let y = p.args["y"].as_i64().unwrap_or_default() as i32;
+                    driver
+                        .click(x, y, input::MouseButton::Left)
+                        .await
+                        .map(|_| format!("Clicked at ({x}, {y})"))
+                }
+            };
+            r.map(text).map_err(|e| CallError::Failed(e.to_string()))
+        }
+        other => Err(CallError::Failed(format!(
+            "there is no tool called {other:?}"
+        ))),
+    }
+}
+
+fn entry_line(e: &files::Entry) -> String {
+    match e.kind {
+        files::EntryKind::Dir => format!("{}/", e.name),
+        files::EntryKind::Symlink => format!("{} (link)", e.name),
+        _ => format!("{}  {}", e.name, human_size(e.size)),
+    }
+}
+
+fn human_size(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KB", n as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MB", n as f64 / 1_048_576.0),
+        _ => format!("{:.1} GB", n as f64 / 1_073_741_824.0),
+    }
+}
+
+fn blob_store(inner: &Inner) -> Result<&deskhand_sync::BlobStore, CallError> {
+    inner
+        .node
+        .blobs()
+        .ok_or_else(|| CallError::Failed("this node has no blob store".into()))
+}
+
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    if line.chars().count() > 200 {
+        format!("{}…", line.chars().take(200).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+/// User messages (from phones) that have not become tasks yet.
+fn unanswered_messages(doc: &Automerge, me: &DeviceId) -> Vec<Message> {
+    let me = me.to_string();
+    let tasks: HashSet<String> = Workspace::task_statuses(doc)
+        .into_iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    Workspace::messages_from(doc, 0)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            m.role == Role::User
+                && m.task_id.is_none()
+                && m.author != me
+                && !tasks.contains(&format!("m-{}", m.id))
+        })
+        .collect()
+}
+
+/// What other devices changed since `last`: new messages, tasks, cancel requests, decisions.
+/// Reads only the new changes (phones may write nothing else: the sync layer's rules refuse it).
+fn scan(doc: &Automerge, last: &[ChangeHash], me: &DeviceId) -> Seen {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let mut seen = Seen::default();
+    let my_actor = me.actor_id();
+    let path_of = |obj: &ObjectId| -> Option<Vec<String>> {
+        match obj {
+            ObjectId::Root => Some(vec![]),
+            ObjectId::Id(id) => {
+                let ex = doc
+                    .import_obj(&format!("{}@{}", id.counter(), id.actor().to_hex_string()))
+                    .ok()?;
+                let path = doc.parents(&ex).ok()?.path();
+                Some(
+                    path.into_iter()
+                        .map(|(_, p)| match p {
+                            automerge::Prop::Map(k) => k,
+                            automerge::Prop::Seq(i) => i.to_string(),
+                        })
+                        .collect(),
+                )
+            }
+        }
+    };
+    for change in doc.get_changes(last) {
+        if change.actor_id() == &my_actor {
+            continue;
+        }
+        let ex = change.decode();
+        let start = ex.start_op.get();
+        for (i, op) in ex.operations.iter().enumerate() {
+            let key = match &op.key {
+                Key::Map(k) => Some(k.to_string()),
+                Key::Seq(_) => None,
+            };
+            let Some(path) = path_of(&op.obj) else {
+                continue;
+            };
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            match (path.as_slice(), &op.action, key.as_deref()) {
+                (["messages"], OpType::Make(automerge::ObjType::Map), _) if op.insert => {
+                    let id = format!("{}@{}", start + i as u64, ex.actor_id.to_hex_string());
+                    if let Ok(obj) = doc.import_obj(&id)
+                        && let Ok(Some(m)) = read_message(doc, &obj)
+                    {
+                        seen.messages.push(m);
+                    }
+                }
+                (["tasks"], OpType::Make(automerge::ObjType::Map), Some(k)) => {
+                    seen.tasks.push(TaskId::from(k));
+                }
+                (["tasks", t], _, Some("cancel_requested_by")) => {
+                    seen.cancels.push(TaskId::from(*t));
+                }
+                (["approvals", a, "decisions"], _, _)
+                | (["approvals", a, "decisions", _], _, _) => {
+                    let id = ApprovalId::from(*a);
+                    if !seen.decisions.contains(&id) {
+                        seen.decisions.push(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    seen
+}
+
+fn read_message(doc: &Automerge, obj: &automerge::ObjId) -> Result<Option<Message>, String> {
+    let path = doc.parents(obj).map_err(|e| e.to_string())?.path();
+    let Some((list, automerge::Prop::Seq(index))) = path.last().cloned() else {
+        return Ok(None);
+    };
+    autosurgeon::hydrate_prop(doc, &list, index)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,11 @@
+//! The Deskhand desktop host as a library: the pieces the `deskhand` binary is built from, exposed
+//! so the integration tests can drive them directly.
+
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod config;
+pub mod executor;
+pub mod paths;
+pub mod policy;
+pub mod tools;

@@ -1,0 +1,458 @@
+//! Shell commands: run one `sh -c` command with bounded time and output, and stop it and
+//! everything it started when the time is up or the task is cancelled.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::ToolError;
+
+/// How much a command may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ShellLimits {
+    /// Wall-clock limit; the command and its children are stopped when it passes.
+    pub timeout: Duration,
+    /// Bytes kept from stdout, and separately from stderr; the rest is read and dropped.
+    pub max_output: usize,
+}
+
+impl Default for ShellLimits {
+    fn default() -> Self {
+        ShellLimits {
+            timeout: Duration::from_secs(60),
+            max_output: 64 * 1024,
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Serialize, Debug, Clone)]
+pub struct ShellOutput {
+    /// The shell's exit code; `None` when it was ended by a signal (including ours).
+    pub exit_code: Option<i32>,
+    /// Standard output (lossy UTF-8), at most `max_output` bytes.
+    pub stdout: String,
+    /// Standard error (lossy UTF-8), at most `max_output` bytes.
+    pub stderr: String,
+    /// True when either stream was cut at `max_output`.
+    pub truncated: bool,
+    /// True when the time limit stopped it.
+    pub timed_out: bool,
+    /// True when the cancellation token stopped it.
+    pub cancelled: bool,
+    /// Wall-clock time from start until everything it started was gone.
+    pub duration_ms: u64,
+}
+
+impl ShellOutput {
+    /// One line saying how it ended, e.g. "exited with code 0" or
+    /// "the command was stopped after 60 s (time limit)".
+    pub fn outcome(&self) -> String {
+        let secs = (self.duration_ms as f64 / 1000.0).round();
+        if self.cancelled {
+            format!("the command was stopped after {secs} s (cancelled)")
+        } else if self.timed_out {
+            format!("the command was stopped after {secs} s (time limit)")
+        } else {
+            match self.exit_code {
+                Some(code) => format!("exited with code {code}"),
+                None => "ended by a signal".to_string(),
+            }
+        }
+    }
+}
+
+/// How long the command's processes get between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_millis(1500);
+/// How long we keep reading after SIGKILL. Only a process that left our process group (setsid)
+/// can still hold the pipes then, and we do not wait for it.
+const KILL_GRACE: Duration = Duration::from_millis(500);
+
+/// Runs `command` with `sh -c` in `cwd`, stdin empty, in a process group of its own.
+///
+/// Stdout and stderr are read concurrently, each kept up to `limits.max_output` bytes and drained
+/// beyond that, so a chatty command never blocks on a full pipe. When `limits.timeout` passes or
+/// `cancel` fires, the whole group gets SIGTERM, then SIGKILL after a short grace, and is reaped
+/// before this returns. A command whose shell exits while something it started in the
+/// background still holds its output open counts as running until the time limit.
+pub async fn run(
+    command: &str,
+    cwd: &Path,
+    limits: ShellLimits,
+    cancel: CancellationToken,
+) -> Result<ShellOutput, ToolError> {
+    if !cwd.is_dir() {
+        return Err(if cwd.exists() {
+            ToolError::NotADirectory {
+                path: cwd.to_path_buf(),
+            }
+        } else {
+            ToolError::NotFound {
+                path: cwd.to_path_buf(),
+            }
+        });
+    }
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let (program, flag) = shell();
+    let mut cmd = Command::new(program);
+    cmd.arg(flag)
+        .arg(command)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    let group = GroupGuard::new(child.id());
+    let (Some(mut out_pipe), Some(mut err_pipe)) = (child.stdout.take(), child.stderr.take())
+    else {
+        return Err(ToolError::Spawn {
+            program: program.to_string(),
+            source: std::io::Error::other("the output pipes were not set up"),
+        });
+    };
+    let mut out = Capture::new(limits.max_output);
+    let mut err = Capture::new(limits.max_output);
+
+    let mut status: Option<ExitStatus> = None;
+    let mut timed_out = false;
+    let mut cancelled = false;
+    {
+        let everything = async {
+            let (_, _, st) = tokio::join!(
+                out.fill(&mut out_pipe),
+                err.fill(&mut err_pipe),
+                child.wait()
+            );
+            st
+        };
+        tokio::select! {
+            st = everything => status = st.ok(),
+            _ = tokio::time::sleep_until(deadline) => timed_out = true,
+            _ = cancel.cancelled() => cancelled = true,
+        }
+    }
+
+    if timed_out || cancelled {
+        group.signal("TERM").await;
+        let drained = tokio::time::timeout(TERM_GRACE, async {
+            tokio::join!(out.fill(&mut out_pipe), err.fill(&mut err_pipe));
+        })
+        .await;
+        // Sent even when the pipes closed: a process that closed its output and ignores SIGTERM
+        // is still running.
+        group.signal("KILL").await;
+        if drained.is_err() {
+            let _ = tokio::time::timeout(KILL_GRACE, async {
+                tokio::join!(out.fill(&mut out_pipe), err.fill(&mut err_pipe));
+            })
+            .await;
+        }
+        let _ = child.start_kill();
+        if status.is_none() {
+            status = child.wait().await.ok();
+        }
+    }
+    group.disarm();
+
+    Ok(ShellOutput {
+        exit_code: status.and_then(|s| s.code()),
+        truncated: out.truncated || err.truncated,
+        stdout: String::from_utf8_lossy(&out.kept).into_owned(),
+        stderr: String::from_utf8_lossy(&err.kept).into_owned(),
+        timed_out,
+        cancelled,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+#[cfg(unix)]
+fn shell() -> (&'static str, &'static str) {
+    ("sh", "-c")
+}
+
+#[cfg(not(unix))]
+fn shell() -> (&'static str, &'static str) {
+    ("cmd", "/C")
+}
+
+/// One output stream, capped.
+struct Capture {
+    kept: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+    eof: bool,
+}
+
+impl Capture {
+    fn new(cap: usize) -> Self {
+        Capture {
+            kept: Vec::new(),
+            cap,
+            truncated: false,
+            eof: false,
+        }
+    }
+
+    /// Reads until end of stream, keeping up to the cap. Cancel-safe: it can be dropped and
+    /// called again without losing bytes, which is how reading continues after a timeout.
+    async fn fill(&mut self, pipe: &mut (impl AsyncRead + Unpin)) {
+        let mut buf = [0u8; 8192];
+        while !self.eof {
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => self.eof = true,
+                Ok(n) => {
+                    let room = self.cap.saturating_sub(self.kept.len());
+                    self.kept.extend_from_slice(&buf[..n.min(room)]);
+                    if n > room {
+                        self.truncated = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Kills the command's process group if `run` is abandoned midway (its future dropped), so a
+/// cancelled task never leaves a process tree behind.
+struct GroupGuard {
+    pgid: Option<u32>,
+}
+
+impl GroupGuard {
+    fn new(pgid: Option<u32>) -> Self {
+        GroupGuard { pgid }
+    }
+
+    /// Sends `SIG<signal>` to every process in the group. Failures (the group is already gone)
+    /// are expected and ignored.
+    #[cfg(unix)]
+    async fn signal(&self, signal: &str) {
+        let Some(pgid) = self.pgid else { return };
+        let _ = Command::new(kill_program())
+            .args([&format!("-{signal}"), "--", &format!("-{pgid}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+
+    #[cfg(not(unix))]
+    async fn signal(&self, _signal: &str) {}
+
+    fn disarm(mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pgid) = self.pgid {
+            // Drop cannot await; spawn the kill and let it run on its own (it takes ~1 ms).
+            let _ = std::process::Command::new(kill_program())
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `/bin/kill` where it exists (Linux, macOS), so a `kill` earlier in PATH cannot intercept it.
+#[cfg(unix)]
+fn kill_program() -> &'static str {
+    if Path::new("/bin/kill").exists() {
+        "/bin/kill"
+    } else {
+        "kill"
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn limits(timeout_ms: u64, max_output: usize) -> ShellLimits {
+        ShellLimits {
+            timeout: Duration::from_millis(timeout_ms),
+            max_output,
+        }
+    }
+
+    /// Running, as opposed to gone or a zombie nobody reaped yet (in a container, orphans are
+    /// re-parented to a pid 1 that may never reap them).
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.starts_with(" Z"))
+        })
+    }
+
+    async fn eventually_dead(pid: &str) -> bool {
+        for _ in 0..50 {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = run(
+            "echo out; echo err >&2; pwd; exit 3",
+            dir.path(),
+            limits(10_000, 1000),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(o.exit_code, Some(3));
+        let pwd = dir.path().canonicalize().unwrap();
+        assert_eq!(o.stdout, format!("out\n{}\n", pwd.display()));
+        assert_eq!(o.stderr, "err\n");
+        assert!(!o.truncated && !o.timed_out && !o.cancelled);
+        assert_eq!(o.outcome(), "exited with code 3");
+
+        // Stdin is empty, not the test's terminal.
+        let o = run(
+            "cat; echo done",
+            dir.path(),
+            limits(10_000, 1000),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(o.stdout, "done\n");
+        assert_eq!(o.exit_code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn output_is_capped_but_fully_drained() {
+        // 2 MB on each stream: far more than a pipe buffer, so a reader that stopped at the cap
+        // would leave the command blocked until the time limit.
+        let o = run(
+            "head -c 2000000 /dev/zero | tr '\\0' a; head -c 2000000 /dev/zero | tr '\\0' b >&2; echo tail",
+            Path::new("/"),
+            limits(20_000, 100),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(o.stdout, "a".repeat(100));
+        assert_eq!(o.stderr, "b".repeat(100));
+        assert!(o.truncated);
+        assert!(!o.timed_out);
+        assert_eq!(o.exit_code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = run(
+            "sleep 30 & echo $! > child.pid; echo started; wait",
+            dir.path(),
+            limits(500, 1000),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(o.timed_out);
+        assert_eq!(o.stdout, "started\n");
+        assert_eq!(o.exit_code, None);
+        assert!(o.duration_ms < 3000, "{}", o.duration_ms);
+        assert!(o.outcome().contains("(time limit)"), "{}", o.outcome());
+        let pid = std::fs::read_to_string(dir.path().join("child.pid")).unwrap();
+        assert!(
+            eventually_dead(pid.trim()).await,
+            "the background sleep survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_child_and_grandchild_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        let pidfile = dir.path().join("pids");
+        let watcher = {
+            let pidfile = pidfile.clone();
+            tokio::spawn(async move {
+                // Cancel once both processes exist.
+                while std::fs::read_to_string(&pidfile).map_or(0, |s| s.lines().count()) < 2 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                trigger.cancel();
+            })
+        };
+        // The grandchild ignores SIGTERM, so only the SIGKILL of the whole group stops it.
+        let o = run(
+            "sh -c 'trap \"\" TERM; echo $$ >> pids; exec sleep 30' & echo $$ >> pids; exec sleep 30",
+            dir.path(),
+            limits(60_000, 1000),
+            cancel,
+        )
+        .await
+        .unwrap();
+        watcher.await.unwrap();
+        assert!(o.cancelled && !o.timed_out);
+        assert!(o.duration_ms < 5000, "{}", o.duration_ms);
+        let pids = std::fs::read_to_string(&pidfile).unwrap();
+        for pid in pids.lines() {
+            assert!(
+                eventually_dead(pid).await,
+                "process {pid} survived the cancel"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_the_future_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let fut = run(
+            "sleep 30 & echo $! > pid; wait",
+            dir.path(),
+            limits(60_000, 1000),
+            CancellationToken::new(),
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(500), fut).await;
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        // The guard's SIGKILL is delivered asynchronously.
+        assert!(
+            eventually_dead(pid.trim()).await,
+            "the background sleep survived the dropped future"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_cwd_is_a_clear_error() {
+        let e = run(
+            "true",
+            Path::new("/no/such/dir"),
+            ShellLimits::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.to_string(), "`/no/such/dir` does not exist");
+    }
+}
