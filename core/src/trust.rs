@@ -333,6 +333,13 @@ fn check_op(
             new_objs.insert(opid, NewObj::Decision);
             Ok(())
         }
+        // A phone may change its mind: it rewrites its own decision (the desktop acts on the
+        // decisions it has when it resolves; a later change to a resolved request is ignored).
+        (["approvals", _, "decisions", who], OpType::Put(_))
+            if *who == me && matches!(field.as_str(), "verdict" | "at" | "signature") =>
+        {
+            Ok(())
+        }
         (["approvals", approval, "decisions"], _) => Err(denied(&format!(
             "a decision on approval {approval} under another device's key"
         ))),

@@ -1314,7 +1314,12 @@ fn scan(doc: &Automerge, last: &[ChangeHash], me: &DeviceId) -> Seen {
                 (["tasks"], OpType::Make(automerge::ObjType::Map), Some(k)) => {
                     seen.tasks.push(TaskId::from(k));
                 }
-                (["tasks", t], _, Some("cancel_requested_by")) => {
+                // A new task carries `cancel_requested_by: null`: only a device id is a request.
+                (
+                    ["tasks", t],
+                    OpType::Put(automerge::ScalarValue::Str(_)),
+                    Some("cancel_requested_by"),
+                ) => {
                     seen.cancels.push(TaskId::from(*t));
                 }
                 (["approvals", a, "decisions"], _, _)

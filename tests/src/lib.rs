@@ -1,6 +1,9 @@
 //! Shared utilities of Deskhand's multi-process tests: spawn a `deskhand-node` process, talk to
 //! it with JSON lines, kill it.
 
+#[allow(clippy::unwrap_used)] // test harness: a missing pipe is a broken test machine
+pub mod x11;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -260,6 +263,16 @@ pub struct Serve {
 impl Serve {
     /// Starts the host and waits for its pairing code.
     pub fn start(data: &Path, listen: SocketAddr) -> Result<Self> {
+        Self::start_with(data, listen, &[], &[])
+    }
+
+    /// Starts the host with extra environment (e.g. `HOME`, `DISPLAY`) and arguments.
+    pub fn start_with(
+        data: &Path,
+        listen: SocketAddr,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut child = Command::new(deskhand_bin())
             .args(["serve", "--data"])
             .arg(data)
@@ -271,6 +284,9 @@ impl Serve {
                 "--name",
                 "test-desktop",
             ])
+            .args(extra)
+            .envs(env.iter().copied())
+            .env_remove("WAYLAND_DISPLAY")
             .env("DESKHAND_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -683,6 +683,11 @@ pub fn move_path(from: &Path, to: &Path) -> Result<(), ToolError> {
 
 /// Moves `from` to exactly `dest`, refusing to overwrite.
 fn move_exact(from: &Path, dest: &Path) -> Result<(), ToolError> {
+    if dest == from {
+        return Err(ToolError::Invalid {
+            reason: format!("`{}` is already there", from.display()),
+        });
+    }
     if dest.starts_with(from) {
         return Err(ToolError::Invalid {
             reason: format!(

@@ -6,4 +6,5 @@
 
 mod input;
 mod screen;
-mod x11;
+
+use deskhand_tests::x11;

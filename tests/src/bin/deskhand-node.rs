@@ -254,6 +254,158 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             Ok(json!({"ok": true}))
         }
         "audit" => Ok(json!({"ok": true, "events": node.audit_log().await?})),
+        "task" => {
+            let id = deskhand_core::TaskId::from_random(deskhand_sync::node::random_id_bytes());
+            let t = deskhand_core::schema::Task::queued(
+                id.clone(),
+                cmd["prompt"].as_str().context("prompt")?,
+                &node.id(),
+                now_unix_ms(),
+            );
+            node.write(|tx| Workspace::add_task(tx, &t)).await?;
+            Ok(json!({"ok": true, "id": id.to_string()}))
+        }
+        "cancel" => {
+            let id = deskhand_core::TaskId::from(cmd["task"].as_str().context("task")?);
+            let me = node.id();
+            node.write(|tx| Workspace::request_cancel(tx, &id, &me))
+                .await?;
+            Ok(json!({"ok": true}))
+        }
+        "wait_task" => {
+            // Until the task's status is one of `status` (default: any final one).
+            let id = deskhand_core::TaskId::from(cmd["task"].as_str().context("task")?);
+            let want: Vec<String> = cmd["status"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
+            let done = |t: &deskhand_core::schema::Task| {
+                if want.is_empty() {
+                    t.status.is_final()
+                } else {
+                    want.iter().any(|w| w == t.status.as_str())
+                }
+            };
+            let mut sub = node.subscribe();
+            let found = tokio::time::timeout(timeout, async {
+                loop {
+                    if let Some(t) = node.read(|d| Workspace::task(d, &id)).ok().flatten()
+                        && done(&t)
+                    {
+                        return t;
+                    }
+                    if sub.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            })
+            .await;
+            match found {
+                Ok(t) => Ok(json!({"ok": true, "task": t})),
+                Err(_) => {
+                    let t = node.read(|d| Workspace::task(d, &id)).ok().flatten();
+                    Ok(json!({"ok": false, "task": t}))
+                }
+            }
+        }
+        "approvals" => {
+            let all = node.read(Workspace::approvals)?;
+            Ok(json!({"ok": true, "approvals": all}))
+        }
+        "wait_approval" => {
+            // Until an unresolved approval request for `task` exists.
+            let task = cmd["task"].as_str().context("task")?.to_owned();
+            let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
+            let mut sub = node.subscribe();
+            let found = tokio::time::timeout(timeout, async {
+                loop {
+                    let hit = node.read(Workspace::approvals).ok().and_then(|m| {
+                        m.into_values()
+                            .find(|a| a.task_id.as_str() == task && a.resolution.is_none())
+                    });
+                    if let Some(a) = hit {
+                        return a;
+                    }
+                    if sub.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            })
+            .await;
+            match found {
+                Ok(a) => Ok(json!({"ok": true, "approval": a})),
+                Err(_) => Ok(json!({"ok": false})),
+            }
+        }
+        "decide" => {
+            // Signs a decision, or forges one for the tests: `forge` = "bad_signature" (flipped
+            // verdict after signing), "replay" (the signature of `from`, another approval),
+            // "other_desktop" (signed for another desktop id).
+            use deskhand_core::approval::Verdict;
+            let id =
+                deskhand_core::ids::ApprovalId::from(cmd["approval"].as_str().context("approval")?);
+            let verdict: Verdict = cmd["verdict"]
+                .as_str()
+                .context("verdict")?
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
+            let approval = node
+                .read(|d| Workspace::approval(d, &id))?
+                .context("no such approval")?;
+            let (desktop, _) = node.home().context("not paired")?;
+            let mut decision = approval.sign(node.key(), &desktop, verdict, now_unix_ms());
+            match cmd["forge"].as_str() {
+                None => {}
+                Some("bad_signature") => {
+                    let flipped = if verdict == Verdict::Approve {
+                        Verdict::Deny
+                    } else {
+                        Verdict::Approve
+                    };
+                    decision = approval.sign(node.key(), &desktop, flipped, now_unix_ms());
+                    decision.verdict = verdict;
+                }
+                Some("replay") => {
+                    let from =
+                        deskhand_core::ids::ApprovalId::from(cmd["from"].as_str().context("from")?);
+                    let old = node
+                        .read(|d| Workspace::approval(d, &from))?
+                        .context("no approval to replay from")?;
+                    decision = old
+                        .decisions
+                        .get(&node.id().to_string())
+                        .cloned()
+                        .context("no decision of ours to replay")?;
+                }
+                Some("other_desktop") => {
+                    decision = approval.sign(node.key(), &node.id(), verdict, now_unix_ms());
+                }
+                Some(other) => bail!("unknown forgery {other:?}"),
+            }
+            let me = node.id();
+            node.write(|tx| Workspace::put_decision(tx, &id, &me, &decision))
+                .await?;
+            Ok(json!({"ok": true}))
+        }
+        "fetch" => {
+            let hash = cmd["hash"].as_str().context("hash")?;
+            match node.fetch_blob(hash).await {
+                Ok(bytes) => {
+                    let out = cmd["out"].as_str().map(PathBuf::from);
+                    if let Some(out) = &out {
+                        std::fs::write(out, &bytes)?;
+                    }
+                    Ok(json!({"ok": true, "size": bytes.len(),
+                        "verified": deskhand_sync::blobs::hash_hex(&bytes) == hash}))
+                }
+                Err(e) => Ok(json!({"ok": false, "error": e.to_string()})),
+            }
+        }
         other => bail!("unknown command {other:?}"),
     }
 }

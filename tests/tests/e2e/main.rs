@@ -1,5 +1,7 @@
 //! Multi-process end-to-end tests: real processes, real iroh endpoints on loopback with relays
 //! off, real redb files.
 
+mod desktop_x11;
+mod executor;
 mod pairing;
 mod sync;

@@ -7,8 +7,9 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The screen every test gets.
+/// Width of the screen every test gets.
 pub const WIDTH: u32 = 1280;
+/// Height of the screen every test gets.
 pub const HEIGHT: u32 = 800;
 
 const INSTALL_HINT: &str = "run `scripts/ensure-deps x11` as root \

@@ -1,0 +1,380 @@
+//! The desktop does the work: a real `deskhand serve` process (with a temporary HOME) and a phone
+//! process, relays off, on loopback. Tasks, policy decisions and signed approvals, end to end.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use deskhand_tests::{NodeProc, Serve, deskhand, free_udp_addr};
+use serde_json::{Value, json};
+
+/// A desktop host with its own HOME, and one paired phone.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub serve: Option<Serve>,
+    pub phone: NodeProc,
+    listen: std::net::SocketAddr,
+    env: Vec<(String, String)>,
+}
+
+fn node_bin() -> PathBuf {
+    deskhand_tests::deskhand_bin().with_file_name("deskhand-node")
+}
+
+impl Rig {
+    pub fn new(config: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".config/deskhand"))?;
+        std::fs::write(home.join(".config/deskhand/config.toml"), config)?;
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("HOME".into(), home.display().to_string()));
+        let listen = free_udp_addr();
+        let serve = start(&dir.path().join("desk"), listen, &env)?;
+        let mut phone = NodeProc::spawn(&node_bin(), &dir.path().join("phone"), "phone", None)?;
+        phone.ok(json!({"cmd": "pair", "payload": serve.payload, "name": "test-phone"}))?;
+        phone.wait_doc()?;
+        Ok(Self {
+            dir,
+            home,
+            serve: Some(serve),
+            phone,
+            listen,
+            env,
+        })
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.serve = Some(start(
+            &self.dir.path().join("desk"),
+            self.listen,
+            &self.env,
+        )?);
+        Ok(())
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("desk")
+    }
+
+    /// Sends a command as a conversation message; returns the task it becomes.
+    pub fn say(&mut self, text: &str) -> Result<String> {
+        let id = self.phone.send(text)?;
+        Ok(format!("m-{id}"))
+    }
+
+    pub fn wait_task(&mut self, task: &str, status: &[&str], timeout_ms: u64) -> Result<Value> {
+        let v = self.phone.call(
+            json!({"cmd": "wait_task", "task": task, "status": status, "timeout_ms": timeout_ms}),
+        )?;
+        ensure!(
+            v["ok"] == true,
+            "task {task} did not reach {status:?} within {timeout_ms} ms: {}",
+            v["task"]
+        );
+        Ok(v["task"].clone())
+    }
+
+    pub fn finished(&mut self, task: &str) -> Result<Value> {
+        self.wait_task(task, &[], 20_000)
+    }
+
+    pub fn approval(&mut self, task: &str) -> Result<Value> {
+        let v = self
+            .phone
+            .call(json!({"cmd": "wait_approval", "task": task, "timeout_ms": 20_000}))?;
+        ensure!(v["ok"] == true, "no approval request for task {task}");
+        Ok(v["approval"].clone())
+    }
+
+    pub fn decide(&mut self, approval: &Value, verdict: &str, forge: Option<Value>) -> Result<()> {
+        let mut cmd = json!({"cmd": "decide", "approval": approval["id"], "verdict": verdict});
+        if let Some(Value::Object(extra)) = forge {
+            for (k, v) in extra {
+                cmd[k] = v;
+            }
+        }
+        self.phone.ok(cmd)?;
+        Ok(())
+    }
+}
+
+fn start(data: &Path, listen: std::net::SocketAddr, env: &[(String, String)]) -> Result<Serve> {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Serve::start_with(data, listen, &env, &[])
+}
+
+fn status(task: &Value) -> &str {
+    task["status"].as_str().unwrap_or_default()
+}
+
+fn summary(task: &Value) -> String {
+    task["result"]["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn files(home: &Path) -> Result<()> {
+    let docs = home.join("docs");
+    std::fs::create_dir_all(docs.join("reports/2025"))?;
+    std::fs::write(docs.join("notes.txt"), "first line of notes\nsecond line\n")?;
+    std::fs::write(docs.join("reports/q1.pdf"), vec![0u8; 2048])?;
+    std::fs::write(docs.join("reports/2025/q2.pdf"), vec![1u8; 4096])?;
+    std::fs::write(docs.join("reports/summary.md"), "# Summary\n")?;
+    std::fs::create_dir_all(home.join(".ssh"))?;
+    std::fs::write(home.join(".ssh/id_ed25519"), "PRIVATE KEY")?;
+    Ok(())
+}
+
+#[test]
+fn a_phone_lists_summarizes_and_finds_and_gets_correct_results() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    files(&rig.home)?;
+
+    let t = rig.say("list ~/docs")?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    let s = summary(&task);
+    assert!(s.contains("reports/") && s.contains("notes.txt"), "{s}");
+    assert!(task["claimed_by"].is_string() && task["started_at"].is_i64());
+
+    let t = rig.say("summarize ~/docs")?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    let s = summary(&task);
+    assert!(s.contains("4 files"), "summary counts the four files: {s}");
+    assert!(
+        s.contains("first line of notes"),
+        "summary shows first lines: {s}"
+    );
+
+    let t = rig.say("find *.pdf in ~/docs")?;
+    let task = rig.finished(&t)?;
+    let s = summary(&task);
+    assert!(s.contains("2 matches"), "{s}");
+    assert!(
+        s.contains("~/docs/reports/q1.pdf") && s.contains("~/docs/reports/2025/q2.pdf"),
+        "{s}"
+    );
+
+    // The home listing hides the secret folder; a task created directly (not a message) runs too.
+    let v = rig.phone.ok(json!({"cmd": "task", "prompt": "list ~"}))?;
+    let task = rig.finished(v["id"].as_str().context("id")?)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(summary(&task).contains("docs/"), "{}", summary(&task));
+    assert!(!summary(&task).contains(".ssh"), "{}", summary(&task));
+
+    // Unknown input gets a helpful answer, not an error.
+    let t = rig.say("please tidy up")?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done");
+    assert!(summary(&task).contains("list PATH"), "{}", summary(&task));
+
+    // The agent's reply is in the conversation, linked to its task.
+    let state = rig.phone.state()?;
+    let n = state["messages"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(n >= 9, "five user messages and their replies: {state}");
+    Ok(())
+}
+
+#[test]
+fn trash_waits_for_a_signed_approval_restore_brings_it_back_and_deny_leaves_it() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    files(&rig.home)?;
+    let notes = rig.home.join("docs/notes.txt");
+
+    let t = rig.say("trash ~/docs/notes.txt")?;
+    let approval = rig.approval(&t)?;
+    assert_eq!(approval["tool"], "trash");
+    assert!(
+        approval["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("~/docs/notes.txt")),
+        "{approval}"
+    );
+    rig.wait_task(&t, &["waiting_approval"], 10_000)?;
+    assert!(notes.exists(), "nothing happens before the approval");
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(!notes.exists(), "the file left its place");
+    let id = summary(&task)
+        .rsplit(' ')
+        .next()
+        .context("trash id in the reply")?
+        .to_owned();
+
+    let data = rig.data();
+    let r = deskhand(&["trash", "--data", data.to_str().context("utf8")?, "list"])?;
+    assert!(r.stdout.contains(&id), "{}", r.stdout);
+    let r = deskhand(&[
+        "trash",
+        "--data",
+        data.to_str().context("utf8")?,
+        "restore",
+        &id,
+    ])?;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&notes)?,
+        "first line of notes\nsecond line\n"
+    );
+
+    let t = rig.say("trash ~/docs/notes.txt")?;
+    let approval = rig.approval(&t)?;
+    rig.decide(&approval, "deny", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "failed", "{task}");
+    assert!(
+        summary(&task).contains("not approved"),
+        "{}",
+        summary(&task)
+    );
+    assert!(notes.exists(), "a denied trash leaves the file in place");
+    let approvals = rig.phone.ok(json!({"cmd": "approvals"}))?;
+    let resolved = &approvals["approvals"][approval["id"].as_str().context("id")?];
+    assert_eq!(resolved["resolution"]["verdict"], "deny", "{resolved}");
+    Ok(())
+}
+
+#[test]
+fn forged_replayed_and_expired_approvals_are_not_acted_on() -> Result<()> {
+    let mut rig = Rig::new("approval_timeout_secs = 4\n", &[])?;
+    files(&rig.home)?;
+    let target = rig.home.join("docs/notes.txt");
+
+    // A first request, approved honestly, gives a signature to replay later.
+    let t0 = rig.say("run true")?;
+    let first = rig.approval(&t0)?;
+    rig.decide(&first, "approve", None)?;
+    assert_eq!(status(&rig.finished(&t0)?), "done");
+
+    let t = rig.say("trash ~/docs/notes.txt")?;
+    let approval = rig.approval(&t)?;
+    for forge in [
+        json!({"forge": "bad_signature"}),
+        json!({"forge": "replay", "from": first["id"]}),
+        json!({"forge": "other_desktop"}),
+    ] {
+        rig.decide(&approval, "approve", Some(forge.clone()))?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let task = rig.wait_task(&t, &["waiting_approval"], 5_000)?;
+        assert_eq!(status(&task), "waiting_approval", "{forge}: {task}");
+        assert!(target.exists(), "{forge} must not be acted on");
+    }
+    // Nobody decides validly: it expires, which is a deny.
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "failed", "{task}");
+    assert!(target.exists());
+    let approvals = rig.phone.ok(json!({"cmd": "approvals"}))?;
+    let a = &approvals["approvals"][approval["id"].as_str().context("id")?];
+    assert_eq!(a["resolution"]["verdict"], "deny");
+    assert_eq!(a["resolution"]["by"], "expired", "{a}");
+    // A valid approve arriving after expiry changes nothing.
+    rig.decide(&approval, "approve", None)?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(target.exists());
+    Ok(())
+}
+
+#[test]
+fn secrets_and_escapes_are_denied_even_when_approval_is_offered() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    files(&rig.home)?;
+    let outside = rig.dir.path().join("outside");
+    std::fs::create_dir_all(&outside)?;
+    std::fs::write(outside.join("secret.txt"), "outside the roots")?;
+    std::os::unix::fs::symlink(&outside, rig.home.join("docs/link"))?;
+    std::os::unix::fs::symlink(rig.home.join(".ssh"), rig.home.join("docs/keys"))?;
+    std::fs::write(rig.home.join("docs/.env"), "TOKEN=abc")?;
+
+    for (cmd, why) in [
+        ("read ~/.ssh/id_ed25519", "secret location"),
+        ("read ~/docs/keys/id_ed25519", "secret location"),
+        ("read ~/docs/link/secret.txt", "outside the folders"),
+        (
+            "read ~/docs/../../outside/secret.txt",
+            "outside the folders",
+        ),
+        ("read ~/docs/.env", "secret location"),
+        ("trash ~/.ssh/id_ed25519", "secret location"),
+        ("move ~/docs/notes.txt ~/.ssh/", "secret location"),
+        (
+            "list ~/.local/share/../../../outside",
+            "outside the folders",
+        ),
+    ] {
+        let t = rig.say(cmd)?;
+        let task = rig.finished(&t)?;
+        assert_eq!(status(&task), "failed", "{cmd}: {task}");
+        assert!(summary(&task).contains(why), "{cmd}: {}", summary(&task));
+        assert!(
+            !summary(&task).contains("PRIVATE KEY")
+                && !summary(&task).contains("outside the roots\n")
+        );
+    }
+    // Denied before any request is written: there is nothing to approve.
+    let approvals = rig.phone.ok(json!({"cmd": "approvals"}))?;
+    assert_eq!(
+        approvals["approvals"].as_object().map(|m| m.len()),
+        Some(0),
+        "{approvals}"
+    );
+    assert!(rig.home.join(".ssh/id_ed25519").exists());
+    assert!(rig.home.join("docs/notes.txt").exists());
+    Ok(())
+}
+
+#[test]
+fn cancel_stops_a_running_shell_command() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    let t = rig.say("run echo started > ~/started; sleep 30; echo late > ~/late")?;
+    let approval = rig.approval(&t)?;
+    rig.decide(&approval, "approve", None)?;
+    rig.wait_task(&t, &["running"], 10_000)?;
+    let started = rig.home.join("started");
+    let t0 = std::time::Instant::now();
+    while !started.exists() && t0.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ensure!(started.exists(), "the command never started");
+    rig.phone.ok(json!({"cmd": "cancel", "task": t}))?;
+    let task = rig.wait_task(&t, &["cancelled"], 10_000)?;
+    assert_eq!(status(&task), "cancelled");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!rig.home.join("late").exists(), "the command was stopped");
+    Ok(())
+}
+
+#[test]
+fn kill9_during_a_task_leaves_it_interrupted_and_it_never_runs_twice() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    let t = rig.say("run echo once >> ~/count; sleep 30")?;
+    let approval = rig.approval(&t)?;
+    rig.decide(&approval, "approve", None)?;
+    let count = rig.home.join("count");
+    let t0 = std::time::Instant::now();
+    while !count.exists() && t0.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ensure!(count.exists(), "the command never ran");
+    rig.serve.take().context("serve")?.kill9()?;
+    rig.restart()?;
+    rig.phone.ok(json!({"cmd": "sync_now"}))?;
+    let task = rig.wait_task(&t, &["interrupted"], 15_000)?;
+    assert!(task["events"].to_string().contains("not resumed"), "{task}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        std::fs::read_to_string(&count)?,
+        "once\n",
+        "the action ran exactly once"
+    );
+    // The desktop still works after the restart.
+    let t = rig.say("list ~")?;
+    assert_eq!(status(&rig.finished(&t)?), "done");
+    Ok(())
+}
