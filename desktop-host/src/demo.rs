@@ -1,13 +1,23 @@
-//! `deskhand demo`: the sync spine, end to end, in a temporary directory.
+//! `deskhand demo`: a desktop and two terminal phones in a temporary directory, over real iroh
+//! connections on loopback: pairing, built-in commands, one approval granted and one denied, a
+//! secret refused, offline catch-up, and the conversation at the end.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use deskhand_core::MessageId;
+use deskhand_core::approval::{Approval, Verdict};
+use deskhand_core::schema::Task;
 use deskhand_core::schema::{Message, Role, Workspace};
+use deskhand_core::{DeviceId, TaskId};
+use deskhand_desktop_host::agent::Builtin;
+use deskhand_desktop_host::config::Config;
+use deskhand_desktop_host::executor::Executor;
+use deskhand_desktop_host::policy::Policy;
 use deskhand_sync::node::random_id_bytes;
 use deskhand_sync::presence::now_unix_ms;
 use deskhand_sync::{Node, NodeConfig, NodeRole};
+use tokio_util::sync::CancellationToken;
 
 async fn say(node: &Node, role: Role, text: &str) -> Result<()> {
     let msg = Message {
@@ -43,6 +53,88 @@ async fn until(
         bail!("timed out waiting until {what}");
     }
     Ok(t.elapsed())
+}
+
+/// A phone types a command: a user message, which the desktop turns into task `m-<id>`.
+async fn ask(phone: &Node, text: &str) -> Result<TaskId> {
+    let id = MessageId::from_random(random_id_bytes());
+    let msg = Message {
+        id: id.clone(),
+        author: phone.id().to_string(),
+        role: Role::User,
+        text: text.into(),
+        created_at: now_unix_ms(),
+        task_id: None,
+    };
+    phone
+        .write(|tx| Workspace::append_message(tx, &msg))
+        .await?;
+    Ok(TaskId::from(format!("m-{id}")))
+}
+
+async fn finished(phone: &Node, task: &TaskId) -> Result<Task> {
+    until(phone, "the task finishes", |d| {
+        Workspace::task(d, task)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.status.is_final())
+    })
+    .await?;
+    phone
+        .read(|d| Workspace::task(d, task))?
+        .context("the task vanished")
+}
+
+async fn pending(phone: &Node, task: &TaskId) -> Result<Approval> {
+    let find = |d: &automerge::Automerge| {
+        Workspace::approvals(d).ok().and_then(|m| {
+            m.into_values()
+                .find(|a| &a.task_id == task && a.resolution.is_none())
+        })
+    };
+    until(phone, "an approval request arrives", |d| find(d).is_some()).await?;
+    phone.read(find).context("the approval request vanished")
+}
+
+async fn decide(phone: &Node, desktop: &DeviceId, a: &Approval, v: Verdict) -> Result<()> {
+    let d = a.sign(phone.key(), desktop, v, now_unix_ms());
+    let me = phone.id();
+    phone
+        .write(|tx| Workspace::put_decision(tx, &a.id, &me, &d))
+        .await?;
+    Ok(())
+}
+
+fn reply(t: &Task) -> String {
+    let text = t.result.as_ref().map(|r| r.summary.as_str()).unwrap_or("");
+    format!("[{}] {text}", t.status)
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .take(8)
+        .map(|l| format!("   desktop> {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn sample_home(home: &std::path::Path) -> Result<()> {
+    let p = home.join("Projects");
+    std::fs::create_dir_all(p.join("site/notes"))?;
+    std::fs::write(
+        p.join("README.md"),
+        "# Projects\nEverything I am working on.\n",
+    )?;
+    std::fs::write(
+        p.join("site/notes/ideas.md"),
+        "- a phone remote for my desktop\n",
+    )?;
+    std::fs::write(p.join("site/index.html"), "<h1>Hello</h1>\n")?;
+    std::fs::write(p.join("old-draft.txt"), "an old draft\n")?;
+    std::fs::write(p.join("budget.csv"), "month,amount\njan,100\n")?;
+    std::fs::create_dir_all(home.join(".ssh"))?;
+    std::fs::write(home.join(".ssh/id_ed25519"), "not a real key\n")?;
+    Ok(())
 }
 
 pub async fn run() -> Result<()> {
@@ -97,37 +189,86 @@ pub async fn run() -> Result<()> {
         Ok(()) => bail!("a used pairing code was accepted"),
     }
 
-    say(&a, Role::User, "Hi from phone A: what's in my Downloads?").await?;
-    let t = until(&b, "B sees A's message", |d| {
-        Workspace::message_count(d) >= 1
-    })
-    .await?;
-    println!("2. A's message reached B through the desktop in {t:.1?}");
-    say(
-        &desk,
-        Role::Agent,
-        "Desktop here: got it. (This build syncs the conversation; running tasks comes next.)",
-    )
-    .await?;
-    until(&a, "A sees the reply", |d| Workspace::message_count(d) >= 2).await?;
-    until(&b, "B sees the reply", |d| Workspace::message_count(d) >= 2).await?;
-    println!("3. the desktop's reply reached both phones");
+    // The desktop's executor, with the built-in agent, on a sample home folder.
+    let home = dir.path().join("home");
+    sample_home(&home)?;
+    let config = Config::default();
+    let policy = Policy::new(&config, &home, &[&dir.path().join("desktop")])
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let desk = std::sync::Arc::new(desk);
+    let stop = CancellationToken::new();
+    let executor = Executor::new(
+        desk.clone(),
+        config,
+        policy,
+        std::sync::Arc::new(Builtin),
+        dir.path().join("desktop/trash"),
+    );
+    let executor = tokio::spawn(executor.run(stop.clone()));
+    println!(
+        "2. the desktop runs tasks in {} with the built-in agent\n",
+        home.display()
+    );
+
+    for cmd in ["list ~/Projects", "summarize ~/Projects", "find *.md"] {
+        let task = ask(&a, cmd).await?;
+        let t = finished(&b, &task).await?;
+        println!("   phone A> {cmd}\n{}\n", indent(&reply(&t)));
+    }
+
+    let task = ask(&a, "trash ~/Projects/old-draft.txt").await?;
+    let approval = pending(&b, &task).await?;
+    println!(
+        "   phone A> trash ~/Projects/old-draft.txt\n   desktop asks both phones: \"{}\" (risk {})",
+        approval.summary, approval.risk
+    );
+    decide(&b, &desk.id(), &approval, Verdict::Approve).await?;
+    let t = finished(&a, &task).await?;
+    println!("   phone B approves (signed)\n{}\n", indent(&reply(&t)));
+
+    let task = ask(&a, "run rm -rf ~/Projects").await?;
+    let approval = pending(&a, &task).await?;
+    println!(
+        "   phone A> run rm -rf ~/Projects\n   desktop asks: \"{}\" (risk {})",
+        approval.summary, approval.risk
+    );
+    decide(&a, &desk.id(), &approval, Verdict::Deny).await?;
+    let t = finished(&a, &task).await?;
+    println!("   phone A denies (signed)\n{}", indent(&reply(&t)));
+    println!(
+        "   ~/Projects still there: {}\n",
+        home.join("Projects").exists()
+    );
+
+    let task = ask(&a, "read ~/.ssh/id_ed25519").await?;
+    let t = finished(&a, &task).await?;
+    println!(
+        "   phone A> read ~/.ssh/id_ed25519\n{}\n",
+        indent(&reply(&t))
+    );
 
     b.shutdown().await;
     for i in 1..=3 {
         say(
             &a,
             Role::User,
-            &format!("Written while phone B was offline ({i}/3)"),
+            &format!("help ({i}/3, written while phone B was offline)"),
         )
         .await?;
     }
-    println!("4. phone B went offline; A wrote 3 messages");
+    println!("3. phone B went offline; A wrote 3 messages (the desktop answers each)");
+    let want = a.read(Workspace::message_count);
     let t = Instant::now();
     let b = Node::open(NodeConfig::new(&b_dir, NodeRole::Phone)).await?;
-    until(&b, "B catches up", |d| Workspace::message_count(d) >= 5).await?;
+    until(&b, "B catches up", |d| Workspace::message_count(d) >= want).await?;
     let t = t.elapsed();
-    println!("5. phone B came back and caught up in {t:.1?}\n");
+    println!("4. phone B came back and caught up in {t:.1?}\n");
+    until(&b, "every task is answered", |d| {
+        Workspace::task_statuses(d)
+            .iter()
+            .all(|(_, s)| s.is_some_and(|s| s.is_final()))
+    })
+    .await?;
 
     println!("Conversation as phone B sees it:");
     for m in b.read(|d| Workspace::messages_from(d, 0))? {
@@ -138,18 +279,31 @@ pub async fn run() -> Result<()> {
         } else {
             "?"
         };
-        println!("  [{:<5}] {who:<8} {}", m.role.as_str(), m.text);
+        let text = m.text.lines().next().unwrap_or_default();
+        println!("  [{:<5}] {who:<8} {text}", m.role.as_str());
     }
     println!("\nDevices as the desktop sees them:");
     for p in desk.peers() {
         let who = if p.id == a.id() { "phone A" } else { "phone B" };
         println!("  {who}  {}  {}", p.id.short(), p.presence);
     }
-    let heads_equal = desk.read(|d| d.get_heads()) == a.read(|d| d.get_heads())
-        && a.read(|d| d.get_heads()) == b.read(|d| d.get_heads());
+    let same = || {
+        desk.read(|d| d.get_heads()) == a.read(|d| d.get_heads())
+            && a.read(|d| d.get_heads()) == b.read(|d| d.get_heads())
+    };
+    let t0 = Instant::now();
+    while !same() && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let heads_equal = same();
     println!("\nAll three replicas have the same heads: {heads_equal}");
-    for n in [a, b, desk] {
+    stop.cancel();
+    executor.await??;
+    for n in [a, b] {
         n.shutdown().await;
+    }
+    if let Ok(desk) = std::sync::Arc::try_unwrap(desk) {
+        desk.shutdown().await;
     }
     if !heads_equal {
         bail!("replicas did not converge");
