@@ -266,6 +266,14 @@ impl Serve {
         Self::start_with(data, listen, &[], &[])
     }
 
+    /// The HOME a host gets unless the test gives one: a folder beside its data directory, so
+    /// tasks never touch the real home.
+    fn default_home(data: &Path) -> Result<PathBuf> {
+        let home = data.with_extension("home");
+        std::fs::create_dir_all(&home)?;
+        Ok(home)
+    }
+
     /// Starts the host with extra environment (e.g. `HOME`, `DISPLAY`) and arguments.
     pub fn start_with(
         data: &Path,
@@ -285,6 +293,7 @@ impl Serve {
                 "test-desktop",
             ])
             .args(extra)
+            .env("HOME", Self::default_home(data)?)
             .envs(env.iter().copied())
             .env_remove("WAYLAND_DISPLAY")
             .env("DESKHAND_LOG", "warn")

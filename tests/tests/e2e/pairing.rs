@@ -44,6 +44,8 @@ fn texts(v: &Value) -> Vec<String> {
         .as_array()
         .map(|a| {
             a.iter()
+                // What users wrote: the desktop's agent now answers each message.
+                .filter(|m| m["role"] == "user")
                 .filter_map(|m| m["text"].as_str().map(str::to_owned))
                 .collect()
         })
@@ -308,7 +310,8 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
             loop {
                 for o in std::mem::take(&mut out) {
                     if let SessionOutput::Send(f) = o {
-                        send.write_all(&f.encode()).await?;
+                        // The desktop may have closed already; its reason is read below.
+                        let _ = send.write_all(&f.encode()).await;
                     }
                 }
                 if $until(&doc, &session) {
@@ -395,7 +398,9 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
                     .get(&tasks, task_id.as_str())?
                     .map(|(_, id)| id)
                     .context_err()?;
-                tx.put(&t, "status", "done")
+                // A status the desktop never writes while running, so it cannot be mistaken
+                // for the executor's own.
+                tx.put(&t, "status", "interrupted")
             })
             .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
         }
@@ -478,7 +483,7 @@ async fn crafted_phones_that_forge_are_refused_and_disconnected_while_honest_one
     );
     let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
     assert!(
-        tasks.iter().all(|t| t["status"] == "queued"),
+        tasks.iter().all(|t| t["status"] != "interrupted"),
         "a forged status reached an honest phone: {tasks:?}"
     );
     let list = devices(&desk_dir)?;
