@@ -521,6 +521,20 @@ mod tests {
             Workspace::put_decision(tx, &req.id, &phone, &decision)
         })
         .unwrap();
+        // Changing its mind rewrites its own decision: allowed.
+        let mut decided = p.clone();
+        decided
+            .transact::<_, _, SchemaError>(|tx| {
+                Workspace::put_decision(tx, &req.id, &phone, &decision)
+            })
+            .unwrap();
+        let mut d2 = d.clone();
+        d2.merge(&mut decided.clone()).unwrap();
+        let deny = req.sign(&key, &desk, Verdict::Deny, 6);
+        check(&d2, phone, &mut decided, |tx| {
+            Workspace::put_decision(tx, &req.id, &phone, &deny)
+        })
+        .unwrap();
         let other = check(&d, phone, &mut p.clone(), |tx| {
             Workspace::put_decision(tx, &req.id, &desk, &decision)
         });
