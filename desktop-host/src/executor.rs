@@ -188,7 +188,7 @@ impl Inner {
     /// their open approval requests are closed, queued tasks and unanswered messages are picked up.
     async fn recover(&self) -> anyhow::Result<()> {
         let me = self.me;
-        let (cut, queued, open_approvals, orphans, heads) = self.node.read(|doc| {
+        let (cut, queued, open_approvals, heads) = self.node.read(|doc| {
             let mut cut = Vec::new();
             let mut queued = Vec::new();
             for (id, status) in Workspace::task_statuses(doc) {
@@ -204,9 +204,26 @@ impl Inner {
                 .filter(|a| a.resolution.is_none())
                 .map(|a| a.id)
                 .collect();
-            let orphans = unanswered_messages(doc, &me);
-            (cut, queued, open, orphans, doc.get_heads())
+            (cut, queued, open, doc.get_heads())
         });
+        // Messages that never became tasks (sent while the host was down, before it had an
+        // executor): looked at in chunks, each under the document lock briefly.
+        let mine = me.to_string();
+        let tasks: HashSet<String> = self.node.read(|doc| {
+            Workspace::task_statuses(doc)
+                .into_iter()
+                .map(|(id, _)| id.to_string())
+                .collect()
+        });
+        let total = self.node.read(Workspace::message_count);
+        let mut orphans = Vec::new();
+        for from in (0..total).step_by(SCAN_CHUNK) {
+            orphans.extend(
+                self.node
+                    .read(|doc| unanswered_in(doc, from, from + SCAN_CHUNK, &mine, &tasks)),
+            );
+            tokio::task::yield_now().await;
+        }
         let now = now_unix_ms();
         if !cut.is_empty() || !open_approvals.is_empty() {
             tracing::warn!(
@@ -1244,22 +1261,52 @@ fn first_line(s: &str) -> String {
 }
 
 /// User messages (from phones) that have not become tasks yet.
-fn unanswered_messages(doc: &Automerge, me: &DeviceId) -> Vec<Message> {
-    let me = me.to_string();
-    let tasks: HashSet<String> = Workspace::task_statuses(doc)
-        .into_iter()
-        .map(|(id, _)| id.to_string())
-        .collect();
-    Workspace::messages_from(doc, 0)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| {
-            m.role == Role::User
-                && m.task_id.is_none()
-                && m.author != me
-                && !tasks.contains(&format!("m-{}", m.id))
-        })
-        .collect()
+/// Messages read per look while recovering, so sync sessions are never held up for long.
+const SCAN_CHUNK: usize = 2000;
+
+/// User messages (from phones) in `from..to` that have not become tasks yet. Reads two fields
+/// per message and hydrates only the candidates.
+fn unanswered_in(
+    doc: &Automerge,
+    from: usize,
+    to: usize,
+    me: &str,
+    tasks: &HashSet<String>,
+) -> Vec<Message> {
+    let str_field = |obj: &automerge::ObjId, key: &str| -> Option<String> {
+        match doc.get(obj, key) {
+            Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                automerge::ScalarValue::Str(t) => Some(t.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let Ok(Some((_, list))) = doc.get(automerge::ROOT, "messages") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in from..to.min(doc.length(&list)) {
+        let Ok(Some((_, m))) = doc.get(&list, i) else {
+            continue;
+        };
+        if str_field(&m, "role").as_deref() != Some("user")
+            || str_field(&m, "task_id").is_some()
+            || str_field(&m, "author").as_deref() == Some(me)
+        {
+            continue;
+        }
+        let Some(id) = str_field(&m, "id") else {
+            continue;
+        };
+        if tasks.contains(&format!("m-{id}")) {
+            continue;
+        }
+        if let Ok(msg) = autosurgeon::hydrate_prop::<_, Message, _, _>(doc, &list, i) {
+            out.push(msg);
+        }
+    }
+    out
 }
 
 /// What other devices changed since `last`: new messages, tasks, cancel requests, decisions.
@@ -1344,4 +1391,61 @@ fn read_message(doc: &Automerge, obj: &automerge::ObjId) -> Result<Option<Messag
     autosurgeon::hydrate_prop(doc, &list, index)
         .map(Some)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deskhand_core::schema::{DesktopInfo, SchemaError};
+
+    fn msg(id: &str, author: &str, role: Role, task: Option<&str>) -> Message {
+        Message {
+            id: id.into(),
+            author: author.into(),
+            role,
+            text: format!("text of {id}"),
+            created_at: 1,
+            task_id: task.map(TaskId::from),
+        }
+    }
+
+    #[test]
+    fn recovery_finds_only_user_messages_that_never_became_tasks() {
+        let desk = DeviceId::from_bytes([1; 32]);
+        let phone = DeviceId::from_bytes([2; 32]).to_string();
+        let me = desk.to_string();
+        let mut doc = Automerge::new().with_actor(desk.actor_id());
+        doc.transact::<_, _, SchemaError>(|tx| {
+            Workspace::init(
+                tx,
+                &DesktopInfo {
+                    id: me.clone(),
+                    name: "d".into(),
+                    os: "linux".into(),
+                    heartbeat_at: 0,
+                    executor: ExecutorState::Idle,
+                },
+            )?;
+            for m in [
+                msg("a", &phone, Role::User, None),
+                msg("b", &phone, Role::User, None),
+                msg("c", &me, Role::User, None),
+                msg("d", &me, Role::Agent, Some("m-a")),
+                msg("e", &phone, Role::User, Some("t1")),
+            ] {
+                Workspace::append_message(tx, &m)?;
+            }
+            Workspace::add_task(tx, &Task::queued("m-b".into(), "x", &desk, 1))
+        })
+        .expect("document");
+        let tasks: HashSet<String> = ["m-b".to_string()].into();
+        let found = unanswered_in(&doc, 0, 100, &me, &tasks);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].id.as_str(), "a");
+        // Chunks cover the list exactly.
+        let mut chunked = unanswered_in(&doc, 0, 2, &me, &tasks);
+        chunked.extend(unanswered_in(&doc, 2, 4, &me, &tasks));
+        chunked.extend(unanswered_in(&doc, 4, 6, &me, &tasks));
+        assert_eq!(chunked, found);
+    }
 }
