@@ -93,7 +93,8 @@ enum Command {
         #[command(subcommand)]
         action: Option<DevicesAction>,
     },
-    /// The terminal phone: pair, send, sync, show, forget.
+    /// The terminal phone: pair, send, task, cancel, approve, deny, watch, fetch, sync, show,
+    /// forget — through the same phone API as the mobile apps.
     Phone {
         /// The phone's data directory.
         #[arg(long)]

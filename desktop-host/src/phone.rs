@@ -1,17 +1,25 @@
-//! `deskhand phone …`: the terminal phone. It drives the desktop through the same Rust node a
-//! phone app uses, so a laptop or an SSH session can act as a phone, and tests act as a user.
+//! `deskhand phone …`: the terminal phone. It drives the desktop through
+//! [`deskhand_sync::Phone`], the very API the mobile apps use through their bindings, so a laptop
+//! or an SSH session can act as a phone, and tests act as a user.
 
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Subcommand;
-use deskhand_core::schema::{Message, Role, Workspace};
-use deskhand_core::{MessageId, PairingPayload};
-use deskhand_sync::node::{PeerView, random_id_bytes};
-use deskhand_sync::presence::now_unix_ms;
-use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, RelaySetting};
+use clap::{Subcommand, ValueEnum};
+use deskhand_core::TaskId;
+use deskhand_core::schema::Role;
+use deskhand_sync::phone::{
+    ApprovalState, Delivery, KEY_FILE, PhoneApproval, PhoneMessage, PhoneTask,
+};
+use deskhand_sync::{
+    FileKeyProvider, NetConfig, Node, Phone, PhoneConfig, PhoneError, PhoneSnapshot, Presence,
+    RelaySetting,
+};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -27,11 +35,44 @@ pub enum PhoneCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Write a message (committed here first; queued if the desktop is unreachable).
+    /// Write a message (committed here first; queued if the desktop is unreachable). The
+    /// desktop runs it as a task and answers in the conversation.
     Send {
         /// The text.
         text: String,
-        /// How long to try to deliver it now.
+        /// How long to try to deliver it now (seconds).
+        #[arg(long, default_value = "5")]
+        wait: u64,
+    },
+    /// Create a task directly (e.g. `list ~`, `trash ~/old.txt`, `run uname -a`).
+    Task {
+        /// What to do.
+        prompt: String,
+        /// How long to try to deliver it now (seconds).
+        #[arg(long, default_value = "5")]
+        wait: u64,
+    },
+    /// Ask the desktop to cancel a task.
+    Cancel {
+        /// Task id (or an unambiguous prefix).
+        task: String,
+        /// How long to try to deliver the request now (seconds).
+        #[arg(long, default_value = "5")]
+        wait: u64,
+    },
+    /// Approve a pending request: signs the exact action it shows.
+    Approve {
+        /// Approval id (or an unambiguous prefix).
+        id: String,
+        /// How long to try to deliver the decision now (seconds).
+        #[arg(long, default_value = "5")]
+        wait: u64,
+    },
+    /// Deny a pending request (signed too).
+    Deny {
+        /// Approval id (or an unambiguous prefix).
+        id: String,
+        /// How long to try to deliver the decision now (seconds).
         #[arg(long, default_value = "5")]
         wait: u64,
     },
@@ -41,93 +82,133 @@ pub enum PhoneCommand {
         #[arg(long, default_value = "10")]
         timeout: u64,
     },
-    /// Show the conversation, tasks, approvals and the desktop's presence.
+    /// Show the conversation, tasks, approvals and the desktop's presence and health.
     Show {
         /// Stable JSON for scripts.
         #[arg(long)]
         json: bool,
     },
+    /// Live feed: new messages, task progress and approval requests. Asks `approve? [y/N]` for
+    /// each request when run in a terminal.
+    Watch {
+        /// Answer every request without asking.
+        #[arg(long, value_enum)]
+        auto: Option<AutoAnswer>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Stop once every task has finished and nothing waits for an answer.
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Fetch a blob (a screenshot, a long output) from the desktop; its hash is verified.
+    Fetch {
+        /// The blob's BLAKE3 hash (from `show`).
+        hash: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Forget the desktop and its workspace (to pair with another one).
     Forget,
 }
 
-async fn open(data: &Path, listen: SocketAddr) -> Result<Node> {
-    let cfg = NodeConfig::new(data, NodeRole::Phone).with_net(NetConfig {
+/// How `watch` answers approval requests on its own.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AutoAnswer {
+    /// Approve every request.
+    Approve,
+    /// Deny every request.
+    Deny,
+}
+
+async fn open(data: &Path, listen: SocketAddr, name: &str) -> Result<Phone> {
+    let mut config = PhoneConfig::new(data, name, "terminal").with_net(NetConfig {
         listen,
         relay: RelaySetting::Off,
     });
-    Node::open(cfg)
+    // The key lives in a 0600 file like a platform keystore would hold it; a data directory from
+    // before keeps the key its database already holds.
+    if data.join(KEY_FILE).exists() || !Node::db_path(data).exists() {
+        config = config.with_key_provider(Arc::new(FileKeyProvider::in_data_dir(data)));
+    }
+    Phone::open(config)
         .await
         .with_context(|| format!("opening the phone in {}", data.display()))
 }
 
-fn home_view(node: &Node) -> Option<PeerView> {
-    let (id, _) = node.home()?;
-    node.peers().into_iter().find(|p| p.id == id)
-}
+const NOT_PAIRED: &str =
+    "this phone is not paired: run `deskhand phone --data DIR pair <code>` first";
 
-/// Waits until the home desktop holds what we hold and we hold what it holds.
-async fn wait_in_sync(node: &Node, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut changes = node.subscribe();
-    node.sync_now();
-    loop {
-        let Some(home) = home_view(node) else {
-            return Err("not paired".into());
-        };
-        if home.in_sync {
-            return Ok(());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(home
-                .last_error
-                .unwrap_or_else(|| "the desktop did not answer in time".into()));
-        }
-        if let Some(e) = &home.last_error
-            && (e.contains("revoked") || e.contains("not paired") || e.contains("refused"))
-        {
-            return Err(e.clone());
-        }
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(25)), changes.changed()).await;
+fn explain(e: PhoneError) -> anyhow::Error {
+    match e {
+        PhoneError::NotPaired => anyhow::anyhow!(NOT_PAIRED),
+        e => e.into(),
     }
-}
-
-fn require_paired(node: &Node) -> Result<()> {
-    if node.home().is_none() {
-        bail!("this phone is not paired: run `deskhand phone --data DIR pair <code>` first");
-    }
-    Ok(())
 }
 
 pub async fn run(data: PathBuf, listen: SocketAddr, cmd: PhoneCommand) -> Result<()> {
-    let node = open(&data, listen).await?;
-    let result = run_on(&node, cmd).await;
-    node.shutdown().await;
+    let name = match &cmd {
+        PhoneCommand::Pair {
+            name: Some(name), ..
+        } => name.clone(),
+        _ => format!("{}-terminal", crate::paths::host_name()),
+    };
+    let phone = open(&data, listen, &name).await?;
+    let result = run_on(&phone, cmd).await;
+    phone.shutdown().await;
     result
 }
 
-async fn run_on(node: &Node, cmd: PhoneCommand) -> Result<()> {
+/// Tries to deliver what was just written; says whether the desktop has it.
+async fn deliver(phone: &Phone, what: &str, wait: u64) {
+    match phone.sync(Duration::from_secs(wait)).await {
+        Ok(()) => println!("sent {what} (the desktop has it)"),
+        Err(e) => println!(
+            "queued {what}: the desktop is unreachable ({e}); it is saved on this phone and will be sent on the next sync"
+        ),
+    }
+}
+
+/// Runs `write`; if the workspace has not arrived yet, syncs for up to `wait` seconds first.
+async fn with_workspace<T, F, Fut>(phone: &Phone, wait: u64, write: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PhoneError>>,
+{
+    match write().await {
+        Err(PhoneError::NotSynced) => {
+            let _ = phone.sync(Duration::from_secs(wait)).await;
+            match write().await {
+                Err(PhoneError::NotSynced) => bail!(
+                    "the workspace has not been received from the desktop yet; run `deskhand phone sync` when the desktop is reachable"
+                ),
+                other => other.map_err(explain),
+            }
+        }
+        other => other.map_err(explain),
+    }
+}
+
+async fn run_on(phone: &Phone, cmd: PhoneCommand) -> Result<()> {
     match cmd {
         PhoneCommand::Pair {
             payload,
             qr_png,
-            name,
+            name: _,
         } => {
             let text = match (payload, qr_png) {
                 (Some(p), None) => p,
                 (None, Some(png)) => crate::qr::read_png(&png)?,
                 _ => bail!("give the pairing code either as text or with --qr-png FILE"),
             };
-            let payload = PairingPayload::parse(&text)?;
-            let name = name.unwrap_or_else(|| format!("{}-terminal", crate::paths::host_name()));
-            node.pair(&payload, &name, "terminal").await?;
+            let (id, desktop) = phone.pair(&text).await?;
             println!(
-                "Paired with {:?} ({}) as {name:?}.",
-                payload.name,
-                payload.desktop.short()
+                "Paired with {desktop:?} ({}) as {:?}.",
+                id.short(),
+                phone.name()
             );
-            match wait_in_sync(node, Duration::from_secs(10)).await {
+            match phone.sync(Duration::from_secs(10)).await {
                 Ok(()) => println!("Workspace received."),
                 Err(e) => println!(
                     "Paired, but the workspace has not arrived yet ({e}); run `deskhand phone sync`."
@@ -136,53 +217,74 @@ async fn run_on(node: &Node, cmd: PhoneCommand) -> Result<()> {
             Ok(())
         }
         PhoneCommand::Send { text, wait } => {
-            require_paired(node)?;
-            if node.read(|d| Workspace::check_version(d).is_err()) {
-                // A phone never creates the workspace itself; wait briefly for it.
-                let _ = wait_in_sync(node, Duration::from_secs(wait)).await;
-                if node.read(|d| Workspace::check_version(d).is_err()) {
-                    bail!(
-                        "the workspace has not been received from the desktop yet; run `deskhand phone sync` when the desktop is reachable"
-                    );
-                }
-            }
-            let msg = Message {
-                id: MessageId::from_random(random_id_bytes()),
-                author: node.id().to_string(),
-                role: Role::User,
-                text,
-                created_at: now_unix_ms(),
-                task_id: None,
-            };
-            node.write(|tx| Workspace::append_message(tx, &msg)).await?;
-            match wait_in_sync(node, Duration::from_secs(wait)).await {
-                Ok(()) => println!("sent {} (the desktop has it)", msg.id),
-                Err(e) => println!(
-                    "queued {}: the desktop is unreachable ({e}); it is saved on this phone and will be sent on the next sync",
-                    msg.id
-                ),
-            }
+            let id = with_workspace(phone, wait, || phone.send_message(&text)).await?;
+            deliver(phone, &id.to_string(), wait).await;
             Ok(())
         }
+        PhoneCommand::Task { prompt, wait } => {
+            let id = with_workspace(phone, wait, || phone.create_task(&prompt)).await?;
+            deliver(phone, &format!("task {id}"), wait).await;
+            Ok(())
+        }
+        PhoneCommand::Cancel { task, wait } => {
+            let s = phone.snapshot()?;
+            let id = pick(
+                "task",
+                &task,
+                s.tasks.iter().map(|t| t.task.id.as_str().to_owned()),
+            )?;
+            phone
+                .cancel_task(&TaskId::from(id.as_str()))
+                .await
+                .map_err(explain)?;
+            deliver(phone, &format!("the cancel request for task {id}"), wait).await;
+            Ok(())
+        }
+        PhoneCommand::Approve { id, wait } => decide(phone, &id, true, wait).await,
+        PhoneCommand::Deny { id, wait } => decide(phone, &id, false, wait).await,
         PhoneCommand::Sync { timeout } => {
-            require_paired(node)?;
-            let n = wait_in_sync(node, Duration::from_secs(timeout)).await;
-            match n {
+            if phone.home().is_none() {
+                bail!(NOT_PAIRED);
+            }
+            match phone.sync(Duration::from_secs(timeout)).await {
                 Ok(()) => {
-                    let count = node.read(Workspace::message_count);
+                    let count = phone.snapshot()?.messages.len();
                     println!("in sync with the desktop ({count} messages)");
                     Ok(())
                 }
                 Err(e) => bail!("could not sync with the desktop: {e}"),
             }
         }
-        PhoneCommand::Show { json } => show(node, json),
+        PhoneCommand::Show { json } => {
+            let s = phone.snapshot()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&show_json(&s))?);
+            } else {
+                show(&s);
+            }
+            Ok(())
+        }
+        PhoneCommand::Watch {
+            auto,
+            timeout,
+            until_idle,
+        } => watch(phone, auto, timeout.map(Duration::from_secs), until_idle).await,
+        PhoneCommand::Fetch { hash, out } => {
+            let bytes = phone.fetch_blob(&hash).await.map_err(explain)?;
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "saved {} bytes to {} (BLAKE3 hash verified)",
+                bytes.len(),
+                out.display()
+            );
+            Ok(())
+        }
         PhoneCommand::Forget => {
-            let home = node.home();
-            node.forget_desktop().await?;
+            let home = phone.home();
+            phone.forget_desktop().await?;
             match home {
-                Some((id, r)) => {
-                    println!("Forgot {:?} ({}) and its workspace.", r.name, id.short())
+                Some((id, name)) => {
+                    println!("Forgot {name:?} ({}) and its workspace.", id.short())
                 }
                 None => println!("This phone was not paired."),
             }
@@ -191,62 +293,399 @@ async fn run_on(node: &Node, cmd: PhoneCommand) -> Result<()> {
     }
 }
 
-fn show(node: &Node, as_json: bool) -> Result<()> {
-    let ws = node.read(|d| Workspace::read(d).ok());
-    let home = home_view(node);
-    if as_json {
-        let desktop = home.as_ref().map(|h| {
-            json!({"id": h.id.to_string(), "name": h.record.name, "presence": h.presence, "last_error": h.last_error})
-        });
-        let (messages, tasks) = match &ws {
-            Some(w) => (
-                json!(w.messages),
-                json!(w.tasks.values().collect::<Vec<_>>()),
-            ),
-            None => (json!([]), json!([])),
-        };
-        let out = json!({
-            "device": node.id().to_string(),
-            "workspace": node.doc_id().map(|d| d.to_string()),
-            "desktop": desktop,
-            "messages": messages,
-            "tasks": tasks,
-            "approvals": [],
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+/// The one id among `ids` that starts with `prefix`.
+fn pick(what: &str, prefix: &str, ids: impl Iterator<Item = String>) -> Result<String> {
+    let found: Vec<String> = ids.filter(|i| i.starts_with(prefix)).collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no {what} starts with {prefix:?} (see `deskhand phone show`)"),
+        many if many.iter().any(|i| i == prefix) => Ok(prefix.to_owned()),
+        many => bail!(
+            "{prefix:?} matches {} {what}s; give more characters",
+            many.len()
+        ),
     }
-    match &home {
-        Some(h) => {
+}
+
+fn find_approval<'a>(s: &'a PhoneSnapshot, prefix: &str) -> Result<&'a PhoneApproval> {
+    let all = s.pending_approvals.iter().chain(&s.resolved_approvals);
+    let id = pick(
+        "approval",
+        prefix,
+        all.clone().map(|a| a.approval.id.as_str().to_owned()),
+    )?;
+    all.into_iter()
+        .find(|a| a.approval.id.as_str() == id)
+        .context("approval vanished")
+}
+
+async fn decide(phone: &Phone, prefix: &str, approve: bool, wait: u64) -> Result<()> {
+    if phone.home().is_none() {
+        bail!(NOT_PAIRED);
+    }
+    let s = phone.snapshot()?;
+    let a = find_approval(&s, prefix)?;
+    let id = a.approval.id.clone();
+    let r = if approve {
+        phone.approve(&id).await
+    } else {
+        phone.deny(&id).await
+    };
+    r.map_err(explain)?;
+    let verb = if approve { "approved" } else { "denied" };
+    println!("{verb} {id}: {}", a.approval.summary);
+    deliver(phone, &format!("the decision on {id}"), wait).await;
+    Ok(())
+}
+
+fn show_json(s: &PhoneSnapshot) -> serde_json::Value {
+    let approvals: Vec<&PhoneApproval> = s
+        .pending_approvals
+        .iter()
+        .chain(&s.resolved_approvals)
+        .collect();
+    json!({
+        "device": s.device_id,
+        "name": s.device_name,
+        "workspace": s.workspace.map(|d| d.to_string()),
+        "workspace_received": s.workspace_received,
+        "syncing": s.syncing,
+        "desktop": s.desktop,
+        "messages": s.messages,
+        "tasks": s.tasks,
+        "approvals": approvals,
+        "pending_approvals": s.pending_approvals.iter().map(|a| a.approval.id.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+fn presence_text(p: &Presence) -> String {
+    match p {
+        Presence::Connected { .. } => "connected".into(),
+        Presence::LastSeen { at } => format!("last seen {}", ago(*at)),
+        Presence::Never => "never reached".into(),
+    }
+}
+
+fn ago(at_ms: i64) -> String {
+    let s = (deskhand_sync::presence::now_unix_ms() - at_ms).max(0) / 1000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn show(s: &PhoneSnapshot) {
+    match &s.desktop {
+        Some(d) => {
             println!(
-                "Desktop {:?} ({}): {}",
-                h.record.name,
-                h.id.short(),
-                h.presence
+                "Desktop {:?} ({}): {}{}",
+                d.name,
+                d.id.short(),
+                presence_text(&d.presence),
+                if d.in_sync { ", in sync" } else { "" }
             );
-            if let Some(e) = &h.last_error {
+            if let Some(h) = &d.health {
+                println!(
+                    "  executor {}, heartbeat {} ({})",
+                    h.executor,
+                    ago(h.heartbeat_at),
+                    h.os
+                );
+            }
+            if let Some(e) = &d.last_error {
                 println!("  last problem: {e}");
             }
         }
         None => println!("Not paired."),
     }
-    let Some(ws) = ws else {
+    if !s.syncing {
+        println!("  (syncing is stopped)");
+    }
+    if !s.workspace_received {
         println!("No workspace yet.");
-        return Ok(());
+        return;
+    }
+    println!("\nConversation ({} messages):", s.messages.len());
+    for m in &s.messages {
+        print_message(m);
+    }
+    println!("\nTasks ({}):", s.tasks.len());
+    for t in &s.tasks {
+        println!(
+            "  {:<34} {:<16} {}",
+            t.task.id,
+            t.task.status.as_str(),
+            t.task.prompt
+        );
+        if let Some(r) = &t.task.result {
+            println!("      result: {}", first_line(&r.summary));
+            for b in &r.blobs {
+                println!("      blob {} {} ({} bytes)", b.hash, b.media_type, b.size);
+            }
+        }
+    }
+    if s.pending_approvals.is_empty() {
+        println!("\nApprovals: none pending");
+    } else {
+        println!("\nApprovals pending ({}):", s.pending_approvals.len());
+        for a in &s.pending_approvals {
+            print_approval(a);
+        }
+    }
+}
+
+/// At most `n` lines of `s`, saying how many were left out.
+fn clip(s: &str, n: usize) -> String {
+    let total = s.lines().count();
+    if total <= n {
+        return s.to_owned();
+    }
+    let mut out: Vec<&str> = s.lines().take(n).collect();
+    let more = format!(
+        "… ({} more lines; `deskhand phone show` has them all)",
+        total - n
+    );
+    out.push(&more);
+    out.join("\n")
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+fn print_message(m: &PhoneMessage) {
+    let who = if m.mine {
+        "me".to_owned()
+    } else {
+        m.message.author.chars().take(10).collect()
     };
-    println!("\nConversation ({} messages):", ws.messages.len());
-    for m in &ws.messages {
-        let who = if m.author == node.id().to_string() {
-            "me".to_owned()
+    let pending = if m.delivery == Delivery::Pending {
+        "  (not yet on the desktop)"
+    } else {
+        ""
+    };
+    println!(
+        "  [{:<5}] {who:<10} {}{pending}",
+        m.message.role.as_str(),
+        m.message.text
+    );
+}
+
+fn print_approval(a: &PhoneApproval) {
+    let mine = match a.my_verdict {
+        Some(v) => format!("  (you: {v})"),
+        None => String::new(),
+    };
+    let warn = if a.verified {
+        ""
+    } else {
+        "  WARNING: does not match its action hash; it will not be signed"
+    };
+    println!(
+        "  {} [{} risk] {}{mine}{warn}\n      {} {}",
+        a.approval.id, a.approval.risk, a.approval.summary, a.approval.tool, a.approval.args
+    );
+}
+
+/// What `watch` has already printed.
+#[derive(Default)]
+struct Seen {
+    messages: HashSet<String>,
+    tasks: HashMap<String, (String, usize)>,
+    approvals: HashSet<String>,
+    presence: Option<String>,
+}
+
+impl Seen {
+    /// Prints what is new in `s`; returns the approval requests to answer.
+    fn update(&mut self, s: &PhoneSnapshot, first: bool) -> Vec<PhoneApproval> {
+        if let Some(d) = &s.desktop {
+            let p = presence_text(&d.presence);
+            let p = p.split(" ago").next().unwrap_or_default().to_owned();
+            let p = if p.starts_with("last seen") {
+                "disconnected".to_owned()
+            } else {
+                p
+            };
+            if self.presence.as_ref() != Some(&p) {
+                println!("· desktop {:?}: {p}", d.name);
+                self.presence = Some(p);
+            }
+        }
+        let skip = if first {
+            s.messages.len().saturating_sub(5)
         } else {
-            m.author.chars().take(10).collect()
+            0
         };
-        println!("  [{:<5}] {who:<10} {}", m.role.as_str(), m.text);
+        for (i, m) in s.messages.iter().enumerate() {
+            if self.messages.insert(m.message.id.to_string()) && i >= skip {
+                let who = match (m.message.role, m.mine) {
+                    (Role::User, true) => "me".to_owned(),
+                    (Role::User, false) => format!(
+                        "user {}",
+                        &m.message.author[..10.min(m.message.author.len())]
+                    ),
+                    (r, _) => r.as_str().to_owned(),
+                };
+                println!("[{who}] {}", clip(&m.message.text, 12));
+            }
+        }
+        for t in &s.tasks {
+            print_task(&mut self.tasks, t, first);
+        }
+        let mut ask = Vec::new();
+        for a in &s.pending_approvals {
+            if self.approvals.insert(a.approval.id.to_string()) {
+                println!("? approval requested:");
+                print_approval(a);
+                if a.my_verdict.is_none() && a.verified {
+                    ask.push(a.clone());
+                }
+            }
+        }
+        for a in &s.resolved_approvals {
+            if let ApprovalState::Resolved(r) = &a.status
+                && self.approvals.insert(format!("{}/resolved", a.approval.id))
+                && !first
+            {
+                println!(
+                    "· approval {} resolved: {} {}",
+                    a.approval.id, r.verdict, r.reason
+                );
+            }
+        }
+        ask
     }
-    println!("\nTasks ({}):", ws.tasks.len());
-    for t in ws.tasks.values() {
-        println!("  {} {:<16} {}", t.id, t.status.as_str(), t.prompt);
+}
+
+fn print_task(seen: &mut HashMap<String, (String, usize)>, t: &PhoneTask, first: bool) {
+    let id = t.task.id.to_string();
+    let status = t.task.status.as_str().to_owned();
+    let events = t.task.events.len();
+    let (old_status, old_events) = seen
+        .get(&id)
+        .cloned()
+        .unwrap_or_else(|| (String::new(), if first { events } else { 0 }));
+    if first && old_status.is_empty() && t.task.status.is_final() {
+        seen.insert(id, (status, events));
+        return;
     }
-    println!("\nApprovals: none pending");
+    if old_status.is_empty() {
+        println!("· task {id}: {} ({status})", t.task.prompt);
+    }
+    for e in t.task.events.iter().skip(old_events) {
+        let blob = e
+            .blob
+            .as_ref()
+            .map(|b| format!("  [blob {} {} {} bytes]", b.hash, b.media_type, b.size))
+            .unwrap_or_default();
+        println!("  {id} {}: {}{blob}", e.kind, first_line(&e.text));
+    }
+    if !old_status.is_empty() && old_status != status {
+        println!("· task {id}: {status}");
+    }
+    if t.task.status.is_final()
+        && old_status != status
+        && let Some(r) = &t.task.result
+    {
+        println!("  result: {}", first_line(&r.summary));
+        for b in &r.blobs {
+            println!("  blob {} {} ({} bytes)", b.hash, b.media_type, b.size);
+        }
+    }
+    seen.insert(id, (status, events));
+}
+
+fn idle(s: &PhoneSnapshot) -> bool {
+    s.tasks.iter().all(|t| t.task.status.is_final()) && s.pending_approvals.is_empty()
+}
+
+async fn ask_tty(a: &PhoneApproval) -> bool {
+    let prompt = format!("approve {} ({})? [y/N] ", a.approval.id, a.approval.summary);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        print!("{prompt}");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        matches!(line.trim(), "y" | "Y" | "yes")
+    })
+    .await
+    .unwrap_or(false)
+}
+
+async fn watch(
+    phone: &Phone,
+    auto: Option<AutoAnswer>,
+    timeout: Option<Duration>,
+    until_idle: bool,
+) -> Result<()> {
+    let Some((_, name)) = phone.home() else {
+        bail!(NOT_PAIRED);
+    };
+    let interactive = auto.is_none() && std::io::stdin().is_terminal();
+    println!(
+        "watching {name:?}{} (Ctrl-C to stop)",
+        match auto {
+            Some(AutoAnswer::Approve) => ", approving every request",
+            Some(AutoAnswer::Deny) => ", denying every request",
+            None if interactive => "",
+            None => "; answer requests with `deskhand phone approve|deny ID`",
+        }
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = phone.subscribe(Arc::new(move |s: PhoneSnapshot| {
+        let _ = tx.send(s);
+    }));
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut seen = Seen::default();
+    let mut first = true;
+    loop {
+        let s = tokio::select! {
+            s = rx.recv() => match s { Some(s) => s, None => break },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                println!("· stopped after {:?}", timeout.unwrap_or_default());
+                break;
+            }
+        };
+        // A newer snapshot may already be waiting: show the latest.
+        let mut s = s;
+        while let Ok(newer) = rx.try_recv() {
+            s = newer;
+        }
+        for a in seen.update(&s, first) {
+            let approve = match auto {
+                Some(AutoAnswer::Approve) => true,
+                Some(AutoAnswer::Deny) => false,
+                None if interactive => ask_tty(&a).await,
+                None => continue,
+            };
+            let id = a.approval.id.clone();
+            let r = if approve {
+                phone.approve(&id).await
+            } else {
+                phone.deny(&id).await
+            };
+            match r {
+                Ok(()) => println!("· {} {id}", if approve { "approved" } else { "denied" }),
+                Err(e) => println!("· could not answer {id}: {e}"),
+            }
+        }
+        first = false;
+        if until_idle && idle(&s) && s.workspace_received {
+            println!("· idle: every task has finished");
+            break;
+        }
+    }
+    // Deliver the last decisions before closing.
+    let _ = phone.sync(Duration::from_secs(3)).await;
     Ok(())
 }

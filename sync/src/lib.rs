@@ -12,6 +12,7 @@ pub mod endpoint;
 mod migrations;
 pub mod node;
 pub mod pairing;
+pub mod phone;
 pub mod presence;
 mod protocol;
 pub mod store;
@@ -21,5 +22,9 @@ pub use blobs::{BlobError, BlobStore};
 pub use endpoint::{NetConfig, RelaySetting};
 pub use node::{Node, NodeConfig, NodeError, NodeRole, PeerRecord};
 pub use pairing::PairError;
+pub use phone::{
+    FileKeyProvider, KeyProvider, Phone, PhoneConfig, PhoneError, PhoneListener, PhoneSnapshot,
+    Subscription,
+};
 pub use presence::Presence;
 pub use store::StoreError;

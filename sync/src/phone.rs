@@ -1,0 +1,1276 @@
+//! The phone API: the one way every phone — the iOS and Android apps (through
+//! `deskhand-mobile-bindings`), the terminal phone (`deskhand phone …`) and the tests — drives a
+//! desktop.
+//!
+//! A [`Phone`] wraps a phone [`Node`]: it owns the device key (from a [`KeyProvider`]), pairs,
+//! writes what a phone may write (user messages, tasks, cancel requests, signed approval
+//! decisions), and turns the document plus presence into a [`PhoneSnapshot`] for the UI.
+//! Everything a phone writes is one Automerge change committed durably to the phone's own redb
+//! file before the call returns; when the desktop is unreachable it waits there and is sent on
+//! the next connection.
+//!
+//! Live state is a [`PhoneListener`]: it gets the current snapshot at once, then one per change
+//! (bursts coalesced), until the [`Subscription`] is dropped.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use automerge::{Automerge, ChangeHash, ObjType, ROOT, ReadDoc};
+use deskhand_core::approval::{Approval, Resolution, Verdict};
+use deskhand_core::schema::{ExecutorState, Message, Role, SchemaError, Task, Workspace};
+use deskhand_core::{DeviceId, DeviceKey, DocId, MessageId, PairingPayload};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::blobs::BlobError;
+use crate::node::{NodeError, PeerView, random_id_bytes};
+use crate::pairing::PairError;
+use crate::presence::{Presence, now_unix_ms};
+use crate::{NetConfig, Node, NodeConfig, NodeRole};
+
+pub use deskhand_core::ids::{ApprovalId, TaskId};
+
+/// How often presence is sampled (the node does not announce presence changes).
+const PRESENCE_TICK: Duration = Duration::from_millis(250);
+/// A burst of changes (a task streaming events) produces one snapshot per this interval at most.
+const COALESCE: Duration = Duration::from_millis(30);
+/// "In sync" is believed only this long after this phone's last write became durable: the node's
+/// flag is computed by the session after each exchange, so it lags a local write briefly.
+const SETTLE: Duration = Duration::from_millis(60);
+/// How long `shutdown` waits for calls still using the node.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// The name of the key file a [`FileKeyProvider`] keeps in a data directory.
+pub const KEY_FILE: &str = "device.key";
+
+/// Why a phone operation failed. Each variant is something a caller can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PhoneError {
+    /// The phone has no home desktop.
+    #[error("this phone is not paired with a desktop")]
+    NotPaired,
+    /// Paired, but the workspace has not been received from the desktop yet (a phone never
+    /// creates it).
+    #[error(
+        "the workspace has not been received from the desktop yet; sync while the desktop is reachable"
+    )]
+    NotSynced,
+    /// The phone already has another home desktop.
+    #[error("this phone is already paired with {name} ({id}); forget it first")]
+    AlreadyPaired {
+        /// Its name.
+        name: String,
+        /// Its short id.
+        id: String,
+    },
+    /// The desktop refused this phone: a bad, used or expired pairing code, or revocation.
+    #[error("{reason}")]
+    Refused {
+        /// What the desktop said.
+        reason: String,
+    },
+    /// The desktop could not be reached (what was written is kept and sent later).
+    #[error("cannot reach the desktop: {reason}")]
+    Unreachable {
+        /// Why.
+        reason: String,
+    },
+    /// The request makes no sense: empty text, a malformed code or hash, a finished task.
+    #[error("{reason}")]
+    Invalid {
+        /// Why.
+        reason: String,
+    },
+    /// No such task, approval or blob.
+    #[error("{what} does not exist")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The approval request was already decided (by this phone, or resolved by the desktop).
+    #[error("{reason}")]
+    AlreadyDecided {
+        /// By whom and how.
+        reason: String,
+    },
+    /// The approval request expired (it counts as denied).
+    #[error("approval {id} expired {ago_s} s ago; the desktop treats it as denied")]
+    Expired {
+        /// The request.
+        id: String,
+        /// Seconds since it expired (phone clock).
+        ago_s: i64,
+    },
+    /// The request's action hash does not match the tool and arguments it shows: it is not
+    /// signed, so that the phone never signs something other than what the user saw.
+    #[error(
+        "approval {id} does not match the action it shows (its hash differs); refusing to sign it"
+    )]
+    Mismatch {
+        /// The request.
+        id: String,
+    },
+    /// A blob arrived but does not hash to what was asked for.
+    #[error("blob {hash} failed verification: the bytes received do not match its hash")]
+    Corrupt {
+        /// The blob.
+        hash: String,
+    },
+    /// Syncing is stopped ([`Phone::stop`]); start it to reach the desktop.
+    #[error("syncing is stopped; start it to reach the desktop")]
+    Stopped,
+    /// The key provider failed, or the key belongs to another data directory.
+    #[error("device key: {reason}")]
+    Key {
+        /// Why.
+        reason: String,
+    },
+    /// Local storage failed (disk full, unreadable database, unusable data directory).
+    #[error("storage: {reason}")]
+    Storage {
+        /// Why.
+        reason: String,
+    },
+    /// The local network stack failed (cannot bind, bad relay URL).
+    #[error("network: {reason}")]
+    Network {
+        /// Why.
+        reason: String,
+    },
+    /// The phone was shut down.
+    #[error("the phone is shut down")]
+    Closed,
+}
+
+impl From<NodeError> for PhoneError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Store(_) | NodeError::CorruptDocument { .. } | NodeError::DataDir { .. } => {
+                Self::Storage {
+                    reason: e.to_string(),
+                }
+            }
+            NodeError::Schema(SchemaError::Uninitialised) => Self::NotSynced,
+            NodeError::Schema(s) => Self::Invalid {
+                reason: s.to_string(),
+            },
+            NodeError::Endpoint(_) => Self::Network {
+                reason: e.to_string(),
+            },
+            NodeError::KeyMismatch { .. } => Self::Key {
+                reason: e.to_string(),
+            },
+            NodeError::ShutDown => Self::Closed,
+            NodeError::Blob(b) => b.into(),
+            other => Self::Storage {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<PairError> for PhoneError {
+    fn from(e: PairError) -> Self {
+        match e {
+            PairError::Refused { .. } | PairError::Expired { .. } => Self::Refused {
+                reason: e.to_string(),
+            },
+            PairError::Unreachable { .. } => Self::Unreachable {
+                reason: e.to_string(),
+            },
+            PairError::AlreadyPaired { name, id } => Self::AlreadyPaired { name, id },
+            PairError::Storage(reason) => Self::Storage { reason },
+            other => Self::Invalid {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<BlobError> for PhoneError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotPaired => Self::NotPaired,
+            BlobError::Unreachable { .. } => Self::Unreachable {
+                reason: e.to_string(),
+            },
+            BlobError::NotFound(hash) => Self::NotFound {
+                what: format!("blob {hash} (on the desktop)"),
+            },
+            BlobError::Corrupt(hash) => Self::Corrupt { hash },
+            BlobError::Store { .. } => Self::Storage {
+                reason: e.to_string(),
+            },
+            other => Self::Invalid {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Why a key provider could not hand out the device key.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct KeyProviderError {
+    /// Why, for a person.
+    pub reason: String,
+}
+
+/// Where the device's secret key lives: the Keychain, the Android Keystore, a file. The phone
+/// asks once, when it opens.
+pub trait KeyProvider: Send + Sync {
+    /// The 32-byte ed25519 secret of this device, created and stored by the provider on first use
+    /// (the same bytes every time after that).
+    fn device_secret(&self) -> Result<[u8; 32], KeyProviderError>;
+}
+
+/// A key kept in a file (mode 0600) — for tests and the terminal. Apps use the platform's
+/// secure storage instead.
+#[derive(Clone, Debug)]
+pub struct FileKeyProvider {
+    path: PathBuf,
+}
+
+impl FileKeyProvider {
+    /// The key in `path` (32 raw bytes).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+    /// The key in [`KEY_FILE`] inside a phone's data directory.
+    pub fn in_data_dir(dir: &Path) -> Self {
+        Self::new(dir.join(KEY_FILE))
+    }
+    /// The key file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> std::io::Result<Option<[u8; 32]>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => bytes.try_into().map(Some).map_err(|b: Vec<u8>| {
+                std::io::Error::other(format!(
+                    "{} holds {} bytes, not a 32-byte key",
+                    self.path.display(),
+                    b.len()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a fresh key durably. Two processes racing both end up with the winner's key: the
+    /// key is written to a private temporary file and hard-linked into place, which fails if a
+    /// key is already there.
+    fn create(&self) -> std::io::Result<[u8; 32]> {
+        use std::io::Write;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let secret: [u8; 32] = crate::node::random_bytes();
+        let tmp = dir.join(format!(
+            ".{KEY_FILE}.{}",
+            hex::encode(crate::node::random_bytes::<6>())
+        ));
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let written = (|| {
+            let mut f = opts.open(&tmp)?;
+            f.write_all(&secret)?;
+            f.sync_all()?;
+            std::fs::hard_link(&tmp, &self.path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        match written {
+            Ok(()) => {
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+                Ok(secret)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self
+                .read()?
+                .ok_or_else(|| std::io::Error::other("the key file vanished while being created")),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl KeyProvider for FileKeyProvider {
+    fn device_secret(&self) -> Result<[u8; 32], KeyProviderError> {
+        let out = match self.read() {
+            Ok(Some(k)) => Ok(k),
+            Ok(None) => self.create(),
+            Err(e) => Err(e),
+        };
+        out.map_err(|e| KeyProviderError {
+            reason: format!("key file {}: {e}", self.path.display()),
+        })
+    }
+}
+
+/// Where a phone's device key comes from.
+#[derive(Clone)]
+pub enum PhoneKey {
+    /// The phone's database keeps it (created on first open).
+    Stored,
+    /// The platform keeps it; it is never written to the database.
+    Provider(Arc<dyn KeyProvider>),
+}
+
+impl std::fmt::Debug for PhoneKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stored => f.write_str("Stored"),
+            Self::Provider(_) => f.write_str("Provider(..)"),
+        }
+    }
+}
+
+/// How to open a phone.
+#[derive(Clone, Debug)]
+pub struct PhoneConfig {
+    /// Directory of the phone's database (created 0700 if missing).
+    pub data_dir: PathBuf,
+    /// This phone's name, shown on the desktop when it pairs.
+    pub name: String,
+    /// Platform: `ios`, `android`, `terminal`, …
+    pub platform: String,
+    /// Where the device key comes from.
+    pub key: PhoneKey,
+    /// Network settings.
+    pub net: NetConfig,
+}
+
+impl PhoneConfig {
+    /// A phone whose database keeps its key, with default network settings (loopback, no relay).
+    pub fn new(data_dir: impl Into<PathBuf>, name: &str, platform: &str) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            name: name.to_owned(),
+            platform: platform.to_owned(),
+            key: PhoneKey::Stored,
+            net: NetConfig::default(),
+        }
+    }
+    /// Takes the key from the platform.
+    pub fn with_key_provider(mut self, provider: Arc<dyn KeyProvider>) -> Self {
+        self.key = PhoneKey::Provider(provider);
+        self
+    }
+    /// Sets the network settings.
+    pub fn with_net(mut self, net: NetConfig) -> Self {
+        self.net = net;
+        self
+    }
+}
+
+/// Whether the desktop holds a message this phone wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Saved on this phone; not yet known to be on the desktop.
+    Pending,
+    /// The desktop has it (always the case for messages written by others).
+    Synced,
+}
+
+/// A message of the conversation as the phone shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PhoneMessage {
+    /// The message.
+    #[serde(flatten)]
+    pub message: Message,
+    /// Written by this phone.
+    pub mine: bool,
+    /// Whether the desktop has it.
+    pub delivery: Delivery,
+}
+
+/// A task as the phone shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PhoneTask {
+    /// The task, with its progress events and result.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Created by this phone (directly, or from one of its messages).
+    pub mine: bool,
+    /// Approval requests of this task still waiting for a decision.
+    pub waiting_for: Vec<ApprovalId>,
+}
+
+/// Where an approval request stands.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for a decision.
+    Pending,
+    /// The desktop resolved it.
+    Resolved(Resolution),
+    /// It expired before the desktop resolved it (the desktop will treat it as denied).
+    Expired,
+}
+
+/// An approval request as the phone shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PhoneApproval {
+    /// The request: tool, arguments, summary, risk, expiry, decisions.
+    #[serde(flatten)]
+    pub approval: Approval,
+    /// Where it stands.
+    pub status: ApprovalState,
+    /// This phone's decision, if it made one.
+    pub my_verdict: Option<Verdict>,
+    /// Its action hash matches the tool and arguments it shows (if not, the phone refuses to
+    /// sign it).
+    pub verified: bool,
+}
+
+/// The desktop's health, from what it writes into the document.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DesktopHealth {
+    /// Operating system.
+    pub os: String,
+    /// Its last heartbeat (unix ms, the desktop's clock).
+    pub heartbeat_at: i64,
+    /// How old that heartbeat is now (phone clock).
+    pub heartbeat_age_ms: i64,
+    /// What its executor is doing.
+    pub executor: ExecutorState,
+}
+
+/// The home desktop as the phone sees it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DesktopStatus {
+    /// Device id.
+    pub id: DeviceId,
+    /// Name.
+    pub name: String,
+    /// Connected, last seen at, or never reached.
+    pub presence: Presence,
+    /// Connected and both sides hold the same changes.
+    pub in_sync: bool,
+    /// Why the last connection attempt or session failed, if it did.
+    pub last_error: Option<String>,
+    /// Heartbeat and executor state (once the workspace has arrived).
+    pub health: Option<DesktopHealth>,
+}
+
+/// Everything a phone screen shows, at one instant.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PhoneSnapshot {
+    /// This phone's device id.
+    pub device_id: DeviceId,
+    /// This phone's name.
+    pub device_name: String,
+    /// Background sync is on ([`Phone::start`] / [`Phone::stop`]).
+    pub syncing: bool,
+    /// The workspace id, once known (pairing tells it; the document follows).
+    pub workspace: Option<DocId>,
+    /// The workspace document has been received from the desktop (until then nothing can be
+    /// written).
+    pub workspace_received: bool,
+    /// The home desktop, if paired.
+    pub desktop: Option<DesktopStatus>,
+    /// The conversation, oldest first.
+    pub messages: Vec<PhoneMessage>,
+    /// Tasks, oldest first.
+    pub tasks: Vec<PhoneTask>,
+    /// Approval requests waiting for a decision, oldest first.
+    pub pending_approvals: Vec<PhoneApproval>,
+    /// Resolved or expired approval requests, oldest first.
+    pub resolved_approvals: Vec<PhoneApproval>,
+    /// When this snapshot was taken (unix ms).
+    pub taken_at: i64,
+}
+
+impl PhoneSnapshot {
+    /// A task by id.
+    pub fn task(&self, id: &TaskId) -> Option<&PhoneTask> {
+        self.tasks.iter().find(|t| &t.task.id == id)
+    }
+}
+
+/// Receives snapshots: the current one at once, then one after each change.
+pub trait PhoneListener: Send + Sync {
+    /// Called with the latest snapshot. Calls never overlap; a slow listener gets the newest
+    /// state next, not a backlog.
+    fn on_update(&self, snapshot: PhoneSnapshot);
+}
+
+impl<F: Fn(PhoneSnapshot) + Send + Sync> PhoneListener for F {
+    fn on_update(&self, snapshot: PhoneSnapshot) {
+        self(snapshot)
+    }
+}
+
+/// A live subscription; dropping it ends it (a call already under way finishes, no new one
+/// starts).
+#[must_use = "the subscription ends when this is dropped"]
+pub struct Subscription {
+    cancel: CancellationToken,
+}
+
+impl Subscription {
+    /// Ends the subscription now.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("ended", &self.cancel.is_cancelled())
+            .finish()
+    }
+}
+
+/// What the phone knows the desktop holds, for per-message delivery state.
+#[derive(Default)]
+struct DeliveryTracker {
+    /// The desktop these facts are about (reset when the home changes).
+    desktop: Option<DeviceId>,
+    /// Heads up to which the document has been scanned for the desktop's own changes.
+    scanned: Vec<ChangeHash>,
+    /// The desktop's newest change seen: it held everything that change depends on.
+    desktop_latest: Option<(u64, ChangeHash)>,
+    /// Heads both sides held when the session last reported "in sync" stably.
+    in_sync_heads: Vec<ChangeHash>,
+}
+
+impl DeliveryTracker {
+    fn reset_for(&mut self, desktop: Option<DeviceId>) {
+        if self.desktop != desktop {
+            *self = Self {
+                desktop,
+                ..Self::default()
+            };
+        }
+    }
+
+    /// Notes the desktop's changes received since the last scan.
+    fn scan(&mut self, doc: &Automerge) {
+        let Some(desktop) = self.desktop else { return };
+        let heads = doc.get_heads();
+        if heads == self.scanned {
+            return;
+        }
+        let actor = desktop.actor_id();
+        for meta in doc.get_changes_meta(&self.scanned) {
+            if *meta.actor == actor && self.desktop_latest.is_none_or(|(seq, _)| meta.seq > seq) {
+                self.desktop_latest = Some((meta.seq, meta.hash));
+            }
+        }
+        self.scanned = heads;
+    }
+
+    /// Changes the desktop is not known to hold, written by `me` (their hashes).
+    fn undelivered(&self, doc: &Automerge, me: &DeviceId) -> HashSet<ChangeHash> {
+        let mut known = self.in_sync_heads.clone();
+        known.extend(self.desktop_latest.map(|(_, h)| h));
+        let actor = me.actor_id();
+        doc.get_changes_meta(&known)
+            .into_iter()
+            .filter(|m| *m.actor == actor)
+            .map(|m| m.hash)
+            .collect()
+    }
+}
+
+struct Inner {
+    node: RwLock<Option<Arc<Node>>>,
+    id: DeviceId,
+    name: String,
+    platform: String,
+    runtime: tokio::runtime::Handle,
+    cancel: CancellationToken,
+    /// Bumped when anything a snapshot shows may have changed (document, presence, delivery).
+    updates: watch::Sender<u64>,
+    syncing: AtomicBool,
+    delivery: Mutex<DeliveryTracker>,
+    writes: Mutex<Writes>,
+}
+
+/// This phone's own writes: under way, and when the last one became durable.
+struct Writes {
+    in_flight: usize,
+    last_done: std::time::Instant,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropped without `shutdown`: close in the background rather than abort the connection.
+        let node = match self.node.write() {
+            Ok(mut n) => n.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(Ok(node)) = node.map(Arc::try_unwrap) {
+            self.runtime.spawn(node.shutdown());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays consistent (single assignments), so a panic elsewhere is no reason
+    // to stop.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A phone: one device paired (or to be paired) with one desktop. Cheap to share behind an
+/// `Arc`; every method takes `&self`.
+pub struct Phone {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Phone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phone")
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        self.inner.cancel.cancel();
+    }
+}
+
+impl Phone {
+    /// Opens the phone in `config.data_dir` (creating it on first use). It syncs with its home
+    /// desktop in the background at once, if it has one; [`Phone::stop`] pauses that. Must be
+    /// called within a tokio runtime, which then runs the phone's background work.
+    pub async fn open(config: PhoneConfig) -> Result<Phone, PhoneError> {
+        let mut node_config =
+            NodeConfig::new(&config.data_dir, NodeRole::Phone).with_net(config.net);
+        if let PhoneKey::Provider(provider) = &config.key {
+            let provider = provider.clone();
+            // A platform keystore may block (user presence, hardware): keep it off the workers.
+            let secret = tokio::task::spawn_blocking(move || provider.device_secret())
+                .await
+                .map_err(|e| PhoneError::Key {
+                    reason: format!("the key provider panicked: {e}"),
+                })?
+                .map_err(|e| PhoneError::Key { reason: e.reason })?;
+            node_config = node_config.with_key(DeviceKey::from_secret_bytes(secret));
+        }
+        let node = Node::open(node_config).await?;
+        let inner = Arc::new(Inner {
+            id: node.id(),
+            node: RwLock::new(Some(Arc::new(node))),
+            name: config.name,
+            platform: config.platform,
+            runtime: tokio::runtime::Handle::current(),
+            cancel: CancellationToken::new(),
+            updates: watch::channel(0).0,
+            syncing: AtomicBool::new(true),
+            delivery: Mutex::new(DeliveryTracker::default()),
+            writes: Mutex::new(Writes {
+                in_flight: 0,
+                last_done: std::time::Instant::now(),
+            }),
+        });
+        inner
+            .runtime
+            .spawn(monitor(Arc::downgrade(&inner), inner.cancel.clone()));
+        Ok(Phone { inner })
+    }
+
+    fn node(&self) -> Result<Arc<Node>, PhoneError> {
+        self.inner.node()
+    }
+
+    /// This phone's device id.
+    pub fn id(&self) -> DeviceId {
+        self.inner.id
+    }
+
+    /// This phone's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The home desktop's id and name, if paired.
+    pub fn home(&self) -> Option<(DeviceId, String)> {
+        let node = self.node().ok()?;
+        node.home().map(|(id, r)| (id, r.name))
+    }
+
+    /// Pairs with the desktop whose pairing code (`deskhand://pair?…`, from its QR code) is
+    /// given; it becomes this phone's home. Returns its id and name. The workspace follows in
+    /// the background (see [`Phone::sync`]).
+    pub async fn pair(&self, code: &str) -> Result<(DeviceId, String), PhoneError> {
+        let payload = PairingPayload::parse(code).map_err(|e| PhoneError::Invalid {
+            reason: format!("not a Deskhand pairing code: {e}"),
+        })?;
+        let node = self.node()?;
+        node.pair(&payload, &self.inner.name, &self.inner.platform)
+            .await?;
+        if self.inner.syncing.load(Ordering::SeqCst) {
+            node.sync_now();
+        }
+        self.inner.bump();
+        Ok((payload.desktop, payload.name))
+    }
+
+    /// Turns background sync on: connects to the desktop, and keeps reconnecting with backoff.
+    /// Also the call for "network changed" and "app in the foreground": it retries at once.
+    pub fn start(&self) {
+        self.inner.syncing.store(true, Ordering::SeqCst);
+        if let Ok(node) = self.node() {
+            node.set_sync_paused(false);
+            node.sync_now();
+        }
+        self.inner.bump();
+    }
+
+    /// Turns background sync off: the connection closes and nothing is dialled. Writes go on
+    /// locally and are sent after [`Phone::start`].
+    pub fn stop(&self) {
+        self.inner.syncing.store(false, Ordering::SeqCst);
+        if let Ok(node) = self.node() {
+            node.set_sync_paused(true);
+        }
+        self.inner.bump();
+    }
+
+    /// Whether background sync is on.
+    pub fn is_syncing(&self) -> bool {
+        self.inner.syncing.load(Ordering::SeqCst)
+    }
+
+    /// Syncs now and waits until this phone and the desktop hold the same changes, for at most
+    /// `timeout`.
+    pub async fn sync(&self, timeout: Duration) -> Result<(), PhoneError> {
+        let node = self.node()?;
+        let (home, _) = node.home().ok_or(PhoneError::NotPaired)?;
+        if !self.is_syncing() {
+            return Err(PhoneError::Stopped);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = node.subscribe();
+        node.sync_now();
+        loop {
+            let heads = node.read(|d| d.get_heads());
+            let view = home_view(&node, &home).ok_or(PhoneError::NotPaired)?;
+            if view.in_sync && self.inner.quiet() {
+                lock(&self.inner.delivery).in_sync_heads = heads;
+                self.inner.bump();
+                return Ok(());
+            }
+            if let Some(e) = &view.last_error
+                && refused(e)
+            {
+                return Err(PhoneError::Refused { reason: e.clone() });
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(PhoneError::Unreachable {
+                    reason: view.last_error.unwrap_or_else(|| {
+                        format!("the desktop did not answer within {timeout:?}")
+                    }),
+                });
+            }
+            let step = (deadline - now).min(Duration::from_millis(20));
+            let _ = tokio::time::timeout(step, changes.changed()).await;
+        }
+    }
+
+    fn require_workspace(node: &Node) -> Result<(), PhoneError> {
+        if node.home().is_none() {
+            return Err(PhoneError::NotPaired);
+        }
+        match node.read(Workspace::check_version) {
+            Ok(_) => Ok(()),
+            Err(SchemaError::Uninitialised) => Err(PhoneError::NotSynced),
+            Err(e) => Err(PhoneError::Invalid {
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Writes a user message (committed on this phone before it returns; sent when the desktop
+    /// is reachable). The desktop turns it into a task and answers in the conversation.
+    pub async fn send_message(&self, text: &str) -> Result<MessageId, PhoneError> {
+        let text = non_empty(text, "a message")?;
+        let node = self.node()?;
+        Self::require_workspace(&node)?;
+        let msg = Message {
+            id: MessageId::from_random(random_id_bytes()),
+            author: self.inner.id.to_string(),
+            role: Role::User,
+            text,
+            created_at: now_unix_ms(),
+            task_id: None,
+        };
+        self.inner
+            .write(&node, |tx| Workspace::append_message(tx, &msg))
+            .await?;
+        Ok(msg.id)
+    }
+
+    /// Creates a task directly (no conversation message); the desktop runs it.
+    pub async fn create_task(&self, prompt: &str) -> Result<TaskId, PhoneError> {
+        let prompt = non_empty(prompt, "a task")?;
+        let node = self.node()?;
+        Self::require_workspace(&node)?;
+        let task = Task::queued(
+            TaskId::from_random(random_id_bytes()),
+            prompt,
+            &self.inner.id,
+            now_unix_ms(),
+        );
+        self.inner
+            .write(&node, |tx| Workspace::add_task(tx, &task))
+            .await?;
+        Ok(task.id)
+    }
+
+    /// Asks the desktop to cancel a task.
+    pub async fn cancel_task(&self, id: &TaskId) -> Result<(), PhoneError> {
+        let node = self.node()?;
+        Self::require_workspace(&node)?;
+        let task = node
+            .read(|d| Workspace::task(d, id))
+            .map_err(|e| PhoneError::Invalid {
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| PhoneError::NotFound {
+                what: format!("task {id}"),
+            })?;
+        if task.status.is_final() {
+            return Err(PhoneError::Invalid {
+                reason: format!("task {id} has already finished ({})", task.status),
+            });
+        }
+        if task.cancel_requested_by.as_deref() == Some(&self.inner.id.to_string()) {
+            return Ok(());
+        }
+        self.inner
+            .write(&node, |tx| {
+                Workspace::request_cancel(tx, id, &self.inner.id)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Approves a request: signs the exact action it shows and writes the decision.
+    pub async fn approve(&self, id: &ApprovalId) -> Result<(), PhoneError> {
+        self.decide(id, Verdict::Approve).await
+    }
+
+    /// Denies a request (signed like an approval). Also takes back this phone's approval while
+    /// the desktop has not acted on it.
+    pub async fn deny(&self, id: &ApprovalId) -> Result<(), PhoneError> {
+        self.decide(id, Verdict::Deny).await
+    }
+
+    async fn decide(&self, id: &ApprovalId, verdict: Verdict) -> Result<(), PhoneError> {
+        let node = self.node()?;
+        Self::require_workspace(&node)?;
+        let (desktop, _) = node.home().ok_or(PhoneError::NotPaired)?;
+        let approval = node
+            .read(|d| Workspace::approval(d, id))
+            .map_err(|e| PhoneError::Invalid {
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| PhoneError::NotFound {
+                what: format!("approval {id}"),
+            })?;
+        if let Some(r) = &approval.resolution {
+            return Err(PhoneError::AlreadyDecided {
+                reason: format!(
+                    "approval {id} was already resolved by the desktop: {}{}",
+                    past(r.verdict),
+                    if r.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", r.reason)
+                    }
+                ),
+            });
+        }
+        if let Some(mine) = approval.decisions.get(&self.inner.id.to_string()) {
+            if mine.verdict == verdict {
+                return Ok(());
+            }
+            // Approve then deny is changing one's mind, and the desktop lets a deny win over an
+            // approve it has not acted on; a deny is final.
+            if mine.verdict == Verdict::Deny {
+                return Err(PhoneError::AlreadyDecided {
+                    reason: format!("this phone already denied approval {id}; a deny is final"),
+                });
+            }
+        }
+        let now = now_unix_ms();
+        if now >= approval.expires_at {
+            return Err(PhoneError::Expired {
+                id: id.to_string(),
+                ago_s: (now - approval.expires_at) / 1000,
+            });
+        }
+        if !approval.hash_matches(&desktop) {
+            return Err(PhoneError::Mismatch { id: id.to_string() });
+        }
+        let decision = approval.sign(node.key(), &desktop, verdict, now);
+        self.inner
+            .write(&node, |tx| {
+                Workspace::put_decision(tx, id, &self.inner.id, &decision)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The current state: conversation, tasks, approvals, desktop presence and health.
+    pub fn snapshot(&self) -> Result<PhoneSnapshot, PhoneError> {
+        let node = self.node()?;
+        Ok(self.inner.snapshot(&node))
+    }
+
+    /// Calls `listener` with the current snapshot now, then after each change (bursts
+    /// coalesced), until the returned [`Subscription`] is dropped or the phone shuts down.
+    pub fn subscribe(&self, listener: Arc<dyn PhoneListener>) -> Subscription {
+        let cancel = self.inner.cancel.child_token();
+        let weak = Arc::downgrade(&self.inner);
+        let mut updates = self.inner.updates.subscribe();
+        let token = cancel.clone();
+        self.inner.runtime.spawn(async move {
+            loop {
+                let snapshot = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let Ok(node) = inner.node() else { return };
+                    updates.mark_unchanged();
+                    inner.snapshot(&node)
+                };
+                if token.is_cancelled() {
+                    return;
+                }
+                let l = listener.clone();
+                // Foreign listeners run arbitrary (possibly blocking) code.
+                if tokio::task::spawn_blocking(move || l.on_update(snapshot))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("a phone listener panicked; its subscription ends");
+                    return;
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = updates.changed() => if r.is_err() { return },
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(COALESCE) => {}
+                }
+            }
+        });
+        Subscription { cancel }
+    }
+
+    /// Fetches a blob (a screenshot, a long output) from the desktop; its BLAKE3 hash is
+    /// verified before it is returned.
+    pub async fn fetch_blob(&self, hash: &str) -> Result<Vec<u8>, PhoneError> {
+        let node = self.node()?;
+        Ok(node.fetch_blob(hash).await?)
+    }
+
+    /// Forgets the home desktop and its workspace, so that the phone can pair anew.
+    pub async fn forget_desktop(&self) -> Result<(), PhoneError> {
+        let node = self.node()?;
+        node.forget_desktop().await?;
+        lock(&self.inner.delivery).reset_for(None);
+        self.inner.bump();
+        Ok(())
+    }
+
+    /// Closes the connection, stops background work and flushes the database. Calls made
+    /// afterwards fail with [`PhoneError::Closed`].
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        let node = match self.inner.node.write() {
+            Ok(mut n) => n.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        let Some(mut node) = node else { return };
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        loop {
+            match Arc::try_unwrap(node) {
+                Ok(n) => return n.shutdown().await,
+                Err(still_used) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::warn!(
+                            "phone calls still running after {SHUTDOWN_WAIT:?}; closing without a clean shutdown"
+                        );
+                        return;
+                    }
+                    node = still_used;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn node(&self) -> Result<Arc<Node>, PhoneError> {
+        match self.node.read() {
+            Ok(n) => n.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+        .ok_or(PhoneError::Closed)
+    }
+
+    /// One local change, durable when this returns, accounted for by [`Inner::quiet`].
+    async fn write<R>(
+        &self,
+        node: &Node,
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<R, SchemaError>,
+    ) -> Result<R, PhoneError> {
+        lock(&self.writes).in_flight += 1;
+        let r = node.write(f).await;
+        let mut w = lock(&self.writes);
+        w.in_flight -= 1;
+        w.last_done = std::time::Instant::now();
+        Ok(r?)
+    }
+
+    /// No write of this phone is under way or so recent that the session's "in sync" could
+    /// predate it.
+    fn quiet(&self) -> bool {
+        let w = lock(&self.writes);
+        w.in_flight == 0 && w.last_done.elapsed() >= SETTLE
+    }
+
+    fn bump(&self) {
+        self.updates.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn snapshot(&self, node: &Node) -> PhoneSnapshot {
+        let now = now_unix_ms();
+        let me = self.id.to_string();
+        let home = node.home();
+        let view = home.as_ref().and_then(|(id, _)| home_view(node, id));
+        let mut delivery = lock(&self.delivery);
+        delivery.reset_for(home.as_ref().map(|(id, _)| *id));
+        let (ws, undelivered, message_ids) = node.read(|doc| {
+            let ws = Workspace::read(doc).ok();
+            delivery.scan(doc);
+            let mine = ws
+                .as_ref()
+                .is_some_and(|w| w.messages.iter().any(|m| m.author == me));
+            if !mine || delivery.desktop.is_none() {
+                return (ws, HashSet::new(), Vec::new());
+            }
+            (
+                ws,
+                delivery.undelivered(doc, &self.id),
+                message_changes(doc),
+            )
+        });
+        drop(delivery);
+
+        let desktop = home.map(|(id, record)| {
+            let health = ws.as_ref().map(|w| DesktopHealth {
+                os: w.desktop.os.clone(),
+                heartbeat_at: w.desktop.heartbeat_at,
+                heartbeat_age_ms: (now - w.desktop.heartbeat_at).max(0),
+                executor: w.desktop.executor,
+            });
+            DesktopStatus {
+                id,
+                name: ws
+                    .as_ref()
+                    .map(|w| w.desktop.name.clone())
+                    .unwrap_or(record.name),
+                presence: view.as_ref().map_or(Presence::Never, |v| v.presence),
+                in_sync: view.as_ref().is_some_and(|v| v.in_sync),
+                last_error: view.and_then(|v| v.last_error),
+                health,
+            }
+        });
+        let Some(ws) = ws else {
+            return PhoneSnapshot {
+                device_id: self.id,
+                device_name: self.name.clone(),
+                syncing: self.syncing.load(Ordering::SeqCst),
+                workspace: node.doc_id(),
+                workspace_received: false,
+                desktop,
+                messages: Vec::new(),
+                tasks: Vec::new(),
+                pending_approvals: Vec::new(),
+                resolved_approvals: Vec::new(),
+                taken_at: now,
+            };
+        };
+
+        let my_message_tasks: HashSet<String> = ws
+            .messages
+            .iter()
+            .filter(|m| m.author == me)
+            .map(|m| format!("m-{}", m.id))
+            .collect();
+        let messages = ws
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mine = m.author == me;
+                let pending = mine
+                    && match message_ids.get(i) {
+                        Some(Some(h)) => undelivered.contains(h),
+                        _ => desktop.is_some(),
+                    };
+                PhoneMessage {
+                    message: m.clone(),
+                    mine,
+                    delivery: if pending {
+                        Delivery::Pending
+                    } else {
+                        Delivery::Synced
+                    },
+                }
+            })
+            .collect();
+
+        let mut pending_approvals = Vec::new();
+        let mut resolved_approvals = Vec::new();
+        for a in ws.approvals.values() {
+            let status = match &a.resolution {
+                Some(r) => ApprovalState::Resolved(r.clone()),
+                None if now >= a.expires_at => ApprovalState::Expired,
+                None => ApprovalState::Pending,
+            };
+            let view = PhoneApproval {
+                my_verdict: a.decisions.get(&me).map(|d| d.verdict),
+                verified: desktop.as_ref().is_some_and(|d| a.hash_matches(&d.id)),
+                status,
+                approval: a.clone(),
+            };
+            if view.status == ApprovalState::Pending {
+                pending_approvals.push(view);
+            } else {
+                resolved_approvals.push(view);
+            }
+        }
+        pending_approvals.sort_by_key(|a| a.approval.requested_at);
+        resolved_approvals.sort_by_key(|a| a.approval.requested_at);
+
+        let mut tasks: Vec<PhoneTask> = ws
+            .tasks
+            .values()
+            .map(|t| PhoneTask {
+                mine: t.created_by == me || my_message_tasks.contains(t.id.as_str()),
+                waiting_for: pending_approvals
+                    .iter()
+                    .filter(|a| a.approval.task_id == t.id)
+                    .map(|a| a.approval.id.clone())
+                    .collect(),
+                task: t.clone(),
+            })
+            .collect();
+        tasks.sort_by(|a, b| {
+            (a.task.created_at, a.task.id.as_str()).cmp(&(b.task.created_at, b.task.id.as_str()))
+        });
+
+        PhoneSnapshot {
+            device_id: self.id,
+            device_name: self.name.clone(),
+            syncing: self.syncing.load(Ordering::SeqCst),
+            workspace: node.doc_id(),
+            workspace_received: true,
+            desktop,
+            messages,
+            tasks,
+            pending_approvals,
+            resolved_approvals,
+            taken_at: now,
+        }
+    }
+}
+
+/// Samples presence (which the node does not announce) and the "in sync" flag, and tells
+/// subscribers when anything a snapshot shows changed.
+async fn monitor(inner: std::sync::Weak<Inner>, cancel: CancellationToken) {
+    let mut changes = match inner.upgrade().and_then(|i| i.node().ok()) {
+        Some(n) => n.subscribe(),
+        None => return,
+    };
+    let mut last_seen: Option<(Presence, bool, Option<String>)> = None;
+    loop {
+        let doc_changed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = changes.changed() => { if r.is_err() { return } true }
+            _ = tokio::time::sleep(PRESENCE_TICK) => false,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let Ok(node) = inner.node() else { return };
+        let heads = node.read(|d| d.get_heads());
+        let view = node.home().and_then(|(id, _)| home_view(&node, &id));
+        let now_seen = view
+            .as_ref()
+            .map(|v| (v.presence, v.in_sync, v.last_error.clone()));
+        let mut changed = doc_changed || now_seen != last_seen;
+        last_seen = now_seen;
+        // Heads read before the flag: whatever they hold, the desktop holds too when the session
+        // says "in sync" and no own write could be newer than that verdict.
+        if view.as_ref().is_some_and(|v| v.in_sync) && inner.quiet() {
+            let mut d = lock(&inner.delivery);
+            if d.in_sync_heads != heads {
+                d.in_sync_heads = heads;
+                changed = true;
+            }
+        }
+        if changed {
+            inner.bump();
+        }
+    }
+}
+
+fn home_view(node: &Node, home: &DeviceId) -> Option<PeerView> {
+    node.peers().into_iter().find(|p| &p.id == home)
+}
+
+/// Whether a session error means the desktop will not have this phone (no point retrying).
+fn refused(error: &str) -> bool {
+    error.contains("revoked") || error.contains("not paired") || error.contains("refused")
+}
+
+/// The change that created each message (by list index).
+fn message_changes(doc: &Automerge) -> Vec<Option<ChangeHash>> {
+    let Ok(Some((automerge::Value::Object(ObjType::List), list))) = doc.get(ROOT, "messages")
+    else {
+        return Vec::new();
+    };
+    doc.list_range(&list, ..)
+        .map(|item| doc.hash_for_opid(&item.id()))
+        .collect()
+}
+
+fn non_empty(text: &str, what: &str) -> Result<String, PhoneError> {
+    if text.trim().is_empty() {
+        return Err(PhoneError::Invalid {
+            reason: format!("{what} cannot be empty"),
+        });
+    }
+    Ok(text.to_owned())
+}
+
+fn past(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Approve => "approved",
+        Verdict::Deny => "denied",
+    }
+}
