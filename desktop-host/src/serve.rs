@@ -27,11 +27,13 @@ pub async fn run(
     let config_path = config_path.unwrap_or_else(default_config_path);
     let config = Config::load(&config_path)?;
     let home = crate::paths::home_dir();
-    let config_dir = config_path
+    // Tasks never touch the host's own data, its config file, or the default config folder
+    // (a `--config` elsewhere protects that file only, not the folder it sits in).
+    let default_dir = default_config_path()
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    let policy = Policy::new(&config, &home, &[&data, &config_dir])
+    let policy = Policy::new(&config, &home, &[&data, &config_path, &default_dir])
         .map_err(|e| anyhow::anyhow!("the config file {}: {e}", config_path.display()))?;
     let roots: Vec<String> = policy
         .roots()

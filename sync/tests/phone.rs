@@ -116,11 +116,13 @@ async fn request(desk: &Node, task: &TaskId, id: &str, expires_in_ms: i64) -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    let started = std::time::Instant::now();
     let (desk_dir, phone_dir) = (dir.path().join("desk"), dir.path().join("phone"));
     let listen = free_addr();
     let desk = desktop(&desk_dir, listen).await?;
     let p = phone(&phone_dir, "pixel").await?;
 
+    eprintln!("[phone {:?}] Unpaired", started.elapsed());
     // Unpaired: nothing to write to, and the snapshot says so.
     assert!(matches!(
         p.send_message("hi").await,
@@ -140,6 +142,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
     let health = first.desktop.as_ref().and_then(|d| d.health.clone());
     assert!(health.is_some_and(|h| h.heartbeat_age_ms >= 0));
 
+    eprintln!("[phone {:?}] A message", started.elapsed());
     // A message: committed here, then delivered; the snapshot says which.
     let mid = p.send_message("hello desk").await?;
     let seen = desktop_until(&desk, "the message", |w| {
@@ -158,6 +161,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         Err(PhoneError::Invalid { .. })
     ));
 
+    eprintln!("[phone {:?}] A task", started.elapsed());
     // A task; then a cancel request the desktop can read.
     let tid = p.create_task("list ~").await?;
     let t = desktop_until(&desk, "the task", |w| w.tasks.get(tid.as_str()).cloned()).await?;
@@ -172,6 +176,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         Err(PhoneError::NotFound { .. })
     ));
 
+    eprintln!("[phone {:?}] An approval", started.elapsed());
     // An approval: the decision is signed over the exact action and the desktop's rule accepts it.
     let aid = request(&desk, &tid, "ap-1", 60_000).await?;
     let s = feed
@@ -218,6 +223,10 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         }
     };
     verdict_on_desktop(Verdict::Approve).await?;
+    eprintln!(
+        "[phone {:?}] Changing one's mind before the desktop acts",
+        started.elapsed()
+    );
     // Changing one's mind before the desktop acts: the signed deny replaces the approve.
     p.deny(&aid).await?;
     verdict_on_desktop(Verdict::Deny).await?;
@@ -226,6 +235,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         Err(PhoneError::AlreadyDecided { .. })
     ));
 
+    eprintln!("[phone {:?}] Refusals", started.elapsed());
     // Refusals: expired, tampered, already resolved.
     let expired = request(&desk, &tid, "ap-expired", -1).await?;
     let mut tampered = Approval::new(
@@ -274,6 +284,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         Err(PhoneError::AlreadyDecided { .. })
     ));
 
+    eprintln!("[phone {:?}] A blob, verified.", started.elapsed());
     // A blob, verified.
     let blobs = desk.blobs().context("desktop blobs")?;
     let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -286,6 +297,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         Err(PhoneError::Invalid { .. })
     ));
 
+    eprintln!("[phone {:?}] Desktop down", started.elapsed());
     // Desktop down: the write is kept, pending, across a reopen; it converges when it is back.
     desk.shutdown().await;
     let offline = p.send_message("while you were away").await?;
@@ -329,6 +341,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
     })
     .await?;
 
+    eprintln!("[phone {:?}] Stop / start", started.elapsed());
     // Stop / start: presence is honest.
     p.stop();
     let s = feed
@@ -352,6 +365,10 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
     })
     .await?;
 
+    eprintln!(
+        "[phone {:?}] After the subscription is dropped no further snapshot is delivered.",
+        started.elapsed()
+    );
     // After the subscription is dropped no further snapshot is delivered.
     drop(feed);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -360,6 +377,9 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
     }));
     rx.recv().await.context("first snapshot")?;
     drop(sub);
+    // A call already under way when the handle goes may still land; none may start after.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while rx.try_recv().is_ok() {}
     let extra = Message {
         id: "from-desk".into(),
         author: desk.id().to_string(),
