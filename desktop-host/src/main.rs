@@ -387,7 +387,8 @@ fn print_devices(v: &serde_json::Value) {
     }
 }
 
-fn ago(at_ms: i64) -> String {
+/// "12s ago", "3m ago", … for a unix-ms instant.
+pub(crate) fn ago(at_ms: i64) -> String {
     let s = (deskhand_sync::presence::now_unix_ms() - at_ms).max(0) / 1000;
     match s {
         0..=59 => format!("{s}s ago"),

@@ -366,15 +366,7 @@ fn presence_text(p: &Presence) -> String {
     }
 }
 
-fn ago(at_ms: i64) -> String {
-    let s = (deskhand_sync::presence::now_unix_ms() - at_ms).max(0) / 1000;
-    match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        3600..=86_399 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
-    }
-}
+use crate::ago;
 
 fn show(s: &PhoneSnapshot) {
     match &s.desktop {
