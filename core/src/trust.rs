@@ -362,9 +362,7 @@ fn check_op(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{
-        DesktopInfo, ExecutorState, Message, Role, SchemaError, Task, TaskStatus, Workspace,
-    };
+    use crate::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Task, Workspace};
     use automerge::sync::SyncDoc;
     use automerge::transaction::Transactable;
 
@@ -392,19 +390,7 @@ mod tests {
     }
 
     fn task(by: DeviceId, id: &str) -> Task {
-        Task {
-            id: id.into(),
-            prompt: "list ~".into(),
-            created_by: by.to_string(),
-            created_at: 1,
-            status: TaskStatus::Queued,
-            claimed_by: None,
-            cancel_requested_by: None,
-            started_at: None,
-            finished_at: None,
-            events: vec![],
-            result: None,
-        }
+        Task::queued(id.into(), "list ~", &by, 1)
     }
 
     /// What the phone would send the desktop after `f`, as sync-message chunks.

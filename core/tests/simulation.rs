@@ -24,7 +24,7 @@ use deskhand_core::session::{DEAD_AFTER_MS, PING_AFTER_MS, RESEND_AFTER_MS};
 use deskhand_core::trust::AcceptAll;
 use deskhand_core::{
     DeviceId, DocId, Frame, Message, MessageId, Role, SchemaError, SessionError, SessionOutput,
-    SyncSession, Task, TaskId, TaskStatus, Workspace,
+    SyncSession, Task, TaskId, Workspace,
 };
 
 const DESKTOP: usize = 0;
@@ -479,19 +479,12 @@ impl Sim {
         let author = n.id.to_string();
         let now = self.now as i64;
         if node != DESKTOP && self.rng.per_mille(300) {
-            let task = Task {
-                id: TaskId::from(format!("t{node}-{k}")),
-                prompt: format!("task {k} from node {node}"),
-                created_by: author,
-                created_at: now,
-                status: TaskStatus::Queued,
-                claimed_by: None,
-                cancel_requested_by: None,
-                started_at: None,
-                finished_at: None,
-                events: Vec::new(),
-                result: None,
-            };
+            let task = Task::queued(
+                TaskId::from(format!("t{node}-{k}")),
+                format!("task {k} from node {node}"),
+                &n.id,
+                now,
+            );
             n.doc
                 .transact::<_, _, SchemaError>(|tx| Workspace::add_task(tx, &task))
                 .expect("add a task");

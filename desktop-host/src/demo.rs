@@ -19,9 +19,10 @@ use deskhand_sync::presence::now_unix_ms;
 use deskhand_sync::{Node, NodeConfig, NodeRole};
 use tokio_util::sync::CancellationToken;
 
-async fn say(node: &Node, role: Role, text: &str) -> Result<()> {
+async fn say(node: &Node, role: Role, text: &str) -> Result<MessageId> {
+    let id = MessageId::from_random(random_id_bytes());
     let msg = Message {
-        id: MessageId::from_random(random_id_bytes()),
+        id: id.clone(),
         author: node.id().to_string(),
         role,
         text: text.into(),
@@ -29,7 +30,7 @@ async fn say(node: &Node, role: Role, text: &str) -> Result<()> {
         task_id: None,
     };
     node.write(|tx| Workspace::append_message(tx, &msg)).await?;
-    Ok(())
+    Ok(id)
 }
 
 async fn until(
@@ -57,18 +58,7 @@ async fn until(
 
 /// A phone types a command: a user message, which the desktop turns into task `m-<id>`.
 async fn ask(phone: &Node, text: &str) -> Result<TaskId> {
-    let id = MessageId::from_random(random_id_bytes());
-    let msg = Message {
-        id: id.clone(),
-        author: phone.id().to_string(),
-        role: Role::User,
-        text: text.into(),
-        created_at: now_unix_ms(),
-        task_id: None,
-    };
-    phone
-        .write(|tx| Workspace::append_message(tx, &msg))
-        .await?;
+    let id = say(phone, Role::User, text).await?;
     Ok(TaskId::from(format!("m-{id}")))
 }
 

@@ -72,7 +72,7 @@ struct Waiter {
     task: TaskId,
     tool: String,
     args: String,
-    reply: Option<oneshot::Sender<(Verdict, String)>>,
+    reply: Option<oneshot::Sender<Resolution>>,
 }
 
 /// What changed since the executor last looked.
@@ -445,11 +445,13 @@ impl Inner {
                 (Some(d), Verdict::Deny) => format!("denied on {}", self.device_name(d)),
                 (None, _) => "expired".into(),
             };
-            let by_text = by
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "expired".into());
             if let Some(tx) = waiter.reply.take() {
-                let _ = tx.send((verdict, format!("{by_text}|{reason}")));
+                let _ = tx.send(Resolution {
+                    verdict,
+                    by: by.map_or_else(|| "expired".into(), |d| d.to_string()),
+                    at: now_unix_ms(),
+                    reason: reason.clone(),
+                });
             }
             let task = waiter.task.clone();
             st.waiting.remove(id);
@@ -477,8 +479,12 @@ impl Inner {
                 if let Err(e) = inner.run_task(&id, token).await {
                     tracing::error!(task = %id, "task failed to run: {e:#}");
                 }
-                inner.lock().running.remove(&id);
-                if inner.lock().running.is_empty() {
+                let idle = {
+                    let mut st = inner.lock();
+                    st.running.remove(&id);
+                    st.running.is_empty()
+                };
+                if idle {
                     let _ = inner
                         .node
                         .write(|tx| Workspace::set_executor_state(tx, ExecutorState::Idle))
@@ -509,15 +515,13 @@ impl Inner {
                 &format!("task {id} from a device that is not paired"),
             );
             return self
-                .finish(id, &task, false, "Refused: this task comes from a device that is not paired with this desktop (or was revoked).".into(), vec![], TaskStatus::Failed)
+                .finish(id, "Refused: this task comes from a device that is not paired with this desktop (or was revoked).".into(), vec![], TaskStatus::Failed)
                 .await;
         }
         if task.cancel_requested_by.is_some() {
             return self
                 .finish(
                     id,
-                    &task,
-                    false,
                     "Cancelled before it started.".into(),
                     vec![],
                     TaskStatus::Cancelled,
@@ -566,16 +570,13 @@ impl Inner {
             TaskStatus::Interrupted => "Interrupted: the desktop host is stopping.".into(),
             _ => outcome.summary,
         };
-        self.finish(id, &task, outcome.ok, summary, outcome.blobs, status)
-            .await
+        self.finish(id, summary, outcome.blobs, status).await
     }
 
     /// Writes the result, the final status and the agent's reply in one change.
     async fn finish(
         &self,
         id: &TaskId,
-        task: &Task,
-        _ok: bool,
         summary: String,
         blobs: Vec<deskhand_core::schema::BlobRef>,
         status: TaskStatus,
@@ -589,7 +590,6 @@ impl Inner {
             created_at: now,
             task_id: Some(id.clone()),
         };
-        let _ = task;
         self.node
             .write(|tx| {
                 Workspace::update_task(
@@ -762,37 +762,24 @@ impl TaskHost {
         // A decision may already be in the document (it raced the write above).
         inner.on_decision(&id);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ttl_ms as u64);
-        let (verdict, by, reason) = tokio::select! {
-            r = &mut rx => match r {
-                Ok((v, text)) => {
-                    let (by, reason) = text.split_once('|').map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap_or_default();
-                    (v, by, reason)
-                }
-                Err(_) => (Verdict::Deny, inner.me.to_string(), "the request was dropped".into()),
-            },
-            _ = self.cancel.cancelled() => {
-                (Verdict::Deny, inner.me.to_string(), "the task was cancelled".into())
-            }
+        let deny = |by: String, reason: &str| Resolution {
+            verdict: Verdict::Deny,
+            by,
+            at: now_unix_ms(),
+            reason: reason.into(),
+        };
+        let resolution = tokio::select! {
+            r = &mut rx => r.unwrap_or_else(|_| deny(inner.me.to_string(), "the request was dropped")),
+            _ = self.cancel.cancelled() => deny(inner.me.to_string(), "the task was cancelled"),
             _ = tokio::time::sleep_until(deadline) => {
                 // One last look, on the desktop's clock: past the expiry it resolves to deny.
                 inner.on_decision(&id);
-                match rx.try_recv() {
-                    Ok((v, text)) => {
-                        let (by, reason) = text.split_once('|').map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap_or_default();
-                        (v, by, reason)
-                    }
-                    Err(_) => (Verdict::Deny, "expired".into(), "expired".into()),
-                }
+                rx.try_recv().unwrap_or_else(|_| deny("expired".into(), "expired"))
             }
         };
         inner.lock().waiting.remove(&id);
-        let now = now_unix_ms();
-        let resolution = Resolution {
-            verdict,
-            by: by.clone(),
-            at: now,
-            reason: reason.clone(),
-        };
+        let now = resolution.at;
+        let (verdict, reason) = (resolution.verdict, resolution.reason.clone());
         let status = if verdict == Verdict::Approve {
             TaskStatus::Running
         } else {

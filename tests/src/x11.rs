@@ -221,6 +221,39 @@ impl Xvfb {
         }
     }
 
+    /// An xterm running `cat > file`, focused and ready for keys: what the keyboard produces
+    /// lands in `file` line by line, capitals and shifted symbols included. Panics if it does
+    /// not come up within 10 s.
+    pub fn typing_terminal(&self, title: &str, file: &std::path::Path) -> Proc {
+        let mut xterm = self.command("xterm");
+        xterm.args([
+            "-T",
+            title,
+            "-geometry",
+            "80x10+0+0",
+            "-e",
+            "sh",
+            "-c",
+            &format!("cat > '{}'", file.display()),
+        ]);
+        let xterm = Proc::spawn(xterm);
+        let window = self.wait_for_window(title);
+        self.wait_viewable(&window);
+        let start = Instant::now();
+        while !file.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "cat did not start in the xterm"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // No window manager: give the xterm the focus explicitly, and the pointer too (with
+        // PointerRoot focus, keys go to the window under the pointer).
+        self.run("xdotool", ["mousemove", "100", "50"]);
+        self.run("xdotool", ["windowfocus", "--sync", &window]);
+        xterm
+    }
+
     /// Waits up to 10 s until window `id` is mapped and viewable.
     pub fn wait_viewable(&self, id: &str) {
         let start = Instant::now();

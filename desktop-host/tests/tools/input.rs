@@ -29,30 +29,7 @@ async fn typed_text_and_key_combos_arrive_in_a_terminal() {
     let x = Xvfb::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("typed.txt");
-    // `cat` writes each line as the terminal completes it, so the file shows exactly what the
-    // keyboard produced, capitals and shifted symbols included.
-    let mut xterm = x.command("xterm");
-    xterm.args([
-        "-T",
-        "deskhand-typing",
-        "-geometry",
-        "80x10+0+0",
-        "-e",
-        "sh",
-        "-c",
-        &format!("cat > '{}'", file.display()),
-    ]);
-    let mut xterm = Proc::spawn(xterm);
-    let window = x.wait_for_window("deskhand-typing");
-    x.wait_viewable(&window);
-    assert!(
-        wait_until(Duration::from_secs(10), || file.exists().then_some(())).is_some(),
-        "cat did not start in the xterm"
-    );
-    // No window manager: give the xterm the focus explicitly, and the pointer too (with
-    // PointerRoot focus, keys go to the window under the pointer).
-    x.run("xdotool", ["mousemove", "100", "50"]);
-    x.run("xdotool", ["windowfocus", "--sync", &window]);
+    let mut xterm = x.typing_terminal("deskhand-typing", &file);
 
     let input = InputDriver::with_display(&x.display).unwrap();
     let text = "Hello, World! 123";

@@ -178,17 +178,14 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             let count = cmd["count"].as_u64().context("count")? as usize;
             let started = std::time::Instant::now();
             let t = deskhand_core::schema::Task {
-                id: task.clone(),
-                prompt: "benchmark".into(),
-                created_by: node.id().to_string(),
-                created_at: now_unix_ms(),
                 status: deskhand_core::TaskStatus::Running,
                 claimed_by: Some(node.id().to_string()),
-                cancel_requested_by: None,
-                started_at: None,
-                finished_at: None,
-                events: vec![],
-                result: None,
+                ..deskhand_core::schema::Task::queued(
+                    task.clone(),
+                    "benchmark",
+                    &node.id(),
+                    now_unix_ms(),
+                )
             };
             if node.read(|d| Workspace::task_event_count(d, &task)) == 0 {
                 node.write(|tx| Workspace::add_task(tx, &t)).await?;

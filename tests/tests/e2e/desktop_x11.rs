@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use deskhand_tests::x11::{HEIGHT, Proc, WIDTH, Xvfb};
 use serde_json::json;
 
@@ -65,26 +65,7 @@ fn typed_text_and_a_click_arrive_in_real_x_clients_after_approval() -> Result<()
 
     // Typing: an xterm running `cat > FILE` receives what the desktop types.
     let file = rig.dir.path().join("typed.txt");
-    let mut xterm = x.command("xterm");
-    xterm.args([
-        "-T",
-        "deskhand-e2e-typing",
-        "-geometry",
-        "80x10+0+0",
-        "-e",
-        "sh",
-        "-c",
-        &format!("cat > '{}'", file.display()),
-    ]);
-    let _xterm = Proc::spawn(xterm);
-    let window = x.wait_for_window("deskhand-e2e-typing");
-    x.wait_viewable(&window);
-    ensure!(
-        wait_until(Duration::from_secs(10), || file.exists()),
-        "cat did not start"
-    );
-    x.run("xdotool", ["mousemove", "100", "50"]);
-    x.run("xdotool", ["windowfocus", "--sync", &window]);
+    let _xterm = x.typing_terminal("deskhand-e2e-typing", &file);
 
     let t = rig.say("type Hello, World! 123")?;
     let approval = rig.approval(&t)?;

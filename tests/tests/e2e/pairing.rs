@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use automerge::Automerge;
 use automerge::ReadDoc;
 use automerge::transaction::Transactable;
-use deskhand_core::schema::{Message, Role, SchemaError, Task, TaskStatus, Workspace};
+use deskhand_core::schema::{Message, Role, SchemaError, Task, Workspace};
 use deskhand_core::session::SessionOutput;
 use deskhand_core::trust::AcceptAll;
 use deskhand_core::{
@@ -356,19 +356,7 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
 
     // An honest task of our own first: it must be accepted.
     let task_id = format!("crafted-{}", me.short());
-    let task = Task {
-        id: task_id.as_str().into(),
-        prompt: "list ~".into(),
-        created_by: me.to_string(),
-        created_at: 1,
-        status: TaskStatus::Queued,
-        claimed_by: None,
-        cancel_requested_by: None,
-        started_at: None,
-        finished_at: None,
-        events: vec![],
-        result: None,
-    };
+    let task = Task::queued(task_id.as_str().into(), "list ~", &me, 1);
     doc.transact::<_, _, SchemaError>(|tx| Workspace::add_task(tx, &task))
         .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
     out.extend(session.on_local_change(&doc, 0));
