@@ -625,10 +625,11 @@ impl Inner {
     ) {
         let mut ev = TaskEvent::new(now_unix_ms(), kind, text);
         ev.blob = blob;
+        // Queued, not awaited: progress must not wait for the disk, and nothing is acted on
+        // until a later durable write (status, result) which follows it to the disk.
         if let Err(e) = self
             .node
-            .write(|tx| Workspace::append_task_event(tx, task, &ev))
-            .await
+            .write_queued(|tx| Workspace::append_task_event(tx, task, &ev))
         {
             tracing::warn!(task = %task, "could not record an event: {e}");
         }

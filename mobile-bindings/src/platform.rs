@@ -4,7 +4,10 @@
 use std::io::Write;
 use std::sync::{Arc, Once};
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Severity of a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
@@ -29,23 +32,26 @@ pub trait LogSink: Send + Sync {
 }
 
 /// Sets up logging and the panic hook, once per process (later calls do nothing). `filter` is a
-/// tracing filter such as `info` or `warn,deskhand_sync=debug`; without a sink, lines go to
-/// standard error.
+/// tracing filter such as `info` or `warn,deskhand_sync=debug` (levels and targets; an invalid
+/// filter means `warn`); without a sink, lines go to standard error.
 #[uniffi::export]
 pub fn init_platform(filter: String, sink: Option<Arc<dyn LogSink>>) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false);
+        let filter = parse_filter(&filter);
+        let builder = tracing_subscriber::fmt().with_ansi(false);
         let installed = match sink {
             Some(sink) => builder
                 .without_time()
                 .with_writer(SinkWriter(sink))
+                .finish()
+                .with(filter)
                 .try_init(),
-            None => builder.with_writer(std::io::stderr).try_init(),
+            None => builder
+                .with_writer(std::io::stderr)
+                .finish()
+                .with(filter)
+                .try_init(),
         };
         if installed.is_err() {
             // The app installed a tracing subscriber of its own: keep it.
@@ -56,6 +62,24 @@ pub fn init_platform(filter: String, sink: Option<Arc<dyn LogSink>>) {
             previous(info);
         }));
     });
+}
+
+/// A filter of comma-separated `level`, `target` and `target=level` directives (the static subset
+/// of `RUST_LOG`'s syntax, without the regular expressions that would weigh on the phone library);
+/// empty directives are skipped, anything invalid gives `warn`.
+fn parse_filter(text: &str) -> Targets {
+    let directives: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Targets::new();
+    }
+    directives
+        .join(",")
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::WARN))
 }
 
 #[derive(Clone)]
@@ -110,5 +134,30 @@ impl<'a> MakeWriter<'a> for SinkWriter {
             level,
             buf: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::filter::LevelFilter;
+
+    use super::parse_filter;
+
+    #[test]
+    fn filters_parse_like_rust_log() {
+        let f = parse_filter("info, deskhand_sync=debug");
+        assert!(f.would_enable("deskhand_sync::node", &Level::DEBUG));
+        assert!(!f.would_enable("deskhand_sync::node", &Level::TRACE));
+        assert!(f.would_enable("iroh", &Level::INFO));
+        assert!(!f.would_enable("iroh", &Level::DEBUG));
+        assert_eq!(
+            parse_filter("warn").default_level(),
+            Some(LevelFilter::WARN)
+        );
+        let bad = parse_filter("info,deskhand_sync=loud");
+        assert!(bad.would_enable("deskhand_sync", &Level::WARN));
+        assert!(!bad.would_enable("deskhand_sync", &Level::INFO));
+        assert!(!parse_filter("").would_enable("deskhand_sync", &Level::ERROR));
     }
 }

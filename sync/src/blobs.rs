@@ -1,24 +1,23 @@
 //! Content-addressed results (screenshots, produced files, long outputs), served by the desktop
 //! over iroh-blobs to paired phones only.
 //!
-//! The document holds only a [`BlobRef`] (BLAKE3 hash, size, media type). The bytes live in an
-//! iroh-blobs file store in the desktop's data directory and travel with iroh-blobs' verified
-//! streaming (BLAKE3/bao): every chunk is checked against the hash as it arrives, and the phone
-//! checks the whole blob once more before handing it out.
+//! The document holds only a [`BlobRef`](deskhand_core::schema::BlobRef) (BLAKE3 hash, size,
+//! media type). The bytes live in an iroh-blobs file store in the desktop's data directory and
+//! travel with iroh-blobs' verified streaming (BLAKE3/bao): every chunk is checked against the
+//! hash as it arrives, and the phone checks the whole blob once more before handing it out.
+//!
+//! The store and the serving side (`BlobStore`, the desktop's blob protocol) need the
+//! `blob-store` feature (on by default); without it only fetching is left, which is all a phone
+//! does.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use deskhand_core::schema::BlobRef;
-use deskhand_core::session::close_code;
 use iroh::endpoint::Connection;
-use iroh::protocol::{AcceptError, ProtocolHandler};
-use iroh_blobs::store::fs::FsStore;
-use iroh_blobs::{BlobsProtocol, Hash};
-
-use crate::endpoint::device_id;
-use crate::node::Shared;
+use iroh_blobs::Hash;
+#[cfg(feature = "blob-store")]
+pub use store::BlobStore;
+#[cfg(feature = "blob-store")]
+pub(crate) use store::GatedBlobs;
 
 /// ALPN of the blob protocol (iroh-blobs' own, versioned by iroh-blobs).
 pub const BLOB_ALPN: &[u8] = iroh_blobs::ALPN;
@@ -84,116 +83,133 @@ pub fn hash_hex(bytes: &[u8]) -> String {
     Hash::new(bytes).to_hex().to_string()
 }
 
-/// The desktop's blob store.
-#[derive(Clone, Debug)]
-pub struct BlobStore {
-    store: FsStore,
-    path: String,
-}
+#[cfg(feature = "blob-store")]
+mod store {
+    use std::path::Path;
+    use std::sync::Arc;
 
-impl BlobStore {
-    /// Opens (or creates) the store in `dir`.
-    pub async fn open(dir: &Path) -> Result<Self, BlobError> {
-        let path = dir.display().to_string();
-        let store = FsStore::load(dir).await.map_err(|e| BlobError::Store {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self { store, path })
+    use deskhand_core::schema::BlobRef;
+    use deskhand_core::session::close_code;
+    use iroh::endpoint::Connection;
+    use iroh::protocol::{AcceptError, ProtocolHandler};
+    use iroh_blobs::BlobsProtocol;
+    use iroh_blobs::store::fs::FsStore;
+
+    use super::{BlobError, parse_hash};
+    use crate::endpoint::device_id;
+    use crate::node::Shared;
+
+    /// The desktop's blob store.
+    #[derive(Clone, Debug)]
+    pub struct BlobStore {
+        store: FsStore,
+        path: String,
     }
 
-    /// Adds bytes; returns the reference to put in the document.
-    pub async fn add(
-        &self,
-        bytes: Vec<u8>,
-        media_type: &str,
-        name: Option<&str>,
-    ) -> Result<BlobRef, BlobError> {
-        let size = bytes.len() as u64;
-        let info = self
-            .store
-            .add_bytes(bytes)
-            .await
-            .map_err(|e| self.err(e.to_string()))?;
-        Ok(BlobRef {
-            hash: info.hash.to_hex().to_string(),
-            size,
-            media_type: media_type.to_owned(),
-            name: name.map(str::to_owned),
-        })
-    }
-
-    /// The bytes of a blob held here.
-    pub async fn get(&self, hash: &str) -> Result<Vec<u8>, BlobError> {
-        let h = parse_hash(hash)?;
-        if !self
-            .store
-            .has(h)
-            .await
-            .map_err(|e| self.err(e.to_string()))?
-        {
-            return Err(BlobError::NotFound(hash.to_owned()));
+    impl BlobStore {
+        /// Opens (or creates) the store in `dir`.
+        pub async fn open(dir: &Path) -> Result<Self, BlobError> {
+            let path = dir.display().to_string();
+            let store = FsStore::load(dir).await.map_err(|e| BlobError::Store {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(Self { store, path })
         }
-        let bytes = self
-            .store
-            .get_bytes(h)
-            .await
-            .map_err(|e| self.err(e.to_string()))?;
-        Ok(bytes.to_vec())
-    }
 
-    pub(crate) async fn shutdown(&self) {
-        if let Err(e) = self.store.shutdown().await {
-            tracing::warn!("blob store did not shut down cleanly: {e}");
+        /// Adds bytes; returns the reference to put in the document.
+        pub async fn add(
+            &self,
+            bytes: Vec<u8>,
+            media_type: &str,
+            name: Option<&str>,
+        ) -> Result<BlobRef, BlobError> {
+            let size = bytes.len() as u64;
+            let info = self
+                .store
+                .add_bytes(bytes)
+                .await
+                .map_err(|e| self.err(e.to_string()))?;
+            Ok(BlobRef {
+                hash: info.hash.to_hex().to_string(),
+                size,
+                media_type: media_type.to_owned(),
+                name: name.map(str::to_owned),
+            })
         }
-    }
 
-    fn err(&self, reason: String) -> BlobError {
-        BlobError::Store {
-            path: self.path.clone(),
-            reason,
+        /// The bytes of a blob held here.
+        pub async fn get(&self, hash: &str) -> Result<Vec<u8>, BlobError> {
+            let h = parse_hash(hash)?;
+            if !self
+                .store
+                .has(h)
+                .await
+                .map_err(|e| self.err(e.to_string()))?
+            {
+                return Err(BlobError::NotFound(hash.to_owned()));
+            }
+            let bytes = self
+                .store
+                .get_bytes(h)
+                .await
+                .map_err(|e| self.err(e.to_string()))?;
+            Ok(bytes.to_vec())
         }
-    }
-}
 
-/// The blob protocol as the desktop mounts it: the registry decides who may fetch.
-#[derive(Clone)]
-pub(crate) struct GatedBlobs {
-    shared: Arc<Shared>,
-    inner: BlobsProtocol,
-}
+        pub(crate) async fn shutdown(&self) {
+            if let Err(e) = self.store.shutdown().await {
+                tracing::warn!("blob store did not shut down cleanly: {e}");
+            }
+        }
 
-impl std::fmt::Debug for GatedBlobs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GatedBlobs")
-    }
-}
-
-impl GatedBlobs {
-    pub(crate) fn new(shared: Arc<Shared>, store: &BlobStore) -> Self {
-        Self {
-            shared,
-            inner: BlobsProtocol::new(&store.store, None),
+        fn err(&self, reason: String) -> BlobError {
+            BlobError::Store {
+                path: self.path.clone(),
+                reason,
+            }
         }
     }
-}
 
-impl ProtocolHandler for GatedBlobs {
-    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
-        let peer = device_id(&conn.remote_id());
-        if !self.shared.is_allowed(&peer) {
-            tracing::warn!(peer = %peer.short(), "refused a blob request from a device that is not paired");
-            self.shared
-                .audit("refused_blob_request", &peer, "not in the registry");
-            conn.close(
-                u32::from(close_code::NOT_ALLOWED).into(),
-                b"this device is not paired with this desktop",
-            );
-            return Ok(());
-        }
-        self.inner.accept(conn).await
+    /// The blob protocol as the desktop mounts it: the registry decides who may fetch.
+    #[derive(Clone)]
+    pub(crate) struct GatedBlobs {
+        shared: Arc<Shared>,
+        inner: BlobsProtocol,
     }
-    // The store is shut down by the node, after the router.
+
+    impl std::fmt::Debug for GatedBlobs {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("GatedBlobs")
+        }
+    }
+
+    impl GatedBlobs {
+        pub(crate) fn new(shared: Arc<Shared>, store: &BlobStore) -> Self {
+            Self {
+                shared,
+                inner: BlobsProtocol::new(&store.store, None),
+            }
+        }
+    }
+
+    impl ProtocolHandler for GatedBlobs {
+        async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+            let peer = device_id(&conn.remote_id());
+            if !self.shared.is_allowed(&peer) {
+                tracing::warn!(peer = %peer.short(), "refused a blob request from a device that is not paired");
+                self.shared
+                    .audit("refused_blob_request", &peer, "not in the registry");
+                conn.close(
+                    u32::from(close_code::NOT_ALLOWED).into(),
+                    b"this device is not paired with this desktop",
+                );
+                return Ok(());
+            }
+            self.inner.accept(conn).await
+        }
+        // The store is shut down by the node, after the router.
+    }
 }
 
 /// Fetches a blob from the desktop over `conn` and verifies it.

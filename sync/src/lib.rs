@@ -18,7 +18,9 @@ mod protocol;
 pub mod store;
 mod tables;
 
-pub use blobs::{BlobError, BlobStore};
+pub use blobs::BlobError;
+#[cfg(feature = "blob-store")]
+pub use blobs::BlobStore;
 pub use endpoint::{NetConfig, RelaySetting};
 pub use node::{Node, NodeConfig, NodeError, NodeRole, PeerRecord};
 pub use pairing::PairError;

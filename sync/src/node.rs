@@ -494,6 +494,7 @@ pub struct Node {
     key: DeviceKey,
     endpoint: Endpoint,
     router: Option<Router>,
+    #[cfg(feature = "blob-store")]
     blobs: Option<crate::blobs::BlobStore>,
     tasks: JoinSet<()>,
     cancel: CancellationToken,
@@ -545,6 +546,12 @@ impl Node {
     /// Opens the device in `config.data_dir` (creating identity and, on a desktop, the
     /// workspace document the first time), binds the endpoint and starts syncing.
     pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
+        #[cfg(not(feature = "blob-store"))]
+        if matches!(config.role, NodeRole::Desktop { .. }) {
+            return Err(NodeError::WrongRole(
+                "a desktop node needs deskhand-sync's `blob-store` feature, which this build leaves out",
+            ));
+        }
         prepare_dir(&config.data_dir)?;
         let path = Self::db_path(&config.data_dir);
         let (store, store_thread, loaded) = Store::open(&path)?;
@@ -705,6 +712,7 @@ impl Node {
             }
         }
 
+        #[cfg(feature = "blob-store")]
         let blobs = match config.role {
             NodeRole::Desktop { .. } => {
                 Some(crate::blobs::BlobStore::open(&config.data_dir.join("blobs")).await?)
@@ -720,24 +728,25 @@ impl Node {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let router = match config.role {
-            NodeRole::Desktop { .. } => Some(
-                Router::builder(endpoint.clone())
+            NodeRole::Desktop { .. } => {
+                let router = Router::builder(endpoint.clone())
                     .accept(
                         SYNC_ALPN,
                         crate::protocol::SyncProtocol::new(shared.clone()),
                     )
-                    .accept(PAIR_ALPN, crate::pairing::PairProtocol::new(shared.clone()))
-                    .accept(
-                        crate::blobs::BLOB_ALPN,
-                        crate::blobs::GatedBlobs::new(
-                            shared.clone(),
-                            blobs
-                                .as_ref()
-                                .ok_or(NodeError::WrongRole("a desktop has blobs"))?,
-                        ),
-                    )
-                    .spawn(),
-            ),
+                    .accept(PAIR_ALPN, crate::pairing::PairProtocol::new(shared.clone()));
+                #[cfg(feature = "blob-store")]
+                let router = router.accept(
+                    crate::blobs::BLOB_ALPN,
+                    crate::blobs::GatedBlobs::new(
+                        shared.clone(),
+                        blobs
+                            .as_ref()
+                            .ok_or(NodeError::WrongRole("a desktop has blobs"))?,
+                    ),
+                );
+                Some(router.spawn())
+            }
             NodeRole::Phone => {
                 tasks.spawn(dial_loop(shared.clone(), endpoint.clone(), cancel.clone()));
                 None
@@ -749,6 +758,7 @@ impl Node {
             key,
             endpoint,
             router,
+            #[cfg(feature = "blob-store")]
             blobs,
             tasks,
             cancel,
@@ -794,7 +804,38 @@ impl Node {
         write_change(&self.shared, f).await
     }
 
+    /// Makes one local change like [`Self::write`] but returns without waiting for the disk: the
+    /// change is queued to the store, committed with whatever else is queued (group commit) and,
+    /// like every change, sent to peers only once it is durable. For records that nothing is
+    /// acted on until a later [`Self::write`] (which returns after everything queued before it
+    /// is durable): a task's progress events. A failed commit is logged and the change is saved
+    /// again with the next one.
+    pub fn write_queued<R>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
+    ) -> Result<R, NodeError> {
+        let mut ds = self.shared.lock_doc();
+        let r = ds.doc.transact(f).map_err(|failure| failure.error)?;
+        self.shared.persist_changes(&mut ds, false, None);
+        Ok(r.result)
+    }
+
+    /// Returns once every change made so far is committed to the disk; an error if one of them
+    /// could not be stored (it is saved again with the next change).
+    pub async fn flush(&self) -> Result<(), NodeError> {
+        // A read runs only after everything queued before it is committed.
+        self.shared.store.read(|_| ()).await?;
+        if self.shared.lock_doc().undurable {
+            return Err(NodeError::Store(StoreError::Io {
+                path: self.shared.path.clone(),
+                reason: "a document change could not be stored (see the log)".into(),
+            }));
+        }
+        Ok(())
+    }
+
     /// The desktop's blob store (`None` on a phone).
+    #[cfg(feature = "blob-store")]
     pub fn blobs(&self) -> Option<&crate::blobs::BlobStore> {
         self.blobs.as_ref()
     }
@@ -1075,6 +1116,7 @@ impl Node {
         {
             tracing::warn!("the router did not stop within {SHUTDOWN_GRACE:?}");
         }
+        #[cfg(feature = "blob-store")]
         if let Some(blobs) = &self.blobs
             && tokio::time::timeout(SHUTDOWN_GRACE, blobs.shutdown())
                 .await

@@ -48,6 +48,45 @@ async fn document_identity_and_doc_id_survive_a_restart() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+async fn queued_writes_keep_their_order_and_are_on_disk_after_flush_without_a_clean_shutdown()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = Node::open(desktop(dir.path())).await?;
+    for i in 0..200 {
+        let m = msg(&node, &format!("q{i}"));
+        node.write_queued(|tx| Workspace::append_message(tx, &m))?;
+    }
+    // Visible locally at once, durable after flush.
+    assert_eq!(node.read(Workspace::message_count), 200);
+    node.flush().await?;
+    let heads = node.read(|d| d.get_heads());
+    // No shutdown (no snapshot): what is on disk is the chunks the store committed.
+    drop(node);
+    // The dropped node's threads (store, blob store) let go of their files shortly after.
+    let mut tries = 0;
+    let node = loop {
+        match Node::open(desktop(dir.path())).await {
+            Ok(n) => break n,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    assert_eq!(node.read(|d| d.get_heads()), heads);
+    let texts: Vec<String> = node
+        .read(|d| Workspace::messages_from(d, 0))?
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    let expected: Vec<String> = (0..200).map(|i| format!("q{i}")).collect();
+    assert_eq!(texts, expected);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_garbage_database_file_is_refused_naming_the_file_and_left_untouched()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -343,7 +343,7 @@ async fn w3(r: &mut Report, quick: bool) -> Result<()> {
             "W3",
             &format!("phones_{n}_ms"),
             ms,
-            &format!("{events} events, one durable change each"),
+            &format!("{events} events, one change each, queued to the store"),
         );
         r.put(
             "W3",

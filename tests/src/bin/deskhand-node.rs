@@ -173,7 +173,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             Ok(json!({"ok": true}))
         }
         "events" => {
-            // The executor's pace: one durable change per progress event.
+            // The executor's pace: one change per progress event, queued to the store (group commit).
             let task = deskhand_core::TaskId::from(cmd["task"].as_str().context("task")?);
             let count = cmd["count"].as_u64().context("count")? as usize;
             let started = std::time::Instant::now();
@@ -197,9 +197,9 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                     text: format!("step {i}"),
                     blob: None,
                 };
-                node.write(|tx| Workspace::append_task_event(tx, &task, &ev))
-                    .await?;
+                node.write_queued(|tx| Workspace::append_task_event(tx, &task, &ev))?;
             }
+            node.flush().await?;
             Ok(json!({"ok": true, "elapsed_us": started.elapsed().as_micros() as u64}))
         }
         "wait_messages" => {
