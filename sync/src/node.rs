@@ -814,10 +814,7 @@ impl Node {
         &self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
     ) -> Result<R, NodeError> {
-        let mut ds = self.shared.lock_doc();
-        let r = ds.doc.transact(f).map_err(|failure| failure.error)?;
-        self.shared.persist_changes(&mut ds, false, None);
-        Ok(r.result)
+        local_change(&self.shared, f, None)
     }
 
     /// Returns once every change made so far is committed to the disk; an error if one of them
@@ -1151,14 +1148,21 @@ pub(crate) async fn write_change<R>(
     f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
 ) -> Result<R, NodeError> {
     let (tx, rx) = oneshot::channel();
-    let out = {
-        let mut ds = shared.lock_doc();
-        let r = ds.doc.transact(f).map_err(|failure| failure.error)?;
-        shared.persist_changes(&mut ds, false, Some(tx));
-        r.result
-    };
+    let out = local_change(shared, f, Some(tx))?;
     rx.await.map_err(|_| NodeError::ShutDown)??;
     Ok(out)
+}
+
+/// Makes one local change and queues it to the store; `done` hears when it is durable.
+fn local_change<R>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+) -> Result<R, NodeError> {
+    let mut ds = shared.lock_doc();
+    let r = ds.doc.transact(f).map_err(|failure| failure.error)?;
+    shared.persist_changes(&mut ds, false, done);
+    Ok(r.result)
 }
 
 struct Backoff {
