@@ -588,7 +588,7 @@ async fn main() -> Result<()> {
     if all || which == "w6" {
         println!(
             "{}",
-            json!({"workload": "W6", "metric": "skipped", "value": null, "why": "the uniffi mobile library is not built yet"})
+            json!({"workload": "W6", "metric": "skipped", "value": null, "why": "measured by `bash scripts/binding-tests w6` (two LTO builds), not here"})
         );
     }
     println!("\n{:<6} {:<32} {:>12}  note", "id", "metric", "value");
