@@ -1201,7 +1201,11 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: Endpoint, cancel: Cancellation
             None => None,
             Some((home, addrs)) => {
                 match dial_once(&shared, &endpoint, home, &addrs, &cancel).await {
-                    Ok(()) => {
+                    Ok(Dialed::Restart) => {
+                        backoff.reset();
+                        Some(Duration::ZERO)
+                    }
+                    Ok(Dialed::SessionEnded) => {
                         backoff.reset();
                         Some(BACKOFF_MIN)
                     }
@@ -1223,16 +1227,27 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: Endpoint, cancel: Cancellation
     }
 }
 
+/// How a dial that did not fail ended.
+enum Dialed {
+    /// A session ran and ended (or the node is shutting down).
+    SessionEnded,
+    /// Woken while connecting (`sync_now`, a new address, pause): dial again at once. A QUIC
+    /// handshake whose first packet went to a desktop that was not up yet would otherwise wait
+    /// for its retransmission timer (about a second) before reaching the desktop now listening.
+    Restart,
+}
+
 async fn dial_once(
     shared: &Arc<Shared>,
     endpoint: &Endpoint,
     home: DeviceId,
     addrs: &[SocketAddr],
     cancel: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<Dialed, String> {
     let addr = endpoint::peer_addr(&home, addrs).map_err(|e| e.to_string())?;
     let conn = tokio::select! {
-        _ = cancel.cancelled() => return Ok(()),
+        _ = cancel.cancelled() => return Ok(Dialed::SessionEnded),
+        _ = shared.wake_dialer.notified() => return Ok(Dialed::Restart),
         r = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, SYNC_ALPN)) => match r {
             Err(_) => return Err(format!("no answer from the desktop within {CONNECT_TIMEOUT:?}")),
             Ok(Err(e)) => return Err(format!("cannot connect to the desktop: {e}")),
@@ -1240,8 +1255,9 @@ async fn dial_once(
         }
     };
     let (send, recv) = tokio::select! {
-        _ = cancel.cancelled() => return Ok(()),
+        _ = cancel.cancelled() => return Ok(Dialed::SessionEnded),
         r = conn.open_bi() => r.map_err(|e| format!("desktop closed the connection: {e}"))?,
     };
-    crate::driver::run_peer(shared.clone(), home, conn, send, recv).await
+    crate::driver::run_peer(shared.clone(), home, conn, send, recv).await?;
+    Ok(Dialed::SessionEnded)
 }
