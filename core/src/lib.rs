@@ -13,6 +13,7 @@ pub mod approval;
 pub mod frame;
 pub mod identity;
 pub mod ids;
+pub mod incoming;
 pub mod pairing;
 pub mod schema;
 pub mod session;

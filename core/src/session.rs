@@ -10,9 +10,10 @@
 //! it must, then hands the message to [`SyncSession::apply`].
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{Automerge, ChangeHash};
+use automerge::{Automerge, ChangeHash, ReadDoc};
 
 use crate::frame::{Frame, Hello, PROTOCOL_VERSION};
+use crate::incoming::{Incoming, Storable};
 use crate::trust::{ChangeFilter, Refusal};
 use crate::{DeviceId, DocId};
 
@@ -129,6 +130,9 @@ pub enum SessionOutput {
     DocChanged {
         /// Heads before applying.
         before: Vec<ChangeHash>,
+        /// The changes as received, when they can be stored as they are (everything from
+        /// `before` on is in them); else the caller saves what changed since `before`.
+        stored: Option<Storable>,
     },
     /// Persist this encoded sync state for the peer.
     PersistSyncState(Vec<u8>),
@@ -227,6 +231,7 @@ impl SyncSession {
     /// While held, the session sends no sync messages (it still receives, answers pings and
     /// keeps time). A node holds its sessions while some of its document is not yet durable, so
     /// that nothing it has not stored is ever sent; it calls [`Self::on_local_change`] on release.
+    /// [`Self::apply`] holds the session itself when the peer's changes altered the document.
     pub fn set_hold(&mut self, hold: bool) {
         self.hold = hold;
     }
@@ -343,13 +348,35 @@ impl SyncSession {
         now: u64,
     ) -> Result<Vec<SessionOutput>, SessionError> {
         let mut out = Vec::new();
-        if pending.has_changes() {
-            let chunks: Vec<&[u8]> = pending.chunks().collect();
-            filter.check(&self.peer, doc, &chunks)?;
-        }
         let before = doc.get_heads();
-        doc.receive_sync_message(&mut self.state, pending.message)
-            .map_err(|e| SessionError::Apply(e.to_string()))?;
+        let mut message = pending.message;
+        let mut storable = None;
+        if !message.changes.is_empty() {
+            // Read the changes once; Automerge then sees the message without them, which updates
+            // the sync state exactly as if it had applied them itself (see `advance_heads`).
+            let nothing_queued = doc.get_missing_deps(&[]).is_empty();
+            let incoming = Incoming::read(doc, message.changes.iter())
+                .map_err(|e| SessionError::Apply(e.to_string()))?;
+            filter.check(&self.peer, doc, incoming.new_changes())?;
+            let stored = incoming
+                .apply(doc)
+                .map_err(|e| SessionError::Apply(e.to_string()))?;
+            // Stored as received only if nothing older waits in the queue: a queued change that
+            // these let through would be in neither.
+            storable = stored.filter(|_| nothing_queued);
+            message.changes = Vec::<Vec<u8>>::new().into();
+            self.state.shared_heads =
+                advance_heads(&before, &doc.get_heads(), &self.state.shared_heads);
+            let last_sent = self.state.last_sent_heads.clone();
+            doc.receive_sync_message(&mut self.state, message)
+                .map_err(|e| SessionError::Apply(e.to_string()))?;
+            // Automerge takes a message without changes whose heads equal ours as the end of an
+            // exchange; this one had changes, so that bookkeeping does not apply.
+            self.state.last_sent_heads = last_sent;
+        } else {
+            doc.receive_sync_message(&mut self.state, message)
+                .map_err(|e| SessionError::Apply(e.to_string()))?;
+        }
         // A change the peer still asks for never reached it (its frame was lost): forget that we
         // sent it, or Automerge never sends it again and both sides trade empty messages forever.
         if let Some(need) = &self.state.their_need {
@@ -358,7 +385,13 @@ impl SyncSession {
             }
         }
         if doc.get_heads() != before {
-            out.push(SessionOutput::DocChanged { before });
+            // Our next message would tell the peer we have its changes: it waits until the caller
+            // has stored them and lifts the hold (never acknowledge what is not on disk).
+            self.hold = true;
+            out.push(SessionOutput::DocChanged {
+                before,
+                stored: storable,
+            });
         }
         if self.state.shared_heads != self.persisted_shared {
             self.persisted_shared = self.state.shared_heads.clone();
@@ -460,6 +493,20 @@ impl SyncSession {
     }
 }
 
+/// Automerge's rule for the heads both sides share after applying the peer's changes: our new
+/// heads that were not heads before, plus the shared heads that are still heads.
+fn advance_heads(old: &[ChangeHash], new: &[ChangeHash], shared: &[ChangeHash]) -> Vec<ChangeHash> {
+    let mut out: Vec<ChangeHash> = new
+        .iter()
+        .filter(|h| !old.contains(h))
+        .chain(shared.iter().filter(|h| new.contains(h)))
+        .copied()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn frame_len(frame: &Frame) -> usize {
     match frame {
         Frame::Sync(b) => 4 + 2 + b.len(),
@@ -503,12 +550,20 @@ mod tests {
         for o in s.on_frame(f, len, doc, 0).unwrap() {
             match o {
                 SessionOutput::Send(f) => frames.push(f),
-                SessionOutput::Received(p) => frames.extend(
-                    s.apply(p, doc, &AcceptAll, 0)
-                        .unwrap()
-                        .into_iter()
-                        .filter_map(send),
-                ),
+                SessionOutput::Received(p) => {
+                    for o in s.apply(p, doc, &AcceptAll, 0).unwrap() {
+                        match o {
+                            SessionOutput::Send(f) => frames.push(f),
+                            // Stored at once here: the hold on the answer lifts.
+                            SessionOutput::DocChanged { .. } => {
+                                s.set_hold(false);
+                                frames
+                                    .extend(s.on_local_change(doc, 0).into_iter().filter_map(send));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 _ => {}
             }
         }

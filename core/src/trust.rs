@@ -1,6 +1,6 @@
 //! The hook through which a node vets a peer's changes before they enter its document.
 
-use automerge::{Automerge, ReadDoc};
+use automerge::{Automerge, Change, ReadDoc};
 
 use crate::DeviceId;
 
@@ -16,11 +16,12 @@ pub struct Refusal {
 
 /// Decides whether a peer's new changes may enter the document.
 ///
-/// `chunks` are the encoded change chunks of one sync message, as received; the document is the
-/// receiver's state before they are applied.
+/// `new` are the changes of one sync message that the receiver has not seen yet, in causal order
+/// (see [`crate::incoming::Incoming`]); the document is the receiver's state before they are
+/// applied.
 pub trait ChangeFilter: Send + Sync {
     /// `Ok(())` to accept the whole message, `Err` to refuse it (nothing is applied).
-    fn check(&self, peer: &DeviceId, doc: &Automerge, chunks: &[&[u8]]) -> Result<(), Refusal>;
+    fn check(&self, peer: &DeviceId, doc: &Automerge, new: &[Change]) -> Result<(), Refusal>;
 }
 
 /// Accepts everything: phones trust what their desktop relays.
@@ -28,7 +29,7 @@ pub trait ChangeFilter: Send + Sync {
 pub struct AcceptAll;
 
 impl ChangeFilter for AcceptAll {
-    fn check(&self, _: &DeviceId, _: &Automerge, _: &[&[u8]]) -> Result<(), Refusal> {
+    fn check(&self, _: &DeviceId, _: &Automerge, _: &[Change]) -> Result<(), Refusal> {
         Ok(())
     }
 }
@@ -61,16 +62,15 @@ enum NewObj {
 type ObjKey = (u64, automerge::ActorId);
 
 impl ChangeFilter for PhoneWriteRules {
-    fn check(&self, peer: &DeviceId, doc: &Automerge, chunks: &[&[u8]]) -> Result<(), Refusal> {
+    fn check(&self, peer: &DeviceId, doc: &Automerge, changes: &[Change]) -> Result<(), Refusal> {
         let refuse = |reason: String| Refusal {
             peer: *peer,
             reason,
         };
-        let changes = new_changes(doc, chunks).map_err(refuse)?;
         let actor = peer.actor_id();
         let me = peer.to_string();
         let mut new_objs: std::collections::HashMap<ObjKey, NewObj> = Default::default();
-        for change in &changes {
+        for change in changes {
             if change.actor_id() != &actor {
                 let who = DeviceId::from_actor(change.actor_id())
                     .map(|d| d.short())
@@ -119,81 +119,6 @@ impl ChangeFilter for PhoneWriteRules {
         }
         Ok(())
     }
-}
-
-/// The changes in `chunks` that `doc` does not have yet, in the order sent (causal).
-fn new_changes(doc: &Automerge, chunks: &[&[u8]]) -> Result<Vec<automerge::Change>, String> {
-    let mut out = Vec::new();
-    for chunk in chunks {
-        // A v2 sync message concatenates storage chunks; split them first.
-        for piece in split_storage_chunks(chunk)? {
-            match piece.kind {
-                CHUNK_DOCUMENT => {
-                    let other = Automerge::load(piece.bytes)
-                        .map_err(|e| format!("undecodable document: {e}"))?;
-                    out.extend(
-                        other
-                            .get_changes(&[])
-                            .into_iter()
-                            .filter(|c| doc.get_change_by_hash(&c.hash()).is_none()),
-                    );
-                }
-                _ => {
-                    let c = automerge::Change::from_bytes(piece.bytes.to_vec())
-                        .map_err(|e| format!("undecodable change: {e}"))?;
-                    if doc.get_change_by_hash(&c.hash()).is_none() {
-                        out.push(c);
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-const CHUNK_DOCUMENT: u8 = 0;
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-
-struct Piece<'a> {
-    kind: u8,
-    bytes: &'a [u8],
-}
-
-/// Splits concatenated Automerge storage chunks (magic, checksum, type, LEB128 length, body).
-fn split_storage_chunks(mut data: &[u8]) -> Result<Vec<Piece<'_>>, String> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.len() < 9 || data[..4] != CHUNK_MAGIC {
-            return Err("undecodable changes: not an Automerge chunk".into());
-        }
-        let kind = data[8];
-        let (mut len, mut shift, mut i) = (0u64, 0u32, 9usize);
-        loop {
-            let b = *data
-                .get(i)
-                .ok_or("undecodable changes: truncated chunk header")?;
-            if shift > 56 {
-                return Err("undecodable changes: bad chunk length".into());
-            }
-            len |= u64::from(b & 0x7f) << shift;
-            shift += 7;
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| i.checked_add(l))
-            .filter(|&e| e <= data.len())
-            .ok_or("undecodable changes: truncated chunk")?;
-        out.push(Piece {
-            kind,
-            bytes: &data[..end],
-        });
-        data = &data[end..];
-    }
-    Ok(out)
 }
 
 fn prop_str(p: &automerge::Prop) -> String {
@@ -407,9 +332,11 @@ mod tests {
             .into_iter()
             .map(|mut c| c.bytes().to_vec())
             .collect();
-        let chunks: Vec<&[u8]> = changes.iter().map(|c| c.as_slice()).collect();
+        let incoming =
+            crate::incoming::Incoming::read(desk_doc, changes.iter().map(|c| c.as_slice()))
+                .expect("readable changes");
         let _ = desk_doc.generate_sync_message(&mut automerge::sync::State::new());
-        PhoneWriteRules.check(&phone, desk_doc, &chunks)
+        PhoneWriteRules.check(&phone, desk_doc, incoming.new_changes())
     }
 
     fn msg(author: DeviceId, role: Role) -> Message {
@@ -479,6 +406,47 @@ mod tests {
                 .unwrap_err()
                 .reason
                 .contains("another device's identity")
+        );
+    }
+
+    #[test]
+    fn a_forged_change_inside_a_whole_document_is_refused() {
+        // A phone whose offline writes outnumber the document sends its whole document; every
+        // change in it that the desktop lacks is vetted like a single one.
+        let (desk, phone, d, p) = setup();
+        let mut honest = p.clone();
+        for i in 0..5 {
+            honest
+                .transact::<_, _, SchemaError>(|tx| {
+                    Workspace::append_message(
+                        tx,
+                        &Message {
+                            id: format!("m{i}").into(),
+                            ..msg(phone, Role::User)
+                        },
+                    )
+                })
+                .unwrap();
+        }
+        let incoming = crate::incoming::Incoming::read(&d, [honest.save().as_slice()]).unwrap();
+        assert_eq!(incoming.new_changes().len(), 5);
+        PhoneWriteRules
+            .check(&phone, &d, incoming.new_changes())
+            .unwrap();
+        let mut forged = honest.fork().with_actor(desk.actor_id());
+        forged
+            .transact::<_, _, SchemaError>(|tx| Workspace::set_heartbeat(tx, 9))
+            .unwrap();
+        let mut sent = honest.clone();
+        sent.merge(&mut forged).unwrap();
+        let incoming = crate::incoming::Incoming::read(&d, [sent.save().as_slice()]).unwrap();
+        let refusal = PhoneWriteRules
+            .check(&phone, &d, incoming.new_changes())
+            .unwrap_err();
+        assert!(
+            refusal.reason.contains("another device's identity"),
+            "{}",
+            refusal.reason
         );
     }
 

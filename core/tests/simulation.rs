@@ -355,6 +355,13 @@ impl Sim {
                     }
                 }
                 SessionOutput::DocChanged { .. } => {
+                    // Storing is instant here: release the hold the session put on itself, so it
+                    // answers the peer whose changes these were.
+                    if let Some(session) = self.links[l].sessions[s].as_mut() {
+                        session.set_hold(false);
+                        let more = session.on_local_change(&self.nodes[node].doc, self.now);
+                        work.extend(more.into_iter().map(|o| (l, s, o)));
+                    }
                     // The hub relays: a phone's changes wake its sessions with the other phones.
                     if node == DESKTOP {
                         for other in (0..PHONES).filter(|&o| o != l) {

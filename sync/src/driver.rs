@@ -214,9 +214,9 @@ impl Driver {
                 SessionOutput::Received(pending) => {
                     let filter = self.shared.filter.clone();
                     let more = session.apply(pending, &mut ds.doc, filter.as_ref(), now)?;
-                    self.handle_applied(session, &mut ds, more, &mut to_send);
+                    self.handle_applied(&mut ds, more, &mut to_send);
                 }
-                other => self.handle_applied(session, &mut ds, vec![other], &mut to_send),
+                other => self.handle_applied(&mut ds, vec![other], &mut to_send),
             }
         }
         drop(ds);
@@ -226,17 +226,16 @@ impl Driver {
 
     fn handle_applied(
         &self,
-        session: &mut SyncSession,
         ds: &mut DocState,
         outputs: Vec<SessionOutput>,
         to_send: &mut Vec<SessionOutput>,
     ) {
         for o in outputs {
             match o {
-                SessionOutput::DocChanged { .. } => {
-                    self.shared.persist_changes(ds, true, None);
-                    // From now until the store confirms, nothing is sent (see node.rs).
-                    session.set_hold(true);
+                SessionOutput::DocChanged { before, stored } => {
+                    let received = stored.map(|s| (before.as_slice(), s));
+                    // The session holds itself until the store confirms (`durable` lifts it).
+                    self.shared.persist_changes(ds, true, None, received);
                 }
                 SessionOutput::PersistSyncState(bytes) => {
                     self.shared.persist_sync_state(&self.peer, bytes)

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use automerge::{Automerge, ChangeHash, transaction::Transaction};
+use deskhand_core::incoming::Storable;
 use deskhand_core::schema::DeviceEntry;
 use deskhand_core::schema::{DesktopInfo, ExecutorState, SchemaError, Workspace};
 use deskhand_core::session::SessionStats;
@@ -322,11 +323,15 @@ impl Shared {
     /// Queues the changes since the last persisted heads as one chunk. Must be called with the
     /// document lock held (it is: `ds` borrows it). `notify_applied` bumps `changed` at once
     /// (received changes); otherwise it is bumped when durable (own changes).
+    /// Queues what changed since the last call to the store. `received` is a peer's changes as
+    /// they arrived (applied from `before`): stored as they are when they hold everything new,
+    /// which spares saving them again.
     pub(crate) fn persist_changes(
         self: &Arc<Self>,
         ds: &mut DocState,
         notify_applied: bool,
         done: Option<oneshot::Sender<Result<(), StoreError>>>,
+        received: Option<(&[ChangeHash], Storable)>,
     ) {
         let heads = ds.doc.get_heads();
         if heads == ds.persisted_heads {
@@ -335,17 +340,30 @@ impl Shared {
             }
             return;
         }
-        let chunk = ds.doc.save_after(&ds.persisted_heads);
+        let op = match received {
+            // The peer's whole document, holding everything this one has: the new snapshot.
+            Some((_, Storable::Document(bytes))) => {
+                ds.chunks_since_snapshot = 0;
+                WriteOp::Compact(bytes)
+            }
+            Some((before, Storable::Changes(bytes))) if before == ds.persisted_heads.as_slice() => {
+                ds.chunks_since_snapshot += 1;
+                WriteOp::AppendChunk(bytes)
+            }
+            _ => {
+                ds.chunks_since_snapshot += 1;
+                WriteOp::AppendChunk(ds.doc.save_after(&ds.persisted_heads))
+            }
+        };
         ds.persisted_heads = heads;
         ds.unflushed += 1;
         let queued_gen = ds.fail_gen;
-        ds.chunks_since_snapshot += 1;
         if notify_applied {
             self.changed.send_modify(|g| *g += 1);
         }
         let me = Arc::downgrade(self);
         self.store.queue(
-            WriteOp::AppendChunk(chunk),
+            op,
             Some(Box::new(move |r| {
                 if let Some(me) = me.upgrade() {
                     let clean = {
@@ -1161,7 +1179,7 @@ fn local_change<R>(
 ) -> Result<R, NodeError> {
     let mut ds = shared.lock_doc();
     let r = ds.doc.transact(f).map_err(|failure| failure.error)?;
-    shared.persist_changes(&mut ds, false, done);
+    shared.persist_changes(&mut ds, false, done, None);
     Ok(r.result)
 }
 

@@ -343,6 +343,8 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
                                     other => out.push(other),
                                 }
                             }
+                            // Nothing is stored here: lift the hold `apply` puts on the answer.
+                            session.set_hold(false);
                             out.extend(session.on_local_change(&doc, 0));
                         }
                     }

@@ -219,3 +219,49 @@ fn sigkill_in_the_middle_of_writes_loses_no_acknowledged_message() -> Result<()>
     desk.quit()?;
     Ok(())
 }
+
+#[test]
+fn an_offline_burst_sent_as_a_whole_document_is_stored_before_it_is_acknowledged() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let desk_addr = free_udp_addr();
+    let mut desk = NodeProc::spawn(&bin(), &dir.path().join("desk"), "desktop", Some(desk_addr))?;
+    let mut a = NodeProc::spawn(&bin(), &dir.path().join("a"), "phone", None)?;
+    desk.allow(&a)?;
+    a.home(&desk)?;
+    a.wait_doc()?;
+    let mut written = BTreeSet::new();
+    for i in 0..3 {
+        written.insert(a.send(&format!("before the burst #{i}"))?);
+    }
+    desk.wait_messages(written.len(), 20_000)?;
+    let desk_data = desk.data.clone();
+    desk.quit()?;
+    // Far more than a third of the document is new, so Automerge sends A's whole document,
+    // which the desktop vets and adopts as its snapshot.
+    for i in 0..60 {
+        written.insert(a.send(&format!("offline burst #{i}"))?);
+    }
+    let mut desk = NodeProc::spawn(&bin(), &desk_data, "desktop", Some(desk_addr))?;
+    a.ok(json!({"cmd": "sync_now"}))?;
+    desk.wait_messages(written.len(), 20_000)?;
+    // The desktop answers only once what it received is on disk: once A hears it is in sync,
+    // a SIGKILL must not lose anything, and A is gone so it cannot send anything again.
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let sa = a.state()?;
+        if peer(&sa, &desk.id)["in_sync"] == true && sa["heads"] == desk.state()?["heads"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never saw the desktop in sync");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let heads = a.state()?["heads"].clone();
+    a.quit()?;
+    desk.kill9()?;
+    let mut desk = NodeProc::spawn(&bin(), &desk_data, "desktop", Some(desk_addr))?;
+    let sd = desk.state()?;
+    assert_eq!(ids(&sd), written, "an acknowledged message was lost");
+    assert_eq!(sd["heads"], heads);
+    desk.quit()?;
+    Ok(())
+}
