@@ -322,10 +322,10 @@ impl Shared {
 
     /// Queues the changes since the last persisted heads as one chunk. Must be called with the
     /// document lock held (it is: `ds` borrows it). `notify_applied` bumps `changed` at once
-    /// (received changes); otherwise it is bumped when durable (own changes).
-    /// Queues what changed since the last call to the store. `received` is a peer's changes as
-    /// they arrived (applied from `before`): stored as they are when they hold everything new,
-    /// which spares saving them again.
+    /// (received changes); otherwise it is bumped when durable (own changes). `received` is a
+    /// peer's changes as they arrived, applied from heads `before`: stored as they are when they
+    /// hold everything new (a whole document the peer sent becomes the snapshot), which spares
+    /// saving them again.
     pub(crate) fn persist_changes(
         self: &Arc<Self>,
         ds: &mut DocState,
