@@ -43,6 +43,9 @@ const COMPACT_EVERY_CHUNKS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a shutdown waits for each step (sessions, router, endpoint) before moving on.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long the endpoint gets to close when a dial was abandoned mid-handshake (see
+/// `Shared::abandoned_dial`): long enough for the goodbyes of sessions that did run.
+const ABANDONED_DIAL_GRACE: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -254,6 +257,10 @@ pub(crate) struct Shared {
     codes: Mutex<crate::pairing::Codes>,
     relay: Option<String>,
     paused: std::sync::atomic::AtomicBool,
+    /// A dial was given up while its QUIC handshake was still in flight. The endpoint would wait
+    /// for that attempt to time out (seconds) before it counts as closed; nobody waits for a
+    /// goodbye on it, so shutdown does not either.
+    abandoned_dial: std::sync::atomic::AtomicBool,
     /// Bumped by `sync_now`: live sessions probe their peer.
     pub(crate) probe: watch::Sender<u64>,
 }
@@ -698,6 +705,7 @@ impl Node {
             path: path.clone(),
             codes: Mutex::new(crate::pairing::Codes::load(&loaded.pairing_tokens)),
             paused: false.into(),
+            abandoned_dial: false.into(),
             probe: watch::channel(0).0,
             relay: match &config.net.relay {
                 crate::RelaySetting::Url(u) => Some(u.clone()),
@@ -1139,11 +1147,24 @@ impl Node {
         {
             tracing::warn!("the blob store did not stop within {SHUTDOWN_GRACE:?}");
         }
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.close())
+        let abandoned = self
+            .shared
+            .abandoned_dial
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let grace = if abandoned {
+            ABANDONED_DIAL_GRACE
+        } else {
+            SHUTDOWN_GRACE
+        };
+        if tokio::time::timeout(grace, self.endpoint.close())
             .await
             .is_err()
         {
-            tracing::warn!("the endpoint did not close within {SHUTDOWN_GRACE:?}");
+            if abandoned {
+                tracing::debug!("closing the endpoint without waiting for an abandoned dial");
+            } else {
+                tracing::warn!("the endpoint did not close within {SHUTDOWN_GRACE:?}");
+            }
         }
         // Leave a single snapshot behind so that the next start loads one compact document
         // instead of replaying every incremental chunk.
@@ -1263,11 +1284,25 @@ async fn dial_once(
     cancel: &CancellationToken,
 ) -> Result<Dialed, String> {
     let addr = endpoint::peer_addr(&home, addrs).map_err(|e| e.to_string())?;
+    let abandon = || {
+        shared
+            .abandoned_dial
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    };
     let conn = tokio::select! {
-        _ = cancel.cancelled() => return Ok(Dialed::SessionEnded),
-        _ = shared.wake_dialer.notified() => return Ok(Dialed::Restart),
+        _ = cancel.cancelled() => {
+            abandon();
+            return Ok(Dialed::SessionEnded);
+        }
+        _ = shared.wake_dialer.notified() => {
+            abandon();
+            return Ok(Dialed::Restart);
+        }
         r = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, SYNC_ALPN)) => match r {
-            Err(_) => return Err(format!("no answer from the desktop within {CONNECT_TIMEOUT:?}")),
+            Err(_) => {
+                abandon();
+                return Err(format!("no answer from the desktop within {CONNECT_TIMEOUT:?}"));
+            }
             Ok(Err(e)) => return Err(format!("cannot connect to the desktop: {e}")),
             Ok(Ok(c)) => c,
         }

@@ -312,3 +312,35 @@ async fn a_platform_key_is_used_and_never_stored_and_a_wrong_key_is_refused() ->
     node.shutdown().await;
     Ok(())
 }
+
+/// Every terminal phone command opens a node, writes, and shuts down; with the desktop down, its
+/// dial is still mid-handshake at shutdown. The endpoint used to wait the whole 2 s grace for that
+/// attempt to time out. Not a speed figure: a bound well above the new 0.25 s and below the old
+/// 2 s, so that the wait cannot come back unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_whose_desktop_is_down_shuts_down_without_waiting_for_its_dial()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // An address nobody listens on: the handshake's packets go nowhere.
+    let nobody = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let phone = Node::open(NodeConfig::new(dir.path(), NodeRole::Phone)).await?;
+    let desk = deskhand_core::DeviceKey::from_secret_bytes([5; 32]).device_id();
+    let record = deskhand_sync::PeerRecord {
+        name: "desk".into(),
+        platform: "desktop".into(),
+        paired_at: 1,
+        revoked_at: None,
+        last_seen: None,
+        addrs: vec![nobody],
+    };
+    phone.put_peer(desk, record).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    phone.shutdown().await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(1500),
+        "shutdown waited {took:?} for a dial to a desktop that is down"
+    );
+    Ok(())
+}
