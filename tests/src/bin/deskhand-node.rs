@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use deskhand_core::schema::{Message, Role, Workspace};
+use deskhand_core::schema::{Message, Role, Task, TaskStatus, Workspace};
 use deskhand_core::{DeviceId, MessageId};
 use deskhand_sync::presence::now_unix_ms;
 use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, PeerRecord};
@@ -145,6 +145,48 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             Ok(json!({"ok": true, "id": id.to_string()}))
         }
         "state" => Ok(state(node)),
+        "conversation" => {
+            // Setup for W4: `count` messages written as the product writes them, one change
+            // each: a phone's request, the task the desktop made of it (finished), the desktop's
+            // reply. Queued to the store (group commit) and flushed at the end.
+            let count = cmd["count"].as_u64().context("count")? as usize;
+            let phone = DeviceId::from_bytes([7; 32]);
+            let text = "x".repeat(cmd["text_len"].as_u64().unwrap_or(100) as usize);
+            for _ in 0..count / 2 {
+                let now = now_unix_ms();
+                let ask = Message {
+                    id: MessageId::from_random(deskhand_sync::node::random_id_bytes()),
+                    author: phone.to_string(),
+                    role: Role::User,
+                    text: text.clone(),
+                    created_at: now,
+                    task_id: None,
+                };
+                node.write_queued(|tx| Workspace::append_message(tx, &ask))?;
+                let mut task = Task::queued(
+                    format!("m-{}", ask.id.as_str()).as_str().into(),
+                    text.clone(),
+                    &phone,
+                    now,
+                );
+                task.status = TaskStatus::Done;
+                task.claimed_by = Some(node.id().to_string());
+                task.started_at = Some(now);
+                task.finished_at = Some(now);
+                node.write_queued(|tx| Workspace::add_task(tx, &task))?;
+                let reply = Message {
+                    id: MessageId::from_random(deskhand_sync::node::random_id_bytes()),
+                    author: node.id().to_string(),
+                    role: Role::Agent,
+                    text: text.clone(),
+                    created_at: now,
+                    task_id: Some(task.id.clone()),
+                };
+                node.write_queued(|tx| Workspace::append_message(tx, &reply))?;
+            }
+            node.flush().await?;
+            Ok(json!({"ok": true}))
+        }
         "bulk" => {
             // Setup for benchmarks: `count` messages, `batch` per change.
             let count = cmd["count"].as_u64().context("count")? as usize;
