@@ -1,10 +1,11 @@
 //! The changes of one received sync message, read once: the filter vets them, the session applies
 //! them, and the node stores them in the form they arrived in.
 //!
-//! Automerge's own `receive_sync_message` would decode the message a second time, and when the
-//! peer sends its whole document (it does when more than a third of it is new to us) it would
-//! rebuild that document twice: once to vet its changes, once to apply them. Here it is rebuilt
-//! once; if it holds everything this document has, it simply becomes the document.
+//! Vetting the changes and then handing the message to Automerge's `receive_sync_message` decodes
+//! it twice, and when the peer sends its whole document (Automerge does when more than a third of
+//! it is new to the receiver) that document is rebuilt twice: once to vet its changes, once to
+//! apply them. Here it is rebuilt once; if it holds everything this document has, it simply
+//! becomes the document.
 
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
@@ -42,26 +43,20 @@ impl Incoming {
             // A v2 sync message concatenates storage chunks; split them first.
             pieces.extend(split_storage_chunks(chunk)?);
         }
-        if let [only] = pieces.as_slice()
-            && only.kind == CHUNK_DOCUMENT
-        {
-            let other =
-                Automerge::load(only.bytes).map_err(|e| format!("undecodable document: {e}"))?;
-            let heads = doc.get_heads();
-            let nothing_queued = doc.get_missing_deps(&[]).is_empty();
-            if nothing_queued && heads.iter().all(|h| knows(&other, h)) {
-                let new = other.get_changes(&heads);
-                return Ok(Self {
-                    new,
-                    superset: Some((other, only.bytes.to_vec())),
-                });
-            }
-        }
+        let only_a_document = matches!(pieces.as_slice(), [only] if only.kind == CHUNK_DOCUMENT);
         let mut new = Vec::new();
         for piece in pieces {
             if piece.kind == CHUNK_DOCUMENT {
                 let other = Automerge::load(piece.bytes)
                     .map_err(|e| format!("undecodable document: {e}"))?;
+                let heads = doc.get_heads();
+                let nothing_queued = doc.get_missing_deps(&[]).is_empty();
+                if only_a_document && nothing_queued && heads.iter().all(|h| knows(&other, h)) {
+                    return Ok(Self {
+                        new: other.get_changes(&heads),
+                        superset: Some((other, piece.bytes.to_vec())),
+                    });
+                }
                 new.extend(
                     other
                         .get_changes(&[])
