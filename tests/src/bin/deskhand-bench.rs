@@ -390,6 +390,24 @@ async fn w4(r: &mut Report, quick: bool) -> Result<()> {
         Workspace::message_count(d) >= count
     })
     .await?;
+    // Until the desktop has heard that the phone holds everything (and so saves that): a restart
+    // must not look like a first meeting, which would start with a filter over every change.
+    let phone_id = p.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = desk.ok(json!({"cmd": "peers"}))?;
+        let synced = state["peers"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|x| x["id"] == phone_id.as_str() && x["in_sync"] == true)
+        });
+        if synced {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the desktop never saw the phone in sync");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     desk.quit()?;
     let t0 = Instant::now();
     let mut desk = NodeProc::spawn(

@@ -145,6 +145,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             Ok(json!({"ok": true, "id": id.to_string()}))
         }
         "state" => Ok(state(node)),
+        "peers" => Ok(json!({"ok": true, "peers": node.peers()})),
         "conversation" => {
             // Setup for W4: `count` messages written as the product writes them, one change
             // each: a phone's request, the task the desktop made of it (finished), the desktop's
