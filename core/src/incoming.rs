@@ -155,26 +155,13 @@ fn split_storage_chunks(mut data: &[u8]) -> Result<Vec<Piece<'_>>, String> {
 mod tests {
     use super::*;
     use crate::DeviceId;
-    use crate::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Workspace};
+    use crate::schema::{Message, Role, SchemaError, Workspace};
 
     fn desk_and_phone() -> (Automerge, Automerge) {
-        let desk = DeviceId::from_bytes([1; 32]);
-        let phone = DeviceId::from_bytes([2; 32]);
-        let mut d = Automerge::new().with_actor(desk.actor_id());
-        d.transact::<_, _, SchemaError>(|tx| {
-            Workspace::init(
-                tx,
-                &DesktopInfo {
-                    id: desk.to_string(),
-                    name: "d".into(),
-                    os: "l".into(),
-                    heartbeat_at: 0,
-                    executor: ExecutorState::Idle,
-                },
-            )
-        })
-        .unwrap();
-        let p = d.fork().with_actor(phone.actor_id());
+        let d = crate::testing::desktop_doc(DeviceId::from_bytes([1; 32]));
+        let p = d
+            .fork()
+            .with_actor(DeviceId::from_bytes([2; 32]).actor_id());
         (d, p)
     }
 

@@ -17,6 +17,8 @@ pub mod incoming;
 pub mod pairing;
 pub mod schema;
 pub mod session;
+#[cfg(test)]
+mod testing;
 pub mod trust;
 
 pub use approval::{Approval, Decision, Resolution, Risk, Verdict};

@@ -5,9 +5,10 @@
 //! fixed origin). One session lives as long as one connection; its Automerge sync state is
 //! persisted between connections so that a reconnect sends only what is missing.
 //!
-//! Receiving is two steps so that the caller may make changes durable before they are applied:
-//! [`SyncSession::on_frame`] yields [`SessionOutput::Received`], the caller stores the chunks if
-//! it must, then hands the message to [`SyncSession::apply`].
+//! Receiving is two steps: [`SyncSession::on_frame`] decodes a frame and yields
+//! [`SessionOutput::Received`], which the caller hands to [`SyncSession::apply`] with the document
+//! locked; `apply` vets, applies and returns the changes in the form the caller stores
+//! ([`SessionOutput::DocChanged`]), and holds the session until the caller says they are durable.
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, ChangeHash, ReadDoc};
@@ -106,17 +107,6 @@ impl SessionError {
 #[derive(Debug)]
 pub struct PendingSync {
     message: sync::Message,
-}
-
-impl PendingSync {
-    /// Encoded change chunks the message carries (possibly none).
-    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
-        self.message.changes.iter()
-    }
-    /// Whether it carries any changes.
-    pub fn has_changes(&self) -> bool {
-        !self.message.changes.is_empty()
-    }
 }
 
 /// What the caller must do after feeding the session.
@@ -517,7 +507,7 @@ fn frame_len(frame: &Frame) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Workspace};
+    use crate::schema::{Message, Role, SchemaError, Workspace};
     use crate::trust::AcceptAll;
 
     fn pump(a: &mut SyncSession, da: &mut Automerge, b: &mut SyncSession, db: &mut Automerge) {
@@ -574,20 +564,7 @@ mod tests {
     fn empty_phone_receives_the_desktop_document() {
         let desk = DeviceId::from_bytes([1; 32]);
         let phone = DeviceId::from_bytes([2; 32]);
-        let mut dd = Automerge::new().with_actor(desk.actor_id());
-        dd.transact::<_, _, SchemaError>(|tx| {
-            Workspace::init(
-                tx,
-                &DesktopInfo {
-                    id: desk.to_string(),
-                    name: "d".into(),
-                    os: "linux".into(),
-                    heartbeat_at: 0,
-                    executor: ExecutorState::Idle,
-                },
-            )
-        })
-        .unwrap();
+        let mut dd = crate::testing::desktop_doc(desk);
         let mut pd = Automerge::new().with_actor(phone.actor_id());
         let doc_id = DocId::from_bytes([9; 16]);
         let mut sd = SyncSession::new(phone, Some(doc_id), None, 0);

@@ -287,28 +287,16 @@ fn check_op(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Task, Workspace};
+    use crate::schema::{Message, Role, SchemaError, Task, Workspace};
     use automerge::sync::SyncDoc;
     use automerge::transaction::Transactable;
 
     fn setup() -> (DeviceId, DeviceId, Automerge, Automerge) {
         let desk = DeviceId::from_bytes([1; 32]);
         let phone = DeviceId::from_bytes([2; 32]);
-        let mut d = Automerge::new().with_actor(desk.actor_id());
-        d.transact::<_, _, SchemaError>(|tx| {
-            Workspace::init(
-                tx,
-                &DesktopInfo {
-                    id: desk.to_string(),
-                    name: "d".into(),
-                    os: "l".into(),
-                    heartbeat_at: 0,
-                    executor: ExecutorState::Idle,
-                },
-            )?;
-            Workspace::add_task(tx, &task(desk, "t0"))
-        })
-        .unwrap();
+        let mut d = crate::testing::desktop_doc(desk);
+        d.transact::<_, _, SchemaError>(|tx| Workspace::add_task(tx, &task(desk, "t0")))
+            .unwrap();
         let mut p = Automerge::new().with_actor(phone.actor_id());
         p.merge(&mut d.clone()).unwrap();
         (desk, phone, d, p)
