@@ -64,9 +64,9 @@ pub enum Frame {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FrameError {
-    /// The length prefix exceeds [`MAX_FRAME_LEN`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
-    TooLarge(usize),
+    /// The length prefix exceeds the decoder's limit ([`MAX_FRAME_LEN`] at most).
+    #[error("frame of {0} bytes exceeds the {1}-byte limit")]
+    TooLarge(usize, usize),
     /// The body's version byte is not one this build reads.
     #[error("frame version {0} is not supported (this build speaks version {FRAME_VERSION})")]
     UnsupportedVersion(u8),
@@ -242,16 +242,33 @@ impl Reader<'_> {
 }
 
 /// Incremental decoder: feed it whatever the stream delivered, take whole frames out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
     pos: usize,
+    max_len: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl FrameDecoder {
-    /// An empty decoder.
+    /// An empty decoder taking frames up to [`MAX_FRAME_LEN`].
     pub fn new() -> Self {
-        Self::default()
+        Self::with_max_len(MAX_FRAME_LEN)
+    }
+
+    /// An empty decoder taking frame bodies up to `max_len` bytes (capped at [`MAX_FRAME_LEN`]);
+    /// a longer length prefix is an error before any of the body is buffered.
+    pub fn with_max_len(max_len: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            pos: 0,
+            max_len: max_len.min(MAX_FRAME_LEN),
+        }
     }
 
     /// Adds received bytes.
@@ -287,8 +304,8 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-        if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge(len));
+        if len > self.max_len {
+            return Err(FrameError::TooLarge(len, self.max_len));
         }
         if avail.len() < 4 + len {
             return Ok(None);
@@ -377,7 +394,7 @@ mod tests {
         dec.push(&u32::MAX.to_be_bytes());
         assert_eq!(
             dec.next_frame(),
-            Err(FrameError::TooLarge(u32::MAX as usize))
+            Err(FrameError::TooLarge(u32::MAX as usize, MAX_FRAME_LEN))
         );
     }
 

@@ -10,6 +10,7 @@
 mod macros;
 
 pub mod approval;
+pub mod bounds;
 pub mod frame;
 pub mod identity;
 pub mod ids;
@@ -28,7 +29,7 @@ pub use ids::{DeviceId, DocId, IdError, MessageId, TaskId};
 pub use pairing::{PairingPayload, PairingToken, PayloadError};
 pub use schema::{Message, Role, SchemaError, Task, TaskStatus, Workspace};
 pub use session::{SessionError, SessionOutput, SyncSession};
-pub use trust::{ChangeFilter, PhoneWriteRules, Refusal};
+pub use trust::{ChangeFilter, PhoneWriteRules, Refusal, Touched};
 
 /// ALPN of the sync protocol (version 1).
 pub const SYNC_ALPN: &[u8] = b"deskhand/sync/1";

@@ -246,6 +246,9 @@ pub struct Workspace {
     pub tasks: BTreeMap<String, Task>,
     /// Approval requests by id.
     pub approvals: BTreeMap<String, Approval>,
+    /// Items left out because they do not match the schema (where, and why). A bad item never
+    /// hides the rest of the workspace.
+    pub skipped: Vec<String>,
 }
 
 impl Workspace {
@@ -273,16 +276,31 @@ impl Workspace {
         }
     }
 
-    /// Hydrates the whole workspace.
+    /// Hydrates the whole workspace. Messages, tasks, approvals and devices are read one by one:
+    /// one that does not match the schema is left out and listed in `skipped`.
     pub fn read<D: ReadDoc + autosurgeon::ReadDoc>(doc: &D) -> Result<Self, SchemaError> {
         let schema_version = Self::check_version(doc)?;
+        let mut skipped = Vec::new();
+        let messages = {
+            let list = obj(doc, "messages")?;
+            let len = ReadDoc::length(doc, &list);
+            let mut out = Vec::with_capacity(len);
+            for i in 0..len {
+                match hydrate_prop::<_, Message, _, _>(doc, &list, i) {
+                    Ok(m) => out.push(m),
+                    Err(e) => skipped.push(format!("messages/{i}: {e}")),
+                }
+            }
+            out
+        };
         Ok(Self {
             schema_version,
             desktop: hydrate_prop(doc, ROOT, "desktop")?,
-            devices: hydrate_prop(doc, ROOT, "devices")?,
-            messages: hydrate_prop(doc, ROOT, "messages")?,
-            tasks: hydrate_prop(doc, ROOT, "tasks")?,
-            approvals: hydrate_prop(doc, ROOT, "approvals")?,
+            devices: map_items(doc, "devices", &mut skipped)?,
+            messages,
+            tasks: map_items(doc, "tasks", &mut skipped)?,
+            approvals: map_items(doc, "approvals", &mut skipped)?,
+            skipped,
         })
     }
 
@@ -294,16 +312,16 @@ impl Workspace {
         }
     }
 
-    /// The messages from index `from` on.
+    /// The messages from index `from` on; one that does not match the schema is left out.
     pub fn messages_from<D: ReadDoc + autosurgeon::ReadDoc>(
         doc: &D,
         from: usize,
     ) -> Result<Vec<Message>, SchemaError> {
         let list = obj(doc, "messages")?;
         let len = ReadDoc::length(doc, &list);
-        (from..len)
-            .map(|i| hydrate_prop(doc, &list, i).map_err(SchemaError::from))
-            .collect()
+        Ok((from..len)
+            .filter_map(|i| hydrate_prop(doc, &list, i).ok())
+            .collect())
     }
 
     /// Appends one message at the end of the conversation.
@@ -443,12 +461,11 @@ impl Workspace {
         }
     }
 
-    /// Every approval request.
+    /// Every approval request that matches the schema.
     pub fn approvals<D: ReadDoc + autosurgeon::ReadDoc>(
         doc: &D,
     ) -> Result<BTreeMap<String, Approval>, SchemaError> {
-        obj(doc, "approvals")?;
-        Ok(hydrate_prop(doc, ROOT, "approvals")?)
+        map_items(doc, "approvals", &mut Vec::new())
     }
 
     /// Writes a new approval request (desktop only).
@@ -531,6 +548,32 @@ impl TaskUpdate {
     }
 }
 
+/// The entries of the map at `key` of the root, each hydrated alone; bad ones are noted.
+fn map_items<D, T>(
+    doc: &D,
+    key: &str,
+    skipped: &mut Vec<String>,
+) -> Result<BTreeMap<String, T>, SchemaError>
+where
+    D: ReadDoc + autosurgeon::ReadDoc,
+    T: Hydrate,
+{
+    let map = obj(doc, key)?;
+    let keys: Vec<String> = ReadDoc::map_range(doc, &map, ..)
+        .map(|item| item.key.to_string())
+        .collect();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        match hydrate_prop::<_, T, _, _>(doc, &map, k.as_str()) {
+            Ok(v) => {
+                out.insert(k, v);
+            }
+            Err(e) => skipped.push(format!("{key}/{}: {e}", clip(&k, 40))),
+        }
+    }
+    Ok(out)
+}
+
 fn malformed(what: String) -> SchemaError {
     HydrateError::unexpected("a schema-v1 object", what).into()
 }
@@ -548,6 +591,19 @@ fn approval_obj<D: ReadDoc>(doc: &D, id: &ApprovalId) -> Result<ObjId, SchemaErr
     match doc.get(&approvals, id.as_str())? {
         Some((automerge::Value::Object(_), a)) => Ok(a),
         _ => Err(malformed(format!("no approval {id}"))),
+    }
+}
+
+/// The object at `key` of the document root (`messages`, `tasks`, …).
+pub(crate) fn root_obj<D: ReadDoc>(doc: &D, key: &str) -> Result<ObjId, SchemaError> {
+    obj(doc, key)
+}
+
+/// At most `max` characters of `s`, with `…` when cut (for messages that quote peer text).
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
     }
 }
 
@@ -598,6 +654,37 @@ mod tests {
         let (_, m) = doc.get(&list, 0).unwrap().unwrap();
         let (v, _) = doc.get(&m, "text").unwrap().unwrap();
         assert!(matches!(v, automerge::Value::Scalar(_)));
+    }
+
+    #[test]
+    fn one_bad_item_is_skipped_not_the_whole_view() {
+        let mut doc = Automerge::new();
+        doc.transact::<_, _, SchemaError>(|tx| Workspace::init(tx, &desktop()))
+            .unwrap();
+        let good = Message {
+            id: "m1".into(),
+            author: "a".into(),
+            role: Role::User,
+            text: "hello".into(),
+            created_at: 5,
+            task_id: None,
+        };
+        doc.transact::<_, _, SchemaError>(|tx| {
+            let list = obj(tx, "messages")?;
+            let m = tx.insert_object(&list, 0, ObjType::Map)?;
+            tx.put(&m, "text", 42)?;
+            Workspace::append_message(tx, &good)?;
+            let tasks = obj(tx, "tasks")?;
+            let t = tx.put_object(&tasks, "bad", ObjType::Map)?;
+            tx.put(&t, "status", "maybe")?;
+            Ok(())
+        })
+        .unwrap();
+        let ws = Workspace::read(&doc).unwrap();
+        assert_eq!(ws.messages, vec![good]);
+        assert!(ws.tasks.is_empty());
+        assert_eq!(ws.skipped.len(), 2, "{:?}", ws.skipped);
+        assert_eq!(Workspace::messages_from(&doc, 0).unwrap().len(), 1);
     }
 
     #[test]

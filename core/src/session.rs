@@ -11,10 +11,11 @@
 //! ([`SessionOutput::DocChanged`]), and holds the session until the caller says they are durable.
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{Automerge, ChangeHash, ReadDoc};
+use automerge::{Automerge, Change, ChangeHash};
 
+use crate::bounds::{BoundsError, Limits};
 use crate::frame::{Frame, Hello, PROTOCOL_VERSION};
-use crate::incoming::{Incoming, Storable};
+use crate::incoming::{Incoming, IncomingError, Storable};
 use crate::trust::{ChangeFilter, Refusal};
 use crate::{DeviceId, DocId};
 
@@ -165,6 +166,10 @@ pub struct SyncSession {
     persisted_shared: Vec<ChangeHash>,
     stats: SessionStats,
     hold: bool,
+    /// Changes of the peer that wait for dependencies it has not sent yet.
+    parked: Vec<Change>,
+    /// Those dependencies, to ask for in the next message.
+    missing: Vec<ChangeHash>,
 }
 
 impl SyncSession {
@@ -195,6 +200,8 @@ impl SyncSession {
             persisted_shared,
             stats: SessionStats::default(),
             hold: false,
+            parked: Vec::new(),
+            missing: Vec::new(),
         }
     }
 
@@ -266,7 +273,23 @@ impl SyncSession {
         if self.phase != Phase::Open || self.hold {
             return;
         }
-        if let Some(msg) = doc.generate_sync_message(&mut self.state) {
+        let asked = std::mem::take(&mut self.missing);
+        let msg = doc.generate_sync_message(&mut self.state).map(|mut msg| {
+            if !asked.is_empty() {
+                // Changes wait here for these: ask for them by name. Without a bloom filter the
+                // peer sends exactly what is needed (Automerge does the same for its own queue).
+                msg.need.extend(asked.iter().copied());
+                // Automerge encodes hash lists sorted (and asserts it).
+                msg.need.sort();
+                msg.need.dedup();
+                msg.have.clear();
+            }
+            msg
+        });
+        if msg.is_none() {
+            self.missing = asked;
+        }
+        if let Some(msg) = msg {
             self.stats.sync_sent += 1;
             self.last_sync_sent = now;
             self.send(out, Frame::Sync(msg.encode()));
@@ -330,6 +353,13 @@ impl SyncSession {
     }
 
     /// Applies a received sync message after the filter accepts it.
+    ///
+    /// The message's changes are read and checked ([`Incoming::read`]), vetted by
+    /// `filter.check`, applied, and judged by `filter.judge` on the document as it now is; a
+    /// refusal returns the document to its state before the message. Changes whose
+    /// dependencies have not arrived wait in the session (at most the filter's
+    /// [`Limits::max_changes`](crate::bounds::Limits)) and their missing dependencies are asked
+    /// for by name in the next message.
     pub fn apply(
         &mut self,
         pending: PendingSync,
@@ -341,19 +371,28 @@ impl SyncSession {
         let before = doc.get_heads();
         let mut message = pending.message;
         let mut storable = None;
-        if !message.changes.is_empty() {
+        if !message.changes.is_empty() || !self.parked.is_empty() {
             // Read the changes once; Automerge then sees the message without them, which updates
             // the sync state exactly as if it had applied them itself (see `advance_heads`).
-            let nothing_queued = doc.get_missing_deps(&[]).is_empty();
-            let incoming = Incoming::read(doc, message.changes.iter())
-                .map_err(|e| SessionError::Apply(e.to_string()))?;
-            filter.check(&self.peer, doc, incoming.new_changes())?;
-            let stored = incoming
-                .apply(doc)
-                .map_err(|e| SessionError::Apply(e.to_string()))?;
-            // Stored as received only if nothing older waits in the queue: a queued change that
-            // these let through would be in neither.
-            storable = stored.filter(|_| nothing_queued);
+            let limits = filter.limits();
+            let parked = std::mem::take(&mut self.parked);
+            let mut incoming = Incoming::read(doc, message.changes.iter(), limits, parked)
+                .map_err(|e| self.incoming_error(e))?;
+            self.park(doc, incoming.take_waiting(), &limits)?;
+            let touched = filter.check(&self.peer, doc, incoming.new_changes())?;
+            let actor = doc.get_actor().clone();
+            let applied = incoming.apply(doc).map_err(|e| self.incoming_error(e))?;
+            storable = applied.stored;
+            let undo = match applied.replaced {
+                Some(old) => Undo::Keep(Box::new(old)),
+                None if doc.get_heads() == before => Undo::Nothing,
+                None => Undo::Heads(before.clone(), actor),
+            };
+            if let Err(refusal) = filter.judge(&self.peer, doc, &touched) {
+                undo.restore(doc)
+                    .map_err(|e| SessionError::Apply(format!("{refusal}; then {e}")))?;
+                return Err(refusal.into());
+            }
             message.changes = Vec::<Vec<u8>>::new().into();
             self.state.shared_heads =
                 advance_heads(&before, &doc.get_heads(), &self.state.shared_heads);
@@ -389,6 +428,52 @@ impl SyncSession {
         }
         self.generate(doc, &mut out, now);
         Ok(out)
+    }
+
+    /// A message whose changes cannot be taken: malformed ones end the session as malformed,
+    /// inconsistent ones are refused like a forgery (no honest Automerge writes them).
+    fn incoming_error(&self, e: IncomingError) -> SessionError {
+        match e {
+            IncomingError::Inconsistent(_)
+            | IncomingError::Bounds(BoundsError::TooLarge { .. }) => {
+                SessionError::Refused(Refusal {
+                    peer: self.peer,
+                    reason: e.to_string(),
+                })
+            }
+            other => SessionError::Apply(other.to_string()),
+        }
+    }
+
+    /// Keeps changes whose dependencies are missing, bounded, and notes what to ask for.
+    fn park(
+        &mut self,
+        doc: &Automerge,
+        waiting: Vec<Change>,
+        limits: &Limits,
+    ) -> Result<(), SessionError> {
+        let bytes: u64 = waiting.iter().map(|c| c.raw_bytes().len() as u64).sum();
+        if waiting.len() as u64 > limits.max_changes || bytes > limits.max_inflated_bytes {
+            return Err(SessionError::Refused(Refusal {
+                peer: self.peer,
+                reason: format!(
+                    "{} changes ({bytes} bytes) whose dependencies never arrived",
+                    waiting.len()
+                ),
+            }));
+        }
+        let parked: std::collections::HashSet<ChangeHash> =
+            waiting.iter().map(Change::hash).collect();
+        let mut missing: Vec<ChangeHash> = waiting
+            .iter()
+            .flat_map(|c| c.deps().iter().copied())
+            .filter(|d| !parked.contains(d) && doc.get_change_meta_by_hash(d).is_none())
+            .collect();
+        missing.sort();
+        missing.dedup();
+        self.missing = missing;
+        self.parked = waiting;
+        Ok(())
     }
 
     /// The document changed locally (or through another peer): tell this peer.
@@ -480,6 +565,34 @@ impl SyncSession {
         self.state.their_heads = None;
         self.state.their_have = None;
         self.state.their_need = None;
+    }
+}
+
+/// How to return the document to its state before a message's changes, if they are refused.
+enum Undo {
+    Nothing,
+    /// The document before: kept when it is replaced wholesale (a peer's whole document adopted).
+    Keep(Box<Automerge>),
+    /// The heads before: the document is rebuilt up to them (only ever on a refusal).
+    Heads(Vec<ChangeHash>, automerge::ActorId),
+}
+
+impl Undo {
+    fn restore(self, doc: &mut Automerge) -> Result<(), String> {
+        match self {
+            Undo::Nothing => Ok(()),
+            Undo::Keep(old) => {
+                *doc = *old;
+                Ok(())
+            }
+            Undo::Heads(heads, actor) => {
+                let old = doc.fork_at(&heads).map_err(|e| {
+                    format!("could not return the document to its state before: {e}")
+                })?;
+                *doc = old.with_actor(actor);
+                Ok(())
+            }
+        }
     }
 }
 

@@ -1,8 +1,14 @@
-//! The hook through which a node vets a peer's changes before they enter its document.
+//! The hook through which a node vets a peer's changes, before and after they enter its document.
 
-use automerge::{Automerge, Change, ReadDoc};
+use std::collections::BTreeSet;
+
+use automerge::{Automerge, Change, ChangeHash, ObjId, ReadDoc};
+use autosurgeon::Hydrate;
 
 use crate::DeviceId;
+use crate::approval::Decision;
+use crate::bounds::Limits;
+use crate::schema::{Message, Role, Task, TaskStatus};
 
 /// Why incoming changes were refused. The session that received them is closed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -14,47 +20,79 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// Decides whether a peer's new changes may enter the document.
-///
-/// `new` are the changes of one sync message that the receiver has not seen yet, in causal order
-/// (see [`crate::incoming::Incoming`]); the document is the receiver's state before they are
-/// applied.
-pub trait ChangeFilter: Send + Sync {
-    /// `Ok(())` to accept the whole message, `Err` to refuse it (nothing is applied).
-    fn check(&self, peer: &DeviceId, doc: &Automerge, new: &[Change]) -> Result<(), Refusal>;
+/// What a peer's changes write, found by [`ChangeFilter::check`] and judged, once they are
+/// applied, by [`ChangeFilter::judge`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Messages the changes insert, by the id of the operation that made them.
+    messages: BTreeSet<(u64, String)>,
+    /// Tasks the changes create, by id.
+    new_tasks: BTreeSet<String>,
+    /// Existing tasks whose cancel request the changes set, by id.
+    cancels: BTreeSet<String>,
+    /// Approvals under which the changes write the sender's decision, by id.
+    decisions: BTreeSet<String>,
 }
 
-/// Accepts everything: phones trust what their desktop relays.
+/// Decides whether a peer's new changes may enter the document.
+///
+/// The receiver calls, for one sync message: [`Self::check`] with the new changes (in causal
+/// order, see [`crate::incoming::Incoming`]) and the document before them; then it applies them
+/// and calls [`Self::judge`] with the document as it now is. If either refuses, the receiver
+/// returns its document to what it was before and closes the session.
+pub trait ChangeFilter: Send + Sync {
+    /// Bounds on what one message may make the receiver decode ([`crate::bounds`]).
+    fn limits(&self) -> Limits {
+        Limits::FROM_DESKTOP
+    }
+    /// Where the changes write, before they are applied: `Ok` with what to judge afterwards,
+    /// `Err` to refuse the whole message (nothing is applied).
+    fn check(&self, peer: &DeviceId, doc: &Automerge, new: &[Change]) -> Result<Touched, Refusal>;
+    /// What the changes wrote, read with the typed schema from the document after they were
+    /// applied (so Automerge's own rules decide which value won): `Err` to refuse them.
+    fn judge(&self, _peer: &DeviceId, _doc: &Automerge, _touched: &Touched) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
+/// Accepts everything: phones trust what their desktop relays (its changes still pass the
+/// header and size checks of [`crate::incoming`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AcceptAll;
 
 impl ChangeFilter for AcceptAll {
-    fn check(&self, _: &DeviceId, _: &Automerge, _: &[Change]) -> Result<(), Refusal> {
-        Ok(())
+    fn check(&self, _: &DeviceId, _: &Automerge, _: &[Change]) -> Result<Touched, Refusal> {
+        Ok(Touched::default())
     }
 }
+
+/// The largest message text or task prompt a phone may write, in bytes of UTF-8. Longer text is
+/// refused by the phone API before it is written and by the desktop if it arrives anyway.
+pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+/// The longest id (message, task) a phone may write, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
 
 /// The desktop's rules for what a phone may write (DESIGN.md, "Identity and trust").
 ///
 /// Every change the desktop does not already have must be authored by the connected phone's own
 /// actor and may only: add a user message authored by itself, add a queued task created by
-/// itself, set `cancel_requested_by` to itself on an existing task, and add its own decision to
-/// an approval's `decisions`. Anything else — task status, events, results, another device's
+/// itself, set `cancel_requested_by` to itself on an existing task, and add or rewrite its own
+/// decision on an approval. Anything else — task status, events, results, another device's
 /// decision, the desktop section, deleting or editing messages — refuses the whole sync message.
+///
+/// Two steps: [`ChangeFilter::check`] walks the operations to find *where* they write (only the
+/// places above, only scalar fields with known names, objects only where the schema has them);
+/// [`ChangeFilter::judge`] then reads every object they wrote with the typed schema from the
+/// document as it is after applying them, and checks the values: types, enums, sizes, and that
+/// every author, creator and decision is the phone itself. Values are never judged from the
+/// operations, whose winner Automerge decides by rules this filter would have to repeat.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PhoneWriteRules;
 
 #[derive(Clone, Debug)]
 enum NewObj {
-    Message {
-        author_ok: bool,
-        role_ok: bool,
-    },
-    Task {
-        id: String,
-        creator_ok: bool,
-        status_ok: bool,
-    },
+    Message,
+    Task(String),
     Events,
     Decision,
 }
@@ -62,7 +100,16 @@ enum NewObj {
 type ObjKey = (u64, automerge::ActorId);
 
 impl ChangeFilter for PhoneWriteRules {
-    fn check(&self, peer: &DeviceId, doc: &Automerge, changes: &[Change]) -> Result<(), Refusal> {
+    fn limits(&self) -> Limits {
+        Limits::FROM_PHONE
+    }
+
+    fn check(
+        &self,
+        peer: &DeviceId,
+        doc: &Automerge,
+        changes: &[Change],
+    ) -> Result<Touched, Refusal> {
         let refuse = |reason: String| Refusal {
             peer: *peer,
             reason,
@@ -70,6 +117,7 @@ impl ChangeFilter for PhoneWriteRules {
         let actor = peer.actor_id();
         let me = peer.to_string();
         let mut new_objs: std::collections::HashMap<ObjKey, NewObj> = Default::default();
+        let mut touched = Touched::default();
         for change in changes {
             if change.actor_id() != &actor {
                 let who = DeviceId::from_actor(change.actor_id())
@@ -83,41 +131,136 @@ impl ChangeFilter for PhoneWriteRules {
             let start = expanded.start_op.get();
             for (i, op) in expanded.operations.iter().enumerate() {
                 let opid = (start + i as u64, expanded.actor_id.clone());
-                check_op(doc, &me, op, opid, &mut new_objs).map_err(refuse)?;
+                check_op(
+                    doc,
+                    change.deps(),
+                    &me,
+                    op,
+                    opid,
+                    &mut new_objs,
+                    &mut touched,
+                )
+                .map_err(refuse)?;
             }
         }
-        for obj in new_objs.values() {
-            match obj {
-                NewObj::Message {
-                    author_ok: false, ..
-                } => {
-                    return Err(refuse(
-                        "a message whose author is not the sending phone".into(),
-                    ));
-                }
-                NewObj::Message { role_ok: false, .. } => {
-                    return Err(refuse("a message whose role is not \"user\"".into()));
-                }
-                NewObj::Task {
-                    id,
-                    creator_ok: false,
-                    ..
-                } => {
-                    return Err(refuse(format!(
-                        "task {id} is not created_by the sending phone"
-                    )));
-                }
-                NewObj::Task {
-                    id,
-                    status_ok: false,
-                    ..
-                } => {
-                    return Err(refuse(format!("task {id} does not start as \"queued\"")));
-                }
-                _ => {}
-            }
+        Ok(touched)
+    }
+
+    fn judge(&self, peer: &DeviceId, doc: &Automerge, touched: &Touched) -> Result<(), Refusal> {
+        judge_phone_writes(peer, doc, touched).map_err(|reason| Refusal {
+            peer: *peer,
+            reason,
+        })
+    }
+}
+
+fn judge_phone_writes(peer: &DeviceId, doc: &Automerge, t: &Touched) -> Result<(), String> {
+    let me = peer.to_string();
+    let text_ok = |what: &str, s: &str| -> Result<(), String> {
+        if s.len() > MAX_TEXT_BYTES {
+            return Err(format!(
+                "{what} of {} bytes (the limit is {MAX_TEXT_BYTES})",
+                s.len()
+            ));
         }
         Ok(())
+    };
+    let id_ok = |what: &str, s: &str| -> Result<(), String> {
+        if s.is_empty() || s.len() > MAX_ID_BYTES || s.chars().any(char::is_control) {
+            return Err(format!(
+                "{what} id {:?} (ids are 1 to {MAX_ID_BYTES} bytes, no control characters)",
+                crate::schema::clip(s, 40)
+            ));
+        }
+        Ok(())
+    };
+    for (counter, actor) in &t.messages {
+        let obj = doc
+            .import_obj(&format!("{counter}@{actor}"))
+            .map_err(|_| "a message that is not in the document after all".to_owned())?;
+        let m = Message::hydrate_map(doc, &obj)
+            .map_err(|e| format!("a message that is not a valid message: {e}"))?;
+        if m.author != me {
+            return Err("a message whose author is not the sending phone".into());
+        }
+        if m.role != Role::User {
+            return Err("a message whose role is not \"user\"".into());
+        }
+        id_ok("a message", m.id.as_str())?;
+        if let Some(task) = &m.task_id {
+            id_ok("a message's task", task.as_str())?;
+        }
+        text_ok("a message", &m.text)?;
+    }
+    let tasks = crate::schema::root_obj(doc, "tasks").map_err(|e| e.to_string())?;
+    for id in &t.new_tasks {
+        let task: Task = autosurgeon::hydrate_prop(doc, &tasks, id.as_str())
+            .map_err(|e| format!("task {id} is not a valid task: {e}"))?;
+        id_ok("a task", id)?;
+        if task.id.as_str() != id {
+            return Err(format!("task {id} carries a different id inside"));
+        }
+        if task.created_by != me {
+            return Err(format!("task {id} is not created_by the sending phone"));
+        }
+        if task.status != TaskStatus::Queued {
+            return Err(format!("task {id} does not start as \"queued\""));
+        }
+        if task.claimed_by.is_some()
+            || task.started_at.is_some()
+            || task.finished_at.is_some()
+            || task.result.is_some()
+            || !task.events.is_empty()
+            || task.cancel_requested_by.as_ref().is_some_and(|c| *c != me)
+        {
+            return Err(format!(
+                "task {id} arrives with fields only the desktop writes (claim, times, events, result)"
+            ));
+        }
+        text_ok("a task prompt", &task.prompt)?;
+    }
+    for id in &t.cancels {
+        let task_obj = match doc.get(&tasks, id.as_str()) {
+            Ok(Some((automerge::Value::Object(_), o))) => o,
+            _ => {
+                return Err(format!(
+                    "a cancel request on task {id}, which does not exist"
+                ));
+            }
+        };
+        match doc.get(&task_obj, "cancel_requested_by") {
+            Ok(Some((automerge::Value::Scalar(v), _))) if v.as_str() == Some(me.as_str()) => {}
+            _ => {
+                return Err(format!(
+                    "a cancel request on task {id} in another device's name"
+                ));
+            }
+        }
+    }
+    let approvals = crate::schema::root_obj(doc, "approvals").map_err(|e| e.to_string())?;
+    for id in &t.decisions {
+        let decision = (|| -> Result<Decision, String> {
+            let a = object_at(doc, &approvals, id).ok_or("no such approval")?;
+            let d = object_at(doc, &a, "decisions").ok_or("no decisions")?;
+            let own = object_at(doc, &d, &me).ok_or("no decision of the phone's")?;
+            Decision::hydrate_map(doc, &own).map_err(|e| e.to_string())
+        })()
+        .map_err(|e| format!("a decision on approval {id} that is not a valid decision: {e}"))?;
+        if decision.signature.len() != 128
+            || !decision.signature.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(format!(
+                "a decision on approval {id} whose signature is not 64 bytes of hex"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn object_at(doc: &Automerge, parent: &ObjId, key: &str) -> Option<ObjId> {
+    match doc.get(parent, key) {
+        Ok(Some((automerge::Value::Object(_), o))) => Some(o),
+        _ => None,
     }
 }
 
@@ -128,23 +271,39 @@ fn prop_str(p: &automerge::Prop) -> String {
     }
 }
 
+/// Field names a phone may put on its own new objects (all scalars).
+const MESSAGE_FIELDS: &[&str] = &["id", "author", "role", "text", "created_at", "task_id"];
+const TASK_FIELDS: &[&str] = &[
+    "id",
+    "prompt",
+    "created_by",
+    "created_at",
+    "status",
+    "claimed_by",
+    "cancel_requested_by",
+    "started_at",
+    "finished_at",
+    "result",
+];
+const DECISION_FIELDS: &[&str] = &["verdict", "at", "signature"];
+
 fn check_op(
     doc: &Automerge,
+    deps: &[ChangeHash],
     me: &str,
     op: &automerge::legacy::Op,
     opid: ObjKey,
     new_objs: &mut std::collections::HashMap<ObjKey, NewObj>,
+    touched: &mut Touched,
 ) -> Result<(), String> {
+    use automerge::ObjType;
     use automerge::legacy::OpType;
-    use automerge::legacy::{Key, ObjectId};
-    use automerge::{ObjType, ScalarValue};
+    use automerge::legacy::{ElementId, Key, ObjectId};
 
     let key = match &op.key {
         Key::Map(k) => Some(k.to_string()),
         Key::Seq(_) => None,
     };
-    let put_str =
-        |want: &str| matches!(&op.action, OpType::Put(ScalarValue::Str(s)) if s.as_str() == want);
     let is_scalar = matches!(&op.action, OpType::Put(_));
     let denied = |what: &str| format!("{what}, which a phone may not write");
 
@@ -174,41 +333,30 @@ fn check_op(
 
     if let Some(k) = target_key {
         let field = key.clone().unwrap_or_default();
-        let Some(obj) = new_objs.get_mut(&k) else {
+        let Some(obj) = new_objs.get(&k) else {
             return Err("internal: lost a new object".into());
         };
-        match obj {
-            NewObj::Message { author_ok, role_ok } => match field.as_str() {
-                "author" if is_scalar => *author_ok = put_str(me),
-                "role" if is_scalar => *role_ok = put_str("user"),
-                "id" | "text" | "created_at" | "task_id" if is_scalar => {}
-                _ => return Err(denied(&format!("a message field {field:?}"))),
-            },
-            NewObj::Task {
-                id,
-                creator_ok,
-                status_ok,
-            } => match field.as_str() {
-                "created_by" if is_scalar => *creator_ok = put_str(me),
-                "status" if is_scalar => *status_ok = put_str("queued"),
-                "id" if is_scalar => {
-                    if !put_str(id) {
-                        return Err(format!("task {id} carries a different id inside"));
-                    }
-                }
-                "prompt" | "created_at" if is_scalar => {}
-                "claimed_by" | "cancel_requested_by" | "started_at" | "finished_at" | "result"
-                    if matches!(op.action, OpType::Put(ScalarValue::Null)) => {}
-                "events" if matches!(op.action, OpType::Make(ObjType::List)) => {
+        let allowed = match obj {
+            NewObj::Message => is_scalar && MESSAGE_FIELDS.contains(&field.as_str()),
+            NewObj::Task(_) if field == "events" => {
+                if matches!(op.action, OpType::Make(ObjType::List)) {
                     new_objs.insert(opid, NewObj::Events);
+                    return Ok(());
                 }
-                _ => return Err(denied(&format!("tasks/{id}/{field} on a new task"))),
-            },
-            NewObj::Events => return Err(denied("task events")),
-            NewObj::Decision => match field.as_str() {
-                "verdict" | "at" | "signature" if is_scalar => {}
-                _ => return Err(denied(&format!("a decision field {field:?}"))),
-            },
+                false
+            }
+            NewObj::Task(_) => is_scalar && TASK_FIELDS.contains(&field.as_str()),
+            NewObj::Events => false,
+            NewObj::Decision => is_scalar && DECISION_FIELDS.contains(&field.as_str()),
+        };
+        if !allowed {
+            let what = match obj {
+                NewObj::Message => format!("a message field {field:?}"),
+                NewObj::Task(id) => format!("tasks/{id}/{field} on a new task"),
+                NewObj::Events => "task events".into(),
+                NewObj::Decision => format!("a decision field {field:?}"),
+            };
+            return Err(denied(&what));
         }
         return Ok(());
     }
@@ -217,52 +365,46 @@ fn check_op(
     let field = key.clone().unwrap_or_default();
     match (path_refs.as_slice(), &op.action) {
         (["messages"], OpType::Make(ObjType::Map)) if op.insert => {
-            new_objs.insert(
-                opid,
-                NewObj::Message {
-                    author_ok: false,
-                    role_ok: false,
-                },
-            );
+            // A message goes after the conversation's last message as the phone saw it; the
+            // head of a list that was not empty would put it before everything said so far.
+            if matches!(op.key, Key::Seq(ElementId::Head)) {
+                let list = crate::schema::root_obj(doc, "messages").map_err(|e| e.to_string())?;
+                if doc.length_at(&list, deps) > 0 {
+                    return Err(denied(
+                        "a message inserted before the start of the conversation",
+                    ));
+                }
+            }
+            new_objs.insert(opid.clone(), NewObj::Message);
+            touched.messages.insert((opid.0, opid.1.to_hex_string()));
             Ok(())
         }
         (["messages"], _) => Err(denied("an edit or deletion of existing messages")),
         (["tasks"], OpType::Make(ObjType::Map)) if key.is_some() => {
-            let tasks = match doc.get(automerge::ROOT, "tasks") {
-                Ok(Some((_, id))) => id,
-                _ => return Err("a task before the workspace exists".into()),
-            };
+            let tasks = crate::schema::root_obj(doc, "tasks")
+                .map_err(|_| "a task before the workspace exists".to_owned())?;
             if matches!(doc.get(&tasks, field.as_str()), Ok(Some(_))) {
                 return Err(denied(&format!("a replacement of existing task {field}")));
             }
-            new_objs.insert(
-                opid,
-                NewObj::Task {
-                    id: field,
-                    creator_ok: false,
-                    status_ok: false,
-                },
-            );
+            new_objs.insert(opid, NewObj::Task(field.clone()));
+            touched.new_tasks.insert(field);
             Ok(())
         }
-        (["tasks", task], _) if field == "cancel_requested_by" => {
-            if put_str(me) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "a cancel request on task {task} in another device's name"
-                ))
-            }
+        (["tasks", task], OpType::Put(_)) if field == "cancel_requested_by" => {
+            touched.cancels.insert((*task).to_owned());
+            Ok(())
         }
-        (["approvals", _, "decisions"], OpType::Make(ObjType::Map)) if field == me => {
+        (["approvals", approval, "decisions"], OpType::Make(ObjType::Map)) if field == me => {
             new_objs.insert(opid, NewObj::Decision);
+            touched.decisions.insert((*approval).to_owned());
             Ok(())
         }
         // A phone may change its mind: it rewrites its own decision (the desktop acts on the
         // decisions it has when it resolves; a later change to a resolved request is ignored).
-        (["approvals", _, "decisions", who], OpType::Put(_))
-            if *who == me && matches!(field.as_str(), "verdict" | "at" | "signature") =>
+        (["approvals", approval, "decisions", who], OpType::Put(_))
+            if *who == me && DECISION_FIELDS.contains(&field.as_str()) =>
         {
+            touched.decisions.insert((*approval).to_owned());
             Ok(())
         }
         (["approvals", approval, "decisions"], _) => Err(denied(&format!(
@@ -288,7 +430,6 @@ fn check_op(
 mod tests {
     use super::*;
     use crate::schema::{Message, Role, SchemaError, Task, Workspace};
-    use automerge::sync::SyncDoc;
     use automerge::transaction::Transactable;
 
     fn setup() -> (DeviceId, DeviceId, Automerge, Automerge) {
@@ -320,11 +461,34 @@ mod tests {
             .into_iter()
             .map(|mut c| c.bytes().to_vec())
             .collect();
-        let incoming =
-            crate::incoming::Incoming::read(desk_doc, changes.iter().map(|c| c.as_slice()))
-                .expect("readable changes");
-        let _ = desk_doc.generate_sync_message(&mut automerge::sync::State::new());
-        PhoneWriteRules.check(&phone, desk_doc, incoming.new_changes())
+        vet(desk_doc, phone, &changes)
+    }
+
+    /// The desktop's whole pipeline on one message's chunks, on a copy of its document: read and
+    /// check headers, check placement, apply, judge.
+    fn vet(desk_doc: &Automerge, phone: DeviceId, chunks: &[Vec<u8>]) -> Result<(), Refusal> {
+        let refuse = |reason: String| Refusal {
+            peer: phone,
+            reason,
+        };
+        let mut d = desk_doc.clone();
+        let incoming = crate::incoming::Incoming::read(
+            &d,
+            chunks.iter().map(|c| c.as_slice()),
+            PhoneWriteRules.limits(),
+            Vec::new(),
+        )
+        .map_err(|e| refuse(e.to_string()))?;
+        let touched = PhoneWriteRules.check(&phone, &d, incoming.new_changes())?;
+        incoming.apply(&mut d).map_err(|e| refuse(e.to_string()))?;
+        PhoneWriteRules.judge(&phone, &d, &touched)
+    }
+
+    /// Re-encodes `c` with its header or operations altered, as a crafted peer would send it.
+    fn craft(c: &Change, f: impl FnOnce(&mut automerge::ExpandedChange)) -> Vec<u8> {
+        let mut e = c.decode();
+        f(&mut e);
+        Change::from(e).raw_bytes().to_vec()
     }
 
     fn msg(author: DeviceId, role: Role) -> Message {
@@ -416,21 +580,14 @@ mod tests {
                 })
                 .unwrap();
         }
-        let incoming = crate::incoming::Incoming::read(&d, [honest.save().as_slice()]).unwrap();
-        assert_eq!(incoming.new_changes().len(), 5);
-        PhoneWriteRules
-            .check(&phone, &d, incoming.new_changes())
-            .unwrap();
+        vet(&d, phone, &[honest.save()]).unwrap();
         let mut forged = honest.fork().with_actor(desk.actor_id());
         forged
             .transact::<_, _, SchemaError>(|tx| Workspace::set_heartbeat(tx, 9))
             .unwrap();
         let mut sent = honest.clone();
         sent.merge(&mut forged).unwrap();
-        let incoming = crate::incoming::Incoming::read(&d, [sent.save().as_slice()]).unwrap();
-        let refusal = PhoneWriteRules
-            .check(&phone, &d, incoming.new_changes())
-            .unwrap_err();
+        let refusal = vet(&d, phone, &[sent.save()]).unwrap_err();
         assert!(
             refusal.reason.contains("another device's identity"),
             "{}",
@@ -499,5 +656,180 @@ mod tests {
                 .reason
                 .contains("approvals/ap1/resolution")
         );
+    }
+
+    /// The phone writes one message; returns the desktop's document, the phone's, and the change.
+    fn one_message(text: &str) -> (DeviceId, DeviceId, Automerge, Automerge, Change) {
+        let (desk, phone, d, mut p) = setup();
+        let before = p.get_heads();
+        p.transact::<_, _, SchemaError>(|tx| {
+            Workspace::append_message(
+                tx,
+                &Message {
+                    text: text.into(),
+                    ..msg(phone, Role::User)
+                },
+            )
+        })
+        .unwrap();
+        let c = p.get_changes(&before).remove(0);
+        (desk, phone, d, p, c)
+    }
+
+    #[test]
+    fn red_team_1_a_second_change_below_its_dependency_is_refused_and_harmless() {
+        // Change 1 creates a message as the phone; change 2, with start_op 1 (below change 1's
+        // operations), re-puts `author` on that message with another device's id.
+        let (desk, phone, d, _, c1) = one_message("hi");
+        let msg_obj = {
+            let e = c1.decode();
+            let i = e
+                .operations
+                .iter()
+                .position(|op| op.insert)
+                .expect("the insert of the message map");
+            automerge::legacy::OpId::new(e.start_op.get() + i as u64, &e.actor_id)
+        };
+        let c2 = craft(&c1, |e| {
+            e.seq = 2;
+            e.deps = vec![c1.hash()];
+            e.start_op = std::num::NonZeroU64::new(1).unwrap();
+            e.operations = vec![automerge::legacy::Op {
+                action: automerge::legacy::OpType::Put(desk.to_string().into()),
+                obj: automerge::legacy::ObjectId::Id(msg_obj.clone()),
+                key: automerge::legacy::Key::Map("author".into()),
+                pred: automerge::legacy::SortedVec::new(),
+                insert: false,
+            }];
+        });
+        let refusal = vet(&d, phone, &[c1.raw_bytes().to_vec(), c2]).unwrap_err();
+        assert!(
+            refusal.reason.contains("first operation counter"),
+            "{}",
+            refusal.reason
+        );
+        // The desktop's document is untouched by the attempt and still saves and loads.
+        assert!(Automerge::load(&d.save()).is_ok());
+    }
+
+    #[test]
+    fn red_team_1_a_bad_start_op_alone_is_refused() {
+        let (_, phone, d, _, c1) = one_message("honest text");
+        let low = craft(&c1, |e| e.start_op = std::num::NonZeroU64::new(1).unwrap());
+        let r = vet(&d, phone, &[low]).unwrap_err();
+        assert!(r.reason.contains("inconsistent"), "{}", r.reason);
+        // A sequence number that skips, or a change that does not descend from the author's
+        // previous one, is refused the same way.
+        let skip = craft(&c1, |e| e.seq = 3);
+        let r = vet(&d, phone, &[skip]).unwrap_err();
+        assert!(r.reason.contains("number 3 of its author"), "{}", r.reason);
+        vet(&d, phone, &[c1.raw_bytes().to_vec()]).unwrap();
+    }
+
+    #[test]
+    fn red_team_6_wrong_types_are_refused() {
+        let (_, phone, d, p) = setup();
+        let r = check(&d, phone, &mut p.clone(), |tx| {
+            let list = tx
+                .get(automerge::ROOT, "messages")?
+                .map(|(_, id)| id)
+                .unwrap();
+            let at = tx.length(&list);
+            let m = tx.insert_object(&list, at, automerge::ObjType::Map)?;
+            tx.put(&m, "id", "m9")?;
+            tx.put(&m, "author", phone.to_string())?;
+            tx.put(&m, "role", "user")?;
+            tx.put(&m, "text", 42)?;
+            tx.put(&m, "created_at", 1)?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(r.reason.contains("not a valid message"), "{}", r.reason);
+    }
+
+    #[test]
+    fn red_team_6_a_decision_that_is_not_a_verdict_is_refused() {
+        use crate::approval::{Approval, Risk, Verdict};
+        let (desk, phone, mut d, _) = setup();
+        let req = Approval::new(
+            "ap1".into(),
+            "t0".into(),
+            "trash",
+            "{}",
+            "Move x to the trash",
+            Risk::Medium,
+            1,
+            100,
+            &desk,
+        );
+        d.transact::<_, _, SchemaError>(|tx| Workspace::put_approval(tx, &req))
+            .unwrap();
+        let mut p = Automerge::new().with_actor(phone.actor_id());
+        p.merge(&mut d.clone()).unwrap();
+        let key = crate::DeviceKey::from_secret_bytes([9; 32]);
+        let decision = req.sign(&key, &desk, Verdict::Approve, 5);
+        let r = check(&d, phone, &mut p, |tx| {
+            Workspace::put_decision(tx, &req.id, &phone, &decision)?;
+            let a = tx
+                .get(automerge::ROOT, "approvals")?
+                .map(|(_, id)| id)
+                .unwrap();
+            let a = tx.get(&a, "ap1")?.map(|(_, id)| id).unwrap();
+            let ds = tx.get(&a, "decisions")?.map(|(_, id)| id).unwrap();
+            let mine = tx.get(&ds, phone.to_string())?.map(|(_, id)| id).unwrap();
+            tx.put(&mine, "verdict", "maybe")?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(r.reason.contains("not a valid decision"), "{}", r.reason);
+    }
+
+    #[test]
+    fn red_team_7_oversized_text_is_refused() {
+        let (_, phone, d, _, c) = one_message(&"x".repeat(MAX_TEXT_BYTES + 1));
+        let r = vet(&d, phone, &[c.raw_bytes().to_vec()]).unwrap_err();
+        assert!(r.reason.contains("the limit is"), "{}", r.reason);
+        let (_, phone, d, _, c) = one_message(&"x".repeat(MAX_TEXT_BYTES));
+        vet(&d, phone, &[c.raw_bytes().to_vec()]).unwrap();
+    }
+
+    #[test]
+    fn red_team_10_a_message_at_the_head_of_a_conversation_is_refused() {
+        let (_, phone, mut d, p) = setup();
+        let mut first = p.clone();
+        first
+            .transact::<_, _, SchemaError>(|tx| {
+                Workspace::append_message(tx, &msg(phone, Role::User))
+            })
+            .unwrap();
+        d.merge(&mut first.clone()).unwrap();
+        let r = check(&d, phone, &mut first, |tx| {
+            let list = tx
+                .get(automerge::ROOT, "messages")?
+                .map(|(_, id)| id)
+                .unwrap();
+            autosurgeon::reconcile_insert(
+                tx,
+                list,
+                0,
+                &Message {
+                    id: "early".into(),
+                    ..msg(phone, Role::User)
+                },
+            )?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(r.reason.contains("before the start"), "{}", r.reason);
+    }
+
+    #[test]
+    fn a_cancel_in_another_devices_name_is_refused() {
+        let (desk, phone, d, p) = setup();
+        let r = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::request_cancel(tx, &"t0".into(), &desk)
+        })
+        .unwrap_err();
+        assert!(r.reason.contains("another device's name"), "{}", r.reason);
     }
 }

@@ -130,7 +130,7 @@ impl Driver {
         durable.mark_unchanged();
         let mut probe = self.shared.probe.subscribe();
         probe.mark_unchanged();
-        let mut decoder = FrameDecoder::new();
+        let mut decoder = FrameDecoder::with_max_len(self.shared.filter.limits().max_frame_bytes);
         self.flush().await.map_err(SessionError::Protocol)?;
         loop {
             let deadline = self.shared.instant_at(session.next_deadline());

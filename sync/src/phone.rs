@@ -1259,10 +1259,22 @@ fn message_changes(doc: &Automerge) -> Vec<Option<ChangeHash>> {
         .collect()
 }
 
+/// The text of a message or task as a phone may write it: not blank, and at most
+/// [`MAX_TEXT_BYTES`](deskhand_core::trust::MAX_TEXT_BYTES) (the desktop refuses more).
 fn non_empty(text: &str, what: &str) -> Result<String, PhoneError> {
     if text.trim().is_empty() {
         return Err(PhoneError::Invalid {
             reason: format!("{what} cannot be empty"),
+        });
+    }
+    let max = deskhand_core::trust::MAX_TEXT_BYTES;
+    if text.len() > max {
+        return Err(PhoneError::Invalid {
+            reason: format!(
+                "{what} of {} KiB is too long: the limit is {} KiB; put long text in a file on the desktop and refer to it",
+                text.len().div_ceil(1024),
+                max / 1024
+            ),
         });
     }
     Ok(text.to_owned())
