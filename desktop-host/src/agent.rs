@@ -194,9 +194,11 @@ pub fn parse(prompt: &str) -> Parsed {
             }
             call("run", json!({ "command": rest }))
         }
+        // The request is never echoed back in full: it is already in the conversation.
         _ => Parsed::Answer(format!(
-            "I don't know \"{verb}\". The built-in agent understands a few commands; \
-             configure an LLM agent for free-form requests.\n\n{HELP}"
+            "I don't know \"{}\". The built-in agent understands a few commands; \
+             configure an LLM agent for free-form requests.\n\n{HELP}",
+            deskhand_core::schema::clip(verb, 40)
         )),
     }
 }
@@ -314,6 +316,11 @@ mod tests {
             panic!()
         };
         assert!(a.contains("I don't know \"please\"") && a.contains("list PATH"));
+        // A long request is not echoed back (red team 7: it was stored once more per echo).
+        let Parsed::Answer(a) = parse(&"x".repeat(30_000)) else {
+            panic!()
+        };
+        assert!(a.len() < HELP.len() + 300, "{}", a.len());
         let Parsed::Answer(a) = parse("click here") else {
             panic!()
         };

@@ -284,6 +284,28 @@ fn deskhand_tests_bin() -> std::path::PathBuf {
 enum Forge {
     AnotherActor(DeviceId),
     TaskStatus,
+    /// Red team 1: a message, then a second change whose first operation counter is below its
+    /// dependency's operations, re-putting `author` on that message with another device's id.
+    StartOpBelowDependency(DeviceId),
+    /// Red team 5: a compressed change chunk that inflates to 64 MiB, in a small frame.
+    CompressionBomb,
+    /// Red team 6: a message whose `text` is a number.
+    TextIsANumber,
+    /// Red team 7: a message of 40 KiB (over the 32 KiB limit).
+    OversizedText,
+}
+
+/// A sync frame carrying exactly `chunks`, written by hand (as a crafted peer would).
+fn raw_sync(heads: Vec<automerge::ChangeHash>, chunks: Vec<Vec<u8>>) -> Frame {
+    let msg = automerge::sync::Message {
+        heads,
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: chunks.into(),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    };
+    Frame::Sync(msg.encode())
 }
 
 /// A peer that pairs honestly, then speaks the sync protocol by hand with a document it
@@ -394,6 +416,83 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
             })
             .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
         }
+        Forge::StartOpBelowDependency(victim) => {
+            let before = doc.get_heads();
+            let msg = Message {
+                id: "mine".into(),
+                author: me.to_string(),
+                role: Role::User,
+                text: "mine".into(),
+                created_at: 2,
+                task_id: None,
+            };
+            doc.transact::<_, _, SchemaError>(|tx| Workspace::append_message(tx, &msg))
+                .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
+            let c1 = doc.get_changes(&before).remove(0);
+            let e1 = c1.decode();
+            let at = e1.operations.iter().position(|op| op.insert).unwrap_or(0);
+            let obj = automerge::legacy::OpId::new(e1.start_op.get() + at as u64, &e1.actor_id);
+            let mut e2 = e1.clone();
+            e2.seq = e1.seq + 1;
+            e2.deps = vec![c1.hash()];
+            e2.start_op = std::num::NonZeroU64::MIN;
+            e2.hash = None;
+            e2.operations = vec![automerge::legacy::Op {
+                action: automerge::legacy::OpType::Put(victim.to_string().into()),
+                obj: automerge::legacy::ObjectId::Id(obj),
+                key: automerge::legacy::Key::Map("author".into()),
+                pred: automerge::legacy::SortedVec::new(),
+                insert: false,
+            }];
+            let c2 = automerge::Change::from(e2);
+            out.push(SessionOutput::Send(raw_sync(
+                vec![c2.hash()],
+                vec![c1.raw_bytes().to_vec(), c2.raw_bytes().to_vec()],
+            )));
+        }
+        Forge::CompressionBomb => {
+            use std::io::Write;
+            let mut enc =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..64 {
+                enc.write_all(&zeros)?;
+            }
+            let body = enc.finish()?;
+            let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
+            let mut n = body.len() as u64;
+            loop {
+                let b = (n & 0x7f) as u8;
+                n >>= 7;
+                chunk.push(if n == 0 { b } else { b | 0x80 });
+                if n == 0 {
+                    break;
+                }
+            }
+            chunk.extend(body);
+            out.push(SessionOutput::Send(raw_sync(doc.get_heads(), vec![chunk])));
+        }
+        Forge::TextIsANumber | Forge::OversizedText => {
+            let number = matches!(forge, Forge::TextIsANumber);
+            doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+                let list = tx
+                    .get(automerge::ROOT, "messages")?
+                    .map(|(_, id)| id)
+                    .context_err()?;
+                let at = tx.length(&list);
+                let m = tx.insert_object(&list, at, automerge::ObjType::Map)?;
+                tx.put(&m, "id", "typed")?;
+                tx.put(&m, "author", me.to_string())?;
+                tx.put(&m, "role", "user")?;
+                if number {
+                    tx.put(&m, "text", 42)?;
+                } else {
+                    tx.put(&m, "text", "x".repeat(40 << 10))?;
+                }
+                tx.put(&m, "created_at", 3)
+            })
+            .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
+        }
     }
     out.extend(session.on_local_change(&doc, 0));
     let closed = pump!(|_: &Automerge, _: &SyncSession| false);
@@ -486,6 +585,73 @@ async fn crafted_phones_that_forge_are_refused_and_disconnected_while_honest_one
         "[trust] deskhand devices shows: {}",
         ok(deskhand(&["devices", "--data", path(&desk_dir)])?)?.stdout
     );
+    drop(serve);
+    Ok(())
+}
+
+/// Red team findings 1, 5, 6 and 7 of the security issue: each crafted message is refused, the
+/// desktop keeps serving honest phones, and it restarts on its database afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_changes_that_would_break_the_desktop_are_refused_and_it_restarts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let desk_dir = dir.path().join("desk");
+    let listen = free_udp_addr();
+    let serve = Serve::start(&desk_dir, listen)?;
+    let honest = dir.path().join("honest");
+    ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&honest),
+        "pair",
+        &serve.payload,
+        "--name",
+        "honest",
+    ])?)?;
+    let honest_id: DeviceId = show(&honest)?["device"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let cases: [(Forge, &str); 4] = [
+        (
+            Forge::StartOpBelowDependency(honest_id),
+            "first operation counter",
+        ),
+        (Forge::CompressionBomb, "too large"),
+        (Forge::TextIsANumber, "not a valid message"),
+        (Forge::OversizedText, "the limit is 32768"),
+    ];
+    for (forge, expect) in cases {
+        let code = fresh_code(&desk_dir, "5m")?;
+        let reason = crafted_peer(&code, forge).await?;
+        eprintln!("[trust] {expect}: {reason}");
+        assert!(reason.contains(expect), "expected {expect:?} in {reason:?}");
+        // The honest phone still syncs, and sees nothing of the crafted message.
+        let r = ok(deskhand(&[
+            "phone",
+            "--data",
+            path(&honest),
+            "send",
+            "still here",
+        ])?)?;
+        assert!(r.stdout.starts_with("sent"), "{}", r.stdout);
+    }
+    let v = show(&honest)?;
+    let texts = texts(&v);
+    assert!(
+        texts.iter().all(|t| t == "still here"),
+        "a crafted message reached an honest phone: {texts:?}"
+    );
+    // The database still loads: the desktop starts again and serves the phone.
+    drop(serve);
+    let serve = Serve::start(&desk_dir, listen)?;
+    let r = ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&honest),
+        "send",
+        "after restart",
+    ])?)?;
+    assert!(r.stdout.starts_with("sent"), "{}", r.stdout);
     drop(serve);
     Ok(())
 }
