@@ -1229,7 +1229,11 @@ async fn execute(
 /// The sandbox of one shell command: the policy's secret and own locations hidden, writes
 /// confined to the roots, and the roots searched for secret names (bounded).
 fn shell_confinement(policy: &Policy) -> Sandbox {
-    let walk: Vec<(PathBuf, usize)> = policy.roots().iter().map(|r| (r.clone(), usize::MAX)).collect();
+    let walk: Vec<(PathBuf, usize)> = policy
+        .roots()
+        .iter()
+        .map(|r| (r.clone(), usize::MAX))
+        .collect();
     Sandbox::Confined(Confinement::new(
         &policy.sandbox_hidden(),
         policy.roots(),

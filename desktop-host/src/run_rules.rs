@@ -55,8 +55,8 @@ const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "ev
 /// Programs that run the rest of their arguments as a command (after their own options).
 const LAUNCHERS: &[&str] = &[
     "busybox", "builtin", "chroot", "command", "doas", "env", "exec", "find", "flock", "ionice",
-    "nice", "nohup", "setsid", "stdbuf", "strace", "sudo", "taskset", "time", "timeout",
-    "unshare", "watch", "xargs",
+    "nice", "nohup", "setsid", "stdbuf", "strace", "sudo", "taskset", "time", "timeout", "unshare",
+    "watch", "xargs",
 ];
 
 /// An operator joining simple commands.
@@ -214,11 +214,8 @@ impl RunPattern {
                     !plain.commands.is_empty()
                         && plain.operators.is_subset(&self.operators)
                         && plain.commands.iter().all(|words| {
-                            let args: Vec<Arg> =
-                                words.iter().cloned().map(Arg::Literal).collect();
-                            self.commands
-                                .iter()
-                                .any(|p| words_match(p, &args, false))
+                            let args: Vec<Arg> = words.iter().cloned().map(Arg::Literal).collect();
+                            self.commands.iter().any(|p| words_match(p, &args, false))
                         })
                 })
             })
@@ -577,9 +574,8 @@ impl Walk<'_> {
     fn redirect(&mut self, io: &ast::IoRedirect) {
         match io {
             ast::IoRedirect::File(_, _, target) => match target {
-                ast::IoFileRedirectTarget::Filename(w) | ast::IoFileRedirectTarget::Duplicate(w) => {
-                    self.word(&w.value)
-                }
+                ast::IoFileRedirectTarget::Filename(w)
+                | ast::IoFileRedirectTarget::Duplicate(w) => self.word(&w.value),
                 ast::IoFileRedirectTarget::Fd(_) => {}
                 ast::IoFileRedirectTarget::ProcessSubstitution(_, s) => self.list(&s.list),
             },
@@ -710,11 +706,7 @@ impl Walk<'_> {
                     let inside = source
                         .strip_prefix("$((")
                         .and_then(|s| s.strip_suffix("))"))
-                        .or_else(|| {
-                            source
-                                .strip_prefix("${")
-                                .and_then(|s| s.strip_suffix('}'))
-                        });
+                        .or_else(|| source.strip_prefix("${").and_then(|s| s.strip_suffix('}')));
                     if let Some(inside) = inside {
                         self.code_in(inside);
                     }

@@ -136,7 +136,8 @@ impl Confinement {
                     reason: format!("{} is missing", exec.display()),
                 });
             }
-            let profile = macos_profile(&self.hidden, &self.writable, tmp)?;
+            // Profiles match real paths (`/private/var/…`, not `/var/…`).
+            let profile = macos_profile(&self.hidden, &self.writable, &resolved(tmp))?;
             let mut cmd = tokio::process::Command::new(exec);
             cmd.arg("-p").arg(profile).arg(program).args(args);
             cmd.env("TMPDIR", tmp);
@@ -168,8 +169,8 @@ impl Confinement {
                 .name("sandboxed-spawn".into())
                 .spawn(move || {
                     let _runtime = handle.enter();
-                    let r = linux::restrict_this_thread(&this, &tmp, linux::REQUIRED)
-                        .and_then(|()| {
+                    let r =
+                        linux::restrict_this_thread(&this, &tmp, linux::REQUIRED).and_then(|()| {
                             cmd.spawn().map_err(|source| ToolError::Spawn {
                                 program: "sh".into(),
                                 source,
@@ -215,7 +216,10 @@ fn resolved(p: &Path) -> PathBuf {
             }
             return out;
         }
-        match (existing.file_name().map(|n| n.to_owned()), existing.parent()) {
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent(),
+        ) {
             (Some(name), Some(parent)) => {
                 rest.push(name);
                 existing = parent.to_path_buf();
@@ -290,7 +294,10 @@ pub fn macos_profile(
 ) -> Result<String, ToolError> {
     fn quoted(p: &Path) -> Result<String, ToolError> {
         let s = p.to_str().ok_or_else(|| ToolError::Sandbox {
-            reason: format!("{} is not UTF-8, which a sandbox profile cannot name", p.display()),
+            reason: format!(
+                "{} is not UTF-8, which a sandbox profile cannot name",
+                p.display()
+            ),
         })?;
         let mut out = String::with_capacity(s.len() + 2);
         out.push('"');
@@ -391,8 +398,7 @@ pub(crate) mod linux {
             .iter()
             .flat_map(|h| h.ancestors().skip(1).map(Path::to_path_buf))
             .collect();
-        let in_writable =
-            |p: &Path| c.writable.iter().any(|w| p.starts_with(w)) && !c.is_hidden(p);
+        let in_writable = |p: &Path| c.writable.iter().any(|w| p.starts_with(w)) && !c.is_hidden(p);
         let mut out = Vec::new();
         let push = |path: PathBuf, fd: OwnedFd, grant: Grant, out: &mut Vec<Rule>| {
             if let Some(is_dir) = is_dir(&fd) {
@@ -523,7 +529,7 @@ pub(crate) mod linux {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
@@ -603,7 +609,10 @@ mod tests {
             },
         );
         let note = c.note().unwrap();
-        assert!(note.contains("2 entries") && note.contains("not hidden"), "{note}");
+        assert!(
+            note.contains("2 entries") && note.contains("not hidden"),
+            "{note}"
+        );
     }
 
     #[cfg(target_os = "linux")]
@@ -668,12 +677,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Confinement::new(&[], &[], &[], &|_| false, WalkLimits::default());
         let tmp = dir.path().to_path_buf();
-        let e = std::thread::spawn(move || {
-            linux::restrict_this_thread(&c, &tmp, landlock::ABI::V10)
-        })
-        .join()
-        .unwrap()
-        .unwrap_err();
+        let e =
+            std::thread::spawn(move || linux::restrict_this_thread(&c, &tmp, landlock::ABI::V10))
+                .join()
+                .unwrap()
+                .unwrap_err();
         assert!(matches!(e, ToolError::SandboxUnavailable { .. }), "{e:?}");
         let text = e.to_string();
         assert!(

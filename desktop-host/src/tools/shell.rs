@@ -615,10 +615,16 @@ mod tests {
         }
         for name in ["stolen", "linked", "moved", "moved-env"] {
             let copy = std::fs::read_to_string(l.root.join(name)).unwrap_or_default();
-            assert!(!copy.contains(KEY) && !copy.contains("TOKEN"), "{name}: {copy}");
+            assert!(
+                !copy.contains(KEY) && !copy.contains("TOKEN"),
+                "{name}: {copy}"
+            );
         }
         assert_eq!(std::fs::read_to_string(&l.key).unwrap(), KEY);
-        assert_eq!(std::fs::read_to_string(l.root.join("app/.env")).unwrap(), "TOKEN=abc");
+        assert_eq!(
+            std::fs::read_to_string(l.root.join("app/.env")).unwrap(),
+            "TOKEN=abc"
+        );
     }
 
     #[tokio::test]
@@ -633,7 +639,10 @@ mod tests {
         assert_eq!((o.exit_code, o.stdout.as_str()), (Some(0), "x\n"), "{o:?}");
         for cmd in [
             format!("echo x > {outside}/file"),
-            format!("echo x > /tmp/deskhand-outside-roots-{}", std::process::id()),
+            format!(
+                "echo x > /tmp/deskhand-outside-roots-{}",
+                std::process::id()
+            ),
             format!("echo x > {home}/.ssh/authorized_keys"),
             format!("mkdir {home}/.ssh/d"),
             format!(": > {home}/.ssh/id_ed25519"),
@@ -649,18 +658,33 @@ mod tests {
             assert_ne!(o.exit_code, Some(0), "{cmd} must fail: {o:?}");
         }
         assert!(!l.outside.join("file").exists());
-        assert!(!Path::new(&format!("/tmp/deskhand-outside-roots-{}", std::process::id())).exists());
+        assert!(
+            !Path::new(&format!(
+                "/tmp/deskhand-outside-roots-{}",
+                std::process::id()
+            ))
+            .exists()
+        );
         assert!(!l.home.join(".ssh/authorized_keys").exists());
         assert!(!l.home.join(".aws").exists() && !l.home.join("new-in-home").exists());
         assert_eq!(std::fs::read_to_string(&l.key).unwrap(), KEY);
-        assert_eq!(std::fs::read_to_string(l.home.join("data/deskhand.redb")).unwrap(), "DATABASE");
+        assert_eq!(
+            std::fs::read_to_string(l.home.join("data/deskhand.redb")).unwrap(),
+            "DATABASE"
+        );
         // Existing files in such a folder can still be changed, and TMPDIR is private and writable.
         let o = sh(&l, &format!("echo more >> {root}/app/src/../../docs/notes.txt; echo t > \"$TMPDIR/t\" && cat \"$TMPDIR/t\"; echo \"$TMPDIR\"")).await;
         assert_eq!(o.exit_code, Some(0), "{o:?}");
         let tmpdir = o.stdout.lines().nth(1).unwrap_or_default().to_owned();
         assert!(tmpdir.contains("deskhand-run-"), "{}", o.stdout);
-        assert!(!Path::new(&tmpdir).exists(), "the private temporary folder is removed");
-        assert_eq!(std::fs::read_to_string(l.root.join("docs/notes.txt")).unwrap(), "notes\nmore\n");
+        assert!(
+            !Path::new(&tmpdir).exists(),
+            "the private temporary folder is removed"
+        );
+        assert_eq!(
+            std::fs::read_to_string(l.root.join("docs/notes.txt")).unwrap(),
+            "notes\nmore\n"
+        );
     }
 
     #[tokio::test]

@@ -353,7 +353,11 @@ fn the_readme_allow_rule_covers_git_status_only_and_an_approved_command_cannot_r
     rig.decide(&approval, "approve", None)?;
     let task = rig.finished(&t)?;
     assert_eq!(status(&task), "failed", "{task}");
-    assert!(summary(&task).contains("Permission denied"), "{}", summary(&task));
+    assert!(
+        summary(&task).contains("Permission denied"),
+        "{}",
+        summary(&task)
+    );
     assert!(!task.to_string().contains("PRIVATE KEY"), "{task}");
 
     let t = rig.say("run sh -c 'cat ~/.ssh/id_ed25519' || echo refused")?;
@@ -385,7 +389,10 @@ fn cancel_stops_a_running_shell_command() -> Result<()> {
     let task = rig.wait_task(&t, &["cancelled"], 10_000)?;
     assert_eq!(status(&task), "cancelled");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(!rig.home.join("work/late").exists(), "the command was stopped");
+    assert!(
+        !rig.home.join("work/late").exists(),
+        "the command was stopped"
+    );
     Ok(())
 }
 
