@@ -629,7 +629,7 @@ mod tests {
         std::os::unix::fs::symlink(home.join(".ssh"), home.join("keys")).unwrap();
         let c = Confinement::new(
             &[home.join(".ssh"), home.join("work/app/.env")],
-            &[home.clone()],
+            std::slice::from_ref(&home),
             &[],
             &|_| false,
             WalkLimits::default(),
