@@ -20,7 +20,7 @@
 //!   A command that does not parse is never allowed by a rule.
 //! - **deny** and **ask** match when every command of the pattern is matched by some simple
 //!   command *anywhere* in the command: inside substitutions, subshells, functions, loops,
-//!   here-documents, `sh -c`/`bash -c`/`eval` strings, and after common launchers (`env`, `sudo`,
+//!   here-documents, `sh -c`/`bash -c`/`eval`/`trap`/`alias` strings, and after common launchers (`env`, `sudo`,
 //!   `xargs`, `find -exec`, `nice`, `timeout`, …), under either reading. A word whose value is
 //!   known only when the command runs (`$CMD`, `$(which rm)`, `r*`) matches any pattern word,
 //!   and a command name given as a path matches by its last component (`/bin/rm` is `rm`). A
@@ -50,8 +50,11 @@ const MAX_LAUNCHED_WORDS: usize = 64;
 /// Stack of the thread that parses (the parser recurses; tokio's workers have 2 MiB).
 const PARSE_STACK: usize = 16 * 1024 * 1024;
 
-/// Programs whose arguments are shell code (`sh -c '…'`, `eval …`).
-const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "eval"];
+/// Programs and builtins whose arguments are shell code (`sh -c '…'`, `eval …`, `trap '…' EXIT`,
+/// `su -c '…'`, `watch '…'`); for `alias`, the value after `=`.
+const SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "eval", "trap", "su", "watch", "alias",
+];
 /// Programs that run the rest of their arguments as a command (after their own options).
 const LAUNCHERS: &[&str] = &[
     "busybox", "builtin", "chroot", "command", "doas", "env", "exec", "find", "flock", "ionice",
@@ -594,16 +597,17 @@ impl Walk<'_> {
 
     fn simple(&mut self, sc: &ast::SimpleCommand) {
         let mut args = Vec::new();
-        let items = sc
-            .prefix
-            .iter()
-            .flat_map(|p| p.0.iter())
-            .chain(sc.suffix.iter().flat_map(|s| s.0.iter()));
         if let Some(name) = &sc.word_or_name {
             self.word(&name.value);
             args.push(arg(&name.value));
         }
-        for item in items {
+        let prefix = sc
+            .prefix
+            .iter()
+            .flat_map(|p| p.0.iter())
+            .map(|i| (i, false));
+        let suffix = sc.suffix.iter().flat_map(|s| s.0.iter()).map(|i| (i, true));
+        for (item, is_argument) in prefix.chain(suffix) {
             match item {
                 ast::CommandPrefixOrSuffixItem::IoRedirect(io) => self.redirect(io),
                 ast::CommandPrefixOrSuffixItem::Word(w) => {
@@ -622,14 +626,16 @@ impl Walk<'_> {
                             }
                         }
                     }
-                    // The assignment word itself, e.g. `declare x=$(…)`.
                     self.word(&w.value);
+                    // After the name (`export A=1`, `alias ls='…'`) it is an argument; before
+                    // it (`A=1 cmd`) it only sets the command's environment.
+                    if is_argument {
+                        args.push(arg(&w.value));
+                    }
                 }
                 ast::CommandPrefixOrSuffixItem::ProcessSubstitution(_, s) => self.list(&s.list),
             }
         }
-        // In a prefix (`A=1 cmd`), the command name comes after the assignments; `args` lists
-        // the name first only because brush keeps it apart, which is the order that runs.
         self.args(args);
     }
 
@@ -678,6 +684,12 @@ impl Walk<'_> {
         }
         if name == "eval" {
             self.nested(&code.join(" "));
+        } else if name == "alias" {
+            for c in code {
+                if let Some((_, value)) = c.split_once('=') {
+                    self.nested(value);
+                }
+            }
         } else {
             for c in code {
                 self.nested(c);
@@ -1019,6 +1031,9 @@ mod tests {
             "\"$(which rm)\" x",
             "echo hi &>x rm -rf y",
             "sh -c \"$X\"",
+            "alias ls='rm -rf x'\nls",
+            "trap 'rm -rf x' EXIT",
+            "watch 'rm -rf x'",
             "cat <<EOF\n$(rm x)\nEOF",
             "echo 'unterminated",
         ] {
