@@ -371,6 +371,45 @@ fn the_readme_allow_rule_covers_git_status_only_and_an_approved_command_cannot_r
 }
 
 #[test]
+fn an_approved_command_cannot_drive_the_host_through_its_control_socket() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    let data = rig.data();
+    std::fs::create_dir_all(rig.home.join("work"))?;
+    // A same-user program with a socket library: it reaches the socket, not the token.
+    std::fs::write(
+        rig.home.join("work/probe.py"),
+        "import socket, sys\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.connect(sys.argv[1])\n\
+         s.sendall(b'{\"cmd\": \"pair\", \"png\": \"' + sys.argv[2].encode() + b'\"}\\n')\n\
+         print(s.recv(65536).decode())\n",
+    )?;
+    let planted = rig.home.join("work/planted.png");
+    let cmd = format!(
+        "run python3 ~/work/probe.py {} {}; cat {}",
+        data.join("control.sock").display(),
+        planted.display(),
+        data.join("control.token").display()
+    );
+    let t = rig.say(&cmd)?;
+    let approval = rig.approval(&t)?;
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    let s = summary(&task);
+    assert!(s.contains("refused: the request does not carry"), "{s}");
+    assert!(s.contains("Permission denied"), "{s}");
+    assert!(!s.contains("deskhand://pair"), "{s}");
+    assert!(
+        !planted.exists(),
+        "the host wrote a file for the sandboxed command"
+    );
+    // The owner's own commands still work.
+    let r = deskhand(&["status", "--data", data.to_str().context("utf8")?, "--json"])?;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    Ok(())
+}
+
+#[test]
 fn cancel_stops_a_running_shell_command() -> Result<()> {
     let mut rig = Rig::new("", &[])?;
     // In the sandbox nothing new can be made directly in ~ (it holds ~/.ssh): use a folder.
