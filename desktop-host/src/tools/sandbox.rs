@@ -21,9 +21,11 @@
 //! - **macOS**: `/usr/bin/sandbox-exec` with a generated profile ([`macos_profile`]).
 //! - Elsewhere, or without Landlock, a command is refused unless `shell_sandbox = "off"`.
 //!
+//! Signals to processes outside the sandbox are refused where the kernel has Landlock ABI 6.
+//!
 //! Not covered: the network; metadata calls Landlock does not mediate (`chmod`, `stat`,
-//! timestamps); connecting to Unix sockets (Landlock ABI 9); signals to other processes of
-//! the user; a hard link or bind mount of a secret placed elsewhere in advance.
+//! timestamps); connecting to Unix sockets (Landlock ABI 9); signals before ABI 6; a hard
+//! link or bind mount of a secret placed elsewhere in advance.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -343,7 +345,7 @@ pub(crate) mod linux {
 
     use landlock::{
         ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset,
-        RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus,
+        RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
     };
     use rustix::fs::{Dir, FileType, Mode, OFlags};
 
@@ -503,12 +505,30 @@ pub(crate) mod linux {
         let rule_failed = |path: &Path, e: RulesetError| ToolError::Sandbox {
             reason: format!("the rule for {}: {e}", path.display()),
         };
-        let mut ruleset = Ruleset::default()
-            .set_compatibility(CompatLevel::HardRequirement)
-            .handle_access(AccessFs::from_all(abi))
-            .map_err(unavailable)?
-            .create()
-            .map_err(unavailable)?;
+        let fs_only = || {
+            Ruleset::default()
+                .set_compatibility(CompatLevel::HardRequirement)
+                .handle_access(AccessFs::from_all(abi))
+                .map_err(unavailable)
+        };
+        // Signals to processes outside the sandbox (the host itself, the user's programs) are
+        // refused where the kernel can (ABI 6, Linux 6.12); before that they are not, as the
+        // README says, and the log says so once.
+        let ruleset = match fs_only()?.scope(Scope::Signal) {
+            Ok(r) => r,
+            Err(RulesetError::Scope(e)) => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| {
+                    tracing::warn!(
+                        "shell sandbox: this kernel cannot keep commands from signalling \
+                         other processes ({e}); files are still confined"
+                    )
+                });
+                fs_only()?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let mut ruleset = ruleset.create().map_err(unavailable)?;
         for rule in rules(c, tmp) {
             let access = access(&rule, abi);
             let path = rule.path;

@@ -705,4 +705,18 @@ mod tests {
             assert!(o.stdout.starts_with("?? a\n"), "{}", o.stdout);
         }
     }
+
+    #[tokio::test]
+    async fn a_sandboxed_command_cannot_signal_the_host() {
+        let l = layout();
+        let me = std::process::id();
+        let o = sh(
+            &l,
+            &format!("kill -0 {me} && echo reachable; sleep 0.2 & kill -0 $! && echo own-child"),
+        )
+        .await;
+        assert!(!o.stdout.contains("reachable"), "{o:?}");
+        assert!(o.stdout.contains("own-child"), "{o:?}");
+        assert!(o.stderr.contains("not permitted"), "{o:?}");
+    }
 }
