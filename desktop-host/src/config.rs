@@ -6,6 +6,7 @@
 //! approval_timeout_secs = 300      # an unanswered request is denied after this
 //! shell_timeout_secs = 60
 //! shell_max_output_bytes = 1048576
+//! shell_sandbox = "on"             # "off" runs commands without the OS sandbox
 //! heartbeat_secs = 30
 //!
 //! [permissions]                    # tool + pattern, like Claude Code's rules
@@ -35,6 +36,17 @@ pub struct Permissions {
     pub deny: Vec<String>,
 }
 
+/// Whether shell commands run in the OS sandbox (`tools::sandbox`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShellSandbox {
+    /// Always; a machine without a sandbox refuses to run commands (the default).
+    #[default]
+    On,
+    /// Never: commands can read and write whatever the user can. Only by explicit choice.
+    Off,
+}
+
 /// The host's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +61,8 @@ pub struct Config {
     pub shell_timeout_secs: u64,
     /// Bytes of output kept from a shell command (each of stdout and stderr).
     pub shell_max_output_bytes: usize,
+    /// Whether shell commands run in the OS sandbox.
+    pub shell_sandbox: ShellSandbox,
     /// Seconds between heartbeats written into the document.
     pub heartbeat_secs: u64,
     /// Permission rules.
@@ -63,6 +77,7 @@ impl Default for Config {
             approval_timeout_secs: 300,
             shell_timeout_secs: 60,
             shell_max_output_bytes: 1024 * 1024,
+            shell_sandbox: ShellSandbox::On,
             heartbeat_secs: 30,
             permissions: Permissions::default(),
         }
@@ -173,6 +188,11 @@ mod tests {
         let c = Config::load(&p).unwrap();
         assert_eq!(c.roots, vec!["/srv".to_string()]);
         assert_eq!(c.permissions.allow, vec!["run(git *)".to_string()]);
+        std::fs::write(&p, "shell_sandbox = \"off\"\n").unwrap();
+        assert_eq!(Config::load(&p).unwrap().shell_sandbox, ShellSandbox::Off);
+        std::fs::write(&p, "shell_sandbox = \"maybe\"\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("shell_sandbox") || e.contains("maybe"), "{e}");
         std::fs::write(&p, "rootz = [\"/srv\"]\n").unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("rootz"), "{e}");

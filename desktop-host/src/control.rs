@@ -1,6 +1,12 @@
 //! The local control socket of a running host: `<data>/control.sock`, readable only by its owner.
 //! One JSON request per line, one JSON answer per line. The store is open in one process at a
 //! time, so commands that act on a running host (`pair`, `devices`) go through here.
+//!
+//! Every request carries the token the host writes to `<data>/control.token` (0600) when it
+//! starts. Being the same user is not enough: a shell command of a task runs as the user but in
+//! a sandbox that hides the data directory, and Landlock (before ABI 9) does not stop it from
+//! connecting to a socket there. Without the token it cannot ask for a pairing code or have the
+//! host write a file for it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +25,39 @@ use crate::qr;
 /// The socket of the host whose data directory is `data`.
 pub fn socket_path(data: &Path) -> PathBuf {
     data.join("control.sock")
+}
+
+/// The token file of the host whose data directory is `data`.
+fn token_path(data: &Path) -> PathBuf {
+    data.join("control.token")
+}
+
+/// Writes a fresh token (32 random bytes, hex), readable by the owner only.
+fn write_token(data: &Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bytes = [
+        deskhand_sync::node::random_id_bytes(),
+        deskhand_sync::node::random_id_bytes(),
+    ]
+    .concat();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = token_path(data);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Extra fields for the `status` answer (the executor's state).
@@ -42,6 +81,7 @@ pub async fn serve(
         std::fs::remove_file(&path)
             .with_context(|| format!("removing the stale {}", path.display()))?;
     }
+    let token = Arc::new(write_token(&data)?);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     {
@@ -54,7 +94,13 @@ pub async fn serve(
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                conns.spawn(handle_conn(node.clone(), data.clone(), status.clone(), stream));
+                conns.spawn(handle_conn(
+                    node.clone(),
+                    data.clone(),
+                    status.clone(),
+                    token.clone(),
+                    stream,
+                ));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -64,11 +110,28 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle_conn(node: Arc<Node>, data: PathBuf, status: StatusFn, stream: UnixStream) {
+async fn handle_conn(
+    node: Arc<Node>,
+    data: PathBuf,
+    status: StatusFn,
+    token: Arc<String>,
+    stream: UnixStream,
+) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let answer = match serde_json::from_str::<Value>(&line) {
+            Ok(req)
+                if !same(
+                    req["token"].as_str().unwrap_or("").as_bytes(),
+                    token.as_bytes(),
+                ) =>
+            {
+                json!({"ok": false, "error": format!(
+                    "refused: the request does not carry this host's control token ({})",
+                    token_path(&data).display()
+                )})
+            }
             Ok(req) => handle(&node, &data, &status, &req)
                 .await
                 .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")})),
@@ -180,7 +243,7 @@ async fn handle(node: &Node, data: &Path, status: &StatusFn, req: &Value) -> Res
 }
 
 /// Sends one request to the host running on `data`.
-pub async fn request(data: &Path, req: Value) -> Result<Value> {
+pub async fn request(data: &Path, mut req: Value) -> Result<Value> {
     let path = socket_path(data);
     let stream = UnixStream::connect(&path).await.map_err(|_| {
         anyhow::anyhow!(
@@ -189,6 +252,10 @@ pub async fn request(data: &Path, req: Value) -> Result<Value> {
             data.display()
         )
     })?;
+    let token_file = token_path(data);
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading the host's control token {}", token_file.display()))?;
+    req["token"] = json!(token.trim());
     let (r, mut w) = stream.into_split();
     w.write_all(format!("{req}\n").as_bytes()).await?;
     let mut lines = BufReader::new(r).lines();

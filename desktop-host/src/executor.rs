@@ -31,8 +31,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolHost, ToolOutput};
-use crate::config::Config;
+use crate::config::{Config, ShellSandbox};
 use crate::policy::{Policy, Subject, Verdict as PolicyVerdict};
+use crate::tools::sandbox::{Confinement, Sandbox, WalkLimits};
 use crate::tools::{files, input, open, screen, shell};
 
 /// Output longer than this goes into a blob; the event and reply keep the tail.
@@ -1103,7 +1104,14 @@ async fn execute(
                 timeout: Duration::from_secs(inner.config.shell_timeout_secs),
                 max_output: inner.config.shell_max_output_bytes,
             };
-            let out = shell::run(command, policy.home(), limits, cancel.clone())
+            let sandbox = match inner.config.shell_sandbox {
+                ShellSandbox::Off => Sandbox::Off,
+                ShellSandbox::On => {
+                    let pol = policy.clone();
+                    blocking(move || Ok(shell_confinement(&pol))).await?
+                }
+            };
+            let out = shell::run(command, policy.home(), limits, &sandbox, cancel.clone())
                 .await
                 .map_err(|e| CallError::Failed(e.to_string()))?;
             if out.cancelled {
@@ -1153,6 +1161,9 @@ async fn execute(
             if !shown.trim().is_empty() {
                 msg.push('\n');
                 msg.push_str(shown.trim_end());
+            }
+            if let Some(note) = &out.sandbox_note {
+                msg.push_str(&format!("\n(note: {note})"));
             }
             if out.timed_out || out.exit_code != Some(0) {
                 return Err(CallError::Failed(msg));
@@ -1213,6 +1224,23 @@ async fn execute(
             "there is no tool called {other:?}"
         ))),
     }
+}
+
+/// The sandbox of one shell command: the policy's secret and own locations hidden, writes
+/// confined to the roots, and the roots searched for secret names (bounded).
+fn shell_confinement(policy: &Policy) -> Sandbox {
+    let walk: Vec<(PathBuf, usize)> = policy
+        .roots()
+        .iter()
+        .map(|r| (r.clone(), usize::MAX))
+        .collect();
+    Sandbox::Confined(Confinement::new(
+        &policy.sandbox_hidden(),
+        policy.roots(),
+        &walk,
+        &|p| policy.skip(p),
+        WalkLimits::default(),
+    ))
 }
 
 fn entry_line(e: &files::Entry) -> String {

@@ -8,4 +8,5 @@ pub mod config;
 pub mod executor;
 pub mod paths;
 pub mod policy;
+pub mod run_rules;
 pub mod tools;

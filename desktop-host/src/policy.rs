@@ -7,12 +7,14 @@
 //!    keyrings, `.env*` files, the host's own data and config directories) or anything outside
 //!    the configured roots is denied — no rule and no approval can change that;
 //! 3. the config's `deny` rules, then `ask`, then `allow` (first match wins in that order);
+//!    `run(…)` rules match the parsed command, never its text ([`crate::run_rules`]);
 //! 4. the default for the tool: reads inside the roots allow, everything that changes the machine
 //!    (writes, moves, trash, shell, keyboard and mouse, opening things) asks.
 
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::Config;
+use crate::run_rules::{ParsedCommand, RunPattern};
 
 /// What the policy says about a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +58,16 @@ pub enum Default {
 pub struct Rule {
     tool: String,
     pattern: Option<String>,
+    /// For `run(…)`: the pattern as a command line ([`crate::run_rules`]).
+    run: Option<RunPattern>,
+}
+
+/// How a rule's pattern must match: `allow` rules match a whole `run` command, `deny` and `ask`
+/// rules any part of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Match {
+    Whole,
+    AnyPart,
 }
 
 impl Rule {
@@ -80,19 +92,37 @@ impl Rule {
                 known.join(", ")
             ));
         }
+        let run = match (tool, &pattern) {
+            ("run", Some(p)) => Some(RunPattern::parse(p)?),
+            _ => None,
+        };
         Ok(Self {
             tool: tool.to_owned(),
             pattern,
+            run,
         })
     }
 
-    fn matches(&self, tool: &str, subjects: &[String], home: &Path) -> bool {
+    fn matches(
+        &self,
+        tool: &str,
+        subjects: &[String],
+        home: &Path,
+        command: Option<&ParsedCommand>,
+        how: Match,
+    ) -> bool {
         if self.tool != tool {
             return false;
         }
         let Some(pattern) = &self.pattern else {
             return true;
         };
+        if let Some(run) = &self.run {
+            return command.is_some_and(|c| match how {
+                Match::Whole => run.allows(c),
+                Match::AnyPart => run.catches(c),
+            });
+        }
         let pattern = expand_tilde(pattern, home);
         // Every subject must match, so `move(~/a/**)` does not cover a move out of `~/a`.
         !subjects.is_empty() && subjects.iter().all(|s| glob(&pattern, s))
@@ -219,6 +249,20 @@ impl Policy {
         None
     }
 
+    /// What a sandboxed shell command must neither read, write nor execute, whatever its text:
+    /// the host's own directories, the secret locations under home and the secret folder names
+    /// directly under home (resolved). Secret names deeper in the roots (`.env` files, a
+    /// project's `.ssh`) are found by walking the roots with [`Policy::skip`].
+    pub fn sandbox_hidden(&self) -> Vec<PathBuf> {
+        let mut hidden = self.protected.clone();
+        hidden.extend(
+            SECRET_DIRS
+                .iter()
+                .map(|d| resolve_path(&self.home, &self.home.join(d).to_string_lossy())),
+        );
+        hidden
+    }
+
     /// For directory walks: true for what a walk must neither report nor enter.
     pub fn skip(&self, path: &Path) -> bool {
         self.forbidden(path).is_some()
@@ -243,25 +287,20 @@ impl Policy {
             }
             Subject::Text(t) => vec![t.clone()],
         };
-        if let Some(r) = self
-            .deny
-            .iter()
-            .find(|r| r.matches(tool, &subjects, &self.home))
-        {
+        // A shell command is parsed once, and `run` rules match the parse, not the text.
+        let command = match (tool, subject) {
+            ("run", Subject::Text(t)) => Some(ParsedCommand::parse(t)),
+            _ => None,
+        };
+        let command = command.as_ref();
+        let hit = |r: &Rule, how| r.matches(tool, &subjects, &self.home, command, how);
+        if let Some(r) = self.deny.iter().find(|r| hit(r, Match::AnyPart)) {
             return Verdict::Deny(format!("the desktop's rules deny this ({})", r.show()));
         }
-        if self
-            .ask
-            .iter()
-            .any(|r| r.matches(tool, &subjects, &self.home))
-        {
+        if self.ask.iter().any(|r| hit(r, Match::AnyPart)) {
             return Verdict::Ask;
         }
-        if self
-            .allow
-            .iter()
-            .any(|r| r.matches(tool, &subjects, &self.home))
-        {
+        if self.allow.iter().any(|r| hit(r, Match::Whole)) {
             return Verdict::Allow;
         }
         match default {
@@ -461,6 +500,50 @@ mod tests {
         );
         assert!(Rule::parse("nuke(*)").is_err());
         assert!(Rule::parse("run(ls").is_err());
+    }
+
+    #[test]
+    fn run_rules_match_the_parsed_command_not_its_text() {
+        let (_d, p) = setup();
+        let run = |c: &str| p.judge("run", &Subject::Text(c.into()));
+        assert_eq!(run("git status -s"), Verdict::Allow);
+        for c in [
+            "git status; cd .ssh; cat id_ed25519",
+            "git status && rm -rf ~",
+            "git status $(cat ~/.ssh/id_ed25519)",
+            "git status > ~/.bashrc",
+            "git status `cat ~/.ssh/id_ed25519`",
+            "git status <(cat ~/.ssh/id_ed25519)",
+            "git status ${HOME}",
+        ] {
+            assert_eq!(run(c), Verdict::Ask, "{c}");
+        }
+        let config = Config {
+            permissions: crate::config::Permissions {
+                deny: vec!["run(rm *)".into()],
+                ask: vec!["run(git push*)".into()],
+                allow: vec!["run(echo *)".into(), "run(git *)".into()],
+            },
+            ..Config::default()
+        };
+        let p = Policy::new(&config, p.home(), &[]).unwrap();
+        let run = |c: &str| p.judge("run", &Subject::Text(c.into()));
+        assert!(matches!(run("echo hi; rm -rf x"), Verdict::Deny(_)));
+        assert!(matches!(run("echo $(rm -rf x)"), Verdict::Deny(_)));
+        assert_eq!(run("echo hi"), Verdict::Allow);
+        assert_eq!(run("git push -f"), Verdict::Ask);
+        assert_eq!(run("git pull"), Verdict::Allow);
+        let e = Rule::parse("run(git status > x)").unwrap_err();
+        assert!(e.contains("redirections"), "{e}");
+    }
+
+    #[test]
+    fn sandbox_hidden_lists_the_secret_and_own_locations() {
+        let (_d, p) = setup();
+        let hidden = p.sandbox_hidden();
+        assert!(hidden.contains(&p.home().join(".ssh")), "{hidden:?}");
+        assert!(hidden.contains(&p.home().join(".local/share/deskhand")));
+        assert!(hidden.contains(&p.home().join(".gnupg")));
     }
 
     #[test]

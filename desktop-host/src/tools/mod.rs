@@ -1,6 +1,6 @@
 //! The local tools: the mechanisms a task uses to act on this computer.
 //!
-//! Files ([`files`]), shell commands ([`shell`]), screenshots ([`screen`]), keyboard and mouse
+//! Files ([`files`]), shell commands ([`shell`], confined by [`sandbox`]), screenshots ([`screen`]), keyboard and mouse
 //! ([`input`]) and opening documents or links ([`open`]). These functions do what they are asked;
 //! deciding *whether* a call is allowed, and resolving the paths it may touch, is the policy
 //! layer's job and happens before any of them is called. The one hook the policy needs inside a
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 pub mod files;
 pub mod input;
 pub mod open;
+pub mod sandbox;
 pub mod screen;
 pub mod shell;
 
@@ -139,6 +140,21 @@ pub enum ToolError {
     /// Keyboard or mouse input could not be set up or sent.
     #[error("input failed: {reason}")]
     Input {
+        /// Why.
+        reason: String,
+    },
+    /// The OS sandbox shell commands run in is not available on this machine.
+    #[error(
+        "the shell sandbox is not available: {reason}. Commands are not run without it; to run \
+         them unsandboxed anyway, set shell_sandbox = \"off\" in the desktop's config.toml"
+    )]
+    SandboxUnavailable {
+        /// What is missing.
+        reason: String,
+    },
+    /// The sandbox could not be set up for this command.
+    #[error("could not set up the shell sandbox: {reason}")]
+    Sandbox {
         /// Why.
         reason: String,
     },

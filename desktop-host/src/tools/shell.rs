@@ -1,5 +1,6 @@
-//! Shell commands: run one `sh -c` command with bounded time and output, and stop it and
-//! everything it started when the time is up or the task is cancelled.
+//! Shell commands: run one `sh -c` command in the OS sandbox ([`super::sandbox`]) with bounded
+//! time and output, and stop it and everything it started when the time is up or the task is
+//! cancelled.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -11,6 +12,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::ToolError;
+use super::sandbox::Sandbox;
 
 /// How much a command may take.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +49,9 @@ pub struct ShellOutput {
     pub cancelled: bool,
     /// Wall-clock time from start until everything it started was gone.
     pub duration_ms: u64,
+    /// What the sandbox did not cover for this command, when something (the search for
+    /// secret names stopped at its limit).
+    pub sandbox_note: Option<String>,
 }
 
 impl ShellOutput {
@@ -73,7 +78,9 @@ const TERM_GRACE: Duration = Duration::from_millis(1500);
 /// can still hold the pipes then, and we do not wait for it.
 const KILL_GRACE: Duration = Duration::from_millis(500);
 
-/// Runs `command` with `sh -c` in `cwd`, stdin empty, in a process group of its own.
+/// Runs `command` with `sh -c` in `cwd`, stdin empty, in a process group of its own, inside
+/// `sandbox` (with `TMPDIR` pointing at a private temporary folder made for it and removed
+/// after it).
 ///
 /// Stdout and stderr are read concurrently, each kept up to `limits.max_output` bytes and drained
 /// beyond that, so a chatty command never blocks on a full pipe. When `limits.timeout` passes or
@@ -84,6 +91,7 @@ pub async fn run(
     command: &str,
     cwd: &Path,
     limits: ShellLimits,
+    sandbox: &Sandbox,
     cancel: CancellationToken,
 ) -> Result<ShellOutput, ToolError> {
     if !cwd.is_dir() {
@@ -100,20 +108,39 @@ pub async fn run(
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + limits.timeout;
     let (program, flag) = shell();
-    let mut cmd = Command::new(program);
-    cmd.arg(flag)
-        .arg(command)
-        .current_dir(cwd)
+    let tmp = match sandbox {
+        Sandbox::Off => None,
+        Sandbox::Confined(_) => Some(
+            tempfile::Builder::new()
+                .prefix("deskhand-run-")
+                .tempdir()
+                .map_err(|e| ToolError::Sandbox {
+                    reason: format!("no private temporary folder: {e}"),
+                })?,
+        ),
+    };
+    let mut cmd = match (sandbox, &tmp) {
+        (Sandbox::Confined(c), Some(tmp)) => c.command(program, &[flag, command], tmp.path())?,
+        _ => {
+            let mut cmd = Command::new(program);
+            cmd.arg(flag).arg(command);
+            cmd
+        }
+    };
+    cmd.current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     #[cfg(unix)]
     cmd.process_group(0);
-    let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
-        program: program.to_string(),
-        source,
-    })?;
+    let mut child = match (sandbox, &tmp) {
+        (Sandbox::Confined(c), Some(tmp)) => c.spawn(cmd, tmp.path()).await?,
+        _ => cmd.spawn().map_err(|source| ToolError::Spawn {
+            program: program.to_string(),
+            source,
+        })?,
+    };
     let group = GroupGuard::new(child.id());
     let (Some(mut out_pipe), Some(mut err_pipe)) = (child.stdout.take(), child.stderr.take())
     else {
@@ -174,6 +201,10 @@ pub async fn run(
         timed_out,
         cancelled,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        sandbox_note: match sandbox {
+            Sandbox::Confined(c) => c.note().map(str::to_owned),
+            Sandbox::Off => None,
+        },
     })
 }
 
@@ -288,6 +319,18 @@ mod tests {
 
     use super::*;
 
+    /// The sandbox the host uses: the test's temporary folders writable, `~/.ssh` hidden.
+    fn confined() -> Sandbox {
+        let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap());
+        Sandbox::Confined(super::super::sandbox::Confinement::new(
+            &[home.join(".ssh")],
+            &[std::env::temp_dir()],
+            &[],
+            &|_| false,
+            super::super::sandbox::WalkLimits::default(),
+        ))
+    }
+
     fn limits(timeout_ms: u64, max_output: usize) -> ShellLimits {
         ShellLimits {
             timeout: Duration::from_millis(timeout_ms),
@@ -321,6 +364,7 @@ mod tests {
             "echo out; echo err >&2; pwd; exit 3",
             dir.path(),
             limits(10_000, 1000),
+            &confined(),
             CancellationToken::new(),
         )
         .await
@@ -337,6 +381,7 @@ mod tests {
             "cat; echo done",
             dir.path(),
             limits(10_000, 1000),
+            &confined(),
             CancellationToken::new(),
         )
         .await
@@ -353,6 +398,7 @@ mod tests {
             "head -c 2000000 /dev/zero | tr '\\0' a; head -c 2000000 /dev/zero | tr '\\0' b >&2; echo tail",
             Path::new("/"),
             limits(20_000, 100),
+            &confined(),
             CancellationToken::new(),
         )
         .await
@@ -371,6 +417,7 @@ mod tests {
             "sleep 30 & echo $! > child.pid; echo started; wait",
             dir.path(),
             limits(500, 1000),
+            &confined(),
             CancellationToken::new(),
         )
         .await
@@ -408,6 +455,7 @@ mod tests {
             "sh -c 'trap \"\" TERM; echo $$ >> pids; exec sleep 30' & echo $$ >> pids; exec sleep 30",
             dir.path(),
             limits(60_000, 1000),
+            &confined(),
             cancel,
         )
         .await
@@ -428,10 +476,12 @@ mod tests {
     async fn dropping_the_future_kills_the_group() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pid");
+        let sandbox = confined();
         let fut = run(
             "sleep 30 & echo $! > pid; wait",
             dir.path(),
             limits(60_000, 1000),
+            &sandbox,
             CancellationToken::new(),
         );
         let _ = tokio::time::timeout(Duration::from_millis(500), fut).await;
@@ -449,10 +499,224 @@ mod tests {
             "true",
             Path::new("/no/such/dir"),
             ShellLimits::default(),
+            &confined(),
             CancellationToken::new(),
         )
         .await
         .unwrap_err();
         assert_eq!(e.to_string(), "`/no/such/dir` does not exist");
+    }
+
+    /// A home with a key, a data folder of the host, a root with a `.env` deep inside, and a
+    /// folder outside the roots; the sandbox the executor would build for it.
+    struct Layout {
+        _dir: tempfile::TempDir,
+        home: std::path::PathBuf,
+        root: std::path::PathBuf,
+        outside: std::path::PathBuf,
+        key: std::path::PathBuf,
+        sandbox: Sandbox,
+    }
+
+    const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY----- 4f7c";
+
+    fn layout() -> Layout {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let home = base.join("home");
+        let root = home.join("root");
+        let outside = base.join("outside");
+        for d in [".ssh", "data", "root/app/src", "root/docs"] {
+            std::fs::create_dir_all(home.join(d)).unwrap();
+        }
+        std::fs::create_dir_all(&outside).unwrap();
+        let key = home.join(".ssh/id_ed25519");
+        std::fs::write(&key, KEY).unwrap();
+        std::fs::write(home.join("data/deskhand.redb"), "DATABASE").unwrap();
+        std::fs::write(root.join("app/.env"), "TOKEN=abc").unwrap();
+        std::fs::write(root.join("docs/notes.txt"), "notes\n").unwrap();
+        let sandbox = Sandbox::Confined(super::super::sandbox::Confinement::new(
+            &[home.join(".ssh"), home.join("data")],
+            std::slice::from_ref(&root),
+            &[(root.clone(), usize::MAX)],
+            &|p: &Path| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".env"))
+            },
+            super::super::sandbox::WalkLimits::default(),
+        ));
+        Layout {
+            _dir: dir,
+            home,
+            root,
+            outside,
+            key,
+            sandbox,
+        }
+    }
+
+    async fn sh(l: &Layout, command: &str) -> ShellOutput {
+        run(
+            command,
+            &l.root,
+            limits(30_000, 100_000),
+            &l.sandbox,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn python() -> &'static str {
+        if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        }
+    }
+
+    #[tokio::test]
+    async fn an_approved_command_cannot_read_a_secret_nor_can_its_children() {
+        let l = layout();
+        let key = l.key.display();
+        let env = l.root.join("app/.env");
+        let env = env.display();
+        let py = python();
+        for cmd in [
+            format!("cat {key}"),
+            format!("sh -c 'cat {key}'"),
+            format!("bash -c 'cat {key}'"),
+            format!("{py} -c \"print(open('{key}').read())\""),
+            format!("cd {}/.ssh && cat id_ed25519", l.home.display()),
+            format!("cat {env}"),
+            format!("cat {}/data/deskhand.redb", l.home.display()),
+            format!("sh -c 'sh -c \"cat {key}\"' & wait"),
+        ] {
+            let o = sh(&l, &cmd).await;
+            let all = format!("{}{}", o.stdout, o.stderr);
+            assert!(
+                !all.contains(KEY) && !all.contains("TOKEN=abc") && !all.contains("DATABASE"),
+                "{cmd}: {all}"
+            );
+            assert!(all.contains("Permission denied"), "{cmd}: {all}");
+        }
+        // Copies, links and moves of a secret get nothing out either.
+        let root = l.root.display();
+        for cmd in [
+            format!("cp {key} {root}/stolen"),
+            format!("ln {key} {root}/linked"),
+            format!("ln -s {key} {root}/symlinked && cat {root}/symlinked"),
+            format!("mv {key} {root}/moved"),
+            format!("mv {env} {root}/moved-env"),
+        ] {
+            let o = sh(&l, &cmd).await;
+            assert_ne!(o.exit_code, Some(0), "{cmd}: {o:?}");
+            assert!(!o.stdout.contains(KEY), "{cmd}");
+        }
+        for name in ["stolen", "linked", "moved", "moved-env"] {
+            let copy = std::fs::read_to_string(l.root.join(name)).unwrap_or_default();
+            assert!(
+                !copy.contains(KEY) && !copy.contains("TOKEN"),
+                "{name}: {copy}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&l.key).unwrap(), KEY);
+        assert_eq!(
+            std::fs::read_to_string(l.root.join("app/.env")).unwrap(),
+            "TOKEN=abc"
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_are_confined_to_the_roots_and_secrets_cannot_be_changed() {
+        let l = layout();
+        let (home, root, outside) = (
+            l.home.display().to_string(),
+            l.root.display().to_string(),
+            l.outside.display().to_string(),
+        );
+        let o = sh(&l, &format!("echo x > {root}/docs/file && mkdir {root}/docs/d && mv {root}/docs/file {root}/docs/d/ && cat {root}/docs/d/file && rm -r {root}/docs/d")).await;
+        assert_eq!((o.exit_code, o.stdout.as_str()), (Some(0), "x\n"), "{o:?}");
+        for cmd in [
+            format!("echo x > {outside}/file"),
+            format!(
+                "echo x > /tmp/deskhand-outside-roots-{}",
+                std::process::id()
+            ),
+            format!("echo x > {home}/.ssh/authorized_keys"),
+            format!("mkdir {home}/.ssh/d"),
+            format!(": > {home}/.ssh/id_ed25519"),
+            format!("rm {home}/.ssh/id_ed25519"),
+            format!("echo x >> {home}/data/deskhand.redb"),
+            format!("rm {root}/app/.env"),
+            // Directly in a folder that holds a hidden location nothing new can be made.
+            format!("echo x > {home}/new-in-home"),
+            format!("mkdir {home}/.aws"),
+            format!("echo x > {root}/app/new-beside-env"),
+        ] {
+            let o = sh(&l, &cmd).await;
+            assert_ne!(o.exit_code, Some(0), "{cmd} must fail: {o:?}");
+        }
+        assert!(!l.outside.join("file").exists());
+        assert!(
+            !Path::new(&format!(
+                "/tmp/deskhand-outside-roots-{}",
+                std::process::id()
+            ))
+            .exists()
+        );
+        assert!(!l.home.join(".ssh/authorized_keys").exists());
+        assert!(!l.home.join(".aws").exists() && !l.home.join("new-in-home").exists());
+        assert_eq!(std::fs::read_to_string(&l.key).unwrap(), KEY);
+        assert_eq!(
+            std::fs::read_to_string(l.home.join("data/deskhand.redb")).unwrap(),
+            "DATABASE"
+        );
+        // Existing files in such a folder can still be changed, and TMPDIR is private and writable.
+        let o = sh(&l, &format!("echo more >> {root}/app/src/../../docs/notes.txt; echo t > \"$TMPDIR/t\" && cat \"$TMPDIR/t\"; echo \"$TMPDIR\"")).await;
+        assert_eq!(o.exit_code, Some(0), "{o:?}");
+        let tmpdir = o.stdout.lines().nth(1).unwrap_or_default().to_owned();
+        assert!(tmpdir.contains("deskhand-run-"), "{}", o.stdout);
+        assert!(
+            !Path::new(&tmpdir).exists(),
+            "the private temporary folder is removed"
+        );
+        assert_eq!(
+            std::fs::read_to_string(l.root.join("docs/notes.txt")).unwrap(),
+            "notes\nmore\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn ordinary_read_commands_work_in_the_sandbox() {
+        let l = layout();
+        let o = sh(&l, "cat docs/notes.txt; ls /usr/bin > /dev/null && echo listed; head -c 4 /etc/passwd; echo; ls").await;
+        assert_eq!(o.exit_code, Some(0), "{o:?}");
+        assert!(o.stdout.starts_with("notes\nlisted\n"), "{}", o.stdout);
+        assert!(o.stdout.contains("app\ndocs\n"), "{}", o.stdout);
+        let git = std::process::Command::new("git").arg("--version").output();
+        if git.is_ok_and(|o| o.status.success()) {
+            let o = sh(
+                &l,
+                "git init -q docs/repo && cd docs/repo && echo hi > a && git status --short && git -c user.name=t -c user.email=t@t commit -qam x --allow-empty && git log --oneline | wc -l",
+            )
+            .await;
+            assert_eq!(o.exit_code, Some(0), "{o:?}");
+            assert!(o.stdout.starts_with("?? a\n"), "{}", o.stdout);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sandboxed_command_cannot_signal_the_host() {
+        let l = layout();
+        let me = std::process::id();
+        let o = sh(
+            &l,
+            &format!("kill -0 {me} && echo reachable; sleep 0.2 & kill -0 $! && echo own-child"),
+        )
+        .await;
+        assert!(!o.stdout.contains("reachable"), "{o:?}");
+        assert!(o.stdout.contains("own-child"), "{o:?}");
+        assert!(o.stderr.contains("not permitted"), "{o:?}");
     }
 }

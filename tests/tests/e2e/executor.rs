@@ -330,13 +330,95 @@ fn secrets_and_escapes_are_denied_even_when_approval_is_offered() -> Result<()> 
 }
 
 #[test]
+fn the_readme_allow_rule_covers_git_status_only_and_an_approved_command_cannot_read_the_key()
+-> Result<()> {
+    let mut rig = Rig::new("[permissions]\nallow = [\"run(git status*)\"]\n", &[])?;
+    files(&rig.home)?;
+    let approvals = |rig: &mut Rig| -> Result<usize> {
+        let v = rig.phone.ok(json!({"cmd": "approvals"}))?;
+        Ok(v["approvals"].as_object().map_or(0, |m| m.len()))
+    };
+
+    // The rule covers `git status` itself: it runs without a request.
+    let t = rig.say("run git status --short")?;
+    let task = rig.finished(&t)?;
+    assert!(summary(&task).contains("git status --short"), "{task}");
+    assert_eq!(approvals(&mut rig)?, 0);
+
+    // The red team's line is not `git status`: it needs an approval.
+    let t = rig.say("run git status; cd .ssh; cat id_ed25519")?;
+    let approval = rig.approval(&t)?;
+    assert_eq!(approval["tool"], "run");
+    // Approved, it still cannot read the key, nor can a shell it starts.
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "failed", "{task}");
+    assert!(
+        summary(&task).contains("Permission denied"),
+        "{}",
+        summary(&task)
+    );
+    assert!(!task.to_string().contains("PRIVATE KEY"), "{task}");
+
+    let t = rig.say("run sh -c 'cat ~/.ssh/id_ed25519' || echo refused")?;
+    let approval = rig.approval(&t)?;
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(summary(&task).contains("Permission denied") && summary(&task).contains("refused"));
+    assert!(!task.to_string().contains("PRIVATE KEY"), "{task}");
+    Ok(())
+}
+
+#[test]
+fn an_approved_command_cannot_drive_the_host_through_its_control_socket() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    let data = rig.data();
+    std::fs::create_dir_all(rig.home.join("work"))?;
+    // A same-user program with a socket library: it reaches the socket, not the token.
+    std::fs::write(
+        rig.home.join("work/probe.py"),
+        "import socket, sys\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.connect(sys.argv[1])\n\
+         s.sendall(b'{\"cmd\": \"pair\", \"png\": \"' + sys.argv[2].encode() + b'\"}\\n')\n\
+         print(s.recv(65536).decode())\n",
+    )?;
+    let planted = rig.home.join("work/planted.png");
+    let cmd = format!(
+        "run python3 ~/work/probe.py {} {}; cat {}",
+        data.join("control.sock").display(),
+        planted.display(),
+        data.join("control.token").display()
+    );
+    let t = rig.say(&cmd)?;
+    let approval = rig.approval(&t)?;
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    let s = summary(&task);
+    assert!(s.contains("refused: the request does not carry"), "{s}");
+    assert!(s.contains("Permission denied"), "{s}");
+    assert!(!s.contains("deskhand://pair"), "{s}");
+    assert!(
+        !planted.exists(),
+        "the host wrote a file for the sandboxed command"
+    );
+    // The owner's own commands still work.
+    let r = deskhand(&["status", "--data", data.to_str().context("utf8")?, "--json"])?;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    Ok(())
+}
+
+#[test]
 fn cancel_stops_a_running_shell_command() -> Result<()> {
     let mut rig = Rig::new("", &[])?;
-    let t = rig.say("run echo started > ~/started; sleep 30; echo late > ~/late")?;
+    // In the sandbox nothing new can be made directly in ~ (it holds ~/.ssh): use a folder.
+    std::fs::create_dir_all(rig.home.join("work"))?;
+    let t = rig.say("run echo started > ~/work/started; sleep 30; echo late > ~/work/late")?;
     let approval = rig.approval(&t)?;
     rig.decide(&approval, "approve", None)?;
     rig.wait_task(&t, &["running"], 10_000)?;
-    let started = rig.home.join("started");
+    let started = rig.home.join("work/started");
     let t0 = std::time::Instant::now();
     while !started.exists() && t0.elapsed().as_secs() < 10 {
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -346,17 +428,21 @@ fn cancel_stops_a_running_shell_command() -> Result<()> {
     let task = rig.wait_task(&t, &["cancelled"], 10_000)?;
     assert_eq!(status(&task), "cancelled");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(!rig.home.join("late").exists(), "the command was stopped");
+    assert!(
+        !rig.home.join("work/late").exists(),
+        "the command was stopped"
+    );
     Ok(())
 }
 
 #[test]
 fn kill9_during_a_task_leaves_it_interrupted_and_it_never_runs_twice() -> Result<()> {
     let mut rig = Rig::new("", &[])?;
-    let t = rig.say("run echo once >> ~/count; sleep 30")?;
+    std::fs::create_dir_all(rig.home.join("work"))?;
+    let t = rig.say("run echo once >> ~/work/count; sleep 30")?;
     let approval = rig.approval(&t)?;
     rig.decide(&approval, "approve", None)?;
-    let count = rig.home.join("count");
+    let count = rig.home.join("work/count");
     let t0 = std::time::Instant::now();
     while !count.exists() && t0.elapsed().as_secs() < 10 {
         std::thread::sleep(std::time::Duration::from_millis(50));
