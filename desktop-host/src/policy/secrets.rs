@@ -14,7 +14,7 @@
 //! not by identity. The set is rebuilt when a folder it walked, or a location, changes
 //! (mtime, inode), which the policy checks before every call.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -93,7 +93,7 @@ pub const SECRET_HOME_LOCATIONS: &[&str] = &[
     "Library/Keychains",
 ];
 
-/// How recent a folder's change may be, relative to the walk, before its mtime is trusted.
+/// How recent a folder's change may be, relative to its read, before its mtime is trusted.
 pub const RACY: Duration = Duration::from_secs(2);
 
 /// Entries the identity walk looks at, at most.
@@ -211,7 +211,7 @@ fn id_roots(home: &Path, own: &[PathBuf]) -> Vec<(PathBuf, usize)> {
     roots
 }
 
-/// What changes when a folder's entries change, or a location is replaced.
+/// A folder's state: it changed when its identity or its modification time did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
     id: FileId,
@@ -226,18 +226,21 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
+/// A location's state: replaced (another inode, a link made or removed) or not. Its entries
+/// are watched as a folder's.
+fn root_stamp(path: &Path) -> Option<(FileId, bool)> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some((FileId::of_metadata(&meta), meta.file_type().is_symlink()))
+}
+
 /// The identities of the secret files at one moment.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct IdSnapshot {
     ids: HashMap<FileId, PathBuf>,
     /// Real folders that secret locations link to (`~/.ssh` → `~/dotfiles/ssh`): secret too.
     targets: Vec<PathBuf>,
-    /// False when the walk stopped at its bounds: some identities are missing.
+    /// False when a walk stopped at its bounds: some identities are missing.
     pub complete: bool,
-    /// Entries walked.
-    pub entries: usize,
-    /// When the walk started.
-    started: Option<SystemTime>,
 }
 
 impl IdSnapshot {
@@ -266,10 +269,19 @@ impl Fence for IdSnapshot {
     }
 }
 
+/// A folder read by the walk: how it looked, when it was read, what it held.
+struct DirWatch {
+    stamp: Option<Stamp>,
+    read_at: SystemTime,
+    children: Vec<FileId>,
+    /// How many levels below it are still walked (the host's own folders: none).
+    depth: usize,
+}
+
 struct State {
     snapshot: Arc<IdSnapshot>,
-    /// Locations and the folders walked, with what they looked like.
-    watched: Vec<(PathBuf, Option<Stamp>)>,
+    roots: Vec<Option<(FileId, bool)>>,
+    dirs: HashMap<PathBuf, DirWatch>,
 }
 
 /// The identities of the files the secret locations hold, kept fresh.
@@ -280,11 +292,12 @@ pub struct SecretIds {
 
 impl std::fmt::Debug for SecretIds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let snap = self.snapshot();
+        let st = self.lock();
         f.debug_struct("SecretIds")
             .field("roots", &self.roots.len())
-            .field("ids", &snap.ids.len())
-            .field("complete", &snap.complete)
+            .field("dirs", &st.dirs.len())
+            .field("ids", &st.snapshot.ids.len())
+            .field("complete", &st.snapshot.complete)
             .finish()
     }
 }
@@ -293,13 +306,10 @@ impl SecretIds {
     /// Walks the secret locations of `home` and the host's `own` folders (bounded).
     pub fn new(home: &Path, own: &[PathBuf]) -> Self {
         let roots = id_roots(home, own);
-        let (snapshot, watched) = build(&roots);
+        let state = build(&roots);
         SecretIds {
             roots,
-            state: Mutex::new(State {
-                snapshot: Arc::new(snapshot),
-                watched,
-            }),
+            state: Mutex::new(state),
         }
     }
 
@@ -312,46 +322,73 @@ impl SecretIds {
         self.lock().snapshot.clone()
     }
 
-    /// Looks at the locations and the folders walked (one `lstat` each); rebuilds when any
-    /// changed; returns the identities now.
+    /// Looks again (one `lstat` per location and per folder walked) and brings the identities
+    /// up to date: a location replaced rebuilds them all; a folder whose entries changed is read
+    /// again (and new subfolders walked), so a busy browser profile costs the folders it
+    /// touched, not a full walk.
     ///
     /// File times are coarse (a few ms on Linux, 1 s on HFS+): a folder changed within
-    /// [`RACY`] of the walk may change again without a new mtime, so while any is that recent
-    /// every refresh rebuilds (what git does with its index).
+    /// [`RACY`] of its read may change again without a new mtime, so it is read again on
+    /// every refresh until it is older than that (what git does with its index).
     pub fn refresh(&self) -> Arc<IdSnapshot> {
         let mut st = self.lock();
-        let racy_after = st
-            .snapshot
-            .started
-            .and_then(|t| t.checked_sub(RACY))
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let fresh = st.watched.iter().all(|(p, s)| {
-            stamp(p) == *s && s.and_then(|s| s.modified).is_none_or(|m| m < racy_after)
-        });
-        if fresh {
+        if self
+            .roots
+            .iter()
+            .zip(&st.roots)
+            .any(|((p, _), s)| root_stamp(p) != *s)
+        {
+            *st = build(&self.roots);
             return st.snapshot.clone();
         }
-        let (snapshot, watched) = build(&self.roots);
-        st.snapshot = Arc::new(snapshot);
-        st.watched = watched;
+        let changed: Vec<PathBuf> = st
+            .dirs
+            .iter()
+            .filter(|(p, w)| {
+                let racy = w.stamp.and_then(|s| s.modified).is_none_or(|m| {
+                    w.read_at
+                        .checked_sub(RACY)
+                        .is_none_or(|racy_after| m >= racy_after)
+                });
+                racy || stamp(p) != w.stamp
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        if changed.is_empty() {
+            return st.snapshot.clone();
+        }
+        let State { snapshot, dirs, .. } = &mut *st;
+        let snap = Arc::make_mut(snapshot);
+        let mut queue = VecDeque::new();
+        for dir in changed {
+            let Some(w) = dirs.remove(&dir) else { continue };
+            for id in w.children {
+                if snap.ids.get(&id).is_some_and(|p| p.parent() == Some(&dir)) {
+                    snap.ids.remove(&id);
+                }
+            }
+            // A folder that is gone stays out; its subfolders are gone too and leave the same way.
+            if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                queue.push_back((dir, w.depth));
+            }
+        }
+        walk(snap, dirs, queue);
         st.snapshot.clone()
     }
 }
 
-/// The bounded, breadth-first identity walk. Never follows symlinks inside; a location that is
-/// itself a link is followed once (its real folder is recorded as a secret target).
-fn build(roots: &[(PathBuf, usize)]) -> (IdSnapshot, Vec<(PathBuf, Option<Stamp>)>) {
-    let started = Instant::now();
+/// The bounded first walk. A location that is itself a link is followed once (its real folder
+/// is recorded as a secret target); nothing inside is followed.
+fn build(roots: &[(PathBuf, usize)]) -> State {
     let mut snap = IdSnapshot {
         complete: true,
-        started: Some(SystemTime::now()),
         ..IdSnapshot::default()
     };
-    let mut watched = Vec::new();
-    let mut seen_dirs: HashSet<FileId> = HashSet::new();
-    let mut queue: VecDeque<(PathBuf, usize)> = VecDeque::new();
+    let mut dirs = HashMap::new();
+    let mut stamps = Vec::new();
+    let mut queue = VecDeque::new();
     for (root, depth) in roots {
-        watched.push((root.clone(), stamp(root)));
+        stamps.push(root_stamp(root));
         let Ok(lmeta) = std::fs::symlink_metadata(root) else {
             continue;
         };
@@ -361,58 +398,81 @@ fn build(roots: &[(PathBuf, usize)]) -> (IdSnapshot, Vec<(PathBuf, Option<Stamp>
             let Ok(real) = std::fs::canonicalize(root) else {
                 continue;
             };
-            watched.push((real.clone(), stamp(&real)));
             if let Ok(m) = std::fs::symlink_metadata(&real) {
                 snap.ids.insert(FileId::of_metadata(&m), root.clone());
             }
             snap.targets.push(real.clone());
             start = real;
         }
-        if *depth > 0 {
+        if *depth > 0 && std::fs::symlink_metadata(&start).is_ok_and(|m| m.is_dir()) {
             queue.push_back((start, *depth));
         }
     }
-    'walk: while let Some((dir, depth)) = queue.pop_front() {
-        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
-            continue;
-        };
-        if !meta.is_dir() || !seen_dirs.insert(FileId::of_metadata(&meta)) {
-            continue;
-        }
-        if dir_is_watched(&watched, &dir) {
-            // Already watched as a location.
-        } else {
-            watched.push((dir.clone(), stamp(&dir)));
-        }
-        let Ok(items) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for item in items.flatten() {
-            snap.entries += 1;
-            if snap.entries > MAX_ID_ENTRIES || started.elapsed() > MAX_ID_TIME {
-                snap.complete = false;
-                break 'walk;
-            }
-            // DirEntry::metadata does not follow symlinks.
-            let Ok(m) = item.metadata() else { continue };
-            let path = item.path();
-            snap.ids.insert(FileId::of_metadata(&m), path.clone());
-            if m.is_dir() && depth > 1 {
-                queue.push_back((path, depth.saturating_sub(1)));
-            }
-        }
+    walk(&mut snap, &mut dirs, queue);
+    State {
+        snapshot: Arc::new(snap),
+        roots: stamps,
+        dirs,
     }
-    if !snap.complete {
-        tracing::warn!(
-            "the secret locations hold more than {MAX_ID_ENTRIES} entries (or took over {MAX_ID_TIME:?} to walk): \
-             the rest is protected by path and name only, not by file identity"
-        );
-    }
-    (snap, watched)
 }
 
-fn dir_is_watched(watched: &[(PathBuf, Option<Stamp>)], dir: &Path) -> bool {
-    watched.iter().any(|(p, _)| p == dir)
+/// Reads the queued folders breadth-first, recording what they hold and walking new
+/// subfolders, within [`MAX_ID_ENTRIES`] identities and [`MAX_ID_TIME`].
+fn walk(
+    snap: &mut IdSnapshot,
+    dirs: &mut HashMap<PathBuf, DirWatch>,
+    mut queue: VecDeque<(PathBuf, usize)>,
+) {
+    let started = Instant::now();
+    let mut over = false;
+    while let Some((dir, depth)) = queue.pop_front() {
+        if dirs.contains_key(&dir) {
+            continue;
+        }
+        over |= started.elapsed() > MAX_ID_TIME;
+        if over {
+            break;
+        }
+        let watch_stamp = stamp(&dir);
+        let read_at = SystemTime::now();
+        let mut children = Vec::new();
+        if let Ok(items) = std::fs::read_dir(&dir) {
+            for item in items.flatten() {
+                if snap.ids.len() >= MAX_ID_ENTRIES {
+                    over = true;
+                    break;
+                }
+                // DirEntry::metadata does not follow symlinks.
+                let Ok(m) = item.metadata() else { continue };
+                let id = FileId::of_metadata(&m);
+                let path = item.path();
+                children.push(id);
+                if m.is_dir() && depth > 1 && !dirs.contains_key(&path) {
+                    queue.push_back((path.clone(), depth - 1));
+                }
+                snap.ids.insert(id, path);
+            }
+        }
+        dirs.insert(
+            dir,
+            DirWatch {
+                stamp: watch_stamp,
+                read_at,
+                children,
+                depth,
+            },
+        );
+    }
+    if over {
+        if snap.complete {
+            tracing::warn!(
+                "the secret locations hold more than {MAX_ID_ENTRIES} entries (or took over \
+                 {MAX_ID_TIME:?} to walk): the rest is protected by path and name only, not by \
+                 file identity"
+            );
+        }
+        snap.complete = false;
+    }
 }
 
 #[cfg(test)]
@@ -482,6 +542,14 @@ mod tests {
         let snap = ids.refresh();
         assert!(snap.secret(id(&home.join(".ssh/id_new"))).is_some());
         assert!(snap.secret(id(&home.join(".aws/credentials"))).is_some());
+        // A key replaced by a rename (a new inode): the new one is known, the old one forgotten
+        // (its inode number may be given to an unrelated file later).
+        let old = id(&home.join(".ssh/id_ed25519"));
+        std::fs::write(home.join(".ssh/tmp"), "KEY2").unwrap();
+        std::fs::rename(home.join(".ssh/tmp"), home.join(".ssh/id_ed25519")).unwrap();
+        let snap = ids.refresh();
+        assert!(snap.secret(id(&home.join(".ssh/id_ed25519"))).is_some());
+        assert_eq!(snap.secret(old), None);
         // A location that is a link: its real folder is secret too.
         let real = home.join("dotfiles/gnupg");
         std::fs::create_dir_all(&real).unwrap();

@@ -499,8 +499,6 @@ pub struct Summary {
 }
 
 /// Summarizes `dir` recursively (bounded by [`MAX_VISITED`] entries, never following symlinks,
-
-/// Summarizes `dir` recursively (bounded by [`MAX_VISITED`] entries, never following symlinks,
 /// never entering what `skip` names). `skip_content` names the files whose first lines must not
 /// be previewed (on top of `skip`); previews open regular files only, checked against `fence`.
 pub fn summarize(
@@ -767,7 +765,7 @@ pub fn visit_contents(
                     limit: bounds.max_entries,
                 });
             }
-            if seen % 256 == 0 && started.elapsed() > bounds.max_time {
+            if seen.is_multiple_of(256) && started.elapsed() > bounds.max_time {
                 return Err(ContentsError::TooSlow {
                     limit: bounds.max_time,
                 });
