@@ -1,11 +1,13 @@
 //! The local tools: the mechanisms a task uses to act on this computer.
 //!
-//! Files ([`files`]), shell commands ([`shell`]), screenshots ([`screen`]), keyboard and mouse
-//! ([`input`]) and opening documents or links ([`open`]). These functions do what they are asked;
-//! deciding *whether* a call is allowed, and resolving the paths it may touch, is the policy
-//! layer's job and happens before any of them is called. The one hook the policy needs inside a
-//! mechanism is the `skip` predicate of the directory walks, so secret folders never appear in a
-//! [`files::find`] or [`files::summarize`].
+//! Files ([`files`], on top of [`safe_fs`]), shell commands ([`shell`]), screenshots
+//! ([`screen`]), keyboard and mouse ([`input`]) and opening documents or links ([`open`]). These
+//! functions do what they are asked; deciding *whether* a call is allowed, and resolving the
+//! paths it may touch, is the policy layer's job and happens before any of them is called. What
+//! the policy hands the file tools: the `skip` predicates of the directory walks, so secret and
+//! rule-governed folders never appear in a [`files::find`] or [`files::summarize`], and a
+//! [`safe_fs::Fence`] of secret identities that every file and folder opened is checked against.
+//! The file tools never follow a symlink, so a path swapped after the check cannot redirect them.
 
 use std::path::{Path, PathBuf};
 

@@ -140,19 +140,18 @@ fn components(path: &Path) -> Result<Vec<&OsStr>, ToolError> {
     let mut out = Vec::new();
     let mut comps = path.components();
     if comps.next() != Some(Component::RootDir) {
-        return Err(ToolError::Invalid {
-            reason: format!("`{}` is not an absolute path", path.display()),
+        return Err(ToolError::Refused {
+            path: path.to_path_buf(),
+            reason: "is not an absolute path".into(),
         });
     }
     for c in comps {
         match c {
             Component::Normal(name) => out.push(name),
             _ => {
-                return Err(ToolError::Invalid {
-                    reason: format!(
-                        "`{}` is not a resolved path (it holds `.` or `..`)",
-                        path.display()
-                    ),
+                return Err(ToolError::Refused {
+                    path: path.to_path_buf(),
+                    reason: "is not a resolved path (it holds `.` or `..`)".into(),
                 });
             }
         }
@@ -244,12 +243,16 @@ pub fn open_dir(path: &Path, fence: &dyn Fence) -> Result<OwnedFd, ToolError> {
 
 /// Opens the folder that holds `path` and returns it with `path`'s last name.
 pub fn open_parent(path: &Path, fence: &dyn Fence) -> Result<(OwnedFd, OsString), ToolError> {
-    let parent = path.parent().ok_or_else(|| ToolError::Invalid {
-        reason: format!("`{}` has no parent folder", path.display()),
-    })?;
-    let name = path.file_name().ok_or_else(|| ToolError::Invalid {
-        reason: format!("`{}` has no file name", path.display()),
-    })?;
+    let refused = |reason: &str| ToolError::Refused {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    let parent = path
+        .parent()
+        .ok_or_else(|| refused("has no parent folder"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| refused("has no file name"))?;
     components(path)?;
     Ok((open_dir(parent, fence)?, name.to_os_string()))
 }
@@ -505,10 +508,10 @@ pub fn copy_tree_at(
             }
             Ok(())
         }
-        other => Err(ToolError::Invalid {
+        other => Err(ToolError::Refused {
+            path: src_path.to_path_buf(),
             reason: format!(
-                "`{}` is {} and cannot be copied to another disk",
-                src_path.display(),
+                "is {} and cannot be copied to another disk",
                 describe(other)
             ),
         }),
@@ -720,11 +723,11 @@ mod tests {
     fn relative_and_dotted_paths_are_refused() {
         assert!(matches!(
             open_dir(Path::new("relative/x"), &NoFence),
-            Err(ToolError::Invalid { .. })
+            Err(ToolError::Refused { .. })
         ));
         assert!(matches!(
             open_dir(Path::new("/tmp/../etc"), &NoFence),
-            Err(ToolError::Invalid { .. })
+            Err(ToolError::Refused { .. })
         ));
     }
 }
