@@ -131,6 +131,20 @@ fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
+/// Flags for the folders passed through on the way: on Linux `O_PATH`, which needs only search
+/// permission (a `0711` folder on the way works as it does for a path string); elsewhere a read
+/// open.
+fn pass_flags() -> OFlags {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        dir_flags()
+    }
+}
+
 fn io_err(action: &'static str, path: &Path, e: Errno) -> ToolError {
     ToolError::io(action, path, std::io::Error::from(e))
 }
@@ -219,7 +233,18 @@ pub fn open_subdir(
     path: &Path,
     fence: &dyn Fence,
 ) -> Result<OwnedFd, ToolError> {
-    let fd = rustix::fs::openat(parent, name, dir_flags(), Mode::empty())
+    open_subdir_with(parent, name, path, fence, dir_flags())
+}
+
+fn open_subdir_with(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    path: &Path,
+    fence: &dyn Fence,
+    flags: OFlags,
+) -> Result<OwnedFd, ToolError> {
+    // With O_PATH, O_NOFOLLOW alone would open a symlink itself; O_DIRECTORY makes it fail.
+    let fd = rustix::fs::openat(parent, name, flags, Mode::empty())
         .map_err(|e| explain_open(parent, name, path, e, true))?;
     check_id(stat_fd(fd.as_fd(), path)?.id, path, fence)?;
     Ok(fd)
@@ -232,11 +257,17 @@ fn open_root() -> Result<OwnedFd, ToolError> {
 /// Opens the folder at `path` (absolute, canonical), walking from `/` one component at a time
 /// without following any symlink; every folder on the way is checked against `fence`.
 pub fn open_dir(path: &Path, fence: &dyn Fence) -> Result<OwnedFd, ToolError> {
+    let names = components(path)?;
     let mut fd = open_root()?;
     let mut sofar = PathBuf::from("/");
-    for name in components(path)? {
+    for (i, &name) in names.iter().enumerate() {
         sofar.push(name);
-        fd = open_subdir(fd.as_fd(), name, &sofar, fence)?;
+        let flags = if i + 1 == names.len() {
+            dir_flags()
+        } else {
+            pass_flags()
+        };
+        fd = open_subdir_with(fd.as_fd(), name, &sofar, fence, flags)?;
     }
     Ok(fd)
 }
@@ -260,17 +291,23 @@ pub fn open_parent(path: &Path, fence: &dyn Fence) -> Result<(OwnedFd, OsString)
 /// Opens the folder at `path`, creating the missing ones on the way (mode 0777 less the umask),
 /// never following a symlink.
 pub fn create_dir_all(path: &Path, fence: &dyn Fence) -> Result<OwnedFd, ToolError> {
+    let names = components(path)?;
     let mut fd = open_root()?;
     let mut sofar = PathBuf::from("/");
-    for name in components(path)? {
+    for (i, &name) in names.iter().enumerate() {
         sofar.push(name);
-        let next = match open_subdir(fd.as_fd(), name, &sofar, fence) {
+        let flags = if i + 1 == names.len() {
+            dir_flags()
+        } else {
+            pass_flags()
+        };
+        let next = match open_subdir_with(fd.as_fd(), name, &sofar, fence, flags) {
             Err(ToolError::NotFound { .. }) => {
                 match rustix::fs::mkdirat(fd.as_fd(), name, Mode::RWXU | Mode::RWXG | Mode::RWXO) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(io_err("create", &sofar, e)),
                 }
-                open_subdir(fd.as_fd(), name, &sofar, fence)?
+                open_subdir_with(fd.as_fd(), name, &sofar, fence, flags)?
             }
             other => other?,
         };
@@ -599,6 +636,40 @@ mod tests {
             open_dir(&inner, &NoFence),
             Err(ToolError::Symlink { .. })
         ));
+        // A folder further up the way, swapped too.
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        std::fs::write(root.join("a/b/c/f"), "f").unwrap();
+        std::fs::rename(root.join("a"), root.join("a-old")).unwrap();
+        std::os::unix::fs::symlink(root.join("a-old"), root.join("a")).unwrap();
+        let e = open_file(&root.join("a/b/c/f"), &NoFence).unwrap_err();
+        assert!(
+            matches!(&e, ToolError::Symlink { path } if *path == root.join("a")),
+            "{e}"
+        );
+    }
+
+    /// A folder on the way that may be searched but not read (0711) is passed as a path string
+    /// would be.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_search_only_folder_on_the_way_is_passed() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_t, root) = canonical_tmp();
+        std::fs::create_dir_all(root.join("x/y")).unwrap();
+        std::fs::write(root.join("x/y/f.txt"), "F").unwrap();
+        std::fs::set_permissions(root.join("x"), std::fs::Permissions::from_mode(0o311)).unwrap();
+        if std::fs::read_dir(root.join("x")).is_ok() {
+            // Privileged (root): permissions do not apply, nothing to show here.
+            std::fs::set_permissions(root.join("x"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            return;
+        }
+        let r = open_file(&root.join("x/y/f.txt"), &NoFence);
+        std::fs::set_permissions(root.join("x"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (mut f, _) = r.unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "F");
     }
 
     #[test]
