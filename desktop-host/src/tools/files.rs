@@ -1354,14 +1354,12 @@ mod tests {
     fn reading_a_fifo_or_a_socket_is_refused_at_once() {
         let (_t, root) = tmp();
         let fifo = root.join("pipe");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            FileType::Fifo,
-            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-            0,
-        )
-        .unwrap();
+        // mkfifo(1): portable where mknodat is not (macOS).
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
         let sock_path = root.join("sock");
         let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
         let t0 = Instant::now();
