@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolHost, ToolOutput};
 use crate::config::{Config, ShellSandbox};
-use crate::policy::{Policy, Subject, Verdict as PolicyVerdict};
+use crate::policy::{Capability, Policy, Subject, Verdict as PolicyVerdict};
 use crate::tools::sandbox::{Confinement, Sandbox, WalkLimits};
 use crate::tools::{files, input, open, screen, shell};
 
@@ -679,7 +679,7 @@ impl TaskHost {
         inner
             .event(&self.task, "tool", prepared.summary.clone(), None)
             .await;
-        match inner.policy.judge(&prepared.tool, &prepared.subject) {
+        match judge(&inner.policy, &prepared).await {
             PolicyVerdict::Deny(why) => {
                 inner.node.audit(
                     "policy_denied",
@@ -702,7 +702,7 @@ impl TaskHost {
                 "the paths changed while the request waited for approval; ask again".into(),
             ));
         }
-        if let PolicyVerdict::Deny(why) = inner.policy.judge(&again.tool, &again.subject) {
+        if let PolicyVerdict::Deny(why) = judge(&inner.policy, &again).await {
             return Err(CallError::Denied(why));
         }
         let out = execute(inner, &self.task, &prepared, &self.cancel).await?;
@@ -857,6 +857,13 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
         summary,
         risk,
     };
+    let paths = |args: &[(&str, &PathBuf)]| {
+        Subject::Paths(
+            args.iter()
+                .map(|(a, p)| ((*a).to_owned(), (*p).clone()))
+                .collect(),
+        )
+    };
     Ok(match call.tool.as_str() {
         t @ ("list" | "read" | "summarize") => {
             let target = path("path")?;
@@ -868,7 +875,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
             p(
                 t,
                 json!({ "path": target }),
-                Subject::Paths(vec![target.clone()]),
+                paths(&[("path", &target)]),
                 format!("{verb} {}", show(&target)),
                 Risk::Low,
             )
@@ -879,18 +886,23 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
             p(
                 "find",
                 json!({ "path": target, "pattern": pattern }),
-                Subject::Paths(vec![target.clone()]),
+                paths(&[("path", &target)]),
                 format!("Find \"{pattern}\" in {}", show(&target)),
                 Risk::Low,
             )
         }
         "trash" => {
             let target = path("path")?;
+            let what = if is_real_dir(&target) {
+                " and everything in it"
+            } else {
+                ""
+            };
             p(
                 "trash",
                 json!({ "path": target }),
-                Subject::Paths(vec![target.clone()]),
-                format!("Move {} to the Deskhand trash", show(&target)),
+                paths(&[("path", &target)]),
+                format!("Move {}{what} to the Deskhand trash", show(&target)),
                 Risk::Medium,
             )
         }
@@ -902,12 +914,25 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
             {
                 to = to.join(name);
             }
+            let folder = is_real_dir(&from);
+            let what = if folder { " and everything in it" } else { "" };
+            let mut summary = format!("Move {}{what} to {}", show(&from), show(&to));
+            // Moving something into a place whose files run later makes it a standing action.
+            let risk = match policy.persistence(&to, folder) {
+                Some(place) => {
+                    summary.push_str(&format!(
+                        " — into a persistence location ({place}), so what it holds may run later"
+                    ));
+                    Risk::High
+                }
+                None => Risk::Medium,
+            };
             p(
                 "move",
                 json!({ "from": from, "to": to }),
-                Subject::Paths(vec![from.clone(), to.clone()]),
-                format!("Move {} to {}", show(&from), show(&to)),
-                Risk::Medium,
+                paths(&[("from", &from), ("to", &to)]),
+                summary,
+                risk,
             )
         }
         "open" => {
@@ -925,7 +950,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 p(
                     "open",
                     json!({ "target": resolved }),
-                    Subject::Paths(vec![resolved.clone()]),
+                    paths(&[("target", &resolved)]),
                     format!("Open {} with its default app", show(&resolved)),
                     Risk::Low,
                 )
@@ -989,6 +1014,22 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
     })
 }
 
+/// A folder itself, not a link to one: what a move or trash carries whole.
+fn is_real_dir(path: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// The policy's verdict on a prepared call. Off the async threads: judging a move or trash of a
+/// folder walks everything in it (bounded).
+async fn judge(policy: &Arc<Policy>, p: &Prepared) -> PolicyVerdict {
+    let (policy, tool, subject) = (policy.clone(), p.tool.clone(), p.subject.clone());
+    tokio::task::spawn_blocking(move || policy.judge(&tool, &subject))
+        .await
+        .unwrap_or_else(|e| {
+            PolicyVerdict::Deny(format!("the policy check stopped unexpectedly: {e}"))
+        })
+}
+
 fn arg_path(p: &Prepared, key: &str) -> PathBuf {
     PathBuf::from(p.args.get(key).and_then(Value::as_str).unwrap_or_default())
 }
@@ -1002,6 +1043,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| CallError::Failed(e.to_string()))
 }
 
+/// [`blocking`] for the file tools: their errors show paths as the replies do (`~/…`).
+async fn blocking_fs<T: Send + 'static>(
+    policy: &Policy,
+    f: impl FnOnce() -> Result<T, crate::tools::ToolError> + Send + 'static,
+) -> Result<T, CallError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CallError::Failed(format!("the tool stopped unexpectedly: {e}")))?
+        .map_err(|e| CallError::Failed(e.map_paths(|p| PathBuf::from(policy.show(p))).to_string()))
+}
+
 async fn execute(
     inner: &Arc<Inner>,
     task: &TaskId,
@@ -1013,16 +1065,19 @@ async fn execute(
         text: t,
         blobs: vec![],
     };
+    // The identities of the secret files, fresh: every file opened or moved is checked
+    // against them.
+    let fence = policy.fence();
     match p.tool.as_str() {
         "list" => {
             let dir = arg_path(p, "path");
             let shown = policy.show(&dir);
-            let d = dir.clone();
-            let listing = blocking(move || files::list(&d, 500)).await?;
+            let (d, f) = (dir.clone(), fence.clone());
+            let listing = blocking_fs(&policy, move || files::list(&d, 500, &*f)).await?;
             let mut lines = Vec::new();
             let mut hidden = 0;
             for e in &listing.entries {
-                if policy.skip(&dir.join(&e.name)) {
+                if policy.hidden("list", Capability::List, &dir.join(&e.name)) {
                     hidden += 1;
                     continue;
                 }
@@ -1041,8 +1096,12 @@ async fn execute(
             let dir = arg_path(p, "path");
             let pattern = p.args["pattern"].as_str().unwrap_or_default().to_owned();
             let pol = policy.clone();
-            let (d, pat) = (dir.clone(), pattern.clone());
-            let found = blocking(move || files::find(&pat, &d, 200, &|x| pol.skip(x))).await?;
+            let (d, pat, f) = (dir.clone(), pattern.clone(), fence.clone());
+            let found = blocking_fs(&policy, move || {
+                let skip = |x: &std::path::Path| pol.hidden("find", Capability::List, x);
+                files::find(&pat, &d, 200, &skip, &*f)
+            })
+            .await?;
             let lines: Vec<String> = found.matches.iter().map(|f| policy.show(&f.path)).collect();
             let mut out = format!(
                 "{} match{} for \"{pattern}\" in {}",
@@ -1062,7 +1121,10 @@ async fn execute(
         "read" => {
             let f = arg_path(p, "path");
             let shown = policy.show(&f);
-            let head = blocking(move || files::read_head(&f, 16 * 1024, 200)).await?;
+            let head = blocking_fs(&policy, move || {
+                files::read_head(&f, 16 * 1024, 200, &*fence)
+            })
+            .await?;
             let mut out = format!("{shown} ({} bytes)\n{}", head.total_size, head.text);
             if head.truncated {
                 out.push_str("\n…");
@@ -1072,14 +1134,19 @@ async fn execute(
         "summarize" => {
             let dir = arg_path(p, "path");
             let pol = policy.clone();
-            let s = blocking(move || files::summarize(&dir, &|x| pol.skip(x))).await?;
+            let s = blocking_fs(&policy, move || {
+                let names = |x: &std::path::Path| pol.hidden("summarize", Capability::List, x);
+                let content = |x: &std::path::Path| pol.hidden("summarize", Capability::Read, x);
+                files::summarize(&dir, &names, &content, &*fence)
+            })
+            .await?;
             Ok(text(s.to_text()))
         }
         "trash" => {
             let f = arg_path(p, "path");
             let trash = inner.trash.clone();
             let t = task.to_string();
-            let entry = blocking(move || trash.trash(&f, Some(&t))).await?;
+            let entry = blocking_fs(&policy, move || trash.trash(&f, Some(&t), &*fence)).await?;
             Ok(text(format!(
                 "Moved {} to the Deskhand trash. To undo, on the desktop: deskhand trash restore {}",
                 policy.show(&entry.original_path),
@@ -1089,7 +1156,8 @@ async fn execute(
         "move" => {
             let (from, to) = (arg_path(p, "from"), arg_path(p, "to"));
             let msg = format!("Moved {} to {}", policy.show(&from), policy.show(&to));
-            blocking(move || files::move_path(&from, &to)).await?;
+            // Exactly where the approval said: `to` already names the final path.
+            blocking_fs(&policy, move || files::move_exact(&from, &to, &*fence)).await?;
             Ok(text(msg))
         }
         "open" => {

@@ -3,18 +3,49 @@
 //!
 //! Order of judgement:
 //! 1. paths are resolved (`~`, relative paths, `..`, symlinks) before anything is judged;
-//! 2. a secret location (`~/.ssh`, `~/.gnupg`, `~/.aws`, `~/.config/gcloud`, keychains and
-//!    keyrings, `.env*` files, the host's own data and config directories) or anything outside
-//!    the configured roots is denied — no rule and no approval can change that;
-//! 3. the config's `deny` rules, then `ask`, then `allow` (first match wins in that order);
-//!    `run(…)` rules match the parsed command, never its text ([`crate::run_rules`]);
-//! 4. the default for the tool: reads inside the roots allow, everything that changes the machine
+//! 2. a secret location ([`secrets`]: `~/.ssh`, `~/.gnupg`, cloud CLIs, browser profiles,
+//!    keyrings, `.env` files, `*.pem`, … and, by identity, hard links and mounts of what they
+//!    hold), the host's own data and config directories, or anything outside the configured
+//!    roots is denied — no rule and no approval can change that;
+//! 3. what the call *carries* is judged too: a move or trash of a folder is judged by every path
+//!    inside it (and a move by where each would land), walked whole within bounds
+//!    ([`CARRY_BOUNDS`]; a folder too large to check is denied);
+//! 4. the config's `deny` rules, then `ask`, then `allow`: a deny or ask rule applies when it
+//!    governs any path the call touches or carries; allow applies when allow rules cover all
+//!    of them; `run(…)` rules match the parsed command, never its text ([`crate::run_rules`]);
+//! 5. the default for the tool: reads inside the roots allow, everything that changes the machine
 //!    (writes, moves, trash, shell, keyboard and mouse, opening things) asks.
+//!
+//! **Rules name capabilities or tools.** Each tool declares, in [`TOOLS`] (the one table), what
+//! it does with each path argument:
+//!
+//! | rule word | governs | tools today |
+//! |---|---|---|
+//! | `read(…)` | reading a file's content, or carrying it elsewhere | `read`, `summarize` (previews), `move` (source), `open` (a path) |
+//! | `list(…)` | seeing names, sizes and dates | `list`, `find`, `summarize` |
+//! | `write(…)` | creating or replacing what is at a path | `move` (destination) |
+//! | `delete(…)` | removing something from where it is | `trash`, `move` (source) |
+//! | a tool's name (`find`, `summarize`, `move`, `trash`, `open`, `run`, `type`, `key`, `click`, `screenshot`) | every path (or the text) of that tool | that tool |
+//!
+//! `read` and `list` are both capability and tool names: as rules they are capabilities (which
+//! cover the tools of the same name). In walks (`find`, `summarize`, `list`) entries a deny or
+//! ask rule governs are left out, since a walk cannot stop to ask.
 
+use std::ops::ControlFlow;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::run_rules::{ParsedCommand, RunPattern};
+use crate::tools::files::{self, Bounds, ContentsError};
+use crate::tools::safe_fs::{Fence, FileId};
+
+mod persistence;
+pub mod secrets;
+
+pub use persistence::PERSISTENCE;
+pub use secrets::{IdSnapshot, SECRET_HOME_LOCATIONS, SECRET_NAMES, SecretIds};
 
 /// What the policy says about a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,22 +58,195 @@ pub enum Verdict {
     Deny(String),
 }
 
-/// Every tool the executor knows, with its default verdict.
-pub const TOOLS: &[(&str, Default)] = &[
-    ("list", Default::Allow),
-    ("find", Default::Allow),
-    ("read", Default::Allow),
-    ("summarize", Default::Allow),
-    ("screenshot", Default::Allow),
-    ("write", Default::Ask),
-    ("move", Default::Ask),
-    ("trash", Default::Ask),
-    ("run", Default::Ask),
-    ("type", Default::Ask),
-    ("key", Default::Ask),
-    ("click", Default::Ask),
-    ("open", Default::Ask),
+/// What a tool does with a path. Rules name these (`read(…)`, `list(…)`, `write(…)`,
+/// `delete(…)`) to govern every tool that does it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// Reads a file's content, or carries it where it can be read.
+    Read,
+    /// Sees names, sizes and dates.
+    List,
+    /// Creates or replaces what is at a path.
+    Write,
+    /// Removes something from where it is.
+    Delete,
+}
+
+impl Capability {
+    /// Every capability.
+    pub const ALL: [Capability; 4] = [
+        Capability::Read,
+        Capability::List,
+        Capability::Write,
+        Capability::Delete,
+    ];
+
+    /// The word rules use for it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Capability::Read => "read",
+            Capability::List => "list",
+            Capability::Write => "write",
+            Capability::Delete => "delete",
+        }
+    }
+
+    fn from_word(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.word() == word)
+    }
+}
+
+/// How far a path argument reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The path itself: a file read, a folder listed.
+    Path,
+    /// The path and, for a folder, everything inside it, walked whole before the call
+    /// (what a move or trash carries).
+    Contents,
+    /// Where the named argument's contents land (a move's destination receives its source's
+    /// tree).
+    ContentsOf(&'static str),
+    /// A folder walked when the call runs (find, summarize): entries the policy hides are left
+    /// out as the walk goes.
+    Walk,
+}
+
+/// One path argument of a tool.
+#[derive(Clone, Copy, Debug)]
+pub struct PathArg {
+    /// The argument's name.
+    pub arg: &'static str,
+    /// What the tool does with it.
+    pub caps: &'static [Capability],
+    /// How far it reaches.
+    pub reach: Reach,
+}
+
+/// One tool as the policy knows it.
+#[derive(Clone, Copy, Debug)]
+pub struct ToolSpec {
+    /// Its name (and the rule word for it).
+    pub name: &'static str,
+    /// Its verdict when no rule matches.
+    pub default: Default,
+    /// Its path arguments; empty for tools that take text.
+    pub paths: &'static [PathArg],
+}
+
+use Capability::{Delete, List, Read, Write};
+
+/// Every tool the executor knows: default verdict and what it does with its paths. The one
+/// table (a future tool registry takes it over whole).
+pub const TOOLS: &[ToolSpec] = &[
+    ToolSpec {
+        name: "list",
+        default: Default::Allow,
+        paths: &[PathArg {
+            arg: "path",
+            caps: &[List],
+            reach: Reach::Path,
+        }],
+    },
+    ToolSpec {
+        name: "find",
+        default: Default::Allow,
+        paths: &[PathArg {
+            arg: "path",
+            caps: &[List],
+            reach: Reach::Walk,
+        }],
+    },
+    ToolSpec {
+        name: "read",
+        default: Default::Allow,
+        paths: &[PathArg {
+            arg: "path",
+            caps: &[Read],
+            reach: Reach::Path,
+        }],
+    },
+    ToolSpec {
+        name: "summarize",
+        default: Default::Allow,
+        paths: &[PathArg {
+            arg: "path",
+            caps: &[List, Read],
+            reach: Reach::Walk,
+        }],
+    },
+    ToolSpec {
+        name: "screenshot",
+        default: Default::Allow,
+        paths: &[],
+    },
+    ToolSpec {
+        name: "move",
+        default: Default::Ask,
+        paths: &[
+            PathArg {
+                arg: "from",
+                caps: &[Read, Delete],
+                reach: Reach::Contents,
+            },
+            PathArg {
+                arg: "to",
+                caps: &[Write],
+                reach: Reach::ContentsOf("from"),
+            },
+        ],
+    },
+    ToolSpec {
+        name: "trash",
+        default: Default::Ask,
+        paths: &[PathArg {
+            arg: "path",
+            caps: &[Delete],
+            reach: Reach::Contents,
+        }],
+    },
+    ToolSpec {
+        name: "run",
+        default: Default::Ask,
+        paths: &[],
+    },
+    ToolSpec {
+        name: "type",
+        default: Default::Ask,
+        paths: &[],
+    },
+    ToolSpec {
+        name: "key",
+        default: Default::Ask,
+        paths: &[],
+    },
+    ToolSpec {
+        name: "click",
+        default: Default::Ask,
+        paths: &[],
+    },
+    ToolSpec {
+        name: "open",
+        default: Default::Ask,
+        paths: &[PathArg {
+            arg: "target",
+            caps: &[Read],
+            reach: Reach::Path,
+        }],
+    },
 ];
+
+/// The tool called `name`.
+pub fn tool(name: &str) -> Option<&'static ToolSpec> {
+    TOOLS.iter().find(|t| t.name == name)
+}
+
+/// How much of a folder a move or trash walks to judge what it carries. Past either bound the
+/// call is denied: a folder that cannot be checked whole is not moved.
+pub const CARRY_BOUNDS: Bounds = Bounds {
+    max_entries: 100_000,
+    max_time: Duration::from_secs(3),
+};
 
 /// A tool's verdict when no rule matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +257,8 @@ pub enum Default {
     Ask,
 }
 
-/// One permission rule: `tool` or `tool(pattern)`.
+/// One permission rule: `word` or `word(pattern)`, where the word is a capability (`read`,
+/// `list`, `write`, `delete`) or a tool's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     tool: String,
@@ -71,7 +276,7 @@ enum Match {
 }
 
 impl Rule {
-    /// Parses `tool` or `tool(pattern)`; the tool must exist.
+    /// Parses `word` or `word(pattern)`; the word must be a capability or a tool.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (tool, pattern) = match text.split_once('(') {
@@ -85,10 +290,16 @@ impl Rule {
             }
             None => (text, None),
         };
-        if !TOOLS.iter().any(|(t, _)| *t == tool) {
-            let known: Vec<&str> = TOOLS.iter().map(|(t, _)| *t).collect();
+        if self::tool(tool).is_none() && Capability::from_word(tool).is_none() {
+            let mut known: Vec<&str> = Capability::ALL.iter().map(|c| c.word()).collect();
+            known.extend(
+                TOOLS
+                    .iter()
+                    .map(|t| t.name)
+                    .filter(|t| Capability::from_word(t).is_none()),
+            );
             return Err(format!(
-                "rule {text:?} names an unknown tool {tool:?} (known: {})",
+                "rule {text:?} names an unknown capability or tool {tool:?} (known: {})",
                 known.join(", ")
             ));
         }
@@ -127,13 +338,34 @@ impl Rule {
         // Every subject must match, so `move(~/a/**)` does not cover a move out of `~/a`.
         !subjects.is_empty() && subjects.iter().all(|s| glob(&pattern, s))
     }
+
+    /// The capability this rule names, if its word is one.
+    fn capability(&self) -> Option<Capability> {
+        Capability::from_word(&self.tool)
+    }
+
+    /// Whether this rule governs `tool` using a path with `caps`.
+    fn governs(&self, tool: &str, caps: &[Capability]) -> bool {
+        match self.capability() {
+            Some(c) => caps.contains(&c),
+            None => self.tool == tool,
+        }
+    }
+
+    fn path_matches(&self, path: &str, home: &Path) -> bool {
+        match &self.pattern {
+            None => true,
+            Some(p) => glob(&expand_tilde(p, home), path),
+        }
+    }
 }
 
 /// The subject of a call, as the policy sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
-    /// Paths the call reads or changes (already resolved by [`Policy::resolve`]).
-    Paths(Vec<PathBuf>),
+    /// Paths the call reads or changes, by argument name (as in [`TOOLS`]), already resolved by
+    /// [`Policy::resolve`].
+    Paths(Vec<(String, PathBuf)>),
     /// Free text: a shell command, text to type, a key combo, a URL, coordinates.
     Text(String),
 }
@@ -144,25 +376,25 @@ pub struct Policy {
     home: PathBuf,
     roots: Vec<PathBuf>,
     protected: Vec<PathBuf>,
+    secret_ids: Arc<SecretIds>,
+    carry: Bounds,
     deny: Vec<Rule>,
     ask: Vec<Rule>,
     allow: Vec<Rule>,
 }
 
-/// Directory names that hold secrets wherever they are.
-const SECRET_DIRS: &[&str] = &[".ssh", ".gnupg", ".aws", ".password-store", ".kube"];
-/// Secret locations relative to the home directory.
-const SECRET_HOME_PATHS: &[&str] = &[
-    ".config/gcloud",
-    ".local/share/keyrings",
-    "Library/Keychains",
-    ".docker/config.json",
-    ".netrc",
-];
+/// Why a path may never be touched.
+enum Why {
+    Secret(String),
+    Protected(PathBuf),
+    SameAs(PathBuf),
+    Outside,
+}
 
 impl Policy {
     /// Builds the policy for `home`, from the config; `own_dirs` (the data and config
-    /// directories of this host) are protected like secrets.
+    /// directories of this host) are protected like secrets. Walks the secret locations to learn
+    /// the identities of what they hold (bounded: [`secrets::MAX_ID_ENTRIES`]).
     pub fn new(config: &Config, home: &Path, own_dirs: &[&Path]) -> Result<Self, String> {
         let home = canonical_or_self(home);
         let mut roots = Vec::new();
@@ -176,11 +408,10 @@ impl Policy {
             }
             roots.push(p);
         }
-        let mut protected: Vec<PathBuf> = own_dirs
+        let protected: Vec<PathBuf> = own_dirs
             .iter()
             .map(|d| resolve_path(&home, &d.to_string_lossy()))
             .collect();
-        protected.extend(SECRET_HOME_PATHS.iter().map(|p| home.join(p)));
         let parse = |rules: &[String]| -> Result<Vec<Rule>, String> {
             rules.iter().map(|r| Rule::parse(r)).collect()
         };
@@ -188,6 +419,8 @@ impl Policy {
             deny: parse(&config.permissions.deny)?,
             ask: parse(&config.permissions.ask)?,
             allow: parse(&config.permissions.allow)?,
+            secret_ids: Arc::new(SecretIds::new(&home, &protected)),
+            carry: CARRY_BOUNDS,
             home,
             roots,
             protected,
@@ -209,44 +442,73 @@ impl Policy {
         resolve_path(&self.home, text)
     }
 
+    /// The identities of the secret files, looked at again (rebuilt if a secret folder
+    /// changed): the [`Fence`] every file operation of a call checks against.
+    pub fn fence(&self) -> Arc<IdSnapshot> {
+        self.secret_ids.refresh()
+    }
+
     /// Why `path` (resolved) may never be touched, if it may not.
     pub fn forbidden(&self, path: &Path) -> Option<String> {
-        if let Some(why) = self.secret(path) {
-            return Some(why);
+        self.why(path).map(|w| self.sentence(path, &w))
+    }
+
+    fn why(&self, path: &Path) -> Option<Why> {
+        if let Some(w) = self.secret(path) {
+            return Some(w);
         }
         if !self.roots.iter().any(|r| path.starts_with(r)) {
-            let roots: Vec<String> = self.roots.iter().map(|r| self.show(r)).collect();
-            return Some(format!(
-                "{} is outside the folders this desktop shares ({})",
-                self.show(path),
-                roots.join(", ")
-            ));
+            return Some(Why::Outside);
         }
         None
     }
 
-    fn secret(&self, path: &Path) -> Option<String> {
-        for c in path.components() {
-            if let Component::Normal(name) = c {
-                let name = name.to_string_lossy();
-                if SECRET_DIRS.contains(&name.as_ref()) || name.starts_with(".env") {
-                    return Some(format!(
-                        "{} is a secret location ({name}); Deskhand never touches it",
-                        self.show(path)
-                    ));
-                }
+    /// A secret or protected location, by name and path (identity is checked by the caller).
+    fn secret(&self, path: &Path) -> Option<Why> {
+        if let Some((_, pattern)) = secrets::secret_component(path) {
+            return Some(Why::Secret(pattern.to_owned()));
+        }
+        if let Ok(rel) = path.strip_prefix(&self.home)
+            && let Some(l) = secrets::LOCATIONS.containing(rel)
+        {
+            return Some(Why::Secret(l.to_owned()));
+        }
+        if let Some(t) = self.secret_ids.snapshot().target_containing(path) {
+            return Some(Why::Secret(self.show(t)));
+        }
+        self.protected
+            .iter()
+            .find(|p| path.starts_with(p))
+            .map(|p| Why::Protected(p.clone()))
+    }
+
+    fn sentence(&self, path: &Path, why: &Why) -> String {
+        let shown = self.show(path);
+        match why {
+            Why::Secret(what) => {
+                format!("{shown} is a secret location ({what}); Deskhand never touches it")
+            }
+            Why::Protected(p) => format!(
+                "{shown} is a protected location ({}); Deskhand never touches it",
+                self.show(p)
+            ),
+            Why::SameAs(secret) => format!(
+                "{shown} is the same file as {} (a hard link or a mount of it), a secret location; Deskhand never touches it",
+                self.show(secret)
+            ),
+            Why::Outside => {
+                let roots: Vec<String> = self.roots.iter().map(|r| self.show(r)).collect();
+                format!(
+                    "{shown} is outside the folders this desktop shares ({})",
+                    roots.join(", ")
+                )
             }
         }
-        for p in &self.protected {
-            if path.starts_with(p) {
-                return Some(format!(
-                    "{} is a protected location ({}); Deskhand never touches it",
-                    self.show(path),
-                    self.show(p)
-                ));
-            }
-        }
-        None
+    }
+
+    /// The same, for something a folder holds: "~/x holds ~/x/.ssh, a secret location …".
+    fn held(&self, root: &Path, path: &Path, why: &Why) -> String {
+        format!("{} holds {}", self.show(root), self.sentence(path, why))
     }
 
     /// What a sandboxed shell command must neither read, write nor execute, whatever its text:
@@ -256,10 +518,28 @@ impl Policy {
     pub fn sandbox_hidden(&self) -> Vec<PathBuf> {
         let mut hidden = self.protected.clone();
         hidden.extend(
-            SECRET_DIRS
+            SECRET_HOME_LOCATIONS
                 .iter()
                 .map(|d| resolve_path(&self.home, &self.home.join(d).to_string_lossy())),
         );
+        // Secret names right under home (`~/.ssh`, `~/.aws`, `~/.netrc`, …), present or not:
+        // the sandbox must also keep a command from creating one.
+        hidden.extend(
+            SECRET_NAMES
+                .iter()
+                .filter(|n| !n.contains('*'))
+                .map(|n| resolve_path(&self.home, &self.home.join(n).to_string_lossy())),
+        );
+        if let Ok(entries) = std::fs::read_dir(&self.home) {
+            hidden.extend(
+                entries
+                    .flatten()
+                    .filter(|e| secrets::secret_name(&e.file_name()).is_some())
+                    .map(|e| e.path()),
+            );
+        }
+        hidden.sort();
+        hidden.dedup();
         hidden
     }
 
@@ -268,30 +548,56 @@ impl Policy {
         self.forbidden(path).is_some()
     }
 
-    /// Judges a call. Paths must come from [`Policy::resolve`].
+    /// For walks and listings: whether `tool` must leave `path` out of what it shows when
+    /// using it with `cap` — a forbidden location, or a path a deny or ask rule governs (a walk
+    /// cannot stop to ask).
+    pub fn hidden(&self, tool: &str, cap: Capability, path: &Path) -> bool {
+        if self.why(path).is_some() {
+            return true;
+        }
+        let s = path.to_string_lossy();
+        self.deny
+            .iter()
+            .chain(&self.ask)
+            .any(|r| r.governs(tool, &[cap]) && r.path_matches(&s, &self.home))
+    }
+
+    /// The persistence location `path` would put something into, if any, as "LOCATION (WHAT)".
+    /// With `folder`, a persistence location inside `path` counts too (a folder moved there
+    /// lands in it).
+    pub fn persistence(&self, path: &Path, folder: bool) -> Option<String> {
+        let hit = persistence::location_of(&self.home, path).or_else(|| {
+            folder
+                .then(|| persistence::location_inside(&self.home, path))
+                .flatten()
+        });
+        hit.map(|(l, what)| {
+            let shown = if l.starts_with('/') || l.starts_with("**/") {
+                l.to_owned()
+            } else {
+                format!("~/{l}")
+            };
+            format!("{shown}: {what}")
+        })
+    }
+
+    /// Judges a call. Paths must come from [`Policy::resolve`]. A call that moves or trashes a
+    /// folder walks it (bounded, see [`CARRY_BOUNDS`]): run it off the async threads.
     pub fn judge(&self, tool: &str, subject: &Subject) -> Verdict {
-        let Some((_, default)) = TOOLS.iter().find(|(t, _)| *t == tool) else {
+        let Some(spec) = self::tool(tool) else {
             return Verdict::Deny(format!("{tool:?} is not a tool this desktop has"));
         };
-        let subjects: Vec<String> = match subject {
-            Subject::Paths(paths) => {
-                for p in paths {
-                    if let Some(why) = self.forbidden(p) {
-                        return Verdict::Deny(why);
-                    }
-                }
-                paths
-                    .iter()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .collect()
-            }
-            Subject::Text(t) => vec![t.clone()],
-        };
+        match subject {
+            Subject::Paths(paths) => self.judge_paths(spec, paths),
+            Subject::Text(t) => self.judge_text(spec, t),
+        }
+    }
+
+    fn judge_text(&self, spec: &ToolSpec, text: &str) -> Verdict {
+        let tool = spec.name;
+        let subjects = vec![text.to_owned()];
         // A shell command is parsed once, and `run` rules match the parse, not the text.
-        let command = match (tool, subject) {
-            ("run", Subject::Text(t)) => Some(ParsedCommand::parse(t)),
-            _ => None,
-        };
+        let command = (tool == "run").then(|| ParsedCommand::parse(text));
         let command = command.as_ref();
         let hit = |r: &Rule, how| r.matches(tool, &subjects, &self.home, command, how);
         if let Some(r) = self.deny.iter().find(|r| hit(r, Match::AnyPart)) {
@@ -303,10 +609,87 @@ impl Policy {
         if self.allow.iter().any(|r| hit(r, Match::Whole)) {
             return Verdict::Allow;
         }
-        match default {
-            Default::Allow => Verdict::Allow,
-            Default::Ask => Verdict::Ask,
+        default_verdict(spec)
+    }
+
+    fn judge_paths(&self, spec: &ToolSpec, paths: &[(String, PathBuf)]) -> Verdict {
+        let fence = self.fence();
+        let mut scan = RuleScan::new(self, spec.name);
+        let mut given: Vec<(&PathArg, &Path)> = Vec::new();
+        for (arg, path) in paths {
+            let Some(use_) = spec.paths.iter().find(|u| u.arg == arg) else {
+                return Verdict::Deny(format!("`{}` takes no path argument `{arg}`", spec.name));
+            };
+            if let Some(why) = self.forbidden(path) {
+                return Verdict::Deny(why);
+            }
+            if let Ok(meta) = std::fs::symlink_metadata(path)
+                && let Some(secret) = fence.secret(FileId::of_metadata(&meta))
+            {
+                return Verdict::Deny(self.sentence(path, &Why::SameAs(secret.to_path_buf())));
+            }
+            if let ControlFlow::Break(why) = scan.touch(use_.caps, path) {
+                return Verdict::Deny(why);
+            }
+            given.push((use_, path));
         }
+        for &(use_, root) in &given {
+            if use_.reach != Reach::Contents
+                || !std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir())
+            {
+                continue;
+            }
+            let landing: Vec<(&PathArg, &Path)> = given
+                .iter()
+                .filter(|(u, _)| u.reach == Reach::ContentsOf(use_.arg))
+                .copied()
+                .collect();
+            let mut visit = |rel: &Path, path: &Path, meta: &crate::tools::safe_fs::Meta| {
+                if let Some(why) = self.secret(path) {
+                    return ControlFlow::Break(self.held(root, path, &why));
+                }
+                if let Some(secret) = fence.secret(meta.id) {
+                    return ControlFlow::Break(self.held(
+                        root,
+                        path,
+                        &Why::SameAs(secret.to_path_buf()),
+                    ));
+                }
+                scan.touch(use_.caps, path)?;
+                for (u, dest) in &landing {
+                    let q = dest.join(rel);
+                    if let Some(why) = self.secret(&q) {
+                        return ControlFlow::Break(format!(
+                            "moving {} would put {} there: {}",
+                            self.show(root),
+                            self.show(path),
+                            self.sentence(&q, &why)
+                        ));
+                    }
+                    scan.touch(u.caps, &q)?;
+                }
+                ControlFlow::Continue(())
+            };
+            match files::visit_contents(root, self.carry, &*fence, &mut visit) {
+                Ok(_) => {}
+                Err(ContentsError::Stopped(why)) => return Verdict::Deny(why),
+                Err(e @ (ContentsError::TooMany { .. } | ContentsError::TooSlow { .. })) => {
+                    return Verdict::Deny(format!(
+                        "{} is too large to check ({e}); Deskhand moves or trashes a folder only \
+                         when it can check everything inside",
+                        self.show(root)
+                    ));
+                }
+                Err(ContentsError::Tool(e)) => {
+                    return Verdict::Deny(format!(
+                        "could not check everything inside {}: {}",
+                        self.show(root),
+                        e.map_paths(|p| PathBuf::from(self.show(p)))
+                    ));
+                }
+            }
+        }
+        scan.verdict(spec)
     }
 
     /// A path as a person reads it: `~/…` inside home.
@@ -315,6 +698,73 @@ impl Policy {
             Ok(rest) if rest.as_os_str().is_empty() => "~".into(),
             Ok(rest) => format!("~/{}", rest.display()),
             Err(_) => path.display().to_string(),
+        }
+    }
+}
+
+fn default_verdict(spec: &ToolSpec) -> Verdict {
+    match spec.default {
+        Default::Allow => Verdict::Allow,
+        Default::Ask => Verdict::Ask,
+    }
+}
+
+/// The rules applied to every path a call touches or carries, one path at a time.
+struct RuleScan<'p> {
+    policy: &'p Policy,
+    tool: &'static str,
+    ask: bool,
+    allowed: bool,
+}
+
+impl<'p> RuleScan<'p> {
+    fn new(policy: &'p Policy, tool: &'static str) -> Self {
+        RuleScan {
+            policy,
+            tool,
+            ask: false,
+            allowed: true,
+        }
+    }
+
+    /// Judges one path; breaks with the reason when a deny rule governs it.
+    fn touch(&mut self, caps: &[Capability], path: &Path) -> ControlFlow<String> {
+        let (p, tool) = (self.policy, self.tool);
+        let s = path.to_string_lossy();
+        let hit = |r: &Rule| r.governs(tool, caps) && r.path_matches(&s, &p.home);
+        if let Some(r) = p.deny.iter().find(|r| hit(r)) {
+            return ControlFlow::Break(format!(
+                "the desktop's rules deny this ({}: {})",
+                r.show(),
+                p.show(path)
+            ));
+        }
+        if !self.ask && p.ask.iter().any(hit) {
+            self.ask = true;
+        }
+        if self.allowed {
+            let by_tool = p
+                .allow
+                .iter()
+                .any(|r| r.capability().is_none() && r.tool == tool && r.path_matches(&s, &p.home));
+            let by_caps = !caps.is_empty()
+                && caps.iter().all(|c| {
+                    p.allow
+                        .iter()
+                        .any(|r| r.capability() == Some(*c) && r.path_matches(&s, &p.home))
+                });
+            self.allowed = by_tool || by_caps;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn verdict(self, spec: &ToolSpec) -> Verdict {
+        if self.ask {
+            Verdict::Ask
+        } else if self.allowed {
+            Verdict::Allow
+        } else {
+            default_verdict(spec)
         }
     }
 }
@@ -415,7 +865,7 @@ fn glob(pattern: &str, text: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn setup() -> (tempfile::TempDir, Policy) {
+    fn setup_with(ask: &[&str], deny: &[&str]) -> (tempfile::TempDir, Policy) {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
         std::fs::create_dir_all(home.join("docs")).unwrap();
@@ -430,8 +880,8 @@ mod tests {
             roots: vec!["~".into()],
             permissions: crate::config::Permissions {
                 allow: vec!["run(git status*)".into()],
-                ask: vec!["read(~/docs/private/**)".into()],
-                deny: vec!["trash(~/docs/keep/**)".into()],
+                ask: ask.iter().map(|s| s.to_string()).collect(),
+                deny: deny.iter().map(|s| s.to_string()).collect(),
             },
             ..Config::default()
         };
@@ -440,8 +890,36 @@ mod tests {
         (dir, policy)
     }
 
+    fn setup() -> (tempfile::TempDir, Policy) {
+        setup_with(&["read(~/docs/private/**)"], &["trash(~/docs/keep/**)"])
+    }
+
+    fn one(p: &Policy, tool: &str, path: &str) -> Subject {
+        let arg = super::tool(tool)
+            .and_then(|t| t.paths.first())
+            .map_or("path", |a| a.arg);
+        Subject::Paths(vec![(arg.into(), p.resolve(path))])
+    }
+
     fn judge(p: &Policy, tool: &str, path: &str) -> Verdict {
-        p.judge(tool, &Subject::Paths(vec![p.resolve(path)]))
+        p.judge(tool, &one(p, tool, path))
+    }
+
+    fn judge_move(p: &Policy, from: &str, to: &str) -> Verdict {
+        p.judge(
+            "move",
+            &Subject::Paths(vec![
+                ("from".into(), p.resolve(from)),
+                ("to".into(), p.resolve(to)),
+            ]),
+        )
+    }
+
+    fn denied(v: Verdict) -> String {
+        match v {
+            Verdict::Deny(why) => why,
+            other => panic!("expected a deny, got {other:?}"),
+        }
     }
 
     #[test]
@@ -450,9 +928,13 @@ mod tests {
         assert_eq!(judge(&p, "read", "~/docs/a.txt"), Verdict::Allow);
         assert_eq!(judge(&p, "list", "docs"), Verdict::Allow);
         assert_eq!(judge(&p, "trash", "~/docs/a.txt"), Verdict::Ask);
-        assert_eq!(judge(&p, "move", "~/docs/a.txt"), Verdict::Ask);
+        assert_eq!(judge_move(&p, "~/docs/a.txt", "~/b.txt"), Verdict::Ask);
         assert_eq!(p.judge("run", &Subject::Text("ls".into())), Verdict::Ask);
         assert_eq!(p.judge("type", &Subject::Text("hi".into())), Verdict::Ask);
+        assert!(matches!(
+            p.judge("write", &Subject::Paths(vec![])),
+            Verdict::Deny(_)
+        ));
     }
 
     #[test]
@@ -474,12 +956,135 @@ mod tests {
                 "{path} must be denied"
             );
         }
-        let Verdict::Deny(why) = judge(&p, "read", "~/docs/keys/id_ed25519") else {
-            unreachable!()
-        };
+        let why = denied(judge(&p, "read", "~/docs/keys/id_ed25519"));
         assert!(why.contains(".ssh"), "{why}");
         assert!(p.skip(&p.resolve("~/.ssh")));
         assert!(!p.skip(&p.resolve("~/docs")));
+    }
+
+    /// Finding 9: the wider list of credential names and locations, anywhere they apply.
+    #[test]
+    fn the_secret_list_covers_credentials_of_every_kind() {
+        let (_d, p) = setup();
+        for path in [
+            "~/.git-credentials",
+            "~/.config/git/credentials",
+            "~/Projects/app/prod.env",
+            "~/Projects/app/.env",
+            "~/Projects/app/.envrc",
+            "~/Projects/app/.env.production",
+            "~/certs/server.pem",
+            "~/certs/server.KEY",
+            "~/certs/client.p12",
+            "~/backup/id_rsa",
+            "~/backup/id_ecdsa.pub",
+            "~/.docker/config.json",
+            "~/.npmrc",
+            "~/.pypirc",
+            "~/.cargo/credentials.toml",
+            "~/.aws/credentials",
+            "~/.azure/accessTokens.json",
+            "~/.config/gcloud/credentials.db",
+            "~/.oci/config",
+            "~/.config/doctl/config.yaml",
+            "~/.terraform.d/credentials.tfrc.json",
+            "~/.kube/config",
+            "~/.config/gh/hosts.yml",
+            "~/.netrc",
+            "~/.pgpass",
+            "~/.my.cnf",
+            "~/.vault-token",
+            "~/.mozilla/firefox/x.default/logins.json",
+            "~/.config/google-chrome/Default/Cookies",
+            "~/.config/chromium/Default/Login Data",
+            "~/.config/BraveSoftware/Brave-Browser/Default/Cookies",
+            "~/Library/Application Support/Google/Chrome/Default/Cookies",
+            "~/Library/Application Support/Firefox/Profiles/x/key4.db",
+            "~/Library/Safari/History.db",
+            "~/Library/Cookies/Cookies.binarycookies",
+            "~/.password-store/mail.gpg",
+            "~/Documents/vault.kdbx",
+            "~/.local/share/keyrings/login.keyring",
+            "~/Library/Keychains/login.keychain-db",
+            "~/.gnupg/private-keys-v1.d/x.key",
+            "~/.SSH/config",
+        ] {
+            let why = denied(judge(&p, "read", path));
+            assert!(why.contains("secret location"), "{path}: {why}");
+        }
+        for path in [
+            "~/docs/a.txt",
+            "~/.config/deskhand-notes.txt",
+            "~/.venv/bin/python",
+        ] {
+            assert!(
+                !matches!(judge(&p, "read", path), Verdict::Deny(_)),
+                "{path} is no secret"
+            );
+        }
+    }
+
+    /// Finding 9: a hard link to the key under an innocent name is the key.
+    #[test]
+    fn a_hard_link_to_a_secret_is_denied_by_identity() {
+        let (_d, p) = setup();
+        let link = p.home().join("docs/notes.txt");
+        std::fs::hard_link(p.home().join(".ssh/id_ed25519"), &link).unwrap();
+        let why = denied(judge(&p, "read", "~/docs/notes.txt"));
+        assert!(why.contains("same file as ~/.ssh/id_ed25519"), "{why}");
+        // A key made after the policy was built is known too.
+        std::fs::write(p.home().join(".ssh/id_new"), "new").unwrap();
+        std::fs::hard_link(p.home().join(".ssh/id_new"), p.home().join("docs/n2")).unwrap();
+        assert!(matches!(judge(&p, "read", "~/docs/n2"), Verdict::Deny(_)));
+    }
+
+    /// Finding 3: a folder that holds a secret cannot be moved or trashed.
+    #[test]
+    fn moving_or_trashing_a_folder_is_judged_by_what_it_holds() {
+        let (_d, p) = setup();
+        let home = p.home().to_path_buf();
+        std::fs::create_dir_all(home.join(".config/gcloud")).unwrap();
+        std::fs::write(home.join(".config/gcloud/credentials.db"), "tok").unwrap();
+        std::fs::create_dir_all(home.join(".docker")).unwrap();
+        std::fs::write(home.join(".docker/config.json"), "{}").unwrap();
+        let why = denied(judge_move(&p, "~/.docker", "~/dk"));
+        assert!(why.contains("~/.docker is a secret location"), "{why}");
+        let why = denied(judge_move(&p, "~/.config", "~/cfg"));
+        assert!(why.starts_with("~/.config holds ~/.config/gcloud"), "{why}");
+        let why = denied(judge(&p, "trash", "~"));
+        assert!(why.starts_with("~ holds ~/."), "{why}");
+        // A hard link to the key inside an innocent folder.
+        std::fs::create_dir_all(home.join("work/deep")).unwrap();
+        std::fs::hard_link(home.join(".ssh/id_ed25519"), home.join("work/deep/x")).unwrap();
+        let why = denied(judge(&p, "trash", "~/work"));
+        assert!(why.contains("same file as ~/.ssh/id_ed25519"), "{why}");
+        let why = denied(judge_move(&p, "~/work", "~/Public"));
+        assert!(why.contains("same file as"), "{why}");
+        std::fs::remove_file(home.join("work/deep/x")).unwrap();
+        assert_eq!(judge(&p, "trash", "~/work"), Verdict::Ask);
+        // What lands in a secret place is judged where it lands: a folder moved to ~/.config
+        // (absent) with a `gcloud` inside would create ~/.config/gcloud.
+        std::fs::remove_dir_all(home.join(".config")).unwrap();
+        std::fs::create_dir_all(home.join("stage/gcloud")).unwrap();
+        std::fs::write(home.join("stage/gcloud/configurations"), "x").unwrap();
+        let why = denied(judge_move(&p, "~/stage", "~/.config"));
+        assert!(why.contains("~/.config/gcloud"), "{why}");
+    }
+
+    #[test]
+    fn a_folder_too_large_to_check_is_denied() {
+        let (_d, mut p) = setup();
+        p.carry.max_entries = 50;
+        let big = p.home().join("big");
+        std::fs::create_dir_all(&big).unwrap();
+        for i in 0..51 {
+            std::fs::write(big.join(i.to_string()), "").unwrap();
+        }
+        let why = denied(judge(&p, "trash", "~/big"));
+        assert!(why.contains("too large to check"), "{why}");
+        assert!(why.contains("more than 50 entries"), "{why}");
+        p.carry.max_entries = 51;
+        assert_eq!(judge(&p, "trash", "~/big"), Verdict::Ask);
     }
 
     #[test]
@@ -500,6 +1105,92 @@ mod tests {
         );
         assert!(Rule::parse("nuke(*)").is_err());
         assert!(Rule::parse("run(ls").is_err());
+        for ok in [
+            "write(~/x/**)",
+            "delete",
+            "list(~/a)",
+            "summarize",
+            "find(~/**)",
+        ] {
+            assert!(Rule::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    /// Finding 3: a deny rule on a sub-path applies to a trash of its parent.
+    #[test]
+    fn rules_on_sub_paths_apply_to_what_a_call_carries() {
+        let (_d, p) = setup_with(&[], &["trash(~/all/Projects/**)"]);
+        let home = p.home().to_path_buf();
+        std::fs::create_dir_all(home.join("all/Projects/app")).unwrap();
+        std::fs::write(home.join("all/Projects/app/main.rs"), "x").unwrap();
+        std::fs::write(home.join("all/notes.txt"), "x").unwrap();
+        let why = denied(judge(&p, "trash", "~/all"));
+        assert!(why.contains("trash(~/all/Projects/**)"), "{why}");
+        assert!(why.contains("~/all/Projects"), "{why}");
+        assert_eq!(judge(&p, "trash", "~/all/notes.txt"), Verdict::Ask);
+        // A deny on removing from a folder covers a move whose destination is elsewhere.
+        let (_d2, m) = setup_with(&[], &["delete(~/docs/**)"]);
+        assert!(matches!(
+            judge_move(&m, "~/docs/a.txt", "~/a.txt"),
+            Verdict::Deny(_)
+        ));
+    }
+
+    /// Finding 8: a rule on a capability governs every tool that has it.
+    #[test]
+    fn rules_govern_capabilities_not_tool_names() {
+        let (_d, p) = setup_with(&["read(~/Private/**)"], &["list(~/Hidden/**)"]);
+        std::fs::create_dir_all(p.home().join("Private")).unwrap();
+        std::fs::write(p.home().join("Private/diary.txt"), "dear diary").unwrap();
+        assert_eq!(judge(&p, "summarize", "~/Private"), Verdict::Ask);
+        assert_eq!(judge(&p, "read", "~/Private/diary.txt"), Verdict::Ask);
+        assert_eq!(judge(&p, "open", "~/Private/diary.txt"), Verdict::Ask);
+        // A move carries content out of reach of the rule: it asks even when moves are allowed.
+        assert_eq!(
+            judge_move(&p, "~/Private/diary.txt", "~/Public.txt"),
+            Verdict::Ask
+        );
+        assert_eq!(judge(&p, "list", "~/Private"), Verdict::Allow);
+        assert!(matches!(judge(&p, "find", "~/Hidden"), Verdict::Deny(_)));
+        assert!(matches!(
+            judge(&p, "summarize", "~/Hidden/x"),
+            Verdict::Deny(_)
+        ));
+        // Walks leave governed entries out.
+        assert!(p.hidden(
+            "summarize",
+            Capability::Read,
+            &p.home().join("Private/diary.txt")
+        ));
+        assert!(!p.hidden(
+            "summarize",
+            Capability::List,
+            &p.home().join("Private/diary.txt")
+        ));
+        assert!(p.hidden("find", Capability::List, &p.home().join("Hidden")));
+        // Allow by capability needs every capability covered.
+        let (_d2, a) = setup_with(&[], &[]);
+        let mut a = a;
+        a.allow = vec![Rule::parse("write(~/In/**)").unwrap()];
+        assert_eq!(judge_move(&a, "~/docs/a.txt", "~/In/a.txt"), Verdict::Ask);
+        a.allow.push(Rule::parse("read(~/docs/**)").unwrap());
+        a.allow.push(Rule::parse("delete(~/docs/**)").unwrap());
+        assert_eq!(judge_move(&a, "~/docs/a.txt", "~/In/a.txt"), Verdict::Allow);
+        a.allow = vec![Rule::parse("move(~/**)").unwrap()];
+        assert_eq!(judge_move(&a, "~/docs/a.txt", "~/In/a.txt"), Verdict::Allow);
+    }
+
+    #[test]
+    fn persistence_locations_are_named() {
+        let (_d, p) = setup();
+        let at = |s: &str, folder| p.persistence(&p.resolve(s), folder);
+        assert!(
+            at("~/.config/autostart/x.desktop", false).is_some_and(|w| w.contains("autostart"))
+        );
+        assert!(at("~/.bashrc", false).is_some_and(|w| w.contains("shell start-up")));
+        assert!(at("~/.config", true).is_some());
+        assert_eq!(at("~/.config", false), None);
+        assert_eq!(at("~/docs/x", true), None);
     }
 
     #[test]

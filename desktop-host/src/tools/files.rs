@@ -1,19 +1,30 @@
 //! Files and folders: list, find, read the head of a text file, summarize a folder, move, and a
 //! trash that never deletes anything for real.
 //!
+//! Every operation goes through [`safe_fs`]: paths are walked from `/` without following
+//! symlinks and acted on relative to folder handles, so a symlink swapped in after the policy's
+//! check fails the operation instead of redirecting it; every file and folder opened is checked
+//! against the [`Fence`] of secret identities. Only regular files are ever opened for reading.
+//!
 //! Walks are breadth-first, bounded, and never follow symlinked directories (a link to `/` must
 //! not turn a find in `~/Downloads` into a find of the whole disk); the caller's `skip` predicate
-//! keeps folders out of them entirely.
+//! keeps folders out of them entirely, and walks never open anything but folders.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File, Metadata};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustix::fs::FileType;
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::ToolError;
+use super::safe_fs::{self, DirTree, Fence, Meta, NoFence};
 
 /// At most this many directory entries are looked at by one [`find`] or [`summarize`]: enough for
 /// a large home folder, small enough to answer in seconds.
@@ -34,15 +45,12 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    fn of(file_type: fs::FileType) -> Self {
-        if file_type.is_symlink() {
-            EntryKind::Symlink
-        } else if file_type.is_dir() {
-            EntryKind::Dir
-        } else if file_type.is_file() {
-            EntryKind::File
-        } else {
-            EntryKind::Other
+    fn of(file_type: FileType) -> Self {
+        match file_type {
+            FileType::Symlink => EntryKind::Symlink,
+            FileType::Directory => EntryKind::Dir,
+            FileType::RegularFile => EntryKind::File,
+            _ => EntryKind::Other,
         }
     }
 }
@@ -74,18 +82,20 @@ pub struct Listing {
 }
 
 /// Lists `dir`: folders first, then everything else, each group by name (case-insensitively).
-pub fn list(dir: &Path, limit: usize) -> Result<Listing, ToolError> {
-    let mut found = Vec::new();
-    for item in read_dir(dir)? {
-        let item = item.map_err(|e| ToolError::io("list", dir, e))?;
-        // d_type comes with the directory read: sorting needs no stat per entry.
-        let kind = item
-            .file_type()
-            .map(EntryKind::of)
-            .unwrap_or(EntryKind::Other);
-        found.push((kind, item.file_name().to_string_lossy().into_owned()));
-    }
-    found.sort_by(|(ka, a), (kb, b)| {
+/// Nothing in it is opened; sizes and times come from `statat` without following links.
+pub fn list(dir: &Path, limit: usize, fence: &dyn Fence) -> Result<Listing, ToolError> {
+    let fd = safe_fs::open_dir(dir, fence)?;
+    let mut found: Vec<(EntryKind, String, OsString)> = safe_fs::read_dir_at(fd.as_fd(), dir)?
+        .into_iter()
+        .map(|i| {
+            (
+                EntryKind::of(i.file_type),
+                i.name.to_string_lossy().into_owned(),
+                i.name,
+            )
+        })
+        .collect();
+    found.sort_by(|(ka, a, _), (kb, b, _)| {
         (*kb == EntryKind::Dir)
             .cmp(&(*ka == EntryKind::Dir))
             .then_with(|| a.to_lowercase().cmp(&b.to_lowercase()))
@@ -95,11 +105,11 @@ pub fn list(dir: &Path, limit: usize) -> Result<Listing, ToolError> {
     let entries = found
         .into_iter()
         .take(limit)
-        .map(|(kind, name)| {
-            let meta = fs::symlink_metadata(dir.join(&name)).ok();
+        .map(|(kind, name, raw)| {
+            let meta = safe_fs::stat_at(fd.as_fd(), &raw, &dir.join(&raw)).ok();
             Entry {
-                size: meta.as_ref().map_or(0, Metadata::len),
-                modified: meta.as_ref().and_then(modified_ms),
+                size: meta.map_or(0, |m| m.size),
+                modified: meta.and_then(|m| m.modified).map(unix_ms),
                 name,
                 kind,
             }
@@ -133,7 +143,8 @@ pub struct FindResult {
     pub matches: Vec<Found>,
     /// Directory entries looked at.
     pub visited: usize,
-    /// Subfolders that could not be read (permissions, races) and were left out.
+    /// Subfolders that could not be read (permissions, races, secrets by identity) and were
+    /// left out.
     pub unreadable_dirs: usize,
     /// True when the search stopped early (result limit or [`MAX_VISITED`]), so there may be more.
     pub truncated: bool,
@@ -141,15 +152,16 @@ pub struct FindResult {
 
 /// Finds entries under `root` whose name matches `pattern`, case-insensitively: `*` is any run of
 /// characters and `?` one character; a pattern without either matches names containing it.
-/// Breadth-first, so the shallowest matches come first; folders for which `skip` is true are
+/// Breadth-first, so the shallowest matches come first; paths for which `skip` is true are
 /// neither reported nor entered.
 pub fn find(
     pattern: &str,
     root: &Path,
     limit: usize,
     skip: &dyn Fn(&Path) -> bool,
+    fence: &dyn Fence,
 ) -> Result<FindResult, ToolError> {
-    find_bounded(pattern, root, limit, MAX_VISITED, skip)
+    find_bounded(pattern, root, limit, MAX_VISITED, skip, fence)
 }
 
 fn find_bounded(
@@ -158,6 +170,7 @@ fn find_bounded(
     limit: usize,
     max_visited: usize,
     skip: &dyn Fn(&Path) -> bool,
+    fence: &dyn Fence,
 ) -> Result<FindResult, ToolError> {
     let pattern = NamePattern::new(pattern);
     let mut result = FindResult {
@@ -166,7 +179,7 @@ fn find_bounded(
         unreadable_dirs: 0,
         truncated: false,
     };
-    let mut walk = Walk::new(root, max_visited, skip)?;
+    let mut walk = Walk::new(root, max_visited, skip, fence)?;
     while let Some(item) = walk.next_entry() {
         if !pattern.matches(&item.name) {
             continue;
@@ -175,10 +188,10 @@ fn find_bounded(
             result.truncated = true;
             break;
         }
-        let meta = fs::symlink_metadata(&item.path).ok();
+        let meta = walk.stat(&item);
         result.matches.push(Found {
-            size: meta.as_ref().map_or(0, Metadata::len),
-            modified: meta.as_ref().and_then(modified_ms),
+            size: meta.map_or(0, |m| m.size),
+            modified: meta.and_then(|m| m.modified).map(unix_ms),
             path: item.path,
             kind: item.kind,
         });
@@ -189,13 +202,14 @@ fn find_bounded(
     Ok(result)
 }
 
-/// A case-insensitive file-name glob.
+/// A case-insensitive file-name glob: `*` any run of characters, `?` one character.
 struct NamePattern {
     chars: Vec<char>,
     substring: bool,
 }
 
 impl NamePattern {
+    /// A glob; without `*` or `?` it matches names that hold it (what `find` wants).
     fn new(pattern: &str) -> Self {
         let lower = pattern.to_lowercase();
         NamePattern {
@@ -204,6 +218,7 @@ impl NamePattern {
         }
     }
 
+    /// Whether `name` matches, ignoring case.
     fn matches(&self, name: &str) -> bool {
         let name: Vec<char> = name.to_lowercase().chars().collect();
         if self.substring {
@@ -246,15 +261,19 @@ struct WalkItem {
     path: PathBuf,
     /// Path relative to the walk's root.
     rel: PathBuf,
+    /// The folder it is in, relative to the root.
+    parent: PathBuf,
+    raw_name: OsString,
     name: String,
     kind: EntryKind,
     depth: usize,
 }
 
-/// A breadth-first, bounded walk that never follows symlinks and never enters skipped paths.
+/// A breadth-first, bounded walk that never follows symlinks, never enters skipped paths and
+/// opens nothing but folders (each through [`DirTree`], so a symlink swapped in is not entered).
 /// Entries of each folder come in name order, so results are stable from run to run.
 struct Walk<'a> {
-    root: PathBuf,
+    tree: DirTree<'a>,
     queue: VecDeque<(PathBuf, usize)>,
     current: std::vec::IntoIter<WalkItem>,
     skip: &'a dyn Fn(&Path) -> bool,
@@ -269,11 +288,13 @@ impl<'a> Walk<'a> {
         root: &Path,
         max_visited: usize,
         skip: &'a dyn Fn(&Path) -> bool,
+        fence: &'a dyn Fence,
     ) -> Result<Self, ToolError> {
+        let mut tree = DirTree::open(root, fence)?;
         // The root itself must be readable; unreadable subfolders are only counted.
-        let items = Self::read(root, root, 1)?;
+        let items = Self::read(&mut tree, Path::new(""), 1)?;
         Ok(Walk {
-            root: root.to_path_buf(),
+            tree,
             queue: VecDeque::new(),
             current: items.into_iter(),
             skip,
@@ -284,26 +305,22 @@ impl<'a> Walk<'a> {
         })
     }
 
-    fn read(root: &Path, dir: &Path, depth: usize) -> Result<Vec<WalkItem>, ToolError> {
-        let mut items = Vec::new();
-        for item in read_dir(dir)? {
-            let Ok(item) = item else { continue };
-            let name = item.file_name().to_string_lossy().into_owned();
-            let path = item.path();
-            let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-            // DirEntry::file_type does not follow symlinks: a link to a folder stays a Symlink.
-            let kind = item
-                .file_type()
-                .map(EntryKind::of)
-                .unwrap_or(EntryKind::Other);
-            items.push(WalkItem {
-                path,
-                rel,
-                name,
-                kind,
+    fn read(tree: &mut DirTree<'_>, rel: &Path, depth: usize) -> Result<Vec<WalkItem>, ToolError> {
+        let root = tree.root().to_path_buf();
+        let dir_path = root.join(rel);
+        let fd = tree.dir(rel)?;
+        let mut items: Vec<WalkItem> = safe_fs::read_dir_at(fd, &dir_path)?
+            .into_iter()
+            .map(|i| WalkItem {
+                path: dir_path.join(&i.name),
+                rel: rel.join(&i.name),
+                parent: rel.to_path_buf(),
+                name: i.name.to_string_lossy().into_owned(),
+                raw_name: i.name,
+                kind: EntryKind::of(i.file_type),
                 depth,
-            });
-        }
+            })
+            .collect();
         items.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(items)
     }
@@ -320,16 +337,22 @@ impl<'a> Walk<'a> {
                     continue;
                 }
                 if item.kind == EntryKind::Dir {
-                    self.queue.push_back((item.path.clone(), item.depth + 1));
+                    self.queue.push_back((item.rel.clone(), item.depth + 1));
                 }
                 return Some(item);
             }
             let (dir, depth) = self.queue.pop_front()?;
-            match Self::read(&self.root, &dir, depth) {
+            match Self::read(&mut self.tree, &dir, depth) {
                 Ok(items) => self.current = items.into_iter(),
                 Err(_) => self.unreadable_dirs += 1,
             }
         }
+    }
+
+    /// `statat` of an item relative to its folder's handle (never following a link).
+    fn stat(&mut self, item: &WalkItem) -> Option<Meta> {
+        let fd = self.tree.dir(&item.parent).ok()?;
+        safe_fs::stat_at(fd, &item.raw_name, &item.path).ok()
     }
 }
 
@@ -347,18 +370,27 @@ pub struct TextHead {
 }
 
 /// Reads the beginning of the text file at `path`: at most `max_bytes` bytes and `max_lines`
-/// lines. Refuses files that are not text (a NUL byte or invalid UTF-8 in what was read); a
-/// multi-byte character cut by the byte limit is dropped, not counted as binary.
-pub fn read_head(path: &Path, max_bytes: usize, max_lines: usize) -> Result<TextHead, ToolError> {
-    let file = File::open(path).map_err(|e| ToolError::io("read", path, e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| ToolError::io("read", path, e))?;
-    if !meta.is_file() {
-        return Err(ToolError::NotAFile {
-            path: path.to_path_buf(),
-        });
-    }
+/// lines. Only a regular file is opened (a FIFO, socket or device is refused up front, so a read
+/// never blocks), never through a symlink, and never one whose identity is behind the fence.
+/// Refuses files that are not text (a NUL byte or invalid UTF-8 in what was read); a multi-byte
+/// character cut by the byte limit is dropped, not counted as binary.
+pub fn read_head(
+    path: &Path,
+    max_bytes: usize,
+    max_lines: usize,
+    fence: &dyn Fence,
+) -> Result<TextHead, ToolError> {
+    let (file, meta) = safe_fs::open_file(path, fence)?;
+    head_of(file, meta, path, max_bytes, max_lines)
+}
+
+fn head_of(
+    file: File,
+    meta: Meta,
+    path: &Path,
+    max_bytes: usize,
+    max_lines: usize,
+) -> Result<TextHead, ToolError> {
     let mut buf = Vec::with_capacity(max_bytes.min(1 << 20) + 1);
     // One byte more than asked tells "exactly max_bytes long" from "longer".
     file.take(max_bytes as u64 + 1)
@@ -392,7 +424,7 @@ pub fn read_head(path: &Path, max_bytes: usize, max_lines: usize) -> Result<Text
     Ok(TextHead {
         path: path.to_path_buf(),
         text: text[..end].to_string(),
-        total_size: meta.len(),
+        total_size: meta.size,
         truncated,
     })
 }
@@ -467,15 +499,23 @@ pub struct Summary {
 }
 
 /// Summarizes `dir` recursively (bounded by [`MAX_VISITED`] entries, never following symlinks,
-/// never entering what `skip` names).
-pub fn summarize(dir: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<Summary, ToolError> {
-    summarize_bounded(dir, MAX_VISITED, skip)
+/// never entering what `skip` names). `skip_content` names the files whose first lines must not
+/// be previewed (on top of `skip`); previews open regular files only, checked against `fence`.
+pub fn summarize(
+    dir: &Path,
+    skip: &dyn Fn(&Path) -> bool,
+    skip_content: &dyn Fn(&Path) -> bool,
+    fence: &dyn Fence,
+) -> Result<Summary, ToolError> {
+    summarize_bounded(dir, MAX_VISITED, skip, skip_content, fence)
 }
 
 fn summarize_bounded(
     dir: &Path,
     max_visited: usize,
     skip: &dyn Fn(&Path) -> bool,
+    skip_content: &dyn Fn(&Path) -> bool,
+    fence: &dyn Fence,
 ) -> Result<Summary, ToolError> {
     let mut s = Summary {
         path: dir.to_path_buf(),
@@ -492,19 +532,19 @@ fn summarize_bounded(
     };
     let mut types: HashMap<String, (u64, u64)> = HashMap::new();
     let mut top_level_files = Vec::new();
-    let mut walk = Walk::new(dir, max_visited, skip)?;
+    let mut walk = Walk::new(dir, max_visited, skip, fence)?;
     while let Some(item) = walk.next_entry() {
         match item.kind {
             EntryKind::Dir => s.dirs += 1,
             EntryKind::Symlink => s.symlinks += 1,
             EntryKind::Other => {}
             EntryKind::File => {
-                let meta = fs::symlink_metadata(&item.path).ok();
-                let size = meta.as_ref().map_or(0, Metadata::len);
+                let meta = walk.stat(&item);
+                let size = meta.map_or(0, |m| m.size);
                 let stat = FileStat {
                     path: item.rel,
                     size,
-                    modified: meta.as_ref().and_then(modified_ms),
+                    modified: meta.and_then(|m| m.modified).map(unix_ms),
                 };
                 s.files += 1;
                 s.total_bytes += size;
@@ -517,8 +557,8 @@ fn summarize_bounded(
                 t.1 += size;
                 keep_top(&mut s.largest, stat.clone(), |f| (f.size, f.modified));
                 keep_top(&mut s.newest, stat, |f| (f.modified.unwrap_or(0), f.size));
-                if item.depth == 1 {
-                    top_level_files.push(item.path);
+                if item.depth == 1 && !skip_content(&item.path) {
+                    top_level_files.push((item.raw_name, item.path));
                 }
             }
         }
@@ -532,12 +572,17 @@ fn summarize_bounded(
     by_type.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.ext.cmp(&b.ext)));
     by_type.truncate(TOP_TYPES);
     s.by_type = by_type;
+    let fence = walk.tree.fence();
+    let root = walk.tree.dir(Path::new(""))?;
     // Trying a bounded number keeps a folder of 10,000 images from costing 10,000 opens.
-    for path in top_level_files.iter().take(PREVIEW_FILES * 4) {
+    for (name, path) in top_level_files.iter().take(PREVIEW_FILES * 4) {
         if s.previews.len() == PREVIEW_FILES {
             break;
         }
-        let Ok(head) = read_head(path, 4096, PREVIEW_LINES) else {
+        let Ok((file, meta)) = safe_fs::open_file_at(root, name, path, fence) else {
+            continue;
+        };
+        let Ok(head) = head_of(file, meta, path, 4096, PREVIEW_LINES) else {
             continue;
         };
         let mut budget = PREVIEW_CHARS;
@@ -554,10 +599,7 @@ fn summarize_bounded(
             continue;
         }
         s.previews.push(Preview {
-            name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name: name.to_string_lossy().into_owned(),
             lines,
         });
     }
@@ -665,154 +707,196 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
-/// Moves `from` to `to`, or into `to` when `to` is an existing directory. Never overwrites: an
-/// existing destination is an error. Across filesystems it copies, then removes the original;
-/// the copy appears at the destination only once complete.
-pub fn move_path(from: &Path, to: &Path) -> Result<(), ToolError> {
-    fs::symlink_metadata(from).map_err(|e| ToolError::io("move", from, e))?;
-    let dest = if to.is_dir() {
-        let name = from.file_name().ok_or_else(|| ToolError::Invalid {
-            reason: format!("`{}` has no file name to move", from.display()),
-        })?;
-        to.join(name)
-    } else {
-        to.to_path_buf()
-    };
-    move_exact(from, &dest)
+/// Bounds of a [`visit_contents`] walk.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// Entries looked at, at most.
+    pub max_entries: usize,
+    /// Time spent, at most.
+    pub max_time: Duration,
 }
 
-/// Moves `from` to exactly `dest`, refusing to overwrite.
-fn move_exact(from: &Path, dest: &Path) -> Result<(), ToolError> {
+/// Why a [`visit_contents`] walk stopped before it saw everything.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentsError {
+    /// More entries than [`Bounds::max_entries`].
+    #[error("it holds more than {limit} entries")]
+    TooMany {
+        /// The bound.
+        limit: usize,
+    },
+    /// The walk took longer than [`Bounds::max_time`].
+    #[error("going through it took longer than {} s", .limit.as_secs_f32())]
+    TooSlow {
+        /// The bound.
+        limit: Duration,
+    },
+    /// The visitor stopped the walk, with its reason.
+    #[error("{0}")]
+    Stopped(String),
+    /// A folder could not be opened or read (a symlink swapped in, a secret's identity,
+    /// permissions): what it holds is unknown.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+}
+
+/// Visits everything inside the folder `root` (not `root` itself), breadth-first, never
+/// following symlinks, each entry with its path relative to `root`, its full path and its
+/// `statat` (for its identity). A folder that cannot be opened or read stops the walk with an
+/// error — what a move carries must be known whole — and so do the bounds.
+pub fn visit_contents(
+    root: &Path,
+    bounds: Bounds,
+    fence: &dyn Fence,
+    visit: &mut dyn FnMut(&Path, &Path, &Meta) -> ControlFlow<String>,
+) -> Result<usize, ContentsError> {
+    let started = Instant::now();
+    let mut tree = DirTree::open(root, fence)?;
+    let mut queue: VecDeque<PathBuf> = VecDeque::from([PathBuf::new()]);
+    let mut seen = 0usize;
+    while let Some(rel) = queue.pop_front() {
+        let dir_path = root.join(&rel);
+        let fd = tree.dir(&rel)?;
+        let items = safe_fs::read_dir_at(fd, &dir_path)?;
+        for item in items {
+            seen += 1;
+            if seen > bounds.max_entries {
+                return Err(ContentsError::TooMany {
+                    limit: bounds.max_entries,
+                });
+            }
+            if seen.is_multiple_of(256) && started.elapsed() > bounds.max_time {
+                return Err(ContentsError::TooSlow {
+                    limit: bounds.max_time,
+                });
+            }
+            let item_rel = rel.join(&item.name);
+            let path = root.join(&item_rel);
+            let meta = safe_fs::stat_at(fd, &item.name, &path)?;
+            if let ControlFlow::Break(why) = visit(&item_rel, &path, &meta) {
+                return Err(ContentsError::Stopped(why));
+            }
+            if meta.is_dir() {
+                queue.push_back(item_rel);
+            }
+        }
+    }
+    if started.elapsed() > bounds.max_time {
+        return Err(ContentsError::TooSlow {
+            limit: bounds.max_time,
+        });
+    }
+    Ok(seen)
+}
+
+/// Moves `from` to `to`, or into `to` when `to` is an existing folder; returns where it went.
+/// See [`move_exact`].
+pub fn move_path(from: &Path, to: &Path, fence: &dyn Fence) -> Result<PathBuf, ToolError> {
+    let (to_dir, to_name) = safe_fs::open_parent(to, fence)?;
+    let dest = match safe_fs::stat_at(to_dir.as_fd(), &to_name, to) {
+        Ok(m) if m.is_dir() => {
+            let name = from.file_name().ok_or_else(|| ToolError::Refused {
+                path: from.to_path_buf(),
+                reason: "has no file name to move".into(),
+            })?;
+            to.join(name)
+        }
+        _ => to.to_path_buf(),
+    };
+    move_exact(from, &dest, fence)?;
+    Ok(dest)
+}
+
+/// Moves `from` to exactly `dest` (both absolute and canonical), never overwriting and never
+/// following a symlink on either path: the rename happens relative to the handles of the two
+/// parent folders, which were opened component by component from `/`. The item moved must not
+/// be a secret by identity. Across filesystems it copies, then removes the original; the copy
+/// appears at the destination only once complete.
+pub fn move_exact(from: &Path, dest: &Path, fence: &dyn Fence) -> Result<(), ToolError> {
     if dest == from {
-        return Err(ToolError::Invalid {
-            reason: format!("`{}` is already there", from.display()),
+        return Err(ToolError::Refused {
+            path: from.to_path_buf(),
+            reason: "is already there".into(),
         });
     }
     if dest.starts_with(from) {
-        return Err(ToolError::Invalid {
-            reason: format!(
-                "cannot move `{}` into itself (`{}`)",
-                from.display(),
-                dest.display()
-            ),
+        return Err(ToolError::Refused {
+            path: from.to_path_buf(),
+            reason: "cannot be moved into itself".into(),
         });
     }
-    // Check-then-rename leaves a tiny window in which a file created at `dest` by someone else
-    // would be replaced; std has no portable no-replace rename.
-    if fs::symlink_metadata(dest).is_ok() {
-        return Err(ToolError::DestinationExists {
-            path: dest.to_path_buf(),
-        });
-    }
-    match fs::rename(from, dest) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => copy_then_remove(from, dest),
-        Err(e) => Err(ToolError::io("move", from, e)),
+    let (from_dir, from_name) = safe_fs::open_parent(from, fence)?;
+    let (to_dir, to_name) = safe_fs::open_parent(dest, fence)?;
+    move_at(
+        (from_dir.as_fd(), &from_name, from),
+        (to_dir.as_fd(), &to_name, dest),
+        fence,
+    )
+}
+
+/// A name inside an open folder, with its full path for messages.
+type At<'a> = (BorrowedFd<'a>, &'a OsStr, &'a Path);
+
+fn move_at(from: At<'_>, to: At<'_>, fence: &dyn Fence) -> Result<(), ToolError> {
+    let (from_dir, from_name, from_path) = from;
+    let (to_dir, to_name, to_path) = to;
+    let meta = safe_fs::stat_at(from_dir, from_name, from_path)?;
+    safe_fs::check_id(meta.id, from_path, fence)?;
+    match safe_fs::rename_noreplace(from_dir, from_name, to_dir, to_name) {
+        Ok(()) => {
+            safe_fs::sync_dir(to_dir);
+            Ok(())
+        }
+        Err(Errno::EXIST | Errno::NOTEMPTY) => Err(ToolError::DestinationExists {
+            path: to_path.to_path_buf(),
+        }),
+        Err(Errno::XDEV) => copy_then_remove(from, to, fence),
+        Err(e) => Err(ToolError::io("move", from_path, std::io::Error::from(e))),
     }
 }
 
-/// The cross-filesystem move: copy to a hidden name next to `dest`, rename it into place, then
-/// remove the original. A crash leaves the original intact (and at worst a hidden partial copy),
-/// never a half-copied file under the real name.
-fn copy_then_remove(from: &Path, dest: &Path) -> Result<(), ToolError> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let partial = parent.join(format!(".{name}.deskhand-partial-{}", hex_id()));
-    if let Err(e) = copy_tree(from, &partial) {
-        let _ = remove_tree(&partial);
+/// The cross-filesystem move: copy to a hidden name next to the destination, rename it into
+/// place, then remove the original. A crash leaves the original intact (and at worst a hidden
+/// partial copy), never a half-copied file under the real name.
+fn copy_then_remove(from: At<'_>, to: At<'_>, fence: &dyn Fence) -> Result<(), ToolError> {
+    let (from_dir, from_name, from_path) = from;
+    let (to_dir, to_name, to_path) = to;
+    let partial = OsString::from(format!(
+        ".{}.deskhand-partial-{}",
+        to_name.to_string_lossy(),
+        hex_id()
+    ));
+    let partial_path = to_path.with_file_name(&partial);
+    let cleanup = || {
+        let _ = safe_fs::remove_tree_at(to_dir, &partial, &partial_path);
+    };
+    if let Err(e) = safe_fs::copy_tree_at(
+        from_dir,
+        from_name,
+        from_path,
+        to_dir,
+        &partial,
+        &partial_path,
+        fence,
+    ) {
+        cleanup();
         return Err(e);
     }
-    if fs::symlink_metadata(dest).is_ok() {
-        let _ = remove_tree(&partial);
-        return Err(ToolError::DestinationExists {
-            path: dest.to_path_buf(),
-        });
-    }
-    if let Err(e) = fs::rename(&partial, dest) {
-        let _ = remove_tree(&partial);
-        return Err(ToolError::io("move", dest, e));
-    }
-    remove_tree(from)
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<(), ToolError> {
-    let meta = fs::symlink_metadata(from).map_err(|e| ToolError::io("copy", from, e))?;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = fs::read_link(from).map_err(|e| ToolError::io("copy", from, e))?;
-        make_symlink(&target, to)
-    } else if ft.is_dir() {
-        fs::create_dir(to).map_err(|e| ToolError::io("copy", to, e))?;
-        for item in read_dir(from)? {
-            let item = item.map_err(|e| ToolError::io("copy", from, e))?;
-            copy_tree(&item.path(), &to.join(item.file_name()))?;
+    match safe_fs::rename_noreplace(to_dir, &partial, to_dir, to_name) {
+        Ok(()) => {}
+        Err(Errno::EXIST | Errno::NOTEMPTY) => {
+            cleanup();
+            return Err(ToolError::DestinationExists {
+                path: to_path.to_path_buf(),
+            });
         }
-        fs::set_permissions(to, meta.permissions()).map_err(|e| ToolError::io("copy", to, e))
-    } else if ft.is_file() {
-        fs::copy(from, to).map_err(|e| ToolError::io("copy", from, e))?;
-        // Keep the modification time: "newest files" must not change because a file moved.
-        if let Ok(mtime) = meta.modified() {
-            let _ = File::options()
-                .write(true)
-                .open(to)
-                .and_then(|f| f.set_modified(mtime));
+        Err(e) => {
+            cleanup();
+            return Err(ToolError::io("move", to_path, std::io::Error::from(e)));
         }
-        Ok(())
-    } else {
-        Err(ToolError::Invalid {
-            reason: format!(
-                "`{}` is a special file (socket, pipe or device) and cannot be copied to another disk",
-                from.display()
-            ),
-        })
     }
-}
-
-#[cfg(unix)]
-fn make_symlink(target: &Path, link: &Path) -> Result<(), ToolError> {
-    std::os::unix::fs::symlink(target, link).map_err(|e| ToolError::io("copy", link, e))
-}
-
-#[cfg(not(unix))]
-fn make_symlink(_target: &Path, link: &Path) -> Result<(), ToolError> {
-    Err(ToolError::Invalid {
-        reason: format!(
-            "`{}`: cannot copy a symlink on this platform",
-            link.display()
-        ),
-    })
-}
-
-/// Removes the original after a completed cross-filesystem copy (the data lives on at the
-/// destination), or a partial copy of ours.
-fn remove_tree(path: &Path) -> Result<(), ToolError> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(ToolError::io("remove", path, e)),
-    };
-    if meta.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
-    .map_err(|e| ToolError::io("remove", path, e))
-}
-
-fn read_dir(dir: &Path) -> Result<fs::ReadDir, ToolError> {
-    fs::read_dir(dir).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotADirectory => ToolError::NotADirectory {
-            path: dir.to_path_buf(),
-        },
-        _ => ToolError::io("list", dir, e),
-    })
-}
-
-fn modified_ms(meta: &Metadata) -> Option<u64> {
-    meta.modified().ok().map(unix_ms)
+    safe_fs::sync_dir(to_dir);
+    safe_fs::remove_tree_at(from_dir, from_name, from_path)
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -849,7 +933,7 @@ pub struct Trash {
 }
 
 impl Trash {
-    /// A trash kept in `dir` (created on first use).
+    /// A trash kept in `dir` (absolute; created on first use).
     pub fn new(dir: PathBuf) -> Self {
         Trash { dir }
     }
@@ -859,25 +943,29 @@ impl Trash {
         &self.dir
     }
 
-    /// Moves the file or folder at `path` into the trash.
+    /// Moves the file or folder at `path` (absolute, canonical) into the trash, by a rename
+    /// relative to folder handles (see [`move_exact`]); the item must not be a secret by
+    /// identity (`fence`).
     ///
     /// The record of where it came from is written and synced *before* the move, so a crash can
     /// never leave an item in the trash with no way back. A record whose item never arrived is
     /// ignored by [`Trash::list`] and explained by [`Trash::restore`].
-    pub fn trash(&self, path: &Path, task: Option<&str>) -> Result<TrashEntry, ToolError> {
-        fs::symlink_metadata(path).map_err(|e| ToolError::io("move to the trash", path, e))?;
-        let name = path.file_name().ok_or_else(|| ToolError::Invalid {
-            reason: format!("`{}` has no file name to keep in the trash", path.display()),
-        })?;
+    pub fn trash(
+        &self,
+        path: &Path,
+        task: Option<&str>,
+        fence: &dyn Fence,
+    ) -> Result<TrashEntry, ToolError> {
+        let (src_dir, name) = safe_fs::open_parent(path, fence)?;
+        safe_fs::stat_at(src_dir.as_fd(), &name, path)?;
         if self.dir.starts_with(path) || path.starts_with(&self.dir) {
-            return Err(ToolError::Invalid {
-                reason: format!(
-                    "`{}` is the trash or inside it; it cannot be trashed",
-                    path.display()
-                ),
+            return Err(ToolError::Refused {
+                path: path.to_path_buf(),
+                reason: "is the trash or inside it; it cannot be trashed".into(),
             });
         }
-        fs::create_dir_all(&self.dir).map_err(|e| ToolError::io("create", &self.dir, e))?;
+        // The trash is the host's own folder: no fence (it is a protected location itself).
+        let trash_fd = safe_fs::create_dir_all(&self.dir, &NoFence)?;
         let entry = TrashEntry {
             id: hex_id(),
             original_path: path.to_path_buf(),
@@ -886,17 +974,26 @@ impl Trash {
         };
         self.write_record(&entry)?;
         let slot = self.dir.join(&entry.id);
-        let moved = fs::create_dir(&slot)
-            .map_err(|e| ToolError::io("create", &slot, e))
-            .and_then(|()| move_exact(path, &slot.join(name)));
+        let slot_name = OsString::from(&entry.id);
+        let moved = rustix::fs::mkdirat(trash_fd.as_fd(), &slot_name, rustix::fs::Mode::RWXU)
+            .map_err(|e| ToolError::io("create", &slot, std::io::Error::from(e)))
+            .and_then(|()| safe_fs::open_subdir(trash_fd.as_fd(), &slot_name, &slot, &NoFence))
+            .and_then(|slot_fd| {
+                move_at(
+                    (src_dir.as_fd(), &name, path),
+                    (slot_fd.as_fd(), &name, &slot.join(&name)),
+                    fence,
+                )?;
+                safe_fs::sync_dir(slot_fd.as_fd());
+                Ok(())
+            });
         if let Err(e) = moved {
             // Nothing moved: the record would only describe a trash item that does not exist.
             let _ = fs::remove_dir(&slot);
             let _ = fs::remove_file(self.record_path(&entry.id));
             return Err(e);
         }
-        sync_dir(&slot);
-        sync_dir(&self.dir);
+        safe_fs::sync_dir(trash_fd.as_fd());
         Ok(entry)
     }
 
@@ -921,7 +1018,8 @@ impl Trash {
 
     /// Puts an item back where it was. `id_or_original_path` is a trash id or the path the item
     /// had (the newest such item wins). Refuses if something now exists at the original path;
-    /// recreates the original's parent folder if it has gone.
+    /// recreates the original's parent folder if it has gone. Neither path is followed through a
+    /// symlink: a folder on the way swapped for a link fails the restore.
     pub fn restore(&self, id_or_original_path: &str) -> Result<TrashEntry, ToolError> {
         let query = id_or_original_path;
         let mut candidates: Vec<TrashEntry> = self
@@ -951,20 +1049,36 @@ impl Trash {
                 });
             }
         };
-        if fs::symlink_metadata(&entry.original_path).is_ok() {
-            return Err(ToolError::RestoreBlocked {
-                id: entry.id,
-                original_path: entry.original_path,
+        let original = &entry.original_path;
+        let blocked = || ToolError::RestoreBlocked {
+            id: entry.id.clone(),
+            original_path: original.clone(),
+        };
+        let (Some(parent), Some(name)) = (original.parent(), original.file_name()) else {
+            return Err(ToolError::Refused {
+                path: original.clone(),
+                reason: "is not a path an item can be restored to".into(),
             });
+        };
+        let slot_fd = safe_fs::open_dir(&self.dir.join(&entry.id), &NoFence)?;
+        let parent_fd = safe_fs::create_dir_all(parent, &NoFence)?;
+        if safe_fs::stat_at(parent_fd.as_fd(), name, original).is_ok() {
+            return Err(blocked());
         }
-        if let Some(parent) = entry.original_path.parent() {
-            fs::create_dir_all(parent).map_err(|e| ToolError::io("create", parent, e))?;
+        match move_at(
+            (slot_fd.as_fd(), name, &payload),
+            (parent_fd.as_fd(), name, original),
+            &NoFence,
+        ) {
+            Err(ToolError::DestinationExists { .. }) => return Err(blocked()),
+            other => other?,
         }
-        move_exact(&payload, &entry.original_path)?;
         // Only our bookkeeping goes: the item itself is back in place.
         let _ = fs::remove_dir(self.dir.join(&entry.id));
         let _ = fs::remove_file(self.record_path(&entry.id));
-        sync_dir(&self.dir);
+        if let Ok(fd) = safe_fs::open_dir(&self.dir, &NoFence) {
+            safe_fs::sync_dir(fd.as_fd());
+        }
         Ok(entry)
     }
 
@@ -1038,18 +1152,14 @@ impl Trash {
     }
 }
 
-/// Makes a rename in `dir` durable. Best effort: some platforms cannot open folders.
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = File::open(dir) {
-        let _ = f.sync_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::collections::HashMap as Map;
+
     use super::*;
+    use crate::tools::safe_fs::FileId;
 
     fn no_skip(_: &Path) -> bool {
         false
@@ -1060,6 +1170,33 @@ mod tests {
             fs::create_dir_all(p).unwrap();
         }
         fs::write(path, content).unwrap();
+    }
+
+    /// A temporary folder by its canonical path (what the policy hands the tools).
+    fn tmp() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let p = fs::canonicalize(t.path()).unwrap();
+        (t, p)
+    }
+
+    struct Ids(Map<FileId, PathBuf>);
+
+    impl Fence for Ids {
+        fn secret(&self, id: FileId) -> Option<&Path> {
+            self.0.get(&id).map(PathBuf::as_path)
+        }
+    }
+
+    fn ids(paths: &[&Path]) -> Ids {
+        Ids(paths
+            .iter()
+            .map(|p| {
+                (
+                    FileId::of_metadata(&fs::symlink_metadata(p).unwrap()),
+                    p.to_path_buf(),
+                )
+            })
+            .collect())
     }
 
     #[test]
@@ -1083,15 +1220,14 @@ mod tests {
 
     #[test]
     fn list_sorts_folders_first_and_truncates() {
-        let t = tempfile::tempdir().unwrap();
-        write(&t.path().join("b.txt"), b"hello");
-        write(&t.path().join("A.txt"), b"");
-        fs::create_dir(t.path().join("zdir")).unwrap();
-        fs::create_dir(t.path().join("adir")).unwrap();
-        #[cfg(unix)]
-        std::os::unix::fs::symlink(t.path().join("zdir"), t.path().join("link")).unwrap();
+        let (_t, root) = tmp();
+        write(&root.join("b.txt"), b"hello");
+        write(&root.join("A.txt"), b"");
+        fs::create_dir(root.join("zdir")).unwrap();
+        fs::create_dir(root.join("adir")).unwrap();
+        std::os::unix::fs::symlink(root.join("zdir"), root.join("link")).unwrap();
 
-        let l = list(t.path(), 100).unwrap();
+        let l = list(&root, 100, &NoFence).unwrap();
         let names: Vec<_> = l.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["adir", "zdir", "A.txt", "b.txt", "link"]);
         assert_eq!(l.entries[3].size, 5);
@@ -1100,117 +1236,163 @@ mod tests {
         assert!(l.entries[3].modified.unwrap() > 1_600_000_000_000);
         assert!(!l.truncated);
 
-        let l = list(t.path(), 2).unwrap();
+        let l = list(&root, 2, &NoFence).unwrap();
         assert_eq!(l.entries.len(), 2);
         assert_eq!(l.total, 5);
         assert!(l.truncated);
 
         assert!(matches!(
-            list(&t.path().join("b.txt"), 10),
+            list(&root.join("b.txt"), 10, &NoFence),
             Err(ToolError::NotADirectory { .. })
         ));
         assert!(matches!(
-            list(&t.path().join("nope"), 10),
+            list(&root.join("nope"), 10, &NoFence),
             Err(ToolError::NotFound { .. })
+        ));
+        // A listing through a symlinked folder is refused, not followed.
+        assert!(matches!(
+            list(&root.join("link"), 10, &NoFence),
+            Err(ToolError::Symlink { .. })
         ));
     }
 
     #[test]
     fn find_is_breadth_first_skips_and_never_follows_symlinks() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("root");
+        let (_t, base) = tmp();
+        let root = base.join("root");
         write(&root.join("deep/deeper/notes.md"), b"x");
         write(&root.join("notes.md"), b"x");
         write(&root.join("secret/notes.md"), b"x");
         write(&root.join("other.txt"), b"x");
-        let outside = t.path().join("outside");
+        let outside = base.join("outside");
         write(&outside.join("notes.md"), b"x");
-        #[cfg(unix)]
         std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
 
         let secret = root.join("secret");
         let skip = |p: &Path| p == secret;
-        let r = find("NOTES", &root, 10, &skip).unwrap();
+        let r = find("NOTES", &root, 10, &skip, &NoFence).unwrap();
         let paths: Vec<_> = r.matches.iter().map(|m| m.path.clone()).collect();
         assert_eq!(
             paths,
             [root.join("notes.md"), root.join("deep/deeper/notes.md")]
         );
+        assert_eq!(r.matches[0].size, 1);
         assert!(!r.truncated);
 
-        let r = find("*.md", &root, 1, &no_skip).unwrap();
+        let r = find("*.md", &root, 1, &no_skip, &NoFence).unwrap();
         assert_eq!(r.matches.len(), 1);
         assert!(r.truncated);
 
         // Folders match by name too.
-        let r = find("deep*", &root, 10, &no_skip).unwrap();
+        let r = find("deep*", &root, 10, &no_skip, &NoFence).unwrap();
         assert_eq!(r.matches.len(), 2);
         assert_eq!(r.matches[0].kind, EntryKind::Dir);
 
         // The visit bound stops the walk and says so.
-        let r = find_bounded("*.md", &root, 10, 3, &no_skip).unwrap();
+        let r = find_bounded("*.md", &root, 10, 3, &no_skip, &NoFence).unwrap();
         assert!(r.truncated);
         assert_eq!(r.visited, 3);
+
+        // A folder with a secret's identity (a bind mount, a hard-linked tree) is not entered.
+        let r = find("notes", &root, 10, &no_skip, &ids(&[&root.join("deep")])).unwrap();
+        assert!(
+            r.matches
+                .iter()
+                .all(|m| !m.path.starts_with(root.join("deep/deeper"))),
+            "{:?}",
+            r.matches
+        );
+        assert_eq!(r.unreadable_dirs, 1);
     }
 
     #[test]
     fn read_head_limits_and_refuses_binary() {
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("a.txt");
+        let (_t, root) = tmp();
+        let p = root.join("a.txt");
         write(&p, b"one\ntwo\nthree\nfour\n");
-        let h = read_head(&p, 1000, 2).unwrap();
+        let h = read_head(&p, 1000, 2, &NoFence).unwrap();
         assert_eq!(h.text, "one\ntwo\n");
         assert!(h.truncated);
         assert_eq!(h.total_size, 19);
-        let h = read_head(&p, 1000, 4).unwrap();
+        let h = read_head(&p, 1000, 4, &NoFence).unwrap();
         assert_eq!(h.text, "one\ntwo\nthree\nfour\n");
         assert!(!h.truncated);
-        let h = read_head(&p, 5, 100).unwrap();
+        let h = read_head(&p, 5, 100, &NoFence).unwrap();
         assert_eq!(h.text, "one\nt");
         assert!(h.truncated);
-        let h = read_head(&p, 19, 100).unwrap();
+        let h = read_head(&p, 19, 100, &NoFence).unwrap();
         assert!(!h.truncated);
 
         // A multi-byte character cut by the byte limit is not "binary".
-        let u = t.path().join("u.txt");
+        let u = root.join("u.txt");
         write(&u, "héllo".as_bytes());
-        let h = read_head(&u, 2, 10).unwrap();
+        let h = read_head(&u, 2, 10, &NoFence).unwrap();
         assert_eq!(h.text, "h");
         assert!(h.truncated);
 
-        let b = t.path().join("b.bin");
+        let b = root.join("b.bin");
         write(&b, b"PK\x03\x04\0\0abc");
-        let e = read_head(&b, 100, 10).unwrap_err();
+        let e = read_head(&b, 100, 10, &NoFence).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("`{}` is not a text file (binary content)", b.display())
         );
-        let l = t.path().join("latin1.txt");
+        let l = root.join("latin1.txt");
         write(&l, b"caf\xe9 au lait");
         assert!(matches!(
-            read_head(&l, 100, 10),
+            read_head(&l, 100, 10, &NoFence),
             Err(ToolError::NotText { .. })
         ));
         assert!(matches!(
-            read_head(t.path(), 100, 10),
+            read_head(&root, 100, 10, &NoFence),
             Err(ToolError::NotAFile { .. })
         ));
     }
 
+    /// Finding 16: a FIFO must not block the reader for good.
+    #[test]
+    fn reading_a_fifo_or_a_socket_is_refused_at_once() {
+        let (_t, root) = tmp();
+        let fifo = root.join("pipe");
+        // mkfifo(1): portable where mknodat is not (macOS).
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let sock_path = root.join("sock");
+        let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+        let t0 = Instant::now();
+        let e = read_head(&fifo, 100, 10, &NoFence).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert!(matches!(e, ToolError::SpecialFile { .. }), "{e}");
+        assert!(e.to_string().contains("named pipe"), "{e}");
+        let e = read_head(&sock_path, 100, 10, &NoFence).unwrap_err();
+        assert!(e.to_string().contains("a socket"), "{e}");
+        // Walks pass them by without opening them.
+        write(&root.join("a.txt"), b"text\n");
+        let s = summarize(&root, &no_skip, &no_skip, &NoFence).unwrap();
+        assert_eq!(s.files, 1);
+        assert_eq!(s.previews.len(), 1);
+    }
+
     #[test]
     fn summarize_counts_and_previews() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("proj");
+        let (_t, base) = tmp();
+        let root = base.join("proj");
         write(&root.join("README.md"), b"# Proj\nA thing.\n\nMore\n");
         write(&root.join("src/main.rs"), &[b'x'; 3000]);
         write(&root.join("src/lib.rs"), b"fn x() {}\n");
         write(&root.join("img.PNG"), b"\x89PNG\0\0");
         write(&root.join("Makefile"), b"all:\n\ttrue\n");
         write(&root.join(".secret/key.pem"), b"KEY");
+        write(&root.join("diary.txt"), b"dear diary\n");
         let secret = root.join(".secret");
+        let diary = root.join("diary.txt");
         let skip = |p: &Path| p == secret;
-        let s = summarize(&root, &skip).unwrap();
-        assert_eq!(s.files, 5);
+        let no_content = |p: &Path| p == diary;
+        let s = summarize(&root, &skip, &no_content, &NoFence).unwrap();
+        assert_eq!(s.files, 6);
         assert_eq!(s.dirs, 1);
         assert_eq!(
             s.by_type[0],
@@ -1230,15 +1412,23 @@ mod tests {
         assert_eq!(s.previews[1].lines, ["# Proj", "A thing.", ""]);
         let text = s.to_text();
         assert!(
-            text.starts_with("proj: 5 files in 1 folder, 3.0 KB"),
+            text.starts_with("proj: 6 files in 1 folder, 3.0 KB"),
             "{text}"
         );
         assert!(text.contains("Types: rs 2"), "{text}");
         assert!(text.contains("Largest: src/main.rs (2.9 KB)"), "{text}");
         assert!(text.contains("README.md: # Proj / A thing."), "{text}");
         assert!(!text.contains("key.pem"), "{text}");
+        assert!(!text.contains("dear diary"), "{text}");
 
-        let s = summarize_bounded(&root, 2, &no_skip).unwrap();
+        // A hard link to a secret is not previewed.
+        let key = base.join("id_ed25519");
+        write(&key, b"PRIVATE KEY\n");
+        fs::hard_link(&key, root.join("AAA.txt")).unwrap();
+        let s = summarize(&root, &skip, &no_content, &ids(&[&key])).unwrap();
+        assert!(!s.to_text().contains("PRIVATE KEY"), "{}", s.to_text());
+
+        let s = summarize_bounded(&root, 2, &no_skip, &no_skip, &NoFence).unwrap();
         assert!(s.truncated);
         assert!(s.to_text().contains("partial"));
     }
@@ -1253,52 +1443,116 @@ mod tests {
 
     #[test]
     fn move_never_overwrites_and_moves_into_folders() {
-        let t = tempfile::tempdir().unwrap();
-        let a = t.path().join("a.txt");
-        let b = t.path().join("b.txt");
+        let (_t, root) = tmp();
+        let a = root.join("a.txt");
+        let b = root.join("b.txt");
         write(&a, b"A");
         write(&b, b"B");
-        let e = move_path(&a, &b).unwrap_err();
+        let e = move_path(&a, &b, &NoFence).unwrap_err();
         assert!(matches!(e, ToolError::DestinationExists { .. }));
         assert!(e.to_string().contains("refusing to overwrite"));
         assert_eq!(fs::read(&b).unwrap(), b"B");
 
-        let dir = t.path().join("dir");
+        let dir = root.join("dir");
         fs::create_dir(&dir).unwrap();
-        move_path(&a, &dir).unwrap();
+        assert_eq!(move_path(&a, &dir, &NoFence).unwrap(), dir.join("a.txt"));
         assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"A");
         assert!(!a.exists());
 
-        move_path(&dir.join("a.txt"), &t.path().join("c.txt")).unwrap();
-        assert_eq!(fs::read(t.path().join("c.txt")).unwrap(), b"A");
+        move_path(&dir.join("a.txt"), &root.join("c.txt"), &NoFence).unwrap();
+        assert_eq!(fs::read(root.join("c.txt")).unwrap(), b"A");
 
         assert!(matches!(
-            move_path(&t.path().join("nope"), &dir),
+            move_path(&root.join("nope"), &dir, &NoFence),
             Err(ToolError::NotFound { .. })
         ));
         assert!(matches!(
-            move_path(&dir, &dir.join("sub")),
-            Err(ToolError::Invalid { .. })
+            move_path(&dir, &dir.join("sub"), &NoFence),
+            Err(ToolError::Refused { .. })
         ));
+        // An existing empty folder at the exact destination is not replaced either.
+        fs::create_dir(root.join("empty")).unwrap();
+        fs::create_dir(root.join("src")).unwrap();
+        assert!(matches!(
+            move_exact(&root.join("src"), &root.join("empty"), &NoFence),
+            Err(ToolError::DestinationExists { .. })
+        ));
+        // The item moved must not be a secret by identity.
+        let key = root.join("key");
+        write(&key, b"KEY");
+        let link = root.join("innocent.txt");
+        fs::hard_link(&key, &link).unwrap();
+        assert!(matches!(
+            move_exact(&link, &root.join("out.txt"), &ids(&[&key])),
+            Err(ToolError::SameAsSecret { .. })
+        ));
+        assert!(link.exists());
+    }
+
+    /// Finding 4: `move ~/Projects/inner/id_ed25519 ~/Public/stolen` approved, then `inner`
+    /// swapped for a symlink to `~/.ssh` before the move runs: the real key must not move.
+    #[test]
+    fn a_folder_swapped_for_a_symlink_after_the_check_does_not_redirect_a_move() {
+        let (_t, home) = tmp();
+        let ssh = home.join(".ssh");
+        write(&ssh.join("id_ed25519"), b"PRIVATE KEY");
+        let inner = home.join("Projects/inner");
+        write(&inner.join("id_ed25519"), b"decoy");
+        fs::create_dir_all(home.join("Public")).unwrap();
+        // What the policy checked: the canonical paths before the swap.
+        let from = fs::canonicalize(inner.join("id_ed25519")).unwrap();
+        let to = home.join("Public/stolen");
+        // The other process's swap.
+        fs::rename(&inner, home.join("Projects/inner-old")).unwrap();
+        std::os::unix::fs::symlink(&ssh, &inner).unwrap();
+
+        let e = move_exact(&from, &to, &NoFence).unwrap_err();
+        assert!(
+            matches!(&e, ToolError::Symlink { path } if *path == inner),
+            "{e}"
+        );
+        assert_eq!(fs::read(ssh.join("id_ed25519")).unwrap(), b"PRIVATE KEY");
+        assert!(!to.exists());
+        // The same for the trash and for a destination whose folder was swapped.
+        let trash = Trash::new(home.join("trash"));
+        assert!(matches!(
+            trash.trash(&from, None, &NoFence),
+            Err(ToolError::Symlink { .. })
+        ));
+        assert_eq!(fs::read(ssh.join("id_ed25519")).unwrap(), b"PRIVATE KEY");
+        write(&home.join("notes.txt"), b"n");
+        let e = move_exact(
+            &home.join("notes.txt"),
+            &inner.join("authorized_keys"),
+            &NoFence,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ToolError::Symlink { .. }), "{e}");
+        assert!(!ssh.join("authorized_keys").exists());
     }
 
     #[test]
     fn copy_fallback_moves_trees_with_links() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
+        let (_t, root) = tmp();
+        let src = root.join("src");
         write(&src.join("a/b.txt"), b"B");
         write(&src.join("c.txt"), b"C");
-        #[cfg(unix)]
         std::os::unix::fs::symlink("c.txt", src.join("link")).unwrap();
-        let old = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         File::options()
             .write(true)
             .open(src.join("c.txt"))
             .unwrap()
             .set_modified(old)
             .unwrap();
-        let dest = t.path().join("dest");
-        copy_then_remove(&src, &dest).unwrap();
+        let dest = root.join("dest");
+        let dir = safe_fs::open_dir(&root, &NoFence).unwrap();
+        copy_then_remove(
+            (dir.as_fd(), OsStr::new("src"), &src),
+            (dir.as_fd(), OsStr::new("dest"), &dest),
+            &NoFence,
+        )
+        .unwrap();
         assert!(!src.exists());
         assert_eq!(fs::read(dest.join("a/b.txt")).unwrap(), b"B");
         assert_eq!(
@@ -1308,13 +1562,26 @@ mod tests {
                 .unwrap(),
             old
         );
-        #[cfg(unix)]
         assert_eq!(
             fs::read_link(dest.join("link")).unwrap(),
             Path::new("c.txt")
         );
         // No hidden partial copy is left behind.
-        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 1);
+        // A secret by identity inside the tree stops the copy; the original stays whole.
+        let key = root.join("key");
+        write(&key, b"KEY");
+        fs::hard_link(&key, dest.join("a/k")).unwrap();
+        let e = copy_then_remove(
+            (dir.as_fd(), OsStr::new("dest"), &dest),
+            (dir.as_fd(), OsStr::new("again"), &root.join("again")),
+            &ids(&[&key]),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ToolError::SameAsSecret { .. }), "{e}");
+        assert!(dest.join("a/k").exists());
+        assert!(!root.join("again").exists());
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 2);
     }
 
     /// A real EXDEV, when the machine has a tmpfs on another device than the temp dir.
@@ -1322,32 +1589,86 @@ mod tests {
     #[test]
     fn move_across_filesystems() {
         use std::os::unix::fs::MetadataExt;
-        let t = tempfile::tempdir().unwrap();
+        let (_t, root) = tmp();
         let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
             return;
         };
-        if fs::metadata(t.path()).unwrap().dev() == fs::metadata(shm.path()).unwrap().dev() {
+        let shm_path = fs::canonicalize(shm.path()).unwrap();
+        if fs::metadata(&root).unwrap().dev() == fs::metadata(&shm_path).unwrap().dev() {
             return;
         }
-        let src = t.path().join("d");
+        let src = root.join("d");
         write(&src.join("x.txt"), b"X");
-        move_path(&src, shm.path()).unwrap();
-        assert_eq!(fs::read(shm.path().join("d/x.txt")).unwrap(), b"X");
+        move_path(&src, &shm_path, &NoFence).unwrap();
+        assert_eq!(fs::read(shm_path.join("d/x.txt")).unwrap(), b"X");
         assert!(!src.exists());
     }
 
     #[test]
+    fn contents_are_visited_whole_or_not_at_all() {
+        let (_t, root) = tmp();
+        write(&root.join("a/b/c.txt"), b"c");
+        write(&root.join("a/d.txt"), b"d");
+        std::os::unix::fs::symlink("/", root.join("a/root")).unwrap();
+        let wide = Bounds {
+            max_entries: 100,
+            max_time: Duration::from_secs(10),
+        };
+        let mut seen = Vec::new();
+        let n = visit_contents(&root.join("a"), wide, &NoFence, &mut |rel, _, _| {
+            seen.push(rel.to_path_buf());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(n, 4);
+        seen.sort();
+        let want: Vec<PathBuf> = ["b", "b/c.txt", "d.txt", "root"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(seen, want);
+        let tight = Bounds {
+            max_entries: 2,
+            ..wide
+        };
+        assert!(matches!(
+            visit_contents(&root.join("a"), tight, &NoFence, &mut |_, _, _| {
+                ControlFlow::Continue(())
+            }),
+            Err(ContentsError::TooMany { limit: 2 })
+        ));
+        let e = visit_contents(&root.join("a"), wide, &NoFence, &mut |rel, _, _| {
+            if rel.ends_with("c.txt") {
+                ControlFlow::Break("found c".into())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "found c");
+        assert!(matches!(
+            visit_contents(
+                &root.join("a"),
+                wide,
+                &ids(&[&root.join("a/b")]),
+                &mut |_, _, _| { ControlFlow::Continue(()) }
+            ),
+            Err(ContentsError::Tool(ToolError::SameAsSecret { .. }))
+        ));
+    }
+
+    #[test]
     fn trash_list_restore_roundtrip() {
-        let t = tempfile::tempdir().unwrap();
-        let trash = Trash::new(t.path().join("trash"));
+        let (_t, root) = tmp();
+        let trash = Trash::new(root.join("trash"));
         assert!(trash.list().unwrap().is_empty());
-        let f = t.path().join("work/report.txt");
-        let d = t.path().join("work/photos");
+        let f = root.join("work/report.txt");
+        let d = root.join("work/photos");
         write(&f, b"report");
         write(&d.join("1.jpg"), b"jpg");
 
-        let ef = trash.trash(&f, Some("task-1")).unwrap();
-        let ed = trash.trash(&d, None).unwrap();
+        let ef = trash.trash(&f, Some("task-1"), &NoFence).unwrap();
+        let ed = trash.trash(&d, None, &NoFence).unwrap();
         assert!(!f.exists() && !d.exists());
         assert_eq!(ef.id.len(), 16);
         assert_eq!(ef.task_id.as_deref(), Some("task-1"));
@@ -1378,8 +1699,17 @@ mod tests {
         assert_eq!(fs::read(&d).unwrap(), b"new file here");
         fs::remove_file(&d).unwrap();
 
-        // Restore recreates a vanished parent.
-        fs::remove_dir_all(t.path().join("work")).unwrap();
+        // Restore recreates a vanished parent, but never through a symlink.
+        fs::remove_dir_all(root.join("work")).unwrap();
+        let elsewhere = root.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("work")).unwrap();
+        assert!(matches!(
+            trash.restore(&ed.id),
+            Err(ToolError::Symlink { .. })
+        ));
+        assert!(!elsewhere.join("photos").exists());
+        fs::remove_file(root.join("work")).unwrap();
         trash.restore(&ed.id).unwrap();
         assert_eq!(fs::read(d.join("1.jpg")).unwrap(), b"jpg");
         assert!(trash.list().unwrap().is_empty());
@@ -1389,20 +1719,20 @@ mod tests {
             Err(ToolError::NotInTrash { .. })
         ));
         assert!(matches!(
-            trash.trash(&t.path().join("missing"), None),
+            trash.trash(&root.join("missing"), None, &NoFence),
             Err(ToolError::NotFound { .. })
         ));
         assert!(matches!(
-            trash.trash(trash.dir(), None),
-            Err(ToolError::Invalid { .. })
+            trash.trash(trash.dir(), None, &NoFence),
+            Err(ToolError::Refused { .. })
         ));
     }
 
     #[test]
     fn a_record_without_its_item_is_hidden_and_explained() {
-        let t = tempfile::tempdir().unwrap();
-        let trash = Trash::new(t.path().join("trash"));
-        let f = t.path().join("keep.txt");
+        let (_t, root) = tmp();
+        let trash = Trash::new(root.join("trash"));
+        let f = root.join("keep.txt");
         write(&f, b"still here");
         // The state a crash between "record written" and "moved" leaves behind.
         let entry = TrashEntry {
@@ -1419,7 +1749,7 @@ mod tests {
         assert_eq!(fs::read(&f).unwrap(), b"still here");
 
         // A later real trashing of the same path is found by path despite the stale record.
-        let real = trash.trash(&f, None).unwrap();
+        let real = trash.trash(&f, None, &NoFence).unwrap();
         let r = trash.restore(&f.display().to_string()).unwrap();
         assert_eq!(r.id, real.id);
         assert_eq!(fs::read(&f).unwrap(), b"still here");

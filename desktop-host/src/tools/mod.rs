@@ -1,17 +1,21 @@
 //! The local tools: the mechanisms a task uses to act on this computer.
 //!
-//! Files ([`files`]), shell commands ([`shell`], confined by [`sandbox`]), screenshots ([`screen`]), keyboard and mouse
-//! ([`input`]) and opening documents or links ([`open`]). These functions do what they are asked;
-//! deciding *whether* a call is allowed, and resolving the paths it may touch, is the policy
-//! layer's job and happens before any of them is called. The one hook the policy needs inside a
-//! mechanism is the `skip` predicate of the directory walks, so secret folders never appear in a
-//! [`files::find`] or [`files::summarize`].
+//! Files ([`files`], on top of [`safe_fs`]), shell commands ([`shell`], confined by
+//! [`sandbox`]), screenshots
+//! ([`screen`]), keyboard and mouse ([`input`]) and opening documents or links ([`open`]). These
+//! functions do what they are asked; deciding *whether* a call is allowed, and resolving the
+//! paths it may touch, is the policy layer's job and happens before any of them is called. What
+//! the policy hands the file tools: the `skip` predicates of the directory walks, so secret and
+//! rule-governed folders never appear in a [`files::find`] or [`files::summarize`], and a
+//! [`safe_fs::Fence`] of secret identities that every file and folder opened is checked against.
+//! The file tools never follow a symlink, so a path swapped after the check cannot redirect them.
 
 use std::path::{Path, PathBuf};
 
 pub mod files;
 pub mod input;
 pub mod open;
+pub mod safe_fs;
 pub mod sandbox;
 pub mod screen;
 pub mod shell;
@@ -38,6 +42,41 @@ pub enum ToolError {
         /// The path that is something else.
         path: PathBuf,
     },
+    /// A FIFO, socket or device where a regular file was needed: never opened for reading.
+    #[error("`{}` is {kind}, not a regular file; Deskhand reads only regular files", .path.display())]
+    SpecialFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is, e.g. "a named pipe (FIFO)".
+        kind: &'static str,
+    },
+    /// A symbolic link where the checked path had none: file operations never follow links, so
+    /// a link swapped in after the policy's check cannot redirect them.
+    #[error(
+        "`{}` is a symbolic link; file operations never follow links (it may have been swapped in after the path was checked)",
+        .path.display()
+    )]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// The file is a secret under another name: a hard link or a mount of it.
+    #[error(
+        "`{}` is the same file as `{}` (a hard link or a mount of it), a secret location; Deskhand never touches it",
+        .path.display(), .secret.display()
+    )]
+    SameAsSecret {
+        /// The name it was reached by.
+        path: PathBuf,
+        /// The secret location it is.
+        secret: PathBuf,
+    },
+    /// The file was replaced between being looked at and being opened.
+    #[error("`{}` changed while it was being opened; try again", .path.display())]
+    Changed {
+        /// The path.
+        path: PathBuf,
+    },
     /// The file's content is not text.
     #[error("`{}` is not a text file ({reason})", .path.display())]
     NotText {
@@ -56,6 +95,15 @@ pub enum ToolError {
     #[error("{reason}")]
     Invalid {
         /// What is wrong, in full.
+        reason: String,
+    },
+    /// The operation makes no sense for this path (moving a folder into itself, trashing the
+    /// trash, copying a device to another disk, …).
+    #[error("`{}` {reason}", .path.display())]
+    Refused {
+        /// The path.
+        path: PathBuf,
+        /// Why, as the end of a sentence that starts with the path.
         reason: String,
     },
     /// A filesystem operation failed.
@@ -169,6 +217,58 @@ pub enum ToolError {
 }
 
 impl ToolError {
+    /// The same error with every path in it passed through `show` (the executor shows `~/…`
+    /// to phones, as in its successful replies).
+    pub fn map_paths(self, show: impl Fn(&Path) -> PathBuf) -> Self {
+        use ToolError::*;
+        match self {
+            NotFound { path } => NotFound { path: show(&path) },
+            NotADirectory { path } => NotADirectory { path: show(&path) },
+            NotAFile { path } => NotAFile { path: show(&path) },
+            SpecialFile { path, kind } => SpecialFile {
+                path: show(&path),
+                kind,
+            },
+            Symlink { path } => Symlink { path: show(&path) },
+            SameAsSecret { path, secret } => SameAsSecret {
+                path: show(&path),
+                secret: show(&secret),
+            },
+            Changed { path } => Changed { path: show(&path) },
+            Refused { path, reason } => Refused {
+                path: show(&path),
+                reason,
+            },
+            NotText { path, reason } => NotText {
+                path: show(&path),
+                reason,
+            },
+            DestinationExists { path } => DestinationExists { path: show(&path) },
+            Io {
+                action,
+                path,
+                source,
+            } => Io {
+                action,
+                path: show(&path),
+                source,
+            },
+            TrashIncomplete { id, original_path } => TrashIncomplete {
+                id,
+                original_path: show(&original_path),
+            },
+            RestoreBlocked { id, original_path } => RestoreBlocked {
+                id,
+                original_path: show(&original_path),
+            },
+            TrashRecord { path, reason } => TrashRecord {
+                path: show(&path),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     /// An [`ToolError::Io`] that turns "not found" into the clearer [`ToolError::NotFound`].
     pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {

@@ -464,3 +464,158 @@ fn kill9_during_a_task_leaves_it_interrupted_and_it_never_runs_twice() -> Result
     assert_eq!(status(&rig.finished(&t)?), "done");
     Ok(())
 }
+
+/// Issue 12, findings 3 and 9: a move or trash is judged by what it carries (secrets inside, rules
+/// on sub-paths), and secrets are known by a wide list of names and by file identity.
+#[test]
+fn file_tools_cannot_carry_a_secret_out() -> Result<()> {
+    let mut rig = Rig::new(
+        "[permissions]\ndeny = [\"trash(~/docs/reports/2025/**)\"]\n",
+        &[],
+    )?;
+    files(&rig.home)?;
+    let home = rig.home.clone();
+    std::fs::create_dir_all(home.join(".docker"))?;
+    std::fs::write(
+        home.join(".docker/config.json"),
+        r#"{"auths":{"registry":{"auth":"REGISTRYTOKEN"}}}"#,
+    )?;
+    std::fs::create_dir_all(home.join(".config/gcloud"))?;
+    std::fs::write(home.join(".config/gcloud/credentials.db"), "GCLOUDTOKEN")?;
+    std::fs::write(
+        home.join(".git-credentials"),
+        "https://u:GITTOKEN@example.org",
+    )?;
+    std::fs::write(home.join("docs/prod.env"), "DB_PASSWORD=ENVTOKEN")?;
+    std::fs::hard_link(
+        home.join(".ssh/id_ed25519"),
+        home.join("docs/notes-copy.txt"),
+    )?;
+
+    for (cmd, why) in [
+        ("move ~/.docker ~/dk", "~/.docker is a secret location"),
+        ("move ~/.config ~/cfg", "~/.config holds ~/.config/"),
+        ("trash ~", "~ holds ~/."),
+        ("trash ~/docs/reports", "trash(~/docs/reports/2025/**)"),
+        (
+            "read ~/.git-credentials",
+            "secret location (.git-credentials)",
+        ),
+        ("read ~/docs/prod.env", "secret location (*.env)"),
+        (
+            "read ~/docs/notes-copy.txt",
+            "same file as ~/.ssh/id_ed25519",
+        ),
+        (
+            "move ~/docs/notes-copy.txt ~/Public.txt",
+            "same file as ~/.ssh/id_ed25519",
+        ),
+    ] {
+        let t = rig.say(cmd)?;
+        let task = rig.finished(&t)?;
+        let s = summary(&task);
+        assert_eq!(status(&task), "failed", "{cmd}: {task}");
+        assert!(s.contains(why), "{cmd}: {s}");
+        for secret in [
+            "REGISTRYTOKEN",
+            "GCLOUDTOKEN",
+            "GITTOKEN",
+            "ENVTOKEN",
+            "PRIVATE KEY",
+        ] {
+            assert!(!s.contains(secret), "{cmd} leaked {secret}: {s}");
+        }
+    }
+    // Denied before any request is written: there was nothing to approve.
+    let approvals = rig.phone.ok(json!({"cmd": "approvals"}))?;
+    assert_eq!(
+        approvals["approvals"].as_object().map(|m| m.len()),
+        Some(0),
+        "{approvals}"
+    );
+    assert!(home.join(".docker/config.json").exists());
+    assert!(home.join(".config/gcloud/credentials.db").exists());
+    assert!(home.join(".ssh/id_ed25519").exists());
+
+    // A summary never previews the hard link, nor names the env file.
+    let t = rig.say("summarize ~/docs")?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    let s = summary(&task);
+    assert!(!s.contains("PRIVATE KEY") && !s.contains("prod.env"), "{s}");
+    assert!(s.contains("first line of notes"), "{s}");
+
+    // Errors show paths as replies do (issue 13).
+    let t = rig.say("read ~/docs/missing.txt")?;
+    let s = summary(&rig.finished(&t)?);
+    assert_eq!(s, "`~/docs/missing.txt` does not exist", "{s}");
+    Ok(())
+}
+
+/// Issue 12, finding 8: a rule on `read` governs every tool that reads content.
+#[test]
+fn a_read_rule_governs_summarize_too() -> Result<()> {
+    let mut rig = Rig::new("[permissions]\nask = [\"read(~/Private/**)\"]\n", &[])?;
+    std::fs::create_dir_all(rig.home.join("Private"))?;
+    std::fs::write(rig.home.join("Private/diary.txt"), "Dear diary, today I\n")?;
+    let t = rig.say("summarize ~/Private")?;
+    let approval = rig.approval(&t)?;
+    assert_eq!(approval["tool"], "summarize", "{approval}");
+    let task = rig.wait_task(&t, &["waiting_approval"], 10_000)?;
+    assert!(!task.to_string().contains("Dear diary"), "{task}");
+    rig.decide(&approval, "deny", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "failed", "{task}");
+    assert!(!summary(&task).contains("Dear diary"), "{}", summary(&task));
+    // Reading it directly asks too; approved, it runs.
+    let t = rig.say("read ~/Private/diary.txt")?;
+    let approval = rig.approval(&t)?;
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    assert!(summary(&task).contains("Dear diary"), "{}", summary(&task));
+    Ok(())
+}
+
+/// Issue 12, finding 16: a FIFO is refused at once (it used to block the executor for good),
+/// and the next task runs.
+#[test]
+fn reading_a_fifo_is_refused_at_once_and_the_next_task_runs() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    files(&rig.home)?;
+    let made = std::process::Command::new("mkfifo")
+        .arg(rig.home.join("pipe"))
+        .status()?;
+    ensure!(made.success(), "mkfifo failed");
+    let t = rig.say("read ~/pipe")?;
+    let task = rig.wait_task(&t, &[], 10_000)?;
+    assert_eq!(status(&task), "failed", "{task}");
+    assert!(
+        summary(&task).contains("`~/pipe` is a named pipe (FIFO)"),
+        "{}",
+        summary(&task)
+    );
+    let t = rig.say("read ~/docs/notes.txt")?;
+    let task = rig.wait_task(&t, &[], 10_000)?;
+    assert_eq!(status(&task), "done", "{task}");
+    Ok(())
+}
+
+/// Issue 12: a move into a place whose files run later is risk high and says so.
+#[test]
+fn a_move_into_a_persistence_location_is_high_risk() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    files(&rig.home)?;
+    std::fs::create_dir_all(rig.home.join(".config/autostart"))?;
+    let t = rig.say("move ~/docs/notes.txt ~/.config/autostart/notes.desktop")?;
+    let approval = rig.approval(&t)?;
+    assert_eq!(approval["risk"], "high", "{approval}");
+    let s = approval["summary"].as_str().unwrap_or_default();
+    assert!(
+        s.contains("persistence location (~/.config/autostart"),
+        "{approval}"
+    );
+    rig.decide(&approval, "deny", None)?;
+    assert_eq!(status(&rig.finished(&t)?), "failed");
+    assert!(rig.home.join("docs/notes.txt").exists());
+    Ok(())
+}
