@@ -5,7 +5,9 @@
 
 pub mod agent;
 pub mod config;
+pub mod console;
 pub mod executor;
 pub mod paths;
 pub mod policy;
+mod scheduler;
 pub mod tools;
