@@ -243,7 +243,10 @@ mod tests {
             "hi\x1b[2J\x1b]0;owned\x07\n[agent] desktop: \x1b[31mall good\u{202e}\nthird",
         );
         let out = message_line(&m);
-        assert!(!out.chars().any(terminal::is_unsafe), "{out:?}");
+        assert!(
+            !out.chars().any(|c| c != '\n' && terminal::is_unsafe(c)),
+            "{out:?}"
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
         assert!(lines[0].starts_with("[user] 0202020202: hi\\u{1b}[2J"));

@@ -1,8 +1,9 @@
 //! The executor's queue: fair across phones and bounded per phone.
 //!
 //! One phone can create hundreds of tasks in one change. So each phone (the `created_by` of its
-//! tasks) has its own queue, served round-robin, oldest first within a phone: another phone's
-//! task waits for at most one task of each other phone, never behind the whole flood. A phone
+//! tasks) has its own queue, oldest first, and the phone served least recently goes next (a
+//! round-robin that a newly arriving phone joins at the front): another phone's task waits for
+//! at most one task of each other phone, never behind the whole flood. A phone
 //! may hold at most `max_tasks_per_phone` queued and running tasks; the executor fails the rest
 //! at once with a reason the phone sees. A task suspended on an approval request holds no
 //! running slot (so a request nobody answers cannot stall everyone), and takes one again before
@@ -15,8 +16,11 @@ use deskhand_core::ids::TaskId;
 /// Queued and running tasks by phone; see the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Scheduler {
-    /// Phones with queued tasks, in the order of their next turn.
+    /// Phones with queued tasks, in the order they arrived.
     turns: VecDeque<String>,
+    /// When each phone with queued or running tasks was last served (a counter).
+    served: HashMap<String, u64>,
+    tick: u64,
     queued: HashMap<String, VecDeque<TaskId>>,
     /// The phone of every queued or running task.
     owners: HashMap<TaskId, String>,
@@ -46,18 +50,25 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The next task to start: the oldest of the first phone in turn for which `skip` is false;
-    /// that phone goes to the back of the turns. The task counts as running until
-    /// [`Self::finished`].
+    /// The next task to start: the oldest task of the phone served least recently among those
+    /// for which `skip` is false (ties: the phone that queued first). The task counts as
+    /// running until [`Self::finished`].
     pub(crate) fn next(&mut self, skip: impl Fn(&str) -> bool) -> Option<TaskId> {
-        let at = self.turns.iter().position(|o| !skip(o))?;
+        let (at, _) = self
+            .turns
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !skip(o))
+            .min_by_key(|(i, o)| (self.served.get(*o).copied().unwrap_or(0), *i))?;
         let owner = self.turns.remove(at)?;
+        self.tick += 1;
+        self.served.insert(owner.clone(), self.tick);
         let q = self.queued.get_mut(&owner)?;
         let id = q.pop_front();
         if q.is_empty() {
             self.queued.remove(&owner);
         } else {
-            self.turns.push_back(owner);
+            self.turns.insert(at, owner);
         }
         id
     }
@@ -92,7 +103,9 @@ impl Scheduler {
         {
             *c = c.saturating_sub(1);
             if *c == 0 {
+                // Nothing queued or running: the phone is nobody's obstacle, forget its turn.
                 self.counts.remove(&owner);
+                self.served.remove(&owner);
             }
         }
     }
@@ -102,7 +115,7 @@ impl Scheduler {
         self.owners.get(id).map(String::as_str)
     }
 
-    /// Queued tasks, phone by phone in turn order.
+    /// Queued tasks, phone by phone in the order the phones arrived.
     pub(crate) fn queued_ids(&self) -> Vec<TaskId> {
         self.turns
             .iter()
