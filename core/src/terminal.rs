@@ -77,14 +77,15 @@ pub fn block(text: &str, continuation: &str) -> String {
     out
 }
 
-/// JSON text (as `serde_json` writes it) safe for a terminal: unsafe characters beyond ASCII,
-/// which `serde_json` leaves raw inside strings, become `\uXXXX` escapes (surrogate pairs above
-/// U+FFFF). The value is unchanged for any JSON reader. `serde_json` already escapes C0 controls;
-/// any other unsafe character outside a string would not be JSON, and is escaped the same way.
+/// JSON text (as `serde_json` writes it, compact or pretty) safe for a terminal: unsafe
+/// characters, which `serde_json` leaves raw inside strings when they are beyond ASCII, become
+/// `\uXXXX` escapes (surrogate pairs above U+FFFF). The value is unchanged for any JSON reader.
+/// `serde_json` escapes C0 controls inside strings itself, so a raw newline, carriage return or
+/// tab is the layout of pretty output and stays.
 pub fn json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if is_unsafe(c) {
+        if is_unsafe(c) && !matches!(c, '\n' | '\r') {
             let mut units = [0u16; 2];
             for u in c.encode_utf16(&mut units) {
                 let _ = write!(out, "\\u{u:04x}");
@@ -167,11 +168,19 @@ mod tests {
     #[test]
     fn json_stays_the_same_value_and_loses_unsafe_characters() {
         let v = serde_json::json!({"text": ATTACK, "name": "x\u{202e}y\u{9b}z\u{e0041}"});
-        let raw = serde_json::to_string(&v).expect("json");
-        assert!(raw.chars().any(is_unsafe), "serde_json leaves some raw");
-        let safe = json(&raw);
-        assert!(!safe.chars().any(is_unsafe), "{safe}");
-        let back: serde_json::Value = serde_json::from_str(&safe).expect("still JSON");
-        assert_eq!(back, v);
+        for raw in [
+            serde_json::to_string(&v).expect("json"),
+            serde_json::to_string_pretty(&v).expect("json"),
+        ] {
+            assert!(
+                raw.chars().any(|c| c != '\n' && is_unsafe(c)),
+                "serde_json leaves some raw"
+            );
+            let safe = json(&raw);
+            assert!(!safe.chars().any(|c| c != '\n' && is_unsafe(c)), "{safe}");
+            assert_eq!(safe.lines().count(), raw.lines().count(), "layout kept");
+            let back: serde_json::Value = serde_json::from_str(&safe).expect("still JSON");
+            assert_eq!(back, v);
+        }
     }
 }

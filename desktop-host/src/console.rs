@@ -14,7 +14,7 @@ use deskhand_core::schema::Message;
 use deskhand_core::terminal;
 
 /// Lines of a message's text the console shows; the rest is counted.
-const SHOWN_LINES: usize = 6;
+const SHOWN_LINES: usize = 4;
 
 /// The console's view of the conversation: which messages it has printed.
 #[derive(Debug)]
@@ -256,7 +256,7 @@ mod tests {
         let long = msg("y", &phone, &"line\n".repeat(20));
         let out = message_line(&long);
         assert_eq!(out.lines().count(), SHOWN_LINES + 1, "{out}");
-        assert!(out.ends_with("… (15 more lines)"), "{out}");
+        assert!(out.ends_with("… (17 more lines)"), "{out}");
         // A multibyte author is cut by characters, never panics.
         let mut odd = msg("z", &phone, "t");
         odd.author = "ééééééééééééé".into();
