@@ -199,9 +199,9 @@ fn main() {
 /// Standard error for log records: one record per `write`, as `tracing-subscriber` writes them,
 /// printed as one line with every character a peer could use to fake output escaped
 /// ([`terminal::line`]); only the record's final newline stays.
-struct SafeLog(std::io::Stderr);
+struct SafeLog<W>(W);
 
-impl std::io::Write for SafeLog {
+impl<W: std::io::Write> std::io::Write for SafeLog<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
         let (body, end) = match text.strip_suffix('\n') {
@@ -437,5 +437,35 @@ pub(crate) fn ago(at_ms: i64) -> String {
         60..=3599 => format!("{}m ago", s / 60),
         3600..=86_399 => format!("{}h ago", s / 3600),
         _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    #[test]
+    fn a_log_record_stays_one_line_whatever_peer_text_it_holds() {
+        let mut log = super::SafeLog(Vec::new());
+        let record =
+            "WARN refused changes from ab: tasks/x\x1b[2J\r\n[agent] fake\u{202e}/status\n";
+        let n = log.write(record.as_bytes()).expect("write");
+        assert_eq!(n, record.len());
+        let out = String::from_utf8(log.0).expect("utf-8");
+        assert_eq!(
+            out,
+            "WARN refused changes from ab: tasks/x\\u{1b}[2J\\r\\n[agent] fake\\u{202e}/status\n"
+        );
+    }
+
+    #[test]
+    fn path_arguments_are_absolute() {
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(super::absolute_path("desk"), Ok(cwd.join("desk")));
+        assert_eq!(
+            super::absolute_path("/srv/desk"),
+            Ok(std::path::PathBuf::from("/srv/desk"))
+        );
+        assert!(super::absolute_path("").is_err());
     }
 }

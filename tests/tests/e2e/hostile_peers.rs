@@ -475,3 +475,43 @@ async fn a_relative_data_directory_is_protected_where_it_really_is() -> Result<(
     drop(serve);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_requests_per_phone_are_capped_when_tasks_run_side_by_side() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".config/deskhand"))?;
+    std::fs::write(
+        home.join(".config/deskhand/config.toml"),
+        "max_concurrent_tasks = 8\nmax_approvals_per_phone = 2\n",
+    )?;
+    let home_s = path(&home).to_owned();
+    let desk = dir.path().join("desk");
+    let serve = Serve::start_with(&desk, free_udp_addr(), &[("HOME", &home_s)], &[])?;
+    let a = phone(&dir.path().join("a"), &serve.payload, "eager").await?;
+    // Five `run` tasks in one change: all five start at once, and each asks.
+    let tasks: Vec<Task> = (0..5).map(|_| task("run true", &a)).collect();
+    a.write(|tx| tasks.iter().try_for_each(|t| Workspace::add_task(tx, t)))
+        .await?;
+    const CAPPED: &str =
+        "too many approval requests waiting from this phone (2); this call was not asked";
+    until(
+        &a,
+        "3 tasks fail at the cap",
+        Duration::from_secs(20),
+        |d| {
+            summaries(d, &a)
+                .iter()
+                .filter(|(s, why)| *s == TaskStatus::Failed && why.contains(CAPPED))
+                .count()
+                == 3
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pending = a.read(pending_approvals);
+    ensure!(pending == 2, "pending approvals: {pending}");
+    a.shutdown().await;
+    drop(serve);
+    Ok(())
+}
