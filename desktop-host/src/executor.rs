@@ -388,7 +388,7 @@ impl Inner {
                 .await?;
         }
         self.lock().last_heads = heads;
-        // Oldest first within each phone (by the desktop's order of the tasks' creation times).
+        // Oldest first within each phone: its own clock orders its own tasks.
         let mut queued = self.owners_of(&queued);
         queued.sort_by_key(|(_, _, at)| *at);
         self.enqueue(
