@@ -18,6 +18,7 @@ pub mod incoming;
 pub mod pairing;
 pub mod schema;
 pub mod session;
+pub mod terminal;
 #[cfg(test)]
 mod testing;
 pub mod trust;

@@ -3,6 +3,8 @@
 //! ```toml
 //! roots = ["~"]                    # what tasks may touch (default: the home directory)
 //! max_concurrent_tasks = 1
+//! max_tasks_per_phone = 16         # queued + running; more are failed at once
+//! max_approvals_per_phone = 4      # requests waiting at once; its other tasks wait
 //! approval_timeout_secs = 300      # an unanswered request is denied after this
 //! shell_timeout_secs = 60
 //! shell_max_output_bytes = 1048576
@@ -53,8 +55,13 @@ pub enum ShellSandbox {
 pub struct Config {
     /// Folders tasks may touch; `~` is the home directory.
     pub roots: Vec<String>,
-    /// Tasks run at the same time.
+    /// Tasks run at the same time (a task waiting for an approval holds no slot).
     pub max_concurrent_tasks: usize,
+    /// Queued and running tasks one phone may have; more are failed at once, with the reason.
+    pub max_tasks_per_phone: usize,
+    /// Approval requests one phone's tasks may have waiting at once; its other tasks wait their
+    /// turn, and a call beyond it fails.
+    pub max_approvals_per_phone: usize,
     /// Seconds before an unanswered approval request counts as denied.
     pub approval_timeout_secs: u64,
     /// Time limit of a shell command.
@@ -74,6 +81,8 @@ impl Default for Config {
         Self {
             roots: vec!["~".into()],
             max_concurrent_tasks: 1,
+            max_tasks_per_phone: 16,
+            max_approvals_per_phone: 4,
             approval_timeout_secs: 300,
             shell_timeout_secs: 60,
             shell_max_output_bytes: 1024 * 1024,
@@ -137,6 +146,11 @@ impl Config {
         if self.max_concurrent_tasks == 0 {
             return Err("`max_concurrent_tasks` must be at least 1".into());
         }
+        if self.max_tasks_per_phone == 0 || self.max_approvals_per_phone == 0 {
+            return Err(
+                "`max_tasks_per_phone` and `max_approvals_per_phone` must be at least 1".into(),
+            );
+        }
         if self.approval_timeout_secs == 0 || self.shell_timeout_secs == 0 {
             return Err("timeouts must be at least 1 second".into());
         }
@@ -155,6 +169,7 @@ impl Config {
 
 /// Where the config file lives by default: `$XDG_CONFIG_HOME/deskhand/config.toml` (Linux),
 /// `~/Library/Application Support/deskhand/config.toml` (macOS), `%APPDATA%\deskhand\config.toml`.
+/// Absolute.
 pub fn default_config_path() -> PathBuf {
     let home = crate::paths::home_dir();
     if cfg!(target_os = "macos") {
@@ -165,9 +180,9 @@ pub fn default_config_path() -> PathBuf {
     {
         return PathBuf::from(appdata).join("deskhand").join("config.toml");
     }
-    match std::env::var_os("XDG_CONFIG_HOME") {
-        Some(x) if !x.is_empty() => PathBuf::from(x).join("deskhand/config.toml"),
-        _ => home.join(".config/deskhand/config.toml"),
+    match crate::paths::xdg_config_home() {
+        Some(x) => x.join("deskhand/config.toml"),
+        None => home.join(".config/deskhand/config.toml"),
     }
 }
 

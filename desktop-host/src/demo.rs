@@ -9,6 +9,7 @@ use deskhand_core::MessageId;
 use deskhand_core::approval::{Approval, Verdict};
 use deskhand_core::schema::Task;
 use deskhand_core::schema::{Message, Role, Workspace};
+use deskhand_core::terminal;
 use deskhand_core::{DeviceId, TaskId};
 use deskhand_desktop_host::agent::Builtin;
 use deskhand_desktop_host::config::Config;
@@ -100,10 +101,12 @@ fn reply(t: &Task) -> String {
     format!("[{}] {text}", t.status)
 }
 
+/// Up to 8 lines of the desktop's reply, each marked and escaped (replies echo file names and
+/// command output).
 fn indent(text: &str) -> String {
     text.lines()
         .take(8)
-        .map(|l| format!("   desktop> {l}"))
+        .map(|l| format!("   desktop> {}", terminal::line(l)))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -175,7 +178,10 @@ pub async fn run() -> Result<()> {
         "1. phone A paired by scanning the QR code, phone B with the pairing text; both received the workspace ({t:.1?})"
     );
     match reused {
-        Err(e) => println!("   (reusing A's code was refused: {e})"),
+        Err(e) => println!(
+            "   (reusing A's code was refused: {})",
+            terminal::line(&e.to_string())
+        ),
         Ok(()) => bail!("a used pairing code was accepted"),
     }
 
@@ -210,7 +216,8 @@ pub async fn run() -> Result<()> {
     let approval = pending(&b, &task).await?;
     println!(
         "   phone A> trash ~/Projects/old-draft.txt\n   desktop asks both phones: \"{}\" (risk {})",
-        approval.summary, approval.risk
+        terminal::line(&approval.summary),
+        approval.risk
     );
     decide(&b, &desk.id(), &approval, Verdict::Approve).await?;
     let t = finished(&a, &task).await?;
@@ -220,7 +227,8 @@ pub async fn run() -> Result<()> {
     let approval = pending(&a, &task).await?;
     println!(
         "   phone A> run rm -rf ~/Projects\n   desktop asks: \"{}\" (risk {})",
-        approval.summary, approval.risk
+        terminal::line(&approval.summary),
+        approval.risk
     );
     decide(&a, &desk.id(), &approval, Verdict::Deny).await?;
     let t = finished(&a, &task).await?;
@@ -269,7 +277,7 @@ pub async fn run() -> Result<()> {
         } else {
             "?"
         };
-        let text = m.text.lines().next().unwrap_or_default();
+        let text = terminal::line(m.text.lines().next().unwrap_or_default());
         println!("  [{:<5}] {who:<8} {text}", m.role.as_str());
     }
     println!("\nDevices as the desktop sees them:");

@@ -11,7 +11,7 @@
 //!   and the exact call held here (not the document's copy); deny wins, expiry is deny;
 //! - tasks come only from paired, unrevoked phones.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolHost, ToolOutput};
 use crate::config::{Config, ShellSandbox};
 use crate::policy::{Capability, Policy, Subject, Verdict as PolicyVerdict};
+use crate::scheduler::Scheduler;
 use crate::tools::sandbox::{Confinement, Sandbox, WalkLimits};
 use crate::tools::{files, input, open, screen, shell};
 
@@ -57,16 +58,46 @@ struct Inner {
     state: Mutex<State>,
     input: tokio::sync::Mutex<Option<input::InputDriver>>,
     finished: Notify,
+    /// A running slot came free (a task ended or was suspended on an approval request).
+    slot_freed: Notify,
     stopping: CancellationToken,
 }
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<TaskId>,
+    /// Queued tasks by phone, round-robin; who owns each queued or running task.
+    sched: Scheduler,
     known: HashSet<TaskId>,
     running: HashMap<TaskId, CancellationToken>,
     waiting: HashMap<ApprovalId, Waiter>,
     last_heads: Vec<ChangeHash>,
+}
+
+impl State {
+    /// Approval requests waiting from the tasks of the phone that created `task`.
+    fn approvals_of_owner(&self, task: &TaskId) -> usize {
+        let Some(owner) = self.sched.owner(task) else {
+            return 0;
+        };
+        self.waiting
+            .values()
+            .filter(|w| self.sched.owner(&w.task) == Some(owner))
+            .count()
+    }
+
+    /// Phones whose tasks have `max` or more approval requests waiting.
+    fn phones_at_approval_cap(&self, max: usize) -> HashSet<String> {
+        let mut per: HashMap<&str, usize> = HashMap::new();
+        for w in self.waiting.values() {
+            if let Some(owner) = self.sched.owner(&w.task) {
+                *per.entry(owner).or_default() += 1;
+            }
+        }
+        per.into_iter()
+            .filter(|(_, n)| *n >= max)
+            .map(|(o, _)| o.to_owned())
+            .collect()
+    }
 }
 
 struct Waiter {
@@ -117,6 +148,7 @@ impl Executor {
                 state: Mutex::new(State::default()),
                 input: tokio::sync::Mutex::new(None),
                 finished: Notify::new(),
+                slot_freed: Notify::new(),
                 stopping: CancellationToken::new(),
             }),
         }
@@ -127,7 +159,12 @@ impl Executor {
         let st = self.inner.lock();
         ExecutorStatus {
             running: st.running.keys().map(|t| t.to_string()).collect(),
-            queued: st.queue.iter().map(|t| t.to_string()).collect(),
+            queued: st
+                .sched
+                .queued_ids()
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
             waiting_approvals: st.waiting.keys().map(|a| a.to_string()).collect(),
         }
     }
@@ -183,6 +220,88 @@ impl Executor {
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A running task waits for an approval: its slot is free for another task meanwhile.
+    fn suspend(&self, task: &TaskId) {
+        self.lock().sched.suspend(task);
+        self.finished.notify_one();
+        self.slot_freed.notify_waiters();
+    }
+
+    /// The task's request was answered: it takes a running slot back before it goes on, ahead
+    /// of tasks not yet started. A cancelled task takes none: it only writes its end.
+    async fn resume(&self, task: &TaskId, cancel: &CancellationToken) {
+        let max = self.config.max_concurrent_tasks;
+        loop {
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a slot freed in between is not missed.
+            freed.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if cancel.is_cancelled() {
+                    st.sched.resume_to_finish(task);
+                    return;
+                }
+                let running = st.running.len();
+                if st.sched.try_resume(task, running, max) {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+    }
+
+    /// Ends several tasks in one change, each with `summary` as its result, its last event and
+    /// the agent's reply (tasks refused before they ran).
+    async fn finish_all(
+        &self,
+        ids: &[TaskId],
+        summary: &str,
+        status: TaskStatus,
+    ) -> anyhow::Result<()> {
+        let now = now_unix_ms();
+        let replies: Vec<Message> = ids
+            .iter()
+            .map(|id| Message {
+                id: MessageId::from_random(random_id_bytes()),
+                author: self.me.to_string(),
+                role: Role::Agent,
+                text: summary.to_owned(),
+                created_at: now,
+                task_id: Some(id.clone()),
+            })
+            .collect();
+        self.node
+            .write(|tx| {
+                for (id, reply) in ids.iter().zip(&replies) {
+                    Workspace::update_task(
+                        tx,
+                        id,
+                        &TaskUpdate {
+                            finished_at: Some(now),
+                            result: Some(TaskResult {
+                                summary: summary.to_owned(),
+                                blobs: vec![],
+                            }),
+                            ..TaskUpdate::status(status)
+                        },
+                    )?;
+                    Workspace::append_task_event(
+                        tx,
+                        id,
+                        &TaskEvent::new(now, status.as_str(), summary),
+                    )?;
+                    Workspace::append_message(tx, reply)?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
     }
 
     /// After a start: tasks caught mid-run by a crash become `interrupted` (never re-run),
@@ -269,16 +388,60 @@ impl Inner {
                 })
                 .await?;
         }
-        {
+        self.lock().last_heads = heads;
+        // Oldest first within each phone: its own clock orders its own tasks.
+        let mut queued = self.owners_of(&queued);
+        queued.sort_by_key(|(_, _, at)| *at);
+        self.enqueue(
+            queued
+                .into_iter()
+                .map(|(id, owner, _)| (id, owner))
+                .collect(),
+        )
+        .await?;
+        self.tasks_for_messages(orphans).await
+    }
+
+    /// `(id, created_by, created_at)` of each of `ids` that is still a queued task.
+    fn owners_of(&self, ids: &[TaskId]) -> Vec<(TaskId, String, i64)> {
+        self.node.read(|doc| {
+            ids.iter()
+                .filter_map(|id| {
+                    let t = Workspace::task(doc, id).ok().flatten()?;
+                    (t.status == TaskStatus::Queued)
+                        .then(|| (id.clone(), t.created_by, t.created_at))
+                })
+                .collect()
+        })
+    }
+
+    /// Queues new tasks `(id, phone that created it)` in the order given. A task over its
+    /// phone's `max_tasks_per_phone` (queued plus running) is failed at once, with the reason,
+    /// in one change for the whole batch: never silently dropped, never run.
+    async fn enqueue(&self, tasks: Vec<(TaskId, String)>) -> anyhow::Result<()> {
+        let cap = self.config.max_tasks_per_phone;
+        let over: Vec<TaskId> = {
             let mut st = self.lock();
-            st.last_heads = heads;
-            for id in queued {
-                if st.known.insert(id.clone()) {
-                    st.queue.push_back(id);
+            let mut over = Vec::new();
+            for (id, owner) in tasks {
+                if !st.known.insert(id.clone()) {
+                    continue;
+                }
+                if st.sched.push(id.clone(), &owner, cap).is_err() {
+                    over.push(id);
                 }
             }
+            over
+        };
+        if over.is_empty() {
+            return Ok(());
         }
-        self.tasks_for_messages(orphans).await
+        tracing::warn!(
+            "refused {} task(s): their phone already has {cap} queued or running",
+            over.len()
+        );
+        let summary = format!("too many tasks waiting from this phone ({cap}); it was not run");
+        self.finish_all(&over, &summary, TaskStatus::Failed).await
     }
 
     async fn on_change(&self) -> anyhow::Result<()> {
@@ -292,13 +455,22 @@ impl Inner {
             return Ok(());
         }
         self.tasks_for_messages(seen.messages).await?;
-        {
-            let mut st = self.lock();
-            for id in seen.tasks {
-                if st.known.insert(id.clone()) {
-                    st.queue.push_back(id);
-                }
-            }
+        let new: Vec<TaskId> = {
+            let st = self.lock();
+            seen.tasks
+                .into_iter()
+                .filter(|id| !st.known.contains(id))
+                .collect()
+        };
+        if !new.is_empty() {
+            let owned = self.owners_of(&new);
+            self.enqueue(
+                owned
+                    .into_iter()
+                    .map(|(id, owner, _)| (id, owner))
+                    .collect(),
+            )
+            .await?;
         }
         for id in seen.cancels {
             self.on_cancel(&id).await?;
@@ -336,19 +508,13 @@ impl Inner {
                     // A task of that id may have come in meanwhile (another desktop run).
                     if Workspace::task(tx, &t.id)?.is_none() {
                         Workspace::add_task(tx, t)?;
-                        created.push(t.id.clone());
+                        created.push((t.id.clone(), t.created_by.clone()));
                     }
                 }
                 Ok(created)
             })
             .await?;
-        let mut st = self.lock();
-        for id in created {
-            if st.known.insert(id.clone()) {
-                st.queue.push_back(id);
-            }
-        }
-        Ok(())
+        self.enqueue(created).await
     }
 
     async fn on_cancel(&self, id: &TaskId) -> anyhow::Result<()> {
@@ -358,12 +524,7 @@ impl Inner {
             token.cancel();
             return Ok(());
         }
-        let queued = {
-            let mut st = self.lock();
-            let before = st.queue.len();
-            st.queue.retain(|t| t != id);
-            st.queue.len() != before
-        };
+        let queued = self.lock().sched.remove_queued(id);
         if queued {
             let now = now_unix_ms();
             let by = self.cancel_requester(id);
@@ -460,14 +621,17 @@ impl Inner {
         }
     }
 
+    /// Starts queued tasks while slots are free: phones take turns; a phone whose tasks already
+    /// have `max_approvals_per_phone` requests waiting is passed over until one is answered.
     fn start_ready(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
         loop {
             let next = {
                 let mut st = self.lock();
-                if st.running.len() >= self.config.max_concurrent_tasks {
+                if st.sched.slots_used(st.running.len()) >= self.config.max_concurrent_tasks {
                     return;
                 }
-                let Some(id) = st.queue.pop_front() else {
+                let busy = st.phones_at_approval_cap(self.config.max_approvals_per_phone);
+                let Some(id) = st.sched.next(|owner| busy.contains(owner)) else {
                     return;
                 };
                 let token = self.stopping.child_token();
@@ -483,8 +647,10 @@ impl Inner {
                 let idle = {
                     let mut st = inner.lock();
                     st.running.remove(&id);
+                    st.sched.finished(&id);
                     st.running.is_empty()
                 };
+                inner.slot_freed.notify_waiters();
                 if idle {
                     let _ = inner
                         .node
@@ -729,15 +895,24 @@ impl TaskHost {
             &inner.me,
         );
         let (tx, mut rx) = oneshot::channel();
-        inner.lock().waiting.insert(
-            id.clone(),
-            Waiter {
-                task: self.task.clone(),
-                tool: p.tool.clone(),
-                args: args.clone(),
-                reply: Some(tx),
-            },
-        );
+        {
+            let mut st = inner.lock();
+            let cap = inner.config.max_approvals_per_phone;
+            if st.approvals_of_owner(&self.task) >= cap {
+                return Err(CallError::Failed(format!(
+                    "too many approval requests waiting from this phone ({cap}); this call was not asked"
+                )));
+            }
+            st.waiting.insert(
+                id.clone(),
+                Waiter {
+                    task: self.task.clone(),
+                    tool: p.tool.clone(),
+                    args: args.clone(),
+                    reply: Some(tx),
+                },
+            );
+        }
         let task = self.task.clone();
         let written = inner
             .node
@@ -770,6 +945,8 @@ impl TaskHost {
             at: now_unix_ms(),
             reason: reason.into(),
         };
+        // Waiting holds no running slot: a request nobody answers must not stall other tasks.
+        inner.suspend(&self.task);
         let resolution = tokio::select! {
             r = &mut rx => r.unwrap_or_else(|_| deny(inner.me.to_string(), "the request was dropped")),
             _ = self.cancel.cancelled() => deny(inner.me.to_string(), "the task was cancelled"),
@@ -780,6 +957,7 @@ impl TaskHost {
             }
         };
         inner.lock().waiting.remove(&id);
+        inner.resume(&self.task, &self.cancel).await;
         let now = resolution.at;
         let (verdict, reason) = (resolution.verdict, resolution.reason.clone());
         let status = if verdict == Verdict::Approve {

@@ -5,8 +5,10 @@
 
 pub mod agent;
 pub mod config;
+pub mod console;
 pub mod executor;
 pub mod paths;
 pub mod policy;
 pub mod run_rules;
+mod scheduler;
 pub mod tools;

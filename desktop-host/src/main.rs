@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
+use deskhand_core::terminal;
 use deskhand_sync::RelaySetting;
 use serde_json::json;
 
@@ -33,7 +34,7 @@ enum Command {
     /// Run the desktop host in the foreground.
     Serve {
         /// Data directory (default: the platform's data directory).
-        #[arg(long)]
+        #[arg(long, value_parser = absolute_path)]
         data: Option<PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:0")]
@@ -45,13 +46,13 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
         /// Config file (default: config.toml in the platform's config directory).
-        #[arg(long)]
+        #[arg(long, value_parser = absolute_path)]
         config: Option<PathBuf>,
     },
     /// Is the host running, and what is it doing?
     Status {
         /// Data directory of the host.
-        #[arg(long)]
+        #[arg(long, value_parser = absolute_path)]
         data: Option<PathBuf>,
         /// Stable JSON for scripts.
         #[arg(long)]
@@ -60,7 +61,7 @@ enum Command {
     /// What tasks moved to the Deskhand trash, and putting it back.
     Trash {
         /// Data directory of the host.
-        #[arg(long, global = true)]
+        #[arg(long, global = true, value_parser = absolute_path)]
         data: Option<PathBuf>,
         #[command(subcommand)]
         action: TrashAction,
@@ -73,10 +74,10 @@ enum Command {
     /// Ask the running host for a fresh one-time pairing code.
     Pair {
         /// Data directory of the running host.
-        #[arg(long)]
+        #[arg(long, value_parser = absolute_path)]
         data: Option<PathBuf>,
         /// Where to write the QR code PNG (default: pairing-qr.png in the data directory).
-        #[arg(long)]
+        #[arg(long, value_parser = absolute_path)]
         png: Option<PathBuf>,
         /// How long the code stays valid (e.g. 90s, 5m, 1h).
         #[arg(long, default_value = "5m", value_parser = parse_ttl)]
@@ -85,7 +86,7 @@ enum Command {
     /// List, rename or revoke paired devices of the running host.
     Devices {
         /// Data directory of the running host.
-        #[arg(long, global = true)]
+        #[arg(long, global = true, value_parser = absolute_path)]
         data: Option<PathBuf>,
         /// Stable JSON for scripts.
         #[arg(long)]
@@ -97,7 +98,7 @@ enum Command {
     /// forget — through the same phone API as the mobile apps.
     Phone {
         /// The phone's data directory.
-        #[arg(long)]
+        #[arg(long, value_parser = absolute_path)]
         data: Option<PathBuf>,
         /// Address the phone's endpoint binds.
         #[arg(long, default_value = "0.0.0.0:0")]
@@ -137,6 +138,16 @@ enum DevicesAction {
     },
 }
 
+/// A path argument made absolute against the current directory, once, here: the host protects
+/// its data and config directories by absolute path, and a relative one would later be read
+/// against the home folder or a task's folder instead.
+pub(crate) fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("the path is empty".into());
+    }
+    std::path::absolute(s).map_err(|e| format!("cannot make {s:?} an absolute path: {e}"))
+}
+
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
@@ -171,14 +182,39 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("DESKHAND_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
-        .with_writer(std::io::stderr)
+        // Plain lines, each record escaped whole: logs echo peer text (names, ids, reasons).
+        .with_ansi(false)
+        .with_writer(|| SafeLog(std::io::stderr()))
         .init();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run(cli.command)));
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // Errors carry peer text too (a desktop's refusal, a device name).
+        eprintln!("error: {}", terminal::block(&format!("{e:#}"), "  "));
         std::process::exit(1);
+    }
+}
+
+/// Standard error for log records: one record per `write`, as `tracing-subscriber` writes them,
+/// printed as one line with every character a peer could use to fake output escaped
+/// ([`terminal::line`]); only the record's final newline stays.
+struct SafeLog<W>(W);
+
+impl<W: std::io::Write> std::io::Write for SafeLog<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let (body, end) = match text.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (&*text, ""),
+        };
+        self.0
+            .write_all(format!("{}{end}", terminal::line(body)).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -215,18 +251,21 @@ async fn run(command: Command) -> Result<()> {
                     for e in items {
                         println!(
                             "{}  {}  {}{}",
-                            e.id,
+                            terminal::line(&e.id),
                             ago(e.trashed_at as i64),
-                            e.original_path.display(),
+                            terminal::line(&e.original_path.display().to_string()),
                             e.task_id
-                                .map(|t| format!("  (task {t})"))
+                                .map(|t| format!("  (task {})", terminal::line(&t)))
                                 .unwrap_or_default()
                         );
                     }
                 }
                 TrashAction::Restore { item } => {
                     let e = trash.restore(&item)?;
-                    println!("restored {}", e.original_path.display());
+                    println!(
+                        "restored {}",
+                        terminal::line(&e.original_path.display().to_string())
+                    );
                 }
             }
             Ok(())
@@ -236,7 +275,7 @@ async fn run(command: Command) -> Result<()> {
             let data = data.unwrap_or_else(paths::default_data_dir);
             let mut req = json!({"cmd": "pair", "ttl_secs": ttl.as_secs()});
             if let Some(p) = png {
-                req["png"] = json!(std::path::absolute(p)?);
+                req["png"] = json!(p);
             }
             let v = control::request(&data, req).await?;
             println!("Scan to pair a phone (valid {}s, once):", ttl.as_secs());
@@ -264,7 +303,7 @@ async fn run(command: Command) -> Result<()> {
                     }
                     println!(
                         "revoked {}; its connection was closed",
-                        v["id"].as_str().unwrap_or_default()
+                        terminal::line(v["id"].as_str().unwrap_or_default())
                     );
                 }
                 None => {
@@ -272,9 +311,9 @@ async fn run(command: Command) -> Result<()> {
                     if json {
                         println!(
                             "{}",
-                            serde_json::to_string_pretty(
+                            terminal::json(&serde_json::to_string_pretty(
                                 &json!({"devices": v["devices"], "refusals": v["refusals"]})
-                            )?
+                            )?)
                         );
                     } else {
                         print_devices(&v);
@@ -312,16 +351,18 @@ async fn status(data: PathBuf, as_json: bool) -> Result<()> {
         }
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", terminal::json(&serde_json::to_string_pretty(&v)?));
         return Ok(());
     }
     let ex = &v["executor"];
+    // Task and approval ids are keys a phone chose.
     let list = |k: &str| {
         ex[k]
             .as_array()
             .map(|a| {
                 a.iter()
                     .filter_map(|x| x.as_str())
+                    .map(terminal::line)
                     .collect::<Vec<_>>()
                     .join(", ")
             })
@@ -362,26 +403,27 @@ fn print_devices(v: &serde_json::Value) {
         };
         println!(
             "{}  {:<20} {:<9} {presence}{revoked}",
-            d["id"].as_str().unwrap_or_default(),
-            d["name"].as_str().unwrap_or_default(),
-            d["platform"].as_str().unwrap_or_default()
+            terminal::line(d["id"].as_str().unwrap_or_default()),
+            terminal::line(d["name"].as_str().unwrap_or_default()),
+            terminal::line(d["platform"].as_str().unwrap_or_default())
         );
     }
     let refusals = v["refusals"].as_array().cloned().unwrap_or_default();
     if !refusals.is_empty() {
         println!("\nRefused ({}):", refusals.len());
         for r in refusals.iter().rev().take(20) {
+            let peer: String = r["peer"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .take(10)
+                .collect();
             println!(
                 "  {}  {}  {}: {}",
                 ago(r["at"].as_i64().unwrap_or(0)),
-                r["peer"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(10)
-                    .collect::<String>(),
-                r["event"].as_str().unwrap_or_default(),
-                r["detail"].as_str().unwrap_or_default()
+                terminal::line(&peer),
+                terminal::line(r["event"].as_str().unwrap_or_default()),
+                terminal::line(r["detail"].as_str().unwrap_or_default())
             );
         }
     }
@@ -395,5 +437,35 @@ pub(crate) fn ago(at_ms: i64) -> String {
         60..=3599 => format!("{}m ago", s / 60),
         3600..=86_399 => format!("{}h ago", s / 3600),
         _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    #[test]
+    fn a_log_record_stays_one_line_whatever_peer_text_it_holds() {
+        let mut log = super::SafeLog(Vec::new());
+        let record =
+            "WARN refused changes from ab: tasks/x\x1b[2J\r\n[agent] fake\u{202e}/status\n";
+        let n = log.write(record.as_bytes()).expect("write");
+        assert_eq!(n, record.len());
+        let out = String::from_utf8(log.0).expect("utf-8");
+        assert_eq!(
+            out,
+            "WARN refused changes from ab: tasks/x\\u{1b}[2J\\r\\n[agent] fake\\u{202e}/status\n"
+        );
+    }
+
+    #[test]
+    fn path_arguments_are_absolute() {
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(super::absolute_path("desk"), Ok(cwd.join("desk")));
+        assert_eq!(
+            super::absolute_path("/srv/desk"),
+            Ok(std::path::PathBuf::from("/srv/desk"))
+        );
+        assert!(super::absolute_path("").is_err());
     }
 }

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use deskhand_core::TaskId;
 use deskhand_core::schema::Role;
+use deskhand_core::terminal::{self, line};
 use deskhand_sync::phone::{
     ApprovalState, Delivery, KEY_FILE, PhoneApproval, PhoneMessage, PhoneTask,
 };
@@ -29,7 +30,7 @@ pub enum PhoneCommand {
         /// The `deskhand://pair?…` payload.
         payload: Option<String>,
         /// Read the payload from a QR code PNG instead.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::absolute_path)]
         qr_png: Option<PathBuf>,
         /// This phone's name, shown on the desktop.
         #[arg(long)]
@@ -106,7 +107,7 @@ pub enum PhoneCommand {
         /// The blob's BLAKE3 hash (from `show`).
         hash: String,
         /// Where to write it.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::absolute_path)]
         out: PathBuf,
     },
     /// Forget the desktop and its workspace (to pair with another one).
@@ -163,9 +164,11 @@ pub async fn run(data: PathBuf, listen: SocketAddr, cmd: PhoneCommand) -> Result
 /// Tries to deliver what was just written; says whether the desktop has it.
 async fn deliver(phone: &Phone, what: &str, wait: u64) {
     match phone.sync(Duration::from_secs(wait)).await {
-        Ok(()) => println!("sent {what} (the desktop has it)"),
+        Ok(()) => println!("sent {} (the desktop has it)", line(what)),
         Err(e) => println!(
-            "queued {what}: the desktop is unreachable ({e}); it is saved on this phone and will be sent on the next sync"
+            "queued {}: the desktop is unreachable ({}); it is saved on this phone and will be sent on the next sync",
+            line(what),
+            line(&e.to_string())
         ),
     }
 }
@@ -204,14 +207,16 @@ async fn run_on(phone: &Phone, cmd: PhoneCommand) -> Result<()> {
             };
             let (id, desktop) = phone.pair(&text).await?;
             println!(
-                "Paired with {desktop:?} ({}) as {:?}.",
+                "Paired with \"{}\" ({}) as \"{}\".",
+                line(&desktop),
                 id.short(),
-                phone.name()
+                line(phone.name())
             );
             match phone.sync(Duration::from_secs(10)).await {
                 Ok(()) => println!("Workspace received."),
                 Err(e) => println!(
-                    "Paired, but the workspace has not arrived yet ({e}); run `deskhand phone sync`."
+                    "Paired, but the workspace has not arrived yet ({}); run `deskhand phone sync`.",
+                    line(&e.to_string())
                 ),
             }
             Ok(())
@@ -252,13 +257,16 @@ async fn run_on(phone: &Phone, cmd: PhoneCommand) -> Result<()> {
                     println!("in sync with the desktop ({count} messages)");
                     Ok(())
                 }
-                Err(e) => bail!("could not sync with the desktop: {e}"),
+                Err(e) => bail!("could not sync with the desktop: {}", line(&e.to_string())),
             }
         }
         PhoneCommand::Show { json } => {
             let s = phone.snapshot()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&show_json(&s))?);
+                println!(
+                    "{}",
+                    terminal::json(&serde_json::to_string_pretty(&show_json(&s))?)
+                );
             } else {
                 show(&s);
             }
@@ -284,7 +292,11 @@ async fn run_on(phone: &Phone, cmd: PhoneCommand) -> Result<()> {
             phone.forget_desktop().await?;
             match home {
                 Some((id, name)) => {
-                    println!("Forgot {name:?} ({}) and its workspace.", id.short())
+                    println!(
+                        "Forgot \"{}\" ({}) and its workspace.",
+                        line(&name),
+                        id.short()
+                    )
                 }
                 None => println!("This phone was not paired."),
             }
@@ -333,7 +345,11 @@ async fn decide(phone: &Phone, prefix: &str, approve: bool, wait: u64) -> Result
     };
     r.map_err(explain)?;
     let verb = if approve { "approved" } else { "denied" };
-    println!("{verb} {id}: {}", a.approval.summary);
+    println!(
+        "{verb} {}: {}",
+        line(id.as_str()),
+        line(&a.approval.summary)
+    );
     deliver(phone, &format!("the decision on {id}"), wait).await;
     Ok(())
 }
@@ -372,8 +388,8 @@ fn show(s: &PhoneSnapshot) {
     match &s.desktop {
         Some(d) => {
             println!(
-                "Desktop {:?} ({}): {}{}",
-                d.name,
+                "Desktop \"{}\" ({}): {}{}",
+                line(&d.name),
                 d.id.short(),
                 presence_text(&d.presence),
                 if d.in_sync { ", in sync" } else { "" }
@@ -383,11 +399,11 @@ fn show(s: &PhoneSnapshot) {
                     "  executor {}, heartbeat {} ({})",
                     h.executor,
                     ago(h.heartbeat_at),
-                    h.os
+                    line(&h.os)
                 );
             }
             if let Some(e) = &d.last_error {
-                println!("  last problem: {e}");
+                println!("  last problem: {}", line(e));
             }
         }
         None => println!("Not paired."),
@@ -407,14 +423,14 @@ fn show(s: &PhoneSnapshot) {
     for t in &s.tasks {
         println!(
             "  {:<34} {:<16} {}",
-            t.task.id,
+            line(t.task.id.as_str()),
             t.task.status.as_str(),
-            t.task.prompt
+            line(&t.task.prompt)
         );
         if let Some(r) = &t.task.result {
             println!("      result: {}", first_line(&r.summary));
             for b in &r.blobs {
-                println!("      blob {} {} ({} bytes)", b.hash, b.media_type, b.size);
+                println!("      blob {}", blob_text(b));
             }
         }
     }
@@ -427,6 +443,9 @@ fn show(s: &PhoneSnapshot) {
         }
     }
 }
+
+/// How continuation lines of peer text start, so no line of it can pass for our own.
+const CONTINUATION: &str = "           │ ";
 
 /// At most `n` lines of `s`, saying how many were left out.
 fn clip(s: &str, n: usize) -> String {
@@ -443,15 +462,31 @@ fn clip(s: &str, n: usize) -> String {
     out.join("\n")
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or_default()
+/// The first line of peer text, escaped.
+fn first_line(s: &str) -> String {
+    line(s.lines().next().unwrap_or_default())
+}
+
+/// `HASH MEDIA-TYPE (N bytes)` of a blob reference (all three written by the desktop).
+fn blob_text(b: &deskhand_core::schema::BlobRef) -> String {
+    format!(
+        "{} {} ({} bytes)",
+        line(&b.hash),
+        line(&b.media_type),
+        b.size
+    )
+}
+
+/// Ten characters of a device id as written by a peer (cut by characters, never by bytes).
+fn short_author(author: &str) -> String {
+    line(&author.chars().take(10).collect::<String>())
 }
 
 fn print_message(m: &PhoneMessage) {
     let who = if m.mine {
         "me".to_owned()
     } else {
-        m.message.author.chars().take(10).collect()
+        short_author(&m.message.author)
     };
     let pending = if m.delivery == Delivery::Pending {
         "  (not yet on the desktop)"
@@ -461,7 +496,7 @@ fn print_message(m: &PhoneMessage) {
     println!(
         "  [{:<5}] {who:<10} {}{pending}",
         m.message.role.as_str(),
-        m.message.text
+        terminal::block(&m.message.text, CONTINUATION)
     );
 }
 
@@ -477,7 +512,11 @@ fn print_approval(a: &PhoneApproval) {
     };
     println!(
         "  {} [{} risk] {}{mine}{warn}\n      {} {}",
-        a.approval.id, a.approval.risk, a.approval.summary, a.approval.tool, a.approval.args
+        line(a.approval.id.as_str()),
+        a.approval.risk,
+        line(&a.approval.summary),
+        line(&a.approval.tool),
+        line(&a.approval.args)
     );
 }
 
@@ -502,7 +541,7 @@ impl Seen {
                 p
             };
             if self.presence.as_ref() != Some(&p) {
-                println!("· desktop {:?}: {p}", d.name);
+                println!("· desktop \"{}\": {p}", line(&d.name));
                 self.presence = Some(p);
             }
         }
@@ -515,13 +554,13 @@ impl Seen {
             if self.messages.insert(m.message.id.to_string()) && i >= skip {
                 let who = match (m.message.role, m.mine) {
                     (Role::User, true) => "me".to_owned(),
-                    (Role::User, false) => format!(
-                        "user {}",
-                        &m.message.author[..10.min(m.message.author.len())]
-                    ),
+                    (Role::User, false) => format!("user {}", short_author(&m.message.author)),
                     (r, _) => r.as_str().to_owned(),
                 };
-                println!("[{who}] {}", clip(&m.message.text, 12));
+                println!(
+                    "[{who}] {}",
+                    terminal::block(&clip(&m.message.text, 12), CONTINUATION)
+                );
             }
         }
         for t in &s.tasks {
@@ -544,7 +583,9 @@ impl Seen {
             {
                 println!(
                     "· approval {} resolved: {} {}",
-                    a.approval.id, r.verdict, r.reason
+                    line(a.approval.id.as_str()),
+                    r.verdict,
+                    line(&r.reason)
                 );
             }
         }
@@ -554,6 +595,7 @@ impl Seen {
 
 fn print_task(seen: &mut HashMap<String, (String, usize)>, t: &PhoneTask, first: bool) {
     let id = t.task.id.to_string();
+    let shown = line(&id);
     let status = t.task.status.as_str().to_owned();
     let events = t.task.events.len();
     let (old_status, old_events) = seen
@@ -565,18 +607,18 @@ fn print_task(seen: &mut HashMap<String, (String, usize)>, t: &PhoneTask, first:
         return;
     }
     if old_status.is_empty() {
-        println!("· task {id}: {} ({status})", t.task.prompt);
+        println!("· task {shown}: {} ({status})", line(&t.task.prompt));
     }
     for e in t.task.events.iter().skip(old_events) {
         let blob = e
             .blob
             .as_ref()
-            .map(|b| format!("  [blob {} {} {} bytes]", b.hash, b.media_type, b.size))
+            .map(|b| format!("  [blob {}]", blob_text(b)))
             .unwrap_or_default();
-        println!("  {id} {}: {}{blob}", e.kind, first_line(&e.text));
+        println!("  {shown} {}: {}{blob}", line(&e.kind), first_line(&e.text));
     }
     if !old_status.is_empty() && old_status != status {
-        println!("· task {id}: {status}");
+        println!("· task {shown}: {status}");
     }
     if t.task.status.is_final()
         && old_status != status
@@ -584,7 +626,7 @@ fn print_task(seen: &mut HashMap<String, (String, usize)>, t: &PhoneTask, first:
     {
         println!("  result: {}", first_line(&r.summary));
         for b in &r.blobs {
-            println!("  blob {} {} ({} bytes)", b.hash, b.media_type, b.size);
+            println!("  blob {}", blob_text(b));
         }
     }
     seen.insert(id, (status, events));
@@ -595,7 +637,11 @@ fn idle(s: &PhoneSnapshot) -> bool {
 }
 
 async fn ask_tty(a: &PhoneApproval) -> bool {
-    let prompt = format!("approve {} ({})? [y/N] ", a.approval.id, a.approval.summary);
+    let prompt = format!(
+        "approve {} ({})? [y/N] ",
+        line(a.approval.id.as_str()),
+        line(&a.approval.summary)
+    );
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         print!("{prompt}");
@@ -619,7 +665,8 @@ async fn watch(
     };
     let interactive = auto.is_none() && std::io::stdin().is_terminal();
     println!(
-        "watching {name:?}{} (Ctrl-C to stop)",
+        "watching \"{}\"{} (Ctrl-C to stop)",
+        line(&name),
         match auto {
             Some(AutoAnswer::Approve) => ", approving every request",
             Some(AutoAnswer::Deny) => ", denying every request",
@@ -666,9 +713,10 @@ async fn watch(
             } else {
                 phone.deny(&id).await
             };
+            let id = line(id.as_str());
             match r {
                 Ok(()) => println!("· {} {id}", if approve { "approved" } else { "denied" }),
-                Err(e) => println!("· could not answer {id}: {e}"),
+                Err(e) => println!("· could not answer {id}: {}", line(&e.to_string())),
             }
         }
         first = false;

@@ -24,7 +24,11 @@ pub fn terminal(text: &str) -> Result<String> {
         .build())
 }
 
-/// Writes the code as a black-on-white greyscale PNG.
+/// Writes the code as a black-on-white greyscale PNG, readable by its owner only (0600): the
+/// code of a pairing payload is a live secret. The image goes to a new file created 0600 beside
+/// `path` (never chmod-ed after the fact) and is renamed over `path`, so an existing file, or a
+/// symlink planted at `path`, is replaced rather than written through, and no reader ever sees
+/// a partial image.
 pub fn write_png(text: &str, path: &Path) -> Result<()> {
     let qr = code(text)?;
     let modules = qr.width();
@@ -42,13 +46,27 @@ pub fn write_png(text: &str, path: &Path) -> Result<()> {
             }
         }
     }
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), side as u32, side as u32);
-    enc.set_color(png::ColorType::Grayscale);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().context("writing the PNG header")?;
-    w.write_image_data(&pixels).context("writing the PNG")?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // tempfile creates its files with mode 0600 (O_CREAT|O_EXCL).
+    let mut file = tempfile::Builder::new()
+        .prefix(".deskhand-qr-")
+        .suffix(".png")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    {
+        let mut enc = png::Encoder::new(file.as_file_mut(), side as u32, side as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().context("writing the PNG header")?;
+        w.write_image_data(&pixels).context("writing the PNG")?;
+        w.finish().context("writing the PNG")?;
+    }
+    file.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -95,5 +113,37 @@ mod tests {
         super::write_png(text, &p).unwrap();
         assert_eq!(super::read_png(&p).unwrap(), text);
         assert!(super::terminal(text).unwrap().lines().count() > 10);
+    }
+
+    #[test]
+    fn the_png_of_a_live_code_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let p = dir.path().join("code.png");
+        super::write_png("deskhand://pair?token=secret", &p).unwrap();
+        assert_eq!(mode(&p), 0o600);
+        // An existing world-readable file is replaced by a 0600 one, not written through.
+        let old = dir.path().join("old.png");
+        std::fs::write(&old, b"x").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::write_png("deskhand://pair?token=secret", &old).unwrap();
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(
+            super::read_png(&old).unwrap(),
+            "deskhand://pair?token=secret"
+        );
+        // A symlink planted at the path is replaced; its target is untouched.
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("link.png");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        super::write_png("deskhand://pair?token=secret", &link).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(mode(&link), 0o600);
+        // Nothing is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 4, "{names:?}");
     }
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use deskhand_core::schema::Workspace;
+use deskhand_core::terminal;
 use deskhand_desktop_host::agent::Builtin;
 use deskhand_desktop_host::config::{Config, default_config_path};
+use deskhand_desktop_host::console::{ConversationFeed, message_line};
 use deskhand_desktop_host::executor::Executor;
 use deskhand_desktop_host::policy::Policy;
 use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, RelaySetting};
@@ -67,7 +68,7 @@ pub async fn run(
     ));
     let executor_task = tokio::spawn(executor.run(cancel.clone()));
 
-    println!("Deskhand desktop host {name:?}");
+    println!("Deskhand desktop host \"{}\"", terminal::line(&name));
     println!("  device id : {}", node.id());
     println!(
         "  workspace : {}",
@@ -88,7 +89,7 @@ pub async fn run(
         println!(
             "    {} {:<16} {}{revoked}",
             p.id.short(),
-            p.record.name,
+            terminal::line(&p.record.name),
             p.presence
         );
     }
@@ -103,7 +104,8 @@ pub async fn run(
     println!("pairing QR PNG : {}", png.display());
     println!("Press Ctrl-C to stop.");
 
-    let mut seen = node.read(Workspace::message_count);
+    // Printed by message id as it arrives, wherever it lands in the list; peer text escaped.
+    let mut feed = node.read(ConversationFeed::new);
     let mut changes = node.subscribe();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -112,12 +114,9 @@ pub async fn run(
             _ = term.recv() => break,
             r = changes.changed() => {
                 if r.is_err() { break; }
-                let new = node.read(|d| Workspace::messages_from(d, seen)).unwrap_or_default();
-                for m in &new {
-                    let text = m.text.lines().next().unwrap_or_default();
-                    println!("[{}] {}: {}", m.role, &m.author[..10.min(m.author.len())], text);
+                for m in node.read(|d| feed.new_messages(d)) {
+                    println!("{}", message_line(&m));
                 }
-                seen += new.len();
             }
         }
     }

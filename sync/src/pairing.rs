@@ -6,6 +6,7 @@
 //! QUIC-TLS has already proved both keys; the token proves the phone saw the QR code.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,9 +24,14 @@ use crate::presence::now_unix_ms;
 use crate::store::WriteOp;
 
 const MAX_MESSAGE: usize = 4096;
-/// Failed attempts allowed per window before every attempt is refused for a while.
+/// Failed attempts one source may make per window; past that its failures are answered
+/// `rate_limited` and are no longer logged and audited one by one. A valid code is accepted from
+/// any source at any time: it is 128 random bits, so guessing is not the threat, and a limit that
+/// could refuse it would let anyone who knows the address keep pairing shut.
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Sources the limiter remembers at most (each with at most [`MAX_FAILURES`] instants).
+const MAX_SOURCES: usize = 4096;
 
 /// Why pairing failed, as the phone's user is told.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -103,11 +109,128 @@ pub(crate) struct TokenRecord {
     pub(crate) used_by: Option<String>,
 }
 
+/// Where a pairing attempt came from: the endpoint id its connection proved, and the IP address
+/// it came from (IPv6 by its /64 prefix, which one host or one LAN usually holds whole).
+/// Endpoint ids cost nothing to make, so a stranger is also known by address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    /// The remote endpoint id.
+    Endpoint(DeviceId),
+    /// The remote IP address (IPv6: the /64 prefix; IPv4-mapped IPv6 as IPv4).
+    Ip(IpAddr),
+}
+
+impl Source {
+    pub(crate) fn ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::Ip(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::Ip(IpAddr::V4(v4)),
+                None => Self::Ip(IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                    v6.to_bits() & !((1u128 << 64) - 1),
+                ))),
+            },
+        }
+    }
+}
+
+/// The sources of the attempt on `conn`: its endpoint id and every IP address it has a path from.
+fn sources_of(conn: &Connection, phone: DeviceId) -> Vec<Source> {
+    let mut out = vec![Source::Endpoint(phone)];
+    for path in conn.paths().iter() {
+        if let iroh::TransportAddr::Ip(addr) = path.remote_addr() {
+            let s = Source::ip(addr.ip());
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// Failed pairing attempts per [`Source`], in a sliding window; bounded in memory.
+#[derive(Default)]
+pub(crate) struct Limiter {
+    failures: HashMap<Source, VecDeque<Instant>>,
+}
+
+impl Limiter {
+    fn prune(list: &mut VecDeque<Instant>, now: Instant) {
+        while list
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= FAILURE_WINDOW)
+        {
+            list.pop_front();
+        }
+    }
+
+    /// How long until the most limited of `sources` may fail again, if any of them is over the
+    /// limit now.
+    fn limited(&mut self, sources: &[Source], now: Instant) -> Option<Duration> {
+        let mut wait: Option<Duration> = None;
+        for s in sources {
+            let Some(list) = self.failures.get_mut(s) else {
+                continue;
+            };
+            Self::prune(list, now);
+            if list.len() >= MAX_FAILURES
+                && let Some(oldest) = list.front()
+            {
+                let w = FAILURE_WINDOW.saturating_sub(now.duration_since(*oldest));
+                wait = Some(wait.map_or(w, |x| x.max(w)));
+            }
+        }
+        wait
+    }
+
+    /// Counts a failure against every one of `sources` (each keeps its latest
+    /// [`MAX_FAILURES`]), forgetting the stalest sources when the table is full.
+    fn record(&mut self, sources: &[Source], now: Instant) {
+        for s in sources {
+            if !self.failures.contains_key(s) && self.failures.len() >= MAX_SOURCES {
+                self.failures.retain(|_, l| {
+                    Self::prune(l, now);
+                    !l.is_empty()
+                });
+                if self.failures.len() >= MAX_SOURCES
+                    && let Some(stalest) = self
+                        .failures
+                        .iter()
+                        .min_by_key(|(_, l)| l.back().copied())
+                        .map(|(k, _)| *k)
+                {
+                    self.failures.remove(&stalest);
+                }
+            }
+            let list = self.failures.entry(*s).or_default();
+            Self::prune(list, now);
+            if list.len() >= MAX_FAILURES {
+                list.pop_front();
+            }
+            list.push_back(now);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.failures.len()
+    }
+}
+
+/// Why a presented code was refused, and whether to log and audit it (a source over its limit
+/// is answered without either, so a stranger cannot flood the audit log).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) audit: bool,
+}
+
 /// The desktop's pairing codes and its attempt limiter.
 #[derive(Default)]
 pub(crate) struct Codes {
     pub(crate) tokens: HashMap<[u8; 32], TokenRecord>,
-    failures: VecDeque<Instant>,
+    limiter: Limiter,
 }
 
 fn token_hash(token: &PairingToken) -> [u8; 32] {
@@ -127,84 +250,67 @@ impl Codes {
         }
         Self {
             tokens,
-            failures: VecDeque::new(),
+            limiter: Limiter::default(),
         }
     }
 
-    /// Checks a presented token; on success marks it used and returns the record to persist.
-    fn redeem(
+    /// Checks a presented token (`None`: not a token at all) from `sources`; on success marks
+    /// it used and returns the record to persist. A valid, unused, unexpired code succeeds
+    /// whatever the limiter says; a failure counts against each of `sources`.
+    pub(crate) fn redeem(
         &mut self,
-        token: &PairingToken,
+        token: Option<&PairingToken>,
         phone: &DeviceId,
+        sources: &[Source],
         now_ms: i64,
         now: Instant,
-    ) -> Result<([u8; 32], TokenRecord), (&'static str, String)> {
-        while self
-            .failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
-        {
-            self.failures.pop_front();
-        }
-        if self.failures.len() >= MAX_FAILURES {
-            let wait = self
-                .failures
-                .front()
-                .map(|t| {
-                    FAILURE_WINDOW
-                        .saturating_sub(now.duration_since(*t))
-                        .as_secs()
-                        + 1
-                })
-                .unwrap_or(60);
-            return Err((
-                "rate_limited",
-                format!("too many failed pairing attempts; try again in {wait} s"),
-            ));
-        }
-        let presented = token_hash(token);
-        // Compare every stored hash in constant time; no early exit on a match.
-        let mut found = None;
-        for h in self.tokens.keys() {
-            if ct_eq(h, &presented) {
-                found = Some(*h);
+    ) -> Result<([u8; 32], TokenRecord), Refused> {
+        let failure = match token {
+            None => ("unknown", "this pairing code is not valid for this desktop"),
+            Some(token) => {
+                let presented = token_hash(token);
+                // Compare every stored hash in constant time; no early exit on a match.
+                let mut found = None;
+                for h in self.tokens.keys() {
+                    if ct_eq(h, &presented) {
+                        found = Some(*h);
+                    }
+                }
+                match found.and_then(|h| self.tokens.get_mut(&h).map(|r| (h, r))) {
+                    None => ("unknown", "this pairing code is not valid for this desktop"),
+                    Some((_, r)) if r.used_at.is_some() => (
+                        "used",
+                        "this pairing code was already used; ask the desktop for a new one",
+                    ),
+                    Some((_, r)) if now_ms / 1000 > r.expires_at => (
+                        "expired",
+                        "this pairing code has expired; ask the desktop for a new one",
+                    ),
+                    Some((h, record)) => {
+                        record.used_at = Some(now_ms);
+                        record.used_by = Some(phone.to_string());
+                        return Ok((h, record.clone()));
+                    }
+                }
             }
-        }
-        let fail = |me: &mut Self, code, msg: String| {
-            me.failures.push_back(now);
-            Err((code, msg))
         };
-        let Some(h) = found else {
-            return fail(
-                self,
-                "unknown",
-                "this pairing code is not valid for this desktop".into(),
-            );
-        };
-        let Some(record) = self.tokens.get_mut(&h) else {
-            return fail(
-                self,
-                "unknown",
-                "this pairing code is not valid for this desktop".into(),
-            );
-        };
-        if record.used_at.is_some() {
-            return fail(
-                self,
-                "used",
-                "this pairing code was already used; ask the desktop for a new one".into(),
-            );
-        }
-        if now_ms / 1000 > record.expires_at {
-            return fail(
-                self,
-                "expired",
-                "this pairing code has expired; ask the desktop for a new one".into(),
-            );
-        }
-        record.used_at = Some(now_ms);
-        record.used_by = Some(phone.to_string());
-        Ok((h, record.clone()))
+        let limited = self.limiter.limited(sources, now);
+        self.limiter.record(sources, now);
+        Err(match limited {
+            Some(wait) => Refused {
+                code: "rate_limited",
+                message: format!(
+                    "too many failed pairing attempts; try again in {} s",
+                    wait.as_secs() + 1
+                ),
+                audit: false,
+            },
+            None => Refused {
+                code: failure.0,
+                message: failure.1.into(),
+                audit: true,
+            },
+        })
     }
 }
 
@@ -274,6 +380,7 @@ async fn write_msg(send: &mut iroh::endpoint::SendStream, body: &[u8]) -> Result
 impl ProtocolHandler for PairProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let phone = device_id(&conn.remote_id());
+        let sources = sources_of(&conn, phone);
         let (mut send, mut recv) = conn.accept_bi().await?;
         let answer = match tokio::time::timeout(Duration::from_secs(10), read_msg(&mut recv)).await
         {
@@ -281,7 +388,7 @@ impl ProtocolHandler for PairProtocol {
             Ok(Err(e)) => refusal("bad_request", e),
             Ok(Ok(body)) => match serde_json::from_slice::<Request>(&body) {
                 Err(e) => refusal("bad_request", format!("malformed pairing request: {e}")),
-                Ok(req) => self.handle(phone, req).await,
+                Ok(req) => self.handle(phone, &sources, req).await,
             },
         };
         let body = serde_json::to_vec(&answer).unwrap_or_default();
@@ -303,7 +410,7 @@ fn refusal(code: &str, error: String) -> Answer {
 }
 
 impl PairProtocol {
-    async fn handle(&self, phone: DeviceId, req: Request) -> Answer {
+    async fn handle(&self, phone: DeviceId, sources: &[Source], req: Request) -> Answer {
         let shared = &self.shared;
         if req.v != 1 {
             return refusal(
@@ -312,19 +419,10 @@ impl PairProtocol {
             );
         }
         let mut token = [0u8; 16];
-        if hex::decode_to_slice(&req.token, &mut token).is_err() {
-            shared.codes().failures.push_back(Instant::now());
-            return refusal(
-                "unknown",
-                "this pairing code is not valid for this desktop".into(),
-            );
-        }
-        let name: String = req
-            .name
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(64)
-            .collect();
+        let token = hex::decode_to_slice(&req.token, &mut token)
+            .ok()
+            .map(|()| PairingToken::from_bytes(token));
+        let name = clean_name(&req.name);
         let platform: String = req
             .platform
             .chars()
@@ -332,17 +430,20 @@ impl PairProtocol {
             .take(16)
             .collect();
         let redeemed = shared.codes().redeem(
-            &PairingToken::from_bytes(token),
+            token.as_ref(),
             &phone,
+            sources,
             now_unix_ms(),
             Instant::now(),
         );
         let (h, record) = match redeemed {
             Ok(r) => r,
-            Err((code, msg)) => {
-                tracing::warn!(peer = %phone.short(), code, "pairing refused");
-                shared.audit("pairing_refused", &phone, code);
-                return refusal(code, msg);
+            Err(refused) => {
+                if refused.audit {
+                    tracing::warn!(peer = %phone.short(), code = refused.code, "pairing refused");
+                    shared.audit("pairing_refused", &phone, refused.code);
+                }
+                return refusal(refused.code, refused.message);
             }
         };
         let persist = async {
@@ -393,6 +494,22 @@ impl PairProtocol {
             doc_id,
             desktop_name: shared.desktop_name(),
         }
+    }
+}
+
+/// A device name as a phone sent it, made safe to store and show: no control or format
+/// characters (see [`deskhand_core::terminal::is_unsafe`]; tabs become spaces), no surrounding
+/// blanks, at most 64 characters; an empty result becomes `phone`.
+pub(crate) fn clean_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .filter(|c| !deskhand_core::terminal::is_unsafe(*c))
+        .take(64)
+        .collect();
+    match name.trim() {
+        "" => "phone".to_owned(),
+        t => t.to_owned(),
     }
 }
 
@@ -447,4 +564,157 @@ pub async fn pair_with(
         });
     }
     Ok(answer.doc_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes_with(token: &PairingToken, expires_at: i64) -> Codes {
+        let mut c = Codes::default();
+        c.tokens.insert(
+            token_hash(token),
+            TokenRecord {
+                created_at: 0,
+                expires_at,
+                used_at: None,
+                used_by: None,
+            },
+        );
+        c
+    }
+
+    fn stranger(n: u8) -> (DeviceId, Vec<Source>) {
+        let id = DeviceId::from_bytes([n; 32]);
+        (
+            id,
+            vec![
+                Source::Endpoint(id),
+                Source::ip("192.0.2.7".parse().expect("ip")),
+            ],
+        )
+    }
+
+    #[test]
+    fn strangers_failures_never_shut_out_a_valid_code() {
+        let good = PairingToken::from_bytes([7; 16]);
+        let bad = PairingToken::from_bytes([9; 16]);
+        let mut codes = codes_with(&good, i64::MAX);
+        let now = Instant::now();
+        // A stranger fails far past the limit, with a fresh endpoint id each time, from one IP.
+        let mut answers = Vec::new();
+        for n in 0..20u8 {
+            let (id, src) = stranger(n);
+            answers.push(codes.redeem(Some(&bad), &id, &src, 0, now).unwrap_err());
+        }
+        assert!(
+            answers[..MAX_FAILURES]
+                .iter()
+                .all(|r| r.code == "unknown" && r.audit)
+        );
+        assert!(
+            answers[MAX_FAILURES..]
+                .iter()
+                .all(|r| r.code == "rate_limited" && !r.audit),
+            "{answers:?}"
+        );
+        // The phone with the valid code pairs at once, even from the stranger's address.
+        let phone = DeviceId::from_bytes([100; 32]);
+        let (_, shared_ip) = stranger(0);
+        let src = vec![Source::Endpoint(phone), shared_ip[1]];
+        let (_, rec) = codes
+            .redeem(Some(&good), &phone, &src, 0, now)
+            .expect("valid code");
+        assert_eq!(rec.used_by, Some(phone.to_string()));
+        // A different source that mistypes is told what is wrong, not that it is limited.
+        let other = DeviceId::from_bytes([101; 32]);
+        let src = vec![
+            Source::Endpoint(other),
+            Source::ip("198.51.100.1".parse().expect("ip")),
+        ];
+        let r = codes.redeem(Some(&bad), &other, &src, 0, now).unwrap_err();
+        assert_eq!(r.code, "unknown");
+        let r = codes.redeem(None, &other, &src, 0, now).unwrap_err();
+        assert_eq!(
+            r.code, "unknown",
+            "a malformed token fails like a wrong one"
+        );
+        // The stranger's limit ends with its window.
+        let (id, src) = stranger(50);
+        let later = now + FAILURE_WINDOW;
+        assert_eq!(
+            codes
+                .redeem(Some(&bad), &id, &src, 0, later)
+                .unwrap_err()
+                .code,
+            "unknown"
+        );
+    }
+
+    #[test]
+    fn used_and_expired_codes_are_refused_and_counted() {
+        let good = PairingToken::from_bytes([7; 16]);
+        let mut codes = codes_with(&good, 100);
+        let now = Instant::now();
+        let (id, src) = stranger(1);
+        assert_eq!(
+            codes
+                .redeem(Some(&good), &id, &src, 101_000, now)
+                .unwrap_err()
+                .code,
+            "expired"
+        );
+        codes
+            .redeem(Some(&good), &id, &src, 1_000, now)
+            .expect("valid");
+        assert_eq!(
+            codes
+                .redeem(Some(&good), &id, &src, 1_000, now)
+                .unwrap_err()
+                .code,
+            "used"
+        );
+    }
+
+    #[test]
+    fn the_limiter_table_stays_bounded() {
+        let mut l = Limiter::default();
+        let now = Instant::now();
+        for i in 0..(MAX_SOURCES as u32 + 500) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from_bits(0x0a00_0000 + i));
+            l.record(&[Source::ip(ip)], now + Duration::from_millis(u64::from(i)));
+        }
+        assert!(l.len() <= MAX_SOURCES, "{}", l.len());
+        // Each source keeps at most MAX_FAILURES instants.
+        let s = [Source::ip("192.0.2.1".parse().expect("ip"))];
+        for _ in 0..100 {
+            l.record(&s, now);
+        }
+        assert_eq!(l.failures.get(&s[0]).map(VecDeque::len), Some(MAX_FAILURES));
+    }
+
+    #[test]
+    fn ipv6_sources_are_their_64_prefix_and_mapped_ipv4_is_ipv4() {
+        let a = Source::ip("2001:db8:1:2:aaaa::1".parse().expect("ip"));
+        let b = Source::ip("2001:db8:1:2:bbbb::9".parse().expect("ip"));
+        let c = Source::ip("2001:db8:1:3::1".parse().expect("ip"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            Source::ip("::ffff:192.0.2.1".parse().expect("ip")),
+            Source::ip("192.0.2.1".parse().expect("ip"))
+        );
+    }
+
+    #[test]
+    fn names_lose_control_and_format_characters() {
+        assert_eq!(clean_name("Ann's phone"), "Ann's phone");
+        assert_eq!(
+            clean_name("\x1b[31mevil\u{202e}txt.exe\r\n[agent]"),
+            "[31meviltxt.exe[agent]"
+        );
+        assert_eq!(clean_name("  \u{200b} "), "phone");
+        assert_eq!(clean_name(&"x".repeat(100)).chars().count(), 64);
+        assert_eq!(clean_name("a\tb"), "a b");
+    }
 }

@@ -281,7 +281,24 @@ impl Serve {
         env: &[(&str, &str)],
         extra: &[&str],
     ) -> Result<Self> {
-        let mut child = Command::new(deskhand_bin())
+        Self::start_in(None, data, listen, env, extra)
+    }
+
+    /// Like [`Self::start_with`], run in the folder `cwd` (a relative `data` is then relative
+    /// to it; the default HOME stays beside `data` as the test sees it).
+    pub fn start_in(
+        cwd: Option<&Path>,
+        data: &Path,
+        listen: SocketAddr,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Self> {
+        let home = Self::default_home(&cwd.map_or_else(|| data.to_owned(), |c| c.join(data)))?;
+        let mut cmd = Command::new(deskhand_bin());
+        if let Some(c) = cwd {
+            cmd.current_dir(c);
+        }
+        let mut child = cmd
             .args(["serve", "--data"])
             .arg(data)
             .args([
@@ -293,7 +310,7 @@ impl Serve {
                 "test-desktop",
             ])
             .args(extra)
-            .env("HOME", Self::default_home(data)?)
+            .env("HOME", home)
             .envs(env.iter().copied())
             .env_remove("WAYLAND_DISPLAY")
             .env("DESKHAND_LOG", "warn")

@@ -3,5 +3,6 @@
 
 mod desktop_x11;
 mod executor;
+mod hostile_peers;
 mod pairing;
 mod sync;
