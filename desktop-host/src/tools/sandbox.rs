@@ -21,11 +21,13 @@
 //! - **macOS**: `/usr/bin/sandbox-exec` with a generated profile ([`macos_profile`]).
 //! - Elsewhere, or without Landlock, a command is refused unless `shell_sandbox = "off"`.
 //!
-//! Signals to processes outside the sandbox are refused where the kernel has Landlock ABI 6.
+//! Signals to processes outside the sandbox, and connections to abstract Unix sockets made
+//! outside it, are refused where the kernel has Landlock ABI 6.
 //!
 //! Not covered: the network; metadata calls Landlock does not mediate (`chmod`, `stat`,
-//! timestamps); connecting to Unix sockets (Landlock ABI 9); signals before ABI 6; a hard
-//! link or bind mount of a secret placed elsewhere in advance.
+//! timestamps); connecting to Unix sockets that have a path (Landlock ABI 9); signals and
+//! abstract sockets before ABI 6; a hard link or bind mount of a secret placed elsewhere in
+//! advance.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -511,17 +513,19 @@ pub(crate) mod linux {
                 .handle_access(AccessFs::from_all(abi))
                 .map_err(unavailable)
         };
-        // Signals to processes outside the sandbox (the host itself, the user's programs) are
-        // refused where the kernel can (ABI 6, Linux 6.12); before that they are not, as the
-        // README says, and the log says so once.
-        let ruleset = match fs_only()?.scope(Scope::Signal) {
+        // Signals to processes outside the sandbox (the host itself, the user's programs), and
+        // connections to abstract Unix sockets they listen on (an X server's `@/tmp/.X11-unix/X0`,
+        // a D-Bus bus, any unconfined helper), are refused where the kernel can (ABI 6, Linux
+        // 6.12); before that they are not, as the README says, and the log says so once.
+        let ruleset = match fs_only()?.scope(Scope::Signal | Scope::AbstractUnixSocket) {
             Ok(r) => r,
             Err(RulesetError::Scope(e)) => {
                 static ONCE: std::sync::Once = std::sync::Once::new();
                 ONCE.call_once(|| {
                     tracing::warn!(
                         "shell sandbox: this kernel cannot keep commands from signalling \
-                         other processes ({e}); files are still confined"
+                         other processes or reaching their abstract Unix sockets ({e}); files \
+                         are still confined"
                     )
                 });
                 fs_only()?

@@ -719,4 +719,34 @@ mod tests {
         assert!(o.stdout.contains("own-child"), "{o:?}");
         assert!(o.stderr.contains("not permitted"), "{o:?}");
     }
+
+    #[tokio::test]
+    async fn a_sandboxed_command_cannot_reach_an_abstract_socket_made_outside() {
+        // An X server listens on `@/tmp/.X11-unix/X0`, a D-Bus bus often on an abstract name:
+        // reaching either drives programs outside the sandbox.
+        use std::os::linux::net::SocketAddrExt;
+        if std::process::Command::new("python3")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no python3");
+            return;
+        }
+        let name = format!("deskhand-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        let l = layout();
+        let o = sh(
+            &l,
+            &format!(
+                "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); \
+                 s.connect(\"\\0{name}\"); print(\"reached\")'"
+            ),
+        )
+        .await;
+        drop(listener);
+        assert!(!o.stdout.contains("reached"), "{o:?}");
+        assert!(o.stderr.contains("not permitted"), "{o:?}");
+    }
 }
