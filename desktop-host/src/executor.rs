@@ -1472,8 +1472,9 @@ async fn execute(
     }
 }
 
-/// The sandbox of one shell command: the policy's secret and own locations hidden, writes
-/// confined to the roots, and the roots searched for secret names (bounded).
+/// The sandbox of one shell command: the policy's secret and own locations hidden, the
+/// persistence locations read-only, writes confined to the roots, and the roots searched for
+/// secret names and repositories' `.git/hooks` and `.git/config` (one bounded walk).
 fn shell_confinement(policy: &Policy) -> Sandbox {
     let walk: Vec<(PathBuf, usize)> = policy
         .roots()
@@ -1482,9 +1483,11 @@ fn shell_confinement(policy: &Policy) -> Sandbox {
         .collect();
     Sandbox::Confined(Confinement::new(
         &policy.sandbox_hidden(),
+        &policy.sandbox_read_only(),
         policy.roots(),
         &walk,
         &|p| policy.skip(p),
+        &policy.sandbox_read_only_inside(),
         WalkLimits::default(),
     ))
 }
