@@ -715,9 +715,15 @@ mod tests {
     fn home_root() -> (tempfile::TempDir, std::path::PathBuf, Sandbox) {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().canonicalize().unwrap().join("home");
-        for d in [".ssh", ".config", ".local/share", "proj/.git/hooks", "work"] {
+        for d in [".ssh", ".config", ".local/share", "proj", "work"] {
             std::fs::create_dir_all(home.join(d)).unwrap();
         }
+        // A real repository where git is installed (its config is replaced below).
+        let _ = std::process::Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(home.join("proj"))
+            .output();
+        std::fs::create_dir_all(home.join("proj/.git/hooks")).unwrap();
         std::fs::write(home.join(".bashrc"), "# rc\n").unwrap();
         std::fs::write(home.join("proj/.git/config"), "[core]\n").unwrap();
         std::fs::create_dir_all(home.join("old/.git")).unwrap();
@@ -810,6 +816,16 @@ mod tests {
         )
         .await;
         assert_eq!((o.exit_code, o.stdout.trim()), (Some(0), "1"), "{o:?}");
+        // The price (README): in a repository that existed when the command started, its `.git`
+        // and its top folder get no new entries, so git can read it but not add or commit.
+        let o = sh_in(
+            &sandbox,
+            &home.join("proj"),
+            "git status --short >/dev/null && echo read; touch .git/index.lock || echo no-lock; \
+             touch new || echo no-new",
+        )
+        .await;
+        assert_eq!(o.stdout, "read\nno-lock\nno-new\n", "{o:?}");
     }
 
     #[tokio::test]
