@@ -793,6 +793,63 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
+    fn read_only_paths_get_read_and_their_folders_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = resolved(dir.path()).join("home");
+        for d in [".config/fish", "p/.git/hooks", "p/src", "other"] {
+            std::fs::create_dir_all(home.join(d)).unwrap();
+        }
+        std::fs::write(home.join(".bashrc"), "").unwrap();
+        std::fs::write(home.join("p/.git/HEAD"), "").unwrap();
+        let c = Confinement::new(
+            &[],
+            &[
+                home.join(".bashrc"),
+                home.join(".config/fish"),
+                home.join(".config/systemd/user"),
+                PathBuf::from("/etc/cron.d"),
+            ],
+            std::slice::from_ref(&home),
+            &[(home.clone(), usize::MAX)],
+            &|_| false,
+            &[(".git", "hooks"), (".git", "config")],
+            WalkLimits::default(),
+        );
+        // Outside every root a read-only path is dropped: nothing can write it anyway.
+        assert!(!c.read_only().contains(&PathBuf::from("/etc/cron.d")));
+        assert!(c.read_only().contains(&home.join("p/.git/config")));
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let rules = linux::rules(&c, &tmp);
+        let grant = |p: &Path| {
+            rules
+                .iter()
+                .filter(|r| r.path == p)
+                .map(|r| r.grant)
+                .collect::<Vec<_>>()
+        };
+        use linux::Grant::*;
+        for (p, g) in [
+            (".bashrc", Read),
+            (".config/fish", Read),
+            ("p/.git/hooks", Read),
+            ("p/.git/HEAD", ReadWrite),
+            ("p/src", ReadWrite),
+            ("other", ReadWrite),
+            ("", List),
+            (".config", List),
+            ("p", List),
+            ("p/.git", List),
+        ] {
+            assert_eq!(grant(&home.join(p)), vec![g], "{p}");
+        }
+        // Not there yet: no rule, and its folders list only, so it cannot be created.
+        assert!(grant(&home.join("p/.git/config")).is_empty());
+        assert!(grant(&home.join(".config/systemd")).is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
     fn a_kernel_without_the_required_landlock_abi_refuses_to_run_weaker() {
         // This kernel offers ABI 7 (checked); ABI 10 stands for a kernel that lacks what we need.
         let dir = tempfile::tempdir().unwrap();
