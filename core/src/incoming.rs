@@ -281,6 +281,11 @@ fn order(
     Ok((out, slots.into_iter().flatten().collect()))
 }
 
+/// The highest operation counter a change may reach. Automerge keeps counters in 32 bits
+/// internally and panics when a local write would go past them; with changes starting right after
+/// their dependencies (checked below) counters only grow by operations actually written.
+const MAX_OP_COUNTER: u64 = (u32::MAX / 2) as u64;
+
 /// Checks one change's header against its history (its dependencies are known).
 fn check_header(doc: &Automerge, batch: &Batch, c: &Change) -> Result<(), IncomingError> {
     let bad = |why: String| {
@@ -293,13 +298,18 @@ fn check_header(doc: &Automerge, batch: &Batch, c: &Change) -> Result<(), Incomi
         return bad("it carries data after its operations, which Deskhand never writes".into());
     }
     let start = c.start_op().get();
-    if c.seq() == 0 || c.max_op() > u64::from(u32::MAX) || c.max_op() + 1 < start {
+    if c.seq() == 0 || c.max_op() > MAX_OP_COUNTER || c.max_op() + 1 < start {
         return bad(format!(
             "its sequence number {} or operation counters {start}..{} are out of range",
             c.seq(),
             c.max_op()
         ));
     }
+    // Automerge starts a change right after the last operation of the document it was written
+    // on, which is the last operation of its dependencies. A change that starts further on would
+    // push every later operation's counter up (towards the 32-bit counters Automerge keeps
+    // internally: its next local write panics once they run out), so it is refused.
+    let mut last_dep_op = 0;
     for d in c.deps() {
         let Some(m) = batch.meta(doc, d) else {
             return bad(format!("its dependency {d} is unknown"));
@@ -310,6 +320,12 @@ fn check_header(doc: &Automerge, batch: &Batch, c: &Change) -> Result<(), Incomi
                 m.max_op
             ));
         }
+        last_dep_op = last_dep_op.max(m.max_op);
+    }
+    if start != last_dep_op + 1 {
+        return bad(format!(
+            "its first operation counter {start} does not follow its dependencies' last ({last_dep_op})"
+        ));
     }
     if c.seq() > 1 {
         // The author's previous change must be in this one's history: the latest change of the

@@ -727,6 +727,47 @@ mod tests {
     }
 
     #[test]
+    fn a_change_that_jumps_its_operation_counters_ahead_is_refused() {
+        // Red team 2 of the fixes: an honest cancel request whose first operation counter sits
+        // just below 2^32. It passed the header checks, and the desktop's next write of its own
+        // panicked inside Automerge (its counters are 32-bit internally), again after a restart.
+        let (desk, phone, d, mut p) = setup();
+        let before = p.get_heads();
+        p.transact::<_, _, SchemaError>(|tx| {
+            let tasks = tx.get(automerge::ROOT, "tasks")?.map(|(_, id)| id).unwrap();
+            let t0 = tx.get(&tasks, "t0")?.map(|(_, id)| id).unwrap();
+            tx.put(&t0, "cancel_requested_by", phone.to_string())?;
+            Ok(())
+        })
+        .unwrap();
+        let c = p.get_changes(&before).remove(0);
+        for start in [
+            u64::from(u32::MAX),
+            u64::from(u32::MAX / 4),
+            c.start_op().get() + 1,
+        ] {
+            let jump = craft(&c, |e| {
+                e.start_op = std::num::NonZeroU64::new(start).unwrap()
+            });
+            let r = vet(&d, phone, &[jump]).unwrap_err();
+            assert!(r.reason.contains("operation counter"), "{}", r.reason);
+        }
+        // The honest change is accepted, and the desktop writes after it.
+        let mut d2 = d.clone();
+        let incoming = crate::incoming::Incoming::read(
+            &d2,
+            [c.raw_bytes()],
+            PhoneWriteRules.limits(),
+            Vec::new(),
+        )
+        .unwrap();
+        incoming.apply(&mut d2).unwrap();
+        d2.transact::<_, _, SchemaError>(|tx| Workspace::add_task(tx, &task(desk, "t9")))
+            .unwrap();
+        assert!(Automerge::load(&d2.save()).is_ok());
+    }
+
+    #[test]
     fn red_team_6_wrong_types_are_refused() {
         let (_, phone, d, p) = setup();
         let r = check(&d, phone, &mut p.clone(), |tx| {

@@ -1472,8 +1472,9 @@ async fn execute(
     }
 }
 
-/// The sandbox of one shell command: the policy's secret and own locations hidden, writes
-/// confined to the roots, and the roots searched for secret names (bounded).
+/// The sandbox of one shell command: the policy's secret and own locations hidden, the fixed
+/// persistence locations read-only, writes confined to the roots, and the roots searched for
+/// secret names (bounded).
 fn shell_confinement(policy: &Policy) -> Sandbox {
     let walk: Vec<(PathBuf, usize)> = policy
         .roots()
@@ -1482,9 +1483,15 @@ fn shell_confinement(policy: &Policy) -> Sandbox {
         .collect();
     Sandbox::Confined(Confinement::new(
         &policy.sandbox_hidden(),
+        &policy.sandbox_read_only(),
         policy.roots(),
         &walk,
         &|p| policy.skip(p),
+        // Repositories' `.git/hooks` and `.git/config` are not made read-only: on Linux that
+        // would take `git add`/`commit` away from every repository in the roots (Landlock can
+        // only grant, so `.git` could get no new entries). The mechanism supports it
+        // (`Policy::sandbox_read_only_inside`); README lists them as not covered.
+        &[],
         WalkLimits::default(),
     ))
 }

@@ -44,7 +44,7 @@ use crate::tools::safe_fs::{Fence, FileId};
 mod persistence;
 pub mod secrets;
 
-pub use persistence::PERSISTENCE;
+pub use persistence::{PERSISTENCE, anywhere as persistence_anywhere, fixed as persistence_fixed};
 pub use secrets::{IdSnapshot, SECRET_HOME_LOCATIONS, SECRET_NAMES, SecretIds};
 
 /// What the policy says about a call.
@@ -541,6 +541,21 @@ impl Policy {
         hidden.sort();
         hidden.dedup();
         hidden
+    }
+
+    /// The locations the shell sandbox keeps read-only: the persistence locations at fixed
+    /// places, resolved, present or not. See [`Policy::sandbox_read_only_inside`] for the rest.
+    pub fn sandbox_read_only(&self) -> Vec<PathBuf> {
+        persistence::fixed(&self.home)
+            .iter()
+            .map(|p| resolve_path(&self.home, &p.to_string_lossy()))
+            .collect()
+    }
+
+    /// The persistence locations found anywhere, `(folder name, name inside it)`: in every
+    /// `.git` folder of the roots, `hooks` and `config` are read-only in the shell sandbox.
+    pub fn sandbox_read_only_inside(&self) -> Vec<(&'static str, &'static str)> {
+        persistence::anywhere()
     }
 
     /// For directory walks: true for what a walk must neither report nor enter.
@@ -1235,6 +1250,15 @@ mod tests {
         assert!(hidden.contains(&p.home().join(".ssh")), "{hidden:?}");
         assert!(hidden.contains(&p.home().join(".local/share/deskhand")));
         assert!(hidden.contains(&p.home().join(".gnupg")));
+        let read_only = p.sandbox_read_only();
+        for l in [
+            ".bashrc",
+            ".config/systemd/user",
+            ".local/bin",
+            "Library/LaunchAgents",
+        ] {
+            assert!(read_only.contains(&p.home().join(l)), "{l}: {read_only:?}");
+        }
     }
 
     #[test]

@@ -159,6 +159,31 @@ pub fn location_inside(home: &Path, dir: &Path) -> Option<(&'static str, &'stati
     })
 }
 
+/// The persistence locations at fixed places (home-relative ones joined to `home`), present or
+/// not: the shell sandbox keeps them read-only.
+pub fn fixed(home: &Path) -> Vec<std::path::PathBuf> {
+    PERSISTENCE
+        .iter()
+        .filter(|(l, _)| !l.starts_with("**/"))
+        .map(|(l, _)| {
+            if l.starts_with('/') {
+                Path::new(l).to_path_buf()
+            } else {
+                home.join(l)
+            }
+        })
+        .collect()
+}
+
+/// The persistence locations found anywhere, as `(folder name, name inside it)`:
+/// `(".git", "hooks")`.
+pub fn anywhere() -> Vec<(&'static str, &'static str)> {
+    PERSISTENCE
+        .iter()
+        .filter_map(|(l, _)| l.strip_prefix("**/")?.split_once('/'))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +210,8 @@ mod tests {
             Some(".config/autostart")
         );
         assert_eq!(location_inside(home, Path::new("/home/u/Documents")), None);
+        assert!(fixed(home).contains(&home.join(".bashrc")));
+        assert!(fixed(home).contains(&Path::new("/etc/cron.d").to_path_buf()));
+        assert_eq!(anywhere(), vec![(".git", "hooks"), (".git", "config")]);
     }
 }

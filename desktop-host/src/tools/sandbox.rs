@@ -3,17 +3,23 @@
 //! A [`Confinement`] names what the command may not touch and where it may write:
 //! - **hidden** paths (the secret locations and the host's own directories) are neither
 //!   readable, writable nor executable, and nothing can be created inside them;
-//! - writes are allowed only inside the **writable** folders (the roots, minus the hidden
-//!   paths), `/dev/null`-like devices and a private temporary folder made for the command
-//!   (`TMPDIR` points at it);
+//! - **read-only** paths (the persistence locations: shell start-up files, autostart, systemd
+//!   user units, `~/.local/bin`, git configuration, a repository's `.git/hooks` and
+//!   `.git/config`, …) can be read and executed but not changed, and are not created when
+//!   missing: what a command left there would run later, outside the sandbox;
+//! - writes are allowed only inside the **writable** folders (the roots, minus the hidden and
+//!   read-only paths), `/dev/null`-like devices and a private temporary folder made for the
+//!   command (`TMPDIR` points at it);
 //! - reads and execution are allowed everywhere else.
 //!
 //! It is enforced by the kernel on the command and everything it starts:
 //! - **Linux**: Landlock (ABI 3 or later, Linux 6.2+, required, never best effort). Landlock
-//!   only grants, so the grant set is the complement of the hidden set: every ancestor of a
-//!   hidden path gets "list" only, and each of its other entries gets read (and write inside
-//!   the roots). Consequences: directly inside a folder that holds a hidden path (`~` holds
-//!   `~/.ssh`) nothing can be created, removed or renamed, entries created there after the
+//!   only grants, so the grant set is the complement of the hidden and read-only sets: every
+//!   ancestor of a hidden or read-only path gets "list" only, each of its other entries gets
+//!   read (and write inside the roots), a read-only path read. Consequences: directly inside a
+//!   folder that holds a hidden or read-only path, present or not (`~` holds `~/.ssh` and
+//!   `~/.bashrc`, a repository's `.git` holds `hooks`), nothing can be created, removed or
+//!   renamed (Landlock cannot grant creation per name), entries created there after the
 //!   command started cannot be read by it, and the *names* inside a hidden folder can be
 //!   listed (not read). The rules are applied on a thread made for this one spawn (Landlock and
 //!   `no_new_privs` belong to the calling thread and are inherited by the processes it
@@ -21,11 +27,13 @@
 //! - **macOS**: `/usr/bin/sandbox-exec` with a generated profile ([`macos_profile`]).
 //! - Elsewhere, or without Landlock, a command is refused unless `shell_sandbox = "off"`.
 //!
-//! Signals to processes outside the sandbox are refused where the kernel has Landlock ABI 6.
+//! Signals to processes outside the sandbox, and connections to abstract Unix sockets made
+//! outside it, are refused where the kernel has Landlock ABI 6.
 //!
 //! Not covered: the network; metadata calls Landlock does not mediate (`chmod`, `stat`,
-//! timestamps); connecting to Unix sockets (Landlock ABI 9); signals before ABI 6; a hard
-//! link or bind mount of a secret placed elsewhere in advance.
+//! timestamps); connecting to Unix sockets that have a path (Landlock ABI 9); signals and
+//! abstract sockets before ABI 6; a hard link or bind mount of a secret placed elsewhere in
+//! advance.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -64,6 +72,7 @@ impl Default for WalkLimits {
 #[derive(Clone, Debug)]
 pub struct Confinement {
     hidden: Vec<PathBuf>,
+    read_only: Vec<PathBuf>,
     writable: Vec<PathBuf>,
     note: Option<String>,
 }
@@ -71,34 +80,43 @@ pub struct Confinement {
 impl Confinement {
     /// The confinement for one command.
     ///
-    /// `hidden` are locations that must stay unreadable, `writable` the folders writes are
-    /// confined to (both are resolved here: symlinks in the existing part are followed). Each of
-    /// `walk` (a folder and how many levels deep to look) is searched for entries `secret`
-    /// says must be hidden (`.env` files, a project's `.ssh`), without following symlinks and
-    /// without entering what it reports, within `limits`; when a limit stops the search,
-    /// [`Confinement::note`] says so, so the result can tell the user what was not searched.
+    /// `hidden` are locations that must stay unreadable, `read_only` locations a command may
+    /// read but neither change nor create (the persistence locations: what runs later, outside
+    /// the sandbox), `writable` the folders writes are confined to (all are resolved here:
+    /// symlinks in the existing part are followed). Each of `walk` (a folder and how many
+    /// levels deep to look) is searched for entries `secret` says must be hidden (`.env` files,
+    /// a project's `.ssh`), without following symlinks and without entering what it reports,
+    /// within `limits`; in every folder the search meets named `a` of a pair `(a, b)` of
+    /// `read_only_inside` (`(".git", "hooks")`), `a/b` is read-only, present or not. When a
+    /// limit stops the search, [`Confinement::note`] says so, so the result can tell the user
+    /// what was not searched. Read-only locations neither inside nor above a writable folder are
+    /// dropped: nothing can write them anyway.
     pub fn new(
         hidden: &[PathBuf],
+        read_only: &[PathBuf],
         writable: &[PathBuf],
         walk: &[(PathBuf, usize)],
         secret: &dyn Fn(&Path) -> bool,
+        read_only_inside: &[(&str, &str)],
         limits: WalkLimits,
     ) -> Self {
         let mut all: Vec<PathBuf> = hidden.iter().map(|p| resolved(p)).collect();
-        let found = search(walk, secret, limits);
+        let found = search(walk, secret, read_only_inside, limits);
         all.extend(found.paths);
-        // Keep only the outermost of nested hidden paths.
-        all.sort();
-        all.dedup();
-        let mut outer: Vec<PathBuf> = Vec::new();
-        for p in all {
-            if !outer.iter().any(|o| p.starts_with(o)) {
-                outer.push(p);
-            }
-        }
+        let hidden = outermost(all);
+        let writable: Vec<PathBuf> = writable.iter().map(|p| resolved(p)).collect();
+        let mut ro: Vec<PathBuf> = read_only.iter().map(|p| resolved(p)).collect();
+        ro.extend(found.read_only);
+        ro.retain(|p| {
+            !hidden.iter().any(|h| p.starts_with(h))
+                && writable
+                    .iter()
+                    .any(|w| p.starts_with(w) || w.starts_with(p))
+        });
         Confinement {
-            hidden: outer,
-            writable: writable.iter().map(|p| resolved(p)).collect(),
+            hidden,
+            read_only: outermost(ro),
+            writable,
             note: found.stopped,
         }
     }
@@ -106,6 +124,11 @@ impl Confinement {
     /// The hidden locations (resolved, outermost only).
     pub fn hidden(&self) -> &[PathBuf] {
         &self.hidden
+    }
+
+    /// The read-only locations (resolved, outermost only, only those a root could reach).
+    pub fn read_only(&self) -> &[PathBuf] {
+        &self.read_only
     }
 
     /// The folders writes are confined to (resolved).
@@ -120,6 +143,11 @@ impl Confinement {
 
     fn is_hidden(&self, p: &Path) -> bool {
         self.hidden.iter().any(|h| p.starts_with(h))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn is_read_only(&self, p: &Path) -> bool {
+        self.read_only.iter().any(|r| p.starts_with(r))
     }
 
     /// Builds the command that runs `program` with `args` inside the sandbox, with `tmp` as
@@ -139,7 +167,12 @@ impl Confinement {
                 });
             }
             // Profiles match real paths (`/private/var/…`, not `/var/…`).
-            let profile = macos_profile(&self.hidden, &self.writable, &resolved(tmp))?;
+            let profile = macos_profile(
+                &self.hidden,
+                &self.read_only,
+                &self.writable,
+                &resolved(tmp),
+            )?;
             let mut cmd = tokio::process::Command::new(exec);
             cmd.arg("-p").arg(profile).arg(program).args(args);
             cmd.env("TMPDIR", tmp);
@@ -231,17 +264,38 @@ fn resolved(p: &Path) -> PathBuf {
     }
 }
 
+/// The outermost of `paths` (a path inside another is dropped), sorted, without duplicates.
+fn outermost(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths.sort();
+    paths.dedup();
+    let mut outer: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        if !outer.iter().any(|o| p.starts_with(o)) {
+            outer.push(p);
+        }
+    }
+    outer
+}
+
 struct Found {
     paths: Vec<PathBuf>,
+    read_only: Vec<PathBuf>,
     stopped: Option<String>,
 }
 
-/// Breadth-first search of the `walk` folders for what `secret` reports; symlinks are neither
-/// reported nor followed (a link's target is governed where it lives).
-fn search(walk: &[(PathBuf, usize)], secret: &dyn Fn(&Path) -> bool, limits: WalkLimits) -> Found {
+/// Breadth-first search of the `walk` folders for what `secret` reports, and for the
+/// `read_only_inside` pairs; symlinks are neither reported nor followed (a link's target is
+/// governed where it lives).
+fn search(
+    walk: &[(PathBuf, usize)],
+    secret: &dyn Fn(&Path) -> bool,
+    read_only_inside: &[(&str, &str)],
+    limits: WalkLimits,
+) -> Found {
     let started = Instant::now();
     let mut seen = 0usize;
     let mut paths = Vec::new();
+    let mut read_only = Vec::new();
     let mut queue: std::collections::VecDeque<(PathBuf, usize)> =
         walk.iter().map(|(p, d)| (resolved(p), *d)).collect();
     while let Some((dir, depth)) = queue.pop_front() {
@@ -256,6 +310,7 @@ fn search(walk: &[(PathBuf, usize)], secret: &dyn Fn(&Path) -> bool, limits: Wal
             if seen > limits.max_entries || started.elapsed() > limits.max_time {
                 return Found {
                     paths,
+                    read_only,
                     stopped: Some(format!(
                         "the sandbox searched the shared folders for secret files (.env and the \
                          like) for {:.1} s and {} entries and stopped there: such files it did \
@@ -275,22 +330,31 @@ fn search(walk: &[(PathBuf, usize)], secret: &dyn Fn(&Path) -> bool, limits: Wal
             if secret(&path) {
                 paths.push(path);
             } else if kind.is_dir() {
+                let name = entry.file_name();
+                read_only.extend(
+                    read_only_inside
+                        .iter()
+                        .filter(|(a, _)| name.as_os_str() == std::ffi::OsStr::new(a))
+                        .map(|(_, b)| path.join(b)),
+                );
                 queue.push_back((path, depth - 1));
             }
         }
     }
     Found {
         paths,
+        read_only,
         stopped: None,
     }
 }
 
 /// The sandbox profile (SBPL) for `/usr/bin/sandbox-exec -p`: everything allowed, then writes
-/// denied except in `writable`, the private `tmp` and the terminal devices, then reads, writes
-/// and execution of `hidden` denied (later rules win). Errors when a path is not UTF-8, which
-/// a profile cannot name.
+/// denied except in `writable`, the private `tmp` and the terminal devices, then writes to
+/// `read_only` denied, then reads, writes and execution of `hidden` denied (later rules win).
+/// Errors when a path is not UTF-8, which a profile cannot name.
 pub fn macos_profile(
     hidden: &[PathBuf],
+    read_only: &[PathBuf],
     writable: &[PathBuf],
     tmp: &Path,
 ) -> Result<String, ToolError> {
@@ -321,6 +385,14 @@ pub fn macos_profile(
         profile.push_str(&format!("  (literal \"{dev}\")\n"));
     }
     profile.push_str("  (regex #\"^/dev/fd/\"))\n");
+    if !read_only.is_empty() {
+        // `subpath` covers the location and everything under it, and a name not there yet.
+        profile.push_str("(deny file-write*\n");
+        for r in read_only {
+            profile.push_str(&format!("  (subpath {})\n", quoted(r)?));
+        }
+        profile.push_str(")\n");
+    }
     if !hidden.is_empty() {
         profile.push_str("(deny file-read* file-write* process-exec*\n");
         for h in hidden {
@@ -393,14 +465,19 @@ pub(crate) mod linux {
         }
     }
 
-    /// The rules for `c`: the complement of its hidden paths, writable inside its roots.
+    /// The rules for `c`: the complement of its hidden paths, writable inside its roots except
+    /// at and under its read-only paths. The ancestors of both get "list" only, so a read-only
+    /// path that does not exist cannot be created (nor can anything else directly in its parent).
     pub(crate) fn rules(c: &Confinement, tmp: &Path) -> Vec<Rule> {
         let ancestors: BTreeSet<PathBuf> = c
             .hidden
             .iter()
+            .chain(&c.read_only)
             .flat_map(|h| h.ancestors().skip(1).map(Path::to_path_buf))
             .collect();
-        let in_writable = |p: &Path| c.writable.iter().any(|w| p.starts_with(w)) && !c.is_hidden(p);
+        let in_writable = |p: &Path| {
+            c.writable.iter().any(|w| p.starts_with(w)) && !c.is_hidden(p) && !c.is_read_only(p)
+        };
         let mut out = Vec::new();
         let push = |path: PathBuf, fd: OwnedFd, grant: Grant, out: &mut Vec<Rule>| {
             if let Some(is_dir) = is_dir(&fd) {
@@ -464,7 +541,8 @@ pub(crate) mod linux {
             .chain(DEVICES.iter().map(Path::new))
             .chain([tmp]);
         for w in writable {
-            if ancestors.contains(w) || c.is_hidden(w) {
+            // One under a read-only path has its read rule from there.
+            if ancestors.contains(w) || c.is_hidden(w) || c.is_read_only(w) {
                 continue;
             }
             if let Ok(fd) = open_path(w) {
@@ -511,17 +589,19 @@ pub(crate) mod linux {
                 .handle_access(AccessFs::from_all(abi))
                 .map_err(unavailable)
         };
-        // Signals to processes outside the sandbox (the host itself, the user's programs) are
-        // refused where the kernel can (ABI 6, Linux 6.12); before that they are not, as the
-        // README says, and the log says so once.
-        let ruleset = match fs_only()?.scope(Scope::Signal) {
+        // Signals to processes outside the sandbox (the host itself, the user's programs), and
+        // connections to abstract Unix sockets they listen on (an X server's `@/tmp/.X11-unix/X0`,
+        // a D-Bus bus, any unconfined helper), are refused where the kernel can (ABI 6, Linux
+        // 6.12); before that they are not, as the README says, and the log says so once.
+        let ruleset = match fs_only()?.scope(Scope::Signal | Scope::AbstractUnixSocket) {
             Ok(r) => r,
             Err(RulesetError::Scope(e)) => {
                 static ONCE: std::sync::Once = std::sync::Once::new();
                 ONCE.call_once(|| {
                     tracing::warn!(
                         "shell sandbox: this kernel cannot keep commands from signalling \
-                         other processes ({e}); files are still confined"
+                         other processes or reaching their abstract Unix sockets ({e}); files \
+                         are still confined"
                     )
                 });
                 fs_only()?
@@ -562,6 +642,11 @@ mod tests {
                 PathBuf::from("/Users/me/.ssh"),
                 PathBuf::from("/Users/me/Projects/app/.env"),
             ],
+            &[
+                PathBuf::from("/Users/me/.zshrc"),
+                PathBuf::from("/Users/me/Library/LaunchAgents"),
+                PathBuf::from("/Users/me/Projects/app/.git/hooks"),
+            ],
             &[PathBuf::from("/Users/me")],
             Path::new("/private/tmp/deskhand-run-1/tmp"),
         )
@@ -572,14 +657,24 @@ mod tests {
              (subpath \"/Users/me\")\n  (subpath \"/private/tmp/deskhand-run-1/tmp\")\n  \
              (literal \"/dev/null\")\n  (literal \"/dev/zero\")\n  (literal \"/dev/tty\")\n  \
              (literal \"/dev/dtracehelper\")\n  (regex #\"^/dev/fd/\"))\n\
+             (deny file-write*\n  (subpath \"/Users/me/.zshrc\")\n  \
+             (subpath \"/Users/me/Library/LaunchAgents\")\n  \
+             (subpath \"/Users/me/Projects/app/.git/hooks\")\n)\n\
              (deny file-read* file-write* process-exec*\n  (subpath \"/Users/me/.ssh\")\n  \
              (subpath \"/Users/me/Projects/app/.env\")\n)\n"
         );
-        // The hidden paths come last: in a profile, the last matching rule wins.
-        assert!(p.rfind("(deny file-read*").unwrap() > p.rfind("(allow file-write*").unwrap());
+        // The read-only paths come after the allowed roots, the hidden ones last: in a profile,
+        // the last matching rule wins.
+        let ro = p.rfind("(deny file-write*\n").unwrap();
+        assert!(ro > p.rfind("(allow file-write*").unwrap());
+        assert!(p.rfind("(deny file-read*").unwrap() > ro);
+        // Without read-only paths there is no such rule.
+        let p = macos_profile(&[], &[], &[], Path::new("/t")).unwrap();
+        assert!(!p.contains("(deny file-write*\n"), "{p}");
         // Quotes and backslashes in a path cannot end the string early.
         let p = macos_profile(
             &[PathBuf::from("/Users/me/we\"ird\\")],
+            &[],
             &[],
             Path::new("/t"),
         )
@@ -604,8 +699,10 @@ mod tests {
         let c = Confinement::new(
             &[],
             &[],
+            &[],
             &[(root.to_path_buf(), usize::MAX)],
             &secret,
+            &[],
             WalkLimits::default(),
         );
         let real = resolved(root);
@@ -621,8 +718,10 @@ mod tests {
         let c = Confinement::new(
             &[],
             &[],
+            &[],
             &[(root.to_path_buf(), usize::MAX)],
             &secret,
+            &[],
             WalkLimits {
                 max_entries: 2,
                 max_time: Duration::from_secs(10),
@@ -649,9 +748,11 @@ mod tests {
         std::os::unix::fs::symlink(home.join(".ssh"), home.join("keys")).unwrap();
         let c = Confinement::new(
             &[home.join(".ssh"), home.join("work/app/.env")],
+            &[],
             std::slice::from_ref(&home),
             &[],
             &|_| false,
+            &[],
             WalkLimits::default(),
         );
         let tmp = dir.path().join("tmp");
@@ -692,10 +793,67 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
+    fn read_only_paths_get_read_and_their_folders_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = resolved(dir.path()).join("home");
+        for d in [".config/fish", "p/.git/hooks", "p/src", "other"] {
+            std::fs::create_dir_all(home.join(d)).unwrap();
+        }
+        std::fs::write(home.join(".bashrc"), "").unwrap();
+        std::fs::write(home.join("p/.git/HEAD"), "").unwrap();
+        let c = Confinement::new(
+            &[],
+            &[
+                home.join(".bashrc"),
+                home.join(".config/fish"),
+                home.join(".config/systemd/user"),
+                PathBuf::from("/etc/cron.d"),
+            ],
+            std::slice::from_ref(&home),
+            &[(home.clone(), usize::MAX)],
+            &|_| false,
+            &[(".git", "hooks"), (".git", "config")],
+            WalkLimits::default(),
+        );
+        // Outside every root a read-only path is dropped: nothing can write it anyway.
+        assert!(!c.read_only().contains(&PathBuf::from("/etc/cron.d")));
+        assert!(c.read_only().contains(&home.join("p/.git/config")));
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let rules = linux::rules(&c, &tmp);
+        let grant = |p: &Path| {
+            rules
+                .iter()
+                .filter(|r| r.path == p)
+                .map(|r| r.grant)
+                .collect::<Vec<_>>()
+        };
+        use linux::Grant::*;
+        for (p, g) in [
+            (".bashrc", Read),
+            (".config/fish", Read),
+            ("p/.git/hooks", Read),
+            ("p/.git/HEAD", ReadWrite),
+            ("p/src", ReadWrite),
+            ("other", ReadWrite),
+            ("", List),
+            (".config", List),
+            ("p", List),
+            ("p/.git", List),
+        ] {
+            assert_eq!(grant(&home.join(p)), vec![g], "{p}");
+        }
+        // Not there yet: no rule, and its folders list only, so it cannot be created.
+        assert!(grant(&home.join("p/.git/config")).is_empty());
+        assert!(grant(&home.join(".config/systemd")).is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
     fn a_kernel_without_the_required_landlock_abi_refuses_to_run_weaker() {
         // This kernel offers ABI 7 (checked); ABI 10 stands for a kernel that lacks what we need.
         let dir = tempfile::tempdir().unwrap();
-        let c = Confinement::new(&[], &[], &[], &|_| false, WalkLimits::default());
+        let c = Confinement::new(&[], &[], &[], &[], &|_| false, &[], WalkLimits::default());
         let tmp = dir.path().to_path_buf();
         let e =
             std::thread::spawn(move || linux::restrict_this_thread(&c, &tmp, landlock::ABI::V10))

@@ -324,9 +324,11 @@ mod tests {
         let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap());
         Sandbox::Confined(super::super::sandbox::Confinement::new(
             &[home.join(".ssh")],
+            &[],
             &[std::env::temp_dir()],
             &[],
             &|_| false,
+            &[],
             super::super::sandbox::WalkLimits::default(),
         ))
     }
@@ -537,12 +539,14 @@ mod tests {
         std::fs::write(root.join("docs/notes.txt"), "notes\n").unwrap();
         let sandbox = Sandbox::Confined(super::super::sandbox::Confinement::new(
             &[home.join(".ssh"), home.join("data")],
+            &[],
             std::slice::from_ref(&root),
             &[(root.clone(), usize::MAX)],
             &|p: &Path| {
                 p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with(".env"))
             },
+            &[],
             super::super::sandbox::WalkLimits::default(),
         ));
         Layout {
@@ -706,6 +710,124 @@ mod tests {
         }
     }
 
+    /// A home that is itself the root, with start-up files, a repository and the persistence
+    /// locations read-only as the executor sets them.
+    fn home_root() -> (tempfile::TempDir, std::path::PathBuf, Sandbox) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().canonicalize().unwrap().join("home");
+        for d in [".ssh", ".config", ".local/share", "proj", "work"] {
+            std::fs::create_dir_all(home.join(d)).unwrap();
+        }
+        // A real repository where git is installed (its config is replaced below).
+        let _ = std::process::Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(home.join("proj"))
+            .output();
+        std::fs::create_dir_all(home.join("proj/.git/hooks")).unwrap();
+        std::fs::write(home.join(".bashrc"), "# rc\n").unwrap();
+        std::fs::write(home.join("proj/.git/config"), "[core]\n").unwrap();
+        std::fs::create_dir_all(home.join("old/.git")).unwrap();
+        let sandbox = Sandbox::Confined(super::super::sandbox::Confinement::new(
+            &[home.join(".ssh")],
+            &crate::policy::persistence_fixed(&home),
+            std::slice::from_ref(&home),
+            &[(home.clone(), usize::MAX)],
+            &|_| false,
+            &crate::policy::persistence_anywhere(),
+            super::super::sandbox::WalkLimits::default(),
+        ));
+        (dir, home, sandbox)
+    }
+
+    async fn sh_in(sandbox: &Sandbox, cwd: &Path, command: &str) -> ShellOutput {
+        run(
+            command,
+            cwd,
+            limits(30_000, 100_000),
+            sandbox,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn persistence_locations_cannot_be_written_but_can_be_read() {
+        let (_dir, home, sandbox) = home_root();
+        let h = home.display().to_string();
+        for cmd in [
+            format!("echo pwn >> {h}/.bashrc"),
+            format!(": > {h}/.bashrc"),
+            format!("rm {h}/.bashrc"),
+            format!("mv {h}/.bashrc {h}/work/rc"),
+            format!("echo pwn > {h}/.zshrc"),
+            format!(
+                "mkdir -p {h}/.config/systemd/user && touch {h}/.config/systemd/user/x.service"
+            ),
+            format!("mkdir -p {h}/.local/bin && touch {h}/.local/bin/x"),
+            format!("touch {h}/proj/.git/hooks/pre-commit"),
+            format!("echo '[core] hooksPath = /tmp' >> {h}/proj/.git/config"),
+            format!("mv {h}/proj/.git/hooks {h}/proj/.git/h2"),
+            // A repository without a hooks folder gets none either.
+            format!("mkdir {h}/old/.git/hooks"),
+        ] {
+            let o = sh_in(&sandbox, &home, &cmd).await;
+            assert_ne!(o.exit_code, Some(0), "{cmd} must fail: {o:?}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(home.join(".bashrc")).unwrap(),
+            "# rc\n"
+        );
+        for p in [
+            ".zshrc",
+            ".config/systemd",
+            ".local/bin",
+            "proj/.git/hooks/pre-commit",
+            "old/.git/hooks",
+            "work/rc",
+        ] {
+            assert!(!home.join(p).exists(), "{p}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(home.join("proj/.git/config")).unwrap(),
+            "[core]\n"
+        );
+        let o = sh_in(&sandbox, &home, &format!("cat {h}/.bashrc")).await;
+        assert_eq!(
+            (o.exit_code, o.stdout.as_str()),
+            (Some(0), "# rc\n"),
+            "{o:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_repository_can_be_made_and_committed_to() {
+        let git = std::process::Command::new("git").arg("--version").output();
+        if !git.is_ok_and(|o| o.status.success()) {
+            eprintln!("skipped: no git");
+            return;
+        }
+        let (_dir, home, sandbox) = home_root();
+        let o = sh_in(
+            &sandbox,
+            &home.join("work"),
+            "git init -q repo && cd repo && echo hi > a && git add a && \
+             git -c user.name=t -c user.email=t@t commit -qm x && git log --oneline | wc -l",
+        )
+        .await;
+        assert_eq!((o.exit_code, o.stdout.trim()), (Some(0), "1"), "{o:?}");
+        // The price (README): in a repository that existed when the command started, its `.git`
+        // and its top folder get no new entries, so git can read it but not add or commit.
+        let o = sh_in(
+            &sandbox,
+            &home.join("proj"),
+            "git status --short >/dev/null && echo read; touch .git/index.lock || echo no-lock; \
+             touch new || echo no-new",
+        )
+        .await;
+        assert_eq!(o.stdout, "read\nno-lock\nno-new\n", "{o:?}");
+    }
+
     #[tokio::test]
     async fn a_sandboxed_command_cannot_signal_the_host() {
         let l = layout();
@@ -717,6 +839,36 @@ mod tests {
         .await;
         assert!(!o.stdout.contains("reachable"), "{o:?}");
         assert!(o.stdout.contains("own-child"), "{o:?}");
+        assert!(o.stderr.contains("not permitted"), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn a_sandboxed_command_cannot_reach_an_abstract_socket_made_outside() {
+        // An X server listens on `@/tmp/.X11-unix/X0`, a D-Bus bus often on an abstract name:
+        // reaching either drives programs outside the sandbox.
+        use std::os::linux::net::SocketAddrExt;
+        if std::process::Command::new("python3")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no python3");
+            return;
+        }
+        let name = format!("deskhand-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        let l = layout();
+        let o = sh(
+            &l,
+            &format!(
+                "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); \
+                 s.connect(\"\\0{name}\"); print(\"reached\")'"
+            ),
+        )
+        .await;
+        drop(listener);
+        assert!(!o.stdout.contains("reached"), "{o:?}");
         assert!(o.stderr.contains("not permitted"), "{o:?}");
     }
 }
