@@ -368,14 +368,15 @@ fn word_starts_at(s: &str, at: usize) -> bool {
     shlex::split(&format!("{before}x")).is_some_and(|w| w.len() == n.len() + 1)
 }
 
-/// Byte offsets after the first word where an unquoted word starts (at most
-/// [`MAX_SPLIT_POINTS`] candidates are looked at).
-fn word_starts(raw: &str) -> Vec<usize> {
+/// Byte offsets after the first word where an unquoted word starts and `keep` holds (at most
+/// [`MAX_SPLIT_POINTS`] candidates are asked of `shlex`).
+fn word_starts(raw: &str, keep: impl Fn(usize) -> bool) -> Vec<usize> {
     let raw_b = raw.as_bytes();
     (1..raw.len())
         .filter(|&i| {
             matches!(raw_b[i - 1], b' ' | b'\t' | b'\n')
                 && !matches!(raw_b[i], b' ' | b'\t' | b'\n')
+                && keep(i)
         })
         .take(MAX_SPLIT_POINTS)
         .filter(|&i| word_starts_at(raw, i))
@@ -390,7 +391,8 @@ fn one_arg(raw: &str) -> Result<String, ArgError> {
     match ws.len() {
         0 => Ok(String::new()),
         1 => Ok(ws.remove(0)),
-        _ if !raw.contains(['"', '\'', '\\']) => Ok(raw.to_owned()),
+        // `\#` is what `literal_hashes` wrote (or a `#` typed escaped): a plain `#` either way.
+        _ if !raw.replace("\\#", "#").contains(['"', '\'', '\\']) => Ok(raw.replace("\\#", "#")),
         n => Err(ArgError::Several(n)),
     }
 }
@@ -466,10 +468,10 @@ fn choose(
 /// `PATTERN [in PATH]`: `(pattern, path)`, or the answer to give.
 fn find_args(rest: &str, exists: &dyn Fn(&str, Want) -> bool) -> Result<(String, String), String> {
     let rest = literal_hashes(rest);
-    let ins: Vec<usize> = word_starts(&rest)
-        .into_iter()
-        .filter(|&p| rest[p..].starts_with("in") && rest[p + 2..].starts_with([' ', '\t', '\n']))
-        .collect();
+    // A separating `in` is a whole unquoted word.
+    let ins = word_starts(&rest, |p| {
+        rest[p..].starts_with("in") && rest[p + 2..].starts_with([' ', '\t', '\n'])
+    });
     let explain =
         |e: ArgError| e.explain("find", "one pattern", "find \"my report*\" in ~/Documents");
     if ins.is_empty() {
@@ -511,7 +513,7 @@ fn move_args(
             Ok(Some((from, to)))
         }
         _ => {
-            let found = readings(&rest, &word_starts(&rest), 0);
+            let found = readings(&rest, &word_starts(&rest, |_| true), 0);
             if found.is_empty() {
                 return Err(explain(ArgError::Several(ws.len())));
             }
@@ -740,6 +742,12 @@ mod tests {
         assert_eq!(args(r#"find "in""#), find("in", "~"));
         assert_eq!(args("find report"), find("report", "~"));
         assert_eq!(args("find #1*"), find("#1*", "~"));
+        assert_eq!(args("find #a b in ~/x"), find("#a b", "~/x"));
+        assert_eq!(args("find a in ~/#x y"), find("a", "~/#x y"));
+        assert_eq!(args(r"read ~/a \#b"), json!({"path": "~/a #b"}));
+        // The separator is found past many words of an unquoted pattern.
+        let many = format!("find {}in ~/x", "w ".repeat(200));
+        assert_eq!(tool(parse(&many)).1["path"], "~/x");
         assert_eq!(args("find 'a b'"), find("a b", "~"));
         // `in` inside a word is no separator.
         assert_eq!(args("find inbox in ~/Mail"), find("inbox", "~/Mail"));
