@@ -196,8 +196,8 @@ pub async fn run() -> Result<()> {
     let executor = Executor::new(
         desk.clone(),
         config,
-        policy,
-        std::sync::Arc::new(Builtin),
+        policy.clone(),
+        std::sync::Arc::new(Builtin::with_policy(policy)),
         dir.path().join("desktop/trash"),
     );
     let executor = tokio::spawn(executor.run(stop.clone()));

@@ -1027,7 +1027,8 @@ fn is_url(s: &str) -> bool {
 
 fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared, String> {
     let path = |key: &str| -> Result<PathBuf, String> { Ok(policy.resolve(&str_arg(call, key)?)) };
-    let show = |p: &std::path::Path| policy.show(p);
+    // Paths as `~/…`, shortened and on one line like every argument a summary shows.
+    let show = |p: &std::path::Path| show_text(&policy.show(p));
     let p = |tool: &str, args: Value, subject: Subject, summary: String, risk: Risk| Prepared {
         tool: tool.into(),
         args,
@@ -1061,11 +1062,12 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
         "find" => {
             let target = path("path")?;
             let pattern = str_arg(call, "pattern")?;
+            let (pat, pat_len) = brief(&pattern);
             p(
                 "find",
                 json!({ "path": target, "pattern": pattern }),
                 paths(&[("path", &target)]),
-                format!("Find \"{pattern}\" in {}", show(&target)),
+                format!("Find \"{pat}\"{pat_len} in {}", show(&target)),
                 Risk::Low,
             )
         }
@@ -1116,11 +1118,12 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
         "open" => {
             let target = str_arg(call, "target")?;
             if is_url(&target) {
+                let (url, url_len) = brief(&target);
                 p(
                     "open",
                     json!({ "target": target }),
                     Subject::Text(target.clone()),
-                    format!("Open {target} in the default browser"),
+                    format!("Open {url}{url_len} in the default browser"),
                     Risk::Low,
                 )
             } else {
@@ -1136,12 +1139,13 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
         }
         "run" => {
             let command = str_arg(call, "command")?;
+            let (cmd, cmd_len) = brief(&command);
             p(
                 "run",
                 json!({ "command": command }),
                 Subject::Text(command.clone()),
                 format!(
-                    "Run `{command}` in a shell in {} (stopped after {} s)",
+                    "Run `{cmd}`{cmd_len} in a shell in {} (stopped after {} s)",
                     show(policy.home()),
                     config.shell_timeout_secs
                 ),
@@ -1150,11 +1154,12 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
         }
         "type" => {
             let text = str_arg(call, "text")?;
+            let (shown, shown_len) = brief(&text);
             p(
                 "type",
                 json!({ "text": text }),
                 Subject::Text(text.clone()),
-                format!("Type \"{text}\" on the desktop's keyboard"),
+                format!("Type \"{shown}\"{shown_len} on the desktop's keyboard"),
                 Risk::Medium,
             )
         }
@@ -1167,7 +1172,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 "key",
                 json!({ "combo": combo }),
                 Subject::Text(combo.clone()),
-                format!("Press {combo} on the desktop's keyboard"),
+                format!("Press {} on the desktop's keyboard", show_text(&combo)),
                 Risk::Medium,
             )
         }
@@ -1190,6 +1195,66 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
         ),
         other => return Err(format!("there is no tool called {other:?}")),
     })
+}
+
+/// Arguments longer than this many characters are shown in a summary by their head and tail.
+const SUMMARY_ARG_CHARS: usize = 120;
+/// How much of a long argument's head and tail a summary shows, in characters.
+const SUMMARY_HEAD_CHARS: usize = 64;
+const SUMMARY_TAIL_CHARS: usize = 48;
+
+/// An argument as an approval summary shows it: `(text, note)`, the text on one line (control
+/// and bidi characters escaped, so neither a newline nor a reordering hides what follows) and,
+/// past [`SUMMARY_ARG_CHARS`] characters, cut to `head…tail` with the whole length in the note
+/// (`" (128 KB)"`, else empty), as in ``Run `head…tail` (128 KB) in a shell``. The approval's
+/// `args`, what a phone signs, keep the whole argument.
+fn brief(s: &str) -> (String, String) {
+    let n = s.chars().count();
+    if n <= SUMMARY_ARG_CHARS {
+        return (one_line(s), String::new());
+    }
+    let head: String = s.chars().take(SUMMARY_HEAD_CHARS).collect();
+    let tail: String = s.chars().skip(n - SUMMARY_TAIL_CHARS).collect();
+    (
+        format!("{}…{}", one_line(&head), one_line(&tail)),
+        format!(" ({})", size(s.len())),
+    )
+}
+
+/// [`brief`] with its note after the text.
+fn show_text(s: &str) -> String {
+    let (text, note) = brief(s);
+    text + &note
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let bidi = matches!(
+                c,
+                '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            );
+            let escaped = c.is_control() || bidi;
+            // `escape_default` also escapes quotes and backslashes: only these go through it.
+            escaped
+                .then(|| c.escape_default())
+                .into_iter()
+                .flatten()
+                .chain((!escaped).then_some(c))
+        })
+        .collect()
+}
+
+/// A byte count for people: `512 bytes`, `128 KB`, `3.2 MB`.
+fn size(bytes: usize) -> String {
+    const KB: usize = 1024;
+    if bytes < 10 * KB {
+        format!("{bytes} bytes")
+    } else if bytes < KB * KB {
+        format!("{} KB", bytes / KB)
+    } else {
+        format!("{:.1} MB", bytes as f64 / (KB * KB) as f64)
+    }
 }
 
 /// A folder itself, not a link to one: what a move or trash carries whole.
@@ -1716,5 +1781,70 @@ mod tests {
         chunked.extend(unanswered_in(&doc, 2, 4, &me, &tasks));
         chunked.extend(unanswered_in(&doc, 4, 6, &me, &tasks));
         assert_eq!(chunked, found);
+    }
+    /// Issue 13, item 9: a 128 KB command's summary showed only its start on a phone.
+    #[test]
+    fn summaries_show_the_head_and_tail_of_long_arguments() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let config = Config::default();
+        let policy = Policy::new(&config, home.path(), &[]).expect("policy");
+        let prepared = |tool: &str, args: Value| {
+            prepare(
+                &policy,
+                &ToolCall {
+                    tool: tool.into(),
+                    args,
+                },
+                &config,
+            )
+            .expect("prepare")
+        };
+        // Short arguments are shown whole, as before.
+        let short = prepared("run", json!({"command": "df -h"}));
+        assert_eq!(
+            short.summary,
+            "Run `df -h` in a shell in ~ (stopped after 60 s)"
+        );
+        // 128 KB: the head, the end where the harm hides, and the length; the args keep it all.
+        let command = format!("echo {} ; rm -rf ~/Projects", "x".repeat(128 * 1024 - 25));
+        assert_eq!(command.len(), 128 * 1024);
+        let long = prepared("run", json!({"command": command}));
+        assert!(long.summary.len() < 300, "{}", long.summary.len());
+        assert!(
+            long.summary.starts_with("Run `echo xxxx")
+                && long.summary.contains("…")
+                && long
+                    .summary
+                    .contains("rm -rf ~/Projects` (128 KB) in a shell in ~"),
+            "{}",
+            long.summary
+        );
+        assert_eq!(long.args, json!({"command": command}));
+        // On one line: a newline cannot push the rest out of sight.
+        let typed = prepared("type", json!({"text": "hello\n\n\nrm -rf ~\u{202e}"}));
+        assert_eq!(
+            typed.summary,
+            "Type \"hello\\n\\n\\nrm -rf ~\\u{202e}\" on the desktop's keyboard"
+        );
+        assert_eq!(typed.args["text"], "hello\n\n\nrm -rf ~\u{202e}");
+        // Paths and patterns too.
+        let name = format!("{}/end.txt", "d".repeat(200));
+        let read = prepared("read", json!({"path": format!("~/{name}")}));
+        assert!(
+            read.summary.starts_with("Read ~/ddd")
+                && read.summary.ends_with("d/end.txt (210 bytes)"),
+            "{}",
+            read.summary
+        );
+        let find = prepared(
+            "find",
+            json!({"pattern": format!("{}*.pdf", "p".repeat(500)), "path": "~"}),
+        );
+        assert!(
+            find.summary.contains("pp*.pdf\" (505 bytes) in ~"),
+            "{}",
+            find.summary
+        );
+        assert_eq!(size(3 * 1024 * 1024 + 200 * 1024), "3.2 MB");
     }
 }

@@ -52,8 +52,8 @@ pub async fn run(
     let executor = Executor::new(
         node.clone(),
         config,
-        policy,
-        Arc::new(Builtin),
+        policy.clone(),
+        Arc::new(Builtin::with_policy(policy)),
         data.join("trash"),
     );
     let status: control::StatusFn = {

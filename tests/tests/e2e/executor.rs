@@ -619,3 +619,58 @@ fn a_move_into_a_persistence_location_is_high_risk() -> Result<()> {
     assert!(rig.home.join("docs/notes.txt").exists());
     Ok(())
 }
+
+/// Issue 13, items 7 and 9, against a real `deskhand serve`: paths with ` in ` and quotes, and
+/// the approval summary of a long command.
+#[test]
+fn quoted_and_ambiguous_paths_work_and_long_commands_are_summarized_by_head_and_tail() -> Result<()>
+{
+    let mut rig = Rig::new("", &[])?;
+    let notes = rig.home.join("Notes in Progress");
+    std::fs::create_dir_all(&notes)?;
+    std::fs::write(notes.join("a b.txt"), "the line inside a b\n")?;
+    std::fs::write(notes.join("c.txt"), "c\n")?;
+
+    // Observed: looked in ~/Progress.
+    let t = rig.say("find *.txt in ~/Notes in Progress")?;
+    let task = rig.finished(&t)?;
+    let s = summary(&task);
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(
+        s.contains("2 matches") && s.contains("~/Notes in Progress/a b.txt"),
+        "{s}"
+    );
+    // Observed: looked for a path holding the quotes.
+    let t = rig.say(r#"read "~/Notes in Progress/a b.txt""#)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(summary(&task).contains("the line inside a b"), "{task}");
+    let t = rig.say(r"read ~/Notes\ in\ Progress/a\ b.txt")?;
+    assert!(summary(&rig.finished(&t)?).contains("the line inside a b"));
+    // Both readings exist: the answer asks for quotes.
+    std::fs::create_dir_all(rig.home.join("Progress"))?;
+    let t = rig.say("find *.txt in ~/Notes in Progress")?;
+    let s = summary(&rig.finished(&t)?);
+    assert!(
+        s.contains("Put quotes") && s.contains(r#"find *.txt in "~/Notes in Progress""#),
+        "{s}"
+    );
+
+    // A 20 KB command: the summary shows its head and its end; the signed args hold it all.
+    let command = format!("echo {} ; echo THE-END", "x".repeat(20 * 1024));
+    let t = rig.say(&format!("run {command}"))?;
+    let approval = rig.approval(&t)?;
+    let shown = approval["summary"].as_str().context("summary")?;
+    assert!(shown.len() < 300, "{} bytes", shown.len());
+    assert!(
+        shown.starts_with("Run `echo xxx")
+            && shown.contains("…")
+            && shown.contains("echo THE-END` (20 KB) in a shell"),
+        "{shown}"
+    );
+    let args: Value = serde_json::from_str(approval["args"].as_str().context("args")?)?;
+    assert_eq!(args["command"], command.as_str());
+    rig.decide(&approval, "deny", None)?;
+    rig.finished(&t)?;
+    Ok(())
+}
