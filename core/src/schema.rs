@@ -630,8 +630,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn init_append_and_read_back() {
+    /// A document the desktop initialised, and a message not yet in it.
+    fn initialised_and_a_message() -> (Automerge, Message) {
         let mut doc = Automerge::new();
         doc.transact::<_, _, SchemaError>(|tx| Workspace::init(tx, &desktop()))
             .unwrap();
@@ -643,6 +643,12 @@ mod tests {
             created_at: 5,
             task_id: None,
         };
+        (doc, msg)
+    }
+
+    #[test]
+    fn init_append_and_read_back() {
+        let (mut doc, msg) = initialised_and_a_message();
         doc.transact::<_, _, SchemaError>(|tx| Workspace::append_message(tx, &msg))
             .unwrap();
         let ws = Workspace::read(&doc).unwrap();
@@ -658,17 +664,7 @@ mod tests {
 
     #[test]
     fn one_bad_item_is_skipped_not_the_whole_view() {
-        let mut doc = Automerge::new();
-        doc.transact::<_, _, SchemaError>(|tx| Workspace::init(tx, &desktop()))
-            .unwrap();
-        let good = Message {
-            id: "m1".into(),
-            author: "a".into(),
-            role: Role::User,
-            text: "hello".into(),
-            created_at: 5,
-            task_id: None,
-        };
+        let (mut doc, good) = initialised_and_a_message();
         doc.transact::<_, _, SchemaError>(|tx| {
             let list = obj(tx, "messages")?;
             let m = tx.insert_object(&list, 0, ObjType::Map)?;

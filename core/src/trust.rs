@@ -595,9 +595,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn decisions_only_under_the_phones_own_key() {
-        use crate::approval::{Approval, Resolution, Risk, Verdict};
+    type WithApproval = (
+        DeviceId,
+        DeviceId,
+        Automerge,
+        Automerge,
+        crate::approval::Approval,
+        crate::DeviceKey,
+        crate::approval::Decision,
+    );
+
+    /// The desktop's document with approval `ap1`, the phone's copy, and the phone's signed
+    /// approve.
+    fn with_an_approval() -> WithApproval {
+        use crate::approval::{Approval, Risk, Verdict};
         let (desk, phone, mut d, _) = setup();
         let req = Approval::new(
             "ap1".into(),
@@ -616,6 +627,13 @@ mod tests {
         p.merge(&mut d.clone()).unwrap();
         let key = crate::DeviceKey::from_secret_bytes([9; 32]);
         let decision = req.sign(&key, &desk, Verdict::Approve, 5);
+        (desk, phone, d, p, req, key, decision)
+    }
+
+    #[test]
+    fn decisions_only_under_the_phones_own_key() {
+        use crate::approval::{Resolution, Verdict};
+        let (desk, phone, d, mut p, req, key, decision) = with_an_approval();
         check(&d, phone, &mut p.clone(), |tx| {
             Workspace::put_decision(tx, &req.id, &phone, &decision)
         })
@@ -790,25 +808,7 @@ mod tests {
 
     #[test]
     fn red_team_6_a_decision_that_is_not_a_verdict_is_refused() {
-        use crate::approval::{Approval, Risk, Verdict};
-        let (desk, phone, mut d, _) = setup();
-        let req = Approval::new(
-            "ap1".into(),
-            "t0".into(),
-            "trash",
-            "{}",
-            "Move x to the trash",
-            Risk::Medium,
-            1,
-            100,
-            &desk,
-        );
-        d.transact::<_, _, SchemaError>(|tx| Workspace::put_approval(tx, &req))
-            .unwrap();
-        let mut p = Automerge::new().with_actor(phone.actor_id());
-        p.merge(&mut d.clone()).unwrap();
-        let key = crate::DeviceKey::from_secret_bytes([9; 32]);
-        let decision = req.sign(&key, &desk, Verdict::Approve, 5);
+        let (_, phone, d, mut p, req, _, decision) = with_an_approval();
         let r = check(&d, phone, &mut p, |tx| {
             Workspace::put_decision(tx, &req.id, &phone, &decision)?;
             let a = tx

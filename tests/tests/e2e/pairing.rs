@@ -511,21 +511,13 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
     Ok(reason)
 }
 
-trait ContextErr<T> {
-    fn context_err(self) -> Result<T, automerge::AutomergeError>;
-}
-impl<T> ContextErr<T> for Option<T> {
-    fn context_err(self) -> Result<T, automerge::AutomergeError> {
-        self.ok_or(automerge::AutomergeError::Fail)
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crafted_phones_that_forge_are_refused_and_disconnected_while_honest_ones_sync()
--> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let desk_dir = dir.path().join("desk");
-    let serve = Serve::start(&desk_dir, free_udp_addr())?;
+/// A desktop serving from `desk_dir` on `listen`, and a terminal phone "honest" paired with it.
+fn desktop_with_an_honest_phone(
+    dir: &tempfile::TempDir,
+    desk_dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+) -> Result<(Serve, std::path::PathBuf, DeviceId)> {
+    let serve = Serve::start(desk_dir, listen)?;
     let honest = dir.path().join("honest");
     ok(deskhand(&[
         "phone",
@@ -540,6 +532,25 @@ async fn crafted_phones_that_forge_are_refused_and_disconnected_while_honest_one
         .as_str()
         .unwrap_or_default()
         .parse()?;
+    Ok((serve, honest, honest_id))
+}
+
+trait ContextErr<T> {
+    fn context_err(self) -> Result<T, automerge::AutomergeError>;
+}
+impl<T> ContextErr<T> for Option<T> {
+    fn context_err(self) -> Result<T, automerge::AutomergeError> {
+        self.ok_or(automerge::AutomergeError::Fail)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_phones_that_forge_are_refused_and_disconnected_while_honest_ones_sync()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let desk_dir = dir.path().join("desk");
+    let (serve, honest, honest_id) =
+        desktop_with_an_honest_phone(&dir, &desk_dir, free_udp_addr())?;
 
     let code = fresh_code(&desk_dir, "5m")?;
     let reason = crafted_peer(&code, Forge::AnotherActor(honest_id)).await?;
@@ -596,21 +607,7 @@ async fn crafted_changes_that_would_break_the_desktop_are_refused_and_it_restart
     let dir = tempfile::tempdir()?;
     let desk_dir = dir.path().join("desk");
     let listen = free_udp_addr();
-    let serve = Serve::start(&desk_dir, listen)?;
-    let honest = dir.path().join("honest");
-    ok(deskhand(&[
-        "phone",
-        "--data",
-        path(&honest),
-        "pair",
-        &serve.payload,
-        "--name",
-        "honest",
-    ])?)?;
-    let honest_id: DeviceId = show(&honest)?["device"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()?;
+    let (serve, honest, honest_id) = desktop_with_an_honest_phone(&dir, &desk_dir, listen)?;
     let cases: [(Forge, &str); 4] = [
         (
             Forge::StartOpBelowDependency(honest_id),
