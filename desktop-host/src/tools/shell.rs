@@ -72,6 +72,37 @@ impl ShellOutput {
     }
 }
 
+/// Variables a command inherits from the host, by name: what programs need to run and to
+/// format their output. Everything else (credentials above all) is left out.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "TZ",
+    "PWD",
+    "DISPLAY",
+    "XDG_RUNTIME_DIR",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_CACHE_HOME",
+];
+
+/// The host's variables a command may see ([`INHERITED_ENV`] and `LC_*`), from `vars`.
+pub fn command_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    vars.filter(|(k, _)| {
+        k.to_str()
+            .is_some_and(|k| INHERITED_ENV.contains(&k) || k.starts_with("LC_"))
+    })
+    .collect()
+}
+
 /// How long the command's processes get between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(1500);
 /// How long we keep reading after SIGKILL. Only a process that left our process group (setsid)
@@ -127,6 +158,12 @@ pub async fn run(
             cmd
         }
     };
+    // The host's environment stays with the host: API keys and tokens it was started with
+    // (`ANTHROPIC_API_KEY`, `GITHUB_TOKEN`, `SSH_AUTH_SOCK`, …) never reach a command.
+    cmd.env_clear().envs(command_env(std::env::vars_os()));
+    if let Some(tmp) = &tmp {
+        cmd.env("TMPDIR", tmp.path());
+    }
     cmd.current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -331,6 +368,46 @@ mod tests {
             &[],
             super::super::sandbox::WalkLimits::default(),
         ))
+    }
+
+    #[tokio::test]
+    async fn the_hosts_environment_does_not_reach_a_command() {
+        // Cargo runs tests with CARGO_* variables (and CI with others): none may show up.
+        let ours: Vec<String> = std::env::vars()
+            .map(|(k, _)| k)
+            .filter(|k| !INHERITED_ENV.contains(&k.as_str()) && !k.starts_with("LC_"))
+            .collect();
+        assert!(!ours.is_empty(), "the test needs a variable to look for");
+        let out = run(
+            "env",
+            &std::env::temp_dir(),
+            limits(10_000, 1 << 20),
+            &Sandbox::Off,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let seen: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        for k in &ours {
+            assert!(
+                !seen.contains(&k.as_str()),
+                "{k} reached the command: {seen:?}"
+            );
+        }
+        assert!(seen.contains(&"PATH"), "{seen:?}");
+        let filtered = command_env(
+            [
+                ("ANTHROPIC_API_KEY".into(), "sk".into()),
+                ("LC_ALL".into(), "C".into()),
+                ("HOME".into(), "/h".into()),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(filtered.len(), 2);
     }
 
     fn limits(timeout_ms: u64, max_output: usize) -> ShellLimits {
