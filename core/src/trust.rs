@@ -491,6 +491,22 @@ mod tests {
         Change::from(e).raw_bytes().to_vec()
     }
 
+    /// `n` user messages `m0…` by `phone`, one change each.
+    fn append_messages(doc: &mut Automerge, phone: DeviceId, n: usize) {
+        for i in 0..n {
+            doc.transact::<_, _, SchemaError>(|tx| {
+                Workspace::append_message(
+                    tx,
+                    &Message {
+                        id: format!("m{i}").into(),
+                        ..msg(phone, Role::User)
+                    },
+                )
+            })
+            .unwrap();
+        }
+    }
+
     fn msg(author: DeviceId, role: Role) -> Message {
         Message {
             id: "m".into(),
@@ -567,19 +583,7 @@ mod tests {
         // change in it that the desktop lacks is vetted like a single one.
         let (desk, phone, d, p) = setup();
         let mut honest = p.clone();
-        for i in 0..5 {
-            honest
-                .transact::<_, _, SchemaError>(|tx| {
-                    Workspace::append_message(
-                        tx,
-                        &Message {
-                            id: format!("m{i}").into(),
-                            ..msg(phone, Role::User)
-                        },
-                    )
-                })
-                .unwrap();
-        }
+        append_messages(&mut honest, phone, 5);
         vet(&d, phone, &[honest.save()]).unwrap();
         let mut forged = honest.fork().with_actor(desk.actor_id());
         forged
@@ -883,18 +887,7 @@ mod tests {
         fn honest_material() -> (DeviceId, Automerge, Vec<Vec<u8>>, Vec<u8>) {
             let (_, phone, d, mut p) = setup();
             let before = p.get_heads();
-            for i in 0..3 {
-                p.transact::<_, _, SchemaError>(|tx| {
-                    Workspace::append_message(
-                        tx,
-                        &Message {
-                            id: format!("m{i}").into(),
-                            ..msg(phone, Role::User)
-                        },
-                    )
-                })
-                .unwrap();
-            }
+            append_messages(&mut p, phone, 3);
             p.transact::<_, _, SchemaError>(|tx| Workspace::add_task(tx, &task(phone, "t1")))
                 .unwrap();
             p.transact::<_, _, SchemaError>(|tx| {

@@ -390,21 +390,13 @@ impl Inner {
         }
         self.lock().last_heads = heads;
         // Oldest first within each phone: its own clock orders its own tasks.
-        let mut queued = self.owners_of(&queued);
-        queued.sort_by_key(|(_, _, at)| *at);
-        self.enqueue(
-            queued
-                .into_iter()
-                .map(|(id, owner, _)| (id, owner))
-                .collect(),
-        )
-        .await?;
+        self.enqueue(self.owners_of(&queued, true)).await?;
         self.tasks_for_messages(orphans).await
     }
 
-    /// `(id, created_by, created_at)` of each of `ids` that is still a queued task.
-    fn owners_of(&self, ids: &[TaskId]) -> Vec<(TaskId, String, i64)> {
-        self.node.read(|doc| {
+    /// `(id, created_by)` of each of `ids` that is still a queued task, oldest first if asked.
+    fn owners_of(&self, ids: &[TaskId], oldest_first: bool) -> Vec<(TaskId, String)> {
+        let mut queued: Vec<(TaskId, String, i64)> = self.node.read(|doc| {
             ids.iter()
                 .filter_map(|id| {
                     let t = Workspace::task(doc, id).ok().flatten()?;
@@ -412,7 +404,14 @@ impl Inner {
                         .then(|| (id.clone(), t.created_by, t.created_at))
                 })
                 .collect()
-        })
+        });
+        if oldest_first {
+            queued.sort_by_key(|(_, _, at)| *at);
+        }
+        queued
+            .into_iter()
+            .map(|(id, owner, _)| (id, owner))
+            .collect()
     }
 
     /// Queues new tasks `(id, phone that created it)` in the order given. A task over its
@@ -463,14 +462,7 @@ impl Inner {
                 .collect()
         };
         if !new.is_empty() {
-            let owned = self.owners_of(&new);
-            self.enqueue(
-                owned
-                    .into_iter()
-                    .map(|(id, owner, _)| (id, owner))
-                    .collect(),
-            )
-            .await?;
+            self.enqueue(self.owners_of(&new, false)).await?;
         }
         for id in seen.cancels {
             self.on_cancel(&id).await?;

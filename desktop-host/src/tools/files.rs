@@ -1354,12 +1354,7 @@ mod tests {
     fn reading_a_fifo_or_a_socket_is_refused_at_once() {
         let (_t, root) = tmp();
         let fifo = root.join("pipe");
-        // mkfifo(1): portable where mknodat is not (macOS).
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        crate::tools::safe_fs::mkfifo(&fifo);
         let sock_path = root.join("sock");
         let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
         let t0 = Instant::now();

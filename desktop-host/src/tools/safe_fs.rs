@@ -250,6 +250,23 @@ fn open_subdir_with(
     Ok(fd)
 }
 
+/// Flags for one step of a walk: the folder arrived at is opened for use, the ones passed
+/// through only for lookups.
+fn step_flags(last: bool) -> OFlags {
+    if last { dir_flags() } else { pass_flags() }
+}
+
+/// Makes a FIFO at `path` for tests, with mkfifo(1): portable where `mknodat` is not (macOS).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+}
+
 fn open_root() -> Result<OwnedFd, ToolError> {
     rustix::fs::open("/", dir_flags(), Mode::empty()).map_err(|e| io_err("open", Path::new("/"), e))
 }
@@ -262,11 +279,7 @@ pub fn open_dir(path: &Path, fence: &dyn Fence) -> Result<OwnedFd, ToolError> {
     let mut sofar = PathBuf::from("/");
     for (i, &name) in names.iter().enumerate() {
         sofar.push(name);
-        let flags = if i + 1 == names.len() {
-            dir_flags()
-        } else {
-            pass_flags()
-        };
+        let flags = step_flags(i + 1 == names.len());
         fd = open_subdir_with(fd.as_fd(), name, &sofar, fence, flags)?;
     }
     Ok(fd)
@@ -296,11 +309,7 @@ pub fn create_dir_all(path: &Path, fence: &dyn Fence) -> Result<OwnedFd, ToolErr
     let mut sofar = PathBuf::from("/");
     for (i, &name) in names.iter().enumerate() {
         sofar.push(name);
-        let flags = if i + 1 == names.len() {
-            dir_flags()
-        } else {
-            pass_flags()
-        };
+        let flags = step_flags(i + 1 == names.len());
         let next = match open_subdir_with(fd.as_fd(), name, &sofar, fence, flags) {
             Err(ToolError::NotFound { .. }) => {
                 match rustix::fs::mkdirat(fd.as_fd(), name, Mode::RWXU | Mode::RWXG | Mode::RWXO) {
@@ -676,12 +685,7 @@ mod tests {
     fn special_files_are_refused_without_blocking_and_hard_links_by_identity() {
         let (_t, root) = canonical_tmp();
         let fifo = root.join("pipe");
-        // mkfifo(1): portable where mknodat is not (macOS).
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        crate::tools::safe_fs::mkfifo(&fifo);
         let t0 = std::time::Instant::now();
         let e = open_file(&fifo, &NoFence).unwrap_err();
         assert!(t0.elapsed() < Duration::from_secs(1));

@@ -734,6 +734,16 @@ mod tests {
         );
     }
 
+    /// What `rules` grant on exactly `p`.
+    #[cfg(target_os = "linux")]
+    fn grants(rules: &[linux::Rule], p: &Path) -> Vec<linux::Grant> {
+        rules
+            .iter()
+            .filter(|r| r.path == p)
+            .map(|r| r.grant)
+            .collect()
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn landlock_rules_are_the_complement_of_the_hidden_paths() {
@@ -758,13 +768,7 @@ mod tests {
         let tmp = dir.path().join("tmp");
         std::fs::create_dir(&tmp).unwrap();
         let rules = linux::rules(&c, &tmp);
-        let grant = |p: &Path| {
-            rules
-                .iter()
-                .filter(|r| r.path == p)
-                .map(|r| r.grant)
-                .collect::<Vec<_>>()
-        };
+        let grant = |p: &Path| grants(&rules, p);
         use linux::Grant::*;
         assert_eq!(grant(Path::new("/")), vec![List]);
         assert_eq!(grant(&home), vec![List]);
@@ -821,13 +825,7 @@ mod tests {
         let tmp = dir.path().join("tmp");
         std::fs::create_dir(&tmp).unwrap();
         let rules = linux::rules(&c, &tmp);
-        let grant = |p: &Path| {
-            rules
-                .iter()
-                .filter(|r| r.path == p)
-                .map(|r| r.grant)
-                .collect::<Vec<_>>()
-        };
+        let grant = |p: &Path| grants(&rules, p);
         use linux::Grant::*;
         for (p, g) in [
             (".bashrc", Read),
