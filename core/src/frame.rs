@@ -8,26 +8,35 @@
 //! Ping    := kind 3, nonce:u64be
 //! Pong    := kind 4, nonce:u64be
 //! Goodbye := kind 5, code:u16be, reason: UTF-8 (rest of the body, at most 1 KiB)
+//! Signatures := kind 6, n:u16be, n × (change hash:32, ed25519 signature:64)
 //! ```
+//!
+//! Protocol 2 (`deskhand/sync/2`) sends a `Signatures` frame right before each `Sync` frame that
+//! carries changes: the signatures that prove who wrote them ([`crate::authorship`]). A session
+//! keeps the signatures it received until the next `Sync` frame.
 
 use automerge::ChangeHash;
 
 use crate::DocId;
+use crate::authorship::ChangeSignature;
 
 /// Version byte of every frame body this build writes and reads.
 pub const FRAME_VERSION: u8 = 1;
-/// The sync protocol version carried in [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The sync protocol version carried in [`Hello`] (the `N` of ALPN `deskhand/sync/N`).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest body accepted; a larger length prefix is refused before anything is buffered.
 pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 const MAX_REASON_LEN: usize = 1024;
 const MAX_HEADS: usize = 4096;
+/// Most signatures one [`Frame::Signatures`] may carry (one per actor of the changes it goes with).
+pub const MAX_SIGNATURES: usize = 16_384;
 
 const KIND_HELLO: u8 = 1;
 const KIND_SYNC: u8 = 2;
 const KIND_PING: u8 = 3;
 const KIND_PONG: u8 = 4;
 const KIND_GOODBYE: u8 = 5;
+const KIND_SIGNATURES: u8 = 6;
 
 /// First frame each side sends on a sync stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +67,8 @@ pub enum Frame {
         /// Human-readable reason.
         reason: String,
     },
+    /// Signatures of the changes in the next [`Frame::Sync`] (protocol 2).
+    Signatures(Vec<ChangeSignature>),
 }
 
 /// Why bytes from a peer were not a frame.
@@ -92,6 +103,7 @@ impl Frame {
             Frame::Ping(_) => "ping",
             Frame::Pong(_) => "pong",
             Frame::Goodbye { .. } => "goodbye",
+            Frame::Signatures(_) => "signatures",
         }
     }
 
@@ -137,6 +149,15 @@ impl Frame {
                     cut -= 1;
                 }
                 out.extend_from_slice(&reason.as_bytes()[..cut]);
+            }
+            Frame::Signatures(sigs) => {
+                out.push(KIND_SIGNATURES);
+                let n = sigs.len().min(MAX_SIGNATURES);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                for s in &sigs[..n] {
+                    out.extend_from_slice(s.hash.as_ref());
+                    out.extend_from_slice(&s.signature);
+                }
             }
         }
         let len = (out.len() - start - 4) as u32;
@@ -195,6 +216,7 @@ impl Frame {
                     String::from_utf8(p[2..].to_vec()).map_err(|_| bad("reason is not UTF-8"))?;
                 Ok(Frame::Goodbye { code, reason })
             }
+            KIND_SIGNATURES => decode_signatures(p).map(Frame::Signatures),
             other => Err(FrameError::UnknownKind(other)),
         }
     }
@@ -227,6 +249,28 @@ fn decode_hello(p: &[u8]) -> Result<Hello, FrameError> {
         doc_id,
         heads,
     })
+}
+
+fn decode_signatures(p: &[u8]) -> Result<Vec<ChangeSignature>, FrameError> {
+    let bad = |why| FrameError::Malformed {
+        kind: "signatures",
+        why,
+    };
+    let mut r = Reader(p);
+    let n = u16::from_be_bytes(r.take::<2>().ok_or(bad("missing count"))?) as usize;
+    if n > MAX_SIGNATURES {
+        return Err(bad("too many signatures"));
+    }
+    if r.0.len() != n * 96 {
+        return Err(bad("length does not match the count"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let hash = ChangeHash(r.take::<32>().ok_or(bad("short hash"))?);
+        let signature = r.take::<64>().ok_or(bad("short signature"))?;
+        out.push(ChangeSignature { hash, signature });
+    }
+    Ok(out)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -345,6 +389,23 @@ mod tests {
             any::<u64>().prop_map(Frame::Pong),
             (any::<u16>(), "\\PC{0,200}")
                 .prop_map(|(code, reason)| Frame::Goodbye { code, reason }),
+            proptest::collection::vec(
+                (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>()),
+                0..4
+            )
+            .prop_map(|v| Frame::Signatures(
+                v.into_iter()
+                    .map(|(h, a, b)| {
+                        let mut signature = [0u8; 64];
+                        signature[..32].copy_from_slice(&a);
+                        signature[32..].copy_from_slice(&b);
+                        ChangeSignature {
+                            hash: ChangeHash(h),
+                            signature,
+                        }
+                    })
+                    .collect()
+            )),
         ]
     }
 

@@ -29,6 +29,9 @@ fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], IdError> {
     Ok(out)
 }
 
+/// Length of the random part of a [`DeviceId::session_actor`], in bytes.
+pub const SESSION_SUFFIX_LEN: usize = 8;
+
 /// A device: the ed25519 public key that is also its iroh endpoint id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
@@ -43,14 +46,35 @@ impl DeviceId {
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
-    /// The Automerge actor id this device writes under: exactly its 32 key bytes.
+    /// The device's plain actor id: exactly its 32 key bytes (what version 1 wrote under, and
+    /// what tests use). Nodes write under a fresh [`Self::session_actor`] each time they start.
     pub fn actor_id(&self) -> ActorId {
         ActorId::from(self.0.as_slice())
     }
-    /// The device whose actor id this is, if it is one (32 bytes).
+    /// An actor id of this device for one run of a node: its 32 key bytes followed by
+    /// [`SESSION_SUFFIX_LEN`] random bytes. A fresh actor per start means a device whose data
+    /// directory was restored from a backup never writes a second change under a sequence
+    /// number it already used before the backup's changes were lost (Automerge requires an
+    /// actor's changes to form one chain); authorship is still the device's, by the prefix.
+    pub fn session_actor(&self, suffix: [u8; SESSION_SUFFIX_LEN]) -> ActorId {
+        let mut bytes = [0u8; 32 + SESSION_SUFFIX_LEN];
+        bytes[..32].copy_from_slice(&self.0);
+        bytes[32..].copy_from_slice(&suffix);
+        ActorId::from(bytes.as_slice())
+    }
+    /// The device whose actor id this is: a plain actor (32 bytes) or a session actor (32 +
+    /// [`SESSION_SUFFIX_LEN`] bytes); `None` for any other length.
     pub fn from_actor(actor: &ActorId) -> Option<Self> {
-        let bytes: [u8; 32] = actor.to_bytes().try_into().ok()?;
-        Some(Self(bytes))
+        let bytes = actor.to_bytes();
+        if bytes.len() != 32 && bytes.len() != 32 + SESSION_SUFFIX_LEN {
+            return None;
+        }
+        let key: [u8; 32] = bytes[..32].try_into().ok()?;
+        Some(Self(key))
+    }
+    /// Whether `actor` is one of this device's actors (plain or session).
+    pub fn owns_actor(&self, actor: &ActorId) -> bool {
+        Self::from_actor(actor) == Some(*self)
     }
     /// First 10 hex characters, for logs and humans.
     pub fn short(&self) -> String {

@@ -127,6 +127,11 @@ impl Incoming {
         &self.new
     }
 
+    /// The new changes, taken out (to apply them in several steps with [`apply_changes`]).
+    pub fn into_new_changes(self) -> Vec<Change> {
+        self.new
+    }
+
     /// The changes that wait for dependencies which have not arrived; the caller keeps them
     /// (bounded) and passes them to the next [`Self::read`].
     pub fn take_waiting(&mut self) -> Vec<Change> {
@@ -152,15 +157,20 @@ impl Incoming {
         for c in &self.new {
             bytes.extend_from_slice(c.raw_bytes());
         }
-        let new = self.new;
-        guarded(|| doc.apply_changes(new))
-            .and_then(|r| r.map_err(|e| e.to_string()))
-            .map_err(IncomingError::Inconsistent)?;
+        apply_changes(doc, self.new)?;
         Ok(Applied {
             stored: Some(Storable::Changes(bytes)),
             replaced: None,
         })
     }
+}
+
+/// Applies checked changes (some of [`Incoming::new_changes`], in order) to `doc`, with a panic
+/// in Automerge turned into [`IncomingError::Inconsistent`].
+pub fn apply_changes(doc: &mut Automerge, changes: Vec<Change>) -> Result<(), IncomingError> {
+    guarded(|| doc.apply_changes(changes))
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(IncomingError::Inconsistent)
 }
 
 /// What [`Incoming::apply`] did.
@@ -175,7 +185,7 @@ pub struct Applied {
 /// Runs Automerge on a peer's bytes with a last line of defence: a panic becomes an error. The
 /// checks above are what keep Automerge from panicking; this keeps a missed case from taking the
 /// whole node down.
-fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
         let what = p
             .downcast_ref::<&str>()

@@ -10,6 +10,7 @@
 mod macros;
 
 pub mod approval;
+pub mod authorship;
 pub mod bounds;
 pub mod frame;
 pub mod identity;
@@ -30,9 +31,12 @@ pub use ids::{DeviceId, DocId, IdError, MessageId, TaskId};
 pub use pairing::{PairingPayload, PairingToken, PayloadError};
 pub use schema::{Message, Role, SchemaError, Task, TaskStatus, Workspace};
 pub use session::{SessionError, SessionOutput, SyncSession};
-pub use trust::{ChangeFilter, PhoneWriteRules, Refusal, Touched};
+pub use trust::{Author, ChangeFilter, PhoneWriteRules, Refusal, Standing, Touched};
 
-/// ALPN of the sync protocol (version 1).
-pub const SYNC_ALPN: &[u8] = b"deskhand/sync/1";
+/// ALPN of the sync protocol (version 2: changes travel with their authors' signatures).
+pub const SYNC_ALPN: &[u8] = b"deskhand/sync/2";
+/// ALPN of the first sync protocol, which sent unsigned changes. A desktop still accepts a
+/// connection on it, only to tell the device to update.
+pub const SYNC_ALPN_V1: &[u8] = b"deskhand/sync/1";
 /// ALPN of the pairing protocol (version 1).
 pub const PAIR_ALPN: &[u8] = b"deskhand/pair/1";

@@ -13,10 +13,13 @@
 use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, Change, ChangeHash};
 
+use automerge::ActorId;
+
+use crate::authorship::{self, ChangeSignature, SignatureBook, Signed};
 use crate::bounds::{BoundsError, Limits};
 use crate::frame::{Frame, Hello, PROTOCOL_VERSION};
-use crate::incoming::{Incoming, IncomingError, Storable};
-use crate::trust::{ChangeFilter, Refusal};
+use crate::incoming::{self, Incoming, IncomingError, Storable};
+use crate::trust::{Author, ChangeFilter, Refusal, Standing, Touched};
 use crate::{DeviceId, DocId};
 
 /// Send a ping after this long without hearing from the peer.
@@ -51,7 +54,7 @@ pub mod close_code {
 #[non_exhaustive]
 pub enum SessionError {
     /// Different protocol versions.
-    #[error("peer speaks sync protocol {theirs}, this build speaks {PROTOCOL_VERSION}")]
+    #[error("{}", protocol_mismatch(*theirs))]
     ProtocolMismatch {
         /// The peer's version.
         theirs: u16,
@@ -104,10 +107,24 @@ impl SessionError {
     }
 }
 
-/// A sync message received and decoded but not yet applied.
+fn protocol_mismatch(theirs: u16) -> String {
+    if theirs < PROTOCOL_VERSION {
+        format!(
+            "the other device speaks sync protocol {theirs}, this one {PROTOCOL_VERSION}: update Deskhand on the other device"
+        )
+    } else {
+        format!(
+            "the other device speaks sync protocol {theirs}, this one {PROTOCOL_VERSION}: update Deskhand on this device"
+        )
+    }
+}
+
+/// A sync message received and decoded but not yet applied, with the signatures that came
+/// before it.
 #[derive(Debug)]
 pub struct PendingSync {
     message: sync::Message,
+    signatures: Vec<ChangeSignature>,
 }
 
 /// What the caller must do after feeding the session.
@@ -124,6 +141,9 @@ pub enum SessionOutput {
         /// The changes as received, when they can be stored as they are (everything from
         /// `before` on is in them); else the caller saves what changed since `before`.
         stored: Option<Storable>,
+        /// Verified signatures of the new changes' authors: record them in the node's
+        /// [`SignatureBook`] and store them with the changes.
+        signatures: Vec<(ActorId, Signed)>,
     },
     /// Persist this encoded sync state for the peer.
     PersistSyncState(Vec<u8>),
@@ -170,6 +190,10 @@ pub struct SyncSession {
     parked: Vec<Change>,
     /// Those dependencies, to ask for in the next message.
     missing: Vec<ChangeHash>,
+    /// Signatures received for the next sync message (a `Signatures` frame precedes it).
+    received_signatures: Vec<ChangeSignature>,
+    /// Signatures that came with the parked changes.
+    parked_signatures: Vec<ChangeSignature>,
 }
 
 impl SyncSession {
@@ -202,6 +226,8 @@ impl SyncSession {
             hold: false,
             parked: Vec::new(),
             missing: Vec::new(),
+            received_signatures: Vec::new(),
+            parked_signatures: Vec::new(),
         }
     }
 
@@ -269,10 +295,22 @@ impl SyncSession {
         out.push(SessionOutput::Send(frame));
     }
 
-    fn generate(&mut self, doc: &Automerge, out: &mut Vec<SessionOutput>, now: u64) {
+    fn generate(
+        &mut self,
+        doc: &Automerge,
+        book: &SignatureBook,
+        out: &mut Vec<SessionOutput>,
+        now: u64,
+    ) {
         if self.phase != Phase::Open || self.hold {
             return;
         }
+        // Which signed changes the peer was already sent: the message carries those that are
+        // sent now (Automerge adds every change it sends to `sent_hashes`).
+        let sent_before: Vec<bool> = book
+            .iter()
+            .map(|(_, s)| self.state.sent_hashes.contains(&s.signature.hash))
+            .collect();
         let asked = std::mem::take(&mut self.missing);
         let msg = doc.generate_sync_message(&mut self.state).map(|mut msg| {
             if !asked.is_empty() {
@@ -290,6 +328,19 @@ impl SyncSession {
             self.missing = asked;
         }
         if let Some(msg) = msg {
+            if !msg.changes.is_empty() {
+                let signatures: Vec<ChangeSignature> = book
+                    .iter()
+                    .zip(sent_before)
+                    .filter(|((_, s), before)| {
+                        !before && self.state.sent_hashes.contains(&s.signature.hash)
+                    })
+                    .map(|((_, s), _)| s.signature)
+                    .collect();
+                if !signatures.is_empty() {
+                    self.send(out, Frame::Signatures(signatures));
+                }
+            }
             self.stats.sync_sent += 1;
             self.last_sync_sent = now;
             self.send(out, Frame::Sync(msg.encode()));
@@ -302,6 +353,7 @@ impl SyncSession {
         frame: Frame,
         wire_len: usize,
         doc: &Automerge,
+        book: &SignatureBook,
         now: u64,
     ) -> Result<Vec<SessionOutput>, SessionError> {
         self.last_heard = now;
@@ -331,7 +383,7 @@ impl SyncSession {
                     self.reset_negotiation();
                 }
                 self.phase = Phase::Open;
-                self.generate(doc, &mut out, now);
+                self.generate(doc, book, &mut out, now);
             }
             Frame::Sync(bytes) => {
                 if self.phase != Phase::Open {
@@ -341,7 +393,16 @@ impl SyncSession {
                     SessionError::Protocol(format!("undecodable sync message: {e}"))
                 })?;
                 self.stats.sync_received += 1;
-                out.push(SessionOutput::Received(PendingSync { message }));
+                out.push(SessionOutput::Received(PendingSync {
+                    message,
+                    signatures: std::mem::take(&mut self.received_signatures),
+                }));
+            }
+            Frame::Signatures(signatures) => {
+                if self.phase != Phase::Open {
+                    return Err(SessionError::Protocol("signatures before hello".into()));
+                }
+                self.received_signatures = signatures;
             }
             Frame::Ping(n) => self.send(&mut out, Frame::Pong(n)),
             Frame::Pong(_) => {}
@@ -354,8 +415,11 @@ impl SyncSession {
 
     /// Applies a received sync message after the filter accepts it.
     ///
-    /// The message's changes are read and checked ([`Incoming::read`]), vetted by
-    /// `filter.check`, applied, and judged by `filter.judge` on the document as it now is; a
+    /// The message's changes are read and checked ([`Incoming::read`]); the signatures that
+    /// came with them tell who wrote them ([`authorship::prove`]), and `standing` how this
+    /// device stands to each author. The new changes, in causal order, are split into runs by
+    /// author; each run is vetted by `filter.check` on the document as it is before the run and
+    /// applied; then every run is judged by `filter.judge` on the document as it now is. A
     /// refusal returns the document to its state before the message. Changes whose
     /// dependencies have not arrived wait in the session (at most the filter's
     /// [`Limits::max_changes`](crate::bounds::Limits)) and their missing dependencies are asked
@@ -364,35 +428,91 @@ impl SyncSession {
         &mut self,
         pending: PendingSync,
         doc: &mut Automerge,
+        book: &SignatureBook,
         filter: &dyn ChangeFilter,
+        standing: &dyn Fn(&DeviceId) -> Standing,
         now: u64,
     ) -> Result<Vec<SessionOutput>, SessionError> {
         let mut out = Vec::new();
         let before = doc.get_heads();
         let mut message = pending.message;
         let mut storable = None;
+        let mut verified = Vec::new();
         if !message.changes.is_empty() || !self.parked.is_empty() {
             // Read the changes once; Automerge then sees the message without them, which updates
             // the sync state exactly as if it had applied them itself (see `advance_heads`).
             let limits = filter.limits();
             let parked = std::mem::take(&mut self.parked);
+            let mut signatures = std::mem::take(&mut self.parked_signatures);
+            signatures.extend(pending.signatures);
             let mut incoming = Incoming::read(doc, message.changes.iter(), limits, parked)
                 .map_err(|e| self.incoming_error(e))?;
             self.park(doc, incoming.take_waiting(), &limits)?;
-            let touched = filter.check(&self.peer, doc, incoming.new_changes())?;
+            let waiting: std::collections::HashSet<ChangeHash> =
+                self.parked.iter().map(Change::hash).collect();
+            self.parked_signatures = signatures
+                .iter()
+                .filter(|s| waiting.contains(&s.hash))
+                .copied()
+                .take(limits.max_changes as usize)
+                .collect();
+            let proofs = authorship::prove(incoming.new_changes(), &signatures);
+            let runs = self.runs_by_author(incoming.new_changes(), &proofs, standing);
             let actor = doc.get_actor().clone();
-            let applied = incoming.apply(doc).map_err(|e| self.incoming_error(e))?;
-            storable = applied.stored;
-            let undo = match applied.replaced {
-                Some(old) => Undo::Keep(Box::new(old)),
-                None if doc.get_heads() == before => Undo::Nothing,
-                None => Undo::Heads(before.clone(), actor),
+            let mut judged: Vec<(Author, Touched)> = Vec::new();
+            let undo = if runs.len() <= 1 {
+                let author = runs
+                    .first()
+                    .map(|(_, a)| *a)
+                    .unwrap_or_else(|| Author::peer_itself(self.peer));
+                judged.push((author, filter.check(&author, doc, incoming.new_changes())?));
+                let applied = incoming.apply(doc).map_err(|e| self.incoming_error(e))?;
+                storable = applied.stored;
+                match applied.replaced {
+                    Some(old) => Undo::Keep(Box::new(old)),
+                    None if doc.get_heads() == before => Undo::Nothing,
+                    None => Undo::Heads(before.clone(), actor),
+                }
+            } else {
+                // Changes of several authors (a phone handing back what a restored desktop
+                // lost): each run is vetted against the document its author wrote it on.
+                let changes = incoming.into_new_changes();
+                let mut bytes =
+                    Vec::with_capacity(changes.iter().map(|c| c.raw_bytes().len()).sum());
+                for c in &changes {
+                    bytes.extend_from_slice(c.raw_bytes());
+                }
+                let undo = Undo::Heads(before.clone(), actor);
+                for (range, author) in runs {
+                    let run = &changes[range];
+                    let step = filter
+                        .check(&author, doc, run)
+                        .map_err(SessionError::from)
+                        .and_then(|t| {
+                            incoming::apply_changes(doc, run.to_vec())
+                                .map(|()| t)
+                                .map_err(|e| self.incoming_error(e))
+                        });
+                    match step {
+                        Ok(t) => judged.push((author, t)),
+                        Err(e) => {
+                            undo.restore(doc)
+                                .map_err(|u| SessionError::Apply(format!("{e}; then {u}")))?;
+                            return Err(e);
+                        }
+                    }
+                }
+                storable = Some(Storable::Changes(bytes));
+                undo
             };
-            if let Err(refusal) = filter.judge(&self.peer, doc, &touched) {
-                undo.restore(doc)
-                    .map_err(|e| SessionError::Apply(format!("{refusal}; then {e}")))?;
-                return Err(refusal.into());
+            for (author, touched) in &judged {
+                if let Err(refusal) = filter.judge(author, doc, touched) {
+                    undo.restore(doc)
+                        .map_err(|e| SessionError::Apply(format!("{refusal}; then {e}")))?;
+                    return Err(refusal.into());
+                }
             }
+            verified = proofs.verified;
             message.changes = Vec::<Vec<u8>>::new().into();
             self.state.shared_heads =
                 advance_heads(&before, &doc.get_heads(), &self.state.shared_heads);
@@ -420,14 +540,39 @@ impl SyncSession {
             out.push(SessionOutput::DocChanged {
                 before,
                 stored: storable,
+                signatures: verified,
             });
         }
         if self.state.shared_heads != self.persisted_shared {
             self.persisted_shared = self.state.shared_heads.clone();
             out.push(SessionOutput::PersistSyncState(self.state.encode()));
         }
-        self.generate(doc, &mut out, now);
+        self.generate(doc, book, &mut out, now);
         Ok(out)
+    }
+
+    /// Splits `new` (in causal order) into runs of consecutive changes by one author.
+    fn runs_by_author(
+        &self,
+        new: &[Change],
+        proofs: &authorship::Proofs,
+        standing: &dyn Fn(&DeviceId) -> Standing,
+    ) -> Vec<(std::ops::Range<usize>, Author)> {
+        let mut runs: Vec<(std::ops::Range<usize>, Author)> = Vec::new();
+        for (i, c) in new.iter().enumerate() {
+            let who = proofs.author_of(c);
+            let author = Author {
+                peer: self.peer,
+                device: who.device(),
+                proven: matches!(who, authorship::Authorship::Proven(_)),
+                standing: who.device().map_or(Standing::Stranger, |d| standing(&d)),
+            };
+            match runs.last_mut() {
+                Some((range, a)) if *a == author => range.end = i + 1,
+                _ => runs.push((i..i + 1, author)),
+            }
+        }
+        runs
     }
 
     /// A message whose changes cannot be taken: malformed ones end the session as malformed,
@@ -477,9 +622,14 @@ impl SyncSession {
     }
 
     /// The document changed locally (or through another peer): tell this peer.
-    pub fn on_local_change(&mut self, doc: &Automerge, now: u64) -> Vec<SessionOutput> {
+    pub fn on_local_change(
+        &mut self,
+        doc: &Automerge,
+        book: &SignatureBook,
+        now: u64,
+    ) -> Vec<SessionOutput> {
         let mut out = Vec::new();
-        self.generate(doc, &mut out, now);
+        self.generate(doc, book, &mut out, now);
         out
     }
 
@@ -517,6 +667,7 @@ impl SyncSession {
     pub fn on_tick(
         &mut self,
         doc: &Automerge,
+        book: &SignatureBook,
         now: u64,
     ) -> Result<Vec<SessionOutput>, SessionError> {
         let silent = now.saturating_sub(self.last_heard);
@@ -542,7 +693,7 @@ impl SyncSession {
                 self.reset_negotiation();
                 self.last_sync_sent = now;
                 self.send(&mut out, Frame::Hello(self.hello(doc)));
-                self.generate(doc, &mut out, now);
+                self.generate(doc, book, &mut out, now);
             }
         }
         Ok(out)
@@ -650,18 +801,25 @@ mod tests {
     fn deliver(s: &mut SyncSession, doc: &mut Automerge, f: Frame) -> Vec<Frame> {
         let len = f.encode().len();
         let mut frames = Vec::new();
-        for o in s.on_frame(f, len, doc, 0).unwrap() {
+        let book = SignatureBook::new();
+        for o in s.on_frame(f, len, doc, &book, 0).unwrap() {
             match o {
                 SessionOutput::Send(f) => frames.push(f),
                 SessionOutput::Received(p) => {
-                    for o in s.apply(p, doc, &AcceptAll, 0).unwrap() {
+                    for o in s
+                        .apply(p, doc, &book, &AcceptAll, &|_| Standing::Paired, 0)
+                        .unwrap()
+                    {
                         match o {
                             SessionOutput::Send(f) => frames.push(f),
                             // Stored at once here: the hold on the answer lifts.
                             SessionOutput::DocChanged { .. } => {
                                 s.set_hold(false);
-                                frames
-                                    .extend(s.on_local_change(doc, 0).into_iter().filter_map(send));
+                                frames.extend(
+                                    s.on_local_change(doc, &book, 0)
+                                        .into_iter()
+                                        .filter_map(send),
+                                );
                             }
                             _ => {}
                         }
@@ -712,12 +870,12 @@ mod tests {
             0,
         );
         let hello = Frame::Hello(Hello {
-            protocol: 1,
+            protocol: PROTOCOL_VERSION,
             doc_id: Some(DocId::from_bytes([2; 16])),
             heads: vec![],
         });
         assert!(matches!(
-            s.on_frame(hello, 10, &doc, 0),
+            s.on_frame(hello, 10, &doc, &SignatureBook::new(), 0),
             Err(SessionError::WrongDocument { .. })
         ));
         let mut s = SyncSession::new(DeviceId::from_bytes([1; 32]), None, None, 0);
@@ -726,14 +884,227 @@ mod tests {
             doc_id: None,
             heads: vec![],
         });
+        let err = s.on_frame(hello, 10, &doc, &SignatureBook::new(), 0);
         assert!(matches!(
-            s.on_frame(hello, 10, &doc, 0),
+            err,
             Err(SessionError::ProtocolMismatch { theirs: 9 })
         ));
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("update Deskhand on this device")
+        );
+        let mut s = SyncSession::new(DeviceId::from_bytes([1; 32]), None, None, 0);
+        let old = Frame::Hello(Hello {
+            protocol: 1,
+            doc_id: None,
+            heads: vec![],
+        });
+        let err = s
+            .on_frame(old, 10, &doc, &SignatureBook::new(), 0)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("update Deskhand on the other device"),
+            "{err}"
+        );
         let mut s = SyncSession::new(DeviceId::from_bytes([1; 32]), None, None, 0);
         assert!(matches!(
-            s.on_frame(Frame::Sync(vec![0x42]), 10, &doc, 0),
+            s.on_frame(Frame::Sync(vec![0x42]), 10, &doc, &SignatureBook::new(), 0),
             Err(SessionError::Protocol(_))
         ));
+    }
+
+    /// A device in the signed-sync tests: its key, document and signature book.
+    struct Device {
+        key: crate::DeviceKey,
+        doc: Automerge,
+        book: SignatureBook,
+    }
+
+    impl Device {
+        fn new(seed: u8, doc: Automerge, run: u8) -> Self {
+            let key = crate::DeviceKey::from_secret_bytes([seed; 32]);
+            let doc = doc.with_actor(key.device_id().session_actor([run; 8]));
+            let mut book = SignatureBook::new();
+            book.sign_own_history(&doc, &key);
+            Self { key, doc, book }
+        }
+        fn id(&self) -> DeviceId {
+            self.key.device_id()
+        }
+        fn say(&mut self, id: &str, role: Role) {
+            let me = self.id();
+            let r = self
+                .doc
+                .transact::<_, _, SchemaError>(|tx| {
+                    Workspace::append_message(
+                        tx,
+                        &Message {
+                            id: id.into(),
+                            author: me.to_string(),
+                            role,
+                            text: id.into(),
+                            created_at: 1,
+                            task_id: None,
+                        },
+                    )
+                })
+                .unwrap();
+            self.book.sign_local(&self.doc, &self.key, r.hash.unwrap());
+        }
+    }
+
+    /// Syncs `desk` (vetting with `PhoneWriteRules`, phones paired per `paired`) and `phone`
+    /// until quiet; `Err` with the desktop's refusal.
+    fn signed_pump(
+        desk: &mut Device,
+        phone: &mut Device,
+        paired: &[DeviceId],
+    ) -> Result<(), SessionError> {
+        let desk_id = desk.id();
+        let standing = |d: &DeviceId| {
+            if *d == desk_id {
+                Standing::Local
+            } else if paired.contains(d) {
+                Standing::Paired
+            } else {
+                Standing::Stranger
+            }
+        };
+        let mut sd = SyncSession::new(phone.id(), Some(DocId::from_bytes([9; 16])), None, 0);
+        let mut sp = SyncSession::new(desk_id, None, None, 0);
+        let mut to_d: Vec<Frame> = sp.start(&phone.doc).into_iter().filter_map(send).collect();
+        let mut to_p: Vec<Frame> = sd.start(&desk.doc).into_iter().filter_map(send).collect();
+        for _ in 0..50 {
+            if to_d.is_empty() && to_p.is_empty() {
+                return Ok(());
+            }
+            for f in std::mem::take(&mut to_d) {
+                for o in sd.on_frame(f, 0, &desk.doc, &desk.book, 0)? {
+                    let outs = match o {
+                        SessionOutput::Received(p) => sd.apply(
+                            p,
+                            &mut desk.doc,
+                            &desk.book,
+                            &crate::trust::PhoneWriteRules,
+                            &standing,
+                            0,
+                        )?,
+                        other => vec![other],
+                    };
+                    for o in outs {
+                        match o {
+                            SessionOutput::Send(f) => to_p.push(f),
+                            SessionOutput::DocChanged { signatures, .. } => {
+                                for (a, s) in signatures {
+                                    desk.book.insert(a, s);
+                                }
+                                sd.set_hold(false);
+                                to_p.extend(
+                                    sd.on_local_change(&desk.doc, &desk.book, 0)
+                                        .into_iter()
+                                        .filter_map(send),
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            for f in std::mem::take(&mut to_p) {
+                for o in sp.on_frame(f, 0, &phone.doc, &phone.book, 0)? {
+                    let outs = match o {
+                        SessionOutput::Received(p) => sp.apply(
+                            p,
+                            &mut phone.doc,
+                            &phone.book,
+                            &AcceptAll,
+                            &|_| Standing::Paired,
+                            0,
+                        )?,
+                        other => vec![other],
+                    };
+                    for o in outs {
+                        match o {
+                            SessionOutput::Send(f) => to_d.push(f),
+                            SessionOutput::DocChanged { signatures, .. } => {
+                                for (a, s) in signatures {
+                                    phone.book.insert(a, s);
+                                }
+                                sp.set_hold(false);
+                                to_d.extend(
+                                    sp.on_local_change(&phone.doc, &phone.book, 0)
+                                        .into_iter()
+                                        .filter_map(send),
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        panic!("did not settle");
+    }
+
+    #[test]
+    fn a_restored_desktop_takes_back_its_own_changes_from_a_phone() {
+        let desk_key = crate::DeviceKey::from_secret_bytes([1; 32]);
+        let mut desk = Device::new(1, crate::testing::desktop_doc(desk_key.device_id()), 1);
+        let mut phone = Device::new(2, Automerge::new(), 1);
+        let paired = [phone.id()];
+        signed_pump(&mut desk, &mut phone, &paired).unwrap();
+        // The backup: the desktop's document and book as they are now.
+        let backup = (desk.doc.save(), desk.book.clone());
+        phone.say("m1", Role::User);
+        signed_pump(&mut desk, &mut phone, &paired).unwrap();
+        desk.say("r1", Role::Agent);
+        phone.say("m2", Role::User);
+        signed_pump(&mut desk, &mut phone, &paired).unwrap();
+        assert_eq!(Workspace::read(&desk.doc).unwrap().messages.len(), 3);
+
+        // Restored from the backup, the desktop starts under a fresh actor and writes at once.
+        let mut restored = Device::new(1, Automerge::load(&backup.0).unwrap(), 2);
+        restored.book = backup.1;
+        restored.say("r-after-restore", Role::Agent);
+        // The phone hands back m1, the desktop's own r1 and m2: all taken, in one message of
+        // several authors.
+        signed_pump(&mut restored, &mut phone, &paired).unwrap();
+        let ids: Vec<String> = Workspace::read(&restored.doc)
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| m.id.as_str().to_owned())
+            .collect();
+        for id in ["m1", "r1", "m2", "r-after-restore"] {
+            assert!(ids.iter().any(|m| m == id), "{id} missing from {ids:?}");
+        }
+        assert_eq!(restored.doc.get_heads(), phone.doc.get_heads());
+    }
+
+    #[test]
+    fn unsigned_and_unpaired_changes_are_refused() {
+        let desk_key = crate::DeviceKey::from_secret_bytes([1; 32]);
+        let mut desk = Device::new(1, crate::testing::desktop_doc(desk_key.device_id()), 1);
+        let mut phone = Device::new(2, Automerge::new(), 1);
+        let phone_id = phone.id();
+        signed_pump(&mut desk, &mut phone, &[phone_id]).unwrap();
+        // A change whose signature is missing (the book forgot it).
+        let mut unsigned = Device::new(2, phone.doc.fork(), 3);
+        unsigned.say("m", Role::User);
+        unsigned.book.clear();
+        let err = signed_pump(&mut desk, &mut unsigned, &[phone_id]).unwrap_err();
+        assert!(err.to_string().contains("without its signature"), "{err}");
+        assert_eq!(Workspace::read(&desk.doc).unwrap().messages.len(), 0);
+        // A signed change of a device that is not paired (or was revoked).
+        let mut stranger = Device::new(2, phone.doc.fork(), 4);
+        stranger.say("m", Role::User);
+        let err = signed_pump(&mut desk, &mut stranger, &[]).unwrap_err();
+        assert!(err.to_string().contains("not paired"), "{err}");
+        assert_eq!(Workspace::read(&desk.doc).unwrap().messages.len(), 0);
+        // The same change from the paired phone is taken.
+        signed_pump(&mut desk, &mut stranger, &[phone_id]).unwrap();
+        assert_eq!(Workspace::read(&desk.doc).unwrap().messages.len(), 1);
     }
 }

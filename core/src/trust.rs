@@ -20,6 +20,42 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// How the receiving device stands to a change's author.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// The receiving device itself (its own changes coming back, e.g. after a restore).
+    Local,
+    /// A paired device that was not revoked.
+    Paired,
+    /// Any other device: unknown, or revoked.
+    Stranger,
+}
+
+/// Who wrote a run of changes, and how that is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Author {
+    /// The connected peer that delivered them.
+    pub peer: DeviceId,
+    /// The device their actor names (`None`: an actor id that names no device).
+    pub device: Option<DeviceId>,
+    /// Whether a signature of that device proves it wrote them ([`crate::authorship`]).
+    pub proven: bool,
+    /// How the receiver stands to that device.
+    pub standing: Standing,
+}
+
+impl Author {
+    /// The connected peer writing its own changes, proven (tests and simple callers).
+    pub fn peer_itself(peer: DeviceId) -> Self {
+        Self {
+            peer,
+            device: Some(peer),
+            proven: true,
+            standing: Standing::Paired,
+        }
+    }
+}
+
 /// What a peer's changes write, found by [`ChangeFilter::check`] and judged, once they are
 /// applied, by [`ChangeFilter::judge`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,10 +72,11 @@ pub struct Touched {
 
 /// Decides whether a peer's new changes may enter the document.
 ///
-/// The receiver calls, for one sync message: [`Self::check`] with the new changes (in causal
-/// order, see [`crate::incoming::Incoming`]) and the document before them; then it applies them
-/// and calls [`Self::judge`] with the document as it now is. If either refuses, the receiver
-/// returns its document to what it was before and closes the session.
+/// The receiver calls, for one sync message and for each run of its new changes by one author
+/// (in causal order, see [`crate::incoming::Incoming`]): [`Self::check`] with the run and the
+/// document before it, then applies the run; once every run is applied it calls
+/// [`Self::judge`] for each with the document as it now is. If any call refuses, the receiver
+/// returns its document to what it was before the message and closes the session.
 pub trait ChangeFilter: Send + Sync {
     /// Bounds on what one message may make the receiver decode ([`crate::bounds`]).
     fn limits(&self) -> Limits {
@@ -47,10 +84,10 @@ pub trait ChangeFilter: Send + Sync {
     }
     /// Where the changes write, before they are applied: `Ok` with what to judge afterwards,
     /// `Err` to refuse the whole message (nothing is applied).
-    fn check(&self, peer: &DeviceId, doc: &Automerge, new: &[Change]) -> Result<Touched, Refusal>;
+    fn check(&self, author: &Author, doc: &Automerge, new: &[Change]) -> Result<Touched, Refusal>;
     /// What the changes wrote, read with the typed schema from the document after they were
     /// applied (so Automerge's own rules decide which value won): `Err` to refuse them.
-    fn judge(&self, _peer: &DeviceId, _doc: &Automerge, _touched: &Touched) -> Result<(), Refusal> {
+    fn judge(&self, _author: &Author, _doc: &Automerge, _touched: &Touched) -> Result<(), Refusal> {
         Ok(())
     }
 }
@@ -61,7 +98,7 @@ pub trait ChangeFilter: Send + Sync {
 pub struct AcceptAll;
 
 impl ChangeFilter for AcceptAll {
-    fn check(&self, _: &DeviceId, _: &Automerge, _: &[Change]) -> Result<Touched, Refusal> {
+    fn check(&self, _: &Author, _: &Automerge, _: &[Change]) -> Result<Touched, Refusal> {
         Ok(Touched::default())
     }
 }
@@ -74,11 +111,14 @@ pub const MAX_ID_BYTES: usize = 128;
 
 /// The desktop's rules for what a phone may write (DESIGN.md, "Identity and trust").
 ///
-/// Every change the desktop does not already have must be authored by the connected phone's own
-/// actor and may only: add a user message authored by itself, add a queued task created by
-/// itself, set `cancel_requested_by` to itself on an existing task, and add or rewrite its own
-/// decision on an approval. Anything else — task status, events, results, another device's
-/// decision, the desktop section, deleting or editing messages — refuses the whole sync message.
+/// Every change the desktop does not already have must be proven by its author's signature
+/// ([`crate::authorship`]), whichever peer delivered it. A change of the desktop itself (lost
+/// in a restore, handed back by a phone) is taken as it is. A change of a paired, unrevoked
+/// phone may only: add a user message authored by that phone, add a queued task created by it,
+/// set `cancel_requested_by` to it on an existing task, and add or rewrite its own decision on
+/// an approval. Anything else — an unsigned change, a change of a device that is not paired or
+/// was revoked, task status, events, results, another device's decision, the desktop section,
+/// deleting or editing messages — refuses the whole sync message.
 ///
 /// Two steps: [`ChangeFilter::check`] walks the operations to find *where* they write (only the
 /// places above, only scalar fields with known names, objects only where the schema has them);
@@ -106,28 +146,49 @@ impl ChangeFilter for PhoneWriteRules {
 
     fn check(
         &self,
-        peer: &DeviceId,
+        author: &Author,
         doc: &Automerge,
         changes: &[Change],
     ) -> Result<Touched, Refusal> {
         let refuse = |reason: String| Refusal {
-            peer: *peer,
+            peer: author.peer,
             reason,
         };
-        let actor = peer.actor_id();
-        let me = peer.to_string();
+        let Some(device) = author.device else {
+            return Err(refuse(
+                "a change whose actor names no device (an actor id of the wrong length)".into(),
+            ));
+        };
+        if !author.proven {
+            return Err(refuse(format!(
+                "a change of device {} without its signature; every change must be signed by the device that wrote it",
+                device.short()
+            )));
+        }
+        match author.standing {
+            Standing::Local => return Ok(Touched::default()),
+            Standing::Stranger => {
+                return Err(refuse(format!(
+                    "a change of device {}, which is not paired with this desktop or was revoked",
+                    device.short()
+                )));
+            }
+            Standing::Paired => {}
+        }
+        let me = device.to_string();
         let mut new_objs: std::collections::HashMap<ObjKey, NewObj> = Default::default();
         let mut touched = Touched::default();
         for change in changes {
-            if change.actor_id() != &actor {
-                let who = DeviceId::from_actor(change.actor_id())
-                    .map(|d| d.short())
-                    .unwrap_or_else(|| change.actor_id().to_hex_string());
+            if !device.owns_actor(change.actor_id()) {
                 return Err(refuse(format!(
-                    "a change written under another device's identity ({who}); a phone may only send its own changes"
+                    "a change under another actor than its author's ({})",
+                    device.short()
                 )));
             }
-            let expanded = change.decode();
+            // Automerge's decoder trusts the change's actor indices (a flipped byte makes it
+            // panic): a change it cannot expand is refused like any undecodable one.
+            let expanded = crate::incoming::guarded(|| change.decode())
+                .map_err(|e| refuse(format!("an undecodable change: {e}")))?;
             let start = expanded.start_op.get();
             for (i, op) in expanded.operations.iter().enumerate() {
                 let opid = (start + i as u64, expanded.actor_id.clone());
@@ -146,9 +207,12 @@ impl ChangeFilter for PhoneWriteRules {
         Ok(touched)
     }
 
-    fn judge(&self, peer: &DeviceId, doc: &Automerge, touched: &Touched) -> Result<(), Refusal> {
-        judge_phone_writes(peer, doc, touched).map_err(|reason| Refusal {
-            peer: *peer,
+    fn judge(&self, author: &Author, doc: &Automerge, touched: &Touched) -> Result<(), Refusal> {
+        let (Some(device), Standing::Paired) = (author.device, author.standing) else {
+            return Ok(());
+        };
+        judge_phone_writes(&device, doc, touched).map_err(|reason| Refusal {
+            peer: author.peer,
             reason,
         })
     }
@@ -479,9 +543,24 @@ mod tests {
             Vec::new(),
         )
         .map_err(|e| refuse(e.to_string()))?;
-        let touched = PhoneWriteRules.check(&phone, &d, incoming.new_changes())?;
+        // The phone can sign only its own changes: any other actor's stay unproven. (The
+        // session splits a message into runs by author; one author per message here.)
+        let author = match incoming
+            .new_changes()
+            .iter()
+            .find(|c| !phone.owns_actor(c.actor_id()))
+        {
+            Some(c) => Author {
+                peer: phone,
+                device: DeviceId::from_actor(c.actor_id()),
+                proven: false,
+                standing: Standing::Paired,
+            },
+            None => Author::peer_itself(phone),
+        };
+        let touched = PhoneWriteRules.check(&author, &d, incoming.new_changes())?;
         incoming.apply(&mut d).map_err(|e| refuse(e.to_string()))?;
-        PhoneWriteRules.judge(&phone, &d, &touched)
+        PhoneWriteRules.judge(&author, &d, &touched)
     }
 
     /// Re-encodes `c` with its header or operations altered, as a crafted peer would send it.
@@ -569,12 +648,7 @@ mod tests {
         let actor = check(&d, phone, &mut forged, |tx| {
             Workspace::append_message(tx, &msg(desk, Role::User))
         });
-        assert!(
-            actor
-                .unwrap_err()
-                .reason
-                .contains("another device's identity")
-        );
+        assert!(actor.unwrap_err().reason.contains("without its signature"));
     }
 
     #[test]
@@ -593,7 +667,7 @@ mod tests {
         sent.merge(&mut forged).unwrap();
         let refusal = vet(&d, phone, &[sent.save()]).unwrap_err();
         assert!(
-            refusal.reason.contains("another device's identity"),
+            refusal.reason.contains("without its signature"),
             "{}",
             refusal.reason
         );

@@ -19,9 +19,14 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::{Automerge, ChangeHash};
+use deskhand_core::authorship::SignatureBook;
 use deskhand_core::schema::{DesktopInfo, ExecutorState};
 use deskhand_core::session::{DEAD_AFTER_MS, PING_AFTER_MS, RESEND_AFTER_MS};
-use deskhand_core::trust::AcceptAll;
+use deskhand_core::trust::{AcceptAll, Standing};
+
+/// The simulation's nodes accept everything ([`AcceptAll`]): no signatures are needed.
+static NO_SIGNATURES: std::sync::LazyLock<SignatureBook> =
+    std::sync::LazyLock::new(SignatureBook::new);
 use deskhand_core::{
     DeviceId, DocId, Frame, Message, MessageId, Role, SchemaError, SessionError, SessionOutput,
     SyncSession, Task, TaskId, Workspace,
@@ -349,7 +354,14 @@ impl Sim {
                     let Some(session) = self.links[l].sessions[s].as_mut() else {
                         continue;
                     };
-                    match session.apply(pending, &mut self.nodes[node].doc, &AcceptAll, self.now) {
+                    match session.apply(
+                        pending,
+                        &mut self.nodes[node].doc,
+                        &NO_SIGNATURES,
+                        &AcceptAll,
+                        &|_| Standing::Paired,
+                        self.now,
+                    ) {
                         Ok(more) => work.extend(more.into_iter().map(|o| (l, s, o))),
                         Err(e) => self.fail(l, s, e),
                     }
@@ -359,15 +371,22 @@ impl Sim {
                     // answers the peer whose changes these were.
                     if let Some(session) = self.links[l].sessions[s].as_mut() {
                         session.set_hold(false);
-                        let more = session.on_local_change(&self.nodes[node].doc, self.now);
+                        let more = session.on_local_change(
+                            &self.nodes[node].doc,
+                            &NO_SIGNATURES,
+                            self.now,
+                        );
                         work.extend(more.into_iter().map(|o| (l, s, o)));
                     }
                     // The hub relays: a phone's changes wake its sessions with the other phones.
                     if node == DESKTOP {
                         for other in (0..PHONES).filter(|&o| o != l) {
                             if let Some(session) = self.links[other].sessions[0].as_mut() {
-                                let more =
-                                    session.on_local_change(&self.nodes[DESKTOP].doc, self.now);
+                                let more = session.on_local_change(
+                                    &self.nodes[DESKTOP].doc,
+                                    &NO_SIGNATURES,
+                                    self.now,
+                                );
                                 work.extend(more.into_iter().map(|o| (other, 0, o)));
                             }
                         }
@@ -431,7 +450,7 @@ impl Sim {
                 let session = self.links[link].sessions[side]
                     .as_mut()
                     .expect("link is up");
-                match session.on_frame(p.frame, len, doc, self.now) {
+                match session.on_frame(p.frame, len, doc, &NO_SIGNATURES, self.now) {
                     Ok(out) => self.drive(link, side, out),
                     Err(e) => self.fail(link, side, e),
                 }
@@ -441,7 +460,7 @@ impl Sim {
                 let session = self.links[link].sessions[side]
                     .as_mut()
                     .expect("link is up");
-                match session.on_tick(doc, self.now) {
+                match session.on_tick(doc, &NO_SIGNATURES, self.now) {
                     Ok(out) => {
                         let next = session.next_deadline();
                         if next <= self.now {
@@ -523,7 +542,8 @@ impl Sim {
                     continue;
                 }
                 if let Some(session) = self.links[link].sessions[side].as_mut() {
-                    let out = session.on_local_change(&self.nodes[node].doc, self.now);
+                    let out =
+                        session.on_local_change(&self.nodes[node].doc, &NO_SIGNATURES, self.now);
                     self.drive(link, side, out);
                 }
             }

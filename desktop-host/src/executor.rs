@@ -1640,7 +1640,6 @@ fn unanswered_in(
 fn scan(doc: &Automerge, last: &[ChangeHash], me: &DeviceId) -> Seen {
     use automerge::legacy::{Key, ObjectId, OpType};
     let mut seen = Seen::default();
-    let my_actor = me.actor_id();
     let path_of = |obj: &ObjectId| -> Option<Vec<String>> {
         match obj {
             ObjectId::Root => Some(vec![]),
@@ -1661,7 +1660,7 @@ fn scan(doc: &Automerge, last: &[ChangeHash], me: &DeviceId) -> Seen {
         }
     };
     for change in doc.get_changes(last) {
-        if change.actor_id() == &my_actor {
+        if me.owns_actor(change.actor_id()) {
             continue;
         }
         let ex = change.decode();

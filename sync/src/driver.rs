@@ -156,7 +156,7 @@ impl Driver {
                 _ = durable.changed() => {
                     let ds = self.shared.lock_doc();
                     session.set_hold(Shared::is_dirty(&ds));
-                    let out = session.on_local_change(&ds.doc, self.shared.now_ms());
+                    let out = session.on_local_change(&ds.doc, &ds.book, self.shared.now_ms());
                     drop(ds);
                     self.queue(out);
                 }
@@ -166,7 +166,7 @@ impl Driver {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let ds = self.shared.lock_doc();
-                    let out = session.on_tick(&ds.doc, self.shared.now_ms())?;
+                    let out = session.on_tick(&ds.doc, &ds.book, self.shared.now_ms())?;
                     drop(ds);
                     self.queue(out);
                 }
@@ -205,21 +205,30 @@ impl Driver {
         };
         let now = self.shared.now_ms();
         let shared = self.shared.clone();
-        let mut ds = shared.lock_doc();
-        session.set_hold(Shared::is_dirty(&ds));
-        let outputs = session.on_frame(frame, len, &ds.doc, now)?;
+        let mut guard = shared.lock_doc();
+        let ds = &mut *guard;
+        session.set_hold(Shared::is_dirty(ds));
+        let outputs = session.on_frame(frame, len, &ds.doc, &ds.book, now)?;
         let mut to_send = Vec::new();
         for o in outputs {
             match o {
                 SessionOutput::Received(pending) => {
                     let filter = self.shared.filter.clone();
-                    let more = session.apply(pending, &mut ds.doc, filter.as_ref(), now)?;
-                    self.handle_applied(&mut ds, more, &mut to_send);
+                    let standing = |d: &DeviceId| shared.standing_of(d);
+                    let more = session.apply(
+                        pending,
+                        &mut ds.doc,
+                        &ds.book,
+                        filter.as_ref(),
+                        &standing,
+                        now,
+                    )?;
+                    self.handle_applied(ds, more, &mut to_send);
                 }
-                other => self.handle_applied(&mut ds, vec![other], &mut to_send),
+                other => self.handle_applied(ds, vec![other], &mut to_send),
             }
         }
-        drop(ds);
+        drop(guard);
         self.queue(to_send);
         Ok(())
     }
@@ -232,10 +241,15 @@ impl Driver {
     ) {
         for o in outputs {
             match o {
-                SessionOutput::DocChanged { before, stored } => {
+                SessionOutput::DocChanged {
+                    before,
+                    stored,
+                    signatures,
+                } => {
                     let received = stored.map(|s| (before.as_slice(), s));
                     // The session holds itself until the store confirms (`durable` lifts it).
-                    self.shared.persist_changes(ds, true, None, received);
+                    self.shared
+                        .persist_changes(ds, true, None, received, signatures);
                 }
                 SessionOutput::PersistSyncState(bytes) => {
                     self.shared.persist_sync_state(&self.peer, bytes)

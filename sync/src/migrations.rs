@@ -7,7 +7,7 @@ use crate::tables::*;
 type Migration = fn(&WriteTransaction) -> Result<(), redb::Error>;
 
 /// All migrations; index + 1 is the migration number stored under `meta.migration`.
-const MIGRATIONS: &[Migration] = &[m1_create_tables, m2_pairing_tokens];
+const MIGRATIONS: &[Migration] = &[m1_create_tables, m2_pairing_tokens, m3_change_signatures];
 
 /// The newest migration number this build knows.
 pub const LATEST: u64 = MIGRATIONS.len() as u64;
@@ -25,6 +25,13 @@ fn m1_create_tables(tx: &WriteTransaction) -> Result<(), redb::Error> {
 
 fn m2_pairing_tokens(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(PAIRING_TOKENS)?;
+    Ok(())
+}
+
+/// Signed sync (`deskhand/sync/2`): the latest change signature of each actor. The node signs
+/// its own history on its first start after this migration (meta `own_history_signed`).
+fn m3_change_signatures(tx: &WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(CHANGE_SIGNATURES)?;
     Ok(())
 }
 

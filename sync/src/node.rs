@@ -15,14 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use automerge::{Automerge, ChangeHash, transaction::Transaction};
+use automerge::{ActorId, Automerge, ChangeHash, transaction::Transaction};
+use deskhand_core::authorship::{SignatureBook, Signed};
 use deskhand_core::incoming::Storable;
 use deskhand_core::schema::DeviceEntry;
 use deskhand_core::schema::{DesktopInfo, ExecutorState, SchemaError, Workspace};
 use deskhand_core::session::SessionStats;
-use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules};
+use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules, Standing};
 use deskhand_core::{
-    DeviceId, DeviceKey, DocId, PAIR_ALPN, PairingPayload, PairingToken, SYNC_ALPN,
+    DeviceId, DeviceKey, DocId, PAIR_ALPN, PairingPayload, PairingToken, SYNC_ALPN, SYNC_ALPN_V1,
 };
 
 use crate::pairing::PairError;
@@ -195,6 +196,10 @@ pub(crate) struct DocState {
     /// Bumped at each failure; a chunk queued after the latest bump covers everything.
     fail_gen: u64,
     chunks_since_snapshot: usize,
+    /// Per actor, the signature of its latest change held here (sent with the changes).
+    pub(crate) book: SignatureBook,
+    /// A write carrying signatures failed: the next chunk stores the whole book again.
+    book_unsaved: bool,
 }
 
 /// Counters of one peer across sessions.
@@ -240,6 +245,8 @@ pub struct PeerView {
 
 pub(crate) struct Shared {
     pub(crate) id: DeviceId,
+    /// Signs this device's changes as they are made.
+    key: DeviceKey,
     role: NodeRole,
     pub(crate) doc: Mutex<DocState>,
     store: Store,
@@ -333,15 +340,37 @@ impl Shared {
     /// peer's changes as they arrived, applied from heads `before`: stored as they are when they
     /// hold everything new (a whole document the peer sent becomes the snapshot), which spares
     /// saving them again.
+    ///
+    /// `signatures` are the change signatures the change brings (own: its signature; received:
+    /// the verified ones of its authors); they are recorded in the book and stored in the same
+    /// transaction as the chunk.
     pub(crate) fn persist_changes(
         self: &Arc<Self>,
         ds: &mut DocState,
         notify_applied: bool,
         done: Option<oneshot::Sender<Result<(), StoreError>>>,
         received: Option<(&[ChangeHash], Storable)>,
+        signatures: Vec<(ActorId, Signed)>,
     ) {
+        // Stored when they are (now) the latest of their actor; the book may hold them already
+        // (`SignatureBook::sign_local` records what it signs).
+        let mut changed_signatures = Vec::new();
+        for (actor, signed) in signatures {
+            ds.book.insert(actor.clone(), signed);
+            if ds.book.get(&actor) == Some(&signed) {
+                changed_signatures.push((actor, signed));
+            }
+        }
         let heads = ds.doc.get_heads();
         if heads == ds.persisted_heads {
+            if !changed_signatures.is_empty() {
+                self.store.queue(
+                    WriteOp::PutSignatures(signature_records(
+                        changed_signatures.iter().map(|(a, s)| (a, s)),
+                    )),
+                    None,
+                );
+            }
             if let Some(d) = done {
                 let _ = d.send(Ok(()));
             }
@@ -361,6 +390,17 @@ impl Shared {
                 ds.chunks_since_snapshot += 1;
                 WriteOp::AppendChunk(ds.doc.save_after(&ds.persisted_heads))
             }
+        };
+        let op = if ds.book_unsaved {
+            ds.book_unsaved = false;
+            WriteOp::WithSignatures(Box::new(op), signature_records(ds.book.iter()))
+        } else if changed_signatures.is_empty() {
+            op
+        } else {
+            WriteOp::WithSignatures(
+                Box::new(op),
+                signature_records(changed_signatures.iter().map(|(a, s)| (a, s))),
+            )
         };
         ds.persisted_heads = heads;
         ds.unflushed += 1;
@@ -385,6 +425,7 @@ impl Shared {
                                 ds.undurable = true;
                                 ds.fail_gen += 1;
                                 ds.persisted_heads.clear();
+                                ds.book_unsaved = true;
                             }
                         }
                         ds.unflushed == 0 && !ds.undurable
@@ -422,6 +463,18 @@ impl Shared {
             ds.doc_id = Some(id);
             self.store
                 .queue(WriteOp::PutMeta("doc_id", id.as_bytes().to_vec()), None);
+        }
+    }
+
+    /// How this device stands to `device`, the author of changes it receives: itself, a
+    /// paired and unrevoked device, or a stranger.
+    pub(crate) fn standing_of(&self, device: &DeviceId) -> Standing {
+        if *device == self.id {
+            Standing::Local
+        } else if self.is_allowed(device) {
+            Standing::Paired
+        } else {
+            Standing::Stranger
         }
     }
 
@@ -639,7 +692,34 @@ impl Node {
             doc.load_incremental(chunk)
                 .map_err(|e| corrupt(format!("chunk: {e}")))?;
         }
-        doc.set_actor(id.actor_id());
+        // A fresh actor for every run: a data directory restored from a backup must never
+        // write a second change under a sequence number its lost changes already used.
+        doc.set_actor(id.session_actor(random_bytes()));
+        let mut book = SignatureBook::new();
+        for (actor, bytes) in &loaded.signatures {
+            match (
+                hex::decode(actor).ok().map(ActorId::from),
+                Signed::from_bytes(bytes),
+            ) {
+                (Some(actor), Some(signed)) => {
+                    book.insert(actor, signed);
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), "skipping an unreadable change signature of {actor:?}")
+                }
+            }
+        }
+        if !meta.contains_key("own_history_signed") {
+            // Once, after the upgrade to signed sync: sign the latest change of each of this
+            // device's actors, which vouches for all of its history.
+            let signed = book.sign_own_history(&doc, &key);
+            store
+                .write(WriteOp::WithSignatures(
+                    Box::new(WriteOp::PutMeta("own_history_signed", vec![1])),
+                    signature_records(signed.iter().map(|(a, s)| (a, s))),
+                ))
+                .await?;
+        }
         let mut doc_id = match meta.get("doc_id") {
             Some(b) => {
                 Some(DocId::from_bytes(b.as_slice().try_into().map_err(
@@ -683,6 +763,7 @@ impl Node {
         let chunks_since_snapshot = loaded.chunks.len();
         let shared = Arc::new(Shared {
             id,
+            key: key.clone(),
             role: config.role.clone(),
             doc: Mutex::new(DocState {
                 doc,
@@ -692,6 +773,8 @@ impl Node {
                 undurable: false,
                 fail_gen: 0,
                 chunks_since_snapshot,
+                book,
+                book_unsaved: false,
             }),
             store: store.clone(),
             durable: watch::channel(0).0,
@@ -747,6 +830,7 @@ impl Node {
         };
         let alpns = vec![
             SYNC_ALPN.to_vec(),
+            SYNC_ALPN_V1.to_vec(),
             PAIR_ALPN.to_vec(),
             crate::blobs::BLOB_ALPN.to_vec(),
         ];
@@ -760,7 +844,8 @@ impl Node {
                         SYNC_ALPN,
                         crate::protocol::SyncProtocol::new(shared.clone()),
                     )
-                    .accept(PAIR_ALPN, crate::pairing::PairProtocol::new(shared.clone()));
+                    .accept(PAIR_ALPN, crate::pairing::PairProtocol::new(shared.clone()))
+                    .accept(SYNC_ALPN_V1, crate::protocol::OutdatedSyncProtocol);
                 #[cfg(feature = "blob-store")]
                 let router = router.accept(
                     crate::blobs::BLOB_ALPN,
@@ -1040,7 +1125,8 @@ impl Node {
         }
         {
             let mut ds = self.shared.lock_doc();
-            ds.doc = Automerge::new().with_actor(self.shared.id.actor_id());
+            ds.doc = Automerge::new().with_actor(self.shared.id.session_actor(random_bytes()));
+            ds.book.clear();
             ds.doc_id = None;
             ds.persisted_heads.clear();
             ds.chunks_since_snapshot = 0;
@@ -1200,8 +1286,22 @@ fn local_change<R>(
 ) -> Result<R, NodeError> {
     let mut ds = shared.lock_doc();
     let r = ds.doc.transact(f).map_err(|failure| failure.error)?;
-    shared.persist_changes(&mut ds, false, done, None);
+    let mut signatures = Vec::new();
+    if let Some(hash) = r.hash {
+        let ds = &mut *ds;
+        signatures.extend(ds.book.sign_local(&ds.doc, &shared.key, hash));
+    }
+    shared.persist_changes(&mut ds, false, done, None, signatures);
     Ok(r.result)
+}
+
+/// Change signatures as stored: (actor hex, [`Signed::to_bytes`]).
+fn signature_records<'a>(
+    signed: impl Iterator<Item = (&'a ActorId, &'a Signed)>,
+) -> Vec<(String, Vec<u8>)> {
+    signed
+        .map(|(a, s)| (a.to_hex_string(), s.to_bytes().to_vec()))
+        .collect()
 }
 
 struct Backoff {
@@ -1276,6 +1376,19 @@ enum Dialed {
     Restart,
 }
 
+/// Why a connection to the desktop failed, in words a user can act on. A desktop that does not
+/// offer `deskhand/sync/2` fails the TLS handshake with `no_application_protocol` (alert 120).
+fn connect_error(e: &str) -> String {
+    if e.contains("no_application_protocol")
+        || e.contains("error 120")
+        || e.contains("known protocol")
+    {
+        "the desktop does not speak sync protocol 2 (signed changes): it runs an older Deskhand; update Deskhand on the desktop".into()
+    } else {
+        format!("cannot connect to the desktop: {e}")
+    }
+}
+
 async fn dial_once(
     shared: &Arc<Shared>,
     endpoint: &Endpoint,
@@ -1303,7 +1416,7 @@ async fn dial_once(
                 abandon();
                 return Err(format!("no answer from the desktop within {CONNECT_TIMEOUT:?}"));
             }
-            Ok(Err(e)) => return Err(format!("cannot connect to the desktop: {e}")),
+            Ok(Err(e)) => return Err(connect_error(&e.to_string())),
             Ok(Ok(c)) => c,
         }
     };

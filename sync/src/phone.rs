@@ -12,7 +12,7 @@
 //! Live state is a [`PhoneListener`]: it gets the current snapshot at once, then one per change
 //! (bursts coalesced), until the [`Subscription`] is dropped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -543,8 +543,9 @@ struct DeliveryTracker {
     desktop: Option<DeviceId>,
     /// Heads up to which the document has been scanned for the desktop's own changes.
     scanned: Vec<ChangeHash>,
-    /// The desktop's newest change seen: it held everything that change depends on.
-    desktop_latest: Option<(u64, ChangeHash)>,
+    /// The desktop's newest change seen, per actor of the desktop (it writes under a fresh
+    /// actor each run): it held everything that change depends on.
+    desktop_latest: HashMap<automerge::ActorId, (u64, ChangeHash)>,
     /// Heads both sides held when the session last reported "in sync" stably.
     in_sync_heads: Vec<ChangeHash>,
 }
@@ -566,10 +567,16 @@ impl DeliveryTracker {
         if heads == self.scanned {
             return;
         }
-        let actor = desktop.actor_id();
         for meta in doc.get_changes_meta(&self.scanned) {
-            if *meta.actor == actor && self.desktop_latest.is_none_or(|(seq, _)| meta.seq > seq) {
-                self.desktop_latest = Some((meta.seq, meta.hash));
+            if !desktop.owns_actor(&meta.actor) {
+                continue;
+            }
+            let latest = self
+                .desktop_latest
+                .entry(meta.actor.clone().into_owned())
+                .or_insert((meta.seq, meta.hash));
+            if meta.seq > latest.0 {
+                *latest = (meta.seq, meta.hash);
             }
         }
         self.scanned = heads;
@@ -578,11 +585,10 @@ impl DeliveryTracker {
     /// Changes the desktop is not known to hold, written by `me` (their hashes).
     fn undelivered(&self, doc: &Automerge, me: &DeviceId) -> HashSet<ChangeHash> {
         let mut known = self.in_sync_heads.clone();
-        known.extend(self.desktop_latest.map(|(_, h)| h));
-        let actor = me.actor_id();
+        known.extend(self.desktop_latest.values().map(|(_, h)| *h));
         doc.get_changes_meta(&known)
             .into_iter()
-            .filter(|m| *m.actor == actor)
+            .filter(|m| me.owns_actor(&m.actor))
             .map(|m| m.hash)
             .collect()
     }

@@ -47,3 +47,25 @@ impl ProtocolHandler for SyncProtocol {
         Ok(())
     }
 }
+
+/// The first sync protocol (`deskhand/sync/1`, unsigned changes): a desktop accepts the
+/// connection only to tell the device to update, in the close reason its user sees.
+#[derive(Clone, Debug)]
+pub(crate) struct OutdatedSyncProtocol;
+
+/// What a device still speaking `deskhand/sync/1` is told.
+pub(crate) const UPDATE_REASON: &str = "this desktop runs a newer Deskhand (sync protocol 2, signed changes): update Deskhand on this device, then sync again";
+
+impl ProtocolHandler for OutdatedSyncProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = device_id(&conn.remote_id());
+        tracing::warn!(peer = %peer.short(), "refused a device that speaks the old sync protocol 1");
+        conn.close(
+            u32::from(close_code::PROTOCOL).into(),
+            UPDATE_REASON.as_bytes(),
+        );
+        // Wait for the close to reach the peer (bounded), as `Endpoint::close` would.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+        Ok(())
+    }
+}

@@ -80,8 +80,25 @@ pub enum WriteOp {
     Audit(String),
     /// A pairing token record (key: SHA-256 of the token, hex).
     PutPairingToken(String, Vec<u8>),
-    /// Drops the whole document, its id and every sync state (a phone forgetting its desktop).
+    /// Drops the whole document, its id, every sync state and change signature (a phone
+    /// forgetting its desktop).
     ClearDocument,
+    /// The inner write together with change signatures (actor hex, `Signed` bytes), in one
+    /// transaction: a change is never stored without the signature that proves it.
+    WithSignatures(Box<WriteOp>, Vec<(String, Vec<u8>)>),
+    /// Change signatures alone (actor hex, `Signed` bytes).
+    PutSignatures(Vec<(String, Vec<u8>)>),
+}
+
+impl WriteOp {
+    /// Whether the write replaces the snapshot (and drops the chunks).
+    fn compacts(&self) -> bool {
+        match self {
+            WriteOp::Compact(_) => true,
+            WriteOp::WithSignatures(inner, _) => inner.compacts(),
+            _ => false,
+        }
+    }
 }
 
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -111,6 +128,8 @@ pub struct Loaded {
     pub sync_states: Vec<(String, Vec<u8>)>,
     /// Pairing token records (hash hex, JSON).
     pub pairing_tokens: Vec<(String, Vec<u8>)>,
+    /// Change signatures (actor hex, `Signed` bytes).
+    pub signatures: Vec<(String, Vec<u8>)>,
 }
 
 /// Async handle to the store thread. Cheap to clone.
@@ -283,6 +302,11 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
         out.pairing_tokens
             .push((k.value().to_owned(), v.value().to_vec()));
     }
+    for item in rx.open_table(CHANGE_SIGNATURES)?.iter()? {
+        let (k, v) = item?;
+        out.signatures
+            .push((k.value().to_owned(), v.value().to_vec()));
+    }
     Ok(out)
 }
 
@@ -353,9 +377,7 @@ fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
             }
             continue;
         };
-        let compacted = batch
-            .iter()
-            .any(|(op, _)| matches!(op, WriteOp::Compact(_)));
+        let compacted = batch.iter().any(|(op, _)| op.compacts());
         match commit_batch(d, &mut counters, batch.iter().map(|(op, _)| op)) {
             Ok(()) => {
                 batch.into_iter().for_each(|(_, done)| {
@@ -449,60 +471,87 @@ fn commit_batch<'a>(
 ) -> Result<(), redb::Error> {
     let tx = db.begin_write()?;
     let (mut chunk, mut audit) = (counters.next_chunk, counters.next_audit);
-    {
-        for op in ops {
-            match op {
-                WriteOp::AppendChunk(bytes) => {
-                    tx.open_table(DOC_CHUNKS)?.insert(chunk, bytes.as_slice())?;
-                    chunk += 1;
-                }
-                WriteOp::Compact(snapshot) => {
-                    tx.open_table(DOC_SNAPSHOT)?
-                        .insert("current", snapshot.as_slice())?;
-                    let mut chunks = tx.open_table(DOC_CHUNKS)?;
-                    chunks.retain(|_, _| false)?;
-                    debug_assert_eq!(chunks.len()?, 0);
-                }
-                WriteOp::PutSyncState(k, v) => {
-                    tx.open_table(SYNC_STATES)?
-                        .insert(k.as_str(), v.as_slice())?;
-                }
-                WriteOp::PutPeer(k, v) => {
-                    tx.open_table(PEERS)?.insert(k.as_str(), v.as_slice())?;
-                }
-                WriteOp::RemovePeer(k) => {
-                    tx.open_table(PEERS)?.remove(k.as_str())?;
-                    tx.open_table(SYNC_STATES)?.remove(k.as_str())?;
-                }
-                WriteOp::PutMeta(k, v) => {
-                    tx.open_table(META)?.insert(*k, v.as_slice())?;
-                }
-                WriteOp::DeleteMeta(k) => {
-                    tx.open_table(META)?.remove(*k)?;
-                }
-                WriteOp::PutIdentity(v) => {
-                    tx.open_table(IDENTITY)?.insert("secret", v.as_slice())?;
-                }
-                WriteOp::PutPairingToken(k, v) => {
-                    tx.open_table(PAIRING_TOKENS)?
-                        .insert(k.as_str(), v.as_slice())?;
-                }
-                WriteOp::ClearDocument => {
-                    tx.open_table(DOC_SNAPSHOT)?.retain(|_, _| false)?;
-                    tx.open_table(DOC_CHUNKS)?.retain(|_, _| false)?;
-                    tx.open_table(SYNC_STATES)?.retain(|_, _| false)?;
-                    tx.open_table(META)?.remove("doc_id")?;
-                }
-                WriteOp::Audit(event) => {
-                    tx.open_table(AUDIT)?.insert(audit, event.as_str())?;
-                    audit += 1;
-                }
-            }
-        }
+    for op in ops {
+        apply_op(&tx, op, &mut chunk, &mut audit)?;
     }
     tx.commit()?;
     counters.next_chunk = chunk;
     counters.next_audit = audit;
+    Ok(())
+}
+
+fn apply_op(
+    tx: &redb::WriteTransaction,
+    op: &WriteOp,
+    chunk: &mut u64,
+    audit: &mut u64,
+) -> Result<(), redb::Error> {
+    match op {
+        WriteOp::AppendChunk(bytes) => {
+            tx.open_table(DOC_CHUNKS)?
+                .insert(*chunk, bytes.as_slice())?;
+            *chunk += 1;
+        }
+        WriteOp::Compact(snapshot) => {
+            tx.open_table(DOC_SNAPSHOT)?
+                .insert("current", snapshot.as_slice())?;
+            let mut chunks = tx.open_table(DOC_CHUNKS)?;
+            chunks.retain(|_, _| false)?;
+            debug_assert_eq!(chunks.len()?, 0);
+        }
+        WriteOp::PutSyncState(k, v) => {
+            tx.open_table(SYNC_STATES)?
+                .insert(k.as_str(), v.as_slice())?;
+        }
+        WriteOp::PutPeer(k, v) => {
+            tx.open_table(PEERS)?.insert(k.as_str(), v.as_slice())?;
+        }
+        WriteOp::RemovePeer(k) => {
+            tx.open_table(PEERS)?.remove(k.as_str())?;
+            tx.open_table(SYNC_STATES)?.remove(k.as_str())?;
+        }
+        WriteOp::PutMeta(k, v) => {
+            tx.open_table(META)?.insert(*k, v.as_slice())?;
+        }
+        WriteOp::DeleteMeta(k) => {
+            tx.open_table(META)?.remove(*k)?;
+        }
+        WriteOp::PutIdentity(v) => {
+            tx.open_table(IDENTITY)?.insert("secret", v.as_slice())?;
+        }
+        WriteOp::PutPairingToken(k, v) => {
+            tx.open_table(PAIRING_TOKENS)?
+                .insert(k.as_str(), v.as_slice())?;
+        }
+        WriteOp::ClearDocument => {
+            tx.open_table(DOC_SNAPSHOT)?.retain(|_, _| false)?;
+            tx.open_table(DOC_CHUNKS)?.retain(|_, _| false)?;
+            tx.open_table(SYNC_STATES)?.retain(|_, _| false)?;
+            tx.open_table(META)?.remove("doc_id")?;
+            tx.open_table(CHANGE_SIGNATURES)?.retain(|_, _| false)?;
+            tx.open_table(META)?.remove("own_history_signed")?;
+        }
+        WriteOp::WithSignatures(inner, signatures) => {
+            apply_op(tx, inner, chunk, audit)?;
+            put_signatures(tx, signatures)?;
+        }
+        WriteOp::PutSignatures(signatures) => put_signatures(tx, signatures)?,
+        WriteOp::Audit(event) => {
+            tx.open_table(AUDIT)?.insert(*audit, event.as_str())?;
+            *audit += 1;
+        }
+    }
+    Ok(())
+}
+
+fn put_signatures(
+    tx: &redb::WriteTransaction,
+    signatures: &[(String, Vec<u8>)],
+) -> Result<(), redb::Error> {
+    let mut t = tx.open_table(CHANGE_SIGNATURES)?;
+    for (actor, signed) in signatures {
+        t.insert(actor.as_str(), signed.as_slice())?;
+    }
     Ok(())
 }
 

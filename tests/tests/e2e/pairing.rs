@@ -7,9 +7,10 @@ use anyhow::{Context, Result, bail};
 use automerge::Automerge;
 use automerge::ReadDoc;
 use automerge::transaction::Transactable;
+use deskhand_core::authorship::SignatureBook;
 use deskhand_core::schema::{Message, Role, SchemaError, Task, Workspace};
 use deskhand_core::session::SessionOutput;
-use deskhand_core::trust::AcceptAll;
+use deskhand_core::trust::{AcceptAll, Standing};
 use deskhand_core::{
     DeviceId, DeviceKey, Frame, FrameDecoder, PairingPayload, SYNC_ALPN, SyncSession,
 };
@@ -320,6 +321,15 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
     let conn = ep.connect(addr, SYNC_ALPN).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut doc = Automerge::new().with_actor(me.actor_id());
+    // It signs what it writes, as every device does: the desktop's content rules are what
+    // these forgeries test (a change under another actor gets the crafted peer's own
+    // signature, which does not verify for that actor's device).
+    let mut book = SignatureBook::new();
+    let sign_last = |book: &mut SignatureBook, doc: &Automerge| {
+        if let Some(c) = doc.get_last_local_change() {
+            book.sign_local(doc, &key, c.hash());
+        }
+    };
     let mut session = SyncSession::new(payload.desktop, None, None, 0);
     let mut out: Vec<SessionOutput> = session.start(&doc);
     let mut dec = FrameDecoder::new();
@@ -353,13 +363,20 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
                                 continue;
                             }
                             for o in session
-                                .on_frame(frame, 0, &doc, 0)
+                                .on_frame(frame, 0, &doc, &book, 0)
                                 .map_err(|e| anyhow::anyhow!("{e}"))?
                             {
                                 match o {
                                     SessionOutput::Received(p) => out.extend(
                                         session
-                                            .apply(p, &mut doc, &AcceptAll, 0)
+                                            .apply(
+                                                p,
+                                                &mut doc,
+                                                &book,
+                                                &AcceptAll,
+                                                &|_| Standing::Paired,
+                                                0,
+                                            )
                                             .map_err(|e| anyhow::anyhow!("{e}"))?,
                                     ),
                                     other => out.push(other),
@@ -367,7 +384,7 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
                             }
                             // Nothing is stored here: lift the hold `apply` puts on the answer.
                             session.set_hold(false);
-                            out.extend(session.on_local_change(&doc, 0));
+                            out.extend(session.on_local_change(&doc, &book, 0));
                         }
                     }
                     Ok(_) => break Some(()),
@@ -383,7 +400,8 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
     let task = Task::queued(task_id.as_str().into(), "list ~", &me, 1);
     doc.transact::<_, _, SchemaError>(|tx| Workspace::add_task(tx, &task))
         .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
-    out.extend(session.on_local_change(&doc, 0));
+    sign_last(&mut book, &doc);
+    out.extend(session.on_local_change(&doc, &book, 0));
     let _ = pump!(|d: &Automerge, s: &SyncSession| s.in_sync(d));
 
     match forge {
@@ -494,7 +512,8 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
             .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
         }
     }
-    out.extend(session.on_local_change(&doc, 0));
+    sign_last(&mut book, &doc);
+    out.extend(session.on_local_change(&doc, &book, 0));
     let closed = pump!(|_: &Automerge, _: &SyncSession| false);
     let _ = closed;
     let reason = match (bye, conn.close_reason()) {
@@ -555,7 +574,7 @@ async fn crafted_phones_that_forge_are_refused_and_disconnected_while_honest_one
     let code = fresh_code(&desk_dir, "5m")?;
     let reason = crafted_peer(&code, Forge::AnotherActor(honest_id)).await?;
     eprintln!("[trust] forged actor: {reason}");
-    assert!(reason.contains("another device's identity"), "{reason}");
+    assert!(reason.contains("without its signature"), "{reason}");
 
     let code = fresh_code(&desk_dir, "5m")?;
     let reason = crafted_peer(&code, Forge::TaskStatus).await?;
