@@ -5,4 +5,5 @@ mod desktop_x11;
 mod executor;
 mod hostile_peers;
 mod pairing;
+mod recovery;
 mod sync;

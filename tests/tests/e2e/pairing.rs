@@ -18,18 +18,18 @@ use deskhand_sync::NetConfig;
 use deskhand_tests::{NodeProc, Run, Serve, deskhand, free_udp_addr};
 use serde_json::{Value, json};
 
-fn ok(r: Run) -> Result<Run> {
+pub(crate) fn ok(r: Run) -> Result<Run> {
     if r.code != 0 {
         bail!("deskhand failed ({}):\n{}\n{}", r.code, r.stdout, r.stderr);
     }
     Ok(r)
 }
 
-fn path(p: &std::path::Path) -> &str {
+pub(crate) fn path(p: &std::path::Path) -> &str {
     p.to_str().unwrap_or_default()
 }
 
-fn show(phone: &std::path::Path) -> Result<Value> {
+pub(crate) fn show(phone: &std::path::Path) -> Result<Value> {
     let r = ok(deskhand(&[
         "phone",
         "--data",
@@ -40,7 +40,7 @@ fn show(phone: &std::path::Path) -> Result<Value> {
     Ok(serde_json::from_str(&r.stdout)?)
 }
 
-fn texts(v: &Value) -> Vec<String> {
+pub(crate) fn texts(v: &Value) -> Vec<String> {
     v["messages"]
         .as_array()
         .map(|a| {
@@ -53,12 +53,12 @@ fn texts(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn devices(data: &std::path::Path) -> Result<Value> {
+pub(crate) fn devices(data: &std::path::Path) -> Result<Value> {
     let r = ok(deskhand(&["devices", "--data", path(data), "--json"])?)?;
     Ok(serde_json::from_str(&r.stdout)?)
 }
 
-fn fresh_code(data: &std::path::Path, ttl: &str) -> Result<String> {
+pub(crate) fn fresh_code(data: &std::path::Path, ttl: &str) -> Result<String> {
     let r = ok(deskhand(&["pair", "--data", path(data), "--ttl", ttl])?)?;
     r.stdout
         .lines()
