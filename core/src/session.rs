@@ -47,7 +47,12 @@ pub mod close_code {
     pub const NOT_ALLOWED: u16 = 5;
     /// The peer stopped answering.
     pub const TIMEOUT: u16 = 6;
+    /// The desktop revoked this device: it will not be let in again (a phone remembers it).
+    pub const REVOKED: u16 = 7;
 }
+
+/// What a desktop tells a device it revoked, live or when it tries again.
+pub const REVOKED_REASON: &str = "this device was revoked by the desktop";
 
 /// Why a session ended with an error.
 #[derive(Debug, thiserror::Error)]

@@ -161,12 +161,25 @@ pub async fn run(data: PathBuf, listen: SocketAddr, cmd: PhoneCommand) -> Result
     result
 }
 
-/// Tries to deliver what was just written; says whether the desktop has it.
-async fn deliver(phone: &Phone, what: &str, wait: u64) {
+/// Tries to deliver what was just written; says whether the desktop has it. Only an
+/// unreachable desktop leaves it queued (exit 0, it is sent later); a desktop that refuses or
+/// revoked this phone is an error (exit 1): nothing will send it on its own.
+async fn deliver(phone: &Phone, what: &str, wait: u64) -> Result<()> {
     match phone.sync(Duration::from_secs(wait)).await {
-        Ok(()) => println!("sent {} (the desktop has it)", line(what)),
-        Err(e) => println!(
-            "queued {}: the desktop is unreachable ({}); it is saved on this phone and will be sent on the next sync",
+        Ok(()) => {
+            println!("sent {} (the desktop has it)", line(what));
+            Ok(())
+        }
+        Err(e @ (PhoneError::Unreachable { .. } | PhoneError::Stopped)) => {
+            println!(
+                "queued {}: the desktop is unreachable ({}); it is saved on this phone and will be sent on the next sync",
+                line(what),
+                line(&e.to_string())
+            );
+            Ok(())
+        }
+        Err(e) => bail!(
+            "{} was not delivered and will not be sent: {}",
             line(what),
             line(&e.to_string())
         ),
@@ -223,12 +236,12 @@ async fn run_on(phone: &Phone, cmd: PhoneCommand) -> Result<()> {
         }
         PhoneCommand::Send { text, wait } => {
             let id = with_workspace(phone, wait, || phone.send_message(&text)).await?;
-            deliver(phone, &id.to_string(), wait).await;
+            deliver(phone, &id.to_string(), wait).await?;
             Ok(())
         }
         PhoneCommand::Task { prompt, wait } => {
             let id = with_workspace(phone, wait, || phone.create_task(&prompt)).await?;
-            deliver(phone, &format!("task {id}"), wait).await;
+            deliver(phone, &format!("task {id}"), wait).await?;
             Ok(())
         }
         PhoneCommand::Cancel { task, wait } => {
@@ -242,15 +255,13 @@ async fn run_on(phone: &Phone, cmd: PhoneCommand) -> Result<()> {
                 .cancel_task(&TaskId::from(id.as_str()))
                 .await
                 .map_err(explain)?;
-            deliver(phone, &format!("the cancel request for task {id}"), wait).await;
+            deliver(phone, &format!("the cancel request for task {id}"), wait).await?;
             Ok(())
         }
         PhoneCommand::Approve { id, wait } => decide(phone, &id, true, wait).await,
         PhoneCommand::Deny { id, wait } => decide(phone, &id, false, wait).await,
         PhoneCommand::Sync { timeout } => {
-            if phone.home().is_none() {
-                bail!(NOT_PAIRED);
-            }
+            phone.require_home().map_err(explain)?;
             match phone.sync(Duration::from_secs(timeout)).await {
                 Ok(()) => {
                     let count = phone.snapshot()?.messages.len();
@@ -332,9 +343,7 @@ fn find_approval<'a>(s: &'a PhoneSnapshot, prefix: &str) -> Result<&'a PhoneAppr
 }
 
 async fn decide(phone: &Phone, prefix: &str, approve: bool, wait: u64) -> Result<()> {
-    if phone.home().is_none() {
-        bail!(NOT_PAIRED);
-    }
+    phone.require_home().map_err(explain)?;
     let s = phone.snapshot()?;
     let a = find_approval(&s, prefix)?;
     let id = a.approval.id.clone();
@@ -350,7 +359,7 @@ async fn decide(phone: &Phone, prefix: &str, approve: bool, wait: u64) -> Result
         line(id.as_str()),
         line(&a.approval.summary)
     );
-    deliver(phone, &format!("the decision on {id}"), wait).await;
+    deliver(phone, &format!("the decision on {id}"), wait).await?;
     Ok(())
 }
 
@@ -402,7 +411,12 @@ fn show(s: &PhoneSnapshot) {
                     line(&h.os)
                 );
             }
-            if let Some(e) = &d.last_error {
+            if let Some(at) = d.revoked_at {
+                println!(
+                    "  this device was revoked by the desktop ({}): nothing more is sent; pair again with a new code to use it",
+                    ago(at)
+                );
+            } else if let Some(e) = &d.last_error {
                 println!("  last problem: {}", line(e));
             }
         }
@@ -660,9 +674,7 @@ async fn watch(
     timeout: Option<Duration>,
     until_idle: bool,
 ) -> Result<()> {
-    let Some((_, name)) = phone.home() else {
-        bail!(NOT_PAIRED);
-    };
+    let (_, name) = phone.require_home().map_err(explain)?;
     let interactive = auto.is_none() && std::io::stdin().is_terminal();
     println!(
         "watching \"{}\"{} (Ctrl-C to stop)",

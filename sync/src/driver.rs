@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use deskhand_core::session::{SessionError, SessionOutput, SessionStats, close_code};
+use deskhand_core::session::{
+    REVOKED_REASON, SessionError, SessionOutput, SessionStats, close_code,
+};
 use deskhand_core::{DeviceId, Frame, FrameDecoder, SyncSession};
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
@@ -24,10 +26,17 @@ pub(crate) async fn run_peer(
     recv: RecvStream,
 ) -> Result<(), String> {
     let Some((conn_no, cancel)) = shared.session_started(&peer) else {
-        conn.close(
-            u32::from(close_code::NOT_ALLOWED).into(),
-            b"this device is not paired with this desktop",
-        );
+        if shared.is_revoked(&peer) {
+            conn.close(
+                u32::from(close_code::REVOKED).into(),
+                REVOKED_REASON.as_bytes(),
+            );
+        } else {
+            conn.close(
+                u32::from(close_code::NOT_ALLOWED).into(),
+                b"this device is not paired with this desktop",
+            );
+        }
         return Err("not allowed".into());
     };
     tracing::info!(peer = %peer.short(), "session open");
@@ -41,10 +50,9 @@ pub(crate) async fn run_peer(
     };
     let (result, stats) = driver.run(recv, &cancel).await;
     let (code, reason): (u16, String) = match &result {
-        Ok(()) if cancel.is_cancelled() && !shared.is_allowed(&peer) => (
-            close_code::NOT_ALLOWED,
-            "this device was revoked by the desktop".into(),
-        ),
+        Ok(()) if cancel.is_cancelled() && shared.is_revoked(&peer) => {
+            (close_code::REVOKED, REVOKED_REASON.into())
+        }
         Ok(()) => (close_code::NORMAL, "bye".into()),
         Err(e) => (close_code::MALFORMED, e.chars().take(512).collect()),
     };
@@ -89,13 +97,10 @@ impl Driver {
         let result = match result {
             Ok(()) => {
                 if cancel.is_cancelled() {
-                    let (code, reason) = if self.shared.is_allowed(&self.peer) {
-                        (close_code::NORMAL, "shutting down".to_owned())
+                    let (code, reason) = if self.shared.is_revoked(&self.peer) {
+                        (close_code::REVOKED, REVOKED_REASON.to_owned())
                     } else {
-                        (
-                            close_code::NOT_ALLOWED,
-                            "this device was revoked by the desktop".to_owned(),
-                        )
+                        (close_code::NORMAL, "shutting down".to_owned())
                     };
                     Frame::Goodbye { code, reason }.encode_into(&mut self.out);
                     let _ = tokio::time::timeout(GOODBYE_GRACE, self.flush()).await;
@@ -107,6 +112,13 @@ impl Driver {
                 ..
             }) => Ok(()),
             Err(e) => {
+                if let SessionError::ClosedByPeer {
+                    code: close_code::REVOKED,
+                    ..
+                } = &e
+                {
+                    self.shared.revoked_by(&self.peer);
+                }
                 if let Some(bye) = e.goodbye() {
                     bye.encode_into(&mut self.out);
                     let _ = tokio::time::timeout(GOODBYE_GRACE, self.flush()).await;

@@ -21,6 +21,7 @@ use deskhand_core::incoming::Storable;
 use deskhand_core::schema::DeviceEntry;
 use deskhand_core::schema::{DesktopInfo, ExecutorState, SchemaError, Workspace};
 use deskhand_core::session::SessionStats;
+use deskhand_core::session::{REVOKED_REASON, close_code};
 use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules, Standing};
 use deskhand_core::{
     DeviceId, DeviceKey, DocId, PAIR_ALPN, PairingPayload, PairingToken, SYNC_ALPN, SYNC_ALPN_V1,
@@ -476,6 +477,37 @@ impl Shared {
         } else {
             Standing::Stranger
         }
+    }
+
+    /// Whether `peer` is in the registry and revoked.
+    pub(crate) fn is_revoked(&self, peer: &DeviceId) -> bool {
+        lock(&self.peers)
+            .get(peer)
+            .is_some_and(|e| e.record.revoked_at.is_some())
+    }
+
+    /// A phone's home desktop said it revoked this phone: remembered (the record keeps the
+    /// time), so that the phone stops dialling and says so instead of promising to send later.
+    pub(crate) fn revoked_by(&self, desktop: &DeviceId) {
+        if !matches!(self.role, NodeRole::Phone) {
+            return;
+        }
+        let record = {
+            let mut peers = lock(&self.peers);
+            let Some(entry) = peers.get_mut(desktop) else {
+                return;
+            };
+            if entry.record.revoked_at.is_some() {
+                return;
+            }
+            entry.record.revoked_at = Some(now_unix_ms());
+            entry.last_error = Some(REVOKED_REASON.to_owned());
+            entry.record.clone()
+        };
+        tracing::warn!(desktop = %desktop.short(), "{REVOKED_REASON}");
+        self.audit("revoked_by_desktop", desktop, REVOKED_REASON);
+        self.put_peer_record(desktop, &record);
+        self.changed.send_modify(|g| *g += 1);
     }
 
     /// Whether `peer` may open a sync session now.
@@ -1097,6 +1129,14 @@ impl Node {
         Ok(())
     }
 
+    /// Phone: the home desktop that revoked this phone (its record holds when), if it did.
+    pub fn revoked_home(&self) -> Option<(DeviceId, PeerRecord)> {
+        lock(&self.shared.peers)
+            .iter()
+            .find(|(_, e)| e.record.platform == "desktop" && e.record.revoked_at.is_some())
+            .map(|(id, e)| (*id, e.record.clone()))
+    }
+
     /// Phone: the home desktop, if paired.
     pub fn home(&self) -> Option<(DeviceId, PeerRecord)> {
         let (id, _) = home_of(&self.shared)?;
@@ -1107,7 +1147,7 @@ impl Node {
 
     /// Phone: forgets the home desktop and its workspace, so that it can pair anew.
     pub async fn forget_desktop(&self) -> Result<(), NodeError> {
-        let home = self.home();
+        let home = self.home().or_else(|| self.revoked_home());
         {
             let mut peers = lock(&self.shared.peers);
             for e in peers.values_mut() {
@@ -1422,7 +1462,14 @@ async fn dial_once(
     };
     let (send, recv) = tokio::select! {
         _ = cancel.cancelled() => return Ok(Dialed::SessionEnded),
-        r = conn.open_bi() => r.map_err(|e| format!("desktop closed the connection: {e}"))?,
+        r = conn.open_bi() => r.map_err(|e| {
+            if let Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) = conn.close_reason()
+                && c.error_code.into_inner() == u64::from(close_code::REVOKED)
+            {
+                shared.revoked_by(&home);
+            }
+            format!("desktop closed the connection: {e}")
+        })?,
     };
     crate::driver::run_peer(shared.clone(), home, conn, send, recv).await?;
     Ok(Dialed::SessionEnded)

@@ -52,6 +52,17 @@ pub enum PhoneError {
     /// The phone has no home desktop.
     #[error("this phone is not paired with a desktop")]
     NotPaired,
+    /// The home desktop revoked this phone. Nothing more is sent to it; what was written and not
+    /// delivered stays on the phone (pairing again with a new code sends it).
+    #[error(
+        "this device was revoked by the desktop {name} (at {at} ms since the epoch, desktop clock); nothing more is sent to it. To use it again, pair with a new code from that desktop"
+    )]
+    Revoked {
+        /// The desktop's name.
+        name: String,
+        /// When the phone learned it (unix ms).
+        at: i64,
+    },
     /// Paired, but the workspace has not been received from the desktop yet (a phone never
     /// creates it).
     #[error(
@@ -458,6 +469,8 @@ pub struct DesktopStatus {
     pub last_error: Option<String>,
     /// Heartbeat and executor state (once the workspace has arrived).
     pub health: Option<DesktopHealth>,
+    /// When the desktop revoked this phone (unix ms), if it did: nothing is sent any more.
+    pub revoked_at: Option<i64>,
 }
 
 /// Everything a phone screen shows, at one instant.
@@ -714,6 +727,15 @@ impl Phone {
         node.home().map(|(id, r)| (id, r.name))
     }
 
+    /// The home desktop's id and name, or why there is none to sync with:
+    /// [`PhoneError::Revoked`] when it revoked this phone, else [`PhoneError::NotPaired`].
+    pub fn require_home(&self) -> Result<(DeviceId, String), PhoneError> {
+        let node = self.node()?;
+        node.home()
+            .map(|(id, r)| (id, r.name))
+            .ok_or_else(|| not_paired(&node))
+    }
+
     /// Pairs with the desktop whose pairing code (`deskhand://pair?…`, from its QR code) is
     /// given; it becomes this phone's home. Returns its id and name. The workspace follows in
     /// the background (see [`Phone::sync`]).
@@ -761,7 +783,7 @@ impl Phone {
     /// `timeout`.
     pub async fn sync(&self, timeout: Duration) -> Result<(), PhoneError> {
         let node = self.node()?;
-        let (home, _) = node.home().ok_or(PhoneError::NotPaired)?;
+        let (home, _) = node.home().ok_or_else(|| not_paired(&node))?;
         if !self.is_syncing() {
             return Err(PhoneError::Stopped);
         }
@@ -770,7 +792,10 @@ impl Phone {
         node.sync_now();
         loop {
             let heads = node.read(|d| d.get_heads());
-            let view = home_view(&node, &home).ok_or(PhoneError::NotPaired)?;
+            let view = home_view(&node, &home).ok_or_else(|| not_paired(&node))?;
+            if node.home().is_none() {
+                return Err(not_paired(&node));
+            }
             if view.in_sync && self.inner.quiet() {
                 lock(&self.inner.delivery).in_sync_heads = heads;
                 self.inner.bump();
@@ -796,7 +821,7 @@ impl Phone {
 
     fn require_workspace(node: &Node) -> Result<(), PhoneError> {
         if node.home().is_none() {
-            return Err(PhoneError::NotPaired);
+            return Err(not_paired(node));
         }
         match node.read(Workspace::check_version) {
             Ok(_) => Ok(()),
@@ -1066,7 +1091,7 @@ impl Inner {
     fn snapshot(&self, node: &Node) -> PhoneSnapshot {
         let now = now_unix_ms();
         let me = self.id.to_string();
-        let home = node.home();
+        let home = node.home().or_else(|| node.revoked_home());
         let view = home.as_ref().and_then(|(id, _)| home_view(node, id));
         let mut delivery = lock(&self.delivery);
         delivery.reset_for(home.as_ref().map(|(id, _)| *id));
@@ -1094,8 +1119,10 @@ impl Inner {
                 heartbeat_age_ms: (now - w.desktop.heartbeat_at).max(0),
                 executor: w.desktop.executor,
             });
+            let revoked_at = record.revoked_at;
             DesktopStatus {
                 id,
+                revoked_at,
                 name: ws
                     .as_ref()
                     .map(|w| w.desktop.name.clone())
@@ -1250,6 +1277,18 @@ fn home_view(node: &Node, home: &DeviceId) -> Option<PeerView> {
 }
 
 /// Whether a session error means the desktop will not have this phone (no point retrying).
+/// [`PhoneError::Revoked`] when the home desktop revoked this phone, else
+/// [`PhoneError::NotPaired`].
+fn not_paired(node: &Node) -> PhoneError {
+    match node.revoked_home() {
+        Some((_, record)) => PhoneError::Revoked {
+            name: record.name,
+            at: record.revoked_at.unwrap_or_default(),
+        },
+        None => PhoneError::NotPaired,
+    }
+}
+
 fn refused(error: &str) -> bool {
     error.contains("revoked") || error.contains("not paired") || error.contains("refused")
 }

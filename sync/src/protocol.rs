@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use deskhand_core::session::close_code;
+use deskhand_core::session::{REVOKED_REASON, close_code};
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
 
@@ -33,13 +33,25 @@ impl ProtocolHandler for SyncProtocol {
         // Deny by default: only registered, unrevoked devices get a stream accepted, so an
         // unknown peer never sees a byte of the document.
         if !self.shared.is_allowed(&peer) {
-            tracing::warn!(peer = %peer.short(), "refused a sync connection from a device that is not paired");
-            self.shared
-                .audit("refused_unknown_peer", &peer, "not in the registry");
-            conn.close(
-                u32::from(close_code::NOT_ALLOWED).into(),
-                b"this device is not paired with this desktop",
-            );
+            if self.shared.is_revoked(&peer) {
+                tracing::warn!(peer = %peer.short(), "refused a sync connection from a revoked device");
+                self.shared
+                    .audit("refused_revoked_peer", &peer, "revoked in the registry");
+                conn.close(
+                    u32::from(close_code::REVOKED).into(),
+                    REVOKED_REASON.as_bytes(),
+                );
+            } else {
+                tracing::warn!(peer = %peer.short(), "refused a sync connection from a device that is not paired");
+                self.shared
+                    .audit("refused_unknown_peer", &peer, "not in the registry");
+                conn.close(
+                    u32::from(close_code::NOT_ALLOWED).into(),
+                    b"this device is not paired with this desktop",
+                );
+            }
+            // Let the close reach the device (bounded) so that it hears why.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
             return Ok(());
         }
         let (send, recv) = conn.accept_bi().await?;

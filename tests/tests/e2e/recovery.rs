@@ -158,3 +158,68 @@ async fn a_device_on_the_old_protocol_is_told_to_update() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_revoked_phone_is_told_so_remembers_it_and_promises_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let desk_dir = dir.path().join("desk");
+    let serve = Serve::start(&desk_dir, free_udp_addr())?;
+    let p1 = dir.path().join("p1");
+    ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&p1),
+        "pair",
+        &serve.payload,
+        "--name",
+        "one",
+    ])?)?;
+    let r = ok(deskhand(&["phone", "--data", path(&p1), "send", "hello"])?)?;
+    assert!(r.stdout.starts_with("sent"), "{}", r.stdout);
+    let id = show(&p1)?["device"]
+        .as_str()
+        .context("device id")?
+        .to_owned();
+    ok(deskhand(&[
+        "devices",
+        "--data",
+        path(&desk_dir),
+        "revoke",
+        &id[..12],
+    ])?)?;
+
+    // The first send after the revocation learns it: an error, no "queued" promise.
+    let r = deskhand(&["phone", "--data", path(&p1), "send", "after the revoke"])?;
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(!r.stdout.contains("queued"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("this device was revoked by the desktop"),
+        "{}",
+        r.stderr
+    );
+    // Remembered: the next command says so at once, without dialling, and writes nothing.
+    let r = deskhand(&["phone", "--data", path(&p1), "send", "again"])?;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("revoked"), "{}", r.stderr);
+    let v = show(&p1)?;
+    assert!(!v["desktop"]["revoked_at"].is_null(), "{v}");
+    assert!(!all_texts(&v).iter().any(|t| t == "again"));
+    let r = deskhand(&["phone", "--data", path(&p1), "sync", "--timeout", "2"])?;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("revoked"), "{}", r.stderr);
+
+    // The desktop logged a revoked device, not an unknown one.
+    serve.kill9()?;
+    let (store, _thread, _) = deskhand_sync::store::Store::open(&desk_dir.join("deskhand.redb"))?;
+    let audit = block_on(store.read(deskhand_sync::store::read_audit))???.join("\n");
+    assert!(audit.contains("refused_revoked_peer"), "{audit}");
+    assert!(!audit.contains("refused_unknown_peer"), "{audit}");
+    Ok(())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
+}
