@@ -165,6 +165,9 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// How long the process waits at exit for work still running on its runtime.
+const RUNTIME_GRACE: Duration = Duration::from_secs(1);
+
 fn main() {
     let cli = Cli::parse();
     let default_log = match cli.command {
@@ -188,7 +191,14 @@ fn main() {
         .init();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run(cli.command)));
+        .and_then(|rt| {
+            let r = rt.block_on(run(cli.command));
+            // Dropping the runtime would wait for every blocking thread, and a tool call
+            // abandoned in a system call that never returns (a hung network mount) would keep
+            // the process alive for good: what is still running now is left to the exit.
+            rt.shutdown_timeout(RUNTIME_GRACE);
+            r
+        });
     if let Err(e) = result {
         // Errors carry peer text too (a desktop's refusal, a device name).
         eprintln!("error: {}", terminal::block(&format!("{e:#}"), "  "));
