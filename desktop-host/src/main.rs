@@ -165,9 +165,6 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// How long the process waits at exit for work still running on its runtime.
-const RUNTIME_GRACE: Duration = Duration::from_secs(1);
-
 fn main() {
     let cli = Cli::parse();
     let default_log = match cli.command {
@@ -193,10 +190,13 @@ fn main() {
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
             let r = rt.block_on(run(cli.command));
-            // Dropping the runtime would wait for every blocking thread, and a tool call
-            // abandoned in a system call that never returns (a hung network mount) would keep
-            // the process alive for good: what is still running now is left to the exit.
-            rt.shutdown_timeout(RUNTIME_GRACE);
+            // Everything that must outlive the command was awaited (stores flushed, tasks
+            // ended). Dropping the runtime now would wait for every blocking thread (a tool
+            // call abandoned in a system call that never returns, on a hung network mount,
+            // would keep the process alive for good) and drop, midway, the close of an endpoint
+            // still draining a handshake it gave up (iroh then aborts it with an error).
+            // Whatever still runs ends with the process instead.
+            std::mem::forget(rt);
             r
         });
     if let Err(e) = result {

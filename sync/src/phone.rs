@@ -1019,8 +1019,20 @@ impl Phone {
                 Err(still_used) => {
                     if tokio::time::Instant::now() >= deadline {
                         tracing::warn!(
-                            "phone calls still running after {SHUTDOWN_WAIT:?}; closing without a clean shutdown"
+                            "phone calls still running after {SHUTDOWN_WAIT:?}; the node shuts down in the background when they end"
                         );
+                        // Not dropped by whichever call ends last (that would abort the
+                        // endpoint without closing it): shut down once it is ours alone.
+                        self.inner.runtime.spawn(async move {
+                            let mut node = still_used;
+                            loop {
+                                match Arc::try_unwrap(node) {
+                                    Ok(n) => return n.shutdown().await,
+                                    Err(again) => node = again,
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        });
                         return;
                     }
                     node = still_used;
