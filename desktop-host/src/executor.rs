@@ -1949,6 +1949,45 @@ mod tests {
         chunked.extend(unanswered_in(&doc, 4, 6, &me, &tasks));
         assert_eq!(chunked, found);
     }
+    /// Issue 13, item 9: error replies say `~` like the successful ones, for every tool (the
+    /// shell's folder, a path to open), not the desktop's absolute home.
+    #[test]
+    fn error_replies_show_paths_as_the_replies_do() {
+        use crate::tools::ToolError;
+        let home = tempfile::tempdir().expect("tempdir");
+        let policy = Policy::new(&Config::default(), home.path(), &[]).expect("policy");
+        let h = policy.home().to_path_buf();
+        let cases = [
+            (
+                ToolError::NotADirectory { path: h.clone() },
+                "`~` is not a directory",
+            ),
+            (
+                ToolError::NotFound {
+                    path: h.join("gone/a b.txt"),
+                },
+                "`~/gone/a b.txt` does not exist",
+            ),
+            (
+                ToolError::UnsupportedTarget {
+                    target: h.join("x\u{7}").display().to_string(),
+                    reason: "it contains control characters".into(),
+                },
+                "refusing to open `~/x\u{7}`: it contains control characters",
+            ),
+            (
+                ToolError::UnsupportedTarget {
+                    target: "smb://host/share".into(),
+                    reason: "`smb:` links are not opened".into(),
+                },
+                "refusing to open `smb://host/share`: `smb:` links are not opened",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(shown(&policy, e), want);
+        }
+    }
+
     /// Issue 13, item 9: a 128 KB command's summary showed only its start on a phone.
     #[test]
     fn summaries_show_the_head_and_tail_of_long_arguments() {
