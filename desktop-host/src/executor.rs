@@ -1336,30 +1336,43 @@ impl Bounds {
     }
 }
 
-/// Runs `f` on a blocking thread, raced against the task's cancellation and the time limit of
-/// `bounds`. A call that does not return in time is abandoned: its thread holds no lock of the
-/// executor and no running slot, and finishes on its own whenever the system call it is in
-/// returns. Cancelled, a call that changes things gets [`CANCEL_GRACE`] to finish its step
-/// first, so the task's end is truthful; a call still blocked after it is reported as
-/// abandoned in the task's events.
-async fn bounded<T: Send + 'static>(
-    bounds: &Bounds,
+/// How a [`race`] ended.
+#[derive(Debug)]
+enum Raced<T> {
+    /// The call returned (or was never started, with the reason).
+    Returned(Result<T, CallError>),
+    /// The time limit passed first; the call was abandoned.
+    TimedOut,
+    /// The cancellation came first; the call was abandoned (a call that changes things got
+    /// [`CANCEL_GRACE`] first, and returned no result within it).
+    Cancelled,
+}
+
+/// Runs `f` on a blocking thread, raced against `cancel` and `limit`. A call that loses is
+/// abandoned: its thread owns what it uses (no lock of the executor, no running slot) and ends
+/// whenever the system call it is in returns; [`STUCK`] counts such threads until then. With
+/// `changes`, a cancelled call gets [`CANCEL_GRACE`] to finish its step first, so the task's
+/// end is truthful.
+async fn race<T: Send + 'static>(
+    cancel: &CancellationToken,
+    limit: Duration,
+    changes: bool,
     f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
-) -> Result<T, CallError> {
+) -> Raced<T> {
     use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
     const RUNNING: u8 = 0;
     const RETURNED: u8 = 1;
     const ABANDONED: u8 = 2;
     let stuck = STUCK.load(SeqCst);
     if stuck >= MAX_STUCK {
-        return Err(CallError::Failed(format!(
+        return Raced::Returned(Err(CallError::Failed(format!(
             "{stuck} earlier tool calls are still blocked in the operating system (a file system, \
              device or display that does not answer); no new call is started until they return \
              (restarting the desktop host clears them)"
-        )));
+        ))));
     }
-    if bounds.cancel.is_cancelled() {
-        return Err(CallError::Cancelled);
+    if cancel.is_cancelled() {
+        return Raced::Returned(Err(CallError::Cancelled));
     }
     let state = Arc::new(AtomicU8::new(RUNNING));
     let mine = state.clone();
@@ -1371,15 +1384,18 @@ async fn bounded<T: Send + 'static>(
         r
     });
     let joined = |r: Result<Result<T, CallError>, tokio::task::JoinError>| {
-        r.map_err(|e| CallError::Failed(format!("the tool stopped unexpectedly: {e}")))?
+        Raced::Returned(
+            r.map_err(|e| CallError::Failed(format!("the tool stopped unexpectedly: {e}")))
+                .and_then(|r| r),
+        )
     };
     let timed_out = tokio::select! {
         r = &mut handle => return joined(r),
-        _ = bounds.cancel.cancelled() => false,
-        _ = tokio::time::sleep(bounds.limit) => true,
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(limit) => true,
     };
     if !timed_out
-        && bounds.changes
+        && changes
         && let Ok(r) = tokio::time::timeout(CANCEL_GRACE, &mut handle).await
     {
         // It finished its step: say what happened; the task still ends cancelled.
@@ -1393,21 +1409,40 @@ async fn bounded<T: Send + 'static>(
         // It returned just now: nothing is left behind.
         STUCK.fetch_sub(1, SeqCst);
     }
-    let secs = bounds.limit.as_secs();
     if timed_out {
-        tracing::warn!(task = %bounds.task, tool = %bounds.tool, "a tool call did not finish within {secs} s; abandoned");
-        return Err(CallError::Failed(
-            bounds.abandoned(&format!("did not finish within {secs} s")),
-        ));
+        Raced::TimedOut
+    } else {
+        Raced::Cancelled
     }
-    if bounds.changes {
-        let text = bounds.abandoned("was still blocked when the task was cancelled");
-        bounds
-            .inner
-            .event(&bounds.task, "abandoned", text, None)
-            .await;
+}
+
+/// [`race`] with the bounds of a task's tool call: a call past the time limit fails with a
+/// reply that says so; a cancelled call that changes things and was still blocked is recorded
+/// in the task's events.
+async fn bounded<T: Send + 'static>(
+    bounds: &Bounds,
+    f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
+) -> Result<T, CallError> {
+    match race(&bounds.cancel, bounds.limit, bounds.changes, f).await {
+        Raced::Returned(r) => r,
+        Raced::TimedOut => {
+            let secs = bounds.limit.as_secs();
+            tracing::warn!(task = %bounds.task, tool = %bounds.tool, "a tool call did not finish within {secs} s; abandoned");
+            Err(CallError::Failed(
+                bounds.abandoned(&format!("did not finish within {secs} s")),
+            ))
+        }
+        Raced::Cancelled => {
+            if bounds.changes {
+                let text = bounds.abandoned("was still blocked when the task was cancelled");
+                bounds
+                    .inner
+                    .event(&bounds.task, "abandoned", text, None)
+                    .await;
+            }
+            Err(CallError::Cancelled)
+        }
     }
-    Err(CallError::Cancelled)
 }
 
 /// [`bounded`] for a tool: its error shown as is.
@@ -1949,6 +1984,90 @@ mod tests {
         chunked.extend(unanswered_in(&doc, 4, 6, &me, &tasks));
         assert_eq!(chunked, found);
     }
+    /// Issue 13, item 4: a call blocked in a real system call (opening a FIFO nobody writes
+    /// to) is abandoned at once on cancel and at its time limit; its thread is counted until
+    /// the call returns; a cancelled call that changes things gets its grace to finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocked_call_is_abandoned_on_cancel_and_at_its_limit() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("pipe");
+        crate::tools::safe_fs::mkfifo(&fifo);
+        let open = |p: PathBuf| {
+            move || {
+                std::fs::File::open(&p)
+                    .map(|_| ())
+                    .map_err(|e| CallError::Failed(e.to_string()))
+            }
+        };
+        let before = STUCK.load(SeqCst);
+        // Cancelled: it returns at once although the open is still blocked.
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.cancel();
+        });
+        let started = std::time::Instant::now();
+        let r = race(&cancel, Duration::from_secs(600), false, open(fifo.clone())).await;
+        assert!(matches!(r, Raced::Cancelled), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(STUCK.load(SeqCst), before + 1);
+        // At its time limit, the same.
+        let r = race(
+            &CancellationToken::new(),
+            Duration::from_millis(300),
+            false,
+            open(fifo.clone()),
+        )
+        .await;
+        assert!(matches!(r, Raced::TimedOut), "{r:?}");
+        assert_eq!(STUCK.load(SeqCst), before + 2);
+        // A writer comes: both blocked opens return and nothing stays counted.
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .expect("open for writing");
+        let t0 = std::time::Instant::now();
+        while STUCK.load(SeqCst) != before && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(writer);
+        assert_eq!(STUCK.load(SeqCst), before);
+        // A call that changes things and finishes within the grace reports what it did.
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let r = race(
+            &CancellationToken::new(),
+            Duration::from_secs(600),
+            true,
+            || Ok(7),
+        )
+        .await;
+        assert!(matches!(r, Raced::Returned(Ok(7))), "{r:?}");
+        let r = race(&cancel, Duration::from_secs(600), true, || Ok(7)).await;
+        assert!(
+            matches!(r, Raced::Returned(Err(CallError::Cancelled))),
+            "{r:?}"
+        );
+        let slow = CancellationToken::new();
+        let stop = slow.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.cancel();
+        });
+        let r = race(&slow, Duration::from_secs(600), true, || {
+            std::thread::sleep(Duration::from_millis(500));
+            Ok("moved")
+        })
+        .await;
+        assert!(matches!(r, Raced::Returned(Ok("moved"))), "{r:?}");
+    }
+
     /// Issue 13, item 9: error replies say `~` like the successful ones, for every tool (the
     /// shell's folder, a path to open), not the desktop's absolute home.
     #[test]
