@@ -763,6 +763,10 @@ fn a_stuck_tool_call_is_cancelled_blocks_no_other_task_and_sigterm_still_stops_t
     rig.phone.ok(json!({"cmd": "cancel", "task": stuck}))?;
     let task = rig.wait_task(&stuck, &["cancelled"], 10_000)?;
     assert_eq!(status(&task), "cancelled", "{task}");
+    eprintln!(
+        "[stuck] cancelled {:?} after the phone asked",
+        asked.elapsed()
+    );
     assert!(asked.elapsed().as_secs() < 10, "{:?}", asked.elapsed());
     // The desktop still works.
     let t = rig.say("list ~/docs")?;
@@ -773,6 +777,7 @@ fn a_stuck_tool_call_is_cancelled_blocks_no_other_task_and_sigterm_still_stops_t
     x.wait_clients(2)?;
     let serve = rig.serve.take().context("serve")?;
     let took = serve.terminate(std::time::Duration::from_secs(10))?;
+    eprintln!("[stuck] deskhand serve exited {took:?} after SIGTERM");
     assert!(
         took.is_some(),
         "deskhand serve did not exit within 10 s of SIGTERM"
@@ -809,5 +814,46 @@ fn a_tool_call_past_its_time_limit_fails_clearly_and_frees_its_slot() -> Result<
     );
     let task = rig.wait_task(&next, &[], 20_000)?;
     assert_eq!(status(&task), "done", "{task}");
+    Ok(())
+}
+
+/// Issue 13, item 4: SIGTERM ends `serve` within seconds while a shell command that ignores
+/// SIGTERM runs: its process group is killed, and the task is `interrupted` after a restart.
+#[test]
+fn sigterm_stops_the_host_and_a_command_that_ignores_sigterm() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    std::fs::create_dir_all(rig.home.join("work"))?;
+    let t = rig.say("run trap : TERM; echo $$ > ~/work/pid; while :; do sleep 1; done")?;
+    let approval = rig.approval(&t)?;
+    rig.decide(&approval, "approve", None)?;
+    rig.wait_task(&t, &["running"], 10_000)?;
+    let pid_file = rig.home.join("work/pid");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&pid_file).map_or(true, |s| !s.ends_with('\n'))
+        && t0.elapsed().as_secs() < 10
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    let serve = rig.serve.take().context("serve")?;
+    let took = serve.terminate(std::time::Duration::from_secs(10))?;
+    eprintln!("[sigterm] deskhand serve exited {took:?} after SIGTERM");
+    assert!(
+        took.is_some(),
+        "deskhand serve did not exit within 10 s of SIGTERM"
+    );
+    // The shell is gone (or a zombie nobody reaped yet in a container): not running.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()))
+        .flatten();
+    assert!(
+        matches!(state, None | Some('Z') | Some('X')),
+        "the command's shell (pid {pid}) still runs: state {state:?}"
+    );
+    rig.restart()?;
+    rig.phone.ok(json!({"cmd": "sync_now"}))?;
+    let task = rig.wait_task(&t, &["interrupted"], 15_000)?;
+    assert_eq!(status(&task), "interrupted", "{task}");
     Ok(())
 }
