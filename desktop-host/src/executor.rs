@@ -820,6 +820,14 @@ impl ToolHost for TaskHost {
                 .await
         })
     }
+
+    fn cancelled(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.cancel.cancelled())
+    }
+
+    fn time_limit(&self) -> Duration {
+        Duration::from_secs(self.inner.config.tool_timeout_secs)
+    }
 }
 
 /// A call with its paths resolved, ready to judge, show and run.
@@ -1613,6 +1621,10 @@ async fn execute(
                     bounded(&bounds(false), move || Ok(shell_confinement(&pol))).await?
                 }
             };
+            // The folder it runs in is looked at first, bounded: a hung home folder would
+            // otherwise block the spawn.
+            let home = policy.home().to_path_buf();
+            bounded(&bounds(false), move || Ok(home.is_dir())).await?;
             // Bounded and cancelled by itself: the process group is stopped and reaped.
             let out = shell::run(command, policy.home(), limits, &sandbox, cancel.clone())
                 .await
