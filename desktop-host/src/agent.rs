@@ -57,6 +57,16 @@ pub trait ToolHost: Send + Sync {
     fn call(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, CallError>>;
     /// Reports progress on the task.
     fn progress<'a>(&'a self, text: &'a str) -> BoxFuture<'a, ()>;
+    /// Resolves when the task is cancelled or the host stops: the agent stops waiting then.
+    /// Never, unless the host says otherwise.
+    fn cancelled(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+    /// How long one blocking step of the agent itself may take (the host's
+    /// `tool_timeout_secs`; 120 s unless the host says otherwise).
+    fn time_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(120)
+    }
 }
 
 /// How a task ended, from the agent's side.
@@ -529,7 +539,31 @@ impl Agent for Builtin {
 
     fn run<'a>(&'a self, prompt: &'a str, host: &'a dyn ToolHost) -> BoxFuture<'a, AgentOutcome> {
         Box::pin(async move {
-            match self.parse(prompt) {
+            let failed = |summary: String| AgentOutcome {
+                ok: false,
+                summary,
+                blobs: vec![],
+            };
+            // Reading an ambiguous command looks at the file system, which may not answer (a
+            // hung network mount): on a blocking thread, raced against cancel and the limit.
+            let parsing = {
+                let (me, text) = (self.clone(), prompt.to_owned());
+                tokio::task::spawn_blocking(move || me.parse(&text))
+            };
+            let limit = host.time_limit();
+            let parsed = tokio::select! {
+                r = parsing => match r {
+                    Ok(p) => p,
+                    Err(e) => return failed(format!("the command could not be read: {e}")),
+                },
+                _ = host.cancelled() => return failed("cancelled".into()),
+                _ = tokio::time::sleep(limit) => return failed(format!(
+                    "reading the command did not finish within {} s: a path it names does not \
+                     answer (a hung network mount?)",
+                    limit.as_secs()
+                )),
+            };
+            match parsed {
                 Parsed::Answer(text) => AgentOutcome {
                     ok: true,
                     summary: text,

@@ -7,6 +7,7 @@
 //! max_approvals_per_phone = 4      # requests waiting at once; its other tasks wait
 //! approval_timeout_secs = 300      # an unanswered request is denied after this
 //! shell_timeout_secs = 60
+//! tool_timeout_secs = 120          # any other tool call (files, screenshot, open, input)
 //! shell_max_output_bytes = 1048576
 //! shell_sandbox = "on"             # "off" runs commands without the OS sandbox
 //! heartbeat_secs = 30
@@ -66,6 +67,10 @@ pub struct Config {
     pub approval_timeout_secs: u64,
     /// Time limit of a shell command.
     pub shell_timeout_secs: u64,
+    /// Time limit, in seconds, of every other tool call (reading, listing, finding, moving,
+    /// trashing, opening, a screenshot, typing): a call still blocked after it (a hung network
+    /// file system, a display that does not answer) is abandoned and the task told so.
+    pub tool_timeout_secs: u64,
     /// Bytes of output kept from a shell command (each of stdout and stderr).
     pub shell_max_output_bytes: usize,
     /// Whether shell commands run in the OS sandbox.
@@ -85,6 +90,7 @@ impl Default for Config {
             max_approvals_per_phone: 4,
             approval_timeout_secs: 300,
             shell_timeout_secs: 60,
+            tool_timeout_secs: 120,
             shell_max_output_bytes: 1024 * 1024,
             shell_sandbox: ShellSandbox::On,
             heartbeat_secs: 30,
@@ -151,7 +157,10 @@ impl Config {
                 "`max_tasks_per_phone` and `max_approvals_per_phone` must be at least 1".into(),
             );
         }
-        if self.approval_timeout_secs == 0 || self.shell_timeout_secs == 0 {
+        if self.approval_timeout_secs == 0
+            || self.shell_timeout_secs == 0
+            || self.tool_timeout_secs == 0
+        {
             return Err("timeouts must be at least 1 second".into());
         }
         for rule in self

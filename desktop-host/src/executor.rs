@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ use crate::tools::{files, input, open, screen, shell};
 /// Output longer than this goes into a blob; the event and reply keep the tail.
 const INLINE_OUTPUT: usize = 4 * 1024;
 /// How long a shutdown waits for running tasks to stop.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// The executor of one desktop.
 #[derive(Clone)]
@@ -210,8 +211,13 @@ impl Executor {
             );
             tasks.shutdown().await;
         }
-        if let Some(driver) = inner.input.lock().await.take() {
-            driver.shutdown().await;
+        // The input thread may be stuck on a display that does not answer: not waited for long.
+        if let Some(driver) = inner.input.lock().await.take()
+            && tokio::time::timeout(Duration::from_secs(2), driver.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!("the input thread did not stop within 2 s; left behind");
         }
         Ok(())
     }
@@ -814,6 +820,14 @@ impl ToolHost for TaskHost {
                 .await
         })
     }
+
+    fn cancelled(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.cancel.cancelled())
+    }
+
+    fn time_limit(&self) -> Duration {
+        Duration::from_secs(self.inner.config.tool_timeout_secs)
+    }
 }
 
 /// A call with its paths resolved, ready to judge, show and run.
@@ -833,11 +847,11 @@ impl TaskHost {
             return Err(CallError::Cancelled);
         }
         let inner = &self.inner;
-        let prepared = prepare(&inner.policy, &call, &inner.config).map_err(CallError::Failed)?;
+        let prepared = self.prepare(&call).await?;
         inner
             .event(&self.task, "tool", prepared.summary.clone(), None)
             .await;
-        match judge(&inner.policy, &prepared).await {
+        match self.judge(&prepared).await? {
             PolicyVerdict::Deny(why) => {
                 inner.node.audit(
                     "policy_denied",
@@ -854,17 +868,38 @@ impl TaskHost {
         }
         // Judge again right before running: a path swapped for a symlink while the request
         // waited must not slip through on an old approval.
-        let again = prepare(&inner.policy, &call, &inner.config).map_err(CallError::Failed)?;
+        let again = self.prepare(&call).await?;
         if again.args != prepared.args {
             return Err(CallError::Denied(
                 "the paths changed while the request waited for approval; ask again".into(),
             ));
         }
-        if let PolicyVerdict::Deny(why) = judge(&inner.policy, &again).await {
+        if let PolicyVerdict::Deny(why) = self.judge(&again).await? {
             return Err(CallError::Denied(why));
         }
         let out = execute(inner, &self.task, &prepared, &self.cancel).await?;
         Ok(out)
+    }
+
+    /// [`prepare`] off the async threads: resolving paths looks at the file system, which may
+    /// not answer (a hung network mount). Bounded like a tool call.
+    async fn prepare(&self, call: &ToolCall) -> Result<Prepared, CallError> {
+        let inner = &self.inner;
+        let (policy, call, config) = (inner.policy.clone(), call.clone(), inner.config.clone());
+        let bounds = Bounds::new(inner, &self.task, &call.tool, &self.cancel, false);
+        bounded(&bounds, move || {
+            prepare(&policy, &call, &config).map_err(CallError::Failed)
+        })
+        .await
+    }
+
+    /// The policy's verdict on a prepared call, off the async threads (judging a move or trash
+    /// of a folder walks everything in it) and bounded like a tool call.
+    async fn judge(&self, p: &Prepared) -> Result<PolicyVerdict, CallError> {
+        let inner = &self.inner;
+        let (policy, tool, subject) = (inner.policy.clone(), p.tool.clone(), p.subject.clone());
+        let bounds = Bounds::new(inner, &self.task, &p.tool, &self.cancel, false);
+        bounded(&bounds, move || Ok(policy.judge(&tool, &subject))).await
     }
 
     /// Writes an approval request, suspends until it is resolved, and returns if approved.
@@ -1254,39 +1289,196 @@ fn is_real_dir(path: &std::path::Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
-/// The policy's verdict on a prepared call. Off the async threads: judging a move or trash of a
-/// folder walks everything in it (bounded).
-async fn judge(policy: &Arc<Policy>, p: &Prepared) -> PolicyVerdict {
-    let (policy, tool, subject) = (policy.clone(), p.tool.clone(), p.subject.clone());
-    tokio::task::spawn_blocking(move || policy.judge(&tool, &subject))
-        .await
-        .unwrap_or_else(|e| {
-            PolicyVerdict::Deny(format!("the policy check stopped unexpectedly: {e}"))
-        })
-}
-
 fn arg_path(p: &Prepared, key: &str) -> PathBuf {
     PathBuf::from(p.args.get(key).and_then(Value::as_str).unwrap_or_default())
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::tools::ToolError> + Send + 'static,
-) -> Result<T, CallError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CallError::Failed(format!("the tool stopped unexpectedly: {e}")))?
-        .map_err(|e| CallError::Failed(e.to_string()))
+/// Tool calls abandoned while blocked in the operating system that have not returned yet.
+static STUCK: AtomicUsize = AtomicUsize::new(0);
+/// With this many calls stuck, new ones are refused rather than stacking up more threads.
+const MAX_STUCK: usize = 32;
+/// How long a cancelled call that changes things (a move, a trash) gets to finish the step it
+/// is in, so that the task's end says truthfully whether it happened.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// What ends a blocking call early: the task's cancellation (or the host stopping) and the
+/// per-call time limit.
+struct Bounds {
+    inner: Arc<Inner>,
+    task: TaskId,
+    tool: String,
+    cancel: CancellationToken,
+    limit: Duration,
+    /// Whether the call changes something (move, trash, open): abandoned, it may still complete.
+    changes: bool,
 }
 
-/// [`blocking`] for the file tools: their errors show paths as the replies do (`~/…`).
-async fn blocking_fs<T: Send + 'static>(
-    policy: &Policy,
+impl Bounds {
+    fn new(
+        inner: &Arc<Inner>,
+        task: &TaskId,
+        tool: &str,
+        cancel: &CancellationToken,
+        changes: bool,
+    ) -> Self {
+        Self {
+            inner: inner.clone(),
+            task: task.clone(),
+            tool: tool.to_owned(),
+            cancel: cancel.clone(),
+            limit: Duration::from_secs(inner.config.tool_timeout_secs),
+            changes,
+        }
+    }
+
+    /// What the task is told when the call was given up.
+    fn abandoned(&self, why: &str) -> String {
+        let mut text = format!(
+            "`{}` {why} and was abandoned (a file system, device or display that does not answer?)",
+            self.tool
+        );
+        if self.changes {
+            text.push_str("; what it was doing may still complete on its own");
+        }
+        text
+    }
+}
+
+/// How a [`race`] ended.
+#[derive(Debug)]
+enum Raced<T> {
+    /// The call returned (or was never started, with the reason).
+    Returned(Result<T, CallError>),
+    /// The time limit passed first; the call was abandoned.
+    TimedOut,
+    /// The cancellation came first; the call was abandoned (a call that changes things got
+    /// [`CANCEL_GRACE`] first, and returned no result within it).
+    Cancelled,
+}
+
+/// Runs `f` on a blocking thread, raced against `cancel` and `limit`. A call that loses is
+/// abandoned: its thread owns what it uses (no lock of the executor, no running slot) and ends
+/// whenever the system call it is in returns; [`STUCK`] counts such threads until then. With
+/// `changes`, a cancelled call gets [`CANCEL_GRACE`] to finish its step first, so the task's
+/// end is truthful.
+async fn race<T: Send + 'static>(
+    cancel: &CancellationToken,
+    limit: Duration,
+    changes: bool,
+    f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
+) -> Raced<T> {
+    use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+    const RUNNING: u8 = 0;
+    const RETURNED: u8 = 1;
+    const ABANDONED: u8 = 2;
+    let stuck = STUCK.load(SeqCst);
+    if stuck >= MAX_STUCK {
+        return Raced::Returned(Err(CallError::Failed(format!(
+            "{stuck} earlier tool calls are still blocked in the operating system (a file system, \
+             device or display that does not answer); no new call is started until they return \
+             (restarting the desktop host clears them)"
+        ))));
+    }
+    if cancel.is_cancelled() {
+        return Raced::Returned(Err(CallError::Cancelled));
+    }
+    let state = Arc::new(AtomicU8::new(RUNNING));
+    let mine = state.clone();
+    let mut handle = tokio::task::spawn_blocking(move || {
+        let r = f();
+        if mine.swap(RETURNED, SeqCst) == ABANDONED {
+            STUCK.fetch_sub(1, SeqCst);
+        }
+        r
+    });
+    let joined = |r: Result<Result<T, CallError>, tokio::task::JoinError>| {
+        Raced::Returned(
+            r.map_err(|e| CallError::Failed(format!("the tool stopped unexpectedly: {e}")))
+                .and_then(|r| r),
+        )
+    };
+    let timed_out = tokio::select! {
+        r = &mut handle => return joined(r),
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(limit) => true,
+    };
+    if !timed_out
+        && changes
+        && let Ok(r) = tokio::time::timeout(CANCEL_GRACE, &mut handle).await
+    {
+        // It finished its step: say what happened; the task still ends cancelled.
+        return joined(r);
+    }
+    STUCK.fetch_add(1, SeqCst);
+    if state
+        .compare_exchange(RUNNING, ABANDONED, SeqCst, SeqCst)
+        .is_err()
+    {
+        // It returned just now: nothing is left behind.
+        STUCK.fetch_sub(1, SeqCst);
+    }
+    if timed_out {
+        Raced::TimedOut
+    } else {
+        Raced::Cancelled
+    }
+}
+
+/// [`race`] with the bounds of a task's tool call: a call past the time limit fails with a
+/// reply that says so; a cancelled call that changes things and was still blocked is recorded
+/// in the task's events.
+async fn bounded<T: Send + 'static>(
+    bounds: &Bounds,
+    f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
+) -> Result<T, CallError> {
+    match race(&bounds.cancel, bounds.limit, bounds.changes, f).await {
+        Raced::Returned(r) => r,
+        Raced::TimedOut => {
+            let secs = bounds.limit.as_secs();
+            tracing::warn!(task = %bounds.task, tool = %bounds.tool, "a tool call did not finish within {secs} s; abandoned");
+            Err(CallError::Failed(
+                bounds.abandoned(&format!("did not finish within {secs} s")),
+            ))
+        }
+        Raced::Cancelled => {
+            if bounds.changes {
+                let text = bounds.abandoned("was still blocked when the task was cancelled");
+                bounds
+                    .inner
+                    .event(&bounds.task, "abandoned", text, None)
+                    .await;
+            }
+            Err(CallError::Cancelled)
+        }
+    }
+}
+
+/// [`bounded`] for a tool: its error shown as is.
+async fn blocking<T: Send + 'static>(
+    bounds: &Bounds,
     f: impl FnOnce() -> Result<T, crate::tools::ToolError> + Send + 'static,
 ) -> Result<T, CallError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CallError::Failed(format!("the tool stopped unexpectedly: {e}")))?
-        .map_err(|e| CallError::Failed(e.map_paths(|p| PathBuf::from(policy.show(p))).to_string()))
+    bounded(bounds, move || {
+        f().map_err(|e| CallError::Failed(e.to_string()))
+    })
+    .await
+}
+
+/// [`bounded`] for a tool whose errors name paths: shown as the replies show them (`~/…`).
+async fn blocking_fs<T: Send + 'static>(
+    bounds: &Bounds,
+    f: impl FnOnce() -> Result<T, crate::tools::ToolError> + Send + 'static,
+) -> Result<T, CallError> {
+    let policy = bounds.inner.policy.clone();
+    bounded(bounds, move || {
+        f().map_err(|e| CallError::Failed(shown(&policy, e)))
+    })
+    .await
+}
+
+/// A tool's error with every path in it as the replies show paths (`~/…`).
+fn shown(policy: &Policy, e: crate::tools::ToolError) -> String {
+    e.map_paths(|p| PathBuf::from(policy.show(p))).to_string()
 }
 
 async fn execute(
@@ -1300,15 +1492,21 @@ async fn execute(
         text: t,
         blobs: vec![],
     };
+    // Every blocking step is raced against the task's cancellation and the call's time limit;
+    // `changes`: abandoning it may leave something that completes later.
+    let bounds = |changes: bool| Bounds::new(inner, task, &p.tool, cancel, changes);
     // The identities of the secret files, fresh: every file opened or moved is checked
-    // against them.
-    let fence = policy.fence();
+    // against them (refreshing them looks at the file system, so it is bounded too).
+    let fence = {
+        let pol = policy.clone();
+        bounded(&bounds(false), move || Ok(pol.fence())).await?
+    };
     match p.tool.as_str() {
         "list" => {
             let dir = arg_path(p, "path");
             let shown = policy.show(&dir);
             let (d, f) = (dir.clone(), fence.clone());
-            let listing = blocking_fs(&policy, move || files::list(&d, 500, &*f)).await?;
+            let listing = blocking_fs(&bounds(false), move || files::list(&d, 500, &*f)).await?;
             let mut lines = Vec::new();
             let mut hidden = 0;
             for e in &listing.entries {
@@ -1332,7 +1530,7 @@ async fn execute(
             let pattern = p.args["pattern"].as_str().unwrap_or_default().to_owned();
             let pol = policy.clone();
             let (d, pat, f) = (dir.clone(), pattern.clone(), fence.clone());
-            let found = blocking_fs(&policy, move || {
+            let found = blocking_fs(&bounds(false), move || {
                 let skip = |x: &std::path::Path| pol.hidden("find", Capability::List, x);
                 files::find(&pat, &d, 200, &skip, &*f)
             })
@@ -1356,7 +1554,7 @@ async fn execute(
         "read" => {
             let f = arg_path(p, "path");
             let shown = policy.show(&f);
-            let head = blocking_fs(&policy, move || {
+            let head = blocking_fs(&bounds(false), move || {
                 files::read_head(&f, 16 * 1024, 200, &*fence)
             })
             .await?;
@@ -1369,7 +1567,7 @@ async fn execute(
         "summarize" => {
             let dir = arg_path(p, "path");
             let pol = policy.clone();
-            let s = blocking_fs(&policy, move || {
+            let s = blocking_fs(&bounds(false), move || {
                 let names = |x: &std::path::Path| pol.hidden("summarize", Capability::List, x);
                 let content = |x: &std::path::Path| pol.hidden("summarize", Capability::Read, x);
                 files::summarize(&dir, &names, &content, &*fence)
@@ -1381,7 +1579,8 @@ async fn execute(
             let f = arg_path(p, "path");
             let trash = inner.trash.clone();
             let t = task.to_string();
-            let entry = blocking_fs(&policy, move || trash.trash(&f, Some(&t), &*fence)).await?;
+            let entry =
+                blocking_fs(&bounds(true), move || trash.trash(&f, Some(&t), &*fence)).await?;
             Ok(text(format!(
                 "Moved {} to the Deskhand trash. To undo, on the desktop: deskhand trash restore {}",
                 policy.show(&entry.original_path),
@@ -1392,14 +1591,22 @@ async fn execute(
             let (from, to) = (arg_path(p, "from"), arg_path(p, "to"));
             let msg = format!("Moved {} to {}", policy.show(&from), policy.show(&to));
             // Exactly where the approval said: `to` already names the final path.
-            blocking_fs(&policy, move || files::move_exact(&from, &to, &*fence)).await?;
+            blocking_fs(&bounds(true), move || {
+                files::move_exact(&from, &to, &*fence)
+            })
+            .await?;
             Ok(text(msg))
         }
         "open" => {
             let target = p.args["target"].as_str().unwrap_or_default().to_owned();
             let t = target.clone();
-            blocking(move || open::open_target(&t)).await?;
-            Ok(text(format!("Opened {target}")))
+            blocking_fs(&bounds(true), move || open::open_target(&t)).await?;
+            let shown = if is_url(&target) {
+                target
+            } else {
+                policy.show(std::path::Path::new(&target))
+            };
+            Ok(text(format!("Opened {shown}")))
         }
         "run" => {
             let command = p.args["command"].as_str().unwrap_or_default();
@@ -1411,12 +1618,17 @@ async fn execute(
                 ShellSandbox::Off => Sandbox::Off,
                 ShellSandbox::On => {
                     let pol = policy.clone();
-                    blocking(move || Ok(shell_confinement(&pol))).await?
+                    bounded(&bounds(false), move || Ok(shell_confinement(&pol))).await?
                 }
             };
+            // The folder it runs in is looked at first, bounded: a hung home folder would
+            // otherwise block the spawn.
+            let home = policy.home().to_path_buf();
+            bounded(&bounds(false), move || Ok(home.is_dir())).await?;
+            // Bounded and cancelled by itself: the process group is stopped and reaped.
             let out = shell::run(command, policy.home(), limits, &sandbox, cancel.clone())
                 .await
-                .map_err(|e| CallError::Failed(e.to_string()))?;
+                .map_err(|e| CallError::Failed(shown(&policy, e)))?;
             if out.cancelled {
                 return Err(CallError::Cancelled);
             }
@@ -1474,9 +1686,7 @@ async fn execute(
             Ok(ToolOutput { text: msg, blobs })
         }
         "screenshot" => {
-            let shot = screen::capture_png_async()
-                .await
-                .map_err(|e| CallError::Failed(e.to_string()))?;
+            let shot = blocking(&bounds(false), screen::capture_png).await?;
             let blob = blob_store(inner)?
                 .add(shot.png, "image/png", Some("screenshot.png"))
                 .await
@@ -1495,33 +1705,45 @@ async fn execute(
             })
         }
         "type" | "key" | "click" => {
-            let mut guard = inner.input.lock().await;
+            // Another task's input may hold the driver; a cancel must not wait for it.
+            let mut guard = tokio::select! {
+                g = inner.input.lock() => g,
+                _ = cancel.cancelled() => return Err(CallError::Cancelled),
+            };
             if guard.is_none() {
-                *guard =
-                    Some(input::InputDriver::new().map_err(|e| CallError::Failed(e.to_string()))?);
+                // Connecting waits for the X server (up to 10 s): not on the async threads.
+                *guard = Some(blocking(&bounds(false), input::InputDriver::new).await?);
             }
             let Some(driver) = guard.as_ref() else {
                 return Err(CallError::Failed("no input driver".into()));
             };
-            let r = match p.tool.as_str() {
-                "type" => {
-                    let t = p.args["text"].as_str().unwrap_or_default();
-                    driver.type_text(t).await.map(|_| format!("Typed \"{t}\""))
-                }
-                "key" => {
-                    let c = p.args["combo"].as_str().unwrap_or_default();
-                    driver.key_combo(c).await.map(|_| format!("Pressed {c}"))
-                }
-                _ => {
-                    let x = p.args["x"].as_i64().unwrap_or_default() as i32;
-                    let y = p.args["y"].as_i64().unwrap_or_default() as i32;
-                    driver
-                        .click(x, y, input::MouseButton::Left)
-                        .await
-                        .map(|_| format!("Clicked at ({x}, {y})"))
-                }
+            // Each request is bounded by the driver (10 s and more for long text); a cancel
+            // stops waiting at once (the input thread finishes the request in hand).
+            let run = async {
+                let r = match p.tool.as_str() {
+                    "type" => {
+                        let t = p.args["text"].as_str().unwrap_or_default();
+                        driver.type_text(t).await.map(|_| format!("Typed \"{t}\""))
+                    }
+                    "key" => {
+                        let c = p.args["combo"].as_str().unwrap_or_default();
+                        driver.key_combo(c).await.map(|_| format!("Pressed {c}"))
+                    }
+                    _ => {
+                        let x = p.args["x"].as_i64().unwrap_or_default() as i32;
+                        let y = p.args["y"].as_i64().unwrap_or_default() as i32;
+                        driver
+                            .click(x, y, input::MouseButton::Left)
+                            .await
+                            .map(|_| format!("Clicked at ({x}, {y})"))
+                    }
+                };
+                r.map(text).map_err(|e| CallError::Failed(e.to_string()))
             };
-            r.map(text).map_err(|e| CallError::Failed(e.to_string()))
+            tokio::select! {
+                r = run => r,
+                _ = cancel.cancelled() => Err(CallError::Cancelled),
+            }
         }
         other => Err(CallError::Failed(format!(
             "there is no tool called {other:?}"
@@ -1773,6 +1995,129 @@ mod tests {
         chunked.extend(unanswered_in(&doc, 4, 6, &me, &tasks));
         assert_eq!(chunked, found);
     }
+    /// Issue 13, item 4: a call blocked in a real system call (opening a FIFO nobody writes
+    /// to) is abandoned at once on cancel and at its time limit; its thread is counted until
+    /// the call returns; a cancelled call that changes things gets its grace to finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocked_call_is_abandoned_on_cancel_and_at_its_limit() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("pipe");
+        crate::tools::safe_fs::mkfifo(&fifo);
+        let open = |p: PathBuf| {
+            move || {
+                std::fs::File::open(&p)
+                    .map(|_| ())
+                    .map_err(|e| CallError::Failed(e.to_string()))
+            }
+        };
+        let before = STUCK.load(SeqCst);
+        // Cancelled: it returns at once although the open is still blocked.
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.cancel();
+        });
+        let started = std::time::Instant::now();
+        let r = race(&cancel, Duration::from_secs(600), false, open(fifo.clone())).await;
+        assert!(matches!(r, Raced::Cancelled), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(STUCK.load(SeqCst), before + 1);
+        // At its time limit, the same.
+        let r = race(
+            &CancellationToken::new(),
+            Duration::from_millis(300),
+            false,
+            open(fifo.clone()),
+        )
+        .await;
+        assert!(matches!(r, Raced::TimedOut), "{r:?}");
+        assert_eq!(STUCK.load(SeqCst), before + 2);
+        // A writer comes: both blocked opens return and nothing stays counted.
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .expect("open for writing");
+        let t0 = std::time::Instant::now();
+        while STUCK.load(SeqCst) != before && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(writer);
+        assert_eq!(STUCK.load(SeqCst), before);
+        // A call that changes things and finishes within the grace reports what it did.
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let r = race(
+            &CancellationToken::new(),
+            Duration::from_secs(600),
+            true,
+            || Ok(7),
+        )
+        .await;
+        assert!(matches!(r, Raced::Returned(Ok(7))), "{r:?}");
+        let r = race(&cancel, Duration::from_secs(600), true, || Ok(7)).await;
+        assert!(
+            matches!(r, Raced::Returned(Err(CallError::Cancelled))),
+            "{r:?}"
+        );
+        let slow = CancellationToken::new();
+        let stop = slow.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.cancel();
+        });
+        let r = race(&slow, Duration::from_secs(600), true, || {
+            std::thread::sleep(Duration::from_millis(500));
+            Ok("moved")
+        })
+        .await;
+        assert!(matches!(r, Raced::Returned(Ok("moved"))), "{r:?}");
+    }
+
+    /// Issue 13, item 9: error replies say `~` like the successful ones, for every tool (the
+    /// shell's folder, a path to open), not the desktop's absolute home.
+    #[test]
+    fn error_replies_show_paths_as_the_replies_do() {
+        use crate::tools::ToolError;
+        let home = tempfile::tempdir().expect("tempdir");
+        let policy = Policy::new(&Config::default(), home.path(), &[]).expect("policy");
+        let h = policy.home().to_path_buf();
+        let cases = [
+            (
+                ToolError::NotADirectory { path: h.clone() },
+                "`~` is not a directory",
+            ),
+            (
+                ToolError::NotFound {
+                    path: h.join("gone/a b.txt"),
+                },
+                "`~/gone/a b.txt` does not exist",
+            ),
+            (
+                ToolError::UnsupportedTarget {
+                    target: h.join("x\u{7}").display().to_string(),
+                    reason: "it contains control characters".into(),
+                },
+                "refusing to open `~/x\u{7}`: it contains control characters",
+            ),
+            (
+                ToolError::UnsupportedTarget {
+                    target: "smb://host/share".into(),
+                    reason: "`smb:` links are not opened".into(),
+                },
+                "refusing to open `smb://host/share`: `smb:` links are not opened",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(shown(&policy, e), want);
+        }
+    }
+
     /// Issue 13, item 9: a 128 KB command's summary showed only its start on a phone.
     #[test]
     fn summaries_show_the_head_and_tail_of_long_arguments() {

@@ -188,7 +188,17 @@ fn main() {
         .init();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run(cli.command)));
+        .and_then(|rt| {
+            let r = rt.block_on(run(cli.command));
+            // Everything that must outlive the command was awaited (stores flushed, tasks
+            // ended). Dropping the runtime now would wait for every blocking thread (a tool
+            // call abandoned in a system call that never returns, on a hung network mount,
+            // would keep the process alive for good) and drop, midway, the close of an endpoint
+            // still draining a handshake it gave up (iroh then aborts it with an error).
+            // Whatever still runs ends with the process instead.
+            std::mem::forget(rt);
+            r
+        });
     if let Err(e) = result {
         // Errors carry peer text too (a desktop's refusal, a device name).
         eprintln!("error: {}", terminal::block(&format!("{e:#}"), "  "));

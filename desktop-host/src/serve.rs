@@ -122,20 +122,37 @@ pub async fn run(
     }
     println!("stopping…");
     cancel.cancel();
-    match executor_task.await {
-        Ok(Err(e)) => tracing::warn!("executor: {e:#}"),
-        Err(e) => tracing::warn!("executor: {e}"),
-        Ok(Ok(())) => {}
-    }
-    if let Ok(Err(e)) = control.await {
-        tracing::warn!("control socket: {e:#}");
-    }
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.shutdown().await,
-        Err(_) => tracing::warn!("the node was still in use at shutdown"),
+    let stop = async {
+        match executor_task.await {
+            Ok(Err(e)) => tracing::warn!("executor: {e:#}"),
+            Err(e) => tracing::warn!("executor: {e}"),
+            Ok(Ok(())) => {}
+        }
+        if let Ok(Err(e)) = control.await {
+            tracing::warn!("control socket: {e:#}");
+        }
+        match Arc::try_unwrap(node) {
+            Ok(node) => node.shutdown().await,
+            Err(_) => tracing::warn!("the node was still in use at shutdown"),
+        }
+    };
+    // Whatever a tool is doing, the host is gone within STOP_LIMIT (or at a second signal).
+    // Every write it acknowledged is already on disk; a task it could not end is marked
+    // `interrupted` at the next start.
+    tokio::select! {
+        _ = stop => {}
+        _ = tokio::time::sleep(STOP_LIMIT) => tracing::warn!(
+            "the host did not stop within {STOP_LIMIT:?}; exiting anyway (tasks still running \
+             show as interrupted after a restart)"
+        ),
+        _ = tokio::signal::ctrl_c() => tracing::warn!("stopping now (second signal)"),
+        _ = term.recv() => tracing::warn!("stopping now (second signal)"),
     }
     Ok(())
 }
+
+/// How long stopping may take before the process exits anyway.
+const STOP_LIMIT: Duration = Duration::from_secs(8);
 
 fn addrs(node: &Node) -> String {
     node.direct_addrs()

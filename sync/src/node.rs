@@ -43,6 +43,8 @@ use crate::store::{Store, StoreError, StoreThread, WriteOp};
 const COMPACT_EVERY_CHUNKS: usize = 4096;
 /// Give up a connection attempt after this long (iroh's own timeout is ~30 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A dial woken (`sync_now`) while connecting starts over only once it is this old.
+const RESTART_MIN_AGE: Duration = Duration::from_millis(300);
 /// How long a shutdown waits for each step (sessions, router, endpoint) before moving on.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How long the endpoint gets to close when a dial was abandoned mid-handshake (see
@@ -1282,14 +1284,19 @@ impl Node {
         } else {
             SHUTDOWN_GRACE
         };
-        if tokio::time::timeout(grace, self.endpoint.close())
-            .await
-            .is_err()
-        {
+        // The close runs in a task of its own: if it outlasts the grace (the QUIC drain of a
+        // handshake given up, up to ~3 s), it still completes in the background rather than
+        // being dropped midway, which would abort the endpoint ungracefully. A one-shot
+        // program that exits meanwhile (the terminal phone) ends it with the process.
+        let endpoint = self.endpoint.clone();
+        let mut closing = tokio::spawn(async move { endpoint.close().await });
+        if tokio::time::timeout(grace, &mut closing).await.is_err() {
             if abandoned {
-                tracing::debug!("closing the endpoint without waiting for an abandoned dial");
+                tracing::debug!("the endpoint finishes closing in the background (abandoned dial)");
             } else {
-                tracing::warn!("the endpoint did not close within {SHUTDOWN_GRACE:?}");
+                tracing::warn!(
+                    "the endpoint did not close within {SHUTDOWN_GRACE:?}; it finishes in the background"
+                );
             }
         }
         // Leave a single snapshot behind so that the next start loads one compact document
@@ -1442,22 +1449,34 @@ async fn dial_once(
             .abandoned_dial
             .store(true, std::sync::atomic::Ordering::SeqCst)
     };
-    let conn = tokio::select! {
-        _ = cancel.cancelled() => {
-            abandon();
-            return Ok(Dialed::SessionEnded);
-        }
-        _ = shared.wake_dialer.notified() => {
-            abandon();
-            return Ok(Dialed::Restart);
-        }
-        r = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, SYNC_ALPN)) => match r {
-            Err(_) => {
+    let started = tokio::time::Instant::now();
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, SYNC_ALPN));
+    tokio::pin!(connect);
+    // Woken while connecting: start over, but not before the dial is RESTART_MIN_AGE old. A
+    // younger dial's first packet reached the same desktop a moment ago, so starting over gains
+    // nothing, and the handshake given up must drain (seconds) before the endpoint can close.
+    let mut restart_at: Option<tokio::time::Instant> = None;
+    let conn = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
                 abandon();
-                return Err(format!("no answer from the desktop within {CONNECT_TIMEOUT:?}"));
+                return Ok(Dialed::SessionEnded);
             }
-            Ok(Err(e)) => return Err(connect_error(&e.to_string())),
-            Ok(Ok(c)) => c,
+            _ = shared.wake_dialer.notified(), if restart_at.is_none() => {
+                restart_at = Some(started + RESTART_MIN_AGE);
+            }
+            _ = tokio::time::sleep_until(restart_at.unwrap_or(started)), if restart_at.is_some() => {
+                abandon();
+                return Ok(Dialed::Restart);
+            }
+            r = &mut connect => match r {
+                Err(_) => {
+                    abandon();
+                    return Err(format!("no answer from the desktop within {CONNECT_TIMEOUT:?}"));
+                }
+                Ok(Err(e)) => return Err(connect_error(&e.to_string())),
+                Ok(Ok(c)) => break c,
+            }
         }
     };
     let (send, recv) = tokio::select! {

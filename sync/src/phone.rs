@@ -29,6 +29,7 @@ use crate::blobs::BlobError;
 use crate::node::{NodeError, PeerView, random_id_bytes};
 use crate::pairing::PairError;
 use crate::presence::{Presence, now_unix_ms};
+use crate::store::StoreError;
 use crate::{NetConfig, Node, NodeConfig, NodeRole};
 
 pub use deskhand_core::ids::{ApprovalId, TaskId};
@@ -159,6 +160,10 @@ pub enum PhoneError {
 impl From<NodeError> for PhoneError {
     fn from(e: NodeError) -> Self {
         match e {
+            // "storage: " is this variant's own prefix: not "storage: storage error in …".
+            NodeError::Store(StoreError::Io { path, reason }) => Self::Storage {
+                reason: format!("{reason} ({})", path.display()),
+            },
             NodeError::Store(_) | NodeError::CorruptDocument { .. } | NodeError::DataDir { .. } => {
                 Self::Storage {
                     reason: e.to_string(),
@@ -189,8 +194,9 @@ impl From<PairError> for PhoneError {
             PairError::Refused { .. } | PairError::Expired { .. } => Self::Refused {
                 reason: e.to_string(),
             },
-            PairError::Unreachable { .. } => Self::Unreachable {
-                reason: e.to_string(),
+            // This variant says "cannot reach the desktop: " itself.
+            PairError::Unreachable { addrs, reason } => Self::Unreachable {
+                reason: format!("{reason} (tried {addrs})"),
             },
             PairError::AlreadyPaired { name, id } => Self::AlreadyPaired { name, id },
             PairError::Storage(reason) => Self::Storage { reason },
@@ -740,8 +746,10 @@ impl Phone {
     /// given; it becomes this phone's home. Returns its id and name. The workspace follows in
     /// the background (see [`Phone::sync`]).
     pub async fn pair(&self, code: &str) -> Result<(DeviceId, String), PhoneError> {
+        // The parse error names what is wrong in full ("not a Deskhand pairing code (it
+        // should start with …)", "pairing code field … is missing"): no prefix of ours.
         let payload = PairingPayload::parse(code).map_err(|e| PhoneError::Invalid {
-            reason: format!("not a Deskhand pairing code: {e}"),
+            reason: e.to_string(),
         })?;
         let node = self.node()?;
         node.pair(&payload, &self.inner.name, &self.inner.platform)
@@ -1042,8 +1050,20 @@ impl Phone {
                 Err(still_used) => {
                     if tokio::time::Instant::now() >= deadline {
                         tracing::warn!(
-                            "phone calls still running after {SHUTDOWN_WAIT:?}; closing without a clean shutdown"
+                            "phone calls still running after {SHUTDOWN_WAIT:?}; the node shuts down in the background when they end"
                         );
+                        // Not dropped by whichever call ends last (that would abort the
+                        // endpoint without closing it): shut down once it is ours alone.
+                        self.inner.runtime.spawn(async move {
+                            let mut node = still_used;
+                            loop {
+                                match Arc::try_unwrap(node) {
+                                    Ok(n) => return n.shutdown().await,
+                                    Err(again) => node = again,
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        });
                         return;
                     }
                     node = still_used;

@@ -131,6 +131,20 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
     assert!(p.snapshot()?.desktop.is_none());
     let bad = p.pair("https://example.com").await;
     assert!(matches!(bad, Err(PhoneError::Invalid { .. })), "{bad:?}");
+    // Issue 13, item 9: the reason is said once, not "not a Deskhand pairing code: not a …".
+    assert_eq!(
+        bad.err().map(|e| e.to_string()).unwrap_or_default(),
+        "not a Deskhand pairing code (it should start with deskhand://pair?)"
+    );
+    // Nobody at the code's address: "cannot reach the desktop" once, with what was tried.
+    let mut nobody = desk.create_pairing(Duration::from_secs(60))?;
+    let gone = free_addr();
+    nobody.addrs = vec![gone];
+    let unreachable = p.pair(&nobody.to_uri()).await;
+    let said = unreachable.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(said.starts_with("cannot reach the desktop: "), "{said}");
+    assert_eq!(said.matches("cannot reach").count(), 1, "{said}");
+    assert!(said.ends_with(&format!("(tried {gone})")), "{said}");
 
     let code = desk.create_pairing(Duration::from_secs(60))?.to_uri();
     let (id, name) = p.pair(&code).await?;

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
 /// A node process.
@@ -353,6 +353,24 @@ impl Serve {
     /// Everything it printed so far.
     pub fn output(&self) -> String {
         self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (as `systemctl stop` or `kill` does) and waits up to `limit` for the
+    /// process to exit; returns how long it took, or `None` if it was still running (it is
+    /// then killed).
+    pub fn terminate(mut self, limit: std::time::Duration) -> Result<Option<std::time::Duration>> {
+        let started = std::time::Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(sent.success(), "kill -TERM failed");
+        while started.elapsed() < limit {
+            if self.child.try_wait()?.is_some() {
+                return Ok(Some(started.elapsed()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(None)
     }
 
     /// SIGKILL.

@@ -265,6 +265,13 @@ impl ToolError {
                 path: show(&path),
                 reason,
             },
+            // A path to open (a URL stays as it is).
+            UnsupportedTarget { target, reason } if Path::new(&target).is_absolute() => {
+                UnsupportedTarget {
+                    target: show(Path::new(&target)).display().to_string(),
+                    reason,
+                }
+            }
             other => other,
         }
     }

@@ -225,7 +225,12 @@ pub async fn run(
         }
         let _ = child.start_kill();
         if status.is_none() {
-            status = child.wait().await.ok();
+            // A process in uninterruptible sleep (a hung network mount) outlives SIGKILL until
+            // the system call returns: not waited for past the grace (tokio reaps it later).
+            status = tokio::time::timeout(KILL_GRACE, child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
     }
     group.disarm();

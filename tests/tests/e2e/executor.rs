@@ -674,3 +674,186 @@ fn quoted_and_ambiguous_paths_work_and_long_commands_are_summarized_by_head_and_
     rig.finished(&t)?;
     Ok(())
 }
+
+/// An X display that accepts connections and never answers, like a display (or a network file
+/// system) that hangs: a screenshot blocks in the X handshake, in the operating system, for
+/// real. `DISPLAY` is `127.0.0.1:N` (TCP port 6000 + N).
+struct SilentDisplay {
+    display: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentDisplay {
+    fn start() -> Result<Self> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let (listener, n) = (100..400)
+            .find_map(|n| {
+                std::net::TcpListener::bind(("127.0.0.1", 6000 + n))
+                    .ok()
+                    .map(|l| (l, n))
+            })
+            .context("no free X display port")?;
+        listener.set_nonblocking(true)?;
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopped.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        held.push(conn);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(Self {
+            display: format!("127.0.0.1:{n}"),
+            accepted,
+            stop,
+        })
+    }
+
+    /// Waits until `n` clients have connected (a screenshot is then stuck in the handshake).
+    fn wait_clients(&self, n: usize) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        while self.accepted.load(std::sync::atomic::Ordering::SeqCst) < n {
+            ensure!(
+                t0.elapsed().as_secs() < 20,
+                "the screenshot never connected to the display"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SilentDisplay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Issue 13, item 4: a tool call stuck in the operating system. Another task runs meanwhile, a
+/// cancel from the phone ends it `cancelled` within seconds, SIGTERM ends `serve` within
+/// seconds while one is stuck, and after a restart that task shows `interrupted`.
+#[test]
+fn a_stuck_tool_call_is_cancelled_blocks_no_other_task_and_sigterm_still_stops_the_host()
+-> Result<()> {
+    let x = SilentDisplay::start()?;
+    let mut rig = Rig::new(
+        "max_concurrent_tasks = 2\n",
+        &[("DISPLAY", &x.display), ("XDG_SESSION_TYPE", "x11")],
+    )?;
+    files(&rig.home)?;
+    let stuck = rig.say("screenshot")?;
+    rig.wait_task(&stuck, &["running"], 10_000)?;
+    x.wait_clients(1)?;
+    // Another task runs and finishes while the screenshot is stuck.
+    let t = rig.say("read ~/docs/notes.txt")?;
+    let task = rig.wait_task(&t, &[], 20_000)?;
+    assert_eq!(status(&task), "done", "{task}");
+    let still = rig.wait_task(&stuck, &["running"], 1_000)?;
+    assert_eq!(status(&still), "running", "{still}");
+    // Cancelled from the phone: it stops at once (well within 10 s on a loaded machine).
+    let asked = std::time::Instant::now();
+    rig.phone.ok(json!({"cmd": "cancel", "task": stuck}))?;
+    let task = rig.wait_task(&stuck, &["cancelled"], 10_000)?;
+    assert_eq!(status(&task), "cancelled", "{task}");
+    eprintln!(
+        "[stuck] cancelled {:?} after the phone asked",
+        asked.elapsed()
+    );
+    assert!(asked.elapsed().as_secs() < 10, "{:?}", asked.elapsed());
+    // The desktop still works.
+    let t = rig.say("list ~/docs")?;
+    assert_eq!(status(&rig.finished(&t)?), "done");
+    // Stuck again, then SIGTERM: the host exits within seconds all the same.
+    let stuck = rig.say("screenshot")?;
+    rig.wait_task(&stuck, &["running"], 10_000)?;
+    x.wait_clients(2)?;
+    let serve = rig.serve.take().context("serve")?;
+    let took = serve.terminate(std::time::Duration::from_secs(10))?;
+    eprintln!("[stuck] deskhand serve exited {took:?} after SIGTERM");
+    assert!(
+        took.is_some(),
+        "deskhand serve did not exit within 10 s of SIGTERM"
+    );
+    // After a restart the task it could not finish is `interrupted`, never re-run.
+    rig.restart()?;
+    rig.phone.ok(json!({"cmd": "sync_now"}))?;
+    let task = rig.wait_task(&stuck, &["interrupted"], 15_000)?;
+    assert_eq!(status(&task), "interrupted", "{task}");
+    Ok(())
+}
+
+/// Issue 13, item 4: every tool call has a time limit (`tool_timeout_secs`); a call past it is
+/// abandoned with a clear reply, and the next task (waiting for the only slot) runs.
+#[test]
+fn a_tool_call_past_its_time_limit_fails_clearly_and_frees_its_slot() -> Result<()> {
+    let x = SilentDisplay::start()?;
+    let mut rig = Rig::new(
+        "tool_timeout_secs = 2\n",
+        &[("DISPLAY", &x.display), ("XDG_SESSION_TYPE", "x11")],
+    )?;
+    files(&rig.home)?;
+    let stuck = rig.say("screenshot")?;
+    let next = rig.say("read ~/docs/notes.txt")?;
+    let task = rig.wait_task(&stuck, &[], 30_000)?;
+    assert_eq!(status(&task), "failed", "{task}");
+    assert!(
+        summary(&task).contains(
+            "`screenshot` did not finish within 2 s and was abandoned (a file system, device or \
+             display that does not answer?)"
+        ),
+        "{}",
+        summary(&task)
+    );
+    let task = rig.wait_task(&next, &[], 20_000)?;
+    assert_eq!(status(&task), "done", "{task}");
+    Ok(())
+}
+
+/// Issue 13, item 4: SIGTERM ends `serve` within seconds while a shell command that ignores
+/// SIGTERM runs: its process group is killed, and the task is `interrupted` after a restart.
+#[test]
+fn sigterm_stops_the_host_and_a_command_that_ignores_sigterm() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    std::fs::create_dir_all(rig.home.join("work"))?;
+    let t = rig.say("run trap : TERM; echo $$ > ~/work/pid; while :; do sleep 1; done")?;
+    let approval = rig.approval(&t)?;
+    rig.decide(&approval, "approve", None)?;
+    rig.wait_task(&t, &["running"], 10_000)?;
+    let pid_file = rig.home.join("work/pid");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&pid_file).map_or(true, |s| !s.ends_with('\n'))
+        && t0.elapsed().as_secs() < 10
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    let serve = rig.serve.take().context("serve")?;
+    let took = serve.terminate(std::time::Duration::from_secs(10))?;
+    eprintln!("[sigterm] deskhand serve exited {took:?} after SIGTERM");
+    assert!(
+        took.is_some(),
+        "deskhand serve did not exit within 10 s of SIGTERM"
+    );
+    // The shell is gone (or a zombie nobody reaped yet in a container): not running.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()))
+        .flatten();
+    assert!(
+        matches!(state, None | Some('Z') | Some('X')),
+        "the command's shell (pid {pid}) still runs: state {state:?}"
+    );
+    rig.restart()?;
+    rig.phone.ok(json!({"cmd": "sync_now"}))?;
+    let task = rig.wait_task(&t, &["interrupted"], 15_000)?;
+    assert_eq!(status(&task), "interrupted", "{task}");
+    Ok(())
+}

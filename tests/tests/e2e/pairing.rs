@@ -671,3 +671,71 @@ async fn crafted_changes_that_would_break_the_desktop_are_refused_and_it_restart
     drop(serve);
     Ok(())
 }
+
+/// Issue 13, item 9: about one terminal phone command in ten printed `ERROR iroh::socket:
+/// Endpoint dropped without calling Endpoint::close` (a dial given up mid-handshake, its close
+/// cut short at exit). Every command here, with the desktop up and then down, closes its
+/// endpoint; and a malformed code is refused with its reason said once.
+#[test]
+fn terminal_phone_commands_close_their_endpoint_and_say_a_reason_once() -> Result<()> {
+    const DROPPED: &str = "Endpoint dropped without calling";
+    let dir = tempfile::tempdir()?;
+    let serve = Serve::start(&dir.path().join("desk"), free_udp_addr())?;
+    let phone = dir.path().join("phone");
+    let r = deskhand(&[
+        "phone",
+        "--data",
+        path(&phone),
+        "pair",
+        "https://example.com/x",
+    ])?;
+    assert_ne!(r.code, 0);
+    assert_eq!(
+        r.stderr.trim(),
+        "error: not a Deskhand pairing code (it should start with deskhand://pair?)"
+    );
+    ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&phone),
+        "pair",
+        &serve.payload,
+    ])?)?;
+    let mut seen = Vec::new();
+    for i in 0..20 {
+        for args in [
+            vec!["show"],
+            vec!["send", "list ~"],
+            vec!["sync", "--timeout", "5"],
+        ] {
+            let mut all = vec!["phone", "--data", path(&phone)];
+            all.extend(&args);
+            let r = ok(deskhand(&all)?)?;
+            if r.stderr.contains(DROPPED) {
+                seen.push(format!("round {i}, {args:?}: {}", r.stderr.trim()));
+            }
+        }
+    }
+    assert!(
+        seen.is_empty(),
+        "{} of 60 commands:\n{}",
+        seen.len(),
+        seen.join("\n")
+    );
+    // The desktop down: dials are given up mid-handshake; still closed, and still quick.
+    serve.kill9()?;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = deskhand(&["phone", "--data", path(&phone), "send", "--wait", "1", "hi"])?;
+        assert!(!r.stderr.contains(DROPPED), "{}", r.stderr);
+        assert!(r.stdout.contains("queued"), "{}", r.stdout);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let r = ok(deskhand(&["phone", "--data", path(&phone), "show"])?)?;
+        assert!(!r.stderr.contains(DROPPED), "{}", r.stderr);
+    }
+    Ok(())
+}
