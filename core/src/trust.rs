@@ -669,6 +669,7 @@ mod tests {
                     by: phone.to_string(),
                     at: 5,
                     reason: String::new(),
+                    counted: None,
                 },
             )
         });

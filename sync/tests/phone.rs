@@ -258,6 +258,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         by: "expired".into(),
         at: 1,
         reason: "test".into(),
+        counted: None,
     };
     desk.write(|tx| Workspace::set_resolution(tx, &resolved, &r))
         .await?;
