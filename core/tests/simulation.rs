@@ -386,6 +386,7 @@ impl Sim {
                     );
                     n.doc_id = Some(id);
                 }
+                SessionOutput::PeerClockOffset(_) => {}
             }
         }
     }
