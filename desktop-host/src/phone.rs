@@ -643,8 +643,16 @@ fn print_approval(a: &PhoneApproval) {
     } else {
         "  WARNING: does not match its action hash; it will not be signed"
     };
+    // A countdown in the desktop's time (this phone's clock may be off): only it decides.
+    let left = if a.approval.resolution.is_some() {
+        String::new()
+    } else if a.expires_in_ms > 0 {
+        format!("  (expires in {} s, desktop time)", a.expires_in_ms / 1000)
+    } else {
+        "  (expired by the desktop's clock, as far as this phone knows)".to_owned()
+    };
     println!(
-        "  {} [{} risk] {}{mine}{warn}\n      {} {}",
+        "  {} [{} risk] {}{mine}{left}{warn}\n      {} {}",
         line(a.approval.id.as_str()),
         a.approval.risk,
         line(&a.approval.summary),
@@ -720,6 +728,13 @@ impl Seen {
                     r.verdict,
                     line(&r.reason)
                 );
+                if a.too_late {
+                    let mine = match a.my_verdict {
+                        Some(deskhand_core::approval::Verdict::Approve) => "approve",
+                        _ => "deny",
+                    };
+                    println!("! {}", too_late(s, &a.approval.id, mine));
+                }
             }
         }
         ask
