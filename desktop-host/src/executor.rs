@@ -396,29 +396,26 @@ impl Inner {
                 .await?;
         }
         self.lock().last_heads = heads;
-        // Oldest first within each phone: its own clock orders its own tasks.
+        // Oldest first within each phone: by when the desktop first saw them.
         self.enqueue(self.owners_of(&queued, true)).await?;
         self.tasks_for_messages(orphans).await
     }
 
-    /// `(id, created_by)` of each of `ids` that is still a queued task, oldest first if asked.
+    /// `(id, created_by)` of each of `ids` that is still a queued task, oldest first if asked
+    /// (by when the desktop first saw it, the phone's clock only breaking ties).
     fn owners_of(&self, ids: &[TaskId], oldest_first: bool) -> Vec<(TaskId, String)> {
-        let mut queued: Vec<(TaskId, String, i64)> = self.node.read(|doc| {
+        let mut queued: Vec<Task> = self.node.read(|doc| {
             ids.iter()
                 .filter_map(|id| {
                     let t = Workspace::task(doc, id).ok().flatten()?;
-                    (t.status == TaskStatus::Queued)
-                        .then(|| (id.clone(), t.created_by, t.created_at))
+                    (t.status == TaskStatus::Queued).then_some(t)
                 })
                 .collect()
         });
         if oldest_first {
-            queued.sort_by_key(|(_, _, at)| *at);
+            queued.sort_by(Workspace::display_order);
         }
-        queued
-            .into_iter()
-            .map(|(id, owner, _)| (id, owner))
-            .collect()
+        queued.into_iter().map(|t| (t.id, t.created_by)).collect()
     }
 
     /// Queues new tasks `(id, phone that created it)` in the order given. A task over its
