@@ -137,3 +137,40 @@ fn unanimous_waits_for_every_phone_and_one_deny_stops_it() -> Result<()> {
     assert!(desk.home.join("kept.txt").exists());
     Ok(())
 }
+
+#[test]
+fn n_of_m_acts_on_the_nth_approve_of_three_phones() -> Result<()> {
+    let desk = two_phones("[approvals]\nrule = \"n-of-m\"\napprovals_needed = 2\n")?;
+    desk.pair("C", "0", &desk.code()?)?;
+    let (t, id) = ask_trash(&desk, "two.txt")?;
+    let r = ok(desk.phone("A", "0", &["approve", &id])?)?;
+    assert!(r.stdout.contains("not resolved yet"), "{}", r.stdout);
+    assert!(
+        desk.home.join("two.txt").exists(),
+        "one approve of the two needed"
+    );
+    let r = ok(desk.phone("B", "0", &["approve", &id])?)?;
+    assert!(
+        r.stdout.contains("resolved: approved on A and B"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(desk.finished("A", "0", &t)?["status"], "done");
+    assert!(!desk.home.join("two.txt").exists());
+    // C, which never answered, sees who decided; its approve now comes too late.
+    let a = desk.approval_of("C", "0", &t)?;
+    assert_eq!(a["status"]["state"], "resolved", "{a}");
+    assert_eq!(
+        a["status"]["counted"].as_array().map(Vec::len),
+        Some(2),
+        "{a}"
+    );
+    let r = desk.phone("C", "0", &["approve", &id])?;
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("came too late: approved on A and B"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
