@@ -159,6 +159,12 @@ fn a_phone_six_minutes_fast_pairs_with_a_fresh_code_and_learns_the_offset() -> R
     let taken = v["desktop_now"].as_i64().context("desktop_now")?;
     let real = deskhand_sync::presence::now_unix_ms();
     assert!((taken - real).abs() < 60_000, "{taken} vs {real}");
+    // The phone's clock is set right: the next sync's hello teaches it the new offset, which is
+    // kept for offline display.
+    ok(desk.phone("fast", "0", &["sync"])?)?;
+    let v = desk.show("fast", "0")?;
+    let offset = v["desktop"]["clock_offset_ms"].as_i64().context("offset")?;
+    assert!(offset.abs() < 5_000, "learned from the sync hello: {offset}");
     Ok(())
 }
 
