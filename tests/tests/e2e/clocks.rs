@@ -164,7 +164,10 @@ fn a_phone_six_minutes_fast_pairs_with_a_fresh_code_and_learns_the_offset() -> R
     ok(desk.phone("fast", "0", &["sync"])?)?;
     let v = desk.show("fast", "0")?;
     let offset = v["desktop"]["clock_offset_ms"].as_i64().context("offset")?;
-    assert!(offset.abs() < 5_000, "learned from the sync hello: {offset}");
+    assert!(
+        offset.abs() < 5_000,
+        "learned from the sync hello: {offset}"
+    );
     Ok(())
 }
 
