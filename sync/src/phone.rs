@@ -910,7 +910,10 @@ impl Phone {
         Ok(())
     }
 
-    /// Approves a request: signs the exact action it shows and writes the decision.
+    /// Approves a request: signs the exact action it shows and writes the decision. Never
+    /// refused on this phone's clock: the desktop judges expiry ([`PhoneError::Expired`] only once
+    /// the desktop has resolved it so). Whether it counted shows later as
+    /// [`PhoneApproval::too_late`].
     pub async fn approve(&self, id: &ApprovalId) -> Result<(), PhoneError> {
         self.decide(id, Verdict::Approve).await
     }
