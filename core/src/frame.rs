@@ -3,7 +3,8 @@
 //! ```text
 //! frame   := length:u32be body            (length = body length, at most MAX_FRAME_LEN)
 //! body    := version:u8 (=1) kind:u8 payload
-//! Hello   := kind 1, protocol:u16be, has_doc:u8, [doc_id:16], n:u16be, n × head:32
+//! Hello   := kind 1, protocol:u16be, has_doc:u8, [doc_id:16], n:u16be, n × head:32,
+//!            [wall_clock_ms:u64be]  (the sender's wall clock, Unix ms; absent = not told)
 //! Sync    := kind 2, an Automerge sync message (rest of the body)
 //! Ping    := kind 3, nonce:u64be
 //! Pong    := kind 4, nonce:u64be
@@ -47,6 +48,10 @@ pub struct Hello {
     pub doc_id: Option<DocId>,
     /// The sender's current heads.
     pub heads: Vec<ChangeHash>,
+    /// The sender's wall clock when it wrote the hello (Unix milliseconds), so a phone learns
+    /// its offset to the desktop's clock. `None` when the hello ends after the heads (a peer of
+    /// a build before this field; it is written whenever it is `Some`).
+    pub wall_clock_ms: Option<u64>,
 }
 
 /// One frame on the wire.
@@ -127,6 +132,9 @@ impl Frame {
                 out.extend_from_slice(&(n as u16).to_be_bytes());
                 for head in &h.heads[..n] {
                     out.extend_from_slice(head.as_ref());
+                }
+                if let Some(ms) = h.wall_clock_ms {
+                    out.extend_from_slice(&ms.to_be_bytes());
                 }
             }
             Frame::Sync(bytes) => {
@@ -241,13 +249,16 @@ fn decode_hello(p: &[u8]) -> Result<Hello, FrameError> {
     for _ in 0..n {
         heads.push(ChangeHash(r.take::<32>().ok_or(bad("short head"))?));
     }
-    if !r.0.is_empty() {
-        return Err(bad("trailing bytes"));
-    }
+    let wall_clock_ms = match r.0.len() {
+        0 => None,
+        8 => r.take::<8>().map(u64::from_be_bytes),
+        _ => return Err(bad("trailing bytes (the wall clock is 8 bytes)")),
+    };
     Ok(Hello {
         protocol,
         doc_id,
         heads,
+        wall_clock_ms,
     })
 }
 
@@ -374,12 +385,14 @@ mod tests {
             any::<u16>(),
             proptest::option::of(any::<[u8; 16]>()),
             proptest::collection::vec(any::<[u8; 32]>(), 0..8),
+            proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(protocol, doc, heads)| {
+            .prop_map(|(protocol, doc, heads, wall_clock_ms)| {
                 Frame::Hello(Hello {
                     protocol,
                     doc_id: doc.map(DocId::from_bytes),
                     heads: heads.into_iter().map(ChangeHash).collect(),
+                    wall_clock_ms,
                 })
             });
         prop_oneof![
@@ -457,6 +470,28 @@ mod tests {
             dec.next_frame(),
             Err(FrameError::TooLarge(u32::MAX as usize, MAX_FRAME_LEN))
         );
+    }
+
+    #[test]
+    fn hello_carries_the_wall_clock_at_its_end() {
+        let h = Hello {
+            protocol: PROTOCOL_VERSION,
+            doc_id: None,
+            heads: vec![],
+            wall_clock_ms: Some(1_764_480_000_123),
+        };
+        let wire = Frame::Hello(h.clone()).encode();
+        // length, version, kind, protocol (2), no doc (1), 0 heads (2), then the clock.
+        assert_eq!(&wire[wire.len() - 8..], &1_764_480_000_123u64.to_be_bytes());
+        let body = &wire[4..];
+        assert_eq!(Frame::decode_body(body), Ok(Frame::Hello(h)));
+        // Without the clock (an older peer) it still decodes; a partial clock does not.
+        let short = &body[..body.len() - 8];
+        let Ok(Frame::Hello(old)) = Frame::decode_body(short) else {
+            panic!("an old hello must decode");
+        };
+        assert_eq!(old.wall_clock_ms, None);
+        assert!(Frame::decode_body(&body[..body.len() - 3]).is_err());
     }
 
     #[test]

@@ -178,8 +178,12 @@ pub struct Task {
     pub prompt: String,
     /// Device id of the creator (hex).
     pub created_by: String,
-    /// Unix milliseconds.
+    /// Unix milliseconds, the creator's clock (a phone's may be wrong: informative only).
     pub created_at: i64,
+    /// When the desktop first saw it (Unix ms, the desktop's clock; written by the desktop
+    /// only). Tasks are listed in this order, so a phone's wrong clock cannot reorder them.
+    #[autosurgeon(missing = "Option::default")]
+    pub received_at: Option<i64>,
     /// Lifecycle state.
     pub status: TaskStatus,
     /// Desktop that claimed it.
@@ -210,6 +214,7 @@ impl Task {
             prompt: prompt.into(),
             created_by: created_by.to_string(),
             created_at: at,
+            received_at: None,
             status: TaskStatus::Queued,
             claimed_by: None,
             cancel_requested_by: None,
@@ -434,6 +439,39 @@ impl Workspace {
             reconcile_prop(tx, &t, "result", result)?;
         }
         Ok(())
+    }
+
+    /// Desktop: notes when it first saw task `id` (its own clock), unless already noted.
+    pub fn mark_received(
+        tx: &mut Transaction<'_>,
+        id: &TaskId,
+        at: i64,
+    ) -> Result<(), SchemaError> {
+        let t = task_obj(tx, id)?;
+        let noted = matches!(
+            tx.get(&t, "received_at")?,
+            Some((automerge::Value::Scalar(v), _)) if !v.is_null()
+        );
+        if !noted {
+            tx.put(&t, "received_at", at)?;
+        }
+        Ok(())
+    }
+
+    /// The order tasks are listed in: by when the desktop first saw them (its clock); those it
+    /// has not seen yet last; the creator's clock and the id only break ties. A phone's clock
+    /// alone never decides the order.
+    pub fn display_order(a: &Task, b: &Task) -> std::cmp::Ordering {
+        let key = |t: &Task| {
+            (
+                t.received_at.is_none(),
+                t.received_at.unwrap_or(0),
+                t.created_at,
+            )
+        };
+        key(a)
+            .cmp(&key(b))
+            .then_with(|| a.id.as_str().cmp(b.id.as_str()))
     }
 
     /// Asks the desktop to cancel a task (a phone writes its own id).

@@ -154,6 +154,10 @@ pub enum SessionOutput {
     PersistSyncState(Vec<u8>),
     /// The peer told us the workspace id (a phone that had none adopts it).
     AdoptDocId(DocId),
+    /// The peer's hello told its wall clock: `peer − ours`, in milliseconds, as measured when
+    /// the hello arrived (off by at most the one-way delay). Only when this session was given
+    /// its own wall clock ([`SyncSession::with_wall_clock`]).
+    PeerClockOffset(i64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +203,8 @@ pub struct SyncSession {
     received_signatures: Vec<ChangeSignature>,
     /// Signatures that came with the parked changes.
     parked_signatures: Vec<ChangeSignature>,
+    /// Our wall clock (Unix ms) minus the session's `now`, when the caller gave it.
+    wall_origin: Option<i64>,
 }
 
 impl SyncSession {
@@ -233,7 +239,17 @@ impl SyncSession {
             missing: Vec::new(),
             received_signatures: Vec::new(),
             parked_signatures: Vec::new(),
+            wall_origin: None,
         }
+    }
+
+    /// Tells the session this device's wall clock (`wall_now_ms`, Unix ms) at the `now` it was
+    /// created with: its hellos then carry the wall clock, and a peer's hello yields
+    /// [`SessionOutput::PeerClockOffset`]. The session keeps no clock: later wall times are this
+    /// origin plus the `now` each call is given.
+    pub fn with_wall_clock(mut self, wall_now_ms: i64) -> Self {
+        self.wall_origin = Some(wall_now_ms - self.last_heard as i64);
+        self
     }
 
     /// The peer.
@@ -281,15 +297,19 @@ impl SyncSession {
     /// Starts the session: our hello.
     pub fn start(&mut self, doc: &Automerge) -> Vec<SessionOutput> {
         let mut out = Vec::new();
-        self.send(&mut out, Frame::Hello(self.hello(doc)));
+        let now = self.last_heard;
+        self.send(&mut out, Frame::Hello(self.hello(doc, now)));
         out
     }
 
-    fn hello(&self, doc: &Automerge) -> Hello {
+    fn hello(&self, doc: &Automerge, now: u64) -> Hello {
         Hello {
             protocol: PROTOCOL_VERSION,
             doc_id: self.local_doc,
             heads: doc.get_heads(),
+            wall_clock_ms: self
+                .wall_origin
+                .and_then(|o| u64::try_from(o.saturating_add(now as i64)).ok()),
         }
     }
 
@@ -382,6 +402,11 @@ impl SyncSession {
                         out.push(SessionOutput::AdoptDocId(theirs));
                     }
                     _ => {}
+                }
+                if let (Some(origin), Some(theirs)) = (self.wall_origin, h.wall_clock_ms) {
+                    let ours = origin.saturating_add(now as i64);
+                    let theirs = i64::try_from(theirs).unwrap_or(i64::MAX);
+                    out.push(SessionOutput::PeerClockOffset(theirs.saturating_sub(ours)));
                 }
                 if self.phase == Phase::Open {
                     // A repeated hello: the peer restarted its side. Start negotiation afresh.
@@ -690,14 +715,14 @@ impl SyncSession {
         if waited >= RESEND_AFTER_MS {
             if self.phase != Phase::Open {
                 self.last_sync_sent = now;
-                self.send(&mut out, Frame::Hello(self.hello(doc)));
+                self.send(&mut out, Frame::Hello(self.hello(doc, now)));
             } else if self.awaiting_answer() {
                 // Our last message (or its answer) was lost. Start over on both sides: the
                 // repeated hello makes the peer reset too and answer with its current state,
                 // which refreshes what we believe it has (a plain resend may get no answer).
                 self.reset_negotiation();
                 self.last_sync_sent = now;
-                self.send(&mut out, Frame::Hello(self.hello(doc)));
+                self.send(&mut out, Frame::Hello(self.hello(doc, now)));
                 self.generate(doc, book, &mut out, now);
             }
         }
@@ -866,6 +891,56 @@ mod tests {
     }
 
     #[test]
+    fn hellos_carry_wall_clocks_and_each_side_learns_the_offset() {
+        let doc = Automerge::new();
+        // The desktop's clock reads 1_000_000 at its now = 50; the phone's is 6 min fast.
+        let mut desk = SyncSession::new(DeviceId::from_bytes([1; 32]), None, None, 50)
+            .with_wall_clock(1_000_000);
+        let mut phone = SyncSession::new(DeviceId::from_bytes([2; 32]), None, None, 7)
+            .with_wall_clock(1_000_000 + 360_000);
+        let hello_of = |out: Vec<SessionOutput>| {
+            out.into_iter()
+                .find_map(|o| match o {
+                    SessionOutput::Send(f @ Frame::Hello(_)) => Some(f),
+                    _ => None,
+                })
+                .expect("a hello")
+        };
+        let from_desk = hello_of(desk.start(&doc));
+        let from_phone = hello_of(phone.start(&doc));
+        let offset = |out: Vec<SessionOutput>| {
+            out.into_iter().find_map(|o| match o {
+                SessionOutput::PeerClockOffset(ms) => Some(ms),
+                _ => None,
+            })
+        };
+        // 20 ms later on each side's own clock.
+        let got = phone
+            .on_frame(from_desk, 10, &doc, &SignatureBook::new(), 27)
+            .expect("hello");
+        assert_eq!(offset(got), Some(-360_000 - 20));
+        let got = desk
+            .on_frame(from_phone, 10, &doc, &SignatureBook::new(), 70)
+            .expect("hello");
+        assert_eq!(offset(got), Some(360_000 - 20));
+        // A session without a wall clock neither sends one nor reports an offset.
+        let mut plain = SyncSession::new(DeviceId::from_bytes([3; 32]), None, None, 0);
+        let Frame::Hello(h) = hello_of(plain.start(&doc)) else {
+            unreachable!()
+        };
+        assert_eq!(h.wall_clock_ms, None);
+        let from_desk = hello_of(desk.start(&doc));
+        assert_eq!(
+            offset(
+                plain
+                    .on_frame(from_desk, 10, &doc, &SignatureBook::new(), 0)
+                    .expect("hello")
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn different_documents_are_refused() {
         let doc = Automerge::new();
         let mut s = SyncSession::new(
@@ -878,6 +953,7 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             doc_id: Some(DocId::from_bytes([2; 16])),
             heads: vec![],
+            wall_clock_ms: None,
         });
         assert!(matches!(
             s.on_frame(hello, 10, &doc, &SignatureBook::new(), 0),
@@ -888,6 +964,7 @@ mod tests {
             protocol: 9,
             doc_id: None,
             heads: vec![],
+            wall_clock_ms: None,
         });
         let err = s.on_frame(hello, 10, &doc, &SignatureBook::new(), 0);
         assert!(matches!(
@@ -904,6 +981,7 @@ mod tests {
             protocol: 1,
             doc_id: None,
             heads: vec![],
+            wall_clock_ms: None,
         });
         let err = s
             .on_frame(old, 10, &doc, &SignatureBook::new(), 0)

@@ -271,6 +271,7 @@ fn judge_phone_writes(peer: &DeviceId, doc: &Automerge, t: &Touched) -> Result<(
             return Err(format!("task {id} does not start as \"queued\""));
         }
         if task.claimed_by.is_some()
+            || task.received_at.is_some()
             || task.started_at.is_some()
             || task.finished_at.is_some()
             || task.result.is_some()
@@ -342,6 +343,7 @@ const TASK_FIELDS: &[&str] = &[
     "prompt",
     "created_by",
     "created_at",
+    "received_at",
     "status",
     "claimed_by",
     "cancel_requested_by",
@@ -640,6 +642,27 @@ mod tests {
             Workspace::append_message(tx, &msg(phone, Role::Agent))
         });
         assert!(agent.unwrap_err().reason.contains("role"));
+        // Only the desktop notes when it saw a task: a phone cannot order its task first.
+        let early = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::add_task(
+                tx,
+                &Task {
+                    received_at: Some(0),
+                    ..task(phone, "t-early")
+                },
+            )
+        });
+        assert!(
+            early
+                .unwrap_err()
+                .reason
+                .contains("only the desktop writes"),
+            "a phone's task with received_at"
+        );
+        let late = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::mark_received(tx, &"t0".into(), 5)
+        });
+        assert!(late.unwrap_err().reason.contains("tasks/t0/received_at"));
         let desktop = check(&d, phone, &mut p.clone(), |tx| {
             Workspace::set_heartbeat(tx, 5)
         });
@@ -743,6 +766,7 @@ mod tests {
                     by: phone.to_string(),
                     at: 5,
                     reason: String::new(),
+                    counted: None,
                 },
             )
         });

@@ -405,6 +405,7 @@ impl Sim {
                     );
                     n.doc_id = Some(id);
                 }
+                SessionOutput::PeerClockOffset(_) => {}
             }
         }
     }

@@ -12,6 +12,11 @@
 //! shell_sandbox = "on"             # "off" runs commands without the OS sandbox
 //! heartbeat_secs = 30
 //!
+//! [approvals]                      # how several phones' decisions combine (a deny always wins)
+//! rule = "settle"                  # "settle" | "unanimous" | "n-of-m"
+//! settle_ms = 2000                 # settle: how long a deny can still stop the first approve
+//! approvals_needed = 2             # n-of-m: how many phones must approve
+//!
 //! [permissions]                    # tool + pattern, like Claude Code's rules
 //! allow = ["run(git status*)"]
 //! ask = ["read(~/Private/**)"]
@@ -22,6 +27,7 @@
 
 use std::path::{Path, PathBuf};
 
+use deskhand_core::approval::DecisionRule;
 use serde::{Deserialize, Serialize};
 
 /// Rules by verdict; each entry is `tool` or `tool(pattern)`.
@@ -37,6 +43,60 @@ pub struct Permissions {
     /// Calls that are refused.
     #[serde(default)]
     pub deny: Vec<String>,
+}
+
+/// Which decision rule combines several phones' answers (see [`DecisionRule`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleName {
+    /// The first approve acts after a settle window in which any deny wins (the default).
+    #[default]
+    Settle,
+    /// Every paired phone approves.
+    Unanimous,
+    /// `approvals_needed` phones approve.
+    NOfM,
+}
+
+/// `[approvals]`: how the desktop combines the decisions of several phones. With one phone
+/// paired, its first approve acts at once under `settle`; in every rule a valid deny that arrives
+/// before the desktop resolves wins, and a request unanswered at its expiry is denied.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Approvals {
+    /// The rule.
+    pub rule: RuleName,
+    /// `settle`: milliseconds after the desktop first sees an approve during which a deny still
+    /// wins (0 to 60,000).
+    pub settle_ms: u64,
+    /// `n-of-m`: approvals from different paired phones needed (at least 1; every paired phone
+    /// when fewer are paired).
+    pub approvals_needed: u32,
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Self {
+            rule: RuleName::Settle,
+            settle_ms: 2_000,
+            approvals_needed: 2,
+        }
+    }
+}
+
+impl Approvals {
+    /// The rule the executor applies.
+    pub fn rule(&self) -> DecisionRule {
+        match self.rule {
+            RuleName::Settle => DecisionRule::Settle {
+                settle_ms: self.settle_ms as i64,
+            },
+            RuleName::Unanimous => DecisionRule::Unanimous,
+            RuleName::NOfM => DecisionRule::NOfM {
+                n: self.approvals_needed,
+            },
+        }
+    }
 }
 
 /// Whether shell commands run in the OS sandbox (`tools::sandbox`).
@@ -77,6 +137,8 @@ pub struct Config {
     pub shell_sandbox: ShellSandbox,
     /// Seconds between heartbeats written into the document.
     pub heartbeat_secs: u64,
+    /// How several phones' decisions combine.
+    pub approvals: Approvals,
     /// Permission rules.
     pub permissions: Permissions,
 }
@@ -94,6 +156,7 @@ impl Default for Config {
             shell_max_output_bytes: 1024 * 1024,
             shell_sandbox: ShellSandbox::On,
             heartbeat_secs: 30,
+            approvals: Approvals::default(),
             permissions: Permissions::default(),
         }
     }
@@ -163,6 +226,12 @@ impl Config {
         {
             return Err("timeouts must be at least 1 second".into());
         }
+        if self.approvals.settle_ms > 60_000 {
+            return Err("`approvals.settle_ms` must be at most 60000 (one minute)".into());
+        }
+        if self.approvals.approvals_needed == 0 {
+            return Err("`approvals.approvals_needed` must be at least 1".into());
+        }
         for rule in self
             .permissions
             .allow
@@ -220,6 +289,22 @@ mod tests {
         std::fs::write(&p, "rootz = [\"/srv\"]\n").unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("rootz"), "{e}");
+        std::fs::write(&p, "[approvals]\nrule = \"n-of-m\"\napprovals_needed = 3\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.approvals.rule(), DecisionRule::NOfM { n: 3 });
+        assert_eq!(
+            Config::default().approvals.rule(),
+            DecisionRule::Settle { settle_ms: 2_000 }
+        );
+        std::fs::write(&p, "[approvals]\nrule = \"majority\"\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("majority"), "{e}");
+        std::fs::write(&p, "[approvals]\nsettle = 5\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("settle"), "{e}");
+        std::fs::write(&p, "[approvals]\napprovals_needed = 0\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("approvals_needed"), "{e}");
         std::fs::write(&p, "[permissions]\nallow = [\"explode(*)\"]\n").unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("explode"), "{e}");

@@ -106,6 +106,12 @@ struct Waiter {
     tool: String,
     args: String,
     reply: Option<oneshot::Sender<Resolution>>,
+    /// When the desktop first saw an approve (its clock), while a settle window runs.
+    approve_seen: Option<i64>,
+    /// When the settle window closes (desktop Unix ms); the waiting call looks again then.
+    settle_until: Option<i64>,
+    /// Wakes the waiting call when `settle_until` is set.
+    wake: Arc<Notify>,
 }
 
 /// What changed since the executor last looked.
@@ -387,6 +393,7 @@ impl Inner {
                                 by: me.to_string(),
                                 at: now,
                                 reason: "the desktop host restarted before it was decided".into(),
+                                counted: Some(Vec::new()),
                             },
                         )?;
                     }
@@ -395,35 +402,58 @@ impl Inner {
                 .await?;
         }
         self.lock().last_heads = heads;
-        // Oldest first within each phone: its own clock orders its own tasks.
+        // Oldest first within each phone: by when the desktop first saw them.
         self.enqueue(self.owners_of(&queued, true)).await?;
         self.tasks_for_messages(orphans).await
     }
 
-    /// `(id, created_by)` of each of `ids` that is still a queued task, oldest first if asked.
+    /// `(id, created_by)` of each of `ids` that is still a queued task, oldest first if asked
+    /// (by when the desktop first saw it, the phone's clock only breaking ties).
     fn owners_of(&self, ids: &[TaskId], oldest_first: bool) -> Vec<(TaskId, String)> {
-        let mut queued: Vec<(TaskId, String, i64)> = self.node.read(|doc| {
+        let mut queued: Vec<Task> = self.node.read(|doc| {
             ids.iter()
                 .filter_map(|id| {
                     let t = Workspace::task(doc, id).ok().flatten()?;
-                    (t.status == TaskStatus::Queued)
-                        .then(|| (id.clone(), t.created_by, t.created_at))
+                    (t.status == TaskStatus::Queued).then_some(t)
                 })
                 .collect()
         });
         if oldest_first {
-            queued.sort_by_key(|(_, _, at)| *at);
+            queued.sort_by(Workspace::display_order);
         }
-        queued
-            .into_iter()
-            .map(|(id, owner, _)| (id, owner))
-            .collect()
+        queued.into_iter().map(|t| (t.id, t.created_by)).collect()
     }
 
     /// Queues new tasks `(id, phone that created it)` in the order given. A task over its
     /// phone's `max_tasks_per_phone` (queued plus running) is failed at once, with the reason,
     /// in one change for the whole batch: never silently dropped, never run.
     async fn enqueue(&self, tasks: Vec<(TaskId, String)>) -> anyhow::Result<()> {
+        // The desktop's own time of first sight orders the tasks for everyone, so a phone's
+        // wrong clock cannot list its task before older ones. Queued like progress events.
+        let unmarked: Vec<TaskId> = self.node.read(|doc| {
+            tasks
+                .iter()
+                .filter(|(id, _)| {
+                    Workspace::task(doc, id)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|t| t.received_at.is_none())
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        });
+        if !unmarked.is_empty() {
+            let now = now_unix_ms();
+            let marked = self.node.write_queued(|tx| {
+                for id in &unmarked {
+                    Workspace::mark_received(tx, id, now)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = marked {
+                tracing::warn!("could not note when tasks arrived: {e}");
+            }
+        }
         let cap = self.config.max_tasks_per_phone;
         let over: Vec<TaskId> = {
             let mut st = self.lock();
@@ -474,7 +504,7 @@ impl Inner {
             self.on_cancel(&id).await?;
         }
         for id in seen.decisions {
-            self.on_decision(&id);
+            self.on_decision(&id, false);
         }
         Ok(())
     }
@@ -493,7 +523,11 @@ impl Inner {
             if self.lock().known.contains(&id) {
                 continue;
             }
-            new.push(Task::queued(id, m.text.clone(), &author, now_unix_ms()));
+            let now = now_unix_ms();
+            new.push(Task {
+                received_at: Some(now),
+                ..Task::queued(id, m.text.clone(), &author, now)
+            });
         }
         if new.is_empty() {
             return Ok(());
@@ -569,14 +603,29 @@ impl Inner {
             .unwrap_or_else(|| id.short())
     }
 
-    /// A decision arrived: resolve it against the call held here.
-    fn on_decision(&self, id: &ApprovalId) {
+    /// A decision arrived: resolve it against the call held here, under the configured rule.
+    /// `at_expiry`: the call's own timer says the request has expired (judged on the desktop's
+    /// clock, never later than the expiry it wrote).
+    fn on_decision(&self, id: &ApprovalId, at_expiry: bool) {
         let Some(approval) = self
             .node
             .read(|doc| Workspace::approval(doc, id).ok().flatten())
         else {
             return;
         };
+        // The phones whose decisions count: paired and not revoked (the desktop's registry).
+        let voters: Vec<DeviceId> = self
+            .node
+            .peers()
+            .into_iter()
+            .filter(|p| p.record.revoked_at.is_none())
+            .map(|p| p.id)
+            .collect();
+        let mut now = now_unix_ms();
+        if at_expiry {
+            now = now.max(approval.expires_at);
+        }
+        let rule = self.config.approvals.rule();
         let mut st = self.lock();
         let Some(waiter) = st.waiting.get_mut(id) else {
             // Resolved already, or from before a restart: nothing to act on.
@@ -587,8 +636,10 @@ impl Inner {
             &waiter.tool,
             &waiter.args,
             &self.me,
-            now_unix_ms(),
-            |d| self.node.is_paired(d),
+            now,
+            &voters,
+            rule,
+            waiter.approve_seen,
         );
         for e in &ignored {
             tracing::warn!(approval = %id, "ignored a decision: {e}");
@@ -599,23 +650,45 @@ impl Inner {
                 &format!("approval {id}: {who}"),
             );
         }
-        if let Outcome::Resolved { verdict, by } = outcome {
-            let reason = match (&by, verdict) {
-                (Some(d), Verdict::Approve) => format!("approved on {}", self.device_name(d)),
-                (Some(d), Verdict::Deny) => format!("denied on {}", self.device_name(d)),
-                (None, _) => "expired".into(),
-            };
-            if let Some(tx) = waiter.reply.take() {
-                let _ = tx.send(Resolution {
-                    verdict,
-                    by: by.map_or_else(|| "expired".into(), |d| d.to_string()),
-                    at: now_unix_ms(),
-                    reason: reason.clone(),
-                });
+        match outcome {
+            Outcome::Pending => {}
+            Outcome::Settling { since, until } => {
+                waiter.approve_seen = Some(since);
+                if waiter.settle_until != Some(until) {
+                    waiter.settle_until = Some(until);
+                    waiter.wake.notify_one();
+                    tracing::info!(approval = %id, "approved; a deny can still win for {} ms", until - now);
+                }
             }
-            let task = waiter.task.clone();
-            st.waiting.remove(id);
-            tracing::info!(approval = %id, task = %task, "resolved: {reason}");
+            Outcome::Resolved {
+                verdict,
+                by,
+                counted,
+            } => {
+                let names = |ids: &[DeviceId]| {
+                    ids.iter()
+                        .map(|d| self.device_name(d))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                };
+                let reason = match (&by, verdict) {
+                    (Some(_), Verdict::Approve) => format!("approved on {}", names(&counted)),
+                    (Some(d), Verdict::Deny) => format!("denied on {}", self.device_name(d)),
+                    (None, _) => "expired".into(),
+                };
+                if let Some(tx) = waiter.reply.take() {
+                    let _ = tx.send(Resolution {
+                        verdict,
+                        by: by.map_or_else(|| "expired".into(), |d| d.to_string()),
+                        at: now_unix_ms(),
+                        reason: reason.clone(),
+                        counted: Some(counted.iter().map(|d| d.to_string()).collect()),
+                    });
+                }
+                let task = waiter.task.clone();
+                st.waiting.remove(id);
+                tracing::info!(approval = %id, task = %task, "resolved: {reason}");
+            }
         }
     }
 
@@ -922,6 +995,7 @@ impl TaskHost {
             &inner.me,
         );
         let (tx, mut rx) = oneshot::channel();
+        let wake = Arc::new(Notify::new());
         {
             let mut st = inner.lock();
             let cap = inner.config.max_approvals_per_phone;
@@ -937,6 +1011,9 @@ impl TaskHost {
                     tool: p.tool.clone(),
                     args: args.clone(),
                     reply: Some(tx),
+                    approve_seen: None,
+                    settle_until: None,
+                    wake: wake.clone(),
                 },
             );
         }
@@ -964,23 +1041,41 @@ impl TaskHost {
             )));
         }
         // A decision may already be in the document (it raced the write above).
-        inner.on_decision(&id);
+        inner.on_decision(&id, false);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ttl_ms as u64);
+        // Resolved without any phone's decision acted on: every decision came too late.
         let deny = |by: String, reason: &str| Resolution {
             verdict: Verdict::Deny,
             by,
             at: now_unix_ms(),
             reason: reason.into(),
+            counted: Some(Vec::new()),
         };
         // Waiting holds no running slot: a request nobody answers must not stall other tasks.
         inner.suspend(&self.task);
-        let resolution = tokio::select! {
-            r = &mut rx => r.unwrap_or_else(|_| deny(inner.me.to_string(), "the request was dropped")),
-            _ = self.cancel.cancelled() => deny(inner.me.to_string(), "the task was cancelled"),
-            _ = tokio::time::sleep_until(deadline) => {
-                // One last look, on the desktop's clock: past the expiry it resolves to deny.
-                inner.on_decision(&id);
-                rx.try_recv().unwrap_or_else(|_| deny("expired".into(), "expired"))
+        let resolution = loop {
+            // A settle window that runs: look again when it closes (the desktop's clock).
+            let settle = inner
+                .lock()
+                .waiting
+                .get(&id)
+                .and_then(|w| w.settle_until)
+                .map(|until| {
+                    let left = (until - now_unix_ms()).max(0) as u64;
+                    tokio::time::Instant::now() + Duration::from_millis(left)
+                });
+            tokio::select! {
+                r = &mut rx => break r.unwrap_or_else(|_| deny(inner.me.to_string(), "the request was dropped")),
+                _ = self.cancel.cancelled() => break deny(inner.me.to_string(), "the task was cancelled"),
+                _ = tokio::time::sleep_until(deadline) => {
+                    // One last look, on the desktop's clock: past the expiry it resolves to deny.
+                    inner.on_decision(&id, true);
+                    break rx.try_recv().unwrap_or_else(|_| deny("expired".into(), "expired"));
+                }
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(settle.unwrap_or(deadline)), if settle.is_some() => {
+                    inner.on_decision(&id, false);
+                }
             }
         };
         inner.lock().waiting.remove(&id);

@@ -441,7 +441,12 @@ fn print_devices(v: &serde_json::Value) {
 
 /// "12s ago", "3m ago", … for a unix-ms instant.
 pub(crate) fn ago(at_ms: i64) -> String {
-    let s = (deskhand_sync::presence::now_unix_ms() - at_ms).max(0) / 1000;
+    ago_at(at_ms, deskhand_sync::presence::now_unix_ms())
+}
+
+/// "12s ago", … for `at_ms` seen from `now_ms` (both in the same clock, e.g. the desktop's).
+pub(crate) fn ago_at(at_ms: i64, now_ms: i64) -> String {
+    let s = (now_ms - at_ms).max(0) / 1000;
     match s {
         0..=59 => format!("{s}s ago"),
         60..=3599 => format!("{}m ago", s / 60),

@@ -123,11 +123,31 @@ pub enum AutoAnswer {
     Deny,
 }
 
+/// The environment variable that skews the terminal phone's clock (milliseconds, may be
+/// negative): how tests try a phone whose clock is wrong, in a separate process.
+pub const CLOCK_SKEW_ENV: &str = "DESKHAND_TEST_CLOCK_SKEW_MS";
+
+/// The terminal phone's clock: the system's, moved by [`CLOCK_SKEW_ENV`] when it is set.
+fn clock() -> Result<Arc<dyn deskhand_sync::presence::Clock>> {
+    match std::env::var(CLOCK_SKEW_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(Arc::new(deskhand_sync::presence::SystemClock)),
+        Ok(v) => {
+            let skew_ms: i64 = v.trim().parse().with_context(|| {
+                format!("{CLOCK_SKEW_ENV}={v:?} is not a whole number of milliseconds")
+            })?;
+            Ok(Arc::new(deskhand_sync::presence::SkewedClock { skew_ms }))
+        }
+        Err(e) => bail!("{CLOCK_SKEW_ENV}: {e}"),
+    }
+}
+
 async fn open(data: &Path, listen: SocketAddr, name: &str) -> Result<Phone> {
-    let mut config = PhoneConfig::new(data, name, "terminal").with_net(NetConfig {
-        listen,
-        relay: RelaySetting::Off,
-    });
+    let mut config = PhoneConfig::new(data, name, "terminal")
+        .with_net(NetConfig {
+            listen,
+            relay: RelaySetting::Off,
+        })
+        .with_clock(clock()?);
     // The key lives in a 0600 file like a platform keystore would hold it; a data directory from
     // before keeps the key its database already holds.
     if data.join(KEY_FILE).exists() || !Node::db_path(data).exists() {
@@ -347,20 +367,138 @@ async fn decide(phone: &Phone, prefix: &str, approve: bool, wait: u64) -> Result
     let s = phone.snapshot()?;
     let a = find_approval(&s, prefix)?;
     let id = a.approval.id.clone();
+    let mine = if approve { "approve" } else { "deny" };
+    if a.expires_in_ms <= 0 && a.approval.resolution.is_none() {
+        // Only a warning: the desktop's clock decides, and the phone's estimate may be off.
+        println!(
+            "warning: by this phone's estimate of the desktop's clock, {} expired {} s ago; sending the {mine} anyway (the desktop decides)",
+            line(id.as_str()),
+            -a.expires_in_ms / 1000
+        );
+    }
     let r = if approve {
         phone.approve(&id).await
     } else {
         phone.deny(&id).await
     };
-    r.map_err(explain)?;
+    match r {
+        Ok(()) => {}
+        // The desktop had already resolved it: say how, as for a decision that arrives late.
+        Err(e @ (PhoneError::AlreadyDecided { .. } | PhoneError::Expired { .. })) => {
+            let s = phone.snapshot()?;
+            let resolved = s
+                .resolved_approvals
+                .iter()
+                .any(|x| x.approval.id == id && x.approval.resolution.is_some());
+            if resolved {
+                bail!(too_late(&s, &id, mine));
+            }
+            return Err(explain(e));
+        }
+        Err(e) => return Err(explain(e)),
+    }
     let verb = if approve { "approved" } else { "denied" };
     println!(
         "{verb} {}: {}",
         line(id.as_str()),
         line(&a.approval.summary)
     );
-    deliver(phone, &format!("the decision on {id}"), wait).await?;
-    Ok(())
+    match phone.sync(Duration::from_secs(wait)).await {
+        Ok(()) => {}
+        Err(e @ (PhoneError::Unreachable { .. } | PhoneError::Stopped)) => {
+            println!(
+                "queued the decision on {}: the desktop is unreachable ({}); it is saved on this phone and will be sent on the next sync",
+                line(id.as_str()),
+                line(&e.to_string())
+            );
+            return Ok(());
+        }
+        Err(e) => bail!(
+            "the decision on {} was not delivered and will not be sent: {}",
+            line(id.as_str()),
+            line(&e.to_string())
+        ),
+    }
+    // The desktop has it; wait briefly for the resolution (a settle window, other phones).
+    let deadline = tokio::time::Instant::now() + RESOLUTION_WAIT;
+    loop {
+        let s = phone.snapshot()?;
+        let now = s
+            .pending_approvals
+            .iter()
+            .chain(&s.resolved_approvals)
+            .find(|x| x.approval.id == id)
+            .cloned();
+        match now {
+            Some(x) if x.too_late => bail!(too_late(&s, &id, mine)),
+            Some(PhoneApproval {
+                status: ApprovalState::Resolved(r),
+                ..
+            }) => {
+                println!(
+                    "sent the decision on {} (the desktop has it); resolved: {}",
+                    line(id.as_str()),
+                    line(&r.reason)
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            println!(
+                "sent the decision on {} (the desktop has it); not resolved yet: other phones may still decide",
+                line(id.as_str())
+            );
+            return Ok(());
+        }
+        let _ = phone.sync(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long `approve`/`deny` wait for the desktop's resolution after it has the decision.
+const RESOLUTION_WAIT: Duration = Duration::from_secs(5);
+
+/// What a phone whose decision came too late is told: who decided, when (the desktop's clock),
+/// and whether the action ran.
+fn too_late(s: &PhoneSnapshot, id: &deskhand_core::ids::ApprovalId, mine: &str) -> String {
+    let Some(a) = s
+        .pending_approvals
+        .iter()
+        .chain(&s.resolved_approvals)
+        .find(|x| &x.approval.id == id)
+    else {
+        return format!("your {mine} on {} came too late", line(id.as_str()));
+    };
+    let Some(r) = &a.approval.resolution else {
+        return format!("your {mine} on {} came too late", line(id.as_str()));
+    };
+    let when = clock_time(r.at);
+    let task = s.task(&a.approval.task_id);
+    let what = match (r.verdict, r.by.as_str()) {
+        (_, "expired") => format!(
+            "the request expired at {} (desktop time) and counted as denied; the action did not run",
+            clock_time(a.approval.expires_at)
+        ),
+        (deskhand_core::approval::Verdict::Approve, _) => {
+            let ran = match task.map(|t| t.task.status) {
+                Some(deskhand_core::schema::TaskStatus::Done) => "and the action ran",
+                _ => "and the action went ahead",
+            };
+            format!("{} at {when} (desktop time) {ran}", line(&r.reason))
+        }
+        (deskhand_core::approval::Verdict::Deny, _) => format!(
+            "{} at {when} (desktop time); the action did not run",
+            line(&r.reason)
+        ),
+    };
+    format!("your {mine} on {} came too late: {what}", line(id.as_str()))
+}
+
+/// `HH:MM:SS UTC` of a Unix-ms instant.
+fn clock_time(ms: i64) -> String {
+    let s = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
 }
 
 fn show_json(s: &PhoneSnapshot) -> serde_json::Value {
@@ -376,6 +514,7 @@ fn show_json(s: &PhoneSnapshot) -> serde_json::Value {
         "workspace_received": s.workspace_received,
         "syncing": s.syncing,
         "desktop": s.desktop,
+        "desktop_now": s.desktop_now,
         "messages": s.messages,
         "tasks": s.tasks,
         "approvals": approvals,
@@ -383,15 +522,17 @@ fn show_json(s: &PhoneSnapshot) -> serde_json::Value {
     })
 }
 
-fn presence_text(p: &Presence) -> String {
+/// Presence in words; `desktop_now` is the snapshot's instant in the desktop's clock, in
+/// which the snapshot gives presence times.
+fn presence_text(p: &Presence, desktop_now: i64) -> String {
     match p {
         Presence::Connected { .. } => "connected".into(),
-        Presence::LastSeen { at } => format!("last seen {}", ago(*at)),
+        Presence::LastSeen { at } => format!("last seen {}", ago_at(*at, desktop_now)),
         Presence::Never => "never reached".into(),
     }
 }
 
-use crate::ago;
+use crate::ago_at;
 
 fn show(s: &PhoneSnapshot) {
     match &s.desktop {
@@ -400,21 +541,21 @@ fn show(s: &PhoneSnapshot) {
                 "Desktop \"{}\" ({}): {}{}",
                 line(&d.name),
                 d.id.short(),
-                presence_text(&d.presence),
+                presence_text(&d.presence, s.desktop_now),
                 if d.in_sync { ", in sync" } else { "" }
             );
             if let Some(h) = &d.health {
                 println!(
                     "  executor {}, heartbeat {} ({})",
                     h.executor,
-                    ago(h.heartbeat_at),
+                    ago_at(s.desktop_now - h.heartbeat_age_ms, s.desktop_now),
                     line(&h.os)
                 );
             }
             if let Some(at) = d.revoked_at {
                 println!(
                     "  this device was revoked by the desktop ({}): nothing more is sent; pair again with a new code to use it",
-                    ago(at)
+                    ago_at(at, s.taken_at)
                 );
             } else if let Some(e) = &d.last_error {
                 println!("  last problem: {}", line(e));
@@ -524,8 +665,16 @@ fn print_approval(a: &PhoneApproval) {
     } else {
         "  WARNING: does not match its action hash; it will not be signed"
     };
+    // A countdown in the desktop's time (this phone's clock may be off): only it decides.
+    let left = if a.approval.resolution.is_some() {
+        String::new()
+    } else if a.expires_in_ms > 0 {
+        format!("  (expires in {} s, desktop time)", a.expires_in_ms / 1000)
+    } else {
+        "  (expired by the desktop's clock, as far as this phone knows)".to_owned()
+    };
     println!(
-        "  {} [{} risk] {}{mine}{warn}\n      {} {}",
+        "  {} [{} risk] {}{mine}{left}{warn}\n      {} {}",
         line(a.approval.id.as_str()),
         a.approval.risk,
         line(&a.approval.summary),
@@ -547,7 +696,7 @@ impl Seen {
     /// Prints what is new in `s`; returns the approval requests to answer.
     fn update(&mut self, s: &PhoneSnapshot, first: bool) -> Vec<PhoneApproval> {
         if let Some(d) = &s.desktop {
-            let p = presence_text(&d.presence);
+            let p = presence_text(&d.presence, s.desktop_now);
             let p = p.split(" ago").next().unwrap_or_default().to_owned();
             let p = if p.starts_with("last seen") {
                 "disconnected".to_owned()
@@ -601,6 +750,13 @@ impl Seen {
                     r.verdict,
                     line(&r.reason)
                 );
+                if a.too_late {
+                    let mine = match a.my_verdict {
+                        Some(deskhand_core::approval::Verdict::Approve) => "approve",
+                        _ => "deny",
+                    };
+                    println!("! {}", too_late(s, &a.approval.id, mine));
+                }
             }
         }
         ask

@@ -30,8 +30,11 @@ pub struct PhoneSnapshot {
     pub pending_approvals: Vec<ApprovalView>,
     /// Resolved or expired approval requests, oldest first.
     pub resolved_approvals: Vec<ApprovalView>,
-    /// When this snapshot was taken.
+    /// When this snapshot was taken (this phone's clock).
     pub taken_at_ms: i64,
+    /// The same instant in the desktop's clock as far as the phone knows it: count down expiries
+    /// and show "last seen" with it.
+    pub desktop_now_ms: i64,
 }
 
 /// Whether the desktop is reachable.
@@ -58,8 +61,10 @@ pub struct DesktopStatus {
     pub id: String,
     /// Name.
     pub name: String,
-    /// Reachability.
+    /// Reachability (instants in the desktop's clock once the offset is known).
     pub presence: Presence,
+    /// The desktop's clock minus this phone's (ms), learned when pairing and syncing.
+    pub clock_offset_ms: Option<i64>,
     /// Connected and both sides hold the same changes.
     pub in_sync: bool,
     /// Why the last connection failed, if it did.
@@ -196,8 +201,10 @@ pub struct TaskView {
     pub prompt: String,
     /// Device id of its creator.
     pub created_by: String,
-    /// When it was created.
+    /// When it was created (its creator's clock: informative only).
     pub created_at_ms: i64,
+    /// When the desktop first saw it (the desktop's clock); tasks are listed in this order.
+    pub received_at_ms: Option<i64>,
     /// Where it stands.
     pub status: TaskStatus,
     /// When the desktop started it.
@@ -241,7 +248,8 @@ pub enum Risk {
 pub enum ApprovalState {
     /// Waiting for a decision.
     Pending,
-    /// Expired before it was resolved (counts as denied).
+    /// Past its expiry in the desktop's time (as estimated), not yet resolved: the desktop will
+    /// count it as denied. Only the desktop's clock decides.
     Expired,
     /// The desktop resolved it.
     Resolved {
@@ -253,6 +261,8 @@ pub enum ApprovalState {
         at_ms: i64,
         /// Why, for people.
         reason: String,
+        /// Device ids whose decisions the desktop had when it resolved (none listed: unknown).
+        counted: Option<Vec<String>>,
     },
 }
 
@@ -279,6 +289,11 @@ pub struct ApprovalView {
     pub state: ApprovalState,
     /// This phone's decision, if any.
     pub my_verdict: Option<Verdict>,
+    /// This phone decided after the desktop had resolved it: its decision was not acted on
+    /// (`state` says what happened instead).
+    pub too_late: bool,
+    /// Milliseconds left before it expires, in the desktop's time (negative once past).
+    pub expires_in_ms: i64,
     /// Its action hash matches what it shows (if not, approving it is refused).
     pub verified: bool,
 }
@@ -306,6 +321,7 @@ impl From<api::PhoneSnapshot> for PhoneSnapshot {
             pending_approvals: s.pending_approvals.into_iter().map(Into::into).collect(),
             resolved_approvals: s.resolved_approvals.into_iter().map(Into::into).collect(),
             taken_at_ms: s.taken_at,
+            desktop_now_ms: s.desktop_now,
         }
     }
 }
@@ -326,6 +342,7 @@ impl From<api::DesktopStatus> for DesktopStatus {
             id: d.id.to_string(),
             name: d.name,
             presence: d.presence.into(),
+            clock_offset_ms: d.clock_offset_ms,
             in_sync: d.in_sync,
             last_error: d.last_error,
             health: d.health.map(|h| DesktopHealth {
@@ -424,6 +441,7 @@ impl From<api::PhoneTask> for TaskView {
             prompt: task.prompt,
             created_by: task.created_by,
             created_at_ms: task.created_at,
+            received_at_ms: task.received_at,
             status: task.status.into(),
             started_at_ms: task.started_at,
             finished_at_ms: task.finished_at,
@@ -485,9 +503,12 @@ impl From<api::PhoneApproval> for ApprovalView {
                     by: r.by,
                     at_ms: r.at,
                     reason: r.reason,
+                    counted: r.counted,
                 },
             },
             my_verdict: a.my_verdict.map(Into::into),
+            too_late: a.too_late,
+            expires_in_ms: a.expires_in_ms,
             verified: a.verified,
         }
     }

@@ -86,7 +86,8 @@ impl Driver {
         let persisted = self.shared.sync_state(&self.peer);
         let mut session = {
             let ds = self.shared.lock_doc();
-            let mut s = SyncSession::new(self.peer, ds.doc_id, persisted.as_deref(), now);
+            let mut s = SyncSession::new(self.peer, ds.doc_id, persisted.as_deref(), now)
+                .with_wall_clock(self.shared.wall_ms());
             s.set_hold(Shared::is_dirty(&ds));
             let first = s.start(&ds.doc);
             drop(ds);
@@ -267,6 +268,7 @@ impl Driver {
                     self.shared.persist_sync_state(&self.peer, bytes)
                 }
                 SessionOutput::AdoptDocId(id) => self.shared.adopt_doc_id(ds, id),
+                SessionOutput::PeerClockOffset(ms) => self.shared.set_clock_offset(&self.peer, ms),
                 send @ SessionOutput::Send(_) => to_send.push(send),
                 SessionOutput::Received(_) => {}
             }

@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{self, NetConfig};
-use crate::presence::{Presence, now_unix_ms};
+use crate::presence::{Clock, Presence, SystemClock};
 use crate::store::{Store, StoreError, StoreThread, WriteOp};
 
 /// Compact the stored document after this many incremental chunks.
@@ -83,6 +83,10 @@ pub struct PeerRecord {
     /// Where to dial it (the home desktop's direct addresses).
     #[serde(default)]
     pub addrs: Vec<SocketAddr>,
+    /// Its wall clock minus ours (milliseconds), as learned from its last hello or pairing
+    /// answer: a phone adds it to its own clock to show times in the desktop's clock.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// Settings of a node.
@@ -99,6 +103,8 @@ pub struct NodeConfig {
     /// The device key, when the platform keeps it (Keychain, Keystore). `None`: the key is
     /// created on first open and kept in the database (desktop, terminal phone).
     pub key: Option<DeviceKey>,
+    /// The wall clock this device reads (the system's, or a skewed one in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl NodeConfig {
@@ -115,7 +121,13 @@ impl NodeConfig {
             net: NetConfig::default(),
             filter,
             key: None,
+            clock: Arc::new(SystemClock),
         }
+    }
+    /// Reads wall time from `clock` (tests give a phone a skewed clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
     /// Uses a key held by the platform; it is never written to the database.
     pub fn with_key(mut self, key: DeviceKey) -> Self {
@@ -261,6 +273,7 @@ pub(crate) struct Shared {
     sync_states: Mutex<HashMap<DeviceId, Vec<u8>>>,
     pub(crate) filter: Arc<dyn ChangeFilter>,
     origin: Instant,
+    clock: Arc<dyn Clock>,
     next_conn: std::sync::atomic::AtomicU64,
     wake_dialer: Notify,
     path: PathBuf,
@@ -284,6 +297,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn now_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
+    }
+    /// Wall-clock Unix milliseconds by this device's clock.
+    pub(crate) fn wall_ms(&self) -> i64 {
+        self.clock.now_unix_ms()
+    }
+    /// A peer's hello told its clock: keep `peer − ours`, and store it when it moved by more
+    /// than a second (so an offline phone still shows desktop times).
+    pub(crate) fn set_clock_offset(&self, peer: &DeviceId, offset_ms: i64) {
+        let record = {
+            let mut peers = lock(&self.peers);
+            let Some(entry) = peers.get_mut(peer) else {
+                return;
+            };
+            let moved = entry
+                .record
+                .clock_offset_ms
+                .is_none_or(|o| (o - offset_ms).abs() > 1_000);
+            if !moved {
+                return;
+            }
+            entry.record.clock_offset_ms = Some(offset_ms);
+            entry.record.clone()
+        };
+        self.put_peer_record(peer, &record);
     }
     pub(crate) fn instant_at(&self, ms: u64) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.origin + Duration::from_millis(ms))
@@ -502,7 +539,7 @@ impl Shared {
             if entry.record.revoked_at.is_some() {
                 return;
             }
-            entry.record.revoked_at = Some(now_unix_ms());
+            entry.record.revoked_at = Some(self.wall_ms());
             entry.last_error = Some(REVOKED_REASON.to_owned());
             entry.record.clone()
         };
@@ -520,7 +557,7 @@ impl Shared {
     }
 
     pub(crate) fn audit(&self, event: &str, peer: &DeviceId, detail: &str) {
-        let line = serde_json::json!({ "at": now_unix_ms(), "event": event, "peer": peer.to_string(), "detail": detail });
+        let line = serde_json::json!({ "at": self.wall_ms(), "event": event, "peer": peer.to_string(), "detail": detail });
         self.store.queue(WriteOp::Audit(line.to_string()), None);
     }
 
@@ -539,7 +576,7 @@ impl Shared {
             old.cancel();
         }
         entry.presence = Presence::Connected {
-            since: now_unix_ms(),
+            since: self.wall_ms(),
         };
         entry.stats.sessions += 1;
         Some((n, token))
@@ -570,7 +607,7 @@ impl Shared {
         stats: SessionStats,
         error: Option<String>,
     ) {
-        let now = now_unix_ms();
+        let now = self.wall_ms();
         let record = {
             let mut peers = lock(&self.peers);
             let Some(entry) = peers.get_mut(peer) else {
@@ -817,6 +854,7 @@ impl Node {
             sync_states: Mutex::new(sync_states),
             filter: config.filter.clone(),
             origin: Instant::now(),
+            clock: config.clock.clone(),
             next_conn: 0.into(),
             wake_dialer: Notify::new(),
             path: path.clone(),
@@ -846,7 +884,7 @@ impl Node {
                     id: id.to_string(),
                     name: name.clone(),
                     os: std::env::consts::OS.to_owned(),
-                    heartbeat_at: now_unix_ms(),
+                    heartbeat_at: shared.wall_ms(),
                     executor: ExecutorState::Idle,
                 };
                 write_change(&shared, |tx| Workspace::init(tx, &info)).await?;
@@ -1028,7 +1066,7 @@ impl Node {
                 None => return Ok(false),
             }
         };
-        let now = now_unix_ms();
+        let now = self.shared.wall_ms();
         self.put_peer(
             *id,
             PeerRecord {
@@ -1112,18 +1150,20 @@ impl Node {
                 id: home.short(),
             });
         }
-        let doc_id = crate::pairing::pair_with(&self.endpoint, payload, name, platform).await?;
-        if let Some(id) = doc_id.and_then(|d| d.parse::<DocId>().ok()) {
+        let paired = crate::pairing::pair_with(&self.endpoint, payload, name, platform).await?;
+        let now = self.shared.wall_ms();
+        if let Some(id) = paired.doc_id.and_then(|d| d.parse::<DocId>().ok()) {
             let mut ds = self.shared.lock_doc();
             self.shared.adopt_doc_id(&mut ds, id);
         }
         let record = PeerRecord {
             name: payload.name.clone(),
             platform: "desktop".into(),
-            paired_at: now_unix_ms(),
+            paired_at: now,
             revoked_at: None,
             last_seen: None,
             addrs: payload.addrs.clone(),
+            clock_offset_ms: paired.desktop_clock_ms.map(|d| d.saturating_sub(now)),
         };
         self.put_peer(payload.desktop, record)
             .await

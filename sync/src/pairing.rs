@@ -2,7 +2,11 @@
 //!
 //! One request and one answer, each a `u32be` length and a JSON body (at most 4 KiB):
 //! request `{"v":1,"token":hex,"name":…,"platform":…}`; answer
-//! `{"ok":true,"doc_id":…,"desktop_name":…}` or `{"ok":false,"code":…,"error":…}`.
+//! `{"ok":true,"doc_id":…,"desktop_name":…,"now_ms":…}` or `{"ok":false,"code":…,"error":…,"now_ms":…}`
+//! (`now_ms`: the desktop's wall clock, Unix ms; absent from older desktops).
+//!
+//! Only the desktop's clock decides whether a code has expired: the phone never refuses a code
+//! on its own clock, which may be wrong.
 //! QUIC-TLS has already proved both keys; the token proves the phone saw the QR code.
 
 use std::collections::{HashMap, VecDeque};
@@ -44,14 +48,6 @@ pub enum PairError {
         code: String,
         /// What the desktop said.
         message: String,
-    },
-    /// The code has expired (checked on the phone before dialling).
-    #[error(
-        "this pairing code expired {ago_s} s ago; ask the desktop for a new one (`deskhand pair`)"
-    )]
-    Expired {
-        /// Seconds since expiry.
-        ago_s: i64,
     },
     /// The desktop could not be reached.
     #[error("cannot reach the desktop at {addrs}: {reason}")]
@@ -96,6 +92,19 @@ struct Answer {
     doc_id: Option<String>,
     #[serde(default)]
     desktop_name: String,
+    /// The desktop's wall clock when it answered (Unix ms).
+    #[serde(default)]
+    now_ms: Option<i64>,
+}
+
+/// What a successful pairing tells the phone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Paired {
+    /// The workspace document id, when the desktop has one.
+    pub doc_id: Option<String>,
+    /// The desktop's wall clock when it answered (Unix ms), when it said.
+    pub desktop_clock_ms: Option<i64>,
 }
 
 /// A stored pairing code (only the hash of its token is kept).
@@ -265,6 +274,7 @@ impl Codes {
         now_ms: i64,
         now: Instant,
     ) -> Result<([u8; 32], TokenRecord), Refused> {
+        let expired;
         let failure = match token {
             None => ("unknown", "this pairing code is not valid for this desktop"),
             Some(token) => {
@@ -282,10 +292,13 @@ impl Codes {
                         "used",
                         "this pairing code was already used; ask the desktop for a new one",
                     ),
-                    Some((_, r)) if now_ms / 1000 > r.expires_at => (
-                        "expired",
-                        "this pairing code has expired; ask the desktop for a new one",
-                    ),
+                    Some((_, r)) if now_ms / 1000 > r.expires_at => {
+                        let ago = now_ms / 1000 - r.expires_at;
+                        expired = format!(
+                            "this pairing code expired {ago} s ago by the desktop's clock; ask the desktop for a new one (`deskhand pair`)"
+                        );
+                        ("expired", expired.as_str())
+                    }
                     Some((h, record)) => {
                         record.used_at = Some(now_ms);
                         record.used_by = Some(phone.to_string());
@@ -406,6 +419,7 @@ fn refusal(code: &str, error: String) -> Answer {
         error,
         doc_id: None,
         desktop_name: String::new(),
+        now_ms: Some(now_unix_ms()),
     }
 }
 
@@ -461,6 +475,7 @@ impl PairProtocol {
                 revoked_at: None,
                 last_seen: None,
                 addrs: vec![],
+                clock_offset_ms: None,
             };
             shared
                 .put_peer(phone, rec)
@@ -493,6 +508,7 @@ impl PairProtocol {
             error: String::new(),
             doc_id,
             desktop_name: shared.desktop_name(),
+            now_ms: Some(shared.wall_ms()),
         }
     }
 }
@@ -514,19 +530,15 @@ pub(crate) fn clean_name(name: &str) -> String {
 }
 
 /// The phone's side: dial the desktop on the pairing ALPN and redeem the code. Returns the
-/// workspace id. [`crate::Node::pair`] wraps this and stores the desktop as home.
+/// workspace id and the desktop's clock. [`crate::Node::pair`] wraps this and stores the desktop
+/// as home. The code's expiry is not checked here: the phone's clock may be wrong, and the
+/// desktop, whose clock decides, refuses an expired code with `code` `expired`.
 pub async fn pair_with(
     endpoint: &iroh::Endpoint,
     payload: &PairingPayload,
     name: &str,
     platform: &str,
-) -> Result<Option<String>, PairError> {
-    let now_s = now_unix_ms() / 1000;
-    if now_s > payload.expires_at {
-        return Err(PairError::Expired {
-            ago_s: now_s - payload.expires_at,
-        });
-    }
+) -> Result<Paired, PairError> {
     let addrs: Vec<String> = payload.addrs.iter().map(|a| a.to_string()).collect();
     let unreachable = |reason: String| PairError::Unreachable {
         addrs: addrs.join(", "),
@@ -563,7 +575,10 @@ pub async fn pair_with(
             message: answer.error,
         });
     }
-    Ok(answer.doc_id)
+    Ok(Paired {
+        doc_id: answer.doc_id,
+        desktop_clock_ms: answer.now_ms,
+    })
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blobs::BlobError;
 use crate::node::{NodeError, PeerView, random_id_bytes};
 use crate::pairing::PairError;
-use crate::presence::{Presence, now_unix_ms};
+use crate::presence::{Clock, Presence, SystemClock};
 use crate::store::StoreError;
 use crate::{NetConfig, Node, NodeConfig, NodeRole};
 
@@ -56,12 +56,12 @@ pub enum PhoneError {
     /// The home desktop revoked this phone. Nothing more is sent to it; what was written and not
     /// delivered stays on the phone (pairing again with a new code sends it).
     #[error(
-        "this device was revoked by the desktop {name} (at {at} ms since the epoch, desktop clock); nothing more is sent to it. To use it again, pair with a new code from that desktop"
+        "this device was revoked by the desktop {name}; nothing more is sent to it. To use it again, pair with a new code from that desktop"
     )]
     Revoked {
         /// The desktop's name.
         name: String,
-        /// When the phone learned it (unix ms).
+        /// When the phone learned it (unix ms, this phone's clock).
         at: i64,
     },
     /// Paired, but the workspace has not been received from the desktop yet (a phone never
@@ -108,12 +108,15 @@ pub enum PhoneError {
         /// By whom and how.
         reason: String,
     },
-    /// The approval request expired (it counts as denied).
-    #[error("approval {id} expired {ago_s} s ago; the desktop treats it as denied")]
+    /// The desktop resolved the request as expired (it counts as denied). Only the desktop's
+    /// clock decides this: the phone never refuses on its own clock.
+    #[error(
+        "approval {id} expired {ago_s} s ago by the desktop's clock; the desktop treated it as denied"
+    )]
     Expired {
         /// The request.
         id: String,
-        /// Seconds since it expired (phone clock).
+        /// Seconds since it expired, in the desktop's time as this phone estimates it.
         ago_s: i64,
     },
     /// The request's action hash does not match the tool and arguments it shows: it is not
@@ -191,7 +194,7 @@ impl From<NodeError> for PhoneError {
 impl From<PairError> for PhoneError {
     fn from(e: PairError) -> Self {
         match e {
-            PairError::Refused { .. } | PairError::Expired { .. } => Self::Refused {
+            PairError::Refused { .. } => Self::Refused {
                 reason: e.to_string(),
             },
             // This variant says "cannot reach the desktop: " itself.
@@ -361,6 +364,10 @@ pub struct PhoneConfig {
     pub key: PhoneKey,
     /// Network settings.
     pub net: NetConfig,
+    /// The phone's wall clock: the system's; tests give a skewed one ([`crate::presence::SkewedClock`]).
+    /// It only stamps what the phone writes and measures its offset to the desktop: expiry is
+    /// judged by the desktop's clock.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl PhoneConfig {
@@ -372,7 +379,13 @@ impl PhoneConfig {
             platform: platform.to_owned(),
             key: PhoneKey::Stored,
             net: NetConfig::default(),
+            clock: Arc::new(SystemClock),
         }
+    }
+    /// Reads wall time from `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
     /// Takes the key from the platform.
     pub fn with_key_provider(mut self, provider: Arc<dyn KeyProvider>) -> Self {
@@ -428,7 +441,9 @@ pub enum ApprovalState {
     Pending,
     /// The desktop resolved it.
     Resolved(Resolution),
-    /// It expired before the desktop resolved it (the desktop will treat it as denied).
+    /// Past its expiry in the desktop's time as this phone estimates it (its clock plus the
+    /// learned offset), and not yet resolved: the desktop will treat it as denied. Deciding is
+    /// still sent: only the desktop's clock decides.
     Expired,
 }
 
@@ -442,6 +457,13 @@ pub struct PhoneApproval {
     pub status: ApprovalState,
     /// This phone's decision, if it made one.
     pub my_verdict: Option<Verdict>,
+    /// This phone decided, but its decision reached the desktop after the desktop had resolved
+    /// the request (another phone's decision, or the expiry, decided): it was not acted on.
+    /// The resolution in `status` says what happened instead.
+    pub too_late: bool,
+    /// Milliseconds left before it expires, in the desktop's time as this phone estimates it
+    /// (negative once past).
+    pub expires_in_ms: i64,
     /// Its action hash matches the tool and arguments it shows (if not, the phone refuses to
     /// sign it).
     pub verified: bool,
@@ -454,7 +476,7 @@ pub struct DesktopHealth {
     pub os: String,
     /// Its last heartbeat (unix ms, the desktop's clock).
     pub heartbeat_at: i64,
-    /// How old that heartbeat is now (phone clock).
+    /// How old that heartbeat is now, in the desktop's time as this phone estimates it.
     pub heartbeat_age_ms: i64,
     /// What its executor is doing.
     pub executor: ExecutorState,
@@ -467,8 +489,12 @@ pub struct DesktopStatus {
     pub id: DeviceId,
     /// Name.
     pub name: String,
-    /// Connected, last seen at, or never reached.
+    /// Connected, last seen at, or never reached; its instants are in the desktop's time when
+    /// the offset is known (this phone's clock plus [`Self::clock_offset_ms`]).
     pub presence: Presence,
+    /// The desktop's clock minus this phone's (milliseconds), learned when pairing and at each
+    /// sync; `None` until then. Times are shown in the desktop's clock with it.
+    pub clock_offset_ms: Option<i64>,
     /// Connected and both sides hold the same changes.
     pub in_sync: bool,
     /// Why the last connection attempt or session failed, if it did.
@@ -497,14 +523,18 @@ pub struct PhoneSnapshot {
     pub desktop: Option<DesktopStatus>,
     /// The conversation, oldest first.
     pub messages: Vec<PhoneMessage>,
-    /// Tasks, oldest first.
+    /// Tasks, oldest first by when the desktop first saw them (its clock; tasks it has not seen
+    /// yet last): a phone's wrong clock cannot reorder them.
     pub tasks: Vec<PhoneTask>,
     /// Approval requests waiting for a decision, oldest first.
     pub pending_approvals: Vec<PhoneApproval>,
     /// Resolved or expired approval requests, oldest first.
     pub resolved_approvals: Vec<PhoneApproval>,
-    /// When this snapshot was taken (unix ms).
+    /// When this snapshot was taken (unix ms, this phone's clock).
     pub taken_at: i64,
+    /// The same instant in the desktop's clock, as far as this phone knows it (`taken_at` plus
+    /// the learned offset; `taken_at` when none is known). Show and count down times with it.
+    pub desktop_now: i64,
 }
 
 impl PhoneSnapshot {
@@ -625,6 +655,7 @@ struct Inner {
     syncing: AtomicBool,
     delivery: Mutex<DeliveryTracker>,
     writes: Mutex<Writes>,
+    clock: Arc<dyn Clock>,
 }
 
 /// This phone's own writes: under way, and when the last one became durable.
@@ -678,8 +709,9 @@ impl Phone {
     /// desktop in the background at once, if it has one; [`Phone::stop`] pauses that. Must be
     /// called within a tokio runtime, which then runs the phone's background work.
     pub async fn open(config: PhoneConfig) -> Result<Phone, PhoneError> {
-        let mut node_config =
-            NodeConfig::new(&config.data_dir, NodeRole::Phone).with_net(config.net);
+        let mut node_config = NodeConfig::new(&config.data_dir, NodeRole::Phone)
+            .with_net(config.net)
+            .with_clock(config.clock.clone());
         if let PhoneKey::Provider(provider) = &config.key {
             let provider = provider.clone();
             // A platform keystore may block (user presence, hardware): keep it off the workers.
@@ -706,6 +738,7 @@ impl Phone {
                 in_flight: 0,
                 last_done: std::time::Instant::now(),
             }),
+            clock: config.clock,
         });
         inner
             .runtime
@@ -827,6 +860,17 @@ impl Phone {
         }
     }
 
+    /// The desktop's clock minus this phone's, as last learned (milliseconds).
+    fn offset(node: &Node) -> Option<i64> {
+        node.home().and_then(|(_, r)| r.clock_offset_ms)
+    }
+
+    /// The desktop's clock minus this phone's (milliseconds), learned when pairing and at each
+    /// sync and kept across restarts; `None` before the first.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        self.node().ok().and_then(|n| Self::offset(&n))
+    }
+
     fn require_workspace(node: &Node) -> Result<(), PhoneError> {
         if node.home().is_none() {
             return Err(not_paired(node));
@@ -851,7 +895,7 @@ impl Phone {
             author: self.inner.id.to_string(),
             role: Role::User,
             text,
-            created_at: now_unix_ms(),
+            created_at: self.inner.clock.now_unix_ms(),
             task_id: None,
         };
         self.inner
@@ -869,7 +913,7 @@ impl Phone {
             TaskId::from_random(random_id_bytes()),
             prompt,
             &self.inner.id,
-            now_unix_ms(),
+            self.inner.clock.now_unix_ms(),
         );
         self.inner
             .write(&node, |tx| Workspace::add_task(tx, &task))
@@ -905,7 +949,10 @@ impl Phone {
         Ok(())
     }
 
-    /// Approves a request: signs the exact action it shows and writes the decision.
+    /// Approves a request: signs the exact action it shows and writes the decision. Never
+    /// refused on this phone's clock: the desktop judges expiry ([`PhoneError::Expired`] only once
+    /// the desktop has resolved it so). Whether it counted shows later as
+    /// [`PhoneApproval::too_late`].
     pub async fn approve(&self, id: &ApprovalId) -> Result<(), PhoneError> {
         self.decide(id, Verdict::Approve).await
     }
@@ -928,10 +975,18 @@ impl Phone {
             .ok_or_else(|| PhoneError::NotFound {
                 what: format!("approval {id}"),
             })?;
+        let now = self.inner.clock.now_unix_ms();
         if let Some(r) = &approval.resolution {
+            if r.by == "expired" {
+                let desktop_now = now + Self::offset(&node).unwrap_or(0);
+                return Err(PhoneError::Expired {
+                    id: id.to_string(),
+                    ago_s: (desktop_now - approval.expires_at).max(0) / 1000,
+                });
+            }
             return Err(PhoneError::AlreadyDecided {
                 reason: format!(
-                    "approval {id} was already resolved by the desktop: {}{}",
+                    "too late: approval {id} was already resolved by the desktop: {}{}",
                     past(r.verdict),
                     if r.reason.is_empty() {
                         String::new()
@@ -953,13 +1008,8 @@ impl Phone {
                 });
             }
         }
-        let now = now_unix_ms();
-        if now >= approval.expires_at {
-            return Err(PhoneError::Expired {
-                id: id.to_string(),
-                ago_s: (now - approval.expires_at) / 1000,
-            });
-        }
+        // No expiry check here: the phone's clock may be wrong, and the desktop, whose clock
+        // decides, resolves a request that is past its expiry as denied whatever arrives.
         if !approval.hash_matches(&desktop) {
             return Err(PhoneError::Mismatch { id: id.to_string() });
         }
@@ -1109,9 +1159,21 @@ impl Inner {
     }
 
     fn snapshot(&self, node: &Node) -> PhoneSnapshot {
-        let now = now_unix_ms();
+        let taken_at = self.clock.now_unix_ms();
         let me = self.id.to_string();
         let home = node.home().or_else(|| node.revoked_home());
+        let offset = home.as_ref().and_then(|(_, r)| r.clock_offset_ms);
+        // Every instant shown is the desktop's: it alone decides expiry.
+        let now = taken_at + offset.unwrap_or(0);
+        let in_desktop_time = |p: Presence| match p {
+            Presence::Connected { since } => Presence::Connected {
+                since: since + offset.unwrap_or(0),
+            },
+            Presence::LastSeen { at } => Presence::LastSeen {
+                at: at + offset.unwrap_or(0),
+            },
+            Presence::Never => Presence::Never,
+        };
         let view = home.as_ref().and_then(|(id, _)| home_view(node, id));
         let mut delivery = lock(&self.delivery);
         delivery.reset_for(home.as_ref().map(|(id, _)| *id));
@@ -1147,7 +1209,10 @@ impl Inner {
                     .as_ref()
                     .map(|w| w.desktop.name.clone())
                     .unwrap_or(record.name),
-                presence: view.as_ref().map_or(Presence::Never, |v| v.presence),
+                presence: view
+                    .as_ref()
+                    .map_or(Presence::Never, |v| in_desktop_time(v.presence)),
+                clock_offset_ms: offset,
                 in_sync: view.as_ref().is_some_and(|v| v.in_sync),
                 last_error: view.and_then(|v| v.last_error),
                 health,
@@ -1165,7 +1230,8 @@ impl Inner {
                 tasks: Vec::new(),
                 pending_approvals: Vec::new(),
                 resolved_approvals: Vec::new(),
-                taken_at: now,
+                taken_at,
+                desktop_now: now,
             };
         };
 
@@ -1206,8 +1272,12 @@ impl Inner {
                 None if now >= a.expires_at => ApprovalState::Expired,
                 None => ApprovalState::Pending,
             };
+            let my_verdict = a.decisions.get(&me).map(|d| d.verdict);
             let view = PhoneApproval {
-                my_verdict: a.decisions.get(&me).map(|d| d.verdict),
+                too_late: my_verdict.is_some()
+                    && a.resolution.as_ref().is_some_and(|r| !r.counted(&me)),
+                expires_in_ms: a.expires_at - now,
+                my_verdict,
                 verified: desktop.as_ref().is_some_and(|d| a.hash_matches(&d.id)),
                 status,
                 approval: a.clone(),
@@ -1234,9 +1304,7 @@ impl Inner {
                 task: t.clone(),
             })
             .collect();
-        tasks.sort_by(|a, b| {
-            (a.task.created_at, a.task.id.as_str()).cmp(&(b.task.created_at, b.task.id.as_str()))
-        });
+        tasks.sort_by(|a, b| Workspace::display_order(&a.task, &b.task));
 
         PhoneSnapshot {
             device_id: self.id,
@@ -1249,7 +1317,8 @@ impl Inner {
             tasks,
             pending_approvals,
             resolved_approvals,
-            taken_at: now,
+            taken_at,
+            desktop_now: now,
         }
     }
 }

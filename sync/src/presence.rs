@@ -37,3 +37,35 @@ pub fn now_unix_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// A wall clock: where a device reads "now" (Unix milliseconds). The system clock in use; a
+/// skewed one in tests, so a phone whose clock is wrong can be tried without changing the
+/// machine's time ([`SkewedClock`]).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Unix milliseconds now, by this clock.
+    fn now_unix_ms(&self) -> i64;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_ms(&self) -> i64 {
+        now_unix_ms()
+    }
+}
+
+/// The system clock moved by a fixed number of milliseconds (positive: fast, negative: slow).
+/// For tests and for the terminal phone's `DESKHAND_TEST_CLOCK_SKEW_MS`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SkewedClock {
+    /// How far ahead of the system clock this clock runs, in milliseconds.
+    pub skew_ms: i64,
+}
+
+impl Clock for SkewedClock {
+    fn now_unix_ms(&self) -> i64 {
+        now_unix_ms().saturating_add(self.skew_ms)
+    }
+}

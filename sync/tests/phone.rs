@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use deskhand_core::approval::{Approval, Outcome, Risk, Verdict, resolve};
+use deskhand_core::TaskId;
+use deskhand_core::approval::{Approval, DecisionRule, Outcome, Risk, Verdict, resolve};
 use deskhand_core::ids::ApprovalId;
 use deskhand_core::schema::{Message, Role, Task, Workspace};
-use deskhand_core::{DeviceId, TaskId};
 use deskhand_sync::phone::{ApprovalState, Delivery};
 use deskhand_sync::{
     FileKeyProvider, NetConfig, Node, NodeConfig, NodeRole, Phone, PhoneConfig, PhoneError,
@@ -222,14 +222,17 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
                 &a.args,
                 &desk.id(),
                 a.requested_at,
-                |d: &DeviceId| *d == phone_id,
+                &[phone_id],
+                DecisionRule::Settle { settle_ms: 2_000 },
+                None,
             );
             anyhow::ensure!(ignored.is_empty(), "{ignored:?}");
             anyhow::ensure!(
                 outcome
                     == Outcome::Resolved {
                         verdict: want,
-                        by: Some(phone_id)
+                        by: Some(phone_id),
+                        counted: vec![phone_id],
                     },
                 "{outcome:?}"
             );
@@ -272,6 +275,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         by: "expired".into(),
         at: 1,
         reason: "test".into(),
+        counted: None,
     };
     desk.write(|tx| Workspace::set_resolution(tx, &resolved, &r))
         .await?;
@@ -285,17 +289,17 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
             .iter()
             .any(|a| a.approval.id == expired && a.status == ApprovalState::Expired)
     );
-    assert!(matches!(
-        p.approve(&expired).await,
-        Err(PhoneError::Expired { .. })
-    ));
+    // Past its expiry by this phone's clock, not yet resolved: the phone never refuses on its
+    // own clock; the desktop decides (and resolves it as denied).
+    p.approve(&expired).await?;
     assert!(matches!(
         p.approve(&"ap-tampered".into()).await,
         Err(PhoneError::Mismatch { .. })
     ));
+    // Resolved as expired by the desktop: told so.
     assert!(matches!(
         p.deny(&resolved).await,
-        Err(PhoneError::AlreadyDecided { .. })
+        Err(PhoneError::Expired { .. })
     ));
 
     eprintln!("[phone {:?}] A blob, verified.", started.elapsed());

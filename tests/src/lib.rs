@@ -237,15 +237,34 @@ pub struct Run {
 
 /// Runs `deskhand ARGS…` to completion.
 pub fn deskhand(args: &[&str]) -> Result<Run> {
-    let out = Command::new(deskhand_bin())
-        .args(args)
+    deskhand_env(args, &[])
+}
+
+/// `deskhand ARGS…` with extra environment (e.g. `DESKHAND_TEST_CLOCK_SKEW_MS`), not started:
+/// spawn it to run several at once, or use [`deskhand_env`].
+pub fn deskhand_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(deskhand_bin());
+    cmd.args(args)
         .env("DESKHAND_LOG", "error")
-        .output()?;
-    Ok(Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `deskhand ARGS…` with extra environment to completion.
+pub fn deskhand_env(args: &[&str], env: &[(&str, &str)]) -> Result<Run> {
+    Ok(Run::of(deskhand_command(args, env).output()?))
+}
+
+impl Run {
+    /// The outcome of a finished process.
+    pub fn of(out: std::process::Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
 }
 
 /// A `deskhand serve` process whose output is collected in the background.

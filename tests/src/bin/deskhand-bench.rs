@@ -87,6 +87,7 @@ async fn phone(dir: &Path, desk: &mut NodeProc, name: &str) -> Result<Node> {
         revoked_at: None,
         last_seen: None,
         addrs: desk.addrs.clone(),
+        clock_offset_ms: None,
     };
     node.put_peer(id, record).await?;
     wait_for(&node, Duration::from_secs(30), |d| {

@@ -1,9 +1,11 @@
 //! Multi-process end-to-end tests: real processes, real iroh endpoints on loopback with relays
 //! off, real redb files.
 
+mod clocks;
 mod desktop_x11;
 mod executor;
 mod hostile_peers;
 mod pairing;
 mod recovery;
+mod several_phones;
 mod sync;
