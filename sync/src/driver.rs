@@ -45,6 +45,7 @@ pub(crate) async fn run_peer(
         peer,
         send,
         out: Vec::new(),
+        owes_ack: false,
         conn: conn.clone(),
         conn_no,
     };
@@ -74,6 +75,8 @@ struct Driver {
     peer: DeviceId,
     send: SendStream,
     out: Vec<u8>,
+    /// This peer's changes were applied and are not known durable yet: the answer waits.
+    owes_ack: bool,
 }
 
 impl Driver {
@@ -88,7 +91,7 @@ impl Driver {
             let ds = self.shared.lock_doc();
             let mut s = SyncSession::new(self.peer, ds.doc_id, persisted.as_deref(), now)
                 .with_wall_clock(self.shared.wall_ms());
-            s.set_hold(Shared::is_dirty(&ds));
+            s.set_hold(!Shared::may_relay(&ds));
             let first = s.start(&ds.doc);
             drop(ds);
             self.queue(first);
@@ -141,6 +144,8 @@ impl Driver {
     ) -> Result<(), SessionError> {
         let mut durable = self.shared.durable.subscribe();
         durable.mark_unchanged();
+        let mut relay = self.shared.relayable.subscribe();
+        relay.mark_unchanged();
         let mut probe = self.shared.probe.subscribe();
         probe.mark_unchanged();
         let mut decoder = FrameDecoder::with_max_len(self.shared.filter.limits().max_frame_bytes);
@@ -168,7 +173,19 @@ impl Driver {
                 }
                 _ = durable.changed() => {
                     let ds = self.shared.lock_doc();
-                    session.set_hold(Shared::is_dirty(&ds));
+                    if !Shared::is_dirty(&ds) {
+                        self.owes_ack = false;
+                    }
+                    session.set_hold(self.hold(&ds));
+                    let out = session.on_local_change(&ds.doc, &ds.book, self.shared.now_ms());
+                    drop(ds);
+                    self.queue(out);
+                }
+                _ = relay.changed(), if !self.owes_ack => {
+                    // Another peer's changes arrived (or this device's own are all stored):
+                    // relay them now, before they are durable here (see `node.rs`).
+                    let ds = self.shared.lock_doc();
+                    session.set_hold(self.hold(&ds));
                     let out = session.on_local_change(&ds.doc, &ds.book, self.shared.now_ms());
                     drop(ds);
                     self.queue(out);
@@ -220,7 +237,7 @@ impl Driver {
         let shared = self.shared.clone();
         let mut guard = shared.lock_doc();
         let ds = &mut *guard;
-        session.set_hold(Shared::is_dirty(ds));
+        session.set_hold(self.hold(ds));
         let outputs = session.on_frame(frame, len, &ds.doc, &ds.book, now)?;
         let mut to_send = Vec::new();
         for o in outputs {
@@ -246,8 +263,14 @@ impl Driver {
         Ok(())
     }
 
+    /// Whether the session must not send now: it owes its peer an answer that waits for the
+    /// peer's changes to be durable, or this device has own changes not yet stored.
+    fn hold(&self, ds: &DocState) -> bool {
+        self.owes_ack || !Shared::may_relay(ds)
+    }
+
     fn handle_applied(
-        &self,
+        &mut self,
         ds: &mut DocState,
         outputs: Vec<SessionOutput>,
         to_send: &mut Vec<SessionOutput>,
@@ -261,6 +284,7 @@ impl Driver {
                 } => {
                     let received = stored.map(|s| (before.as_slice(), s));
                     // The session holds itself until the store confirms (`durable` lifts it).
+                    self.owes_ack = true;
                     self.shared
                         .persist_changes(ds, true, None, received, signatures);
                 }

@@ -5,8 +5,11 @@
 //!   to the store *while the document lock is held*, so chunks reach the store in the order of
 //!   the changes, and a compaction snapshot (also queued under the lock) covers every chunk
 //!   queued before it.
-//! - While any change is not yet durable, every session is held: nothing a device has not stored
-//!   is sent to a peer. A hub therefore never relays a change it could lose in a crash.
+//! - While any change of this device's own is not yet durable, every session is held: nothing a
+//!   device wrote is sent before it is stored. A change received from a peer is relayed to the
+//!   other peers at once (its author's signature proves it, so if this device loses it in a
+//!   crash, any peer can hand it back); the session it came from is held until it is durable, so
+//!   the sender is told "I have it" only once it is on disk.
 //! - [`Node::write`] returns only once the change is durable.
 
 use std::collections::HashMap;
@@ -205,6 +208,8 @@ pub(crate) struct DocState {
     pub(crate) doc_id: Option<DocId>,
     persisted_heads: Vec<ChangeHash>,
     unflushed: usize,
+    /// Of `unflushed`, the chunks of this device's own changes.
+    unflushed_local: usize,
     /// A chunk failed to store (disk full, IO error): part of the document exists only in
     /// memory until a later chunk, saved from scratch, succeeds. Sessions stay held meanwhile.
     undurable: bool,
@@ -267,6 +272,9 @@ pub(crate) struct Shared {
     store: Store,
     /// Bumped when the whole document is durable again after a change: sessions send then.
     pub(crate) durable: watch::Sender<u64>,
+    /// Bumped when a peer's changes were applied, and when this device's own changes are all
+    /// durable again: sessions other than the sender's may send (relay) then.
+    pub(crate) relayable: watch::Sender<u64>,
     /// Bumped when the document changed (local: once durable; received: once applied).
     changed: watch::Sender<u64>,
     peers: Mutex<HashMap<DeviceId, PeerEntry>>,
@@ -374,6 +382,13 @@ impl Shared {
         ds.unflushed > 0 || ds.undurable
     }
 
+    /// Whether a session may send now, other than to a peer whose changes are not yet durable:
+    /// every change of this device's own is stored (received ones may still be on their way to
+    /// the disk: they are relayed at once).
+    pub(crate) fn may_relay(ds: &DocState) -> bool {
+        ds.unflushed_local == 0 && !ds.undurable
+    }
+
     /// Queues the changes since the last persisted heads as one chunk. Must be called with the
     /// document lock held (it is: `ds` borrows it). `notify_applied` bumps `changed` at once
     /// (received changes); otherwise it is bumped when durable (own changes). `received` is a
@@ -444,18 +459,25 @@ impl Shared {
         };
         ds.persisted_heads = heads;
         ds.unflushed += 1;
+        if !notify_applied {
+            ds.unflushed_local += 1;
+        }
         let queued_gen = ds.fail_gen;
         if notify_applied {
             self.changed.send_modify(|g| *g += 1);
+            self.relayable.send_modify(|g| *g += 1);
         }
         let me = Arc::downgrade(self);
         self.store.queue(
             op,
             Some(Box::new(move |r| {
                 if let Some(me) = me.upgrade() {
-                    let clean = {
+                    let (clean, relay) = {
                         let mut ds = me.lock_doc();
                         ds.unflushed -= 1;
+                        if !notify_applied {
+                            ds.unflushed_local -= 1;
+                        }
                         match &r {
                             Ok(()) if queued_gen == ds.fail_gen => ds.undurable = false,
                             Ok(()) => {}
@@ -468,10 +490,16 @@ impl Shared {
                                 ds.book_unsaved = true;
                             }
                         }
-                        ds.unflushed == 0 && !ds.undurable
+                        (
+                            ds.unflushed == 0 && !ds.undurable,
+                            !notify_applied && Shared::may_relay(&ds),
+                        )
                     };
                     if r.is_ok() && !notify_applied {
                         me.changed.send_modify(|g| *g += 1);
+                    }
+                    if relay {
+                        me.relayable.send_modify(|g| *g += 1);
                     }
                     if clean {
                         me.durable.send_modify(|g| *g += 1);
@@ -841,6 +869,7 @@ impl Node {
                 doc_id,
                 persisted_heads,
                 unflushed: 0,
+                unflushed_local: 0,
                 undurable: false,
                 fail_gen: 0,
                 chunks_since_snapshot,
@@ -849,6 +878,7 @@ impl Node {
             }),
             store: store.clone(),
             durable: watch::channel(0).0,
+            relayable: watch::channel(0).0,
             changed: watch::channel(0).0,
             peers: Mutex::new(peers),
             sync_states: Mutex::new(sync_states),
