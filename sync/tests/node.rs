@@ -275,6 +275,7 @@ async fn blobs_reach_paired_phones_only_and_verify() -> anyhow::Result<()> {
                 revoked_at: None,
                 last_seen: None,
                 addrs: desk.direct_addrs(),
+                relay: None,
             },
         )
         .await?;
@@ -332,6 +333,7 @@ async fn a_phone_whose_desktop_is_down_shuts_down_without_waiting_for_its_dial()
         revoked_at: None,
         last_seen: None,
         addrs: vec![nobody],
+        relay: None,
     };
     phone.put_peer(desk, record).await?;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -87,6 +87,7 @@ async fn phone(dir: &Path, desk: &mut NodeProc, name: &str) -> Result<Node> {
         revoked_at: None,
         last_seen: None,
         addrs: desk.addrs.clone(),
+        relay: None,
     };
     node.put_peer(id, record).await?;
     wait_for(&node, Duration::from_secs(30), |d| {
@@ -480,7 +481,10 @@ async fn floor(r: &mut Report, quick: bool) -> Result<()> {
         }
     });
     let conn = client
-        .connect(endpoint::peer_addr(&server_key.device_id(), &addrs)?, ALPN)
+        .connect(
+            endpoint::peer_addr(&server_key.device_id(), &addrs, None)?,
+            ALPN,
+        )
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let buf = vec![7u8; 300];

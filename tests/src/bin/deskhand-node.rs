@@ -108,6 +108,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                     revoked_at: None,
                     last_seen: None,
                     addrs,
+                    relay: None,
                 },
             )
             .await?;

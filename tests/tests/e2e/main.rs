@@ -1,6 +1,7 @@
 //! Multi-process end-to-end tests: real processes, real iroh endpoints on loopback with relays
 //! off, real redb files.
 
+mod addrs;
 mod desktop_x11;
 mod executor;
 mod hostile_peers;
