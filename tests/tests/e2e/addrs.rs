@@ -319,7 +319,7 @@ impl Netns {
         Ok(Some(ns))
     }
 
-    fn prefix(&self) -> [&str; 3] {
+    fn prefix(&self) -> [&str; 4] {
         ["ip", "netns", "exec", &self.0]
     }
 
