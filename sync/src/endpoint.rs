@@ -142,19 +142,23 @@ pub async fn bind(
     net: &NetConfig,
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, EndpointError> {
-    bind_as(key, net, alpns, true).await
+    bind_as(key, net, alpns, true, false).await
 }
 
 /// [`bind`], saying whether this endpoint announces itself on the local network when mDNS is on
-/// (a desktop does; a phone only looks its desktop up). A failure to start mDNS (no multicast)
-/// is logged, not fatal: direct addresses and the relay still work.
+/// (a desktop does; a phone only looks its desktop up), and whether a relay can be added later
+/// ([`Endpoint::insert_relay`]) when `net.relay` is off: an empty relay map then, which contacts
+/// nothing until a relay is inserted (a phone pairing with a desktop that names one). A failure
+/// to start mDNS (no multicast) is logged, not fatal: direct addresses and the relay still work.
 pub async fn bind_as(
     key: &DeviceKey,
     net: &NetConfig,
     alpns: Vec<Vec<u8>>,
     advertise: bool,
+    relay_on_demand: bool,
 ) -> Result<Endpoint, EndpointError> {
     let relay_mode = match &net.relay {
+        RelaySetting::Off if relay_on_demand => RelayMode::Custom(iroh::RelayMap::empty()),
         RelaySetting::Off => RelayMode::Disabled,
         RelaySetting::Default => RelayMode::Default,
         RelaySetting::Url(url) => RelayMode::custom([relay_url(url)?]),
@@ -187,6 +191,16 @@ pub async fn bind_as(
         }
     }
     Ok(ep)
+}
+
+/// Adds `url` to the relays `ep` uses (an endpoint bound with a relay map, possibly empty).
+pub async fn add_relay(ep: &Endpoint, url: &str) -> Result<(), EndpointError> {
+    let url = relay_url(url)?;
+    if !ep.addr().relay_urls().any(|u| *u == url) {
+        ep.insert_relay(url.clone(), std::sync::Arc::new(url.into()))
+            .await;
+    }
+    Ok(())
 }
 
 /// The addresses a peer can dial us on. When bound to an unspecified address iroh leaves

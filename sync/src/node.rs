@@ -1085,6 +1085,12 @@ impl Node {
                 id: home.short(),
             });
         }
+        // Reach the desktop through the relay it names, for this pairing and from now on.
+        if let Some(relay) = &payload.relay
+            && let Err(e) = endpoint::add_relay(&self.endpoint, relay).await
+        {
+            tracing::warn!("not using the relay the desktop named: {e}");
+        }
         let doc_id = crate::pairing::pair_with(&self.endpoint, payload, name, platform).await?;
         if let Some(id) = doc_id.and_then(|d| d.parse::<DocId>().ok()) {
             let mut ds = self.shared.lock_doc();
@@ -1371,10 +1377,10 @@ async fn bind_keeping_port(
     if let Some(port) = remembered.filter(|_| net.keep_port && net.listen.port() == 0) {
         let want = SocketAddr::new(net.listen.ip(), port);
         let again = net.clone().with_listen(want);
-        match endpoint::bind_as(key, &again, alpns.clone(), advertise).await {
+        match endpoint::bind_as(key, &again, alpns.clone(), advertise, !advertise).await {
             Ok(ep) => return Ok((ep, None)),
             Err(e @ EndpointError::Bind { .. }) => {
-                let ep = endpoint::bind_as(key, net, alpns, advertise).await?;
+                let ep = endpoint::bind_as(key, net, alpns, advertise, !advertise).await?;
                 let now: Vec<String> = endpoint::direct_addrs(&ep)
                     .iter()
                     .map(|a| a.to_string())
@@ -1388,7 +1394,11 @@ async fn bind_keeping_port(
             Err(e) => return Err(e),
         }
     }
-    Ok((endpoint::bind_as(key, net, alpns, advertise).await?, None))
+    // A phone (it does not advertise) can take on its desktop's relay when it pairs.
+    Ok((
+        endpoint::bind_as(key, net, alpns, advertise, !advertise).await?,
+        None,
+    ))
 }
 
 /// The relay URL peers should use now (see [`Node::relay_url`]).
