@@ -558,6 +558,72 @@ impl Workspace {
     }
 }
 
+/// Where the desktop can be reached now, as it publishes it under `desktop/addrs` (direct
+/// `ip:port` addresses) and `desktop/relay` (its relay URL, when it uses one). Only the desktop
+/// writes them; phones dial them besides what their pairing code said, so a desktop that moved
+/// to another port or network is found again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesktopAddrs {
+    /// Direct addresses.
+    pub addrs: Vec<std::net::SocketAddr>,
+    /// Relay URL.
+    pub relay: Option<String>,
+}
+
+/// At most this many addresses are read from, or written to, the document.
+pub const MAX_DESKTOP_ADDRS: usize = 32;
+
+impl Workspace {
+    /// Publishes where the desktop can be reached (desktop only). Writes only what changed.
+    pub fn set_desktop_addrs(
+        tx: &mut Transaction<'_>,
+        addrs: &DesktopAddrs,
+    ) -> Result<(), SchemaError> {
+        let desktop = obj(tx, "desktop")?;
+        if Self::desktop_addrs(tx).addrs != addrs.addrs {
+            let list = tx.put_object(&desktop, "addrs", ObjType::List)?;
+            for (i, a) in addrs.addrs.iter().take(MAX_DESKTOP_ADDRS).enumerate() {
+                tx.insert(&list, i, a.to_string())?;
+            }
+        }
+        if Self::desktop_addrs(tx).relay != addrs.relay {
+            match &addrs.relay {
+                Some(r) => tx.put(&desktop, "relay", r.as_str())?,
+                None => tx.delete(&desktop, "relay")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the desktop said it can be reached. Tolerant: a document from before these fields,
+    /// or an entry that is not an address, yields what can be read (nothing, at worst).
+    pub fn desktop_addrs<D: ReadDoc>(doc: &D) -> DesktopAddrs {
+        let Ok(desktop) = obj(doc, "desktop") else {
+            return DesktopAddrs::default();
+        };
+        let text = |v: automerge::Value<'_>| match v {
+            automerge::Value::Scalar(s) => match s.as_ref() {
+                automerge::ScalarValue::Str(t) => Some(t.to_string()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let addrs = match doc.get(&desktop, "addrs") {
+            Ok(Some((automerge::Value::Object(ObjType::List), list))) => doc
+                .list_range(&list, ..)
+                .take(MAX_DESKTOP_ADDRS)
+                .filter_map(|item| text(item.value.into())?.parse().ok())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let relay = match doc.get(&desktop, "relay") {
+            Ok(Some((v, _))) => text(v).filter(|r| !r.is_empty()),
+            _ => None,
+        };
+        DesktopAddrs { addrs, relay }
+    }
+}
+
 /// Fields the desktop sets on a task as it runs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskUpdate {
@@ -682,6 +748,47 @@ mod tests {
             task_id: None,
         };
         (doc, msg)
+    }
+
+    #[test]
+    fn desktop_addrs_round_trip_and_read_tolerantly() {
+        let (mut doc, _) = initialised_and_a_message();
+        // A document from before the fields: nothing, and the workspace still reads.
+        assert_eq!(Workspace::desktop_addrs(&doc), DesktopAddrs::default());
+        let a = DesktopAddrs {
+            addrs: vec![
+                "127.0.0.1:4433".parse().unwrap(),
+                "[::1]:9".parse().unwrap(),
+            ],
+            relay: Some("https://relay.example/".into()),
+        };
+        doc.transact::<_, _, SchemaError>(|tx| Workspace::set_desktop_addrs(tx, &a))
+            .unwrap();
+        assert_eq!(Workspace::desktop_addrs(&doc), a);
+        assert_eq!(Workspace::read(&doc).unwrap().desktop, desktop());
+        // Unchanged: no new change at all.
+        let heads = doc.get_heads();
+        doc.transact::<_, _, SchemaError>(|tx| Workspace::set_desktop_addrs(tx, &a))
+            .unwrap();
+        assert_eq!(doc.get_heads(), heads);
+        // A bad entry is skipped, the rest is read; no relay is no relay.
+        doc.transact::<_, _, SchemaError>(|tx| {
+            let d = obj(tx, "desktop")?;
+            let list = tx.put_object(&d, "addrs", ObjType::List)?;
+            tx.insert(&list, 0, "not an address")?;
+            tx.insert(&list, 1, 42)?;
+            tx.insert(&list, 2, "10.0.0.2:7")?;
+            tx.delete(&d, "relay")?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            Workspace::desktop_addrs(&doc),
+            DesktopAddrs {
+                addrs: vec!["10.0.0.2:7".parse().unwrap()],
+                relay: None
+            }
+        );
     }
 
     #[test]

@@ -667,6 +667,26 @@ mod tests {
             Workspace::set_heartbeat(tx, 5)
         });
         assert!(desktop.unwrap_err().reason.contains("desktop/heartbeat_at"));
+        // Where the desktop can be reached is the desktop's to say: a phone could otherwise
+        // point every other phone at an address of its choosing.
+        let addrs = crate::schema::DesktopAddrs {
+            addrs: vec!["10.9.9.9:1".parse().unwrap()],
+            relay: Some("https://relay.example/".into()),
+        };
+        let moved = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::set_desktop_addrs(tx, &addrs)
+        });
+        assert!(moved.unwrap_err().reason.contains("desktop/"));
+        let relay_only = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::set_desktop_addrs(
+                tx,
+                &crate::schema::DesktopAddrs {
+                    addrs: Vec::new(),
+                    relay: addrs.relay.clone(),
+                },
+            )
+        });
+        assert!(relay_only.unwrap_err().reason.contains("desktop/relay"));
         let mut forged = p.fork().with_actor(desk.actor_id());
         let actor = check(&d, phone, &mut forged, |tx| {
             Workspace::append_message(tx, &msg(desk, Role::User))

@@ -11,6 +11,8 @@
 //! shell_max_output_bytes = 1048576
 //! shell_sandbox = "on"             # "off" runs commands without the OS sandbox
 //! heartbeat_secs = 30
+//! relay = "default"                # n0's public relays when away from home; "off"; or a URL
+//! mdns = true                      # phones find this desktop on the local network
 //!
 //! [approvals]                      # how several phones' decisions combine (a deny always wins)
 //! rule = "settle"                  # "settle" | "unanimous" | "n-of-m"
@@ -139,6 +141,12 @@ pub struct Config {
     pub heartbeat_secs: u64,
     /// How several phones' decisions combine.
     pub approvals: Approvals,
+    /// The relay phones reach this desktop through when no direct path works (away from home):
+    /// `default` (n0's public relays: they forward encrypted packets and store nothing), `off`,
+    /// or the URL of a self-hosted relay. `deskhand serve --relay` overrides it.
+    pub relay: String,
+    /// Phones find this desktop on the local network (mDNS). `deskhand serve --mdns` overrides it.
+    pub mdns: bool,
     /// Permission rules.
     pub permissions: Permissions,
 }
@@ -157,6 +165,8 @@ impl Default for Config {
             shell_sandbox: ShellSandbox::On,
             heartbeat_secs: 30,
             approvals: Approvals::default(),
+            relay: "default".into(),
+            mdns: true,
             permissions: Permissions::default(),
         }
     }
@@ -208,6 +218,11 @@ impl Config {
         Ok(config)
     }
 
+    /// The `relay` setting, parsed.
+    pub fn relay_setting(&self) -> Result<deskhand_sync::RelaySetting, String> {
+        self.relay.parse().map_err(|e| format!("`relay`: {e}"))
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.roots.is_empty() {
             return Err("`roots` is empty: name at least one folder tasks may use".into());
@@ -220,6 +235,7 @@ impl Config {
                 "`max_tasks_per_phone` and `max_approvals_per_phone` must be at least 1".into(),
             );
         }
+        self.relay_setting()?;
         if self.approval_timeout_secs == 0
             || self.shell_timeout_secs == 0
             || self.tool_timeout_secs == 0
@@ -286,6 +302,22 @@ mod tests {
         std::fs::write(&p, "shell_sandbox = \"maybe\"\n").unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("shell_sandbox") || e.contains("maybe"), "{e}");
+        std::fs::write(&p, "relay = \"https://relay.example.org\"\nmdns = false\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(
+            c.relay_setting(),
+            Ok(deskhand_sync::RelaySetting::Url(
+                "https://relay.example.org".into()
+            ))
+        );
+        assert!(!c.mdns);
+        assert_eq!(
+            Config::default().relay_setting(),
+            Ok(deskhand_sync::RelaySetting::Default)
+        );
+        std::fs::write(&p, "relay = \"sometimes\"\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("relay") && e.contains("sometimes"), "{e}");
         std::fs::write(&p, "rootz = [\"/srv\"]\n").unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("rootz"), "{e}");

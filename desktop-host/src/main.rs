@@ -36,12 +36,18 @@ enum Command {
         /// Data directory (default: the platform's data directory).
         #[arg(long, value_parser = absolute_path)]
         data: Option<PathBuf>,
-        /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0:0")]
-        listen: SocketAddr,
-        /// Relay: off, default, or a URL.
-        #[arg(long, default_value = "off")]
-        relay: RelaySetting,
+        /// Address to listen on (default: all interfaces, on the port this desktop used last
+        /// time, or a new one the first time or when that one is taken).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Relay for phones away from home: default (n0's public relays), off, or a URL
+        /// (default: `relay` in the config file, else default).
+        #[arg(long)]
+        relay: Option<RelaySetting>,
+        /// Local-network discovery (mDNS) of this desktop by its phones (default: `mdns` in the
+        /// config file, else on).
+        #[arg(long, value_enum)]
+        mdns: Option<Switch>,
         /// Name shown on phones (default: the host name).
         #[arg(long)]
         name: Option<String>,
@@ -103,12 +109,30 @@ enum Command {
         /// Address the phone's endpoint binds.
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
+        /// Find the desktop on the local network (mDNS).
+        #[arg(long, value_enum, default_value = "on")]
+        mdns: Switch,
         #[command(subcommand)]
         command: phone::PhoneCommand,
     },
     /// A desktop and two phones in a temporary directory, syncing over real iroh connections on
     /// loopback: shows the document converging, offline catch-up and presence.
     Demo,
+}
+
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+impl Switch {
+    pub(crate) fn on(self) -> bool {
+        self == Self::On
+    }
 }
 
 #[derive(Subcommand)]
@@ -234,16 +258,18 @@ async fn run(command: Command) -> Result<()> {
             data,
             listen,
             relay,
+            mdns,
             name,
             config,
         } => {
-            serve::run(
-                data.unwrap_or_else(paths::default_data_dir),
+            serve::run(serve::Options {
+                data: data.unwrap_or_else(paths::default_data_dir),
                 listen,
                 relay,
+                mdns: mdns.map(Switch::on),
                 name,
-                config,
-            )
+                config_path: config,
+            })
             .await
         }
         Command::Status { data, json } => {
@@ -335,10 +361,11 @@ async fn run(command: Command) -> Result<()> {
         Command::Phone {
             data,
             listen,
+            mdns,
             command,
         } => {
             let data = data.unwrap_or_else(|| paths::default_data_dir().join("phone"));
-            phone::run(data, listen, command).await
+            phone::run(data, listen, mdns.on(), command).await
         }
         Command::Demo => demo::run().await,
     }

@@ -110,8 +110,16 @@ pub enum PhoneCommand {
         #[arg(long, value_parser = crate::absolute_path)]
         out: PathBuf,
     },
-    /// Forget the desktop and its workspace (to pair with another one).
-    Forget,
+    /// Forget the desktop and its workspace (to pair with another one). Refused while something
+    /// written here has not reached the desktop, unless `--force`.
+    Forget {
+        /// Forget even if messages, tasks or decisions written here would be lost.
+        #[arg(long)]
+        force: bool,
+        /// How long to try to deliver what is unsent first (seconds).
+        #[arg(long, default_value = "5")]
+        wait: u64,
+    },
 }
 
 /// How `watch` answers approval requests on its own.
@@ -141,12 +149,15 @@ fn clock() -> Result<Arc<dyn deskhand_sync::presence::Clock>> {
     }
 }
 
-async fn open(data: &Path, listen: SocketAddr, name: &str) -> Result<Phone> {
+async fn open(data: &Path, listen: SocketAddr, mdns: bool, name: &str) -> Result<Phone> {
+    // Its own relay stays off: a phone uses the relay its desktop named when pairing.
     let mut config = PhoneConfig::new(data, name, "terminal")
-        .with_net(NetConfig {
-            listen,
-            relay: RelaySetting::Off,
-        })
+        .with_net(
+            NetConfig::default()
+                .with_listen(listen)
+                .with_relay(RelaySetting::Off)
+                .with_mdns(mdns),
+        )
         .with_clock(clock()?);
     // The key lives in a 0600 file like a platform keystore would hold it; a data directory from
     // before keeps the key its database already holds.
@@ -168,14 +179,14 @@ fn explain(e: PhoneError) -> anyhow::Error {
     }
 }
 
-pub async fn run(data: PathBuf, listen: SocketAddr, cmd: PhoneCommand) -> Result<()> {
+pub async fn run(data: PathBuf, listen: SocketAddr, mdns: bool, cmd: PhoneCommand) -> Result<()> {
     let name = match &cmd {
         PhoneCommand::Pair {
             name: Some(name), ..
         } => name.clone(),
         _ => format!("{}-terminal", crate::paths::host_name()),
     };
-    let phone = open(&data, listen, &name).await?;
+    let phone = open(&data, listen, mdns, &name).await?;
     let result = run_on(&phone, cmd).await;
     phone.shutdown().await;
     result
@@ -318,9 +329,28 @@ async fn run_on(phone: &Phone, cmd: PhoneCommand) -> Result<()> {
             );
             Ok(())
         }
-        PhoneCommand::Forget => {
+        PhoneCommand::Forget { force, wait } => {
             let home = phone.home();
-            phone.forget_desktop().await?;
+            if home.is_some() && phone.unsent_count()? > 0 && !force {
+                // Deliver first if the desktop can be reached.
+                let _ = phone.sync(Duration::from_secs(wait)).await;
+            }
+            if force {
+                let dropped = phone.unsent_count()?;
+                phone.forget_desktop_dropping_unsent().await?;
+                if dropped > 0 {
+                    println!(
+                        "Dropped {dropped} thing(s) written here that had not reached the desktop."
+                    );
+                }
+            } else {
+                match phone.forget_desktop().await {
+                    Err(PhoneError::Unsent { count }) => bail!(
+                        "not forgetting the desktop: {count} thing(s) written on this phone (messages, tasks or decisions) have not reached it, and could not be delivered now. To keep them: `deskhand phone sync` once the desktop is reachable, or pair again with the same desktop (`deskhand phone pair <new code>`, no need to forget). To drop them: `deskhand phone forget --force`"
+                    ),
+                    other => other?,
+                }
+            }
             match home {
                 Some((id, name)) => {
                     println!(
@@ -560,6 +590,14 @@ fn show(s: &PhoneSnapshot) {
             } else if let Some(e) = &d.last_error {
                 println!("  last problem: {}", line(e));
             }
+            println!(
+                "  dialled at {}{}",
+                line(&d.addrs.join(", ")),
+                d.relay
+                    .as_ref()
+                    .map(|r| format!("; relay {}", line(r)))
+                    .unwrap_or_default()
+            );
         }
         None => println!("Not paired."),
     }

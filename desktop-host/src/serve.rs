@@ -17,16 +17,44 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control;
 
-pub async fn run(
-    data: PathBuf,
-    listen: SocketAddr,
-    relay: RelaySetting,
-    name: Option<String>,
-    config_path: Option<PathBuf>,
-) -> Result<()> {
-    let name = name.unwrap_or_else(crate::paths::host_name);
-    let config_path = config_path.unwrap_or_else(default_config_path);
+/// What `deskhand serve` was told on its command line (`None`: the config file decides).
+pub struct Options {
+    pub data: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub relay: Option<RelaySetting>,
+    pub mdns: Option<bool>,
+    pub name: Option<String>,
+    pub config_path: Option<PathBuf>,
+}
+
+/// How long a desktop with a relay waits at start for its home relay, so that the first pairing
+/// code names the relay it is actually connected to (offline, it goes on after this).
+const HOME_RELAY_WAIT: Duration = Duration::from_secs(3);
+
+/// The network settings of `serve`: without `--listen`, every interface on the port kept from
+/// last time; relay and mDNS from the command line, else the config file.
+pub fn net_config(opts: &Options, config: &Config) -> Result<NetConfig> {
+    let relay = match &opts.relay {
+        Some(r) => r.clone(),
+        None => config.relay_setting().map_err(|e| anyhow::anyhow!(e))?,
+    };
+    let net = NetConfig::default()
+        .with_relay(relay)
+        .with_mdns(opts.mdns.unwrap_or(config.mdns));
+    Ok(match opts.listen {
+        Some(l) => net.with_listen(l),
+        None => net
+            .with_listen(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .with_keep_port(true),
+    })
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let name = opts.name.clone().unwrap_or_else(crate::paths::host_name);
+    let config_path = opts.config_path.clone().unwrap_or_else(default_config_path);
+    let data = opts.data.clone();
     let config = Config::load(&config_path)?;
+    let net = net_config(&opts, &config)?;
     let home = crate::paths::home_dir();
     // Tasks never touch the host's own data, its config file, or the default config folder
     // (a `--config` elsewhere protects that file only, not the folder it sits in).
@@ -42,8 +70,7 @@ pub async fn run(
         .map(|r| r.display().to_string())
         .collect();
     let node = Node::open(
-        NodeConfig::new(&data, NodeRole::Desktop { name: name.clone() })
-            .with_net(NetConfig { listen, relay }),
+        NodeConfig::new(&data, NodeRole::Desktop { name: name.clone() }).with_net(net.clone()),
     )
     .await
     .with_context(|| format!("starting the desktop host in {}", data.display()))?;
@@ -75,7 +102,29 @@ pub async fn run(
         node.doc_id().map(|d| d.to_string()).unwrap_or_default()
     );
     println!("  data      : {}", node.db_path_of().display());
+    if net.relay != RelaySetting::Off {
+        node.wait_for_home_relay(HOME_RELAY_WAIT).await;
+    }
     println!("  listening : {}", addrs(&node));
+    if let Some(port) = node.moved_from_port() {
+        println!(
+            "  note      : port {port}, used before, is taken; paired phones learn the new address from the workspace, the local network or the relay"
+        );
+    }
+    println!(
+        "  relay     : {}",
+        node.relay_url().unwrap_or_else(|| {
+            "off (phones reach this desktop only on a network they share with it)".into()
+        })
+    );
+    println!(
+        "  discovery : {}",
+        if net.mdns {
+            "local network (mDNS)"
+        } else {
+            "off"
+        }
+    );
     println!("  config    : {}", config_path.display());
     println!("  roots     : {}", roots.join(", "));
     let devices = node.peers();

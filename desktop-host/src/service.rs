@@ -45,6 +45,23 @@ fn plist_path() -> PathBuf {
         .join(format!("{LABEL}.plist"))
 }
 
+/// The arguments the service runs `deskhand` with. No `--listen`: `serve` then keeps the port
+/// it bound the first time across restarts (a fixed address would be pinned here for good, and
+/// a random one would move at every restart and lose the paired phones). Relay and discovery
+/// come from the config file.
+fn serve_args(data: Option<PathBuf>, config: Option<PathBuf>) -> Result<Vec<String>> {
+    let mut args = vec!["serve".to_owned()];
+    if let Some(d) = data {
+        args.push("--data".into());
+        args.push(std::path::absolute(d)?.to_string_lossy().into_owned());
+    }
+    if let Some(c) = config {
+        args.push("--config".into());
+        args.push(std::path::absolute(c)?.to_string_lossy().into_owned());
+    }
+    Ok(args)
+}
+
 /// The systemd unit text for `exe serve …`.
 fn systemd_unit(exe: &str, args: &[String]) -> String {
     let quoted: Vec<String> = std::iter::once(exe.to_owned())
@@ -131,15 +148,7 @@ pub fn run(action: ServiceAction) -> Result<()> {
         ServiceAction::Install { data, config } => {
             let exe = std::env::current_exe().context("finding the deskhand executable")?;
             let exe = exe.to_string_lossy().into_owned();
-            let mut args = vec!["serve".to_owned()];
-            if let Some(d) = data {
-                args.push("--data".into());
-                args.push(std::path::absolute(d)?.to_string_lossy().into_owned());
-            }
-            if let Some(c) = config {
-                args.push("--config".into());
-                args.push(std::path::absolute(c)?.to_string_lossy().into_owned());
-            }
+            let args = serve_args(data, config)?;
             let (path, text) = if cfg!(target_os = "linux") {
                 (unit_path(), systemd_unit(&exe, &args))
             } else {
@@ -208,6 +217,19 @@ pub fn run(action: ServiceAction) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_pins_no_port() {
+        let args = serve_args(Some("/srv/desk".into()), Some("/etc/dh.toml".into())).unwrap();
+        assert_eq!(
+            args,
+            ["serve", "--data", "/srv/desk", "--config", "/etc/dh.toml"]
+        );
+        let unit = systemd_unit("/opt/deskhand", &args);
+        assert!(!unit.contains("--listen"), "{unit}");
+        assert!(!unit.contains("--relay"), "{unit}");
+        assert!(!launchd_plist("/opt/deskhand", &args).contains("--listen"));
+    }
 
     #[test]
     fn unit_and_plist_quote_their_arguments() {

@@ -73,6 +73,13 @@ pub enum ApiError {
     /// The phone was shut down.
     #[error("the phone is shut down")]
     Closed,
+    /// Forgetting the desktop would drop writes it does not have yet: sync first, pair again with
+    /// the same desktop, or `forget_desktop_dropping_unsent`.
+    #[error("{reason}")]
+    Unsent {
+        /// What would be dropped, and the ways out.
+        reason: String,
+    },
     /// A bug or an unexpected failure (also: a foreign callback that threw).
     #[error("{reason}")]
     Internal {
@@ -100,6 +107,7 @@ impl From<PhoneError> for ApiError {
             PhoneError::Key { .. } => Self::Key { reason },
             PhoneError::Storage { .. } => Self::Storage { reason },
             PhoneError::Closed => Self::Closed,
+            PhoneError::Unsent { .. } => Self::Unsent { reason },
             _ => Self::Internal { reason },
         }
     }

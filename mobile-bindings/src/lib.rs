@@ -97,9 +97,13 @@ pub struct PhoneSettings {
     /// Address to bind, e.g. `0.0.0.0:0` (default) or `127.0.0.1:0` (tests).
     #[uniffi(default = None)]
     pub listen: Option<String>,
-    /// Relay: `off` (default), `default` (n0's public relays) or a relay URL.
+    /// The phone's own relay: `off` (default), `default` (n0's public relays) or a relay URL.
+    /// Whatever it is, the phone also uses the relay its desktop named when pairing.
     #[uniffi(default = None)]
     pub relay: Option<String>,
+    /// Local-network discovery of the desktop (mDNS): on unless `false`.
+    #[uniffi(default = None)]
+    pub mdns: Option<bool>,
 }
 
 fn config(settings: PhoneSettings) -> Result<PhoneConfig, ApiError> {
@@ -121,7 +125,12 @@ fn config(settings: PhoneSettings) -> Result<PhoneConfig, ApiError> {
         &settings.device_name,
         &settings.platform,
     )
-    .with_net(NetConfig { listen, relay }))
+    .with_net(
+        NetConfig::default()
+            .with_listen(listen)
+            .with_relay(relay)
+            .with_mdns(settings.mdns.unwrap_or(true)),
+    ))
 }
 
 /// 32 fresh random bytes from the operating system, for a [`KeyProvider`] creating the key.
@@ -265,10 +274,23 @@ impl DeskhandPhone {
             .await
     }
 
-    /// Forgets the desktop and its workspace, so that the phone can pair anew.
+    /// Forgets the desktop and its workspace, so that the phone can pair anew. Fails with
+    /// `Unsent` while something this phone wrote has not reached the desktop.
     pub async fn forget_desktop(&self) -> Result<(), ApiError> {
         self.call(move |p| async move { p.forget_desktop().await })
             .await
+    }
+
+    /// Forgets the desktop even when some of this phone's writes have not reached it (they are
+    /// dropped).
+    pub async fn forget_desktop_dropping_unsent(&self) -> Result<(), ApiError> {
+        self.call(move |p| async move { p.forget_desktop_dropping_unsent().await })
+            .await
+    }
+
+    /// How many of this phone's writes the desktop is not known to hold yet.
+    pub fn unsent_count(&self) -> Result<u64, ApiError> {
+        Ok(self.phone.unsent_count()? as u64)
     }
 
     /// Closes the connection and the database. Later calls fail with `Closed`.

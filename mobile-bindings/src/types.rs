@@ -71,6 +71,10 @@ pub struct DesktopStatus {
     pub last_error: Option<String>,
     /// Heartbeat and executor state, once the workspace has arrived.
     pub health: Option<DesktopHealth>,
+    /// Where the phone dials it (`ip:port`, newest first).
+    pub addrs: Vec<String>,
+    /// The relay the phone reaches it through, if any.
+    pub relay: Option<String>,
 }
 
 /// What the desktop last reported about itself.
@@ -351,6 +355,8 @@ impl From<api::DesktopStatus> for DesktopStatus {
                 heartbeat_age_ms: h.heartbeat_age_ms,
                 executor: h.executor.into(),
             }),
+            addrs: d.addrs,
+            relay: d.relay,
         }
     }
 }

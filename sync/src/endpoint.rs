@@ -34,13 +34,39 @@ impl std::str::FromStr for RelaySetting {
     }
 }
 
-/// Network settings of a node.
+impl RelaySetting {
+    /// The relay URL a peer should use to reach us through this setting, before the endpoint
+    /// has chosen a home relay: the configured URL, or the first of n0's public relays. `None`
+    /// when off.
+    pub fn fallback_url(&self) -> Option<String> {
+        match self {
+            Self::Off => None,
+            Self::Url(u) => Some(u.clone()),
+            Self::Default => RelayMode::Default
+                .relay_map()
+                .urls::<Vec<_>>()
+                .into_iter()
+                .map(|u| u.to_string())
+                .min(),
+        }
+    }
+}
+
+/// Network settings of a node. The defaults are the offline ones tests use: loopback, a fresh
+/// port, no relay, no local-network discovery.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
-    /// Address the endpoint binds (port 0 picks one).
+    /// Address the endpoint binds (port 0 picks one, or the remembered one: see `keep_port`).
     pub listen: SocketAddr,
-    /// Relay choice.
+    /// Relay choice. A phone also uses the relay its desktop named (pairing code, document).
     pub relay: RelaySetting,
+    /// Local-network discovery with mDNS: a desktop announces its addresses, a phone looks its
+    /// desktop up (and announces nothing).
+    pub mdns: bool,
+    /// When `listen`'s port is 0: bind the port this node bound the last time (remembered in its
+    /// database), falling back to a fresh one if that port is taken; then remember the port
+    /// bound. A desktop keeps its address across restarts this way.
+    pub keep_port: bool,
 }
 
 impl Default for NetConfig {
@@ -48,7 +74,32 @@ impl Default for NetConfig {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             relay: RelaySetting::Off,
+            mdns: false,
+            keep_port: false,
         }
+    }
+}
+
+impl NetConfig {
+    /// Binds `listen` (port 0: see `keep_port`).
+    pub fn with_listen(mut self, listen: SocketAddr) -> Self {
+        self.listen = listen;
+        self
+    }
+    /// Sets the relay.
+    pub fn with_relay(mut self, relay: RelaySetting) -> Self {
+        self.relay = relay;
+        self
+    }
+    /// Turns local-network discovery (mDNS) on or off.
+    pub fn with_mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+    /// Keeps the port across restarts (see the field).
+    pub fn with_keep_port(mut self, on: bool) -> Self {
+        self.keep_port = on;
+        self
     }
 }
 
@@ -74,30 +125,49 @@ pub enum EndpointError {
     },
 }
 
-/// Binds an endpoint whose key is the device key. Nothing but the configured relay (if any) and
-/// the peers it dials is ever contacted: no DNS or pkarr lookups, no port mapping.
+/// A relay URL as iroh takes it.
+pub fn relay_url(url: &str) -> Result<iroh::RelayUrl, EndpointError> {
+    url.parse()
+        .map_err(|e: iroh::RelayUrlParseError| EndpointError::RelayUrl {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// Binds an endpoint whose key is the device key. Nothing but the configured relay (if any),
+/// the local network (mDNS, when on) and the peers it dials is ever contacted: no DNS or pkarr
+/// lookups, no port mapping.
 pub async fn bind(
     key: &DeviceKey,
     net: &NetConfig,
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, EndpointError> {
+    bind_as(key, net, alpns, true, false).await
+}
+
+/// [`bind`], saying whether this endpoint announces itself on the local network when mDNS is on
+/// (a desktop does; a phone only looks its desktop up), and whether a relay can be added later
+/// ([`Endpoint::insert_relay`]) when `net.relay` is off: an empty relay map then, which contacts
+/// nothing until a relay is inserted (a phone pairing with a desktop that names one). A failure
+/// to start mDNS (no multicast) is logged, not fatal: direct addresses and the relay still work.
+pub async fn bind_as(
+    key: &DeviceKey,
+    net: &NetConfig,
+    alpns: Vec<Vec<u8>>,
+    advertise: bool,
+    relay_on_demand: bool,
+) -> Result<Endpoint, EndpointError> {
     let relay_mode = match &net.relay {
+        RelaySetting::Off if relay_on_demand => RelayMode::Custom(iroh::RelayMap::empty()),
         RelaySetting::Off => RelayMode::Disabled,
         RelaySetting::Default => RelayMode::Default,
-        RelaySetting::Url(url) => {
-            RelayMode::custom([url.parse().map_err(|e: iroh::RelayUrlParseError| {
-                EndpointError::RelayUrl {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                }
-            })?])
-        }
+        RelaySetting::Url(url) => RelayMode::custom([relay_url(url)?]),
     };
     let bind_err = |reason: String| EndpointError::Bind {
         addr: net.listen,
         reason,
     };
-    Endpoint::builder(presets::Minimal)
+    let ep = Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(&key.secret_bytes()))
         .clear_ip_transports()
         .bind_addr(net.listen)
@@ -109,7 +179,28 @@ pub async fn bind(
         .alpns(alpns)
         .bind()
         .await
-        .map_err(|e| bind_err(e.to_string()))
+        .map_err(|e| bind_err(e.to_string()))?;
+    if net.mdns {
+        let mdns = iroh_mdns_address_lookup::MdnsAddressLookup::builder()
+            .advertise(advertise)
+            .build(ep.id());
+        match (mdns, ep.address_lookup()) {
+            (Ok(mdns), Ok(services)) => services.add(mdns),
+            (Err(e), _) => tracing::warn!("local-network discovery (mDNS) is off: {e}"),
+            (_, Err(e)) => tracing::warn!("local-network discovery (mDNS) is off: {e}"),
+        }
+    }
+    Ok(ep)
+}
+
+/// Adds `url` to the relays `ep` uses (an endpoint bound with a relay map, possibly empty).
+pub async fn add_relay(ep: &Endpoint, url: &str) -> Result<(), EndpointError> {
+    let url = relay_url(url)?;
+    if !ep.addr().relay_urls().any(|u| *u == url) {
+        ep.insert_relay(url.clone(), std::sync::Arc::new(url.into()))
+            .await;
+    }
+    Ok(())
 }
 
 /// The addresses a peer can dial us on. When bound to an unspecified address iroh leaves
@@ -136,15 +227,21 @@ pub fn direct_addrs(ep: &Endpoint) -> Vec<SocketAddr> {
     out
 }
 
-/// The iroh address of `peer` at `addrs`.
+/// The iroh address of `peer` at `addrs`, and through `relay` when given (an unparsable relay
+/// URL is left out: the direct addresses may still work).
 pub fn peer_addr(
     peer: &DeviceId,
     addrs: &[SocketAddr],
+    relay: Option<&str>,
 ) -> Result<EndpointAddr, iroh::KeyParsingError> {
     let key = iroh::PublicKey::from_bytes(peer.as_bytes())?;
-    Ok(addrs
+    let addr = addrs
         .iter()
-        .fold(EndpointAddr::new(key), |a, s| a.with_ip_addr(*s)))
+        .fold(EndpointAddr::new(key), |a, s| a.with_ip_addr(*s));
+    Ok(match relay.and_then(|r| relay_url(r).ok()) {
+        Some(url) => addr.with_relay_url(url),
+        None => addr,
+    })
 }
 
 /// Our device id from an iroh public key.

@@ -22,7 +22,7 @@ use automerge::{ActorId, Automerge, ChangeHash, transaction::Transaction};
 use deskhand_core::authorship::{SignatureBook, Signed};
 use deskhand_core::incoming::Storable;
 use deskhand_core::schema::DeviceEntry;
-use deskhand_core::schema::{DesktopInfo, ExecutorState, SchemaError, Workspace};
+use deskhand_core::schema::{DesktopAddrs, DesktopInfo, ExecutorState, SchemaError, Workspace};
 use deskhand_core::session::SessionStats;
 use deskhand_core::session::{REVOKED_REASON, close_code};
 use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules, Standing};
@@ -38,7 +38,8 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::endpoint::{self, NetConfig};
+use crate::RelaySetting;
+use crate::endpoint::{self, EndpointError, NetConfig};
 use crate::presence::{Clock, Presence, SystemClock};
 use crate::store::{Store, StoreError, StoreThread, WriteOp};
 
@@ -55,6 +56,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const ABANDONED_DIAL_GRACE: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long the desktop lets a burst of address changes settle before publishing them.
+const ADDRS_SETTLE: Duration = Duration::from_millis(500);
+/// The metadata key of the port a node keeps across restarts (`NetConfig::keep_port`).
+const LISTEN_PORT_KEY: &str = "listen_port";
 
 /// What kind of device this node is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,13 +88,16 @@ pub struct PeerRecord {
     /// When a session with it last ended (unix ms).
     #[serde(default)]
     pub last_seen: Option<i64>,
-    /// Where to dial it (the home desktop's direct addresses).
+    /// Where to dial it (the home desktop's direct addresses, from the pairing code).
     #[serde(default)]
     pub addrs: Vec<SocketAddr>,
     /// Its wall clock minus ours (milliseconds), as learned from its last hello or pairing
     /// answer: a phone adds it to its own clock to show times in the desktop's clock.
     #[serde(default)]
     pub clock_offset_ms: Option<i64>,
+    /// The relay the home desktop named in its pairing code, if any.
+    #[serde(default)]
+    pub relay: Option<String>,
 }
 
 /// Settings of a node.
@@ -286,7 +294,9 @@ pub(crate) struct Shared {
     wake_dialer: Notify,
     path: PathBuf,
     codes: Mutex<crate::pairing::Codes>,
-    relay: Option<String>,
+    relay: crate::RelaySetting,
+    /// Local-network discovery is on.
+    mdns: bool,
     paused: std::sync::atomic::AtomicBool,
     /// A dial was given up while its QUIC handshake was still in flight. The endpoint would wait
     /// for that attempt to time out (seconds) before it counts as closed; nobody waits for a
@@ -670,6 +680,8 @@ pub struct Node {
     shared: Arc<Shared>,
     key: DeviceKey,
     endpoint: Endpoint,
+    /// The remembered port this node could not bind again (it listens on another one).
+    moved_from: Option<u16>,
     router: Option<Router>,
     #[cfg(feature = "blob-store")]
     blobs: Option<crate::blobs::BlobStore>,
@@ -892,10 +904,8 @@ impl Node {
             paused: false.into(),
             abandoned_dial: false.into(),
             probe: watch::channel(0).0,
-            relay: match &config.net.relay {
-                crate::RelaySetting::Url(u) => Some(u.clone()),
-                _ => None,
-            },
+            relay: config.net.relay.clone(),
+            mdns: config.net.mdns,
         });
 
         if let NodeRole::Desktop { name } = &config.role {
@@ -936,9 +946,47 @@ impl Node {
             PAIR_ALPN.to_vec(),
             crate::blobs::BLOB_ALPN.to_vec(),
         ];
-        let endpoint = endpoint::bind(&key, &config.net, alpns).await?;
+        let is_desktop = matches!(config.role, NodeRole::Desktop { .. });
+        let mut net = config.net.clone();
+        if !is_desktop && net.relay == RelaySetting::Off {
+            // A phone reaches its desktop through the relay the desktop named: the latest it
+            // published into the document, else the one of its pairing code.
+            let named = Workspace::desktop_addrs(&shared.lock_doc().doc)
+                .relay
+                .or_else(|| home_record(&shared).and_then(|(_, r)| r.relay));
+            match named.map(|u| endpoint::relay_url(&u).map(|_| u)) {
+                Some(Ok(url)) => net.relay = RelaySetting::Url(url),
+                Some(Err(e)) => tracing::warn!("not using the relay the desktop named: {e}"),
+                None => {}
+            }
+        }
+        let remembered = meta
+            .get(LISTEN_PORT_KEY)
+            .and_then(|b| <[u8; 2]>::try_from(b.as_slice()).ok())
+            .map(u16::from_be_bytes);
+        let (endpoint, moved_from) =
+            bind_keeping_port(&key, &net, alpns, is_desktop, remembered).await?;
+        if net.keep_port
+            && let Some(port) = endpoint.bound_sockets().first().map(|s| s.port())
+            && Some(port) != remembered
+        {
+            store
+                .write(WriteOp::PutMeta(
+                    LISTEN_PORT_KEY,
+                    port.to_be_bytes().to_vec(),
+                ))
+                .await?;
+        }
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        if is_desktop {
+            publish_addrs_once(&shared, &endpoint).await;
+            tasks.spawn(publish_addrs(
+                shared.clone(),
+                endpoint.clone(),
+                cancel.clone(),
+            ));
+        }
         let router = match config.role {
             NodeRole::Desktop { .. } => {
                 let router = Router::builder(endpoint.clone())
@@ -970,6 +1018,7 @@ impl Node {
             shared,
             key,
             endpoint,
+            moved_from,
             router,
             #[cfg(feature = "blob-store")]
             blobs,
@@ -1002,6 +1051,49 @@ impl Node {
     /// Addresses peers can dial.
     pub fn direct_addrs(&self) -> Vec<SocketAddr> {
         endpoint::direct_addrs(&self.endpoint)
+    }
+
+    /// The relay URL peers should use to reach this node: its current home relay, else the
+    /// configured one (n0's first public relay for `default`); `None` when relays are off.
+    pub fn relay_url(&self) -> Option<String> {
+        relay_now(&self.shared.relay, &self.endpoint)
+    }
+
+    /// Waits (at most `timeout`) until the endpoint has chosen a home relay; at once when relays
+    /// are off. Offline, it returns after `timeout`.
+    pub async fn wait_for_home_relay(&self, timeout: Duration) {
+        use iroh::Watcher as _;
+        if self.shared.relay == RelaySetting::Off {
+            return;
+        }
+        let mut watch = self.endpoint.watch_addr();
+        let _ = tokio::time::timeout(timeout, async {
+            while watch.get().relay_urls().next().is_none() {
+                if watch.updated().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// When `NetConfig::keep_port` is on and the port this node bound before was taken: that
+    /// port (the node listens on another one, and publishes it).
+    pub fn moved_from_port(&self) -> Option<u16> {
+        self.moved_from
+    }
+
+    /// Phone: what dialling the home desktop tries, for a person ("tried 127.0.0.1:4433; no
+    /// relay; local-network discovery off"); `None` when not paired.
+    pub fn dial_plan(&self) -> Option<String> {
+        home_addrs(&self.shared).map(|(_, to)| tried(&to, self.shared.mdns))
+    }
+
+    /// Phone: every address this phone dials its home desktop on — the latest the desktop
+    /// published into the document, then those of its pairing code — and the relay, if any.
+    /// Local-network discovery (mDNS), when on, adds what it finds at dial time.
+    pub fn home_addrs(&self) -> Option<(DeviceId, DesktopAddrs)> {
+        home_addrs(&self.shared)
     }
 
     /// The iroh endpoint (for protocols mounted beside sync).
@@ -1054,13 +1146,13 @@ impl Node {
     pub async fn fetch_blob(&self, hash: &str) -> Result<Vec<u8>, crate::blobs::BlobError> {
         use crate::blobs::BlobError;
         crate::blobs::parse_hash(hash)?;
-        let (home, record) = self.home().ok_or(BlobError::NotPaired)?;
+        let (home, to) = self.home_addrs().ok_or(BlobError::NotPaired)?;
         let unreachable = |reason: String| BlobError::Unreachable {
             hash: hash.to_owned(),
             reason,
         };
-        let addr =
-            endpoint::peer_addr(&home, &record.addrs).map_err(|e| unreachable(e.to_string()))?;
+        let addr = endpoint::peer_addr(&home, &to.addrs, to.relay.as_deref())
+            .map_err(|e| unreachable(e.to_string()))?;
         let conn = tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.endpoint.connect(addr, crate::blobs::BLOB_ALPN),
@@ -1155,7 +1247,7 @@ impl Node {
         Ok(PairingPayload {
             desktop: self.id(),
             addrs: self.direct_addrs(),
-            relay: self.shared.relay.clone(),
+            relay: self.relay_url(),
             token,
             name: name.clone(),
             expires_at: record.expires_at,
@@ -1180,6 +1272,12 @@ impl Node {
                 id: home.short(),
             });
         }
+        // Reach the desktop through the relay it names, for this pairing and from now on.
+        if let Some(relay) = &payload.relay
+            && let Err(e) = endpoint::add_relay(&self.endpoint, relay).await
+        {
+            tracing::warn!("not using the relay the desktop named: {e}");
+        }
         let paired = crate::pairing::pair_with(&self.endpoint, payload, name, platform).await?;
         let now = self.shared.wall_ms();
         if let Some(id) = paired.doc_id.and_then(|d| d.parse::<DocId>().ok()) {
@@ -1194,6 +1292,7 @@ impl Node {
             last_seen: None,
             addrs: payload.addrs.clone(),
             clock_offset_ms: paired.desktop_clock_ms.map(|d| d.saturating_sub(now)),
+            relay: payload.relay.clone(),
         };
         self.put_peer(payload.desktop, record)
             .await
@@ -1211,7 +1310,7 @@ impl Node {
 
     /// Phone: the home desktop, if paired.
     pub fn home(&self) -> Option<(DeviceId, PeerRecord)> {
-        let (id, _) = home_of(&self.shared)?;
+        let (id, _) = home_record(&self.shared)?;
         lock(&self.shared.peers)
             .get(&id)
             .map(|e| (id, e.record.clone()))
@@ -1441,39 +1540,156 @@ impl Backoff {
     }
 }
 
-fn home_of(shared: &Shared) -> Option<(DeviceId, Vec<SocketAddr>)> {
+fn home_record(shared: &Shared) -> Option<(DeviceId, PeerRecord)> {
     lock(&shared.peers)
         .iter()
         .find(|(_, e)| e.record.platform == "desktop" && e.record.revoked_at.is_none())
-        .map(|(id, e)| (*id, e.record.addrs.clone()))
+        .map(|(id, e)| (*id, e.record.clone()))
+}
+
+/// The home desktop's addresses: published into the document (newest) first, then the pairing
+/// code's; the published relay, else the pairing code's.
+fn home_addrs(shared: &Shared) -> Option<(DeviceId, DesktopAddrs)> {
+    let (id, record) = home_record(shared)?;
+    let mut to = Workspace::desktop_addrs(&shared.lock_doc().doc);
+    for a in record.addrs {
+        if !to.addrs.contains(&a) {
+            to.addrs.push(a);
+        }
+    }
+    if to.relay.is_none() {
+        to.relay = record.relay;
+    }
+    Some((id, to))
+}
+
+/// What a phone tried, for a person: "127.0.0.1:4433, 10.0.0.2:4433; relay https://…; local
+/// network discovery on".
+fn tried(to: &DesktopAddrs, mdns: bool) -> String {
+    let addrs: Vec<String> = to.addrs.iter().map(|a| a.to_string()).collect();
+    format!(
+        "tried {}; {}; local-network discovery {}",
+        if addrs.is_empty() {
+            "no direct address".to_owned()
+        } else {
+            addrs.join(", ")
+        },
+        match &to.relay {
+            Some(r) => format!("relay {r}"),
+            None => "no relay".to_owned(),
+        },
+        if mdns { "on" } else { "off" }
+    )
+}
+
+/// Binds the endpoint; with `keep_port` and port 0, the port remembered from last time first.
+/// Returns the endpoint and, when the remembered port was taken, that port.
+async fn bind_keeping_port(
+    key: &DeviceKey,
+    net: &NetConfig,
+    alpns: Vec<Vec<u8>>,
+    advertise: bool,
+    remembered: Option<u16>,
+) -> Result<(Endpoint, Option<u16>), EndpointError> {
+    if let Some(port) = remembered.filter(|_| net.keep_port && net.listen.port() == 0) {
+        let want = SocketAddr::new(net.listen.ip(), port);
+        let again = net.clone().with_listen(want);
+        match endpoint::bind_as(key, &again, alpns.clone(), advertise, !advertise).await {
+            Ok(ep) => return Ok((ep, None)),
+            Err(e @ EndpointError::Bind { .. }) => {
+                let ep = endpoint::bind_as(key, net, alpns, advertise, !advertise).await?;
+                let now: Vec<String> = endpoint::direct_addrs(&ep)
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
+                tracing::warn!(
+                    "the port this desktop listened on before ({port}) is taken ({e}); listening on {} instead. Paired phones learn the new address from the workspace document, local-network discovery or the relay",
+                    now.join(", ")
+                );
+                return Ok((ep, Some(port)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // A phone (it does not advertise) can take on its desktop's relay when it pairs.
+    Ok((
+        endpoint::bind_as(key, net, alpns, advertise, !advertise).await?,
+        None,
+    ))
+}
+
+/// The relay URL peers should use now (see [`Node::relay_url`]).
+fn relay_now(setting: &RelaySetting, endpoint: &Endpoint) -> Option<String> {
+    if *setting == RelaySetting::Off {
+        return None;
+    }
+    endpoint
+        .addr()
+        .relay_urls()
+        .next()
+        .map(|u| u.to_string())
+        .or_else(|| setting.fallback_url())
+}
+
+/// Desktop: writes where it can be reached into the document, if that changed.
+async fn publish_addrs_once(shared: &Arc<Shared>, endpoint: &Endpoint) {
+    let now = DesktopAddrs {
+        addrs: endpoint::direct_addrs(endpoint),
+        relay: relay_now(&shared.relay, endpoint),
+    };
+    if Workspace::desktop_addrs(&shared.lock_doc().doc) == now {
+        return;
+    }
+    match write_change(shared, |tx| Workspace::set_desktop_addrs(tx, &now)).await {
+        Ok(()) => {
+            tracing::debug!(addrs = ?now.addrs, relay = ?now.relay, "published the desktop's addresses")
+        }
+        Err(e) => tracing::warn!("could not publish the desktop's addresses: {e}"),
+    }
+}
+
+/// Desktop: publishes its addresses again whenever the endpoint's change (a new network, a
+/// new home relay), after they settle.
+async fn publish_addrs(shared: Arc<Shared>, endpoint: Endpoint, cancel: CancellationToken) {
+    use iroh::Watcher as _;
+    let mut watch = endpoint.watch_addr();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = watch.updated() => if r.is_err() { return },
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(ADDRS_SETTLE) => {}
+        }
+        publish_addrs_once(&shared, &endpoint).await;
+    }
 }
 
 async fn dial_loop(shared: Arc<Shared>, endpoint: Endpoint, cancel: CancellationToken) {
     let mut backoff = Backoff::new();
     loop {
         let paused = shared.paused.load(std::sync::atomic::Ordering::SeqCst);
-        let wait = match home_of(&shared) {
+        let wait = match home_addrs(&shared) {
             _ if paused => None,
             None => None,
-            Some((home, addrs)) => {
-                match dial_once(&shared, &endpoint, home, &addrs, &cancel).await {
-                    Ok(Dialed::Restart) => {
-                        backoff.reset();
-                        Some(Duration::ZERO)
-                    }
-                    Ok(Dialed::SessionEnded) => {
-                        backoff.reset();
-                        Some(BACKOFF_MIN)
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer = %home.short(), "sync with home desktop failed: {e}");
-                        if let Some(entry) = lock(&shared.peers).get_mut(&home) {
-                            entry.last_error = Some(e);
-                        }
-                        Some(backoff.step())
-                    }
+            Some((home, to)) => match dial_once(&shared, &endpoint, home, &to, &cancel).await {
+                Ok(Dialed::Restart) => {
+                    backoff.reset();
+                    Some(Duration::ZERO)
                 }
-            }
+                Ok(Dialed::SessionEnded) => {
+                    backoff.reset();
+                    Some(BACKOFF_MIN)
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %home.short(), "sync with home desktop failed: {e}");
+                    if let Some(entry) = lock(&shared.peers).get_mut(&home) {
+                        entry.last_error = Some(e);
+                    }
+                    Some(backoff.step())
+                }
+            },
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -1510,10 +1726,11 @@ async fn dial_once(
     shared: &Arc<Shared>,
     endpoint: &Endpoint,
     home: DeviceId,
-    addrs: &[SocketAddr],
+    to: &DesktopAddrs,
     cancel: &CancellationToken,
 ) -> Result<Dialed, String> {
-    let addr = endpoint::peer_addr(&home, addrs).map_err(|e| e.to_string())?;
+    let addr =
+        endpoint::peer_addr(&home, &to.addrs, to.relay.as_deref()).map_err(|e| e.to_string())?;
     let abandon = || {
         shared
             .abandoned_dial
@@ -1542,9 +1759,18 @@ async fn dial_once(
             r = &mut connect => match r {
                 Err(_) => {
                     abandon();
-                    return Err(format!("no answer from the desktop within {CONNECT_TIMEOUT:?}"));
+                    return Err(format!(
+                        "no answer from the desktop within {CONNECT_TIMEOUT:?} ({})",
+                        tried(to, shared.mdns)
+                    ));
                 }
-                Ok(Err(e)) => return Err(connect_error(&e.to_string())),
+                Ok(Err(e)) => {
+                    return Err(format!(
+                        "{} ({})",
+                        connect_error(&e.to_string()),
+                        tried(to, shared.mdns)
+                    ));
+                }
                 Ok(Ok(c)) => break c,
             }
         }

@@ -476,6 +476,7 @@ impl PairProtocol {
                 last_seen: None,
                 addrs: vec![],
                 clock_offset_ms: None,
+                relay: None,
             };
             shared
                 .put_peer(phone, rec)
@@ -544,8 +545,9 @@ pub async fn pair_with(
         addrs: addrs.join(", "),
         reason,
     };
-    let addr = crate::endpoint::peer_addr(&payload.desktop, &payload.addrs)
-        .map_err(|e| unreachable(e.to_string()))?;
+    let addr =
+        crate::endpoint::peer_addr(&payload.desktop, &payload.addrs, payload.relay.as_deref())
+            .map_err(|e| unreachable(e.to_string()))?;
     let conn = tokio::time::timeout(Duration::from_secs(5), endpoint.connect(addr, PAIR_ALPN))
         .await
         .map_err(|_| unreachable("no answer within 5 s".into()))?

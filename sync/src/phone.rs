@@ -134,6 +134,14 @@ pub enum PhoneError {
         /// The blob.
         hash: String,
     },
+    /// Forgetting the desktop would drop what this phone wrote and the desktop does not have yet.
+    #[error(
+        "{count} thing(s) written on this phone (messages, tasks, cancel requests or decisions) have not reached the desktop; forgetting it would drop them. Sync while the desktop is reachable, or pair again with the same desktop without forgetting it (a fresh pairing code works on a paired phone and keeps them), or forget it anyway, dropping them"
+    )]
+    Unsent {
+        /// How many of this phone's changes the desktop is not known to hold.
+        count: usize,
+    },
     /// Syncing is stopped ([`Phone::stop`]); start it to reach the desktop.
     #[error("syncing is stopped; start it to reach the desktop")]
     Stopped,
@@ -503,6 +511,11 @@ pub struct DesktopStatus {
     pub health: Option<DesktopHealth>,
     /// When the desktop revoked this phone (unix ms), if it did: nothing is sent any more.
     pub revoked_at: Option<i64>,
+    /// The addresses this phone dials it on: the latest it published, then the pairing code's
+    /// (`ip:port`; local-network discovery adds what it finds).
+    pub addrs: Vec<String>,
+    /// The relay this phone reaches it through when no direct path works, if any.
+    pub relay: Option<String>,
 }
 
 /// Everything a phone screen shows, at one instant.
@@ -851,7 +864,10 @@ impl Phone {
             if now >= deadline {
                 return Err(PhoneError::Unreachable {
                     reason: view.last_error.unwrap_or_else(|| {
-                        format!("the desktop did not answer within {timeout:?}")
+                        format!(
+                            "the desktop did not answer within {timeout:?} ({})",
+                            node.dial_plan().unwrap_or_default()
+                        )
                     }),
                 });
             }
@@ -1075,8 +1091,39 @@ impl Phone {
         Ok(node.fetch_blob(hash).await?)
     }
 
-    /// Forgets the home desktop and its workspace, so that the phone can pair anew.
+    /// How many of this phone's own writes (messages, tasks, cancel requests, decisions) the
+    /// desktop is not known to hold: 0 when every one was acknowledged (or nothing was written).
+    pub fn unsent_count(&self) -> Result<usize, PhoneError> {
+        let node = self.node()?;
+        let Some((home, _)) = node.home() else {
+            return Ok(0);
+        };
+        let mut delivery = lock(&self.inner.delivery);
+        delivery.reset_for(Some(home));
+        Ok(node.read(|doc| {
+            if Workspace::check_version(doc).is_err() {
+                return 0;
+            }
+            delivery.scan(doc);
+            delivery.undelivered(doc, &self.inner.id).len()
+        }))
+    }
+
+    /// Forgets the home desktop and its workspace, so that the phone can pair anew. Refused with
+    /// [`PhoneError::Unsent`] while something this phone wrote has not reached the desktop (see
+    /// [`Phone::unsent_count`]): sync first, or pair again with the same desktop without
+    /// forgetting (that keeps them and sends them), or [`Phone::forget_desktop_dropping_unsent`].
     pub async fn forget_desktop(&self) -> Result<(), PhoneError> {
+        let count = self.unsent_count()?;
+        if count > 0 {
+            return Err(PhoneError::Unsent { count });
+        }
+        self.forget_desktop_dropping_unsent().await
+    }
+
+    /// Forgets the home desktop and its workspace even when some of this phone's writes have not
+    /// reached it; those are dropped.
+    pub async fn forget_desktop_dropping_unsent(&self) -> Result<(), PhoneError> {
         let node = self.node()?;
         node.forget_desktop().await?;
         lock(&self.inner.delivery).reset_for(None);
@@ -1194,6 +1241,7 @@ impl Inner {
         });
         drop(delivery);
 
+        let reach = node.home_addrs().map(|(_, to)| to).unwrap_or_default();
         let desktop = home.map(|(id, record)| {
             let health = ws.as_ref().map(|w| DesktopHealth {
                 os: w.desktop.os.clone(),
@@ -1216,6 +1264,8 @@ impl Inner {
                 in_sync: view.as_ref().is_some_and(|v| v.in_sync),
                 last_error: view.and_then(|v| v.last_error),
                 health,
+                addrs: reach.addrs.iter().map(|a| a.to_string()).collect(),
+                relay: reach.relay.clone(),
             }
         });
         let Some(ws) = ws else {

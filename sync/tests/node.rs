@@ -38,7 +38,10 @@ async fn document_identity_and_doc_id_survive_a_restart() -> anyhow::Result<()> 
     let node = Node::open(desktop(dir.path())).await?;
     assert_eq!(node.id(), id);
     assert_eq!(node.doc_id(), doc_id);
-    assert_eq!(node.read(|d| d.get_heads()), heads);
+    // Everything from before is there (on a new port the desktop publishes its new address on
+    // top: the only change it makes at start).
+    assert!(node.read(|d| heads.iter().all(|h| d.get_change_meta_by_hash(h).is_some())));
+    assert!(node.read(|d| d.get_changes(&heads).len()) <= 1);
     assert_eq!(node.read(Workspace::message_count), 5);
     // New changes continue the same actor's sequence without clashing.
     let m = msg(&node, "after restart");
@@ -74,7 +77,8 @@ async fn queued_writes_keep_their_order_and_are_on_disk_after_flush_without_a_cl
             Err(e) => return Err(e.into()),
         }
     };
-    assert_eq!(node.read(|d| d.get_heads()), heads);
+    assert!(node.read(|d| heads.iter().all(|h| d.get_change_meta_by_hash(h).is_some())));
+    assert!(node.read(|d| d.get_changes(&heads).len()) <= 1);
     let texts: Vec<String> = node
         .read(|d| Workspace::messages_from(d, 0))?
         .into_iter()
@@ -276,6 +280,7 @@ async fn blobs_reach_paired_phones_only_and_verify() -> anyhow::Result<()> {
                 last_seen: None,
                 addrs: desk.direct_addrs(),
                 clock_offset_ms: None,
+                relay: None,
             },
         )
         .await?;
@@ -334,6 +339,7 @@ async fn a_phone_whose_desktop_is_down_shuts_down_without_waiting_for_its_dial()
         last_seen: None,
         addrs: vec![nobody],
         clock_offset_ms: None,
+        relay: None,
     };
     phone.put_peer(desk, record).await?;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -344,5 +350,43 @@ async fn a_phone_whose_desktop_is_down_shuts_down_without_waiting_for_its_dial()
         took < std::time::Duration::from_millis(1500),
         "shutdown waited {took:?} for a dial to a desktop that is down"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_desktop_keeps_its_port_and_publishes_where_it_moved() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let keep =
+        || desktop(dir.path()).with_net(deskhand_sync::NetConfig::default().with_keep_port(true));
+    let node = Node::open(keep()).await?;
+    let port = node.direct_addrs()[0].port();
+    let published = node.read(Workspace::desktop_addrs);
+    assert_eq!(published.addrs, node.direct_addrs());
+    assert_eq!(published.relay, None);
+    let heads = node.read(|d| d.get_heads());
+    node.shutdown().await;
+
+    // The same port again, and nothing new to publish.
+    let node = Node::open(keep()).await?;
+    assert_eq!(node.direct_addrs()[0].port(), port);
+    assert_eq!(node.moved_from_port(), None);
+    assert_eq!(node.read(|d| d.get_heads()), heads);
+    node.shutdown().await;
+
+    // Taken: another port, said, published, and kept from then on.
+    let squatter = std::net::UdpSocket::bind(("127.0.0.1", port))?;
+    let node = Node::open(keep()).await?;
+    let moved = node.direct_addrs()[0].port();
+    assert_ne!(moved, port);
+    assert_eq!(node.moved_from_port(), Some(port));
+    assert_eq!(
+        node.read(Workspace::desktop_addrs).addrs,
+        node.direct_addrs()
+    );
+    node.shutdown().await;
+    drop(squatter);
+    let node = Node::open(keep()).await?;
+    assert_eq!(node.direct_addrs()[0].port(), moved);
+    node.shutdown().await;
     Ok(())
 }

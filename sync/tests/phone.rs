@@ -32,10 +32,11 @@ async fn desktop(dir: &std::path::Path, listen: std::net::SocketAddr) -> Result<
                 name: "desk".into(),
             },
         )
-        .with_net(NetConfig {
-            listen,
-            relay: RelaySetting::Off,
-        }),
+        .with_net(
+            NetConfig::default()
+                .with_listen(listen)
+                .with_relay(RelaySetting::Off),
+        ),
     )
     .await?)
 }

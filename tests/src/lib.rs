@@ -241,10 +241,15 @@ pub fn deskhand(args: &[&str]) -> Result<Run> {
 }
 
 /// `deskhand ARGS…` with extra environment (e.g. `DESKHAND_TEST_CLOCK_SKEW_MS`), not started:
-/// spawn it to run several at once, or use [`deskhand_env`].
+/// spawn it to run several at once, or use [`deskhand_env`]. Tests stay off the network: a
+/// terminal phone's local-network discovery is off unless the test asks for it.
 pub fn deskhand_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut args = args.to_vec();
+    if args.first() == Some(&"phone") && !args.contains(&"--mdns") {
+        args.splice(1..1, ["--mdns", "off"]);
+    }
     let mut cmd = Command::new(deskhand_bin());
-    cmd.args(args)
+    cmd.args(&args)
         .env("DESKHAND_LOG", "error")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
@@ -312,23 +317,47 @@ impl Serve {
         env: &[(&str, &str)],
         extra: &[&str],
     ) -> Result<Self> {
+        let listen = listen.to_string();
+        let mut net = vec!["--listen", &listen];
+        net.extend(extra);
+        Self::spawn(&[], cwd, data, &net, env)
+    }
+
+    /// Starts `PREFIX… deskhand serve --data DATA --name test-desktop ARGS…` (a prefix like
+    /// `ip netns exec NAME` runs it elsewhere). Relays and local-network discovery are off
+    /// unless `args` name `--relay` or `--mdns`.
+    pub fn spawn(
+        prefix: &[&str],
+        cwd: Option<&Path>,
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let home = Self::default_home(&cwd.map_or_else(|| data.to_owned(), |c| c.join(data)))?;
-        let mut cmd = Command::new(deskhand_bin());
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(deskhand_bin());
+                c
+            }
+            None => Command::new(deskhand_bin()),
+        };
         if let Some(c) = cwd {
             cmd.current_dir(c);
+        }
+        let mut defaults = Vec::new();
+        if !args.contains(&"--relay") {
+            defaults.extend(["--relay", "off"]);
+        }
+        if !args.contains(&"--mdns") {
+            defaults.extend(["--mdns", "off"]);
         }
         let mut child = cmd
             .args(["serve", "--data"])
             .arg(data)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--relay",
-                "off",
-                "--name",
-                "test-desktop",
-            ])
-            .args(extra)
+            .args(["--name", "test-desktop"])
+            .args(defaults)
+            .args(args)
             .env("HOME", home)
             .envs(env.iter().copied())
             .env_remove("WAYLAND_DISPLAY")

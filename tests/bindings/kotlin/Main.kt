@@ -57,7 +57,7 @@ fun startDesktop(bin: String, root: File, home: File): Pair<Process, String> {
     val config = File(etc, "desk.toml").apply { writeText("roots = [\"${home.path}\"]\n") }
     val pb = ProcessBuilder(
         bin, "serve", "--data", File(root, "desk").path, "--listen", "127.0.0.1:0",
-        "--name", "kotlin-desktop", "--config", config.path,
+        "--relay", "off", "--mdns", "off", "--name", "kotlin-desktop", "--config", config.path,
     ).redirectErrorStream(true)
     pb.environment().apply {
         put("HOME", home.path)
@@ -94,7 +94,7 @@ fun main() = runBlocking {
         initPlatform("warn", null)
         val settings = PhoneSettings(
             dataDir = File(root, "phone").path, deviceName = "jvm-phone", platform = "android",
-            listen = "127.0.0.1:0", relay = "off",
+            listen = "127.0.0.1:0", relay = "off", mdns = false,
         )
         val p = openPhone(settings, Keystore(File(root, "phone.key")))
         phone = p

@@ -61,7 +61,7 @@ class Desktop:
         env.pop("DISPLAY", None)
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--data", str(self.data), "--listen", f"127.0.0.1:{self.port}",
-             "--name", "test-desktop", "--config", str(self.config)],
+             "--relay", "off", "--mdns", "off", "--name", "test-desktop", "--config", str(self.config)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         payload = None
         deadline = time.monotonic() + WAIT
@@ -151,7 +151,7 @@ class Feed(dh.PhoneListener):
 
 def settings(data: Path, name: str):
     return dh.PhoneSettings(data_dir=str(data), device_name=name, platform="python",
-                            listen="127.0.0.1:0", relay="off")
+                            listen="127.0.0.1:0", relay="off", mdns=False)
 
 
 def task_of(snap, task_id):

@@ -88,6 +88,7 @@ async fn phone(dir: &Path, desk: &mut NodeProc, name: &str) -> Result<Node> {
         last_seen: None,
         addrs: desk.addrs.clone(),
         clock_offset_ms: None,
+        relay: None,
     };
     node.put_peer(id, record).await?;
     wait_for(&node, Duration::from_secs(30), |d| {
@@ -481,7 +482,10 @@ async fn floor(r: &mut Report, quick: bool) -> Result<()> {
         }
     });
     let conn = client
-        .connect(endpoint::peer_addr(&server_key.device_id(), &addrs)?, ALPN)
+        .connect(
+            endpoint::peer_addr(&server_key.device_id(), &addrs, None)?,
+            ALPN,
+        )
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let buf = vec![7u8; 300];

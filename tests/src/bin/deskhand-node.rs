@@ -109,6 +109,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                     last_seen: None,
                     addrs,
                     clock_offset_ms: None,
+                    relay: None,
                 },
             )
             .await?;

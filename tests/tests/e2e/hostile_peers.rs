@@ -247,10 +247,9 @@ async fn peer_text_reaches_no_terminal_raw_and_the_console_prints_each_message_o
 /// A stranger who knows the address: a fresh key for every attempt, bound on `ip`.
 async fn stranger(payload: &PairingPayload, ip: &str) -> Result<String> {
     let key = DeviceKey::from_secret_bytes(random_bytes());
-    let net = NetConfig {
-        listen: format!("{ip}:0").parse()?,
-        relay: RelaySetting::Off,
-    };
+    let net = NetConfig::default()
+        .with_listen(format!("{ip}:0").parse()?)
+        .with_relay(RelaySetting::Off);
     let ep = deskhand_sync::endpoint::bind(&key, &net, vec![]).await?;
     let r = deskhand_sync::pairing::pair_with(&ep, payload, "stranger", "terminal").await;
     ep.close().await;

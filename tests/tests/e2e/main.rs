@@ -1,6 +1,7 @@
 //! Multi-process end-to-end tests: real processes, real iroh endpoints on loopback with relays
 //! off, real redb files.
 
+mod addrs;
 mod clocks;
 mod desktop_x11;
 mod executor;

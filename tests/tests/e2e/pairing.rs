@@ -322,7 +322,7 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
     let ep = deskhand_sync::endpoint::bind(&key, &NetConfig::default(), vec![]).await?;
     let payload = PairingPayload::parse(code)?;
     deskhand_sync::pairing::pair_with(&ep, &payload, "crafted", "terminal").await?;
-    let addr = deskhand_sync::endpoint::peer_addr(&payload.desktop, &payload.addrs)?;
+    let addr = deskhand_sync::endpoint::peer_addr(&payload.desktop, &payload.addrs, None)?;
     let conn = ep.connect(addr, SYNC_ALPN).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut doc = Automerge::new().with_actor(me.actor_id());

@@ -143,7 +143,7 @@ async fn a_device_on_the_old_protocol_is_told_to_update() -> Result<()> {
     let payload = PairingPayload::parse(&serve.payload)?;
     let key = DeviceKey::from_secret_bytes(deskhand_sync::node::random_bytes());
     let ep = deskhand_sync::endpoint::bind(&key, &NetConfig::default(), vec![]).await?;
-    let addr = deskhand_sync::endpoint::peer_addr(&payload.desktop, &payload.addrs)?;
+    let addr = deskhand_sync::endpoint::peer_addr(&payload.desktop, &payload.addrs, None)?;
     let conn = tokio::time::timeout(Duration::from_secs(10), ep.connect(addr, SYNC_ALPN_V1))
         .await
         .context("connect")??;
