@@ -201,11 +201,23 @@ fn main() {
         | Command::Service { .. } => "error",
         Command::Serve { .. } => "warn,iroh=error,deskhand_sync=info,deskhand=info",
     };
+    // iroh 1.4 logs `ERROR relay_recv_channel closed` (socket/transports/relay.rs) whenever an
+    // endpoint with a relay transport closes, an ordinary shutdown; what fails to connect is
+    // reported by Deskhand itself, naming what it tried. A `DESKHAND_LOG` that names the relay
+    // transport shows it again.
+    const RELAY_NOISE: &str = "iroh::socket::transports::relay";
+    let from_env = std::env::var("DESKHAND_LOG").ok();
+    let mut filter = from_env
+        .as_deref()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_log));
+    if !from_env.as_deref().is_some_and(|v| v.contains(RELAY_NOISE))
+        && let Ok(off) = format!("{RELAY_NOISE}=off").parse()
+    {
+        filter = filter.add_directive(off);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DESKHAND_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
-        )
+        .with_env_filter(filter)
         // Plain lines, each record escaped whole: logs echo peer text (names, ids, reasons).
         .with_ansi(false)
         .with_writer(|| SafeLog(std::io::stderr()))
