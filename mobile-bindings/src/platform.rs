@@ -76,11 +76,20 @@ fn parse_filter(text: &str) -> Targets {
     if directives.is_empty() {
         return Targets::new();
     }
-    directives
+    let targets: Targets = directives
         .join(",")
         .parse()
-        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::WARN))
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::WARN));
+    // iroh 1.4 logs `ERROR relay_recv_channel closed` whenever an endpoint with a relay closes,
+    // an ordinary shutdown; a filter that names the relay transport shows it again.
+    if text.contains(RELAY_NOISE) {
+        targets
+    } else {
+        targets.with_target(RELAY_NOISE, tracing_subscriber::filter::LevelFilter::OFF)
+    }
 }
+
+const RELAY_NOISE: &str = "iroh::socket::transports::relay";
 
 #[derive(Clone)]
 struct SinkWriter(Arc<dyn LogSink>);
@@ -159,5 +168,12 @@ mod tests {
         assert!(bad.would_enable("deskhand_sync", &Level::WARN));
         assert!(!bad.would_enable("deskhand_sync", &Level::INFO));
         assert!(!parse_filter("").would_enable("deskhand_sync", &Level::ERROR));
+        assert!(
+            !parse_filter("warn").would_enable("iroh::socket::transports::relay", &Level::ERROR)
+        );
+        assert!(
+            parse_filter("warn,iroh::socket::transports::relay=error")
+                .would_enable("iroh::socket::transports::relay", &Level::ERROR)
+        );
     }
 }
