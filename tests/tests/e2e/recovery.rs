@@ -211,12 +211,21 @@ fn a_revoked_phone_is_told_so_remembers_it_and_promises_nothing() -> Result<()> 
     // Paired again with a fresh code, it works again and delivers what it wrote meanwhile.
     let code = crate::pairing::fresh_code(&desk_dir, "5m")?;
     ok(deskhand(&["phone", "--data", path(&p1), "pair", &code])?)?;
-    let r = ok(deskhand(&["phone", "--data", path(&p1), "send", "back again"])?)?;
+    let r = ok(deskhand(&[
+        "phone",
+        "--data",
+        path(&p1),
+        "send",
+        "back again",
+    ])?)?;
     assert!(r.stdout.starts_with("sent"), "{}", r.stdout);
     let v = show(&p1)?;
     assert!(v["desktop"]["revoked_at"].is_null(), "{v}");
     let out = serve.output();
-    assert!(out.contains("after the revoke") && out.contains("back again"), "{out}");
+    assert!(
+        out.contains("after the revoke") && out.contains("back again"),
+        "{out}"
+    );
 
     // The desktop logged a revoked device, not an unknown one.
     serve.kill9()?;
