@@ -588,15 +588,19 @@ impl SyncSession {
         proofs: &authorship::Proofs,
         standing: &dyn Fn(&DeviceId) -> Standing,
     ) -> Vec<(std::ops::Range<usize>, Author)> {
+        // One author per actor, looked up once (a message may hold thousands of changes).
+        let mut by_actor: std::collections::HashMap<&ActorId, Author> = Default::default();
         let mut runs: Vec<(std::ops::Range<usize>, Author)> = Vec::new();
         for (i, c) in new.iter().enumerate() {
-            let who = proofs.author_of(c);
-            let author = Author {
-                peer: self.peer,
-                device: who.device(),
-                proven: matches!(who, authorship::Authorship::Proven(_)),
-                standing: who.device().map_or(Standing::Stranger, |d| standing(&d)),
-            };
+            let author = *by_actor.entry(c.actor_id()).or_insert_with(|| {
+                let who = proofs.author_of(c);
+                Author {
+                    peer: self.peer,
+                    device: who.device(),
+                    proven: matches!(who, authorship::Authorship::Proven(_)),
+                    standing: who.device().map_or(Standing::Stranger, |d| standing(&d)),
+                }
+            });
             match runs.last_mut() {
                 Some((range, a)) if *a == author => range.end = i + 1,
                 _ => runs.push((i..i + 1, author)),
@@ -1063,72 +1067,60 @@ mod tests {
             if to_d.is_empty() && to_p.is_empty() {
                 return Ok(());
             }
-            for f in std::mem::take(&mut to_d) {
-                for o in sd.on_frame(f, 0, &desk.doc, &desk.book, 0)? {
-                    let outs = match o {
-                        SessionOutput::Received(p) => sd.apply(
-                            p,
-                            &mut desk.doc,
-                            &desk.book,
-                            &crate::trust::PhoneWriteRules,
-                            &standing,
-                            0,
-                        )?,
-                        other => vec![other],
-                    };
-                    for o in outs {
-                        match o {
-                            SessionOutput::Send(f) => to_p.push(f),
-                            SessionOutput::DocChanged { signatures, .. } => {
-                                for (a, s) in signatures {
-                                    desk.book.insert(a, s);
-                                }
-                                sd.set_hold(false);
-                                to_p.extend(
-                                    sd.on_local_change(&desk.doc, &desk.book, 0)
-                                        .into_iter()
-                                        .filter_map(send),
-                                );
-                            }
-                            _ => {}
-                        }
+            let frames = std::mem::take(&mut to_d);
+            to_p.extend(signed_deliver(
+                &mut sd,
+                desk,
+                frames,
+                &crate::trust::PhoneWriteRules,
+                &standing,
+            )?);
+            let frames = std::mem::take(&mut to_p);
+            to_d.extend(signed_deliver(&mut sp, phone, frames, &AcceptAll, &|_| {
+                Standing::Paired
+            })?);
+        }
+        panic!("did not settle");
+    }
+
+    /// Feeds `frames` to `device`'s session `s` (vetting with `filter`), storing at once:
+    /// returns the frames it answers with.
+    fn signed_deliver(
+        s: &mut SyncSession,
+        device: &mut Device,
+        frames: Vec<Frame>,
+        filter: &dyn ChangeFilter,
+        standing: &dyn Fn(&DeviceId) -> Standing,
+    ) -> Result<Vec<Frame>, SessionError> {
+        let mut out = Vec::new();
+        for f in frames {
+            for o in s.on_frame(f, 0, &device.doc, &device.book, 0)? {
+                let outs = match o {
+                    SessionOutput::Received(p) => {
+                        s.apply(p, &mut device.doc, &device.book, filter, standing, 0)?
                     }
-                }
-            }
-            for f in std::mem::take(&mut to_p) {
-                for o in sp.on_frame(f, 0, &phone.doc, &phone.book, 0)? {
-                    let outs = match o {
-                        SessionOutput::Received(p) => sp.apply(
-                            p,
-                            &mut phone.doc,
-                            &phone.book,
-                            &AcceptAll,
-                            &|_| Standing::Paired,
-                            0,
-                        )?,
-                        other => vec![other],
-                    };
-                    for o in outs {
-                        match o {
-                            SessionOutput::Send(f) => to_d.push(f),
-                            SessionOutput::DocChanged { signatures, .. } => {
-                                for (a, s) in signatures {
-                                    phone.book.insert(a, s);
-                                }
-                                sp.set_hold(false);
-                                to_d.extend(
-                                    sp.on_local_change(&phone.doc, &phone.book, 0)
-                                        .into_iter()
-                                        .filter_map(send),
-                                );
+                    other => vec![other],
+                };
+                for o in outs {
+                    match o {
+                        SessionOutput::Send(f) => out.push(f),
+                        SessionOutput::DocChanged { signatures, .. } => {
+                            for (a, sig) in signatures {
+                                device.book.insert(a, sig);
                             }
-                            _ => {}
+                            s.set_hold(false);
+                            out.extend(
+                                s.on_local_change(&device.doc, &device.book, 0)
+                                    .into_iter()
+                                    .filter_map(send),
+                            );
                         }
+                        _ => {}
                     }
                 }
             }
         }
-        panic!("did not settle");
+        Ok(out)
     }
 
     #[test]

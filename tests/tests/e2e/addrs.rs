@@ -4,24 +4,14 @@
 //! through a re-pairing.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use deskhand_core::PairingPayload;
 use deskhand_tests::{Run, Serve, deskhand, deskhand_bin, free_udp_addr};
 use serde_json::Value;
 
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
-}
-
-fn ok(r: Run) -> Result<Run> {
-    if r.code != 0 {
-        bail!("deskhand failed ({}):\n{}\n{}", r.code, r.stdout, r.stderr);
-    }
-    Ok(r)
-}
+use crate::pairing::{fresh_code, ok, path, show, texts};
 
 /// The addresses `serve` printed on its `listening :` line.
 fn listening(serve: &Serve) -> Result<Vec<SocketAddr>> {
@@ -43,38 +33,6 @@ fn port_of(serve: &Serve) -> Result<u16> {
         "one port expected: {addrs:?}"
     );
     Ok(port)
-}
-
-fn show(phone: &Path) -> Result<Value> {
-    let r = ok(deskhand(&[
-        "phone",
-        "--data",
-        path(phone),
-        "show",
-        "--json",
-    ])?)?;
-    Ok(serde_json::from_str(&r.stdout)?)
-}
-
-fn user_texts(v: &Value) -> Vec<String> {
-    v["messages"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|m| m["role"] == "user")
-                .filter_map(|m| m["text"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn fresh_code(desk: &Path) -> Result<String> {
-    let r = ok(deskhand(&["pair", "--data", path(desk)])?)?;
-    r.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("pairing payload: "))
-        .map(str::to_owned)
-        .context("no payload printed")
 }
 
 #[test]
@@ -124,7 +82,7 @@ fn a_desktop_keeps_its_port_across_restarts_and_moves_when_it_is_taken() -> Resu
         "--data",
         path(&phone),
         "pair",
-        &fresh_code(&desk)?,
+        &fresh_code(&desk, "5m")?,
     ])?)?;
     let shown = show(&phone)?;
     let dialled: Vec<&str> = shown["desktop"]["addrs"]
@@ -248,7 +206,7 @@ fn queued_messages_survive_a_re_pairing_and_forget_refuses_to_drop_them() -> Res
         "--data",
         path(&phone),
         "pair",
-        &fresh_code(&desk)?,
+        &fresh_code(&desk, "5m")?,
     ])?)?;
     ensure!(r.stdout.contains("Workspace received"), "{}", r.stdout);
     ok(deskhand(&["phone", "--data", path(&phone), "sync"])?)?;
@@ -257,7 +215,7 @@ fn queued_messages_survive_a_re_pairing_and_forget_refuses_to_drop_them() -> Res
         "the queued message reached the desktop:\n{}",
         serve.output()
     );
-    assert_eq!(user_texts(&show(&phone)?), vec!["written away"]);
+    assert_eq!(texts(&show(&phone)?), vec!["written away"]);
     // Nothing unsent now: forget works without --force.
     ok(deskhand(&["phone", "--data", path(&phone), "forget"])?)?;
 
@@ -267,7 +225,7 @@ fn queued_messages_survive_a_re_pairing_and_forget_refuses_to_drop_them() -> Res
         "--data",
         path(&phone),
         "pair",
-        &fresh_code(&desk)?,
+        &fresh_code(&desk, "5m")?,
     ])?)?;
     serve.kill9()?;
     ok(deskhand(&[

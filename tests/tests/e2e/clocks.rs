@@ -2,7 +2,7 @@
 //! are skewed with `DESKHAND_TEST_CLOCK_SKEW_MS` pair, approve and write tasks against a real
 //! `deskhand serve`, relays off, on loopback.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -21,16 +21,7 @@ pub struct Desk {
     pub serve: Serve,
 }
 
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
-}
-
-pub fn ok(r: Run) -> Result<Run> {
-    if r.code != 0 {
-        bail!("deskhand failed ({}):\n{}\n{}", r.code, r.stdout, r.stderr);
-    }
-    Ok(r)
-}
+pub(crate) use crate::pairing::{ok, path};
 
 impl Desk {
     pub fn start(config: &str) -> Result<Self> {
