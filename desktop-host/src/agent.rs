@@ -51,8 +51,50 @@ pub enum CallError {
     Cancelled,
 }
 
+/// A tool as a model is shown it: the `tools[]` entry of the Anthropic Messages API
+/// (`name`, `description`, `input_schema`) or an OpenAI chat completions
+/// `tools[].function` (`name`, `description`, `parameters`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolDef {
+    /// The tool's name, as [`ToolCall::tool`] names it (`read`, `mcp__files__read_file`).
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// A JSON Schema object (`{"type":"object","properties":…,"required":…}`) of its arguments.
+    pub input_schema: Value,
+}
+
+/// Who said an earlier turn of the conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnRole {
+    /// A person, from a phone.
+    User,
+    /// The desktop's agent (its reply or a task's result).
+    Assistant,
+}
+
+/// One earlier turn of the conversation, as a model is shown it for context.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Turn {
+    /// Who said it.
+    pub role: TurnRole,
+    /// What was said.
+    pub text: String,
+}
+
 /// What an agent works through: policy, approvals and the tools themselves.
 pub trait ToolHost: Send + Sync {
+    /// The tools this host offers, built-in and connectors', as a model is shown them (the one
+    /// tool registry). Empty unless the host says otherwise.
+    fn tools(&self) -> Vec<ToolDef> {
+        Vec::new()
+    }
+    /// The conversation before this task, oldest first, bounded by the host's budget: what a
+    /// model is shown so that "now move those" has a meaning. Empty unless the host says
+    /// otherwise.
+    fn history(&self) -> Vec<Turn> {
+        Vec::new()
+    }
     /// Judges, maybe asks, and runs one call.
     fn call(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, CallError>>;
     /// Reports progress on the task.
