@@ -145,6 +145,8 @@ Commands (~ is your home folder):
   move FROM TO           move or rename (asks first)
   trash PATH             move to the Deskhand trash (asks first; deskhand trash restore undoes it)
   run COMMAND            run a shell command (asks first)
+  call TOOL {JSON}       call any tool by name, e.g. a connector's:
+                         call mcp__files__read_text_file {\"path\": \"~/notes.txt\"}
   help                   this list
 Quote a path that holds spaces, as in a shell: read \"~/My Notes/a b.txt\" (or a\\ b.txt).
 A command that takes one path also reads the rest of the line as it is: read ~/My Notes/a.txt";
@@ -331,6 +333,35 @@ pub fn parse_with(prompt: &str, exists: &dyn Fn(&str, Want) -> bool) -> Parsed {
                 return needs("a command", "run df -h");
             }
             call("run", json!({ "command": rest }))
+        }
+        // Any tool by name with JSON arguments: the same host path (policy, approval) as the rest.
+        "call" => {
+            let (tool, json) = match rest.split_once(char::is_whitespace) {
+                Some((t, j)) => (t, j.trim()),
+                None => (rest, ""),
+            };
+            if tool.is_empty() {
+                return needs(
+                    "a tool name and JSON arguments",
+                    "call mcp__files__read_text_file {\"path\": \"~/notes.txt\"}",
+                );
+            }
+            let args = if json.is_empty() {
+                Ok(json!({}))
+            } else {
+                serde_json::from_str::<Value>(json)
+            };
+            match args {
+                Ok(args @ Value::Object(_)) => call(tool, args),
+                Ok(_) => Parsed::Answer(format!(
+                    "`call {}` takes its arguments as a JSON object, like {{\"path\": \"~/a.txt\"}}",
+                    deskhand_core::schema::clip(tool, 80)
+                )),
+                Err(e) => Parsed::Answer(format!(
+                    "the arguments of `call {}` are not valid JSON: {e}",
+                    deskhand_core::schema::clip(tool, 80)
+                )),
+            }
         }
         // The request is never echoed back in full: it is already in the conversation.
         _ => Parsed::Answer(format!(

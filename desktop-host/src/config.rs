@@ -23,10 +23,21 @@
 //! allow = ["run(git status*)"]
 //! ask = ["read(~/Private/**)"]
 //! deny = ["trash(~/Projects/**)"]
+//!
+//! [mcp_servers.files]              # a connector: an MCP server run as a child process (stdio)
+//! command = "npx"
+//! args = ["-y", "@modelcontextprotocol/server-filesystem", "/home/me/Documents"]
+//! env = {}                         # literal values added to its environment
+//! trusted = false                  # true: its read-only tools run without asking
+//!
+//! [mcp_servers.tracker]            # an MCP server over streamable HTTP
+//! url = "http://127.0.0.1:3001/mcp"
+//! headers_env = { Authorization = "TRACKER_TOKEN" }   # header ← the variable holding its value
 //! ```
 //!
 //! Secret locations and anything outside `roots` are denied whatever the rules say.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use deskhand_core::approval::DecisionRule;
@@ -112,6 +123,128 @@ pub enum ShellSandbox {
     Off,
 }
 
+/// `[mcp_servers.NAME]`: one connector, an MCP server whose tools join the registry as
+/// `mcp__NAME__TOOL`. Either `command` (a child process spoken to over stdio) or `url` (streamable
+/// HTTP), never both.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServer {
+    /// stdio: the program to run (looked up in `PATH` when it has no `/`).
+    pub command: Option<String>,
+    /// stdio: its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// stdio: variables added to its environment, as literal values.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// stdio: its working directory (`~` is home); the host's own when absent.
+    pub cwd: Option<String>,
+    /// Streamable HTTP: the endpoint (`http://` or `https://`).
+    pub url: Option<String>,
+    /// Streamable HTTP: header name → the environment variable that holds its value (a token is
+    /// never written in this file, and its value is never logged).
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
+    /// Whether its `readOnlyHint` tools may run without asking. Annotations come from a process
+    /// Deskhand does not control: untrusted (the default), every tool of it asks.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Seconds one call (and the start) may take; `tool_timeout_secs` when absent.
+    pub timeout_secs: Option<u64>,
+}
+
+/// How a connector is reached, from [`McpServer::transport`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum McpTransport<'a> {
+    /// A child process over stdio.
+    Stdio {
+        /// The program.
+        command: &'a str,
+    },
+    /// Streamable HTTP.
+    Http {
+        /// The endpoint.
+        url: &'a str,
+    },
+}
+
+impl McpServer {
+    /// How it is reached; `Err` says what is wrong (both `command` and `url`, or neither, or
+    /// settings of one kind given to the other).
+    pub fn transport(&self) -> Result<McpTransport<'_>, String> {
+        match (&self.command, &self.url) {
+            (Some(_), Some(_)) => Err("has both `command` and `url`: give `command` (with \
+                                      `args`) for a server run as a child process, or `url` \
+                                      for one reached over HTTP"
+                .into()),
+            (None, None) => Err(
+                "needs `command` (a server run as a child process) or `url` \
+                                 (a server reached over HTTP)"
+                    .into(),
+            ),
+            (Some(c), None) => {
+                if c.trim().is_empty() {
+                    return Err("`command` is empty".into());
+                }
+                if !self.headers_env.is_empty() {
+                    return Err("`headers_env` is for a server with `url`, not `command`".into());
+                }
+                Ok(McpTransport::Stdio { command: c })
+            }
+            (None, Some(u)) => {
+                if !self.args.is_empty() || !self.env.is_empty() || self.cwd.is_some() {
+                    return Err(
+                        "`args`, `env` and `cwd` are for a server with `command`, not `url`".into(),
+                    );
+                }
+                let l = u.to_ascii_lowercase();
+                if !(l.starts_with("http://") || l.starts_with("https://")) {
+                    return Err(format!("`url` {u:?} must start with http:// or https://"));
+                }
+                Ok(McpTransport::Http { url: u })
+            }
+        }
+    }
+
+    fn validate(&self, name: &str) -> Result<(), String> {
+        let ok_name = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            && !name.contains("__");
+        if !ok_name {
+            return Err(format!(
+                "`mcp_servers.{name}`: a connector's name is 1 to 32 of a-z, 0-9, `_` and `-`, \
+                 without `__` (its tools are named mcp__NAME__TOOL)"
+            ));
+        }
+        let at = |e: String| format!("`mcp_servers.{name}` {e}");
+        self.transport().map_err(at)?;
+        if self.timeout_secs == Some(0) {
+            return Err(at("`timeout_secs` must be at least 1".into()));
+        }
+        for (header, var) in &self.headers_env {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(at(format!(
+                    "`headers_env`: {header:?} is not a header name"
+                )));
+            }
+            if var.is_empty() || var.contains(['=', '\0']) {
+                return Err(at(format!(
+                    "`headers_env.{header}`: {var:?} is not an environment variable name"
+                )));
+            }
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(at(format!("`env`: {key:?} is not a variable name")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The host's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -149,6 +282,8 @@ pub struct Config {
     pub mdns: bool,
     /// Permission rules.
     pub permissions: Permissions,
+    /// Connectors (MCP servers), by name.
+    pub mcp_servers: BTreeMap<String, McpServer>,
 }
 
 impl Default for Config {
@@ -168,6 +303,7 @@ impl Default for Config {
             relay: "default".into(),
             mdns: true,
             permissions: Permissions::default(),
+            mcp_servers: BTreeMap::new(),
         }
     }
 }
@@ -256,6 +392,9 @@ impl Config {
             .chain(&self.permissions.deny)
         {
             crate::policy::Rule::parse(rule)?;
+        }
+        for (name, server) in &self.mcp_servers {
+            server.validate(name)?;
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolHost, ToolOutput};
 use crate::config::{Config, ShellSandbox};
+use crate::mcp::{self, ConnectorError, ConnectorTool, Connectors};
 use crate::policy::{Capability, Policy, Subject, Verdict as PolicyVerdict};
 use crate::scheduler::Scheduler;
 use crate::tools::sandbox::{Confinement, Sandbox, WalkLimits};
@@ -59,6 +60,8 @@ struct Inner {
     state: Mutex<State>,
     input: tokio::sync::Mutex<Option<input::InputDriver>>,
     finished: Notify,
+    /// The MCP connectors whose tools calls named `mcp__…` reach (none unless given).
+    connectors: std::sync::OnceLock<Connectors>,
     /// A running slot came free (a task ended or was suspended on an approval request).
     slot_freed: Notify,
     stopping: CancellationToken,
@@ -155,10 +158,21 @@ impl Executor {
                 state: Mutex::new(State::default()),
                 input: tokio::sync::Mutex::new(None),
                 finished: Notify::new(),
+                connectors: std::sync::OnceLock::new(),
                 slot_freed: Notify::new(),
                 stopping: CancellationToken::new(),
             }),
         }
+    }
+
+    /// Gives the executor the connectors (MCP servers) whose tools calls named
+    /// `mcp__<server>__<tool>` reach; they go through the same policy, approvals and bounds as
+    /// every other tool. Only the first call counts.
+    pub fn with_connectors(self, connectors: Connectors) -> Self {
+        if self.inner.connectors.set(connectors).is_err() {
+            tracing::warn!("the executor already has its connectors; these were not taken");
+        }
+        self
     }
 
     /// A snapshot of what runs and waits.
@@ -230,6 +244,10 @@ impl Executor {
 }
 
 impl Inner {
+    fn connectors(&self) -> Connectors {
+        self.connectors.get().cloned().unwrap_or_default()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -882,6 +900,19 @@ struct TaskHost {
 }
 
 impl ToolHost for TaskHost {
+    fn tools(&self) -> Vec<crate::agent::ToolDef> {
+        self.inner
+            .connectors()
+            .tools()
+            .into_iter()
+            .map(|t| crate::agent::ToolDef {
+                name: t.name,
+                description: t.description,
+                input_schema: t.input_schema,
+            })
+            .collect()
+    }
+
     fn call(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, CallError>> {
         Box::pin(self.call_inner(call))
     }
@@ -912,6 +943,8 @@ struct Prepared {
     subject: Subject,
     summary: String,
     risk: Risk,
+    /// For a connector's tool (`mcp__…`): its spec, as its server listed it.
+    connector: Option<ConnectorTool>,
 }
 
 impl TaskHost {
@@ -957,6 +990,9 @@ impl TaskHost {
     /// [`prepare`] off the async threads: resolving paths looks at the file system, which may
     /// not answer (a hung network mount). Bounded like a tool call.
     async fn prepare(&self, call: &ToolCall) -> Result<Prepared, CallError> {
+        if mcp::split_name(&call.tool).is_some() {
+            return self.prepare_connector(call).await;
+        }
         let inner = &self.inner;
         let (policy, call, config) = (inner.policy.clone(), call.clone(), inner.config.clone());
         let bounds = Bounds::new(inner, &self.task, &call.tool, &self.cancel, false);
@@ -966,10 +1002,47 @@ impl TaskHost {
         .await
     }
 
+    /// A connector's call: its tool looked up (its server started if it is not running), its
+    /// path arguments resolved (bounded like a tool call), its summary and risk.
+    async fn prepare_connector(&self, call: &ToolCall) -> Result<Prepared, CallError> {
+        let inner = &self.inner;
+        let tool = inner
+            .connectors()
+            .tool(&call.tool, &self.cancel)
+            .await
+            .map_err(connector_error)?;
+        let (policy, args) = (inner.policy.clone(), call.args.clone());
+        let bounds = Bounds::new(inner, &self.task, &call.tool, &self.cancel, false);
+        let prepared = bounded(&bounds, move || {
+            mcp::prepare(&policy, &args).map_err(CallError::Failed)
+        })
+        .await?;
+        Ok(Prepared {
+            tool: tool.name.clone(),
+            summary: connector_summary(&inner.policy, &tool, &prepared.args),
+            args: Value::Object(prepared.args),
+            subject: Subject::Paths(prepared.paths),
+            risk: tool.risk(),
+            connector: Some(tool),
+        })
+    }
+
     /// The policy's verdict on a prepared call, off the async threads (judging a move or trash
     /// of a folder walks everything in it) and bounded like a tool call.
     async fn judge(&self, p: &Prepared) -> Result<PolicyVerdict, CallError> {
         let inner = &self.inner;
+        if let Some(tool) = &p.connector {
+            let (policy, tool, subject) = (inner.policy.clone(), tool.clone(), p.subject.clone());
+            let bounds = Bounds::new(inner, &self.task, &p.tool, &self.cancel, false);
+            return bounded(&bounds, move || {
+                let paths = match &subject {
+                    Subject::Paths(paths) => paths.as_slice(),
+                    Subject::Text(_) => &[],
+                };
+                Ok(mcp::judge(&policy, &tool, paths))
+            })
+            .await;
+        }
         let (policy, tool, subject) = (inner.policy.clone(), p.tool.clone(), p.subject.clone());
         let bounds = Bounds::new(inner, &self.task, &p.tool, &self.cancel, false);
         bounded(&bounds, move || Ok(policy.judge(&tool, &subject))).await
@@ -1157,6 +1230,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
         subject,
         summary,
         risk,
+        connector: None,
     };
     let paths = |args: &[(&str, &PathBuf)]| {
         Subject::Paths(
@@ -1317,6 +1391,55 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
         ),
         other => return Err(format!("there is no tool called {other:?}")),
     })
+}
+
+/// A connector call as an approval shows it: `files connector: write_file(content: "hi",
+/// path: ~/docs/a.txt)`: the server, the tool's own name and every argument (sorted by name,
+/// each on one line and cut to head…tail like [`brief`]), path arguments as `~/…`.
+fn connector_summary(
+    policy: &Policy,
+    tool: &ConnectorTool,
+    args: &serde_json::Map<String, Value>,
+) -> String {
+    const MAX_ARGS_SHOWN: usize = 12;
+    let path = |s: &str| show_text(&policy.show(std::path::Path::new(s)));
+    let mut parts: Vec<String> = args
+        .iter()
+        .take(MAX_ARGS_SHOWN)
+        .map(|(k, v)| {
+            let shown = match (k.as_str(), v) {
+                ("path" | "source" | "destination", Value::String(s)) => path(s),
+                ("paths", Value::Array(items)) if items.iter().all(Value::is_string) => {
+                    let all: Vec<String> =
+                        items.iter().filter_map(Value::as_str).map(path).collect();
+                    show_text(&format!("[{}]", all.join(", ")))
+                }
+                (_, Value::String(s)) => {
+                    let (t, note) = brief(s);
+                    format!("\"{t}\"{note}")
+                }
+                (_, other) => show_text(&canonical_json(other)),
+            };
+            format!("{}: {shown}", one_line(k))
+        })
+        .collect();
+    if args.len() > MAX_ARGS_SHOWN {
+        parts.push(format!("and {} more", args.len() - MAX_ARGS_SHOWN));
+    }
+    format!(
+        "{} connector: {}({})",
+        one_line(&tool.server),
+        one_line(&tool.tool),
+        parts.join(", ")
+    )
+}
+
+/// A connector's failure as a call's error: a cancel is a cancel; everything else is said as is.
+fn connector_error(e: ConnectorError) -> CallError {
+    match e {
+        ConnectorError::Cancelled => CallError::Cancelled,
+        e => CallError::Failed(e.to_string()),
+    }
 }
 
 /// Arguments longer than this many characters are shown in a summary by their head and tail.
@@ -1590,6 +1713,9 @@ async fn execute(
     // Every blocking step is raced against the task's cancellation and the call's time limit;
     // `changes`: abandoning it may leave something that completes later.
     let bounds = |changes: bool| Bounds::new(inner, task, &p.tool, cancel, changes);
+    if let Some(tool) = &p.connector {
+        return run_connector(inner, task, tool, p, cancel).await;
+    }
     // The identities of the secret files, fresh: every file opened or moved is checked
     // against them (refreshing them looks at the file system, so it is bounded too).
     let fence = {
@@ -1844,6 +1970,51 @@ async fn execute(
             "there is no tool called {other:?}"
         ))),
     }
+}
+
+/// Runs a connector's call that the policy let through, with exactly the arguments judged (and
+/// signed, if it was asked). A long result goes into a blob; the reply keeps its tail.
+async fn run_connector(
+    inner: &Arc<Inner>,
+    task: &TaskId,
+    tool: &ConnectorTool,
+    p: &Prepared,
+    cancel: &CancellationToken,
+) -> Result<ToolOutput, CallError> {
+    let args = p.args.as_object().cloned().unwrap_or_default();
+    let full = inner
+        .connectors()
+        .call(&tool.name, args, cancel)
+        .await
+        .map_err(connector_error)?;
+    let mut blobs = vec![];
+    let shown = if full.len() > INLINE_OUTPUT {
+        let blob = blob_store(inner)?
+            .add(
+                full.clone().into_bytes(),
+                "text/plain; charset=utf-8",
+                Some("result.txt"),
+            )
+            .await
+            .map_err(|e| CallError::Failed(e.to_string()))?;
+        inner
+            .event(
+                task,
+                "output",
+                format!("Full result: {} bytes", blob.size),
+                Some(blob.clone()),
+            )
+            .await;
+        blobs.push(blob);
+        let start = full.len() - INLINE_OUTPUT;
+        let start = (start..full.len())
+            .find(|i| full.is_char_boundary(*i))
+            .unwrap_or(full.len());
+        format!("…{}", &full[start..])
+    } else {
+        full
+    };
+    Ok(ToolOutput { text: shown, blobs })
 }
 
 /// The sandbox of one shell command: the policy's secret and own locations hidden, the fixed

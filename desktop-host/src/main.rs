@@ -115,6 +115,12 @@ enum Command {
         #[command(subcommand)]
         command: phone::PhoneCommand,
     },
+    /// The desktop's agent and its connectors: `deskhand agent check` tries each and says in
+    /// plain words what is wrong.
+    Agent {
+        #[command(subcommand)]
+        action: AgentAction,
+    },
     /// A desktop and two phones in a temporary directory, syncing over real iroh connections on
     /// loopback: shows the document converging, offline catch-up and presence.
     Demo,
@@ -133,6 +139,16 @@ impl Switch {
     pub(crate) fn on(self) -> bool {
         self == Self::On
     }
+}
+
+#[derive(Subcommand)]
+enum AgentAction {
+    /// Start each MCP server of the config, list its tools and stop it; exits 1 if any failed.
+    Check {
+        /// Config file (default: config.toml in the platform's config directory).
+        #[arg(long, value_parser = absolute_path)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,7 +214,8 @@ fn main() {
         | Command::Devices { .. }
         | Command::Status { .. }
         | Command::Trash { .. }
-        | Command::Service { .. } => "error",
+        | Command::Service { .. }
+        | Command::Agent { .. } => "error",
         Command::Serve { .. } => "warn,iroh=error,deskhand_sync=info,deskhand=info",
     };
     // iroh 1.4 logs `ERROR relay_recv_channel closed` (socket/transports/relay.rs) whenever an
@@ -284,6 +301,9 @@ async fn run(command: Command) -> Result<()> {
             })
             .await
         }
+        Command::Agent {
+            action: AgentAction::Check { config },
+        } => agent_check(config).await,
         Command::Status { data, json } => {
             status(data.unwrap_or_else(paths::default_data_dir), json).await
         }
@@ -522,4 +542,27 @@ mod tests {
         );
         assert!(super::absolute_path("").is_err());
     }
+}
+
+/// `deskhand agent check`: one line per connector; an error if any is not usable.
+async fn agent_check(config: Option<PathBuf>) -> Result<()> {
+    use deskhand_desktop_host::config::{Config, default_config_path};
+    let path = config.unwrap_or_else(default_config_path);
+    let config = Config::load(&path)?;
+    if config.mcp_servers.is_empty() {
+        println!(
+            "mcp: no connectors configured ([mcp_servers] in {})",
+            path.display()
+        );
+        return Ok(());
+    }
+    let lines = deskhand_desktop_host::mcp::check(&config).await;
+    for l in &lines {
+        println!("{}", terminal::line(&l.to_string()));
+    }
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    if failed > 0 {
+        bail!("{failed} of {} connectors cannot be used", lines.len());
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use deskhand_desktop_host::agent::Builtin;
 use deskhand_desktop_host::config::{Config, default_config_path};
 use deskhand_desktop_host::console::{ConversationFeed, message_line};
 use deskhand_desktop_host::executor::Executor;
+use deskhand_desktop_host::mcp::Connectors;
 use deskhand_desktop_host::policy::Policy;
 use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, RelaySetting};
 use tokio_util::sync::CancellationToken;
@@ -76,13 +77,15 @@ pub async fn run(opts: Options) -> Result<()> {
     .with_context(|| format!("starting the desktop host in {}", data.display()))?;
     let node = Arc::new(node);
     let cancel = CancellationToken::new();
+    let connectors = Connectors::new(&config);
     let executor = Executor::new(
         node.clone(),
         config,
         policy.clone(),
         Arc::new(Builtin::with_policy(policy)),
         data.join("trash"),
-    );
+    )
+    .with_connectors(connectors.clone());
     let status: control::StatusFn = {
         let ex = executor.clone();
         Arc::new(move || serde_json::to_value(ex.status()).unwrap_or_default())
@@ -94,6 +97,12 @@ pub async fn run(opts: Options) -> Result<()> {
         cancel.clone(),
     ));
     let executor_task = tokio::spawn(executor.run(cancel.clone()));
+    // Connectors start in the background (a slow `npx` never holds up serving); a call that
+    // needs one before it is up waits for it, within its time limit.
+    let connectors_start = {
+        let (c, cancel) = (connectors.clone(), cancel.clone());
+        tokio::spawn(async move { c.start_all(&cancel).await })
+    };
 
     println!("Deskhand desktop host \"{}\"", terminal::line(&name));
     println!("  device id : {}", node.id());
@@ -127,6 +136,11 @@ pub async fn run(opts: Options) -> Result<()> {
     );
     println!("  config    : {}", config_path.display());
     println!("  roots     : {}", roots.join(", "));
+    if connectors.is_empty() {
+        println!("  connectors: none ([mcp_servers] in the config file adds MCP servers)");
+    } else {
+        println!("  connectors: {}", connectors.describe().join(", "));
+    }
     let devices = node.peers();
     println!("  paired devices: {}", devices.len());
     for p in &devices {
@@ -172,6 +186,7 @@ pub async fn run(opts: Options) -> Result<()> {
     println!("stopping…");
     cancel.cancel();
     let stop = async {
+        let _ = connectors_start.await;
         match executor_task.await {
             Ok(Err(e)) => tracing::warn!("executor: {e:#}"),
             Err(e) => tracing::warn!("executor: {e}"),
@@ -180,6 +195,7 @@ pub async fn run(opts: Options) -> Result<()> {
         if let Ok(Err(e)) = control.await {
             tracing::warn!("control socket: {e:#}");
         }
+        connectors.shutdown().await;
         match Arc::try_unwrap(node) {
             Ok(node) => node.shutdown().await,
             Err(_) => tracing::warn!("the node was still in use at shutdown"),

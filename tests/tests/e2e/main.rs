@@ -3,6 +3,7 @@
 
 mod addrs;
 mod clocks;
+mod connectors;
 mod desktop_x11;
 mod executor;
 mod hostile_peers;

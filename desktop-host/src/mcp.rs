@@ -1,0 +1,1072 @@
+//! Connectors: MCP servers whose tools join the desktop's tools as `mcp__<server>__<tool>`.
+//!
+//! Each `[mcp_servers.NAME]` of the config is one [`Server`], reached through the official SDK
+//! (`rmcp`, client only) over stdio (a child process) or streamable HTTP. The [`Connectors`]
+//! handle starts a server on first use (or in the background when the host starts), lists its
+//! tools, and calls them with a time limit and the task's cancellation. A server that exits or
+//! stops answering is stopped and started again on its next use, after a backoff (1 s, 2 s, 4 s, …
+//! 60 s; back to 1 s once a start stayed healthy for a minute); its failure is the call's error,
+//! in plain words, and the host keeps running.
+//!
+//! What a connector may do is decided by the executor, never here: [`prepare`] resolves the
+//! arguments that are paths (by name: `path`, `paths`, `source`, `destination`, and `uri` with
+//! `file:`), and [`judge`] refuses a secret location or a path outside the roots whatever the
+//! server is (a connector is a process Deskhand does not sandbox: this is the second wall), then
+//! asks unless the server is `trusted` and marks the tool read-only.
+//!
+//! A child process gets a small environment (`PATH`, `HOME`, locale, temp folder, …) plus its
+//! `env` table, never the host's whole environment (a model's API key stays with the host). It is
+//! the leader of its own process group, and the group is killed when the connection is dropped;
+//! if the host dies, the server sees its stdin close and exits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deskhand_core::approval::Risk;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ResourceContents};
+use rmcp::service::RunningService;
+use rmcp::{Peer, RoleClient, ServiceError, ServiceExt};
+use serde_json::{Map, Value};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, McpServer, McpTransport};
+use crate::policy::{Policy, Verdict};
+use crate::tools::safe_fs::{Fence, FileId};
+
+/// What every connector tool's name starts with.
+pub const PREFIX: &str = "mcp__";
+/// The most text kept from one call's result, in bytes; the rest is cut with a note.
+pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
+/// Bytes of a child's stderr kept to explain its failure.
+const STDERR_TAIL: usize = 2048;
+/// How long a connection must stay up for its start to count as healthy (backoff reset).
+const HEALTHY: Duration = Duration::from_secs(60);
+/// The longest wait between two starts of a failing server.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Argument names that hold one path.
+const PATH_ARGS: [&str; 3] = ["path", "source", "destination"];
+/// Variables of the host's environment a child server gets (plus its own `env`).
+const CHILD_ENV: [&str; 14] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "TMPDIR",
+    "TZ",
+    "XDG_RUNTIME_DIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// The name a connector tool has among the desktop's tools: `mcp__<server>__<tool>`.
+pub fn tool_name(server: &str, tool: &str) -> String {
+    format!("{PREFIX}{server}__{tool}")
+}
+
+/// `(server, tool)` of a connector tool's name, or `None` for a name that is not one. A
+/// server's name never holds `__`, so the first `__` after the prefix ends it.
+pub fn split_name(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (server, tool) = rest.split_once("__")?;
+    (!server.is_empty() && !tool.is_empty()).then_some((server, tool))
+}
+
+/// One tool of a connector, as the registry, the policy and a model see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectorTool {
+    /// `mcp__<server>__<tool>`.
+    pub name: String,
+    /// The server's name in the config.
+    pub server: String,
+    /// The tool's own name on its server.
+    pub tool: String,
+    /// What it does, as the server describes it (its words, not ours).
+    pub description: String,
+    /// The JSON Schema object of its arguments, as the server gave it.
+    pub input_schema: Value,
+    /// The server says it changes nothing (`readOnlyHint`; a hint, trusted only with `trusted`).
+    pub read_only_hint: bool,
+    /// The server says it may destroy something (`destructiveHint`; true when absent and not
+    /// read-only, as the MCP specification says).
+    pub destructive_hint: bool,
+    /// Whether its server is `trusted` in the config.
+    pub trusted: bool,
+}
+
+impl ConnectorTool {
+    fn from_mcp(server: &str, trusted: bool, t: &rmcp::model::Tool) -> Self {
+        let a = t.annotations.as_ref();
+        let read_only = a.and_then(|a| a.read_only_hint).unwrap_or(false);
+        let destructive = !read_only && a.and_then(|a| a.destructive_hint).unwrap_or(true);
+        Self {
+            name: tool_name(server, &t.name),
+            server: server.to_owned(),
+            tool: t.name.to_string(),
+            description: t.description.as_deref().unwrap_or_default().to_owned(),
+            input_schema: Value::Object((*t.input_schema).clone()),
+            read_only_hint: read_only,
+            destructive_hint: destructive,
+            trusted,
+        }
+    }
+
+    /// The risk a phone is shown: high for a tool that may destroy something, low only for a
+    /// read-only tool of a trusted server (an untrusted server's hint cannot lower it), medium
+    /// otherwise.
+    pub fn risk(&self) -> Risk {
+        if self.destructive_hint {
+            Risk::High
+        } else if self.read_only_hint && self.trusted {
+            Risk::Low
+        } else {
+            Risk::Medium
+        }
+    }
+}
+
+/// Why a connector call did not give a result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectorError {
+    /// No `[mcp_servers.NAME]` of that name.
+    #[error("there is no connector `{0}` (see [mcp_servers] in the config file)")]
+    UnknownServer(String),
+    /// The server has no such tool.
+    #[error("connector `{server}` has no tool `{tool}`")]
+    UnknownTool {
+        /// The server.
+        server: String,
+        /// The tool asked for.
+        tool: String,
+    },
+    /// The server could not be started or reached, or it failed during the call: what happened,
+    /// in plain words ("server `files` exited (status 1): …").
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server did not answer in time; it was stopped and is started again on next use.
+    #[error(
+        "connector `{server}` did not answer within {secs} s; it was stopped and is started again on next use"
+    )]
+    TimedOut {
+        /// The server.
+        server: String,
+        /// The limit, in seconds.
+        secs: u64,
+    },
+    /// The tool ran and reported an error (`isError`), or the server refused the call.
+    #[error("{0}")]
+    Tool(String),
+    /// The task was cancelled (or the host is stopping).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What one connector's check found: `mcp files: ok (14 tools)` or what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckLine {
+    /// The server's name.
+    pub name: String,
+    /// Whether it started and listed its tools.
+    pub ok: bool,
+    /// The line to print, without the name: `ok (14 tools)` or the reason.
+    pub text: String,
+}
+
+impl std::fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mcp {}: {}", self.name, self.text)
+    }
+}
+
+/// Starts every configured server once, lists its tools and stops it: one line per server.
+pub async fn check(config: &Config) -> Vec<CheckLine> {
+    let connectors = Connectors::new(config);
+    let cancel = CancellationToken::new();
+    let mut lines = Vec::new();
+    for (name, server) in &connectors.inner.servers {
+        let r = server.live(&cancel, server.timeout).await;
+        lines.push(match r {
+            Ok(live) => CheckLine {
+                name: name.clone(),
+                ok: true,
+                text: format!(
+                    "ok ({} tool{})",
+                    live.tools.len(),
+                    if live.tools.len() == 1 { "" } else { "s" }
+                ),
+            },
+            Err(e) => CheckLine {
+                name: name.clone(),
+                ok: false,
+                text: e.to_string(),
+            },
+        });
+    }
+    connectors.shutdown().await;
+    lines
+}
+
+/// Installs ring as rustls' crypto provider for the HTTP client (reqwest is built without one);
+/// a provider installed already is kept.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The connectors of one host: cheap to clone, shared by the executor and `serve`.
+#[derive(Clone, Default)]
+pub struct Connectors {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    servers: BTreeMap<String, Arc<Server>>,
+}
+
+impl std::fmt::Debug for Connectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.inner.servers.keys()).finish()
+    }
+}
+
+impl Connectors {
+    /// The connectors of `config` (none started yet). A server's time limit is its
+    /// `timeout_secs`, else the config's `tool_timeout_secs`.
+    pub fn new(config: &Config) -> Self {
+        let servers = config
+            .mcp_servers
+            .iter()
+            .map(|(name, c)| {
+                let secs = c.timeout_secs.unwrap_or(config.tool_timeout_secs).max(1);
+                let server = Server {
+                    name: name.clone(),
+                    config: c.clone(),
+                    timeout: Duration::from_secs(secs),
+                    slot: tokio::sync::Mutex::new(Slot::default()),
+                    tools: Mutex::new(Vec::new()),
+                };
+                (name.clone(), Arc::new(server))
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner { servers }),
+        }
+    }
+
+    /// Whether no connector is configured.
+    pub fn is_empty(&self) -> bool {
+        self.inner.servers.is_empty()
+    }
+
+    /// One line per connector for `deskhand serve`: `files (stdio: npx, untrusted)`.
+    pub fn describe(&self) -> Vec<String> {
+        self.inner
+            .servers
+            .values()
+            .map(|s| {
+                let how = match s.config.transport() {
+                    Ok(McpTransport::Stdio { command }) => format!("stdio: {command}"),
+                    Ok(McpTransport::Http { url }) => format!("http: {url}"),
+                    Err(e) => e,
+                };
+                let trust = if s.config.trusted {
+                    "trusted"
+                } else {
+                    "untrusted"
+                };
+                format!("{} ({how}, {trust})", s.name)
+            })
+            .collect()
+    }
+
+    /// Starts every server that is not running, at once; failures are logged (and said again
+    /// by the first call that needs the server). Ends when `cancel` fires or all have answered.
+    pub async fn start_all(&self, cancel: &CancellationToken) {
+        let mut starts = tokio::task::JoinSet::new();
+        for server in self.inner.servers.values() {
+            let (server, cancel) = (server.clone(), cancel.clone());
+            starts.spawn(async move {
+                match server.live(&cancel, server.timeout).await {
+                    Ok(live) => tracing::info!(
+                        "connector {}: started, {} tools",
+                        server.name,
+                        live.tools.len()
+                    ),
+                    Err(ConnectorError::Cancelled) => {}
+                    Err(e) => tracing::warn!("connector {}: {e}", server.name),
+                }
+            });
+        }
+        tokio::select! {
+            _ = async { while starts.join_next().await.is_some() {} } => {}
+            _ = cancel.cancelled() => starts.shutdown().await,
+        }
+    }
+
+    /// The tools of every server listed so far (a server not started yet has none here).
+    pub fn tools(&self) -> Vec<ConnectorTool> {
+        self.inner
+            .servers
+            .values()
+            .flat_map(|s| lock(&s.tools).clone())
+            .collect()
+    }
+
+    /// The tool called `name` (`mcp__<server>__<tool>`), starting its server if it is not
+    /// running (bounded by the server's time limit and `cancel`).
+    pub async fn tool(
+        &self,
+        name: &str,
+        cancel: &CancellationToken,
+    ) -> Result<ConnectorTool, ConnectorError> {
+        let (server, tool) =
+            split_name(name).ok_or_else(|| ConnectorError::UnknownServer(name.to_owned()))?;
+        let s = self.server(server)?;
+        let live = s.live(cancel, s.timeout).await?;
+        live.tools
+            .iter()
+            .find(|t| t.tool == tool)
+            .cloned()
+            .ok_or_else(|| ConnectorError::UnknownTool {
+                server: server.to_owned(),
+                tool: tool.to_owned(),
+            })
+    }
+
+    /// Calls `name` with `args`, within its server's time limit, until `cancel`: the result's
+    /// content as text (at most [`MAX_RESULT_BYTES`]). A result marked `isError` is
+    /// [`ConnectorError::Tool`] with its text. The policy is the caller's: this only runs.
+    pub async fn call(
+        &self,
+        name: &str,
+        args: Map<String, Value>,
+        cancel: &CancellationToken,
+    ) -> Result<String, ConnectorError> {
+        let (server, tool) =
+            split_name(name).ok_or_else(|| ConnectorError::UnknownServer(name.to_owned()))?;
+        let s = self.server(server)?;
+        let deadline = Instant::now() + s.timeout;
+        let live = s.live(cancel, s.timeout).await?;
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let r = tokio::select! {
+            r = tokio::time::timeout(left, live.peer.call_tool(params)) => r,
+            _ = cancel.cancelled() => return Err(ConnectorError::Cancelled),
+        };
+        match r {
+            Ok(Ok(result)) => {
+                let text = result_text(&result);
+                if result.is_error == Some(true) {
+                    Err(ConnectorError::Tool(if text.is_empty() {
+                        format!("`{tool}` of connector `{server}` failed without saying why")
+                    } else {
+                        text
+                    }))
+                } else {
+                    Ok(text)
+                }
+            }
+            Ok(Err(ServiceError::McpError(e))) => Err(ConnectorError::Tool(format!(
+                "connector `{server}` refused the call: {}",
+                e.message
+            ))),
+            Ok(Err(e)) => {
+                let why = live.failure(&s.name, &e.to_string()).await;
+                s.forget(&live, why.clone()).await;
+                Err(ConnectorError::Unavailable(why))
+            }
+            Err(_) => {
+                s.forget(
+                    &live,
+                    format!("did not answer within {} s", s.timeout.as_secs()),
+                )
+                .await;
+                Err(ConnectorError::TimedOut {
+                    server: server.to_owned(),
+                    secs: s.timeout.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// The process id of a running stdio server (what `deskhand status` could show; tests
+    /// stop a server with it).
+    pub async fn pid(&self, server: &str) -> Option<u32> {
+        let s = self.inner.servers.get(server)?;
+        let slot = s.slot.lock().await;
+        slot.live.as_ref().and_then(|l| l.pid)
+    }
+
+    /// Stops every running server (their process groups are killed).
+    pub async fn shutdown(&self) {
+        for s in self.inner.servers.values() {
+            let live = s.slot.lock().await.live.take();
+            if let Some(live) = live {
+                live.stop().await;
+            }
+            lock(&s.tools).clear();
+        }
+    }
+
+    fn server(&self, name: &str) -> Result<&Arc<Server>, ConnectorError> {
+        self.inner
+            .servers
+            .get(name)
+            .ok_or_else(|| ConnectorError::UnknownServer(name.to_owned()))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One configured server and its connection, if any.
+struct Server {
+    name: String,
+    config: McpServer,
+    timeout: Duration,
+    /// Held while a connection is looked at or started: one start at a time.
+    slot: tokio::sync::Mutex<Slot>,
+    /// The tools of the last connection, for [`Connectors::tools`] (read without waiting).
+    tools: Mutex<Vec<ConnectorTool>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    live: Option<Arc<Live>>,
+    /// Failures in a row (a start that stayed up [`HEALTHY`] resets it).
+    failures: u32,
+    failed_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Slot {
+    fn failed(&mut self, why: String, up_since: Option<Instant>) {
+        if up_since.is_some_and(|t| t.elapsed() >= HEALTHY) {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.failed_at = Some(Instant::now());
+        self.last_error = Some(why);
+    }
+
+    /// How long to wait before the next start.
+    fn backoff_left(&self) -> Duration {
+        let Some(at) = self.failed_at else {
+            return Duration::ZERO;
+        };
+        let exp = self.failures.saturating_sub(1).min(6);
+        let wait = Duration::from_secs(1 << exp).min(MAX_BACKOFF);
+        wait.saturating_sub(at.elapsed())
+    }
+}
+
+/// A running connection.
+struct Live {
+    service: tokio::sync::Mutex<Option<RunningService<RoleClient, ()>>>,
+    peer: Peer<RoleClient>,
+    tools: Vec<ConnectorTool>,
+    started: Instant,
+    /// stdio: the child, its process id (= its process group) and the tail of its stderr.
+    child: Option<tokio::sync::Mutex<tokio::process::Child>>,
+    pid: Option<u32>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    _stderr_reader: Option<AbortOnDrop>,
+    /// Kills the child's process group when the connection is dropped.
+    group: Group,
+}
+
+/// A child's process group, killed once: by [`Group::kill`] or when this is dropped.
+struct Group(Mutex<Option<u32>>);
+
+impl Group {
+    fn new(pid: Option<u32>) -> Self {
+        Self(Mutex::new(pid))
+    }
+
+    fn kill(&self) {
+        kill_group(lock(&self.0).take());
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn kill_group(pid: Option<u32>) {
+    #[cfg(unix)]
+    if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+        // The server and whatever it started (npx runs node under it).
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+impl Live {
+    /// Whether the connection still works as far as can be seen without a request.
+    async fn alive(&self) -> bool {
+        if self.peer.is_transport_closed() {
+            return false;
+        }
+        match &self.child {
+            Some(child) => matches!(child.lock().await.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// What went wrong, in plain words: for a child that exited, its status and stderr tail;
+    /// otherwise `what` (the SDK's error).
+    async fn failure(&self, server: &str, what: &str) -> String {
+        child_failure(server, self.child.as_ref(), &self.stderr, what).await
+    }
+
+    async fn stop(&self) {
+        if let Some(service) = self.service.lock().await.take() {
+            // Closing sends nothing the server must answer; bounded all the same.
+            let _ = tokio::time::timeout(Duration::from_secs(2), service.cancel()).await;
+        }
+        self.group.kill();
+    }
+}
+
+/// What went wrong with a connection: for a child that exited, its status and stderr tail;
+/// otherwise `what`.
+async fn child_failure(
+    server: &str,
+    child: Option<&tokio::sync::Mutex<tokio::process::Child>>,
+    stderr: &Mutex<Vec<u8>>,
+    what: &str,
+) -> String {
+    if let Some(child) = child {
+        // The exit may be seen a moment after the pipe closed.
+        let status = {
+            let mut c = child.lock().await;
+            tokio::time::timeout(Duration::from_millis(500), c.wait())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        if let Some(status) = status {
+            return exited(server, status, &stderr_tail(stderr));
+        }
+    }
+    format!("connector `{server}` failed: {what}")
+}
+
+fn stderr_tail(stderr: &Mutex<Vec<u8>>) -> String {
+    let bytes = lock(stderr).clone();
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    // Cut at a line start when the tail was cut, so it reads whole.
+    match text.find('\n') {
+        Some(i) if bytes.len() >= STDERR_TAIL => text[i + 1..].trim().to_owned(),
+        _ => text.to_owned(),
+    }
+}
+
+fn exited(server: &str, status: std::process::ExitStatus, tail: &str) -> String {
+    let how = match status.code() {
+        Some(code) => format!("exited (status {code})"),
+        None => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::ExitStatusExt;
+                match status.signal() {
+                    Some(sig) => format!("was stopped by signal {sig}"),
+                    None => "exited".to_owned(),
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                "exited".to_owned()
+            }
+        }
+    };
+    if tail.is_empty() {
+        format!("server `{server}` {how}")
+    } else {
+        format!("server `{server}` {how}: {tail}")
+    }
+}
+
+impl Server {
+    /// The running connection, started (after the backoff, if the last one failed) when there
+    /// is none or it died; bounded by `limit` and `cancel`.
+    async fn live(
+        &self,
+        cancel: &CancellationToken,
+        limit: Duration,
+    ) -> Result<Arc<Live>, ConnectorError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut slot = tokio::select! {
+            s = self.slot.lock() => s,
+            _ = cancel.cancelled() => return Err(ConnectorError::Cancelled),
+        };
+        if let Some(live) = slot.live.clone() {
+            if live.alive().await {
+                return Ok(live);
+            }
+            let why = live.failure(&self.name, "the connection closed").await;
+            slot.live = None;
+            slot.failed(why, Some(live.started));
+            lock(&self.tools).clear();
+            live.stop().await;
+        }
+        let wait = slot.backoff_left();
+        if !wait.is_zero() {
+            let last = slot.last_error.clone().unwrap_or_default();
+            if tokio::time::Instant::now() + wait >= deadline {
+                return Err(ConnectorError::Unavailable(format!(
+                    "{last}; it is started again in {} s",
+                    wait.as_secs().max(1)
+                )));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return Err(ConnectorError::Cancelled),
+            }
+        }
+        let started = tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.start()) => r,
+            _ = cancel.cancelled() => return Err(ConnectorError::Cancelled),
+        };
+        let result = match started {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "connector `{}` did not start within {} s",
+                self.name,
+                limit.as_secs()
+            )),
+        };
+        match result {
+            Ok(live) => {
+                let live = Arc::new(live);
+                *lock(&self.tools) = live.tools.clone();
+                slot.live = Some(live.clone());
+                Ok(live)
+            }
+            Err(why) => {
+                slot.failed(why.clone(), None);
+                Err(ConnectorError::Unavailable(why))
+            }
+        }
+    }
+
+    /// A failed call: the connection is dropped (its process group killed) if it is still the
+    /// current one, so the next use starts the server again.
+    async fn forget(&self, live: &Arc<Live>, why: String) {
+        let mut slot = self.slot.lock().await;
+        if slot.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            slot.live = None;
+            slot.failed(why, Some(live.started));
+            lock(&self.tools).clear();
+        }
+        drop(slot);
+        live.stop().await;
+    }
+
+    async fn start(&self) -> Result<Live, String> {
+        match self.config.transport() {
+            Ok(McpTransport::Stdio { command }) => self.start_stdio(command).await,
+            Ok(McpTransport::Http { url }) => self.start_http(url).await,
+            Err(e) => Err(format!("connector `{}` {e}", self.name)),
+        }
+    }
+
+    async fn start_stdio(&self, command: &str) -> Result<Live, String> {
+        let name = &self.name;
+        let mut cmd = tokio::process::Command::new(command);
+        cmd.args(&self.config.args)
+            .env_clear()
+            .envs(
+                CHILD_ENV
+                    .iter()
+                    .filter_map(|k| Some((*k, std::env::var_os(k)?))),
+            )
+            .envs(&self.config.env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        #[cfg(unix)]
+        cmd.process_group(0);
+        if let Some(cwd) = &self.config.cwd {
+            cmd.current_dir(expand_home(cwd));
+        }
+        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "connector `{name}`: command `{command}` not found (is it installed, and in PATH?)"
+            ),
+            std::io::ErrorKind::PermissionDenied => {
+                format!("connector `{name}`: command `{command}` cannot be run: permission denied")
+            }
+            _ => format!("connector `{name}`: could not start `{command}`: {e}"),
+        })?;
+        let pid = child.id();
+        let group = Group::new(pid);
+        let (Some(stdin), Some(stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(format!("connector `{name}`: its pipes could not be opened"));
+        };
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let keep = tail.clone();
+        let reader = AbortOnDrop(tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut t = lock(&keep);
+                t.extend_from_slice(&buf[..n]);
+                if t.len() > STDERR_TAIL {
+                    let cut = t.len() - STDERR_TAIL;
+                    t.drain(..cut);
+                }
+            }
+        }));
+        let child = tokio::sync::Mutex::new(child);
+        let service = match ().serve((stdout, stdin)).await {
+            Ok(s) => s,
+            Err(e) => {
+                let what = format!("no MCP handshake: {}", chain(&e));
+                return Err(child_failure(name, Some(&child), &tail, &what).await);
+            }
+        };
+        let peer = service.peer().clone();
+        let tools = match peer.list_all_tools().await {
+            Ok(tools) => tools
+                .iter()
+                .map(|t| ConnectorTool::from_mcp(name, self.config.trusted, t))
+                .collect(),
+            Err(e) => {
+                let what = format!("could not list its tools: {e}");
+                return Err(child_failure(name, Some(&child), &tail, &what).await);
+            }
+        };
+        Ok(Live {
+            service: tokio::sync::Mutex::new(Some(service)),
+            peer,
+            tools,
+            started: Instant::now(),
+            child: Some(child),
+            pid,
+            stderr: tail,
+            _stderr_reader: Some(reader),
+            group,
+        })
+    }
+
+    async fn start_http(&self, url: &str) -> Result<Live, String> {
+        use rmcp::transport::StreamableHttpClientTransport;
+        use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+        let name = &self.name;
+        install_crypto();
+        let mut headers = HashMap::new();
+        for (header, var) in &self.config.headers_env {
+            let value = std::env::var(var).map_err(|_| {
+                format!(
+                    "connector `{name}`: header `{header}` comes from the environment variable \
+                     {var}, which is not set (or not UTF-8)"
+                )
+            })?;
+            let name_h = http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("connector `{name}`: {header:?} is not a header name"))?;
+            let mut value = http::HeaderValue::from_str(&value).map_err(|_| {
+                format!(
+                    "connector `{name}`: the value of {var} cannot be sent as header `{header}` \
+                     (a line break or another character headers cannot hold)"
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name_h, value);
+        }
+        let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(headers);
+        let transport = StreamableHttpClientTransport::from_config(config);
+        let service = ().serve(transport).await.map_err(|e| {
+            if e.is_authorization_required() || e.auth_challenge().is_some() {
+                format!(
+                    "connector `{name}`: {url} refused the credentials (401 unauthorized){}",
+                    if self.config.headers_env.is_empty() {
+                        "; it needs a token: see `headers_env`".to_owned()
+                    } else {
+                        "; check the token in the variables of `headers_env`".to_owned()
+                    }
+                )
+            } else {
+                format!("connector `{name}`: could not reach {url}: {}", chain(&e))
+            }
+        })?;
+        let peer = service.peer().clone();
+        let tools = peer
+            .list_all_tools()
+            .await
+            .map_err(|e| format!("connector `{name}`: could not list its tools: {e}"))?
+            .iter()
+            .map(|t| ConnectorTool::from_mcp(name, self.config.trusted, t))
+            .collect();
+        Ok(Live {
+            service: tokio::sync::Mutex::new(Some(service)),
+            peer,
+            tools,
+            started: Instant::now(),
+            child: None,
+            pid: None,
+            stderr: Arc::default(),
+            _stderr_reader: None,
+            group: Group::new(None),
+        })
+    }
+}
+
+/// An error with its sources, `a: b: c`, each said once.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    let home = crate::paths::home_dir();
+    match p.strip_prefix('~') {
+        Some("") => home,
+        Some(rest) if rest.starts_with('/') => home.join(&rest[1..]),
+        _ => PathBuf::from(p),
+    }
+}
+
+/// A call's result as text: text blocks as they are, embedded text resources with their URI,
+/// other content named by kind and size; the structured result when there is no content.
+/// At most [`MAX_RESULT_BYTES`].
+pub fn result_text(r: &CallToolResult) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for block in &r.content {
+        parts.push(match block {
+            ContentBlock::Text(t) => t.text.clone(),
+            ContentBlock::Image(i) => {
+                format!("[image, {}, {} bytes base64]", i.mime_type, i.data.len())
+            }
+            ContentBlock::Audio(a) => {
+                format!("[audio, {}, {} bytes base64]", a.mime_type, a.data.len())
+            }
+            ContentBlock::Resource(res) => match &res.resource {
+                ResourceContents::TextResourceContents { uri, text, .. } => {
+                    format!("[{uri}]\n{text}")
+                }
+                ResourceContents::BlobResourceContents {
+                    uri,
+                    mime_type,
+                    blob,
+                    ..
+                } => format!(
+                    "[{uri}: {}, {} bytes base64]",
+                    mime_type.as_deref().unwrap_or("binary"),
+                    blob.len()
+                ),
+                #[allow(unreachable_patterns)]
+                _ => "[a resource]".to_owned(),
+            },
+            ContentBlock::ResourceLink(l) => format!("[link: {}]", l.uri),
+            #[allow(unreachable_patterns)]
+            _ => "[content of a kind Deskhand does not show]".to_owned(),
+        });
+    }
+    if parts.is_empty()
+        && let Some(s) = &r.structured_content
+    {
+        parts.push(s.to_string());
+    }
+    bounded_text(parts.join("\n"), MAX_RESULT_BYTES)
+}
+
+fn bounded_text(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let total = s.len();
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s.push_str(&format!("\n… (cut at {max} of {total} bytes)"));
+    s
+}
+
+/// A connector call with its path arguments resolved: what is judged, shown, signed and sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreparedCall {
+    /// The arguments to send, each path argument replaced by its resolved absolute path.
+    pub args: Map<String, Value>,
+    /// The path arguments, `(name, resolved path)` (`paths[1]` for the second of `paths`).
+    pub paths: Vec<(String, PathBuf)>,
+}
+
+/// Resolves the arguments of a connector call that are paths, by name (`path`, `source`,
+/// `destination`, each of `paths`, and `uri` when it starts with `file:`), as the policy
+/// resolves a path a person typed (`~`, relative to home, `..`, symlinks). `Err` when the
+/// arguments are not a JSON object or a `file:` URI cannot be read.
+pub fn prepare(policy: &Policy, args: &Value) -> Result<PreparedCall, String> {
+    let mut args = match args {
+        Value::Object(m) => m.clone(),
+        Value::Null => Map::new(),
+        other => {
+            return Err(format!(
+                "a connector tool takes its arguments as a JSON object, not {}",
+                kind(other)
+            ));
+        }
+    };
+    let mut paths = Vec::new();
+    let resolve = |s: &str| policy.resolve(s);
+    for key in PATH_ARGS {
+        if let Some(Value::String(s)) = args.get(key) {
+            let p = resolve(s);
+            args.insert(key.into(), Value::String(p.to_string_lossy().into_owned()));
+            paths.push((key.to_owned(), p));
+        }
+    }
+    if let Some(Value::Array(items)) = args.get_mut("paths") {
+        for (i, item) in items.iter_mut().enumerate() {
+            if let Value::String(s) = item {
+                let p = resolve(s);
+                *item = Value::String(p.to_string_lossy().into_owned());
+                paths.push((format!("paths[{i}]"), p));
+            }
+        }
+    }
+    if let Some(Value::String(uri)) = args.get("uri")
+        && uri.len() >= 5
+        && uri[..5].eq_ignore_ascii_case("file:")
+    {
+        let p = resolve(&file_uri_path(uri)?);
+        let encoded = format!("file://{}", encode_path(&p.to_string_lossy()));
+        args.insert("uri".into(), Value::String(encoded));
+        paths.push(("uri".to_owned(), p));
+    }
+    Ok(PreparedCall { args, paths })
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "true or false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The path of a `file:` URI: `file:///a%20b` → `/a b`; `file://localhost/x` → `/x`.
+fn file_uri_path(uri: &str) -> Result<String, String> {
+    let rest = &uri[5..];
+    let path = match rest.strip_prefix("//") {
+        Some(r) => {
+            let (host, path) = r.split_at(r.find('/').unwrap_or(r.len()));
+            if !(host.is_empty() || host.eq_ignore_ascii_case("localhost")) {
+                return Err(format!(
+                    "{uri:?} names another machine ({host}); only local files are allowed"
+                ));
+            }
+            path
+        }
+        None => rest,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut bytes = Vec::with_capacity(path.len());
+    let b = path.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    bytes.push(v);
+                    i += 3;
+                    continue;
+                }
+                None => return Err(format!("{uri:?} holds a bad %-escape")),
+            }
+        }
+        bytes.push(b[i]);
+        i += 1;
+    }
+    let path = String::from_utf8(bytes).map_err(|_| format!("{uri:?} is not UTF-8"))?;
+    if path.is_empty() {
+        return Err(format!("{uri:?} names no path"));
+    }
+    Ok(path)
+}
+
+fn encode_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for c in p.chars() {
+        match c {
+            '%' | ' ' | '#' | '?' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The policy's verdict on a connector call whose path arguments are `paths` (from [`prepare`]).
+/// Every path argument must be inside the
+/// roots and no secret or protected location (by name, or by identity: a hard link or mount of
+/// a secret file); otherwise the call is denied before the server sees it, whatever the server
+/// or any rule says. Then: `allow` for a tool its trusted server marks read-only, `ask` for all
+/// else. Looks at the file system: run it off the async threads.
+pub fn judge(policy: &Policy, tool: &ConnectorTool, paths: &[(String, PathBuf)]) -> Verdict {
+    let fence = policy.fence();
+    for (arg, path) in paths {
+        if let Some(why) = policy.forbidden(path) {
+            return Verdict::Deny(format!("`{arg}` of {}: {why}", tool.name));
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && let Some(secret) = fence.secret(FileId::of_metadata(&meta))
+        {
+            return Verdict::Deny(format!(
+                "`{arg}` of {}: {} is the same file as {} (a hard link or a mount of it), a \
+                 secret location; Deskhand never touches it",
+                tool.name,
+                policy.show(path),
+                policy.show(secret)
+            ));
+        }
+    }
+    if tool.read_only_hint && tool.trusted {
+        Verdict::Allow
+    } else {
+        Verdict::Ask
+    }
+}
+
+#[cfg(test)]
+mod tests;

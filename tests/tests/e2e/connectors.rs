@@ -1,0 +1,130 @@
+//! Connectors end to end: a real `deskhand serve` whose config names the reference filesystem
+//! MCP server (npm, installed by `scripts/mcp-servers`), driven from a paired phone with the
+//! built-in agent's `call TOOL {JSON}`, through the same policy and signed approvals as every
+//! other tool.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, ensure};
+use serde_json::Value;
+
+use super::executor::Rig;
+
+fn npm() -> PathBuf {
+    let dir = std::env::var_os("DESKHAND_NPM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/npm"));
+    assert!(
+        dir.join("node_modules/.bin/mcp-server-filesystem").exists(),
+        "the MCP servers are not installed in {}: run scripts/mcp-servers first",
+        dir.display()
+    );
+    dir
+}
+
+fn status(task: &Value) -> &str {
+    task["status"].as_str().unwrap_or_default()
+}
+
+fn summary(task: &Value) -> String {
+    task["result"]["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Two connectors on the same server program, rooted at the desktop's home (`cwd = "~"`):
+/// `files` untrusted, `trusted` trusted.
+fn config() -> String {
+    let bin = npm().join("node_modules/.bin/mcp-server-filesystem");
+    let server = |name: &str, trusted: bool| {
+        format!(
+            "[mcp_servers.{name}]\ncommand = {bin:?}\nargs = [\".\"]\ncwd = \"~\"\ntrusted = {trusted}\n",
+            bin = bin.display().to_string()
+        )
+    };
+    format!("{}\n{}", server("files", false), server("trusted", true))
+}
+
+#[test]
+fn a_connector_write_waits_for_a_signed_approval_reads_ask_unless_trusted_and_secrets_never_reach_it()
+-> Result<()> {
+    let mut rig = Rig::new(&config(), &[])?;
+    let docs = rig.home.join("docs");
+    std::fs::create_dir_all(&docs)?;
+    std::fs::write(docs.join("notes.txt"), "first line of notes\n")?;
+    std::fs::create_dir_all(rig.home.join(".ssh"))?;
+    std::fs::write(rig.home.join(".ssh/id_ed25519"), "PRIVATE KEY")?;
+    let new = docs.join("new.txt");
+
+    // A write: asked, shown exactly, high risk; nothing happens before a phone signs.
+    let t = rig.say(
+        r#"call mcp__files__write_file {"path": "~/docs/new.txt", "content": "written by a connector"}"#,
+    )?;
+    let approval = rig.approval(&t)?;
+    assert_eq!(approval["tool"], "mcp__files__write_file", "{approval}");
+    assert_eq!(approval["risk"], "high", "{approval}");
+    let s = approval["summary"].as_str().unwrap_or_default();
+    assert_eq!(
+        s, "files connector: write_file(content: \"written by a connector\", path: ~/docs/new.txt)",
+        "{approval}"
+    );
+    let args: Value = serde_json::from_str(approval["args"].as_str().unwrap_or("null"))?;
+    assert_eq!(
+        args["path"],
+        new.display().to_string(),
+        "the resolved path is what is signed"
+    );
+    rig.wait_task(&t, &["waiting_approval"], 10_000)?;
+    ensure!(!new.exists(), "nothing is written before the approval");
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert_eq!(std::fs::read_to_string(&new)?, "written by a connector");
+
+    // A read from an untrusted server asks; a deny is final.
+    let t = rig.say(r#"call mcp__files__read_text_file {"path": "~/docs/notes.txt"}"#)?;
+    let approval = rig.approval(&t)?;
+    assert_eq!(approval["risk"], "medium", "{approval}");
+    rig.decide(&approval, "deny", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "failed", "{task}");
+    assert!(
+        summary(&task).contains("not approved"),
+        "{}",
+        summary(&task)
+    );
+
+    // The same read from a trusted server runs without asking.
+    let t = rig.say(r#"call mcp__trusted__read_text_file {"path": "~/docs/notes.txt"}"#)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(summary(&task).contains("first line of notes"), "{task}");
+
+    // The second wall: the server could read the key (its root is home), but the call is denied
+    // before it is sent, even from the trusted server, and no approval is offered.
+    for call in [
+        r#"call mcp__trusted__read_text_file {"path": "~/.ssh/id_ed25519"}"#,
+        r#"call mcp__trusted__read_multiple_files {"paths": ["~/docs/notes.txt", "~/.ssh/id_ed25519"]}"#,
+        r#"call mcp__files__move_file {"source": "~/.ssh/id_ed25519", "destination": "~/docs/key"}"#,
+    ] {
+        let t = rig.say(call)?;
+        let task = rig.finished(&t)?;
+        assert_eq!(status(&task), "failed", "{call}: {task}");
+        let s = summary(&task);
+        assert!(
+            s.contains("denied") && s.contains("secret location"),
+            "{call}: {s}"
+        );
+        assert!(!task.to_string().contains("PRIVATE KEY"), "{task}");
+    }
+    let approvals = rig.phone.ok(serde_json::json!({"cmd": "approvals"}))?;
+    let n = approvals["approvals"].as_object().map_or(0, |a| a.len());
+    assert_eq!(
+        n, 2,
+        "only the write and the untrusted read asked: {approvals}"
+    );
+    assert!(rig.home.join(".ssh/id_ed25519").exists());
+    assert!(!docs.join("key").exists());
+    Ok(())
+}
