@@ -671,6 +671,33 @@ mod tests {
     }
 
     #[test]
+    fn call_names_any_tool_with_json_arguments() {
+        assert_eq!(
+            tool(parse(
+                r#"call mcp__files__read_text_file {"path": "~/a b.txt"}"#
+            )),
+            (
+                "mcp__files__read_text_file".to_owned(),
+                json!({"path": "~/a b.txt"})
+            )
+        );
+        assert_eq!(
+            tool(parse("call mcp__every__get-env")),
+            ("mcp__every__get-env".to_owned(), json!({}))
+        );
+        for (line, says) in [
+            ("call", "needs a tool name"),
+            ("call x [1, 2]", "as a JSON object"),
+            ("call x {\"path\": ", "not valid JSON"),
+        ] {
+            match parse(line) {
+                Parsed::Answer(a) => assert!(a.contains(says), "{line}: {a}"),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn commands_parse() {
         assert_eq!(
             tool(parse("list ~/docs")),

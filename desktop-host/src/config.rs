@@ -480,4 +480,71 @@ mod tests {
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("explode"), "{e}");
     }
+
+    #[test]
+    fn connectors_are_stdio_or_http_with_a_plain_name_and_nothing_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(
+            &p,
+            "[mcp_servers.files]\ncommand = \"npx\"\nargs = [\"-y\", \"server\"]\n\
+             env = { A = \"1\" }\ncwd = \"~\"\ntrusted = true\ntimeout_secs = 5\n\
+             [mcp_servers.tracker]\nurl = \"http://127.0.0.1:3001/mcp\"\n\
+             headers_env = { Authorization = \"TRACKER_TOKEN\" }\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        let files = &c.mcp_servers["files"];
+        assert_eq!(
+            files.transport(),
+            Ok(McpTransport::Stdio { command: "npx" })
+        );
+        assert!(files.trusted && files.timeout_secs == Some(5) && files.env["A"] == "1");
+        let tracker = &c.mcp_servers["tracker"];
+        assert!(!tracker.trusted, "untrusted by default");
+        assert_eq!(
+            tracker.transport(),
+            Ok(McpTransport::Http {
+                url: "http://127.0.0.1:3001/mcp"
+            })
+        );
+        assert_eq!(tracker.headers_env["Authorization"], "TRACKER_TOKEN");
+        for (text, says) in [
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\nurl = \"http://h/mcp\"\n",
+                "has both `command` and `url`",
+            ),
+            ("[mcp_servers.x]\ntrusted = true\n", "needs `command`"),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\ntrustd = true\n",
+                "trustd",
+            ),
+            ("[mcp_servers.my__files]\ncommand = \"a\"\n", "without `__`"),
+            ("[mcp_servers.Files]\ncommand = \"a\"\n", "a-z, 0-9"),
+            (
+                "[mcp_servers.x]\nurl = \"ftp://h/mcp\"\n",
+                "http:// or https://",
+            ),
+            (
+                "[mcp_servers.x]\nurl = \"http://h/mcp\"\nargs = [\"a\"]\n",
+                "are for a server with `command`",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\nheaders_env = { A = \"B\" }\n",
+                "is for a server with `url`",
+            ),
+            (
+                "[mcp_servers.x]\nurl = \"http://h/mcp\"\nheaders_env = { \"Bad Header\" = \"B\" }\n",
+                "is not a header name",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\ntimeout_secs = 0\n",
+                "at least 1",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
 }

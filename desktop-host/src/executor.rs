@@ -2386,6 +2386,51 @@ mod tests {
 
     /// Issue 13, item 9: a 128 KB command's summary showed only its start on a phone.
     #[test]
+    fn a_connector_call_shows_its_server_tool_and_every_argument_on_one_line() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let home = std::fs::canonicalize(home.path()).expect("canonical");
+        let config = Config {
+            roots: vec![home.display().to_string()],
+            ..Config::default()
+        };
+        let policy = Policy::new(&config, &home, &[]).expect("policy");
+        let tool = ConnectorTool {
+            name: "mcp__files__write_file".into(),
+            server: "files".into(),
+            tool: "write_file".into(),
+            description: String::new(),
+            input_schema: json!({"type": "object"}),
+            read_only_hint: false,
+            destructive_hint: true,
+            trusted: false,
+        };
+        let call = mcp::prepare(
+            &policy,
+            &json!({
+                "path": "~/notes.txt",
+                "content": format!("line one\n\u{202e}{}THE END", "x".repeat(10_000)),
+                "mode": {"append": true},
+            }),
+        )
+        .expect("prepare");
+        let summary = connector_summary(&policy, &tool, &call.args);
+        assert!(
+            summary.starts_with("files connector: write_file(content: \"line one\\n\\u{202e}xxx")
+                && summary.contains("…")
+                && summary.contains(
+                    "THE END\" (10019 bytes), mode: {\"append\":true}, path: ~/notes.txt)"
+                ),
+            "{summary}"
+        );
+        assert!(!summary.contains('\n'), "{summary}");
+        assert_eq!(
+            call.args["path"],
+            json!(home.join("notes.txt").display().to_string()),
+            "what is signed and sent is the resolved path"
+        );
+    }
+
+    #[test]
     fn summaries_show_the_head_and_tail_of_long_arguments() {
         let home = tempfile::tempdir().expect("tempdir");
         let config = Config::default();
