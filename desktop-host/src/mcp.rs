@@ -186,32 +186,44 @@ impl std::fmt::Display for CheckLine {
     }
 }
 
-/// Starts every configured server once, lists its tools and stops it: one line per server.
+/// Starts every configured server once (all at once, each within its time limit), lists its
+/// tools and stops it: one line per server, in the config's order (by name).
 pub async fn check(config: &Config) -> Vec<CheckLine> {
     let connectors = Connectors::new(config);
     let cancel = CancellationToken::new();
-    let mut lines = Vec::new();
-    for (name, server) in &connectors.inner.servers {
-        let r = server.live(&cancel, server.timeout).await;
-        lines.push(match r {
-            Ok(live) => CheckLine {
-                name: name.clone(),
-                ok: true,
-                text: format!(
-                    "ok ({} tool{})",
-                    live.tools.len(),
-                    if live.tools.len() == 1 { "" } else { "s" }
-                ),
-            },
-            Err(e) => CheckLine {
-                name: name.clone(),
-                ok: false,
-                text: e.to_string(),
-            },
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, server) in connectors.inner.servers.values().enumerate() {
+        let (server, cancel) = (server.clone(), cancel.clone());
+        checks.spawn(async move {
+            let line = match server.live(&cancel, server.timeout).await {
+                Ok(live) => CheckLine {
+                    name: server.name.clone(),
+                    ok: true,
+                    text: format!(
+                        "ok ({} tool{})",
+                        live.tools.len(),
+                        if live.tools.len() == 1 { "" } else { "s" }
+                    ),
+                },
+                Err(e) => CheckLine {
+                    name: server.name.clone(),
+                    ok: false,
+                    text: e.to_string(),
+                },
+            };
+            (i, line)
         });
     }
+    let mut lines = Vec::new();
+    while let Some(r) = checks.join_next().await {
+        match r {
+            Ok(line) => lines.push(line),
+            Err(e) => tracing::warn!("a connector check stopped: {e}"),
+        }
+    }
+    lines.sort_by_key(|(i, _)| *i);
     connectors.shutdown().await;
-    lines
+    lines.into_iter().map(|(_, l)| l).collect()
 }
 
 /// Installs ring as rustls' crypto provider for the HTTP client (reqwest is built without one);
@@ -616,7 +628,14 @@ impl Server {
     ) -> Result<Arc<Live>, ConnectorError> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut slot = tokio::select! {
-            s = self.slot.lock() => s,
+            s = tokio::time::timeout_at(deadline, self.slot.lock()) => match s {
+                Ok(s) => s,
+                Err(_) => return Err(ConnectorError::Unavailable(format!(
+                    "connector `{}` is still starting after {} s",
+                    self.name,
+                    limit.as_secs()
+                ))),
+            },
             _ = cancel.cancelled() => return Err(ConnectorError::Cancelled),
         };
         if let Some(live) = slot.live.clone() {

@@ -128,3 +128,47 @@ fn a_connector_write_waits_for_a_signed_approval_reads_ask_unless_trusted_and_se
     assert!(!docs.join("key").exists());
     Ok(())
 }
+
+#[test]
+fn agent_check_says_which_connectors_work_and_what_is_wrong_with_the_others() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("config.toml");
+    let bin = npm().join("node_modules/.bin/mcp-server-filesystem");
+    std::fs::write(
+        &path,
+        format!(
+            "[mcp_servers.files]\ncommand = {:?}\nargs = [{:?}]\n\n\
+             [mcp_servers.gone]\ncommand = \"deskhand-no-such-server\"\n",
+            bin.display().to_string(),
+            dir.path().display().to_string()
+        ),
+    )?;
+    let r = deskhand_tests::deskhand(&["agent", "check", "--config", path.to_str().unwrap_or("")])?;
+    assert_eq!(r.code, 1, "{r:?}");
+    let mut lines = r.stdout.lines();
+    let files = lines.next().unwrap_or_default();
+    assert!(
+        files.starts_with("mcp files: ok (") && files.ends_with(" tools)"),
+        "{r:?}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some(
+            "mcp gone: connector `gone`: command `deskhand-no-such-server` not found (is it installed, and in PATH?)"
+        ),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("1 of 2 connectors cannot be used"),
+        "{r:?}"
+    );
+
+    std::fs::write(&path, "")?;
+    let r = deskhand_tests::deskhand(&["agent", "check", "--config", path.to_str().unwrap_or("")])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with("mcp: no connectors configured"),
+        "{r:?}"
+    );
+    Ok(())
+}
