@@ -1,6 +1,8 @@
 //! Shared utilities of Deskhand's multi-process tests: spawn a `deskhand-node` process, talk to
 //! it with JSON lines, kill it.
 
+#[allow(clippy::unwrap_used)] // test harness: a poisoned lock is a broken test
+pub mod model_server;
 #[allow(clippy::unwrap_used)] // test harness: a missing pipe is a broken test machine
 pub mod x11;
 
