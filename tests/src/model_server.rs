@@ -170,6 +170,9 @@ pub struct Recorded {
     pub received_at: Instant,
     /// When the answer's last byte was written, if it was.
     pub answered_at: Option<Instant>,
+    /// When the answer's first text chunk was written, in unix microseconds (comparable with
+    /// another process's clock on this machine), if it had text.
+    pub first_text_at_us: Option<u64>,
 }
 
 impl Recorded {
@@ -285,7 +288,12 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         log.len() - 1
     };
     let anthropic = !rec.path.ends_with("/chat/completions");
-    let done = answer(&mut stream, reply, anthropic).await;
+    let first_text = |at: u64| {
+        if let Some(r) = shared.log.lock().unwrap().get_mut(index) {
+            r.first_text_at_us.get_or_insert(at);
+        }
+    };
+    let done = answer(&mut stream, reply, anthropic, first_text).await;
     if done {
         rec.answered_at = Some(Instant::now());
         if let Some(r) = shared.log.lock().unwrap().get_mut(index) {
@@ -333,11 +341,17 @@ async fn read_request(stream: &mut TcpStream) -> Option<Recorded> {
         body: String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned(),
         received_at: Instant::now(),
         answered_at: None,
+        first_text_at_us: None,
     })
 }
 
 /// Writes the answer; false when the reply was to say nothing.
-async fn answer(stream: &mut TcpStream, reply: Reply, anthropic: bool) -> bool {
+async fn answer(
+    stream: &mut TcpStream,
+    reply: Reply,
+    anthropic: bool,
+    first_text: impl Fn(u64),
+) -> bool {
     let head = |status: u16, kind: &str| {
         format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: {kind}\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
@@ -393,10 +407,20 @@ async fn answer(stream: &mut TcpStream, reply: Reply, anthropic: bool) -> bool {
                     return false;
                 }
                 let _ = stream.flush().await;
+                if is_text {
+                    first_text(unix_us());
+                }
             }
             true
         }
     }
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn reason(status: u16) -> &'static str {
@@ -648,7 +672,9 @@ mod tests {
             .filter_map(|e| e["delta"]["text"].as_str())
             .collect();
         assert_eq!(text, "Looking now");
-        assert_eq!(server.requests()[0].header("x-api-key"), Some("k"));
+        let rec = &server.requests()[0];
+        assert_eq!(rec.header("x-api-key"), Some("k"));
+        assert!(rec.first_text_at_us.is_some() && rec.answered_at.is_some());
     }
 
     #[tokio::test]
