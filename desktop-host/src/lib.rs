@@ -9,6 +9,7 @@ pub mod console;
 pub mod executor;
 pub mod paths;
 pub mod policy;
+pub mod registry;
 pub mod run_rules;
 mod scheduler;
 pub mod tools;
