@@ -31,10 +31,11 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolHost, ToolOutput};
+use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolDef, ToolHost, ToolOutput};
 use crate::config::{Config, ShellSandbox};
-use crate::mcp::{self, ConnectorError, ConnectorTool, Connectors};
+use crate::mcp::{self, ConnectorError, Connectors};
 use crate::policy::{Capability, Policy, Subject, Verdict as PolicyVerdict};
+use crate::registry::{BuiltinTool, Source, ToolSpec};
 use crate::scheduler::Scheduler;
 use crate::tools::sandbox::{Confinement, Sandbox, WalkLimits};
 use crate::tools::{files, input, open, screen, shell};
@@ -900,17 +901,8 @@ struct TaskHost {
 }
 
 impl ToolHost for TaskHost {
-    fn tools(&self) -> Vec<crate::agent::ToolDef> {
-        self.inner
-            .connectors()
-            .tools()
-            .into_iter()
-            .map(|t| crate::agent::ToolDef {
-                name: t.name,
-                description: t.description,
-                input_schema: t.input_schema,
-            })
-            .collect()
+    fn tools(&self) -> Vec<ToolDef> {
+        self.inner.policy.registry().defs()
     }
 
     fn call(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, CallError>> {
@@ -943,8 +935,8 @@ struct Prepared {
     subject: Subject,
     summary: String,
     risk: Risk,
-    /// For a connector's tool (`mcp__…`): its spec, as its server listed it.
-    connector: Option<ConnectorTool>,
+    /// Which tool runs it.
+    source: Source,
 }
 
 impl TaskHost {
@@ -990,8 +982,14 @@ impl TaskHost {
     /// [`prepare`] off the async threads: resolving paths looks at the file system, which may
     /// not answer (a hung network mount). Bounded like a tool call.
     async fn prepare(&self, call: &ToolCall) -> Result<Prepared, CallError> {
-        if mcp::split_name(&call.tool).is_some() {
-            return self.prepare_connector(call).await;
+        // A connector's tools are in the registry once its server has started and listed them:
+        // start it first if needed (bounded by its time limit and the task's cancellation).
+        if let Some((server, _)) = mcp::split_name(&call.tool) {
+            self.inner
+                .connectors()
+                .ensure(server, &self.cancel)
+                .await
+                .map_err(connector_error)?;
         }
         let inner = &self.inner;
         let (policy, call, config) = (inner.policy.clone(), call.clone(), inner.config.clone());
@@ -1002,47 +1000,10 @@ impl TaskHost {
         .await
     }
 
-    /// A connector's call: its tool looked up (its server started if it is not running), its
-    /// path arguments resolved (bounded like a tool call), its summary and risk.
-    async fn prepare_connector(&self, call: &ToolCall) -> Result<Prepared, CallError> {
-        let inner = &self.inner;
-        let tool = inner
-            .connectors()
-            .tool(&call.tool, &self.cancel)
-            .await
-            .map_err(connector_error)?;
-        let (policy, args) = (inner.policy.clone(), call.args.clone());
-        let bounds = Bounds::new(inner, &self.task, &call.tool, &self.cancel, false);
-        let prepared = bounded(&bounds, move || {
-            mcp::prepare(&policy, &args).map_err(CallError::Failed)
-        })
-        .await?;
-        Ok(Prepared {
-            tool: tool.name.clone(),
-            summary: connector_summary(&inner.policy, &tool, &prepared.args),
-            args: Value::Object(prepared.args),
-            subject: Subject::Paths(prepared.paths),
-            risk: tool.risk(),
-            connector: Some(tool),
-        })
-    }
-
     /// The policy's verdict on a prepared call, off the async threads (judging a move or trash
     /// of a folder walks everything in it) and bounded like a tool call.
     async fn judge(&self, p: &Prepared) -> Result<PolicyVerdict, CallError> {
         let inner = &self.inner;
-        if let Some(tool) = &p.connector {
-            let (policy, tool, subject) = (inner.policy.clone(), tool.clone(), p.subject.clone());
-            let bounds = Bounds::new(inner, &self.task, &p.tool, &self.cancel, false);
-            return bounded(&bounds, move || {
-                let paths = match &subject {
-                    Subject::Paths(paths) => paths.as_slice(),
-                    Subject::Text(_) => &[],
-                };
-                Ok(mcp::judge(&policy, &tool, paths))
-            })
-            .await;
-        }
         let (policy, tool, subject) = (inner.policy.clone(), p.tool.clone(), p.subject.clone());
         let bounds = Bounds::new(inner, &self.task, &p.tool, &self.cancel, false);
         bounded(&bounds, move || Ok(policy.judge(&tool, &subject))).await
@@ -1220,17 +1181,31 @@ fn is_url(s: &str) -> bool {
     l.starts_with("http://") || l.starts_with("https://")
 }
 
+/// Resolves a call's paths and writes its approval summary: what is judged, shown and run. The
+/// tool comes from the registry and its arguments are checked against the tool's schema there
+/// first; the match on [`BuiltinTool`] is exhaustive, so a tool cannot be added to one place
+/// only.
 fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared, String> {
+    let Some(spec) = policy.registry().get(&call.tool) else {
+        return Err(format!("there is no tool called {:?}", call.tool));
+    };
+    let which = match &spec.source {
+        Source::Builtin(t) => *t,
+        Source::Connector { .. } => return prepare_connector(policy, &spec, call),
+    };
+    let builtin = which.spec();
+    builtin.check_args(&call.args)?;
     let path = |key: &str| -> Result<PathBuf, String> { Ok(policy.resolve(&str_arg(call, key)?)) };
     // Paths as `~/…`, shortened and on one line like every argument a summary shows.
     let show = |p: &std::path::Path| show_text(&policy.show(p));
+    let source = spec.source.clone();
     let p = |tool: &str, args: Value, subject: Subject, summary: String, risk: Risk| Prepared {
         tool: tool.into(),
         args,
         subject,
         summary,
         risk,
-        connector: None,
+        source: source.clone(),
     };
     let paths = |args: &[(&str, &PathBuf)]| {
         Subject::Paths(
@@ -1239,23 +1214,25 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 .collect(),
         )
     };
-    Ok(match call.tool.as_str() {
-        t @ ("list" | "read" | "summarize") => {
+    use BuiltinTool as T;
+    let base = builtin.risk;
+    Ok(match which {
+        T::List | T::Read | T::Summarize => {
             let target = path("path")?;
-            let verb = match t {
-                "list" => "List",
-                "read" => "Read",
+            let verb = match which {
+                T::List => "List",
+                T::Read => "Read",
                 _ => "Summarize",
             };
             p(
-                t,
+                builtin.name,
                 json!({ "path": target }),
                 paths(&[("path", &target)]),
                 format!("{verb} {}", show(&target)),
-                Risk::Low,
+                base,
             )
         }
-        "find" => {
+        T::Find => {
             let target = path("path")?;
             let pattern = str_arg(call, "pattern")?;
             let (pat, pat_len) = brief(&pattern);
@@ -1264,10 +1241,10 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 json!({ "path": target, "pattern": pattern }),
                 paths(&[("path", &target)]),
                 format!("Find \"{pat}\"{pat_len} in {}", show(&target)),
-                Risk::Low,
+                base,
             )
         }
-        "trash" => {
+        T::Trash => {
             let target = path("path")?;
             let what = if is_real_dir(&target) {
                 " and everything in it"
@@ -1279,10 +1256,10 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 json!({ "path": target }),
                 paths(&[("path", &target)]),
                 format!("Move {}{what} to the Deskhand trash", show(&target)),
-                Risk::Medium,
+                base,
             )
         }
-        "move" => {
+        T::Move => {
             let from = path("from")?;
             let mut to = path("to")?;
             if to.is_dir()
@@ -1301,7 +1278,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                     ));
                     Risk::High
                 }
-                None => Risk::Medium,
+                None => base,
             };
             p(
                 "move",
@@ -1311,7 +1288,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 risk,
             )
         }
-        "open" => {
+        T::Open => {
             let target = str_arg(call, "target")?;
             if is_url(&target) {
                 let (url, url_len) = brief(&target);
@@ -1320,7 +1297,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                     json!({ "target": target }),
                     Subject::Text(target.clone()),
                     format!("Open {url}{url_len} in the default browser"),
-                    Risk::Low,
+                    base,
                 )
             } else {
                 let resolved = policy.resolve(&target);
@@ -1329,11 +1306,11 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                     json!({ "target": resolved }),
                     paths(&[("target", &resolved)]),
                     format!("Open {} with its default app", show(&resolved)),
-                    Risk::Low,
+                    base,
                 )
             }
         }
-        "run" => {
+        T::Run => {
             let command = str_arg(call, "command")?;
             let (cmd, cmd_len) = brief(&command);
             p(
@@ -1345,10 +1322,10 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                     show(policy.home()),
                     config.shell_timeout_secs
                 ),
-                Risk::High,
+                base,
             )
         }
-        "type" => {
+        T::Type => {
             let text = str_arg(call, "text")?;
             let (shown, shown_len) = brief(&text);
             p(
@@ -1356,10 +1333,10 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 json!({ "text": text }),
                 Subject::Text(text.clone()),
                 format!("Type \"{shown}\"{shown_len} on the desktop's keyboard"),
-                Risk::Medium,
+                base,
             )
         }
-        "key" => {
+        T::Key => {
             let combo = str_arg(call, "combo")?;
             combo
                 .parse::<input::KeyCombo>()
@@ -1369,69 +1346,69 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 json!({ "combo": combo }),
                 Subject::Text(combo.clone()),
                 format!("Press {} on the desktop's keyboard", show_text(&combo)),
-                Risk::Medium,
+                base,
             )
         }
-        "click" => {
+        T::Click => {
             let (x, y) = (int_arg(call, "x")?, int_arg(call, "y")?);
             p(
                 "click",
                 json!({ "x": x, "y": y }),
                 Subject::Text(format!("{x} {y}")),
                 format!("Click at ({x}, {y}) on the desktop's screen"),
-                Risk::Medium,
+                base,
             )
         }
-        "screenshot" => p(
+        T::Screenshot => p(
             "screenshot",
             json!({}),
             Subject::Text(String::new()),
             "Take a screenshot of the desktop".into(),
-            Risk::Low,
+            base,
         ),
-        other => return Err(format!("there is no tool called {other:?}")),
     })
 }
 
-/// A connector call as an approval shows it: `files connector: write_file(content: "hi",
-/// path: ~/docs/a.txt)`: the server, the tool's own name and every argument (sorted by name,
-/// each on one line and cut to head…tail like [`brief`]), path arguments as `~/…`.
-fn connector_summary(
+/// [`prepare`] for a connector's tool: the arguments go to the server exactly as given (what
+/// an approval signs), and the paths among them ([`crate::registry::connector_path_args`]) are
+/// resolved and judged like a built-in tool's — the second wall in front of a process the
+/// desktop does not sandbox. The summary names the connector, the tool and every argument.
+fn prepare_connector(
     policy: &Policy,
-    tool: &ConnectorTool,
-    args: &serde_json::Map<String, Value>,
-) -> String {
-    const MAX_ARGS_SHOWN: usize = 12;
-    let path = |s: &str| show_text(&policy.show(std::path::Path::new(s)));
-    let mut parts: Vec<String> = args
-        .iter()
-        .take(MAX_ARGS_SHOWN)
-        .map(|(k, v)| {
-            let shown = match (k.as_str(), v) {
-                ("path" | "source" | "destination", Value::String(s)) => path(s),
-                ("paths", Value::Array(items)) if items.iter().all(Value::is_string) => {
-                    let all: Vec<String> =
-                        items.iter().filter_map(Value::as_str).map(path).collect();
-                    show_text(&format!("[{}]", all.join(", ")))
-                }
-                (_, Value::String(s)) => {
-                    let (t, note) = brief(s);
-                    format!("\"{t}\"{note}")
-                }
-                (_, other) => show_text(&canonical_json(other)),
-            };
-            format!("{}: {shown}", one_line(k))
-        })
-        .collect();
-    if args.len() > MAX_ARGS_SHOWN {
-        parts.push(format!("and {} more", args.len() - MAX_ARGS_SHOWN));
+    spec: &ToolSpec,
+    call: &ToolCall,
+) -> Result<Prepared, String> {
+    let Source::Connector { server, tool, .. } = &spec.source else {
+        return Err(format!("{:?} is not a connector's tool", call.tool));
+    };
+    let args = match &call.args {
+        Value::Null => json!({}),
+        Value::Object(_) => call.args.clone(),
+        _ => {
+            return Err(format!(
+                "`{}` takes its arguments as a JSON object",
+                call.tool
+            ));
+        }
+    };
+    let subject = policy.connector_subject(&args)?;
+    let (shown, shown_len) = brief(&canonical_json(&args));
+    let mut summary = format!("Use {tool} of connector {server} with {shown}{shown_len}");
+    if let Subject::Paths(paths) = &subject {
+        let list: Vec<String> = paths
+            .iter()
+            .map(|(_, p)| show_text(&policy.show(p)))
+            .collect();
+        summary.push_str(&format!(" (paths: {})", list.join(", ")));
     }
-    format!(
-        "{} connector: {}({})",
-        one_line(&tool.server),
-        one_line(&tool.tool),
-        parts.join(", ")
-    )
+    Ok(Prepared {
+        tool: call.tool.clone(),
+        args,
+        subject,
+        summary,
+        risk: spec.risk,
+        source: spec.source.clone(),
+    })
 }
 
 /// A connector's failure as a call's error: a cancel is a cancel; everything else is said as is.
@@ -1713,17 +1690,21 @@ async fn execute(
     // Every blocking step is raced against the task's cancellation and the call's time limit;
     // `changes`: abandoning it may leave something that completes later.
     let bounds = |changes: bool| Bounds::new(inner, task, &p.tool, cancel, changes);
-    if let Some(tool) = &p.connector {
-        return run_connector(inner, task, tool, p, cancel).await;
-    }
     // The identities of the secret files, fresh: every file opened or moved is checked
     // against them (refreshing them looks at the file system, so it is bounded too).
     let fence = {
         let pol = policy.clone();
         bounded(&bounds(false), move || Ok(pol.fence())).await?
     };
-    match p.tool.as_str() {
-        "list" => {
+    let which = match &p.source {
+        Source::Builtin(t) => *t,
+        Source::Connector { server, tool, .. } => {
+            return run_connector(inner, task, server, tool, p, cancel).await;
+        }
+    };
+    use BuiltinTool as T;
+    match which {
+        T::List => {
             let dir = arg_path(p, "path");
             let shown = policy.show(&dir);
             let (d, f) = (dir.clone(), fence.clone());
@@ -1746,7 +1727,7 @@ async fn execute(
             }
             Ok(text(out))
         }
-        "find" => {
+        T::Find => {
             let dir = arg_path(p, "path");
             let pattern = p.args["pattern"].as_str().unwrap_or_default().to_owned();
             let pol = policy.clone();
@@ -1772,7 +1753,7 @@ async fn execute(
             }
             Ok(text(out))
         }
-        "read" => {
+        T::Read => {
             let f = arg_path(p, "path");
             let shown = policy.show(&f);
             let head = blocking_fs(&bounds(false), move || {
@@ -1785,7 +1766,7 @@ async fn execute(
             }
             Ok(text(out))
         }
-        "summarize" => {
+        T::Summarize => {
             let dir = arg_path(p, "path");
             let pol = policy.clone();
             let s = blocking_fs(&bounds(false), move || {
@@ -1796,7 +1777,7 @@ async fn execute(
             .await?;
             Ok(text(s.to_text()))
         }
-        "trash" => {
+        T::Trash => {
             let f = arg_path(p, "path");
             let trash = inner.trash.clone();
             let t = task.to_string();
@@ -1808,7 +1789,7 @@ async fn execute(
                 entry.id
             )))
         }
-        "move" => {
+        T::Move => {
             let (from, to) = (arg_path(p, "from"), arg_path(p, "to"));
             let msg = format!("Moved {} to {}", policy.show(&from), policy.show(&to));
             // Exactly where the approval said: `to` already names the final path.
@@ -1818,7 +1799,7 @@ async fn execute(
             .await?;
             Ok(text(msg))
         }
-        "open" => {
+        T::Open => {
             let target = p.args["target"].as_str().unwrap_or_default().to_owned();
             let t = target.clone();
             blocking_fs(&bounds(true), move || open::open_target(&t)).await?;
@@ -1829,7 +1810,7 @@ async fn execute(
             };
             Ok(text(format!("Opened {shown}")))
         }
-        "run" => {
+        T::Run => {
             let command = p.args["command"].as_str().unwrap_or_default();
             let limits = shell::ShellLimits {
                 timeout: Duration::from_secs(inner.config.shell_timeout_secs),
@@ -1906,7 +1887,7 @@ async fn execute(
             }
             Ok(ToolOutput { text: msg, blobs })
         }
-        "screenshot" => {
+        T::Screenshot => {
             let shot = blocking(&bounds(false), screen::capture_png).await?;
             let blob = blob_store(inner)?
                 .add(shot.png, "image/png", Some("screenshot.png"))
@@ -1925,7 +1906,7 @@ async fn execute(
                 blobs: vec![blob],
             })
         }
-        "type" | "key" | "click" => {
+        T::Type | T::Key | T::Click => {
             // Another task's input may hold the driver; a cancel must not wait for it.
             let mut guard = tokio::select! {
                 g = inner.input.lock() => g,
@@ -1941,12 +1922,12 @@ async fn execute(
             // Each request is bounded by the driver (10 s and more for long text); a cancel
             // stops waiting at once (the input thread finishes the request in hand).
             let run = async {
-                let r = match p.tool.as_str() {
-                    "type" => {
+                let r = match which {
+                    T::Type => {
                         let t = p.args["text"].as_str().unwrap_or_default();
                         driver.type_text(t).await.map(|_| format!("Typed \"{t}\""))
                     }
-                    "key" => {
+                    T::Key => {
                         let c = p.args["combo"].as_str().unwrap_or_default();
                         driver.key_combo(c).await.map(|_| format!("Pressed {c}"))
                     }
@@ -1966,9 +1947,6 @@ async fn execute(
                 _ = cancel.cancelled() => Err(CallError::Cancelled),
             }
         }
-        other => Err(CallError::Failed(format!(
-            "there is no tool called {other:?}"
-        ))),
     }
 }
 
@@ -1977,14 +1955,15 @@ async fn execute(
 async fn run_connector(
     inner: &Arc<Inner>,
     task: &TaskId,
-    tool: &ConnectorTool,
+    server: &str,
+    tool: &str,
     p: &Prepared,
     cancel: &CancellationToken,
 ) -> Result<ToolOutput, CallError> {
     let args = p.args.as_object().cloned().unwrap_or_default();
     let full = inner
         .connectors()
-        .call(&tool.name, args, cancel)
+        .call(server, tool, args, cancel)
         .await
         .map_err(connector_error)?;
     let mut blobs = vec![];
@@ -2384,52 +2363,108 @@ mod tests {
         }
     }
 
-    /// Issue 13, item 9: a 128 KB command's summary showed only its start on a phone.
+    /// Issue 14, item 1: the registry and `prepare` know the same tools, and a tool's schema
+    /// says exactly which arguments `prepare` demands.
     #[test]
-    fn a_connector_call_shows_its_server_tool_and_every_argument_on_one_line() {
+    fn prepare_accepts_exactly_the_registry_and_its_schemas() {
+        use crate::registry::{BUILTINS, ParamKind};
         let home = tempfile::tempdir().expect("tempdir");
-        let home = std::fs::canonicalize(home.path()).expect("canonical");
-        let config = Config {
-            roots: vec![home.display().to_string()],
-            ..Config::default()
+        std::fs::create_dir_all(home.path().join("docs")).expect("mkdir");
+        std::fs::write(home.path().join("docs/a.txt"), "a").expect("write");
+        let config = Config::default();
+        let policy = Policy::new(&config, home.path(), &[]).expect("policy");
+        let sample = |name: &str, kind: ParamKind| match (name, kind) {
+            (_, ParamKind::Count) => json!(3),
+            ("combo", _) => json!("ctrl+s"),
+            ("command", _) => json!("ls"),
+            ("to", _) => json!("~/docs/b.txt"),
+            ("pattern", _) | ("text", _) | ("content", _) => json!("a"),
+            _ => json!("~/docs/a.txt"),
         };
-        let policy = Policy::new(&config, &home, &[]).expect("policy");
-        let tool = ConnectorTool {
-            name: "mcp__files__write_file".into(),
-            server: "files".into(),
-            tool: "write_file".into(),
-            description: String::new(),
-            input_schema: json!({"type": "object"}),
-            read_only_hint: false,
-            destructive_hint: true,
-            trusted: false,
+        let call = |tool: &str, args: Value| {
+            prepare(
+                &policy,
+                &ToolCall {
+                    tool: tool.into(),
+                    args,
+                },
+                &config,
+            )
         };
-        let call = mcp::prepare(
-            &policy,
-            &json!({
-                "path": "~/notes.txt",
-                "content": format!("line one\n\u{202e}{}THE END", "x".repeat(10_000)),
-                "mode": {"append": true},
-            }),
-        )
-        .expect("prepare");
-        let summary = connector_summary(&policy, &tool, &call.args);
-        assert!(
-            summary.starts_with("files connector: write_file(content: \"line one\\n\\u{202e}xxx")
-                && summary.contains("…")
-                && summary.contains(
-                    "THE END\" (10019 bytes), mode: {\"append\":true}, path: ~/notes.txt)"
-                ),
-            "{summary}"
-        );
-        assert!(!summary.contains('\n'), "{summary}");
-        assert_eq!(
-            call.args["path"],
-            json!(home.join("notes.txt").display().to_string()),
-            "what is signed and sent is the resolved path"
-        );
+        for b in BUILTINS {
+            let schema = b.input_schema();
+            let full: serde_json::Map<String, Value> = b
+                .params
+                .iter()
+                .map(|p| (p.name.to_owned(), sample(p.name, p.kind)))
+                .collect();
+            let p = call(b.name, Value::Object(full.clone()))
+                .unwrap_or_else(|e| panic!("{}: prepare refused its full arguments: {e}", b.name));
+            assert_eq!(p.tool, b.name);
+            assert_eq!(p.source, Source::Builtin(b.tool));
+            assert!(
+                p.risk == b.risk || p.risk == Risk::High,
+                "{}: a call's risk is the registry's or raised",
+                b.name
+            );
+            let required: Vec<&str> = schema["required"]
+                .as_array()
+                .expect("required")
+                .iter()
+                .map(|r| r.as_str().expect("name"))
+                .collect();
+            for param in b.params {
+                let mut less = full.clone();
+                less.remove(param.name);
+                let r = call(b.name, Value::Object(less));
+                if required.contains(&param.name) {
+                    let e = r.expect_err(param.name);
+                    assert!(e.contains(&format!("`{}`", param.name)), "{}: {e}", b.name);
+                } else {
+                    assert!(r.is_ok(), "{}: {} is optional: {r:?}", b.name, param.name);
+                }
+            }
+            let mut more = full.clone();
+            more.insert("unexpected".into(), json!(1));
+            assert!(call(b.name, Value::Object(more)).is_err(), "{}", b.name);
+        }
+        // Nothing outside the registry is prepared, and the built-in agent calls only tools
+        // the registry has.
+        for t in ["nuke", "", "mcp__files__read_file", "READ"] {
+            let e = call(t, json!({})).expect_err(t);
+            assert!(e.contains("there is no tool called"), "{t}: {e}");
+        }
+        for line in crate::agent::HELP.lines().skip(1) {
+            let Some(verb) = line.split_whitespace().next() else {
+                continue;
+            };
+            let example = match verb {
+                // `call` names any tool by name; the host judges what it names.
+                "call" => continue,
+                "click" => "click 1 2".to_owned(),
+                "move" | "copy" => format!("{verb} ~/docs/a.txt ~/docs/b.txt"),
+                "find" => "find *.txt in ~/docs".to_owned(),
+                "write" => "write ~/docs/n.txt hello".to_owned(),
+                v => format!("{v} x"),
+            };
+            if let crate::agent::Parsed::Call(c) = crate::agent::parse(&example) {
+                assert!(
+                    crate::registry::builtin(&c.tool).is_some(),
+                    "`{example}` calls {:?}, which the registry lacks",
+                    c.tool
+                );
+            }
+        }
+        for b in BUILTINS {
+            assert!(
+                crate::agent::HELP.contains(&format!("\n  {} ", b.name)),
+                "help does not list {}",
+                b.name
+            );
+        }
     }
 
+    /// Issue 13, item 9: a 128 KB command's summary showed only its start on a phone.
     #[test]
     fn summaries_show_the_head_and_tail_of_long_arguments() {
         let home = tempfile::tempdir().expect("tempdir");

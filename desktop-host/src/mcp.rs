@@ -8,11 +8,10 @@
 //! 60 s; back to 1 s once a start stayed healthy for a minute); its failure is the call's error,
 //! in plain words, and the host keeps running.
 //!
-//! What a connector may do is decided by the executor, never here: [`prepare`] resolves the
-//! arguments that are paths (by name: `path`, `paths`, `source`, `destination`, and `uri` with
-//! `file:`), and [`judge`] refuses a secret location or a path outside the roots whatever the
-//! server is (a connector is a process Deskhand does not sandbox: this is the second wall), then
-//! asks unless the server is `trusted` and marks the tool read-only.
+//! A server's tools, once listed, are handed to the tool [`Registry`] (replacing what it had of
+//! that server); a server that stops has its tools removed until it starts again. What a
+//! connector may do is decided by the policy and the executor, never here: this only starts,
+//! lists and calls.
 //!
 //! A child process gets a small environment (`PATH`, `HOME`, locale, temp folder, …) plus its
 //! `env` table, never the host's whole environment (a model's API key stays with the host). It is
@@ -24,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deskhand_core::approval::Risk;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ResourceContents};
 use rmcp::service::RunningService;
 use rmcp::{Peer, RoleClient, ServiceError, ServiceExt};
@@ -33,8 +31,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, McpServer, McpTransport};
-use crate::policy::{Policy, Verdict};
-use crate::tools::safe_fs::{Fence, FileId};
+use crate::registry::{ConnectorTool, Registry};
 
 /// What every connector tool's name starts with.
 pub const PREFIX: &str = "mcp__";
@@ -46,8 +43,6 @@ const STDERR_TAIL: usize = 2048;
 const HEALTHY: Duration = Duration::from_secs(60);
 /// The longest wait between two starts of a failing server.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Argument names that hold one path.
-const PATH_ARGS: [&str; 3] = ["path", "source", "destination"];
 /// Variables of the host's environment a child server gets (plus its own `env`).
 const CHILD_ENV: [&str; 14] = [
     "PATH",
@@ -66,11 +61,6 @@ const CHILD_ENV: [&str; 14] = [
     "SSL_CERT_DIR",
 ];
 
-/// The name a connector tool has among the desktop's tools: `mcp__<server>__<tool>`.
-pub fn tool_name(server: &str, tool: &str) -> String {
-    format!("{PREFIX}{server}__{tool}")
-}
-
 /// `(server, tool)` of a connector tool's name, or `None` for a name that is not one. A
 /// server's name never holds `__`, so the first `__` after the prefix ends it.
 pub fn split_name(name: &str) -> Option<(&str, &str)> {
@@ -79,56 +69,19 @@ pub fn split_name(name: &str) -> Option<(&str, &str)> {
     (!server.is_empty() && !tool.is_empty()).then_some((server, tool))
 }
 
-/// One tool of a connector, as the registry, the policy and a model see it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConnectorTool {
-    /// `mcp__<server>__<tool>`.
-    pub name: String,
-    /// The server's name in the config.
-    pub server: String,
-    /// The tool's own name on its server.
-    pub tool: String,
-    /// What it does, as the server describes it (its words, not ours).
-    pub description: String,
-    /// The JSON Schema object of its arguments, as the server gave it.
-    pub input_schema: Value,
-    /// The server says it changes nothing (`readOnlyHint`; a hint, trusted only with `trusted`).
-    pub read_only_hint: bool,
-    /// The server says it may destroy something (`destructiveHint`; true when absent and not
-    /// read-only, as the MCP specification says).
-    pub destructive_hint: bool,
-    /// Whether its server is `trusted` in the config.
-    pub trusted: bool,
-}
-
-impl ConnectorTool {
-    fn from_mcp(server: &str, trusted: bool, t: &rmcp::model::Tool) -> Self {
-        let a = t.annotations.as_ref();
-        let read_only = a.and_then(|a| a.read_only_hint).unwrap_or(false);
-        let destructive = !read_only && a.and_then(|a| a.destructive_hint).unwrap_or(true);
-        Self {
-            name: tool_name(server, &t.name),
-            server: server.to_owned(),
-            tool: t.name.to_string(),
-            description: t.description.as_deref().unwrap_or_default().to_owned(),
-            input_schema: Value::Object((*t.input_schema).clone()),
-            read_only_hint: read_only,
-            destructive_hint: destructive,
-            trusted,
-        }
-    }
-
-    /// The risk a phone is shown: high for a tool that may destroy something, low only for a
-    /// read-only tool of a trusted server (an untrusted server's hint cannot lower it), medium
-    /// otherwise.
-    pub fn risk(&self) -> Risk {
-        if self.destructive_hint {
-            Risk::High
-        } else if self.read_only_hint && self.trusted {
-            Risk::Low
-        } else {
-            Risk::Medium
-        }
+/// A tool as the registry takes it, from what its server listed. Annotations are hints:
+/// `destructiveHint` counts as true when absent on a tool not marked read-only, as the MCP
+/// specification says; the registry decides what they are worth (trust, risk).
+fn registry_tool(t: &rmcp::model::Tool) -> ConnectorTool {
+    let a = t.annotations.as_ref();
+    let read_only = a.and_then(|a| a.read_only_hint).unwrap_or(false);
+    let destructive = !read_only && a.and_then(|a| a.destructive_hint).unwrap_or(true);
+    ConnectorTool {
+        name: t.name.to_string(),
+        description: t.description.as_deref().unwrap_or_default().to_owned(),
+        input_schema: Value::Object((*t.input_schema).clone()),
+        read_only,
+        destructive,
     }
 }
 
@@ -139,14 +92,6 @@ pub enum ConnectorError {
     /// No `[mcp_servers.NAME]` of that name.
     #[error("there is no connector `{0}` (see [mcp_servers] in the config file)")]
     UnknownServer(String),
-    /// The server has no such tool.
-    #[error("connector `{server}` has no tool `{tool}`")]
-    UnknownTool {
-        /// The server.
-        server: String,
-        /// The tool asked for.
-        tool: String,
-    },
     /// The server could not be started or reached, or it failed during the call: what happened,
     /// in plain words ("server `files` exited (status 1): …").
     #[error("{0}")]
@@ -189,7 +134,7 @@ impl std::fmt::Display for CheckLine {
 /// Starts every configured server once (all at once, each within its time limit), lists its
 /// tools and stops it: one line per server, in the config's order (by name).
 pub async fn check(config: &Config) -> Vec<CheckLine> {
-    let connectors = Connectors::new(config);
+    let connectors = Connectors::new(config, Arc::new(Registry::new()));
     let cancel = CancellationToken::new();
     let mut checks = tokio::task::JoinSet::new();
     for (i, server) in connectors.inner.servers.values().enumerate() {
@@ -201,8 +146,8 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
                     ok: true,
                     text: format!(
                         "ok ({} tool{})",
-                        live.tools.len(),
-                        if live.tools.len() == 1 { "" } else { "s" }
+                        live.tools,
+                        if live.tools == 1 { "" } else { "s" }
                     ),
                 },
                 Err(e) => CheckLine {
@@ -250,9 +195,10 @@ impl std::fmt::Debug for Connectors {
 }
 
 impl Connectors {
-    /// The connectors of `config` (none started yet). A server's time limit is its
-    /// `timeout_secs`, else the config's `tool_timeout_secs`.
-    pub fn new(config: &Config) -> Self {
+    /// The connectors of `config` (none started yet), whose tools go into `registry` as each
+    /// server starts (the policy's: [`crate::policy::Policy::registry`]). A server's time limit
+    /// is its `timeout_secs`, else the config's `tool_timeout_secs`.
+    pub fn new(config: &Config, registry: Arc<Registry>) -> Self {
         let servers = config
             .mcp_servers
             .iter()
@@ -263,7 +209,7 @@ impl Connectors {
                     config: c.clone(),
                     timeout: Duration::from_secs(secs),
                     slot: tokio::sync::Mutex::new(Slot::default()),
-                    tools: Mutex::new(Vec::new()),
+                    registry: registry.clone(),
                 };
                 (name.clone(), Arc::new(server))
             })
@@ -307,11 +253,9 @@ impl Connectors {
             let (server, cancel) = (server.clone(), cancel.clone());
             starts.spawn(async move {
                 match server.live(&cancel, server.timeout).await {
-                    Ok(live) => tracing::info!(
-                        "connector {}: started, {} tools",
-                        server.name,
-                        live.tools.len()
-                    ),
+                    Ok(live) => {
+                        tracing::info!("connector {}: started, {} tools", server.name, live.tools)
+                    }
                     Err(ConnectorError::Cancelled) => {}
                     Err(e) => tracing::warn!("connector {}: {e}", server.name),
                 }
@@ -323,47 +267,29 @@ impl Connectors {
         }
     }
 
-    /// The tools of every server listed so far (a server not started yet has none here).
-    pub fn tools(&self) -> Vec<ConnectorTool> {
-        self.inner
-            .servers
-            .values()
-            .flat_map(|s| lock(&s.tools).clone())
-            .collect()
-    }
-
-    /// The tool called `name` (`mcp__<server>__<tool>`), starting its server if it is not
-    /// running (bounded by the server's time limit and `cancel`).
-    pub async fn tool(
+    /// Makes sure server `server` runs, its tools in the registry: started (after its backoff,
+    /// if it failed last time) when it is not running, bounded by its time limit and `cancel`.
+    /// Returns how many tools it has.
+    pub async fn ensure(
         &self,
-        name: &str,
+        server: &str,
         cancel: &CancellationToken,
-    ) -> Result<ConnectorTool, ConnectorError> {
-        let (server, tool) =
-            split_name(name).ok_or_else(|| ConnectorError::UnknownServer(name.to_owned()))?;
+    ) -> Result<usize, ConnectorError> {
         let s = self.server(server)?;
-        let live = s.live(cancel, s.timeout).await?;
-        live.tools
-            .iter()
-            .find(|t| t.tool == tool)
-            .cloned()
-            .ok_or_else(|| ConnectorError::UnknownTool {
-                server: server.to_owned(),
-                tool: tool.to_owned(),
-            })
+        Ok(s.live(cancel, s.timeout).await?.tools)
     }
 
-    /// Calls `name` with `args`, within its server's time limit, until `cancel`: the result's
-    /// content as text (at most [`MAX_RESULT_BYTES`]). A result marked `isError` is
-    /// [`ConnectorError::Tool`] with its text. The policy is the caller's: this only runs.
+    /// Calls `tool` of `server` with `args`, within the server's time limit (its start
+    /// included), until `cancel`: the result's content as text (at most [`MAX_RESULT_BYTES`]).
+    /// A result marked `isError` is [`ConnectorError::Tool`] with its text. The policy is the
+    /// caller's: this only runs.
     pub async fn call(
         &self,
-        name: &str,
+        server: &str,
+        tool: &str,
         args: Map<String, Value>,
         cancel: &CancellationToken,
     ) -> Result<String, ConnectorError> {
-        let (server, tool) =
-            split_name(name).ok_or_else(|| ConnectorError::UnknownServer(name.to_owned()))?;
         let s = self.server(server)?;
         let deadline = Instant::now() + s.timeout;
         let live = s.live(cancel, s.timeout).await?;
@@ -421,10 +347,10 @@ impl Connectors {
     pub async fn shutdown(&self) {
         for s in self.inner.servers.values() {
             let live = s.slot.lock().await.live.take();
+            s.registry.remove_connector(&s.name);
             if let Some(live) = live {
                 live.stop().await;
             }
-            lock(&s.tools).clear();
         }
     }
 
@@ -447,8 +373,8 @@ struct Server {
     timeout: Duration,
     /// Held while a connection is looked at or started: one start at a time.
     slot: tokio::sync::Mutex<Slot>,
-    /// The tools of the last connection, for [`Connectors::tools`] (read without waiting).
-    tools: Mutex<Vec<ConnectorTool>>,
+    /// Where its tools go while it runs.
+    registry: Arc<Registry>,
 }
 
 #[derive(Default)]
@@ -485,7 +411,8 @@ impl Slot {
 struct Live {
     service: tokio::sync::Mutex<Option<RunningService<RoleClient, ()>>>,
     peer: Peer<RoleClient>,
-    tools: Vec<ConnectorTool>,
+    /// How many of its tools are in the registry.
+    tools: usize,
     started: Instant,
     /// stdio: the child, its process id (= its process group) and the tail of its stderr.
     child: Option<tokio::sync::Mutex<tokio::process::Child>>,
@@ -645,7 +572,7 @@ impl Server {
             let why = live.failure(&self.name, "the connection closed").await;
             slot.live = None;
             slot.failed(why, Some(live.started));
-            lock(&self.tools).clear();
+            self.registry.remove_connector(&self.name);
             live.stop().await;
         }
         let wait = slot.backoff_left();
@@ -675,9 +602,17 @@ impl Server {
             )),
         };
         match result {
-            Ok(live) => {
-                let live = Arc::new(live);
-                *lock(&self.tools) = live.tools.clone();
+            Ok((live, tools)) => {
+                let refused =
+                    self.registry
+                        .set_connector_tools(&self.name, self.config.trusted, tools);
+                for e in &refused {
+                    tracing::warn!("connector {}: a tool left out: {e}", self.name);
+                }
+                let live = Arc::new(Live {
+                    tools: live.tools.saturating_sub(refused.len()),
+                    ..live
+                });
                 slot.live = Some(live.clone());
                 Ok(live)
             }
@@ -695,13 +630,14 @@ impl Server {
         if slot.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
             slot.live = None;
             slot.failed(why, Some(live.started));
-            lock(&self.tools).clear();
+            self.registry.remove_connector(&self.name);
         }
         drop(slot);
         live.stop().await;
     }
 
-    async fn start(&self) -> Result<Live, String> {
+    /// A new connection and the tools its server listed.
+    async fn start(&self) -> Result<(Live, Vec<ConnectorTool>), String> {
         match self.config.transport() {
             Ok(McpTransport::Stdio { command }) => self.start_stdio(command).await,
             Ok(McpTransport::Http { url }) => self.start_http(url).await,
@@ -709,7 +645,7 @@ impl Server {
         }
     }
 
-    async fn start_stdio(&self, command: &str) -> Result<Live, String> {
+    async fn start_stdio(&self, command: &str) -> Result<(Live, Vec<ConnectorTool>), String> {
         let name = &self.name;
         let mut cmd = tokio::process::Command::new(command);
         cmd.args(&self.config.args)
@@ -770,30 +706,30 @@ impl Server {
             }
         };
         let peer = service.peer().clone();
-        let tools = match peer.list_all_tools().await {
-            Ok(tools) => tools
-                .iter()
-                .map(|t| ConnectorTool::from_mcp(name, self.config.trusted, t))
-                .collect(),
+        let tools: Vec<ConnectorTool> = match peer.list_all_tools().await {
+            Ok(tools) => tools.iter().map(registry_tool).collect(),
             Err(e) => {
                 let what = format!("could not list its tools: {e}");
                 return Err(child_failure(name, Some(&child), &tail, &what).await);
             }
         };
-        Ok(Live {
-            service: tokio::sync::Mutex::new(Some(service)),
-            peer,
+        Ok((
+            Live {
+                service: tokio::sync::Mutex::new(Some(service)),
+                peer,
+                tools: tools.len(),
+                started: Instant::now(),
+                child: Some(child),
+                pid,
+                stderr: tail,
+                _stderr_reader: Some(reader),
+                group,
+            },
             tools,
-            started: Instant::now(),
-            child: Some(child),
-            pid,
-            stderr: tail,
-            _stderr_reader: Some(reader),
-            group,
-        })
+        ))
     }
 
-    async fn start_http(&self, url: &str) -> Result<Live, String> {
+    async fn start_http(&self, url: &str) -> Result<(Live, Vec<ConnectorTool>), String> {
         use rmcp::transport::StreamableHttpClientTransport;
         use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
         let name = &self.name;
@@ -839,19 +775,22 @@ impl Server {
             .await
             .map_err(|e| format!("connector `{name}`: could not list its tools: {e}"))?
             .iter()
-            .map(|t| ConnectorTool::from_mcp(name, self.config.trusted, t))
-            .collect();
-        Ok(Live {
-            service: tokio::sync::Mutex::new(Some(service)),
-            peer,
+            .map(registry_tool)
+            .collect::<Vec<_>>();
+        Ok((
+            Live {
+                service: tokio::sync::Mutex::new(Some(service)),
+                peer,
+                tools: tools.len(),
+                started: Instant::now(),
+                child: None,
+                pid: None,
+                stderr: Arc::default(),
+                _stderr_reader: None,
+                group: Group::new(None),
+            },
             tools,
-            started: Instant::now(),
-            child: None,
-            pid: None,
-            stderr: Arc::default(),
-            _stderr_reader: None,
-            group: Group::new(None),
-        })
+        ))
     }
 }
 
@@ -935,156 +874,6 @@ fn bounded_text(mut s: String, max: usize) -> String {
     s.truncate(cut);
     s.push_str(&format!("\n… (cut at {max} of {total} bytes)"));
     s
-}
-
-/// A connector call with its path arguments resolved: what is judged, shown, signed and sent.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PreparedCall {
-    /// The arguments to send, each path argument replaced by its resolved absolute path.
-    pub args: Map<String, Value>,
-    /// The path arguments, `(name, resolved path)` (`paths[1]` for the second of `paths`).
-    pub paths: Vec<(String, PathBuf)>,
-}
-
-/// Resolves the arguments of a connector call that are paths, by name (`path`, `source`,
-/// `destination`, each of `paths`, and `uri` when it starts with `file:`), as the policy
-/// resolves a path a person typed (`~`, relative to home, `..`, symlinks). `Err` when the
-/// arguments are not a JSON object or a `file:` URI cannot be read.
-pub fn prepare(policy: &Policy, args: &Value) -> Result<PreparedCall, String> {
-    let mut args = match args {
-        Value::Object(m) => m.clone(),
-        Value::Null => Map::new(),
-        other => {
-            return Err(format!(
-                "a connector tool takes its arguments as a JSON object, not {}",
-                kind(other)
-            ));
-        }
-    };
-    let mut paths = Vec::new();
-    let resolve = |s: &str| policy.resolve(s);
-    for key in PATH_ARGS {
-        if let Some(Value::String(s)) = args.get(key) {
-            let p = resolve(s);
-            args.insert(key.into(), Value::String(p.to_string_lossy().into_owned()));
-            paths.push((key.to_owned(), p));
-        }
-    }
-    if let Some(Value::Array(items)) = args.get_mut("paths") {
-        for (i, item) in items.iter_mut().enumerate() {
-            if let Value::String(s) = item {
-                let p = resolve(s);
-                *item = Value::String(p.to_string_lossy().into_owned());
-                paths.push((format!("paths[{i}]"), p));
-            }
-        }
-    }
-    if let Some(Value::String(uri)) = args.get("uri")
-        && uri.len() >= 5
-        && uri[..5].eq_ignore_ascii_case("file:")
-    {
-        let p = resolve(&file_uri_path(uri)?);
-        let encoded = format!("file://{}", encode_path(&p.to_string_lossy()));
-        args.insert("uri".into(), Value::String(encoded));
-        paths.push(("uri".to_owned(), p));
-    }
-    Ok(PreparedCall { args, paths })
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "true or false",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The path of a `file:` URI: `file:///a%20b` → `/a b`; `file://localhost/x` → `/x`.
-fn file_uri_path(uri: &str) -> Result<String, String> {
-    let rest = &uri[5..];
-    let path = match rest.strip_prefix("//") {
-        Some(r) => {
-            let (host, path) = r.split_at(r.find('/').unwrap_or(r.len()));
-            if !(host.is_empty() || host.eq_ignore_ascii_case("localhost")) {
-                return Err(format!(
-                    "{uri:?} names another machine ({host}); only local files are allowed"
-                ));
-            }
-            path
-        }
-        None => rest,
-    };
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let mut bytes = Vec::with_capacity(path.len());
-    let b = path.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                Some(v) => {
-                    bytes.push(v);
-                    i += 3;
-                    continue;
-                }
-                None => return Err(format!("{uri:?} holds a bad %-escape")),
-            }
-        }
-        bytes.push(b[i]);
-        i += 1;
-    }
-    let path = String::from_utf8(bytes).map_err(|_| format!("{uri:?} is not UTF-8"))?;
-    if path.is_empty() {
-        return Err(format!("{uri:?} names no path"));
-    }
-    Ok(path)
-}
-
-fn encode_path(p: &str) -> String {
-    let mut out = String::with_capacity(p.len());
-    for c in p.chars() {
-        match c {
-            '%' | ' ' | '#' | '?' => out.push_str(&format!("%{:02X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The policy's verdict on a connector call whose path arguments are `paths` (from [`prepare`]).
-/// Every path argument must be inside the
-/// roots and no secret or protected location (by name, or by identity: a hard link or mount of
-/// a secret file); otherwise the call is denied before the server sees it, whatever the server
-/// or any rule says. Then: `allow` for a tool its trusted server marks read-only, `ask` for all
-/// else. Looks at the file system: run it off the async threads.
-pub fn judge(policy: &Policy, tool: &ConnectorTool, paths: &[(String, PathBuf)]) -> Verdict {
-    let fence = policy.fence();
-    for (arg, path) in paths {
-        if let Some(why) = policy.forbidden(path) {
-            return Verdict::Deny(format!("`{arg}` of {}: {why}", tool.name));
-        }
-        if let Ok(meta) = std::fs::symlink_metadata(path)
-            && let Some(secret) = fence.secret(FileId::of_metadata(&meta))
-        {
-            return Verdict::Deny(format!(
-                "`{arg}` of {}: {} is the same file as {} (a hard link or a mount of it), a \
-                 secret location; Deskhand never touches it",
-                tool.name,
-                policy.show(path),
-                policy.show(secret)
-            ));
-        }
-    }
-    if tool.read_only_hint && tool.trusted {
-        Verdict::Allow
-    } else {
-        Verdict::Ask
-    }
 }
 
 #[cfg(test)]

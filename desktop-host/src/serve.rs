@@ -77,7 +77,7 @@ pub async fn run(opts: Options) -> Result<()> {
     .with_context(|| format!("starting the desktop host in {}", data.display()))?;
     let node = Arc::new(node);
     let cancel = CancellationToken::new();
-    let connectors = Connectors::new(&config);
+    let connectors = Connectors::new(&config, policy.registry().clone());
     let executor = Executor::new(
         node.clone(),
         config,

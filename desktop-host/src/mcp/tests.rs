@@ -8,6 +8,9 @@ use serde_json::json;
 
 use super::*;
 use crate::config::{Config, McpServer};
+use crate::policy::{Policy, Verdict};
+use crate::registry::{Default, Source};
+use deskhand_core::approval::Risk;
 
 /// Where `scripts/mcp-servers` installed the servers.
 fn npm() -> PathBuf {
@@ -77,6 +80,10 @@ fn policy(config: &Config, home: &Path) -> Policy {
     Policy::new(config, home, &[]).unwrap()
 }
 
+fn args(v: serde_json::Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap()
+}
+
 #[test]
 fn names_split_at_the_first_double_underscore_after_the_prefix() {
     assert_eq!(
@@ -87,127 +94,67 @@ fn names_split_at_the_first_double_underscore_after_the_prefix() {
     assert_eq!(split_name("mcp__files"), None);
     assert_eq!(split_name("mcp____x"), None);
     assert_eq!(split_name("read"), None);
-    assert_eq!(tool_name("files", "write_file"), "mcp__files__write_file");
-}
-
-#[test]
-fn path_arguments_are_resolved_by_name_and_file_uris_decoded() {
-    let (_d, home) = home();
-    let c = config(&[], &home);
-    let p = policy(&c, &home);
-    let call = prepare(
-        &p,
-        &json!({
-            "path": "~/docs/notes.txt",
-            "paths": ["docs", "~/docs/../docs/notes.txt"],
-            "uri": "file:///~/ignored",
-            "content": "~/not/a/path",
-            "source": "~/docs",
-        }),
-    )
-    .unwrap();
-    let notes = home.join("docs/notes.txt");
-    assert_eq!(call.args["path"], json!(notes.display().to_string()));
-    assert_eq!(
-        call.args["paths"],
-        json!([
-            home.join("docs").display().to_string(),
-            notes.display().to_string()
-        ])
-    );
-    assert_eq!(
-        call.args["content"],
-        json!("~/not/a/path"),
-        "not a path argument"
-    );
-    let names: Vec<&str> = call.paths.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["path", "source", "paths[0]", "paths[1]", "uri"]);
-
-    let spaced = home.join("docs/a b.txt");
-    std::fs::write(&spaced, "x").unwrap();
-    let uri = format!("file://{}", home.join("docs/a%20b.txt").display());
-    let call = prepare(&p, &json!({ "uri": uri })).unwrap();
-    assert_eq!(call.paths, vec![("uri".to_owned(), spaced)]);
-    assert_eq!(
-        call.args["uri"],
-        json!(format!("file://{}", home.join("docs/a%20b.txt").display()))
-    );
-    let e = prepare(&p, &json!({ "uri": "file://example.org/etc/passwd" })).unwrap_err();
-    assert!(e.contains("another machine"), "{e}");
-    let e = prepare(&p, &json!(["not", "an", "object"])).unwrap_err();
-    assert!(e.contains("JSON object"), "{e}");
-    // A URI that is not a file is not a path.
-    let call = prepare(&p, &json!({ "uri": "https://example.org/x" })).unwrap();
-    assert!(call.paths.is_empty());
 }
 
 #[tokio::test]
-async fn the_filesystem_server_lists_its_tools_with_their_hints_and_reads_a_file() {
+async fn the_filesystem_server_lists_its_tools_into_the_registry_and_reads_a_file() {
     let (_d, home) = home();
     let c = config(&[("files", filesystem_server(&home, false))], &home);
-    let connectors = Connectors::new(&c);
+    let p = policy(&c, &home);
+    let connectors = Connectors::new(&c, p.registry().clone());
     let cancel = CancellationToken::new();
-    let read = connectors
-        .tool("mcp__files__read_text_file", &cancel)
-        .await
-        .unwrap();
-    assert!(read.read_only_hint && !read.destructive_hint && !read.trusted);
-    assert_eq!(
-        read.risk(),
-        Risk::Medium,
-        "an untrusted hint does not lower the risk"
-    );
+    assert!(p.registry().get("mcp__files__read_text_file").is_none());
+    let n = connectors.ensure("files", &cancel).await.unwrap();
+    assert!(n >= 10, "{n} tools");
+    let read = p.registry().get("mcp__files__read_text_file").unwrap();
+    assert_eq!(read.default, Default::Ask, "untrusted: every tool asks");
     assert_eq!(read.input_schema["type"], "object");
-    let write = connectors
-        .tool("mcp__files__write_file", &cancel)
-        .await
-        .unwrap();
-    assert!(write.destructive_hint && !write.read_only_hint);
-    assert_eq!(write.risk(), Risk::High);
-    let tools = connectors.tools();
-    assert!(tools.len() >= 10, "{tools:?}");
-    assert!(tools.iter().all(|t| t.name.starts_with("mcp__files__")));
+    assert!(
+        matches!(&read.source, Source::Connector { server, tool, read_only: true }
+            if server == "files" && tool == "read_text_file")
+    );
+    let write = p.registry().get("mcp__files__write_file").unwrap();
+    assert_eq!(write.risk, Risk::High, "destructive");
+    let listed = p
+        .registry()
+        .all()
+        .iter()
+        .filter(|t| t.name.starts_with("mcp__files__"))
+        .count();
+    assert_eq!(listed, n);
+    assert!(
+        p.registry()
+            .defs()
+            .iter()
+            .any(|d| d.name == "mcp__files__write_file")
+    );
 
     let text = connectors
         .call(
-            "mcp__files__read_text_file",
-            json!({ "path": home.join("docs/notes.txt") })
-                .as_object()
-                .cloned()
-                .unwrap(),
+            "files",
+            "read_text_file",
+            args(json!({ "path": home.join("docs/notes.txt") })),
             &cancel,
         )
         .await
         .unwrap();
     assert!(text.contains("first line\nsecond line"), "{text}");
-
-    let e = connectors
-        .tool("mcp__files__no_such_tool", &cancel)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "connector `files` has no tool `no_such_tool`"
-    );
-    let e = connectors
-        .tool("mcp__nobody__x", &cancel)
-        .await
-        .unwrap_err();
+    let e = connectors.ensure("nobody", &cancel).await.unwrap_err();
     assert!(matches!(e, ConnectorError::UnknownServer(_)), "{e}");
     // The server's own refusal (outside its root) is the call's error, in its words.
     let e = connectors
         .call(
-            "mcp__files__read_text_file",
-            json!({ "path": "/etc/hostname" })
-                .as_object()
-                .cloned()
-                .unwrap(),
+            "files",
+            "read_text_file",
+            args(json!({ "path": "/etc/hostname" })),
             &cancel,
         )
         .await
         .unwrap_err();
     assert!(matches!(e, ConnectorError::Tool(_)), "{e:?}");
+    // Stopped: its tools leave the registry.
     connectors.shutdown().await;
+    assert!(p.registry().get("mcp__files__read_text_file").is_none());
 }
 
 #[tokio::test]
@@ -221,52 +168,53 @@ async fn reads_are_allowed_only_from_a_trusted_server_writes_ask_and_secrets_are
         &home,
     );
     let p = policy(&c, &home);
-    let connectors = Connectors::new(&c);
+    let connectors = Connectors::new(&c, p.registry().clone());
     let cancel = CancellationToken::new();
-    let verdict = |tool: &ConnectorTool, args: serde_json::Value| {
-        let call = prepare(&p, &args).unwrap();
-        judge(&p, tool, &call.paths)
+    connectors.ensure("files", &cancel).await.unwrap();
+    connectors.ensure("trusted", &cancel).await.unwrap();
+    let verdict = |tool: &str, a: serde_json::Value| match p.connector_subject(&a) {
+        Ok(subject) => p.judge(tool, &subject),
+        Err(e) => Verdict::Deny(e),
     };
     let read = json!({ "path": "~/docs/notes.txt" });
-    let untrusted = connectors
-        .tool("mcp__files__read_text_file", &cancel)
-        .await
-        .unwrap();
-    assert_eq!(verdict(&untrusted, read.clone()), Verdict::Ask);
-    let trusted = connectors
-        .tool("mcp__trusted__read_text_file", &cancel)
-        .await
-        .unwrap();
-    assert_eq!(verdict(&trusted, read), Verdict::Allow);
-    assert_eq!(trusted.risk(), Risk::Low);
-
-    // A write asks even from a trusted server, shown as high risk.
-    let write = connectors
-        .tool("mcp__trusted__write_file", &cancel)
-        .await
-        .unwrap();
     assert_eq!(
-        verdict(&write, json!({ "path": "~/docs/new.txt", "content": "x" })),
+        verdict("mcp__files__read_text_file", read.clone()),
         Verdict::Ask
     );
-    assert_eq!(write.risk(), Risk::High);
+    assert_eq!(
+        verdict("mcp__trusted__read_text_file", read),
+        Verdict::Allow
+    );
+
+    // A write asks even from a trusted server, shown as high risk.
+    assert_eq!(
+        verdict(
+            "mcp__trusted__write_file",
+            json!({ "path": "~/docs/new.txt", "content": "x" })
+        ),
+        Verdict::Ask
+    );
+    assert_eq!(
+        p.registry().get("mcp__trusted__write_file").unwrap().risk,
+        Risk::High
+    );
 
     // The second wall: a secret or a path outside the roots, whatever the server's trust.
-    for args in [
+    for a in [
         json!({ "path": "~/.ssh/id_ed25519" }),
         json!({ "paths": ["~/docs/notes.txt", "~/.ssh/id_ed25519"] }),
         json!({ "uri": format!("file://{}", home.join(".ssh/id_ed25519").display()) }),
         json!({ "path": "~/docs/../.ssh/id_ed25519" }),
     ] {
-        let v = verdict(&trusted, args.clone());
+        let v = verdict("mcp__trusted__read_text_file", a.clone());
         assert!(
             matches!(&v, Verdict::Deny(why) if why.contains("secret location")),
-            "{args}: {v:?}"
+            "{a}: {v:?}"
         );
     }
     let outside = home.parent().unwrap().join("elsewhere");
     std::fs::create_dir_all(&outside).unwrap();
-    let v = verdict(&trusted, json!({ "path": outside }));
+    let v = verdict("mcp__trusted__read_text_file", json!({ "path": outside }));
     assert!(
         matches!(&v, Verdict::Deny(why) if why.contains("outside the folders")),
         "{v:?}"
@@ -275,7 +223,7 @@ async fn reads_are_allowed_only_from_a_trusted_server_writes_ask_and_secrets_are
     std::os::unix::fs::symlink(home.join(".ssh/id_ed25519"), home.join("docs/key")).unwrap();
     std::fs::hard_link(home.join(".ssh/id_ed25519"), home.join("docs/copy")).unwrap();
     for link in ["~/docs/key", "~/docs/copy"] {
-        let v = verdict(&trusted, json!({ "path": link }));
+        let v = verdict("mcp__trusted__read_text_file", json!({ "path": link }));
         assert!(
             matches!(&v, Verdict::Deny(why) if why.contains("secret")),
             "{link}: {v:?}"
@@ -288,22 +236,19 @@ async fn reads_are_allowed_only_from_a_trusted_server_writes_ask_and_secrets_are
 async fn a_killed_server_fails_the_call_with_its_status_and_the_next_call_starts_it_again() {
     let (_d, home) = home();
     let c = config(&[("every", everything_stdio())], &home);
-    let connectors = Connectors::new(&c);
+    let connectors = Connectors::new(&c, Arc::new(Registry::new()));
     let cancel = CancellationToken::new();
-    let echo = |m: &str| json!({ "message": m }).as_object().cloned().unwrap();
+    let echo = |m: &str| args(json!({ "message": m }));
     let out = connectors
-        .call("mcp__every__echo", echo("one"), &cancel)
+        .call("every", "echo", echo("one"), &cancel)
         .await
         .unwrap();
     assert!(out.contains("one"), "{out}");
     let pid = connectors.pid("every").await.expect("a running child");
 
     // Killed while a long call runs: that call fails at once, saying so.
-    let long = json!({ "duration": 20, "steps": 2 })
-        .as_object()
-        .cloned()
-        .unwrap();
-    let call = connectors.call("mcp__every__trigger-long-running-operation", long, &cancel);
+    let long = args(json!({ "duration": 20, "steps": 2 }));
+    let call = connectors.call("every", "trigger-long-running-operation", long, &cancel);
     let kill = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         kill_group(Some(pid));
@@ -322,7 +267,7 @@ async fn a_killed_server_fails_the_call_with_its_status_and_the_next_call_starts
     );
     // The next call starts it again (after a 1 s backoff) and works.
     let out = connectors
-        .call("mcp__every__echo", echo("two"), &cancel)
+        .call("every", "echo", echo("two"), &cancel)
         .await
         .unwrap();
     assert!(out.contains("two"), "{out}");
@@ -336,26 +281,14 @@ async fn a_server_that_does_not_answer_in_time_is_timed_out_and_a_cancel_stops_w
     let mut server = everything_stdio();
     server.timeout_secs = Some(2);
     let c = config(&[("every", server)], &home);
-    let connectors = Connectors::new(&c);
+    let connectors = Connectors::new(&c, Arc::new(Registry::new()));
     let cancel = CancellationToken::new();
-    let long = || {
-        json!({ "duration": 30, "steps": 1 })
-            .as_object()
-            .cloned()
-            .unwrap()
-    };
-    connectors
-        .tool("mcp__every__trigger-long-running-operation", &cancel)
-        .await
-        .unwrap();
+    let long = || args(json!({ "duration": 30, "steps": 1 }));
+    connectors.ensure("every", &cancel).await.unwrap();
     let pid = connectors.pid("every").await.unwrap();
     let started = Instant::now();
     let e = connectors
-        .call(
-            "mcp__every__trigger-long-running-operation",
-            long(),
-            &cancel,
-        )
+        .call("every", "trigger-long-running-operation", long(), &cancel)
         .await
         .unwrap_err();
     assert!(
@@ -380,10 +313,10 @@ async fn a_server_that_does_not_answer_in_time_is_timed_out_and_a_cancel_stops_w
     let mut fast = everything_stdio();
     fast.timeout_secs = Some(60);
     let c = config(&[("every", fast)], &home);
-    let connectors = Connectors::new(&c);
+    let connectors = Connectors::new(&c, Arc::new(Registry::new()));
     let started = Instant::now();
     let e = connectors
-        .call("mcp__every__trigger-long-running-operation", long(), &task)
+        .call("every", "trigger-long-running-operation", long(), &task)
         .await
         .unwrap_err();
     assert_eq!(e, ConnectorError::Cancelled);
@@ -397,9 +330,9 @@ async fn a_child_gets_a_small_environment_plus_its_own_variables() {
     let mut server = everything_stdio();
     server.env = [("DESKHAND_GREETING".to_owned(), "hello".to_owned())].into();
     let c = config(&[("every", server)], &home);
-    let connectors = Connectors::new(&c);
+    let connectors = Connectors::new(&c, Arc::new(Registry::new()));
     let out = connectors
-        .call("mcp__every__get-env", Map::new(), &CancellationToken::new())
+        .call("every", "get-env", Map::new(), &CancellationToken::new())
         .await
         .unwrap();
     assert!(
@@ -535,18 +468,18 @@ async fn the_everything_server_over_http_lists_and_calls_and_its_loss_is_a_clear
         )],
         &home,
     );
-    let connectors = Connectors::new(&c);
+    let p = policy(&c, &home);
+    let connectors = Connectors::new(&c, p.registry().clone());
     let cancel = CancellationToken::new();
-    let echo = connectors.tool("mcp__every__echo", &cancel).await.unwrap();
-    assert!(echo.read_only_hint && echo.trusted);
-    assert_eq!(echo.risk(), Risk::Low);
+    connectors.ensure("every", &cancel).await.unwrap();
+    let echo = p.registry().get("mcp__every__echo").unwrap();
+    assert_eq!(echo.default, Default::Allow, "read-only, trusted");
+    assert_eq!(echo.risk, Risk::Low);
     let out = connectors
         .call(
-            "mcp__every__echo",
-            json!({ "message": "over http" })
-                .as_object()
-                .cloned()
-                .unwrap(),
+            "every",
+            "echo",
+            args(json!({ "message": "over http" })),
             &cancel,
         )
         .await
@@ -554,8 +487,9 @@ async fn the_everything_server_over_http_lists_and_calls_and_its_loss_is_a_clear
     assert!(out.contains("over http"), "{out}");
     let sum = connectors
         .call(
-            "mcp__every__get-sum",
-            json!({ "a": 2, "b": 40 }).as_object().cloned().unwrap(),
+            "every",
+            "get-sum",
+            args(json!({ "a": 2, "b": 40 })),
             &cancel,
         )
         .await
@@ -563,22 +497,14 @@ async fn the_everything_server_over_http_lists_and_calls_and_its_loss_is_a_clear
     assert!(sum.contains("42"), "{sum}");
     // A tool's own refusal of bad arguments is the call's error.
     let e = connectors
-        .call(
-            "mcp__every__get-sum",
-            json!({ "a": "two" }).as_object().cloned().unwrap(),
-            &cancel,
-        )
+        .call("every", "get-sum", args(json!({ "a": "two" })), &cancel)
         .await
         .unwrap_err();
     assert!(matches!(e, ConnectorError::Tool(_)), "{e:?}");
 
     server.child.kill().await.unwrap();
     let e = connectors
-        .call(
-            "mcp__every__echo",
-            json!({ "message": "gone" }).as_object().cloned().unwrap(),
-            &cancel,
-        )
+        .call("every", "echo", args(json!({ "message": "gone" })), &cancel)
         .await
         .unwrap_err();
     let text = e.to_string();
