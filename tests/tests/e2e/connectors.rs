@@ -66,14 +66,14 @@ fn a_connector_write_waits_for_a_signed_approval_reads_ask_unless_trusted_and_se
     assert_eq!(approval["risk"], "high", "{approval}");
     let s = approval["summary"].as_str().unwrap_or_default();
     assert_eq!(
-        s, "files connector: write_file(content: \"written by a connector\", path: ~/docs/new.txt)",
+        s,
+        r#"Use write_file of connector files with {"content":"written by a connector","path":"~/docs/new.txt"} (paths: ~/docs/new.txt)"#,
         "{approval}"
     );
     let args: Value = serde_json::from_str(approval["args"].as_str().unwrap_or("null"))?;
     assert_eq!(
-        args["path"],
-        new.display().to_string(),
-        "the resolved path is what is signed"
+        args["path"], "~/docs/new.txt",
+        "the arguments sent are the ones signed"
     );
     rig.wait_task(&t, &["waiting_approval"], 10_000)?;
     ensure!(!new.exists(), "nothing is written before the approval");
