@@ -85,7 +85,7 @@ fn a_connector_write_waits_for_a_signed_approval_reads_ask_unless_trusted_and_se
     // A read from an untrusted server asks; a deny is final.
     let t = rig.say(r#"call mcp__files__read_text_file {"path": "~/docs/notes.txt"}"#)?;
     let approval = rig.approval(&t)?;
-    assert_eq!(approval["risk"], "medium", "{approval}");
+    assert_eq!(approval["risk"], "low", "{approval}");
     rig.decide(&approval, "deny", None)?;
     let task = rig.finished(&t)?;
     assert_eq!(status(&task), "failed", "{task}");
