@@ -514,6 +514,29 @@ pub(crate) fn ago_at(at_ms: i64, now_ms: i64) -> String {
     }
 }
 
+/// `deskhand agent check`: one line per connector; an error if any is not usable.
+async fn agent_check(config: Option<PathBuf>) -> Result<()> {
+    use deskhand_desktop_host::config::{Config, default_config_path};
+    let path = config.unwrap_or_else(default_config_path);
+    let config = Config::load(&path)?;
+    if config.mcp_servers.is_empty() {
+        println!(
+            "mcp: no connectors configured ([mcp_servers] in {})",
+            path.display()
+        );
+        return Ok(());
+    }
+    let lines = deskhand_desktop_host::mcp::check(&config).await;
+    for l in &lines {
+        println!("{}", terminal::line(&l.to_string()));
+    }
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    if failed > 0 {
+        bail!("{failed} of {} connectors cannot be used", lines.len());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -542,27 +565,4 @@ mod tests {
         );
         assert!(super::absolute_path("").is_err());
     }
-}
-
-/// `deskhand agent check`: one line per connector; an error if any is not usable.
-async fn agent_check(config: Option<PathBuf>) -> Result<()> {
-    use deskhand_desktop_host::config::{Config, default_config_path};
-    let path = config.unwrap_or_else(default_config_path);
-    let config = Config::load(&path)?;
-    if config.mcp_servers.is_empty() {
-        println!(
-            "mcp: no connectors configured ([mcp_servers] in {})",
-            path.display()
-        );
-        return Ok(());
-    }
-    let lines = deskhand_desktop_host::mcp::check(&config).await;
-    for l in &lines {
-        println!("{}", terminal::line(&l.to_string()));
-    }
-    let failed = lines.iter().filter(|l| !l.ok).count();
-    if failed > 0 {
-        bail!("{failed} of {} connectors cannot be used", lines.len());
-    }
-    Ok(())
 }
