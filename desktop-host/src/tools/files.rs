@@ -915,7 +915,7 @@ fn partial_name(name: &OsStr) -> OsString {
 /// Copies `from` (a file, a folder with everything in it, or a symlink as a symlink) to exactly
 /// `dest` (both absolute and canonical), never overwriting and never following a symlink on
 /// either path; every file and folder read is checked against `fence`. The copy appears at
-/// `dest` only once complete (see [`copy_into_place`]). How much a folder holds is bounded by
+/// `dest` only once complete (it is copied to a hidden name first). How much a folder holds is bounded by
 /// the policy, which walks it whole before the call ([`crate::policy::CARRY_BOUNDS`]).
 pub fn copy_exact(from: &Path, dest: &Path, fence: &dyn Fence) -> Result<(), ToolError> {
     if dest == from {
