@@ -31,7 +31,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolHost, ToolOutput};
+use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolHost, ToolOutput, Turn, TurnRole};
 use crate::config::{Config, ShellSandbox};
 use crate::policy::{Capability, Policy, Subject, Verdict as PolicyVerdict};
 use crate::scheduler::Scheduler;
@@ -767,7 +767,7 @@ impl Inner {
                 .await;
         }
         // The claim is durable before the first action.
-        let agent = self.agent.name().to_owned();
+        let agent = self.agent.name_for(&task.prompt).to_owned();
         let me = self.me.to_string();
         self.node
             .write(|tx| {
@@ -900,6 +900,13 @@ impl ToolHost for TaskHost {
 
     fn time_limit(&self) -> Duration {
         Duration::from_secs(self.inner.config.tool_timeout_secs)
+    }
+
+    fn history(&self) -> Vec<Turn> {
+        let task = self.task.to_string();
+        self.inner
+            .node
+            .read(|doc| history_before(doc, &task, HISTORY_CHARS, HISTORY_SCAN))
     }
 }
 
@@ -1906,6 +1913,70 @@ fn first_line(s: &str) -> String {
 /// User messages (from phones) that have not become tasks yet.
 /// Messages read per look while recovering, so sync sessions are never held up for long.
 const SCAN_CHUNK: usize = 2000;
+
+/// Characters of earlier conversation a model is shown before a task's request.
+const HISTORY_CHARS: usize = 24_000;
+/// Messages looked at, from the newest, to find a task's request and the turns before it.
+const HISTORY_SCAN: usize = 2_000;
+
+/// The conversation before task `task`'s own message (`m-<message id>`; for a task created
+/// without a message, the whole conversation): the people's messages and the agent's replies,
+/// oldest first, newest kept within `budget` characters (the oldest one kept may be cut at its
+/// start). Messages of the task itself are left out. At most `scan` messages are looked at.
+fn history_before(doc: &Automerge, task: &str, budget: usize, scan: usize) -> Vec<Turn> {
+    let str_field = |obj: &automerge::ObjId, key: &str| -> Option<String> {
+        match doc.get(obj, key) {
+            Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                automerge::ScalarValue::Str(t) => Some(t.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let Ok(Some((_, list))) = doc.get(automerge::ROOT, "messages") else {
+        return Vec::new();
+    };
+    let own = task.strip_prefix("m-");
+    let mut found = own.is_none();
+    let mut left = budget;
+    let mut turns = Vec::new();
+    let len = doc.length(&list);
+    for i in (len.saturating_sub(scan)..len).rev() {
+        let Ok(Some((_, m))) = doc.get(&list, i) else {
+            continue;
+        };
+        if !found {
+            found = str_field(&m, "id").as_deref() == own;
+            continue;
+        }
+        if str_field(&m, "task_id").as_deref() == Some(task) {
+            continue;
+        }
+        let role = match str_field(&m, "role").as_deref() {
+            Some("user") => TurnRole::User,
+            Some("agent") => TurnRole::Assistant,
+            _ => continue,
+        };
+        let Some(text) = str_field(&m, "text") else {
+            continue;
+        };
+        let n = text.chars().count();
+        if n > left {
+            if left > 200 {
+                let tail: String = text.chars().skip(n - left + 1).collect();
+                turns.push(Turn {
+                    role,
+                    text: format!("…{tail}"),
+                });
+            }
+            break;
+        }
+        left -= n;
+        turns.push(Turn { role, text });
+    }
+    turns.reverse();
+    turns
+}
 
 /// User messages (from phones) in `from..to` that have not become tasks yet. Reads two fields
 /// per message and hydrates only the candidates.
