@@ -232,6 +232,94 @@ pub struct Endpoint {
     pub api_key_env: Option<String>,
 }
 
+/// Why a model backend could not be set up from `[model]`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// `api_key_env` names a variable that is not set.
+    #[error(
+        "[model] api_key_env names the environment variable {var}, but it is not set (or empty) \
+         for this process: set it to the key, or remove `api_key_env` for a server that needs none"
+    )]
+    MissingKey {
+        /// The variable's name.
+        var: String,
+    },
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(ModelError),
+}
+
+/// The backend `[model]` describes; the key is read from `api_key_env` in `env` (the process
+/// environment: `|v| std::env::var(v).ok()`).
+pub fn backend(
+    config: &crate::config::ModelConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<std::sync::Arc<dyn ModelBackend>, SetupError> {
+    let api_key = match &config.api_key_env {
+        Some(var) => match env(var).filter(|k| !k.trim().is_empty()) {
+            Some(k) => Some(ApiKey::new(k.trim())),
+            None => return Err(SetupError::MissingKey { var: var.clone() }),
+        },
+        None => None,
+    };
+    let endpoint = Endpoint {
+        base_url: config.base_url(),
+        model: config.name.clone(),
+        api_key,
+        api_key_env: config.api_key_env.clone(),
+    };
+    Ok(match config.provider {
+        crate::config::Provider::Anthropic => {
+            std::sync::Arc::new(anthropic::Anthropic::new(endpoint).map_err(SetupError::Client)?)
+        }
+        crate::config::Provider::Openai => {
+            std::sync::Arc::new(openai::OpenAi::new(endpoint).map_err(SetupError::Client)?)
+        }
+    })
+}
+
+/// The limits of a task under `[model]`.
+pub fn limits(config: &crate::config::ModelConfig) -> Limits {
+    Limits {
+        max_steps: config.max_steps,
+        max_task_time: std::time::Duration::from_secs(config.max_task_secs),
+        max_task_tokens: config.max_task_tokens,
+        max_output_tokens: config.max_output_tokens,
+        ..Limits::default()
+    }
+}
+
+/// One small request (`ping`, one token at most, no tools) read to its end, within `timeout`:
+/// answers how long the server took, or what is wrong.
+pub async fn check(
+    backend: &dyn ModelBackend,
+    timeout: std::time::Duration,
+) -> Result<std::time::Duration, ModelError> {
+    use futures_util::StreamExt;
+    let request = ModelRequest {
+        system: String::new(),
+        messages: vec![ChatMessage::User("ping".into())],
+        tools: vec![],
+        max_tokens: 1,
+    };
+    let start = std::time::Instant::now();
+    let run = async {
+        let mut stream = backend.stream(&request).await?;
+        while let Some(ev) = stream.next().await {
+            ev?;
+        }
+        Ok(start.elapsed())
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r,
+        Err(_) => Err(ModelError::Interrupted(format!(
+            "no complete answer within {} s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
 /// `text` cut to about `max` bytes at a character boundary, with `…` when cut.
 pub(crate) fn head(text: &str, max: usize) -> String {
     let text = text.trim();

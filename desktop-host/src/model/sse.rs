@@ -94,7 +94,11 @@ pub async fn post(
         .await
         .map_err(|e| ModelError::Unreachable {
             url: ctx.url.clone(),
-            reason: chain(&e),
+            // reqwest's own top line repeats the URL.
+            reason: match std::error::Error::source(&e) {
+                Some(inner) => chain(inner),
+                None => chain(&e),
+            },
         })?;
     let status = response.status();
     let content_type = response
