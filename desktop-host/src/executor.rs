@@ -2161,6 +2161,65 @@ mod tests {
         chunked.extend(unanswered_in(&doc, 4, 6, &me, &tasks));
         assert_eq!(chunked, found);
     }
+
+    /// What a model is shown before a task: the turns before its own message, newest kept
+    /// within the budget, none of the task's own or later messages.
+    #[test]
+    fn history_is_the_conversation_before_the_task_within_a_budget() {
+        let desk = DeviceId::from_bytes([1; 32]);
+        let phone = DeviceId::from_bytes([2; 32]).to_string();
+        let me = desk.to_string();
+        let mut doc = Automerge::new().with_actor(desk.actor_id());
+        doc.transact::<_, _, SchemaError>(|tx| {
+            Workspace::init(
+                tx,
+                &DesktopInfo {
+                    id: me.clone(),
+                    name: "d".into(),
+                    os: "linux".into(),
+                    heartbeat_at: 0,
+                    executor: ExecutorState::Idle,
+                },
+            )?;
+            for m in [
+                msg("a", &phone, Role::User, None),
+                msg("r-a", &me, Role::Agent, Some("m-a")),
+                msg("b", &phone, Role::User, None),
+                msg("r-b", &me, Role::Agent, Some("m-b")),
+                msg("s", &me, Role::System, None),
+                msg("c", &phone, Role::User, None),
+                msg("d", &phone, Role::User, None),
+                msg("r-c", &me, Role::Agent, Some("m-c")),
+            ] {
+                Workspace::append_message(tx, &m)?;
+            }
+            Ok(())
+        })
+        .expect("document");
+        let texts = |turns: Vec<Turn>| -> Vec<(TurnRole, String)> {
+            turns.into_iter().map(|t| (t.role, t.text)).collect()
+        };
+        let u = |id: &str| (TurnRole::User, format!("text of {id}"));
+        let a = |id: &str| (TurnRole::Assistant, format!("text of {id}"));
+        assert_eq!(
+            texts(history_before(&doc, "m-c", 10_000, 100)),
+            vec![u("a"), a("r-a"), u("b"), a("r-b")]
+        );
+        // Task d came later: c's reply came after it and is left out as well as its own.
+        assert_eq!(
+            texts(history_before(&doc, "m-d", 10_000, 100)),
+            vec![u("a"), a("r-a"), u("b"), a("r-b"), u("c")]
+        );
+        // The budget keeps the newest turns ("text of r-b" is 12 characters).
+        assert_eq!(
+            texts(history_before(&doc, "m-c", 25, 100)),
+            vec![u("b"), a("r-b")]
+        );
+        assert!(history_before(&doc, "m-a", 10_000, 100).is_empty());
+        // A task without a message sees the whole conversation; an unknown one sees nothing.
+        assert_eq!(history_before(&doc, "t1", 10_000, 100).len(), 7);
+        assert!(history_before(&doc, "m-zz", 10_000, 100).is_empty());
+    }
     /// Issue 13, item 4: a call blocked in a real system call (opening a FIFO nobody writes
     /// to) is abandoned at once on cancel and at its time limit; its thread is counted until
     /// the call returns; a cancelled call that changes things gets its grace to finish.
