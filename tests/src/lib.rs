@@ -1,6 +1,8 @@
 //! Shared utilities of Deskhand's multi-process tests: spawn a `deskhand-node` process, talk to
 //! it with JSON lines, kill it.
 
+#[allow(clippy::unwrap_used)] // test harness: a poisoned lock is a broken test
+pub mod model_server;
 #[allow(clippy::unwrap_used)] // test harness: a missing pipe is a broken test machine
 pub mod x11;
 
@@ -198,6 +200,15 @@ pub fn deskhand_bin() -> PathBuf {
         .expect("target dir")
         .to_owned();
     let bin = profile_dir.join("deskhand");
+    // A release harness (the benchmark) runs the release binary built beside it.
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        assert!(
+            bin.exists(),
+            "{} is missing: build it with `cargo build --release -p deskhand-desktop-host`",
+            bin.display()
+        );
+        return bin;
+    }
     // Build once per test process so a stale binary is never tested (a no-op when fresh).
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
