@@ -186,7 +186,8 @@ impl ModelAgent {
                     }
                     Some(Ok(ModelEvent::ToolCall(c))) => calls.push(c),
                     Some(Ok(ModelEvent::Usage(u))) => used = u.total(),
-                    Some(Ok(ModelEvent::Stop(_))) => {}
+                    // The answer is complete: no need to wait for the body's end.
+                    Some(Ok(ModelEvent::Stop(_))) => break,
                 },
                 _ = tick => progress.flush(host).await,
                 _ = host.cancelled() => return Answer::Cancelled,
@@ -249,16 +250,17 @@ impl Agent for ModelAgent {
                 pending: String::new(),
                 last: None,
             };
+            // One request, grown by each step's answer and results (never copied whole).
+            let mut request = ModelRequest {
+                system: self.system.clone(),
+                messages,
+                tools,
+                max_tokens: self.limits.max_output_tokens,
+            };
             for step in 1..=self.limits.max_steps {
                 if Instant::now() >= deadline {
                     return failed(self.time_message());
                 }
-                let request = ModelRequest {
-                    system: self.system.clone(),
-                    messages: messages.clone(),
-                    tools: tools.clone(),
-                    max_tokens: self.limits.max_output_tokens,
-                };
                 let (text, calls) = match self
                     .answer(&request, host, deadline, &mut tokens, &mut progress)
                     .await
@@ -327,8 +329,10 @@ impl Agent for ModelAgent {
                         }),
                     }
                 }
-                messages.push(ChatMessage::Assistant { text, calls });
-                messages.push(ChatMessage::ToolResults(results));
+                request
+                    .messages
+                    .push(ChatMessage::Assistant { text, calls });
+                request.messages.push(ChatMessage::ToolResults(results));
                 if step == self.limits.max_steps {
                     break;
                 }
