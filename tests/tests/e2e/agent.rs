@@ -403,3 +403,72 @@ fn a_secret_file_never_reaches_the_model() -> Result<()> {
     assert!(!rig.phone.state()?.to_string().contains(SECRET));
     Ok(())
 }
+
+/// `deskhand agent check` says `model: ok (…)` or what is wrong; `serve` refuses to start when
+/// the key's variable is unset, naming it.
+#[test]
+fn agent_check_and_a_missing_key() -> Result<()> {
+    use deskhand_tests::deskhand_env;
+    let rt = runtime()?;
+    let server = rt.block_on(ModelServer::start(vec![
+        Reply::Turn(Turn::text("pong")),
+        Reply::api_error(401, "authentication_error", "invalid x-api-key"),
+    ]))?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, anthropic(&server.url()))?;
+    let c = config.to_str().context("utf-8")?;
+    let env = [("DESKHAND_TEST_MODEL_KEY", KEY)];
+    let r = deskhand_env(&["agent", "check", "--config", c], &env)?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!(
+            "model: ok (anthropic claude-test at {} answered in",
+            server.url()
+        )),
+        "{r:?}"
+    );
+    let r = deskhand_env(&["agent", "check", "--config", c], &env)?;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("model: the model server refused the key (HTTP 401)")
+            && r.stdout.contains("DESKHAND_TEST_MODEL_KEY")
+            && !r.stdout.contains(KEY),
+        "{r:?}"
+    );
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].json()["max_tokens"], 1);
+    // No key in the environment: serve does not start, and says why.
+    let data = dir.path().join("desk");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home)?;
+    let out = deskhand_tests::deskhand_command(
+        &[
+            "serve",
+            "--data",
+            data.to_str().context("utf-8")?,
+            "--config",
+            c,
+            "--relay",
+            "off",
+            "--mdns",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("HOME", home.to_str().context("utf-8")?)],
+    )
+    .env_remove("DESKHAND_TEST_MODEL_KEY")
+    .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "api_key_env names the environment variable DESKHAND_TEST_MODEL_KEY, but it is not set"
+        ),
+        "{stderr}"
+    );
+    Ok(())
+}
