@@ -245,6 +245,15 @@ pub enum SetupError {
         /// The variable's name.
         var: String,
     },
+    /// The key holds characters no HTTP header can carry (a newline, a non-ASCII character).
+    #[error(
+        "[model] the key in the environment variable {var} holds characters an HTTP header \
+         cannot carry (a line break, a quote, a non-ASCII character): copy it again"
+    )]
+    InvalidKey {
+        /// The variable's name.
+        var: String,
+    },
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(ModelError),
@@ -258,7 +267,10 @@ pub fn backend(
 ) -> Result<std::sync::Arc<dyn ModelBackend>, SetupError> {
     let api_key = match &config.api_key_env {
         Some(var) => match env(var).filter(|k| !k.trim().is_empty()) {
-            Some(k) => Some(ApiKey::new(k.trim())),
+            Some(k) if k.trim().chars().all(|c| c.is_ascii_graphic()) => {
+                Some(ApiKey::new(k.trim()))
+            }
+            Some(_) => return Err(SetupError::InvalidKey { var: var.clone() }),
             None => return Err(SetupError::MissingKey { var: var.clone() }),
         },
         None => None,
@@ -389,6 +401,49 @@ mod tests {
         }
         .to_string();
         assert!(e.contains("ANTHROPIC_API_KEY") && e.contains("401"), "{e}");
+    }
+
+    #[test]
+    fn a_backend_needs_its_key_variable_set_and_sane() {
+        let config = crate::config::ModelConfig {
+            provider: crate::config::Provider::Anthropic,
+            name: "claude-x".into(),
+            base_url: Some("http://127.0.0.1:9".into()),
+            api_key_env: Some("MY_KEY".into()),
+            max_steps: 40,
+            max_task_secs: 60,
+            max_task_tokens: 1000,
+            max_output_tokens: 100,
+        };
+        let err = |v: Option<&str>| match backend(&config, |_| v.map(str::to_owned)) {
+            Ok(_) => None,
+            Err(e) => Some(e),
+        };
+        assert_eq!(
+            err(None),
+            Some(SetupError::MissingKey {
+                var: "MY_KEY".into()
+            })
+        );
+        assert_eq!(
+            err(Some("  ")),
+            Some(SetupError::MissingKey {
+                var: "MY_KEY".into()
+            })
+        );
+        let e = err(Some("sk-a\nb")).expect("refused");
+        assert!(!e.to_string().contains("sk-a"), "{e}");
+        assert!(matches!(e, SetupError::InvalidKey { .. }));
+        assert_eq!(err(Some(" sk-ant-1 \n")), None);
+        let b = backend(
+            &crate::config::ModelConfig {
+                api_key_env: None,
+                ..config.clone()
+            },
+            |_| None,
+        )
+        .expect("no key needed");
+        assert_eq!(b.describe(), "anthropic claude-x at http://127.0.0.1:9");
     }
 
     #[test]
