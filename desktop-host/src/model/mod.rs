@@ -415,10 +415,7 @@ mod tests {
             max_task_tokens: 1000,
             max_output_tokens: 100,
         };
-        let err = |v: Option<&str>| match backend(&config, |_| v.map(str::to_owned)) {
-            Ok(_) => None,
-            Err(e) => Some(e),
-        };
+        let err = |v: Option<&str>| backend(&config, |_| v.map(str::to_owned)).err();
         assert_eq!(
             err(None),
             Some(SetupError::MissingKey {
