@@ -19,7 +19,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// One call of a tool, with its arguments as JSON.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ToolCall {
-    /// Tool name (see [`crate::policy::TOOLS`]).
+    /// Tool name, as the tool registry names it ([`crate::registry`]).
     pub tool: String,
     /// Arguments.
     pub args: Value,

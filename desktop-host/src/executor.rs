@@ -31,9 +31,12 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolHost, ToolOutput, Turn, TurnRole};
+use crate::agent::{
+    Agent, BoxFuture, CallError, ToolCall, ToolDef, ToolHost, ToolOutput, Turn, TurnRole,
+};
 use crate::config::{Config, ShellSandbox};
 use crate::policy::{Capability, Policy, Subject, Verdict as PolicyVerdict};
+use crate::registry::{BuiltinTool, Source, ToolSpec};
 use crate::scheduler::Scheduler;
 use crate::tools::sandbox::{Confinement, Sandbox, WalkLimits};
 use crate::tools::{files, input, open, screen, shell};
@@ -882,6 +885,10 @@ struct TaskHost {
 }
 
 impl ToolHost for TaskHost {
+    fn tools(&self) -> Vec<ToolDef> {
+        self.inner.policy.registry().defs()
+    }
+
     fn call(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, CallError>> {
         Box::pin(self.call_inner(call))
     }
@@ -919,6 +926,8 @@ struct Prepared {
     subject: Subject,
     summary: String,
     risk: Risk,
+    /// Which tool runs it.
+    source: Source,
 }
 
 impl TaskHost {
@@ -1154,16 +1163,31 @@ fn is_url(s: &str) -> bool {
     l.starts_with("http://") || l.starts_with("https://")
 }
 
+/// Resolves a call's paths and writes its approval summary: what is judged, shown and run. The
+/// tool comes from the registry and its arguments are checked against the tool's schema there
+/// first; the match on [`BuiltinTool`] is exhaustive, so a tool cannot be added to one place
+/// only.
 fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared, String> {
+    let Some(spec) = policy.registry().get(&call.tool) else {
+        return Err(format!("there is no tool called {:?}", call.tool));
+    };
+    let which = match &spec.source {
+        Source::Builtin(t) => *t,
+        Source::Connector { .. } => return prepare_connector(policy, &spec, call),
+    };
+    let builtin = which.spec();
+    builtin.check_args(&call.args)?;
     let path = |key: &str| -> Result<PathBuf, String> { Ok(policy.resolve(&str_arg(call, key)?)) };
     // Paths as `~/…`, shortened and on one line like every argument a summary shows.
     let show = |p: &std::path::Path| show_text(&policy.show(p));
+    let source = spec.source.clone();
     let p = |tool: &str, args: Value, subject: Subject, summary: String, risk: Risk| Prepared {
         tool: tool.into(),
         args,
         subject,
         summary,
         risk,
+        source: source.clone(),
     };
     let paths = |args: &[(&str, &PathBuf)]| {
         Subject::Paths(
@@ -1172,23 +1196,25 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 .collect(),
         )
     };
-    Ok(match call.tool.as_str() {
-        t @ ("list" | "read" | "summarize") => {
+    use BuiltinTool as T;
+    let base = builtin.risk;
+    Ok(match which {
+        T::List | T::Read | T::Summarize => {
             let target = path("path")?;
-            let verb = match t {
-                "list" => "List",
-                "read" => "Read",
+            let verb = match which {
+                T::List => "List",
+                T::Read => "Read",
                 _ => "Summarize",
             };
             p(
-                t,
+                builtin.name,
                 json!({ "path": target }),
                 paths(&[("path", &target)]),
                 format!("{verb} {}", show(&target)),
-                Risk::Low,
+                base,
             )
         }
-        "find" => {
+        T::Find => {
             let target = path("path")?;
             let pattern = str_arg(call, "pattern")?;
             let (pat, pat_len) = brief(&pattern);
@@ -1197,10 +1223,10 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 json!({ "path": target, "pattern": pattern }),
                 paths(&[("path", &target)]),
                 format!("Find \"{pat}\"{pat_len} in {}", show(&target)),
-                Risk::Low,
+                base,
             )
         }
-        "trash" => {
+        T::Trash => {
             let target = path("path")?;
             let what = if is_real_dir(&target) {
                 " and everything in it"
@@ -1212,10 +1238,10 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 json!({ "path": target }),
                 paths(&[("path", &target)]),
                 format!("Move {}{what} to the Deskhand trash", show(&target)),
-                Risk::Medium,
+                base,
             )
         }
-        "move" => {
+        T::Move => {
             let from = path("from")?;
             let mut to = path("to")?;
             if to.is_dir()
@@ -1234,7 +1260,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                     ));
                     Risk::High
                 }
-                None => Risk::Medium,
+                None => base,
             };
             p(
                 "move",
@@ -1244,7 +1270,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 risk,
             )
         }
-        "open" => {
+        T::Open => {
             let target = str_arg(call, "target")?;
             if is_url(&target) {
                 let (url, url_len) = brief(&target);
@@ -1253,7 +1279,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                     json!({ "target": target }),
                     Subject::Text(target.clone()),
                     format!("Open {url}{url_len} in the default browser"),
-                    Risk::Low,
+                    base,
                 )
             } else {
                 let resolved = policy.resolve(&target);
@@ -1262,11 +1288,11 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                     json!({ "target": resolved }),
                     paths(&[("target", &resolved)]),
                     format!("Open {} with its default app", show(&resolved)),
-                    Risk::Low,
+                    base,
                 )
             }
         }
-        "run" => {
+        T::Run => {
             let command = str_arg(call, "command")?;
             let (cmd, cmd_len) = brief(&command);
             p(
@@ -1278,10 +1304,10 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                     show(policy.home()),
                     config.shell_timeout_secs
                 ),
-                Risk::High,
+                base,
             )
         }
-        "type" => {
+        T::Type => {
             let text = str_arg(call, "text")?;
             let (shown, shown_len) = brief(&text);
             p(
@@ -1289,10 +1315,10 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 json!({ "text": text }),
                 Subject::Text(text.clone()),
                 format!("Type \"{shown}\"{shown_len} on the desktop's keyboard"),
-                Risk::Medium,
+                base,
             )
         }
-        "key" => {
+        T::Key => {
             let combo = str_arg(call, "combo")?;
             combo
                 .parse::<input::KeyCombo>()
@@ -1302,27 +1328,68 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 json!({ "combo": combo }),
                 Subject::Text(combo.clone()),
                 format!("Press {} on the desktop's keyboard", show_text(&combo)),
-                Risk::Medium,
+                base,
             )
         }
-        "click" => {
+        T::Click => {
             let (x, y) = (int_arg(call, "x")?, int_arg(call, "y")?);
             p(
                 "click",
                 json!({ "x": x, "y": y }),
                 Subject::Text(format!("{x} {y}")),
                 format!("Click at ({x}, {y}) on the desktop's screen"),
-                Risk::Medium,
+                base,
             )
         }
-        "screenshot" => p(
+        T::Screenshot => p(
             "screenshot",
             json!({}),
             Subject::Text(String::new()),
             "Take a screenshot of the desktop".into(),
-            Risk::Low,
+            base,
         ),
-        other => return Err(format!("there is no tool called {other:?}")),
+    })
+}
+
+/// [`prepare`] for a connector's tool: the arguments go to the server exactly as given (what
+/// an approval signs), and the paths among them ([`crate::registry::connector_path_args`]) are
+/// resolved and judged like a built-in tool's — the second wall in front of a process the
+/// desktop does not sandbox. The summary names the connector, the tool and every argument.
+fn prepare_connector(
+    policy: &Policy,
+    spec: &ToolSpec,
+    call: &ToolCall,
+) -> Result<Prepared, String> {
+    let Source::Connector { server, tool, .. } = &spec.source else {
+        return Err(format!("{:?} is not a connector's tool", call.tool));
+    };
+    let args = match &call.args {
+        Value::Null => json!({}),
+        Value::Object(_) => call.args.clone(),
+        _ => {
+            return Err(format!(
+                "`{}` takes its arguments as a JSON object",
+                call.tool
+            ));
+        }
+    };
+    let subject = policy.connector_subject(&args)?;
+    let (shown, shown_len) = brief(&canonical_json(&args));
+    let mut summary = format!("Use {tool} of connector {server} with {shown}{shown_len}");
+    if let Subject::Paths(paths) = &subject {
+        let list: Vec<String> = paths
+            .iter()
+            .map(|(_, p)| show_text(&policy.show(p)))
+            .collect();
+        summary.push_str(&format!(" (paths: {})", list.join(", ")));
+    }
+    Ok(Prepared {
+        tool: call.tool.clone(),
+        args,
+        subject,
+        summary,
+        risk: spec.risk,
+        source: spec.source.clone(),
     })
 }
 
@@ -1603,8 +1670,17 @@ async fn execute(
         let pol = policy.clone();
         bounded(&bounds(false), move || Ok(pol.fence())).await?
     };
-    match p.tool.as_str() {
-        "list" => {
+    let which = match &p.source {
+        Source::Builtin(t) => *t,
+        Source::Connector { server, .. } => {
+            return Err(CallError::Failed(format!(
+                "connector {server:?} is not running on this desktop"
+            )));
+        }
+    };
+    use BuiltinTool as T;
+    match which {
+        T::List => {
             let dir = arg_path(p, "path");
             let shown = policy.show(&dir);
             let (d, f) = (dir.clone(), fence.clone());
@@ -1627,7 +1703,7 @@ async fn execute(
             }
             Ok(text(out))
         }
-        "find" => {
+        T::Find => {
             let dir = arg_path(p, "path");
             let pattern = p.args["pattern"].as_str().unwrap_or_default().to_owned();
             let pol = policy.clone();
@@ -1653,7 +1729,7 @@ async fn execute(
             }
             Ok(text(out))
         }
-        "read" => {
+        T::Read => {
             let f = arg_path(p, "path");
             let shown = policy.show(&f);
             let head = blocking_fs(&bounds(false), move || {
@@ -1666,7 +1742,7 @@ async fn execute(
             }
             Ok(text(out))
         }
-        "summarize" => {
+        T::Summarize => {
             let dir = arg_path(p, "path");
             let pol = policy.clone();
             let s = blocking_fs(&bounds(false), move || {
@@ -1677,7 +1753,7 @@ async fn execute(
             .await?;
             Ok(text(s.to_text()))
         }
-        "trash" => {
+        T::Trash => {
             let f = arg_path(p, "path");
             let trash = inner.trash.clone();
             let t = task.to_string();
@@ -1689,7 +1765,7 @@ async fn execute(
                 entry.id
             )))
         }
-        "move" => {
+        T::Move => {
             let (from, to) = (arg_path(p, "from"), arg_path(p, "to"));
             let msg = format!("Moved {} to {}", policy.show(&from), policy.show(&to));
             // Exactly where the approval said: `to` already names the final path.
@@ -1699,7 +1775,7 @@ async fn execute(
             .await?;
             Ok(text(msg))
         }
-        "open" => {
+        T::Open => {
             let target = p.args["target"].as_str().unwrap_or_default().to_owned();
             let t = target.clone();
             blocking_fs(&bounds(true), move || open::open_target(&t)).await?;
@@ -1710,7 +1786,7 @@ async fn execute(
             };
             Ok(text(format!("Opened {shown}")))
         }
-        "run" => {
+        T::Run => {
             let command = p.args["command"].as_str().unwrap_or_default();
             let limits = shell::ShellLimits {
                 timeout: Duration::from_secs(inner.config.shell_timeout_secs),
@@ -1787,7 +1863,7 @@ async fn execute(
             }
             Ok(ToolOutput { text: msg, blobs })
         }
-        "screenshot" => {
+        T::Screenshot => {
             let shot = blocking(&bounds(false), screen::capture_png).await?;
             let blob = blob_store(inner)?
                 .add(shot.png, "image/png", Some("screenshot.png"))
@@ -1806,7 +1882,7 @@ async fn execute(
                 blobs: vec![blob],
             })
         }
-        "type" | "key" | "click" => {
+        T::Type | T::Key | T::Click => {
             // Another task's input may hold the driver; a cancel must not wait for it.
             let mut guard = tokio::select! {
                 g = inner.input.lock() => g,
@@ -1822,12 +1898,12 @@ async fn execute(
             // Each request is bounded by the driver (10 s and more for long text); a cancel
             // stops waiting at once (the input thread finishes the request in hand).
             let run = async {
-                let r = match p.tool.as_str() {
-                    "type" => {
+                let r = match which {
+                    T::Type => {
                         let t = p.args["text"].as_str().unwrap_or_default();
                         driver.type_text(t).await.map(|_| format!("Typed \"{t}\""))
                     }
-                    "key" => {
+                    T::Key => {
                         let c = p.args["combo"].as_str().unwrap_or_default();
                         driver.key_combo(c).await.map(|_| format!("Pressed {c}"))
                     }
@@ -1847,9 +1923,6 @@ async fn execute(
                 _ = cancel.cancelled() => Err(CallError::Cancelled),
             }
         }
-        other => Err(CallError::Failed(format!(
-            "there is no tool called {other:?}"
-        ))),
     }
 }
 
@@ -2340,6 +2413,105 @@ mod tests {
         ];
         for (e, want) in cases {
             assert_eq!(shown(&policy, e), want);
+        }
+    }
+
+    /// Issue 14, item 1: the registry and `prepare` know the same tools, and a tool's schema
+    /// says exactly which arguments `prepare` demands.
+    #[test]
+    fn prepare_accepts_exactly_the_registry_and_its_schemas() {
+        use crate::registry::{BUILTINS, ParamKind};
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(home.path().join("docs")).expect("mkdir");
+        std::fs::write(home.path().join("docs/a.txt"), "a").expect("write");
+        let config = Config::default();
+        let policy = Policy::new(&config, home.path(), &[]).expect("policy");
+        let sample = |name: &str, kind: ParamKind| match (name, kind) {
+            (_, ParamKind::Count) => json!(3),
+            ("combo", _) => json!("ctrl+s"),
+            ("command", _) => json!("ls"),
+            ("to", _) => json!("~/docs/b.txt"),
+            ("pattern", _) | ("text", _) | ("content", _) => json!("a"),
+            _ => json!("~/docs/a.txt"),
+        };
+        let call = |tool: &str, args: Value| {
+            prepare(
+                &policy,
+                &ToolCall {
+                    tool: tool.into(),
+                    args,
+                },
+                &config,
+            )
+        };
+        for b in BUILTINS {
+            let schema = b.input_schema();
+            let full: serde_json::Map<String, Value> = b
+                .params
+                .iter()
+                .map(|p| (p.name.to_owned(), sample(p.name, p.kind)))
+                .collect();
+            let p = call(b.name, Value::Object(full.clone()))
+                .unwrap_or_else(|e| panic!("{}: prepare refused its full arguments: {e}", b.name));
+            assert_eq!(p.tool, b.name);
+            assert_eq!(p.source, Source::Builtin(b.tool));
+            assert!(
+                p.risk == b.risk || p.risk == Risk::High,
+                "{}: a call's risk is the registry's or raised",
+                b.name
+            );
+            let required: Vec<&str> = schema["required"]
+                .as_array()
+                .expect("required")
+                .iter()
+                .map(|r| r.as_str().expect("name"))
+                .collect();
+            for param in b.params {
+                let mut less = full.clone();
+                less.remove(param.name);
+                let r = call(b.name, Value::Object(less));
+                if required.contains(&param.name) {
+                    let e = r.expect_err(param.name);
+                    assert!(e.contains(&format!("`{}`", param.name)), "{}: {e}", b.name);
+                } else {
+                    assert!(r.is_ok(), "{}: {} is optional: {r:?}", b.name, param.name);
+                }
+            }
+            let mut more = full.clone();
+            more.insert("unexpected".into(), json!(1));
+            assert!(call(b.name, Value::Object(more)).is_err(), "{}", b.name);
+        }
+        // Nothing outside the registry is prepared, and the built-in agent calls only tools
+        // the registry has.
+        for t in ["nuke", "", "mcp__files__read_file", "READ"] {
+            let e = call(t, json!({})).expect_err(t);
+            assert!(e.contains("there is no tool called"), "{t}: {e}");
+        }
+        for line in crate::agent::HELP.lines().skip(1) {
+            let Some(verb) = line.split_whitespace().next() else {
+                continue;
+            };
+            let example = match verb {
+                "click" => "click 1 2".to_owned(),
+                "move" | "copy" => format!("{verb} ~/docs/a.txt ~/docs/b.txt"),
+                "find" => "find *.txt in ~/docs".to_owned(),
+                "write" => "write ~/docs/n.txt hello".to_owned(),
+                v => format!("{v} x"),
+            };
+            if let crate::agent::Parsed::Call(c) = crate::agent::parse(&example) {
+                assert!(
+                    crate::registry::builtin(&c.tool).is_some(),
+                    "`{example}` calls {:?}, which the registry lacks",
+                    c.tool
+                );
+            }
+        }
+        for b in BUILTINS {
+            assert!(
+                crate::agent::HELP.contains(&format!("\n  {} ", b.name)),
+                "help does not list {}",
+                b.name
+            );
         }
     }
 

@@ -10,6 +10,7 @@ pub mod executor;
 pub mod model;
 pub mod paths;
 pub mod policy;
+pub mod registry;
 pub mod run_rules;
 mod scheduler;
 pub mod tools;

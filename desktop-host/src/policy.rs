@@ -16,18 +16,19 @@
 //! 5. the default for the tool: reads inside the roots allow, everything that changes the machine
 //!    (writes, moves, trash, shell, keyboard and mouse, opening things) asks.
 //!
-//! **Rules name capabilities or tools.** Each tool declares, in [`TOOLS`] (the one table), what
-//! it does with each path argument:
+//! **Rules name capabilities or tools.** Each tool declares, in the tool registry
+//! ([`crate::registry`], the one table), what it does with each path argument:
 //!
 //! | rule word | governs | tools today |
 //! |---|---|---|
-//! | `read(…)` | reading a file's content, or carrying it elsewhere | `read`, `summarize` (previews), `move` (source), `open` (a path) |
-//! | `list(…)` | seeing names, sizes and dates | `list`, `find`, `summarize` |
-//! | `write(…)` | creating or replacing what is at a path | `move` (destination) |
+//! | `read(…)` | reading a file's content, or carrying it elsewhere | `read`, `search`, `summarize` (previews), `copy` and `move` (source), `open` (a path), connector tools (their path arguments) |
+//! | `list(…)` | seeing names, sizes and dates | `list`, `find`, `search`, `summarize` |
+//! | `write(…)` | creating or replacing what is at a path | `write`, `mkdir`, `copy` and `move` (destination), connector tools not marked read-only |
 //! | `delete(…)` | removing something from where it is | `trash`, `move` (source) |
-//! | a tool's name (`find`, `summarize`, `move`, `trash`, `open`, `run`, `type`, `key`, `click`, `screenshot`) | every path (or the text) of that tool | that tool |
+//! | a tool's name (`find`, `search`, `summarize`, `mkdir`, `copy`, `move`, `trash`, `open`, `run`, `type`, `key`, `click`, `screenshot`) | every path (or the text) of that tool | that tool |
+//! | `mcp__<server>__<glob>` | every path (or the arguments) of the connector tools it names; `*` and `?` match only in the tool part, so a rule never names a built-in tool or another server's | connector tools |
 //!
-//! `read` and `list` are both capability and tool names: as rules they are capabilities (which
+//! `read`, `list` and `write` are both capability and tool names: as rules they are capabilities (which
 //! cover the tools of the same name). In walks (`find`, `summarize`, `list`) entries a deny or
 //! ask rule governs are left out, since a walk cannot stop to ask.
 
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::registry::{self, Default, Registry, ToolSpec};
 use crate::run_rules::{ParsedCommand, RunPattern};
 use crate::tools::files::{self, Bounds, ContentsError};
 use crate::tools::safe_fs::{Fence, FileId};
@@ -123,139 +125,12 @@ pub struct PathArg {
     pub reach: Reach,
 }
 
-/// One tool as the policy knows it.
-#[derive(Clone, Copy, Debug)]
-pub struct ToolSpec {
-    /// Its name (and the rule word for it).
-    pub name: &'static str,
-    /// Its verdict when no rule matches.
-    pub default: Default,
-    /// Its path arguments; empty for tools that take text.
-    pub paths: &'static [PathArg],
-}
-
-use Capability::{Delete, List, Read, Write};
-
-/// Every tool the executor knows: default verdict and what it does with its paths. The one
-/// table (a future tool registry takes it over whole).
-pub const TOOLS: &[ToolSpec] = &[
-    ToolSpec {
-        name: "list",
-        default: Default::Allow,
-        paths: &[PathArg {
-            arg: "path",
-            caps: &[List],
-            reach: Reach::Path,
-        }],
-    },
-    ToolSpec {
-        name: "find",
-        default: Default::Allow,
-        paths: &[PathArg {
-            arg: "path",
-            caps: &[List],
-            reach: Reach::Walk,
-        }],
-    },
-    ToolSpec {
-        name: "read",
-        default: Default::Allow,
-        paths: &[PathArg {
-            arg: "path",
-            caps: &[Read],
-            reach: Reach::Path,
-        }],
-    },
-    ToolSpec {
-        name: "summarize",
-        default: Default::Allow,
-        paths: &[PathArg {
-            arg: "path",
-            caps: &[List, Read],
-            reach: Reach::Walk,
-        }],
-    },
-    ToolSpec {
-        name: "screenshot",
-        default: Default::Allow,
-        paths: &[],
-    },
-    ToolSpec {
-        name: "move",
-        default: Default::Ask,
-        paths: &[
-            PathArg {
-                arg: "from",
-                caps: &[Read, Delete],
-                reach: Reach::Contents,
-            },
-            PathArg {
-                arg: "to",
-                caps: &[Write],
-                reach: Reach::ContentsOf("from"),
-            },
-        ],
-    },
-    ToolSpec {
-        name: "trash",
-        default: Default::Ask,
-        paths: &[PathArg {
-            arg: "path",
-            caps: &[Delete],
-            reach: Reach::Contents,
-        }],
-    },
-    ToolSpec {
-        name: "run",
-        default: Default::Ask,
-        paths: &[],
-    },
-    ToolSpec {
-        name: "type",
-        default: Default::Ask,
-        paths: &[],
-    },
-    ToolSpec {
-        name: "key",
-        default: Default::Ask,
-        paths: &[],
-    },
-    ToolSpec {
-        name: "click",
-        default: Default::Ask,
-        paths: &[],
-    },
-    ToolSpec {
-        name: "open",
-        default: Default::Ask,
-        paths: &[PathArg {
-            arg: "target",
-            caps: &[Read],
-            reach: Reach::Path,
-        }],
-    },
-];
-
-/// The tool called `name`.
-pub fn tool(name: &str) -> Option<&'static ToolSpec> {
-    TOOLS.iter().find(|t| t.name == name)
-}
-
 /// How much of a folder a move or trash walks to judge what it carries. Past either bound the
 /// call is denied: a folder that cannot be checked whole is not moved.
 pub const CARRY_BOUNDS: Bounds = Bounds {
     max_entries: 100_000,
     max_time: Duration::from_secs(3),
 };
-
-/// A tool's verdict when no rule matches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Default {
-    /// Runs without asking.
-    Allow,
-    /// Needs approval.
-    Ask,
-}
 
 /// One permission rule: `word` or `word(pattern)`, where the word is a capability (`read`,
 /// `list`, `write`, `delete`) or a tool's name.
@@ -290,16 +165,19 @@ impl Rule {
             }
             None => (text, None),
         };
-        if self::tool(tool).is_none() && Capability::from_word(tool).is_none() {
+        if let Some(rest) = tool.strip_prefix("mcp__") {
+            connector_rule_word(text, rest)?;
+        } else if registry::builtin(tool).is_none() && Capability::from_word(tool).is_none() {
             let mut known: Vec<&str> = Capability::ALL.iter().map(|c| c.word()).collect();
             known.extend(
-                TOOLS
+                registry::BUILTINS
                     .iter()
                     .map(|t| t.name)
                     .filter(|t| Capability::from_word(t).is_none()),
             );
             return Err(format!(
-                "rule {text:?} names an unknown capability or tool {tool:?} (known: {})",
+                "rule {text:?} names an unknown capability or tool {tool:?} (known: {}, and \
+                 connector tools as mcp__<server>__<tool>, where the tool may hold * and ?)",
                 known.join(", ")
             ));
         }
@@ -322,7 +200,7 @@ impl Rule {
         command: Option<&ParsedCommand>,
         how: Match,
     ) -> bool {
-        if self.tool != tool {
+        if !self.names(tool) {
             return false;
         }
         let Some(pattern) = &self.pattern else {
@@ -344,11 +222,21 @@ impl Rule {
         Capability::from_word(&self.tool)
     }
 
+    /// Whether this rule's word names `tool`: its name, or for a connector rule
+    /// (`mcp__files__read_*`) a glob over connector tool names.
+    fn names(&self, tool: &str) -> bool {
+        if self.tool.starts_with("mcp__") {
+            glob(&self.tool, tool)
+        } else {
+            self.tool == tool
+        }
+    }
+
     /// Whether this rule governs `tool` using a path with `caps`.
     fn governs(&self, tool: &str, caps: &[Capability]) -> bool {
         match self.capability() {
             Some(c) => caps.contains(&c),
-            None => self.tool == tool,
+            None => self.names(tool),
         }
     }
 
@@ -363,7 +251,8 @@ impl Rule {
 /// The subject of a call, as the policy sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
-    /// Paths the call reads or changes, by argument name (as in [`TOOLS`]), already resolved by
+    /// Paths the call reads or changes, by argument name (as the tool's
+    /// [`ToolSpec::paths`] names them; one argument may give several), already resolved by
     /// [`Policy::resolve`].
     Paths(Vec<(String, PathBuf)>),
     /// Free text: a shell command, text to type, a key combo, a URL, coordinates.
@@ -376,6 +265,7 @@ pub struct Policy {
     home: PathBuf,
     roots: Vec<PathBuf>,
     protected: Vec<PathBuf>,
+    registry: Arc<Registry>,
     secret_ids: Arc<SecretIds>,
     carry: Bounds,
     deny: Vec<Rule>,
@@ -420,11 +310,38 @@ impl Policy {
             ask: parse(&config.permissions.ask)?,
             allow: parse(&config.permissions.allow)?,
             secret_ids: Arc::new(SecretIds::new(&home, &protected)),
+            registry: Arc::new(Registry::new()),
             carry: CARRY_BOUNDS,
             home,
             roots,
             protected,
         })
+    }
+
+    /// The tool registry this policy judges by: the built-in tools and the connectors' tools
+    /// of the moment (shared: a connector registering its tools here is judged at once).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The subject of a call of connector tool `spec`: its path arguments
+    /// ([`registry::connector_path_args`]) resolved like a person's, or, with none, the
+    /// arguments as canonical JSON text (so name-only rules and the default decide). Errors
+    /// when an argument that must be a path is not one the desktop can check (the call is
+    /// then refused).
+    pub fn connector_subject(&self, args: &serde_json::Value) -> Result<Subject, String> {
+        let found = registry::connector_path_args(args)?;
+        if found.is_empty() {
+            return Ok(Subject::Text(
+                serde_json::to_string(args).unwrap_or_default(),
+            ));
+        }
+        Ok(Subject::Paths(
+            found
+                .into_iter()
+                .map(|(arg, text)| (arg.to_owned(), self.resolve(&text)))
+                .collect(),
+        ))
     }
 
     /// The home directory (canonical).
@@ -599,17 +516,20 @@ impl Policy {
     /// Judges a call. Paths must come from [`Policy::resolve`]. A call that moves or trashes a
     /// folder walks it (bounded, see [`CARRY_BOUNDS`]): run it off the async threads.
     pub fn judge(&self, tool: &str, subject: &Subject) -> Verdict {
-        let Some(spec) = self::tool(tool) else {
+        let Some(spec) = self.registry.get(tool) else {
             return Verdict::Deny(format!("{tool:?} is not a tool this desktop has"));
         };
         match subject {
-            Subject::Paths(paths) => self.judge_paths(spec, paths),
-            Subject::Text(t) => self.judge_text(spec, t),
+            // No path given: nothing for path rules to govern, so the name rules and the
+            // default decide (never an allow for want of a rule).
+            Subject::Paths(paths) if paths.is_empty() => self.judge_text(&spec, ""),
+            Subject::Paths(paths) => self.judge_paths(&spec, paths),
+            Subject::Text(t) => self.judge_text(&spec, t),
         }
     }
 
     fn judge_text(&self, spec: &ToolSpec, text: &str) -> Verdict {
-        let tool = spec.name;
+        let tool = &*spec.name;
         let subjects = vec![text.to_owned()];
         // A shell command is parsed once, and `run` rules match the parse, not the text.
         let command = (tool == "run").then(|| ParsedCommand::parse(text));
@@ -629,7 +549,7 @@ impl Policy {
 
     fn judge_paths(&self, spec: &ToolSpec, paths: &[(String, PathBuf)]) -> Verdict {
         let fence = self.fence();
-        let mut scan = RuleScan::new(self, spec.name);
+        let mut scan = RuleScan::new(self, &spec.name);
         let mut given: Vec<(&PathArg, &Path)> = Vec::new();
         for (arg, path) in paths {
             let Some(use_) = spec.paths.iter().find(|u| u.arg == arg) else {
@@ -727,13 +647,13 @@ fn default_verdict(spec: &ToolSpec) -> Verdict {
 /// The rules applied to every path a call touches or carries, one path at a time.
 struct RuleScan<'p> {
     policy: &'p Policy,
-    tool: &'static str,
+    tool: &'p str,
     ask: bool,
     allowed: bool,
 }
 
 impl<'p> RuleScan<'p> {
-    fn new(policy: &'p Policy, tool: &'static str) -> Self {
+    fn new(policy: &'p Policy, tool: &'p str) -> Self {
         RuleScan {
             policy,
             tool,
@@ -761,7 +681,7 @@ impl<'p> RuleScan<'p> {
             let by_tool = p
                 .allow
                 .iter()
-                .any(|r| r.capability().is_none() && r.tool == tool && r.path_matches(&s, &p.home));
+                .any(|r| r.capability().is_none() && r.names(tool) && r.path_matches(&s, &p.home));
             let by_caps = !caps.is_empty()
                 && caps.iter().all(|c| {
                     p.allow
@@ -791,6 +711,31 @@ impl Rule {
             None => self.tool.clone(),
         }
     }
+}
+
+/// Checks the word of a connector rule, `mcp__<server>__<tool glob>` (`rest` is what follows
+/// `mcp__`): the server named exactly, the tool part letters, digits, `-`, `_`, `*` and `?`.
+fn connector_rule_word(text: &str, rest: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "rule {text:?}: {why} (a connector rule names mcp__<server>__<tool>, where the tool \
+             may hold * and ?, e.g. mcp__files__read_*)"
+        ))
+    };
+    let Some((server, tool)) = rest.split_once("__") else {
+        return bad("it names no server");
+    };
+    if !registry::valid_server(server) {
+        return bad("the server's name must be letters, digits, - and _ (no * or ?)");
+    }
+    if tool.is_empty()
+        || !tool
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*' | '?'))
+    {
+        return bad("the tool must be letters, digits, -, _, * and ?");
+    }
+    Ok(())
 }
 
 fn canonical_or_self(p: &Path) -> PathBuf {
@@ -910,7 +855,7 @@ mod tests {
     }
 
     fn one(p: &Policy, tool: &str, path: &str) -> Subject {
-        let arg = super::tool(tool)
+        let arg = registry::builtin(tool)
             .and_then(|t| t.paths.first())
             .map_or("path", |a| a.arg);
         Subject::Paths(vec![(arg.into(), p.resolve(path))])
@@ -947,7 +892,7 @@ mod tests {
         assert_eq!(p.judge("run", &Subject::Text("ls".into())), Verdict::Ask);
         assert_eq!(p.judge("type", &Subject::Text("hi".into())), Verdict::Ask);
         assert!(matches!(
-            p.judge("write", &Subject::Paths(vec![])),
+            p.judge("nuke", &Subject::Paths(vec![])),
             Verdict::Deny(_)
         ));
     }
@@ -1258,6 +1203,202 @@ mod tests {
             "Library/LaunchAgents",
         ] {
             assert!(read_only.contains(&p.home().join(l)), "{l}: {read_only:?}");
+        }
+    }
+
+    fn connector_policy(
+        allow: &[&str],
+        ask: &[&str],
+        deny: &[&str],
+    ) -> (tempfile::TempDir, Policy) {
+        let (d, p) = setup();
+        let config = Config {
+            roots: vec!["~/docs".into()],
+            permissions: crate::config::Permissions {
+                allow: allow.iter().map(|s| s.to_string()).collect(),
+                ask: ask.iter().map(|s| s.to_string()).collect(),
+                deny: deny.iter().map(|s| s.to_string()).collect(),
+            },
+            ..Config::default()
+        };
+        let p = Policy::new(&config, p.home(), &[]).unwrap();
+        let tool = |name: &str, read_only: bool, destructive: bool| registry::ConnectorTool {
+            name: name.into(),
+            description: String::new(),
+            input_schema: serde_json::json!({"type": "object"}),
+            read_only,
+            destructive,
+        };
+        let files = vec![
+            tool("read_file", true, false),
+            tool("read_secret_notes", true, false),
+            tool("write_file", false, false),
+        ];
+        assert!(
+            p.registry()
+                .set_connector_tools("files", false, files)
+                .is_empty()
+        );
+        let tracker = vec![
+            tool("list_issues", true, false),
+            tool("delete_issue", false, true),
+        ];
+        assert!(
+            p.registry()
+                .set_connector_tools("tracker", true, tracker)
+                .is_empty()
+        );
+        (d, p)
+    }
+
+    fn call(p: &Policy, tool: &str, args: serde_json::Value) -> Verdict {
+        match p.connector_subject(&args) {
+            Ok(subject) => p.judge(tool, &subject),
+            Err(e) => Verdict::Deny(e),
+        }
+    }
+
+    /// Issue 14, items 2 and 4: connector tools are judged like built-in ones, rules name them
+    /// by glob, a deny beats everything and an ask beats an allow.
+    #[test]
+    fn connector_tools_are_judged_by_the_same_rules() {
+        use serde_json::json;
+        let (_d, p) = connector_policy(
+            &["mcp__files__read_*", "mcp__tracker__*"],
+            &["mcp__files__read_secret*"],
+            &["mcp__tracker__delete_*"],
+        );
+        let a = json!({"path": "~/docs/a.txt"});
+        assert_eq!(call(&p, "mcp__files__read_file", a.clone()), Verdict::Allow);
+        // Ask beats allow.
+        assert_eq!(
+            call(&p, "mcp__files__read_secret_notes", a.clone()),
+            Verdict::Ask
+        );
+        // No rule: the default, ask (write_file is not read-only).
+        assert_eq!(call(&p, "mcp__files__write_file", a.clone()), Verdict::Ask);
+        // Deny beats the allow of the whole server, with paths or without.
+        let why = denied(call(&p, "mcp__tracker__delete_issue", json!({"id": 7})));
+        assert!(why.contains("mcp__tracker__delete_*"), "{why}");
+        assert!(matches!(
+            call(&p, "mcp__tracker__delete_issue", a.clone()),
+            Verdict::Deny(_)
+        ));
+        assert_eq!(
+            call(&p, "mcp__tracker__list_issues", json!({})),
+            Verdict::Allow
+        );
+        // The second wall: secrets and places outside the roots, whatever the rules.
+        for args in [
+            json!({"path": "~/.ssh/id_ed25519"}),
+            json!({"path": "~/docs/keys/id_ed25519"}),
+            json!({"paths": ["~/docs/a.txt", "~/docs/.env.local"]}),
+            json!({"uri": "file:///etc/passwd"}),
+            json!({"source": "~/docs/a.txt", "destination": "/tmp/x"}),
+            json!({"path": "docs/a.txt"}),
+            json!({"path": 5}),
+        ] {
+            assert!(
+                matches!(
+                    call(&p, "mcp__files__read_file", args.clone()),
+                    Verdict::Deny(_)
+                ),
+                "{args}"
+            );
+        }
+        let uri = format!("file://{}", p.home().join(".ssh/id_ed25519").display());
+        let why = denied(call(&p, "mcp__files__read_file", json!({ "uri": uri })));
+        assert!(why.contains("secret location"), "{why}");
+        // A connector rule never names a built-in tool or another server's.
+        let (_d2, q) = connector_policy(&["mcp__files__*"], &[], &["mcp__files__*"]);
+        assert_eq!(judge(&q, "read", "~/docs/a.txt"), Verdict::Allow);
+        assert_eq!(
+            call(&q, "mcp__tracker__list_issues", json!({})),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            call(&q, "mcp__files__read_file", a.clone()),
+            Verdict::Deny(_)
+        ));
+        // Unknown connector tools are denied.
+        assert!(matches!(
+            call(&p, "mcp__files__nope", a.clone()),
+            Verdict::Deny(_)
+        ));
+    }
+
+    /// Issue 14, item 4: the defaults follow the server's trust and the tool's hints, and
+    /// capability rules govern connector paths as well.
+    #[test]
+    fn connector_defaults_and_capability_rules() {
+        use serde_json::json;
+        let (_d, p) = connector_policy(
+            &[],
+            &["read(~/docs/private/**)"],
+            &["write(~/docs/keep/**)"],
+        );
+        let a = json!({"path": "~/docs/a.txt"});
+        // Untrusted server: even a read-only tool asks.
+        assert_eq!(call(&p, "mcp__files__read_file", a.clone()), Verdict::Ask);
+        // Trusted and read-only: allowed, unless a rule asks.
+        assert_eq!(
+            call(&p, "mcp__tracker__list_issues", a.clone()),
+            Verdict::Allow
+        );
+        assert_eq!(
+            call(
+                &p,
+                "mcp__tracker__list_issues",
+                json!({"path": "~/docs/private/x"})
+            ),
+            Verdict::Ask
+        );
+        // Trusted but not read-only: asks; a write rule governs its paths.
+        assert_eq!(
+            call(&p, "mcp__tracker__delete_issue", json!({})),
+            Verdict::Ask
+        );
+        assert!(matches!(
+            call(
+                &p,
+                "mcp__tracker__delete_issue",
+                json!({"path": "~/docs/keep/a"})
+            ),
+            Verdict::Deny(_)
+        ));
+        // A read-only tool's paths are judged as reads only.
+        assert_eq!(
+            call(
+                &p,
+                "mcp__tracker__list_issues",
+                json!({"path": "~/docs/keep/a"})
+            ),
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn connector_rule_words() {
+        for ok in [
+            "mcp__files__read_*",
+            "mcp__tracker__delete_*",
+            "mcp__files__*(~/docs/**)",
+            "mcp__my-server__get?",
+            "mcp__a_b__x",
+        ] {
+            assert!(Rule::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "mcp__*",
+            "mcp__files",
+            "mcp__files__",
+            "mcp__fi*les__x",
+            "mcp____x",
+            "mcp__files__read/x",
+            "mcp__files__a b",
+        ] {
+            let e = Rule::parse(bad).unwrap_err();
+            assert!(e.contains("connector rule"), "{bad}: {e}");
         }
     }
 
