@@ -151,6 +151,13 @@ fn a_model_lists_reads_and_trashes_with_a_signed_approval_then_answers() -> Resu
         assert!(body["system"].as_str().is_some_and(|s| s.contains("phone")));
     }
     let first = reqs[0].json();
+    // The registry's tools, as the Messages API wants them.
+    let read = first["tools"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "read"))
+        .context("the read tool is offered")?;
+    assert_eq!(read["input_schema"]["type"], "object", "{read}");
+    assert!(read["description"].as_str().is_some_and(|d| !d.is_empty()));
     assert_eq!(
         first["messages"][0]["content"],
         "what do my notes say? and remove the old draft"
@@ -213,6 +220,13 @@ fn a_denied_step_reaches_the_model_as_an_error_and_its_next_step_runs() -> Resul
     assert_eq!(
         reqs[0].json()["stream_options"],
         json!({"include_usage": true})
+    );
+    assert!(
+        reqs[0].json()["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["function"]["name"] == "trash"
+                && t["function"]["parameters"]["type"] == "object")),
+        "the registry's tools as functions"
     );
     let results = openai_results(&reqs[1].json());
     assert_eq!(results.len(), 1, "{results:?}");
