@@ -90,7 +90,13 @@ pub fn request_body(model: &str, request: &ModelRequest) -> Value {
         match m {
             ChatMessage::User(text) => messages.push(json!({"role": "user", "content": text})),
             ChatMessage::Assistant { text, calls } => {
-                let mut msg = json!({"role": "assistant", "content": text});
+                // No text beside calls is `null`, as OpenAI sends it (some servers refuse "").
+                let content = if text.is_empty() && !calls.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(text.clone())
+                };
+                let mut msg = json!({"role": "assistant", "content": content});
                 if !calls.is_empty() {
                     msg["tool_calls"] = calls
                         .iter()
