@@ -427,6 +427,7 @@ fn agent_check_and_a_missing_key() -> Result<()> {
     let server = rt.block_on(ModelServer::start(vec![
         Reply::Turn(Turn::text("pong")),
         Reply::api_error(401, "authentication_error", "invalid x-api-key"),
+        Reply::Turn(Turn::text("pong")),
     ]))?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config.toml");
@@ -451,9 +452,33 @@ fn agent_check_and_a_missing_key() -> Result<()> {
             && !r.stdout.contains(KEY),
         "{r:?}"
     );
+    // An OpenAI-compatible server with a key: `Authorization: Bearer`.
+    let with_key = dir.path().join("openai.toml");
+    std::fs::write(
+        &with_key,
+        format!(
+            "{}api_key_env = \"DESKHAND_TEST_MODEL_KEY\"\n",
+            openai(&server.openai_url())
+        ),
+    )?;
+    let r = deskhand_env(
+        &[
+            "agent",
+            "check",
+            "--config",
+            with_key.to_str().context("utf-8")?,
+        ],
+        &env,
+    )?;
+    assert_eq!(r.code, 0, "{r:?}");
     let reqs = server.requests();
-    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs.len(), 3);
     assert_eq!(reqs[0].json()["max_tokens"], 1);
+    assert_eq!(reqs[2].path, "/v1/chat/completions");
+    assert_eq!(
+        reqs[2].header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
     // No key in the environment: serve does not start, and says why.
     let data = dir.path().join("desk");
     let home = dir.path().join("home");
