@@ -126,6 +126,11 @@ pub struct AgentOutcome {
 pub trait Agent: Send + Sync {
     /// Name shown in the task's events.
     fn name(&self) -> &str;
+    /// The name of what will carry out `prompt` (a routing agent answers per message).
+    fn name_for(&self, prompt: &str) -> &str {
+        let _ = prompt;
+        self.name()
+    }
     /// Carries out `prompt` through `host`.
     fn run<'a>(&'a self, prompt: &'a str, host: &'a dyn ToolHost) -> BoxFuture<'a, AgentOutcome>;
 }

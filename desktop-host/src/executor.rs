@@ -31,7 +31,9 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolDef, ToolHost, ToolOutput};
+use crate::agent::{
+    Agent, BoxFuture, CallError, ToolCall, ToolDef, ToolHost, ToolOutput, Turn, TurnRole,
+};
 use crate::config::{Config, ShellSandbox};
 use crate::policy::{Capability, Policy, Subject, Verdict as PolicyVerdict};
 use crate::registry::{BuiltinTool, Source, ToolSpec};
@@ -768,7 +770,7 @@ impl Inner {
                 .await;
         }
         // The claim is durable before the first action.
-        let agent = self.agent.name().to_owned();
+        let agent = self.agent.name_for(&task.prompt).to_owned();
         let me = self.me.to_string();
         self.node
             .write(|tx| {
@@ -905,6 +907,13 @@ impl ToolHost for TaskHost {
 
     fn time_limit(&self) -> Duration {
         Duration::from_secs(self.inner.config.tool_timeout_secs)
+    }
+
+    fn history(&self) -> Vec<Turn> {
+        let task = self.task.to_string();
+        self.inner
+            .node
+            .read(|doc| history_before(doc, &task, HISTORY_CHARS, HISTORY_SCAN))
     }
 }
 
@@ -2263,6 +2272,70 @@ fn first_line(s: &str) -> String {
 /// Messages read per look while recovering, so sync sessions are never held up for long.
 const SCAN_CHUNK: usize = 2000;
 
+/// Characters of earlier conversation a model is shown before a task's request.
+const HISTORY_CHARS: usize = 24_000;
+/// Messages looked at, from the newest, to find a task's request and the turns before it.
+const HISTORY_SCAN: usize = 2_000;
+
+/// The conversation before task `task`'s own message (`m-<message id>`; for a task created
+/// without a message, the whole conversation): the people's messages and the agent's replies,
+/// oldest first, newest kept within `budget` characters (the oldest one kept may be cut at its
+/// start). Messages of the task itself are left out. At most `scan` messages are looked at.
+fn history_before(doc: &Automerge, task: &str, budget: usize, scan: usize) -> Vec<Turn> {
+    let str_field = |obj: &automerge::ObjId, key: &str| -> Option<String> {
+        match doc.get(obj, key) {
+            Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                automerge::ScalarValue::Str(t) => Some(t.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let Ok(Some((_, list))) = doc.get(automerge::ROOT, "messages") else {
+        return Vec::new();
+    };
+    let own = task.strip_prefix("m-");
+    let mut found = own.is_none();
+    let mut left = budget;
+    let mut turns = Vec::new();
+    let len = doc.length(&list);
+    for i in (len.saturating_sub(scan)..len).rev() {
+        let Ok(Some((_, m))) = doc.get(&list, i) else {
+            continue;
+        };
+        if !found {
+            found = str_field(&m, "id").as_deref() == own;
+            continue;
+        }
+        if str_field(&m, "task_id").as_deref() == Some(task) {
+            continue;
+        }
+        let role = match str_field(&m, "role").as_deref() {
+            Some("user") => TurnRole::User,
+            Some("agent") => TurnRole::Assistant,
+            _ => continue,
+        };
+        let Some(text) = str_field(&m, "text") else {
+            continue;
+        };
+        let n = text.chars().count();
+        if n > left {
+            if left > 200 {
+                let tail: String = text.chars().skip(n - left + 1).collect();
+                turns.push(Turn {
+                    role,
+                    text: format!("…{tail}"),
+                });
+            }
+            break;
+        }
+        left -= n;
+        turns.push(Turn { role, text });
+    }
+    turns.reverse();
+    turns
+}
+
 /// User messages (from phones) in `from..to` that have not become tasks yet. Reads two fields
 /// per message and hydrates only the candidates.
 fn unanswered_in(
@@ -2445,6 +2518,65 @@ mod tests {
         chunked.extend(unanswered_in(&doc, 2, 4, &me, &tasks));
         chunked.extend(unanswered_in(&doc, 4, 6, &me, &tasks));
         assert_eq!(chunked, found);
+    }
+
+    /// What a model is shown before a task: the turns before its own message, newest kept
+    /// within the budget, none of the task's own or later messages.
+    #[test]
+    fn history_is_the_conversation_before_the_task_within_a_budget() {
+        let desk = DeviceId::from_bytes([1; 32]);
+        let phone = DeviceId::from_bytes([2; 32]).to_string();
+        let me = desk.to_string();
+        let mut doc = Automerge::new().with_actor(desk.actor_id());
+        doc.transact::<_, _, SchemaError>(|tx| {
+            Workspace::init(
+                tx,
+                &DesktopInfo {
+                    id: me.clone(),
+                    name: "d".into(),
+                    os: "linux".into(),
+                    heartbeat_at: 0,
+                    executor: ExecutorState::Idle,
+                },
+            )?;
+            for m in [
+                msg("a", &phone, Role::User, None),
+                msg("r-a", &me, Role::Agent, Some("m-a")),
+                msg("b", &phone, Role::User, None),
+                msg("r-b", &me, Role::Agent, Some("m-b")),
+                msg("s", &me, Role::System, None),
+                msg("c", &phone, Role::User, None),
+                msg("d", &phone, Role::User, None),
+                msg("r-c", &me, Role::Agent, Some("m-c")),
+            ] {
+                Workspace::append_message(tx, &m)?;
+            }
+            Ok(())
+        })
+        .expect("document");
+        let texts = |turns: Vec<Turn>| -> Vec<(TurnRole, String)> {
+            turns.into_iter().map(|t| (t.role, t.text)).collect()
+        };
+        let u = |id: &str| (TurnRole::User, format!("text of {id}"));
+        let a = |id: &str| (TurnRole::Assistant, format!("text of {id}"));
+        assert_eq!(
+            texts(history_before(&doc, "m-c", 10_000, 100)),
+            vec![u("a"), a("r-a"), u("b"), a("r-b")]
+        );
+        // Task d came later: c's reply came after it and is left out as well as its own.
+        assert_eq!(
+            texts(history_before(&doc, "m-d", 10_000, 100)),
+            vec![u("a"), a("r-a"), u("b"), a("r-b"), u("c")]
+        );
+        // The budget keeps the newest turns ("text of r-b" is 12 characters).
+        assert_eq!(
+            texts(history_before(&doc, "m-c", 25, 100)),
+            vec![u("b"), a("r-b")]
+        );
+        assert!(history_before(&doc, "m-a", 10_000, 100).is_empty());
+        // A task without a message sees the whole conversation; an unknown one sees nothing.
+        assert_eq!(history_before(&doc, "t1", 10_000, 100).len(), 7);
+        assert!(history_before(&doc, "m-zz", 10_000, 100).is_empty());
     }
     /// Issue 13, item 4: a call blocked in a real system call (opening a FIFO nobody writes
     /// to) is abandoned at once on cancel and at its time limit; its thread is counted until

@@ -10,6 +10,7 @@ use deskhand_core::terminal;
 use deskhand_sync::RelaySetting;
 use serde_json::json;
 
+mod check;
 mod control;
 mod demo;
 use deskhand_desktop_host::paths;
@@ -115,6 +116,12 @@ enum Command {
         #[command(subcommand)]
         command: phone::PhoneCommand,
     },
+    /// The agent's set-up: `deskhand agent check` makes one small request to the model of
+    /// `[model]` and says in plain words what is wrong.
+    Agent {
+        #[command(subcommand)]
+        action: AgentAction,
+    },
     /// A desktop and two phones in a temporary directory, syncing over real iroh connections on
     /// loopback: shows the document converging, offline catch-up and presence.
     Demo,
@@ -133,6 +140,16 @@ impl Switch {
     pub(crate) fn on(self) -> bool {
         self == Self::On
     }
+}
+
+#[derive(Subcommand)]
+enum AgentAction {
+    /// One small request to the model (and each connector): `model: ok (…)` or what is wrong.
+    Check {
+        /// Config file (default: config.toml in the platform's config directory).
+        #[arg(long, value_parser = absolute_path)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,7 +215,8 @@ fn main() {
         | Command::Devices { .. }
         | Command::Status { .. }
         | Command::Trash { .. }
-        | Command::Service { .. } => "error",
+        | Command::Service { .. }
+        | Command::Agent { .. } => "error",
         Command::Serve { .. } => "warn,iroh=error,deskhand_sync=info,deskhand=info",
     };
     // iroh 1.4 logs `ERROR relay_recv_channel closed` (socket/transports/relay.rs) whenever an
@@ -380,6 +398,12 @@ async fn run(command: Command) -> Result<()> {
             phone::run(data, listen, mdns.on(), command).await
         }
         Command::Demo => demo::run().await,
+        Command::Agent {
+            action: AgentAction::Check { config },
+        } => {
+            let path = config.unwrap_or_else(deskhand_desktop_host::config::default_config_path);
+            check::run(&path).await
+        }
     }
 }
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use deskhand_core::terminal;
-use deskhand_desktop_host::agent::Builtin;
+use deskhand_desktop_host::agent::{Agent, Builtin};
 use deskhand_desktop_host::config::{Config, default_config_path};
 use deskhand_desktop_host::console::{ConversationFeed, message_line};
 use deskhand_desktop_host::executor::Executor;
+use deskhand_desktop_host::model::{self, ModelAgent, Routed};
 use deskhand_desktop_host::policy::Policy;
 use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, RelaySetting};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,7 @@ pub async fn run(opts: Options) -> Result<()> {
         .iter()
         .map(|r| r.display().to_string())
         .collect();
+    let (agent, agent_line) = agent(&config, &config_path, policy.clone(), &name, &home, &roots)?;
     let node = Node::open(
         NodeConfig::new(&data, NodeRole::Desktop { name: name.clone() }).with_net(net.clone()),
     )
@@ -76,13 +78,7 @@ pub async fn run(opts: Options) -> Result<()> {
     .with_context(|| format!("starting the desktop host in {}", data.display()))?;
     let node = Arc::new(node);
     let cancel = CancellationToken::new();
-    let executor = Executor::new(
-        node.clone(),
-        config,
-        policy.clone(),
-        Arc::new(Builtin::with_policy(policy)),
-        data.join("trash"),
-    );
+    let executor = Executor::new(node.clone(), config, policy, agent, data.join("trash"));
     let status: control::StatusFn = {
         let ex = executor.clone();
         Arc::new(move || serde_json::to_value(ex.status()).unwrap_or_default())
@@ -127,6 +123,7 @@ pub async fn run(opts: Options) -> Result<()> {
     );
     println!("  config    : {}", config_path.display());
     println!("  roots     : {}", roots.join(", "));
+    println!("  agent     : {agent_line}");
     let devices = node.peers();
     println!("  paired devices: {}", devices.len());
     for p in &devices {
@@ -198,6 +195,35 @@ pub async fn run(opts: Options) -> Result<()> {
         _ = term.recv() => tracing::warn!("stopping now (second signal)"),
     }
     Ok(())
+}
+
+/// The agent that runs tasks, and the line `serve` prints about it: the model of `[model]`
+/// (messages starting with `/` still run the built-in commands), else the built-in commands.
+/// A missing API key refuses to start.
+fn agent(
+    config: &Config,
+    config_path: &std::path::Path,
+    policy: Policy,
+    desktop: &str,
+    home: &std::path::Path,
+    roots: &[String],
+) -> Result<(Arc<dyn Agent>, String)> {
+    let builtin = Builtin::with_policy(policy);
+    let Some(m) = &config.model else {
+        return Ok((
+            Arc::new(builtin),
+            "built-in commands (no [model] in config.toml)".into(),
+        ));
+    };
+    let backend = model::backend(m, |v| std::env::var(v).ok())
+        .map_err(|e| anyhow::anyhow!("the config file {}: {e}", config_path.display()))?;
+    let line = format!(
+        "{} (a message starting with / runs the built-in commands)",
+        backend.describe()
+    );
+    let system = model::agent::system_prompt(desktop, home, roots);
+    let agent = ModelAgent::new(backend, system, model::limits(m));
+    Ok((Arc::new(Routed::new(builtin, agent)), line))
 }
 
 /// How long stopping may take before the process exits anyway.

@@ -1,6 +1,8 @@
 //! Shared utilities of Deskhand's multi-process tests: spawn a `deskhand-node` process, talk to
 //! it with JSON lines, kill it.
 
+#[allow(clippy::unwrap_used)] // test harness: a poisoned lock is a broken test
+pub mod model_server;
 #[allow(clippy::unwrap_used)] // test harness: a missing pipe is a broken test machine
 pub mod x11;
 
@@ -191,13 +193,22 @@ pub fn message_ids(state: &Value) -> Vec<String> {
 /// cargo does not hand its path to this crate's tests).
 pub fn deskhand_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/deskhand
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_owned();
+    // target/<profile>/deps/<test> → target/<profile>/deskhand; a binary of this package
+    // (the benchmark) lives in target/<profile>/ itself.
+    let mut profile_dir = exe.parent().expect("target dir").to_owned();
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir.pop();
+    }
     let bin = profile_dir.join("deskhand");
+    // A release harness (the benchmark) runs the release binary built beside it.
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        assert!(
+            bin.exists(),
+            "{} is missing: build it with `cargo build --release -p deskhand-desktop-host`",
+            bin.display()
+        );
+        return bin;
+    }
     // Build once per test process so a stale binary is never tested (a no-op when fresh).
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {

@@ -5,7 +5,10 @@
 //! its own endpoint and database. Cross-process latencies use the system clock of this one
 //! machine (unix microseconds) on both sides. Prints one JSON line per figure, then a table.
 //!
-//! `deskhand-bench [all|w1|w2|w3|w4|w5|floor] [--quick]`
+//! A1 runs a real `deskhand serve` (the release binary beside this one) whose model is the
+//! scripted model server of `deskhand_tests::model_server`, in this process, on loopback.
+//!
+//! `deskhand-bench [all|w1|w2|w3|w4|w5|a1|floor] [--quick]`
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,7 +21,8 @@ use deskhand_core::{DeviceKey, MessageId, TaskId};
 use deskhand_sync::node::{random_bytes, random_id_bytes};
 use deskhand_sync::presence::now_unix_ms;
 use deskhand_sync::{Node, NodeConfig, NodeRole, PeerRecord};
-use deskhand_tests::NodeProc;
+use deskhand_tests::model_server::{ModelServer, Reply, Turn};
+use deskhand_tests::{NodeProc, Serve};
 use serde_json::json;
 
 struct Report {
@@ -561,6 +565,125 @@ async fn floor(r: &mut Report, quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// A1: the agent's own overhead. With the scripted model on loopback: per tool step, from the
+/// end of a model response calling an `allow` tool (`list`) to the next request carrying its
+/// result; and from the model's first streamed text to a phone seeing it in the task's events.
+async fn a1(r: &mut Report, quick: bool) -> Result<()> {
+    let (steps, texts) = if quick { (10, 3) } else { (200, 30) };
+    let mut replies: Vec<Reply> = (0..steps)
+        .map(|i| {
+            Reply::Turn(Turn::call(
+                &format!("toolu_{i}"),
+                "list",
+                json!({"path": "~"}),
+            ))
+        })
+        .collect();
+    replies.push(Reply::Turn(Turn::text("Listed it.")));
+    for j in 0..texts {
+        replies.push(Reply::Turn(
+            Turn::text(&format!(
+                "marker{j} then the rest of a streamed answer, word by word"
+            ))
+            .slowly(Duration::from_millis(20)),
+        ));
+    }
+    let model = ModelServer::start(replies).await?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("desk");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nprovider = \"anthropic\"\nname = \"scripted\"\nbase_url = \"{}\"\nmax_steps = {}\n",
+            model.url(),
+            steps + 5
+        ),
+    )?;
+    let listen = deskhand_tests::free_udp_addr().to_string();
+    let config_arg = config.display().to_string();
+    let serve = Serve::spawn(
+        &[],
+        None,
+        &data,
+        &["--listen", &listen, "--config", &config_arg],
+        &[],
+    )?;
+    std::fs::write(data.with_extension("home").join("a.txt"), "a file to list")?;
+    let mut phone = NodeProc::spawn(&node_bin(), &dir.path().join("phone"), "phone", None)?;
+    tokio::task::block_in_place(|| -> Result<()> {
+        phone.ok(json!({"cmd": "pair", "payload": serve.payload, "name": "bench-phone"}))?;
+        phone.wait_doc()?;
+        let id = phone.send("list my home folder again and again")?;
+        let v = phone
+            .call(json!({"cmd": "wait_task", "task": format!("m-{id}"), "timeout_ms": 600_000}))?;
+        if v["task"]["status"] != "done" {
+            bail!("the A1 task did not finish: {}", v["task"]);
+        }
+        Ok(())
+    })?;
+    let log = model.requests();
+    let mut overhead: Vec<u64> = log
+        .windows(2)
+        .take(steps)
+        .filter_map(|w| {
+            Some(
+                w[1].received_at
+                    .checked_duration_since(w[0].answered_at?)?
+                    .as_micros() as u64,
+            )
+        })
+        .collect();
+    overhead.sort_unstable();
+    r.put(
+        "A1",
+        "step_overhead_p50_us",
+        pct(&overhead, 0.5),
+        "model response end → tool result sent back (`list`, allow)",
+    );
+    r.put(
+        "A1",
+        "step_overhead_p99_us",
+        pct(&overhead, 0.99),
+        "model response end → tool result sent back (`list`, allow)",
+    );
+    let mut shown = Vec::new();
+    for j in 0..texts {
+        let observed = tokio::task::block_in_place(|| -> Result<u64> {
+            let id = phone.send(&format!("say something {j}"))?;
+            let v = phone.call(json!({"cmd": "wait_event", "task": format!("m-{id}"), "contains": format!("marker{j}"), "timeout_ms": 20_000}))?;
+            if v["ok"] != true {
+                bail!("the phone never saw marker{j}");
+            }
+            phone.call(
+                json!({"cmd": "wait_task", "task": format!("m-{id}"), "timeout_ms": 20_000}),
+            )?;
+            Ok(v["observed_at_us"].as_u64().unwrap_or(0))
+        })?;
+        let sent = model
+            .requests()
+            .get(steps + 1 + j)
+            .and_then(|q| q.first_text_at_us)
+            .context("the model server never streamed the text")?;
+        shown.push(observed.saturating_sub(sent));
+    }
+    shown.sort_unstable();
+    r.put(
+        "A1",
+        "text_to_phone_p50_us",
+        pct(&shown, 0.5),
+        "model's first streamed text → a phone's document shows it",
+    );
+    r.put(
+        "A1",
+        "text_to_phone_p99_us",
+        pct(&shown, 0.99),
+        "model's first streamed text → a phone's document shows it",
+    );
+    drop(serve);
+    Ok(())
+}
+
 fn pump(
     x: &mut Automerge,
     sx: &mut sync::State,
@@ -613,6 +736,9 @@ async fn main() -> Result<()> {
     }
     if all || which == "w4" {
         w4(&mut r, quick).await?;
+    }
+    if all || which == "a1" {
+        a1(&mut r, quick).await?;
     }
     if all || which == "w6" {
         println!(

@@ -355,6 +355,33 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 }
             }
         }
+        "wait_event" => {
+            // Until the task has an event whose text holds `contains`; stamps when it was seen.
+            let id = deskhand_core::TaskId::from(cmd["task"].as_str().context("task")?);
+            let needle = cmd["contains"].as_str().context("contains")?.to_owned();
+            let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
+            let has = || {
+                node.read(|d| Workspace::task(d, &id))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|t| t.events.iter().any(|e| e.text.contains(&needle)))
+            };
+            let mut sub = node.subscribe();
+            let seen = tokio::time::timeout(timeout, async {
+                while !has() {
+                    if sub.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            let observed_at_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            Ok(json!({"ok": seen, "observed_at_us": observed_at_us}))
+        }
         "approvals" => {
             let all = node.read(Workspace::approvals)?;
             Ok(json!({"ok": true, "approvals": all}))
