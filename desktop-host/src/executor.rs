@@ -2799,6 +2799,62 @@ mod tests {
         assert_eq!(reached, all, "help lists a command for every tool");
     }
 
+    /// Issue 14, items 2 and 5: a connector's call is prepared from the registry: its arguments
+    /// go as given, its paths are resolved for the policy and the approval shows them all.
+    #[test]
+    fn connector_calls_are_prepared_with_their_paths_shown() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let config = Config::default();
+        let policy = Policy::new(&config, home.path(), &[]).expect("policy");
+        let refused = policy.registry().set_connector_tools(
+            "files",
+            false,
+            vec![crate::registry::ConnectorTool {
+                name: "move_file".into(),
+                description: "Move a file".into(),
+                input_schema: json!({"type": "object", "properties": {
+                    "source": {"type": "string"}, "destination": {"type": "string"}}}),
+                read_only: false,
+                destructive: true,
+            }],
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        let call = |args: Value| {
+            prepare(
+                &policy,
+                &ToolCall {
+                    tool: "mcp__files__move_file".into(),
+                    args,
+                },
+                &config,
+            )
+        };
+        let args = json!({"source": "~/a.txt", "destination": "~/b/../c.txt"});
+        let p = call(args.clone()).expect("prepared");
+        assert_eq!(p.args, args, "the server gets the arguments as given");
+        assert_eq!(p.risk, Risk::High);
+        assert_eq!(
+            p.summary,
+            "Use move_file of connector files with \
+             {\"destination\":\"~/b/../c.txt\",\"source\":\"~/a.txt\"} (paths: ~/a.txt, ~/c.txt)"
+        );
+        let h = policy.home();
+        assert_eq!(
+            p.subject,
+            Subject::Paths(vec![
+                ("source".into(), h.join("a.txt")),
+                ("destination".into(), h.join("c.txt")),
+            ])
+        );
+        assert!(matches!(
+            &p.source,
+            Source::Connector { server, tool, read_only: false } if server == "files" && tool == "move_file"
+        ));
+        let e = call(json!({"source": "a.txt"})).unwrap_err();
+        assert!(e.contains("relative path"), "{e}");
+        assert!(call(json!(["x"])).is_err());
+    }
+
     /// Issue 14, item 3: a page of `read` says which lines it shows and how to read on; the
     /// summaries of the new tools say exactly what will happen.
     #[test]
