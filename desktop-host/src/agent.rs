@@ -126,6 +126,11 @@ pub struct AgentOutcome {
 pub trait Agent: Send + Sync {
     /// Name shown in the task's events.
     fn name(&self) -> &str;
+    /// The name of what will carry out `prompt` (a routing agent answers per message).
+    fn name_for(&self, prompt: &str) -> &str {
+        let _ = prompt;
+        self.name()
+    }
     /// Carries out `prompt` through `host`.
     fn run<'a>(&'a self, prompt: &'a str, host: &'a dyn ToolHost) -> BoxFuture<'a, AgentOutcome>;
 }
@@ -135,6 +140,7 @@ pub const HELP: &str = "\
 Commands (~ is your home folder):
   list PATH              what a folder holds
   find PATTERN [in PATH] files whose name matches (* and ? work)
+  grep TEXT [in PATH]    lines of text files that contain TEXT
   read PATH              the beginning of a text file
   summarize PATH         sizes, types, newest files, first lines
   screenshot             a picture of the screen
@@ -142,6 +148,9 @@ Commands (~ is your home folder):
   type TEXT              type on the keyboard, exactly as written (asks first)
   key COMBO              press keys, e.g. key ctrl+s (asks first)
   click X Y              click at a screen position (asks first)
+  write PATH TEXT        create or replace a text file; the rest of the line is its text (asks first)
+  mkdir PATH             create a folder (asks first)
+  copy FROM TO           copy a file or folder (asks first)
   move FROM TO           move or rename (asks first)
   trash PATH             move to the Deskhand trash (asks first; deskhand trash restore undoes it)
   run COMMAND            run a shell command (asks first)
@@ -261,8 +270,17 @@ pub fn parse_with(prompt: &str, exists: &dyn Fn(&str, Want) -> bool) -> Parsed {
             if rest.is_empty() {
                 return needs("a name pattern", "find *.pdf in ~/Documents");
             }
-            match find_args(rest, exists) {
+            match find_args("find", rest, exists) {
                 Ok((pattern, path)) => call("find", json!({ "pattern": pattern, "path": path })),
+                Err(answer) => Parsed::Answer(answer),
+            }
+        }
+        "grep" => {
+            if rest.is_empty() {
+                return needs("a text to look for", "grep \"total due\" in ~/Documents");
+            }
+            match find_args("grep", rest, exists) {
+                Ok((text, path)) => call("search", json!({ "text": text, "path": path })),
                 Err(answer) => Parsed::Answer(answer),
             }
         }
@@ -312,7 +330,31 @@ pub fn parse_with(prompt: &str, exists: &dyn Fn(&str, Want) -> bool) -> Parsed {
                 _ => needs("two screen coordinates", "click 640 400"),
             }
         }
-        "move" | "mv" | "rename" => match move_args(rest, exists) {
+        "copy" | "cp" => match move_args("copy", rest, exists) {
+            Ok(Some((from, to))) => call("copy", json!({ "from": from, "to": to })),
+            Ok(None) => needs(
+                "a source and a destination",
+                "copy ~/Documents/report.pdf ~/Backup",
+            ),
+            Err(answer) => Parsed::Answer(answer),
+        },
+        "mkdir" => {
+            let path = arg!("one folder", "mkdir \"~/My Notes/2026\"");
+            if path.is_empty() {
+                return needs("a folder", "mkdir ~/Taxes/2026");
+            }
+            call("mkdir", json!({ "path": path }))
+        }
+        // The path is one word (quoted if it holds spaces); the text is the rest of the line,
+        // exactly as written.
+        "write" => match write_args(rest) {
+            Some((path, text)) => call("write", json!({ "path": path, "content": text })),
+            None => needs(
+                "a file and its text",
+                "write ~/notes.txt Buy milk (quote a path with spaces: write \"~/My Notes/a.txt\" …)",
+            ),
+        },
+        "move" | "mv" | "rename" => match move_args("move", rest, exists) {
             Ok(Some((from, to))) => call("move", json!({ "from": from, "to": to })),
             Ok(None) => needs(
                 "a source and a destination",
@@ -370,6 +412,41 @@ pub fn parse_with(prompt: &str, exists: &dyn Fn(&str, Want) -> bool) -> Parsed {
             deskhand_core::schema::clip(verb, 40)
         )),
     }
+}
+
+/// `PATH TEXT` of `write`: the first shell word (quotes and escapes as in a shell) and the rest
+/// of the line verbatim after the blanks that follow it. `None` without a path or a text.
+fn write_args(rest: &str) -> Option<(String, String)> {
+    let rest = rest.trim_start();
+    // The end of the first word: the first unquoted, unescaped blank.
+    let (mut quote, mut escaped, mut end) = (None::<char>, false, rest.len());
+    for (i, c) in rest.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match (quote, c) {
+            (None, '\\') | (Some('"'), '\\') => escaped = true,
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, c) if c.is_whitespace() => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (word, text) = rest.split_at(end);
+    let path = match words(word).ok()?.as_slice() {
+        [one] if !one.is_empty() => one.clone(),
+        _ => return None,
+    };
+    // One separating blank (a space or tab) is dropped; the text keeps everything else.
+    let text = text.strip_prefix([' ', '\t']).unwrap_or(text);
+    if text.is_empty() {
+        return None;
+    }
+    Some((path, text.to_owned()))
 }
 
 fn or_home(path: String) -> String {
@@ -549,44 +626,52 @@ fn choose(
 }
 
 /// `PATTERN [in PATH]`: `(pattern, path)`, or the answer to give.
-fn find_args(rest: &str, exists: &dyn Fn(&str, Want) -> bool) -> Result<(String, String), String> {
+fn find_args(
+    verb: &str,
+    rest: &str,
+    exists: &dyn Fn(&str, Want) -> bool,
+) -> Result<(String, String), String> {
     let rest = literal_hashes(rest);
     // A separating `in` is a whole unquoted word.
     let ins = word_starts(&rest, |p| {
         rest[p..].starts_with("in") && rest[p + 2..].starts_with([' ', '\t', '\n'])
     });
-    let explain =
-        |e: ArgError| e.explain("find", "one pattern", "find \"my report*\" in ~/Documents");
+    let example = if verb == "grep" {
+        "grep \"total due\" in ~/Documents"
+    } else {
+        "find \"my report*\" in ~/Documents"
+    };
+    let explain = |e: ArgError| e.explain(verb, "one pattern", example);
     if ins.is_empty() {
         let pattern = one_arg(&rest).map_err(explain)?;
         return Ok((pattern, "~".into()));
     }
     let found = readings(&rest, &ins, 2);
     if found.is_empty() {
-        return Err(
-            "`find` reads as PATTERN in FOLDER. Put quotes around a pattern or a folder \
-                    that holds spaces, for example: find \"*.txt\" in \"~/My Notes\""
-                .into(),
-        );
+        return Err(format!(
+            "`{verb}` reads as {} in FOLDER. Put quotes around {} or a folder that holds \
+             spaces, for example: {verb} \"{}\" in \"~/My Notes\"",
+            if verb == "grep" { "TEXT" } else { "PATTERN" },
+            if verb == "grep" {
+                "a text"
+            } else {
+                "a pattern"
+            },
+            if verb == "grep" { "total due" } else { "*.txt" },
+        ));
     }
-    choose("find", found, " in ", |(_, path)| {
-        exists(path, Want::Folder)
-    })
+    choose(verb, found, " in ", |(_, path)| exists(path, Want::Folder))
 }
 
 /// `FROM TO`: `Some((from, to))`, `None` when there are not two, or the answer to give.
 fn move_args(
+    verb: &str,
     rest: &str,
     exists: &dyn Fn(&str, Want) -> bool,
 ) -> Result<Option<(String, String)>, String> {
     let rest = literal_hashes(rest);
-    let explain = |e: ArgError| {
-        e.explain(
-            "move",
-            "a source and a destination",
-            "move \"~/My Notes/a b.txt\" ~/Documents",
-        )
-    };
+    let example = format!("{verb} \"~/My Notes/a b.txt\" ~/Documents");
+    let explain = |e: ArgError| e.explain(verb, "a source and a destination", &example);
     let mut ws = words(&rest).map_err(explain)?;
     match ws.len() {
         0 | 1 => Ok(None),
@@ -600,7 +685,7 @@ fn move_args(
             if found.is_empty() {
                 return Err(explain(ArgError::Several(ws.len())));
             }
-            choose("move", found, " ", |(from, _)| exists(from, Want::Anything)).map(Some)
+            choose(verb, found, " ", |(from, _)| exists(from, Want::Anything)).map(Some)
         }
     }
 }
@@ -667,6 +752,80 @@ mod tests {
         match p {
             Parsed::Call(c) => (c.tool, c.args),
             Parsed::Answer(a) => panic!("expected a call, got {a}"),
+        }
+    }
+
+    /// Issue 14, item 3: the commands of the new tools.
+    #[test]
+    fn write_mkdir_copy_and_grep_commands() {
+        assert_eq!(
+            tool(parse("mkdir ~/Taxes/2026")),
+            ("mkdir".into(), json!({"path": "~/Taxes/2026"}))
+        );
+        assert_eq!(
+            tool(parse("mkdir ~/My Notes/2026")),
+            ("mkdir".into(), json!({"path": "~/My Notes/2026"}))
+        );
+        assert_eq!(
+            tool(parse("copy ~/a.txt ~/Backup")),
+            ("copy".into(), json!({"from": "~/a.txt", "to": "~/Backup"}))
+        );
+        assert_eq!(
+            tool(parse("cp \"~/My Notes\" ~/Backup")),
+            (
+                "copy".into(),
+                json!({"from": "~/My Notes", "to": "~/Backup"})
+            )
+        );
+        assert_eq!(
+            tool(parse("write ~/n.txt Buy milk,  eggs \"now\"")),
+            (
+                "write".into(),
+                json!({"path": "~/n.txt", "content": "Buy milk,  eggs \"now\""})
+            )
+        );
+        assert_eq!(
+            tool(parse("write \"~/My Notes/a b.txt\" hello")),
+            (
+                "write".into(),
+                json!({"path": "~/My Notes/a b.txt", "content": "hello"})
+            )
+        );
+        assert_eq!(
+            tool(parse(r"write ~/a\ b.txt  two spaces")),
+            (
+                "write".into(),
+                json!({"path": "~/a b.txt", "content": " two spaces"})
+            )
+        );
+        assert_eq!(
+            tool(parse("grep \"total due\" in ~/Documents")),
+            (
+                "search".into(),
+                json!({"text": "total due", "path": "~/Documents"})
+            )
+        );
+        assert_eq!(
+            tool(parse("grep invoice")),
+            ("search".into(), json!({"text": "invoice", "path": "~"}))
+        );
+        for (line, want) in [
+            ("write ~/n.txt", "needs a file and its text"),
+            ("write", "needs a file and its text"),
+            ("write \"~/open quote hello", "needs a file and its text"),
+            ("mkdir", "needs a folder"),
+            ("copy ~/a", "needs a source and a destination"),
+            ("grep", "needs a text"),
+        ] {
+            match parse(line) {
+                Parsed::Answer(a) => assert!(a.contains(want), "{line}: {a}"),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        // An ambiguous copy asks for quotes, naming `copy`.
+        match parse_with("copy ~/a b ~/c d", &|_, _| false) {
+            Parsed::Answer(a) => assert!(a.contains("This `copy` can be read"), "{a}"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -19,6 +19,16 @@
 //! settle_ms = 2000                 # settle: how long a deny can still stop the first approve
 //! approvals_needed = 2             # n-of-m: how many phones must approve
 //!
+//! [model]                          # optional: an LLM agent instead of the command language
+//! provider = "anthropic"           # or "openai" for any OpenAI-compatible server
+//! name = "claude-sonnet-4-5"
+//! base_url = "https://api.anthropic.com"  # openai: including /v1, e.g. http://127.0.0.1:11434/v1
+//! api_key_env = "ANTHROPIC_API_KEY"       # the variable holding the key; none for local servers
+//! max_steps = 40                   # model requests per task
+//! max_task_secs = 1800             # wall time per task
+//! max_task_tokens = 1000000        # input + output tokens per task
+//! max_output_tokens = 4096         # per request
+//!
 //! [permissions]                    # tool + pattern, like Claude Code's rules
 //! allow = ["run(git status*)"]
 //! ask = ["read(~/Private/**)"]
@@ -245,6 +255,116 @@ impl McpServer {
     }
 }
 
+/// Which wire format a model server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// The Anthropic Messages API (`POST {base_url}/v1/messages`).
+    Anthropic,
+    /// OpenAI-compatible chat completions (`POST {base_url}/chat/completions`): OpenAI, Ollama,
+    /// llama.cpp's `llama-server`, vLLM, LM Studio.
+    Openai,
+}
+
+impl Provider {
+    /// `anthropic` or `openai`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "anthropic",
+            Provider::Openai => "openai",
+        }
+    }
+}
+
+/// `[model]`: the LLM that carries out requests. Without it the built-in command language does.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The wire format.
+    pub provider: Provider,
+    /// The model's name, as the server knows it (`claude-sonnet-4-5`, `qwen2.5:7b`).
+    pub name: String,
+    /// Where the server is. Default: `https://api.anthropic.com` (anthropic),
+    /// `https://api.openai.com/v1` (openai; a base URL of this provider includes `/v1`).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The environment variable holding the API key (never the key itself); none for a local
+    /// server that wants no key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Model requests per task (1 to 1,000).
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+    /// Wall time of one task, in seconds.
+    #[serde(default = "default_max_task_secs")]
+    pub max_task_secs: u64,
+    /// Tokens (input + output, as the server counts them) one task may use.
+    #[serde(default = "default_max_task_tokens")]
+    pub max_task_tokens: u64,
+    /// Tokens the model may write per request.
+    #[serde(default = "default_max_output_tokens")]
+    pub max_output_tokens: u32,
+}
+
+fn default_max_steps() -> u32 {
+    40
+}
+fn default_max_task_secs() -> u64 {
+    1800
+}
+fn default_max_task_tokens() -> u64 {
+    1_000_000
+}
+fn default_max_output_tokens() -> u32 {
+    4096
+}
+
+impl ModelConfig {
+    /// `base_url`, or the provider's default; without a trailing `/`.
+    pub fn base_url(&self) -> String {
+        let url = match (&self.base_url, self.provider) {
+            (Some(u), _) => u.as_str(),
+            (None, Provider::Anthropic) => "https://api.anthropic.com",
+            (None, Provider::Openai) => "https://api.openai.com/v1",
+        };
+        url.trim_end_matches('/').to_owned()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("`model.name` is empty: name the model, e.g. claude-sonnet-4-5".into());
+        }
+        let url = self.base_url();
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || reqwest::Url::parse(&url).is_err()
+        {
+            return Err(format!(
+                "`model.base_url` {url:?} is not an http:// or https:// URL"
+            ));
+        }
+        if let Some(var) = &self.api_key_env
+            && (var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            // Its value is not shown: it may be a key put in the wrong place.
+            return Err(
+                "`model.api_key_env` must be the name of an environment variable \
+                        (letters, digits, _); the key itself never goes in this file"
+                    .into(),
+            );
+        }
+        if !(1..=1000).contains(&self.max_steps) {
+            return Err("`model.max_steps` must be between 1 and 1000".into());
+        }
+        if self.max_task_secs == 0 || self.max_task_tokens == 0 || self.max_output_tokens == 0 {
+            return Err(
+                "`model.max_task_secs`, `max_task_tokens` and `max_output_tokens` must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The host's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -284,6 +404,9 @@ pub struct Config {
     pub permissions: Permissions,
     /// Connectors (MCP servers), by name.
     pub mcp_servers: BTreeMap<String, McpServer>,
+    /// The LLM agent; `None`: the built-in command language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelConfig>,
 }
 
 impl Default for Config {
@@ -304,6 +427,7 @@ impl Default for Config {
             mdns: true,
             permissions: Permissions::default(),
             mcp_servers: BTreeMap::new(),
+            model: None,
         }
     }
 }
@@ -383,6 +507,9 @@ impl Config {
         }
         if self.approvals.approvals_needed == 0 {
             return Err("`approvals.approvals_needed` must be at least 1".into());
+        }
+        if let Some(model) = &self.model {
+            model.validate()?;
         }
         for rule in self
             .permissions
@@ -545,6 +672,53 @@ mod tests {
             std::fs::write(&p, text).unwrap();
             let e = Config::load(&p).unwrap_err().to_string();
             assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_model_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, "[model]\nprovider = \"anthropic\"\nname = \"claude-x\"\napi_key_env = \"ANTHROPIC_API_KEY\"\n").unwrap();
+        let m = Config::load(&p).unwrap().model.unwrap();
+        assert_eq!(m.provider, Provider::Anthropic);
+        assert_eq!(m.base_url(), "https://api.anthropic.com");
+        assert_eq!((m.max_steps, m.max_task_secs), (40, 1800));
+        std::fs::write(&p, "[model]\nprovider = \"openai\"\nname = \"qwen2.5\"\nbase_url = \"http://127.0.0.1:11434/v1/\"\nmax_steps = 5\n").unwrap();
+        let m = Config::load(&p).unwrap().model.unwrap();
+        assert_eq!(m.base_url(), "http://127.0.0.1:11434/v1");
+        assert_eq!((m.max_steps, m.api_key_env), (5, None));
+        std::fs::write(&p, "[model]\nprovider = \"openai\"\nname = \"gpt\"\n").unwrap();
+        assert_eq!(
+            Config::load(&p).unwrap().model.unwrap().base_url(),
+            "https://api.openai.com/v1"
+        );
+        for (body, named) in [
+            ("provider = \"gemini\"\nname = \"x\"", "gemini"),
+            (
+                "provider = \"openai\"\nname = \"x\"\napi_key = \"sk-1\"",
+                "api_key",
+            ),
+            ("provider = \"openai\"\nname = \"\"", "model.name"),
+            (
+                "provider = \"openai\"\nname = \"x\"\nbase_url = \"ftp://h\"",
+                "base_url",
+            ),
+            (
+                "provider = \"openai\"\nname = \"x\"\napi_key_env = \"sk-abc-123\"",
+                "api_key_env",
+            ),
+            (
+                "provider = \"openai\"\nname = \"x\"\nmax_steps = 0",
+                "max_steps",
+            ),
+            ("name = \"x\"", "provider"),
+        ] {
+            std::fs::write(&p, format!("[model]\n{body}\n")).unwrap();
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.contains(named), "{body}: {e}");
+            // A key put where the variable's name goes is not shown whole.
+            assert!(!e.contains("sk-abc-123"), "{e}");
         }
     }
 }

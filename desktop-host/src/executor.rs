@@ -31,7 +31,9 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, BoxFuture, CallError, ToolCall, ToolDef, ToolHost, ToolOutput};
+use crate::agent::{
+    Agent, BoxFuture, CallError, ToolCall, ToolDef, ToolHost, ToolOutput, Turn, TurnRole,
+};
 use crate::config::{Config, ShellSandbox};
 use crate::mcp::{self, ConnectorError, Connectors};
 use crate::policy::{Capability, Policy, Subject, Verdict as PolicyVerdict};
@@ -786,7 +788,7 @@ impl Inner {
                 .await;
         }
         // The claim is durable before the first action.
-        let agent = self.agent.name().to_owned();
+        let agent = self.agent.name_for(&task.prompt).to_owned();
         let me = self.me.to_string();
         self.node
             .write(|tx| {
@@ -923,6 +925,13 @@ impl ToolHost for TaskHost {
 
     fn time_limit(&self) -> Duration {
         Duration::from_secs(self.inner.config.tool_timeout_secs)
+    }
+
+    fn history(&self) -> Vec<Turn> {
+        let task = self.task.to_string();
+        self.inner
+            .node
+            .read(|doc| history_before(doc, &task, HISTORY_CHARS, HISTORY_SCAN))
     }
 }
 
@@ -1217,11 +1226,10 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
     use BuiltinTool as T;
     let base = builtin.risk;
     Ok(match which {
-        T::List | T::Read | T::Summarize => {
+        T::List | T::Summarize => {
             let target = path("path")?;
             let verb = match which {
                 T::List => "List",
-                T::Read => "Read",
                 _ => "Summarize",
             };
             p(
@@ -1230,6 +1238,125 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 paths(&[("path", &target)]),
                 format!("{verb} {}", show(&target)),
                 base,
+            )
+        }
+        T::Read => {
+            let target = path("path")?;
+            let offset = count_arg(call, "offset")?.unwrap_or(0);
+            let length = count_arg(call, "length")?.unwrap_or(READ_LINES);
+            if length == 0 || length > MAX_READ_LINES {
+                return Err(format!(
+                    "`read` shows 1 to {MAX_READ_LINES} lines at a time, not {length}"
+                ));
+            }
+            let mut summary = format!("Read {}", show(&target));
+            if offset > 0 || call.args.get("length").is_some() {
+                summary.push_str(&format!(
+                    " (lines {}–{})",
+                    offset.saturating_add(1),
+                    offset.saturating_add(length)
+                ));
+            }
+            p(
+                "read",
+                json!({ "path": target, "offset": offset, "length": length }),
+                paths(&[("path", &target)]),
+                summary,
+                base,
+            )
+        }
+        T::Search => {
+            let target = path("path")?;
+            let text = str_arg(call, "text")?;
+            if text.is_empty() {
+                return Err("`search` needs a text to look for".into());
+            }
+            let max = count_arg(call, "max_results")?.unwrap_or(SEARCH_RESULTS);
+            if max == 0 || max > MAX_SEARCH_RESULTS {
+                return Err(format!(
+                    "`search` returns 1 to {MAX_SEARCH_RESULTS} results, not {max}"
+                ));
+            }
+            let (t, t_len) = brief(&text);
+            p(
+                "search",
+                json!({ "path": target, "text": text, "max_results": max }),
+                paths(&[("path", &target)]),
+                format!("Search {} for \"{t}\"{t_len}", show(&target)),
+                base,
+            )
+        }
+        T::Write => {
+            let target = path("path")?;
+            let content = str_arg(call, "content")?;
+            if content.len() > files::MAX_WRITE_BYTES {
+                return Err(format!(
+                    "the text is {}; `write` writes at most 1 MiB into one file",
+                    size(content.len())
+                ));
+            }
+            let old = std::fs::symlink_metadata(&target).ok();
+            // Only a regular file is replaced (into the trash first); anything else there is
+            // refused when it runs.
+            let replace = old.as_ref().is_some_and(|m| m.is_file());
+            let (text, text_len) = brief(&content);
+            let mut summary = match &old {
+                Some(m) if replace => format!(
+                    "Replace {} ({} now; the old file goes to the Deskhand trash) with {} of \
+                     text: \"{text}\"{text_len}",
+                    show(&target),
+                    size(m.len() as usize),
+                    size(content.len())
+                ),
+                _ => format!(
+                    "Create {} with {} of text: \"{text}\"{text_len}",
+                    show(&target),
+                    size(content.len())
+                ),
+            };
+            let risk = persistence_risk(policy, &target, false, &mut summary, base);
+            p(
+                "write",
+                json!({ "path": target, "content": content, "replace": replace }),
+                paths(&[("path", &target)]),
+                summary,
+                risk,
+            )
+        }
+        T::Mkdir => {
+            let target = path("path")?;
+            let parent_missing = target.parent().is_some_and(|d| !d.exists());
+            let mut summary = format!("Create the folder {}", show(&target));
+            if parent_missing {
+                summary.push_str(" and the missing folders above it");
+            }
+            let risk = persistence_risk(policy, &target, false, &mut summary, base);
+            p(
+                "mkdir",
+                json!({ "path": target }),
+                paths(&[("path", &target)]),
+                summary,
+                risk,
+            )
+        }
+        T::Copy => {
+            let from = path("from")?;
+            let mut to = path("to")?;
+            if to.is_dir()
+                && let Some(name) = from.file_name()
+            {
+                to = to.join(name);
+            }
+            let folder = is_real_dir(&from);
+            let what = if folder { " and everything in it" } else { "" };
+            let mut summary = format!("Copy {}{what} to {}", show(&from), show(&to));
+            let risk = persistence_risk(policy, &to, folder, &mut summary, base);
+            p(
+                "copy",
+                json!({ "from": from, "to": to }),
+                paths(&[("from", &from), ("to", &to)]),
+                summary,
+                risk,
             )
         }
         T::Find => {
@@ -1270,16 +1397,7 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
             let folder = is_real_dir(&from);
             let what = if folder { " and everything in it" } else { "" };
             let mut summary = format!("Move {}{what} to {}", show(&from), show(&to));
-            // Moving something into a place whose files run later makes it a standing action.
-            let risk = match policy.persistence(&to, folder) {
-                Some(place) => {
-                    summary.push_str(&format!(
-                        " — into a persistence location ({place}), so what it holds may run later"
-                    ));
-                    Risk::High
-                }
-                None => base,
-            };
+            let risk = persistence_risk(policy, &to, folder, &mut summary, base);
             p(
                 "move",
                 json!({ "from": from, "to": to }),
@@ -1367,6 +1485,49 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
             base,
         ),
     })
+}
+
+/// Putting something into a place whose files run later makes it a standing action: risk High,
+/// and the summary says where. `folder`: what lands there is a folder (a persistence location
+/// inside it counts). Else `base`.
+fn persistence_risk(
+    policy: &Policy,
+    to: &std::path::Path,
+    folder: bool,
+    summary: &mut String,
+    base: Risk,
+) -> Risk {
+    match policy.persistence(to, folder) {
+        Some(place) => {
+            summary.push_str(&format!(
+                " — into a persistence location ({place}), so what it holds may run later"
+            ));
+            Risk::High
+        }
+        None => base,
+    }
+}
+
+/// Lines a `read` shows when not told, and at most.
+const READ_LINES: u64 = 200;
+const MAX_READ_LINES: u64 = 2000;
+/// Bytes one page of a `read` holds at most.
+const READ_PAGE_BYTES: usize = 64 * 1024;
+/// Matching lines a `search` returns when not told, and at most.
+const SEARCH_RESULTS: u64 = 100;
+const MAX_SEARCH_RESULTS: u64 = 1000;
+
+/// An optional whole-number argument (the registry's check ran before).
+fn count_arg(call: &ToolCall, key: &str) -> Result<Option<u64>, String> {
+    match call.args.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            format!(
+                "`{}`'s argument `{key}` must be a whole number, 0 or more",
+                call.tool
+            )
+        }),
+    }
 }
 
 /// [`prepare`] for a connector's tool: the arguments go to the server exactly as given (what
@@ -1756,15 +1917,99 @@ async fn execute(
         T::Read => {
             let f = arg_path(p, "path");
             let shown = policy.show(&f);
-            let head = blocking_fs(&bounds(false), move || {
-                files::read_head(&f, 16 * 1024, 200, &*fence)
+            let offset = p.args["offset"].as_u64().unwrap_or(0) as usize;
+            let length = p.args["length"].as_u64().unwrap_or(READ_LINES) as usize;
+            let page = blocking_fs(&bounds(false), move || {
+                files::read_lines(&f, offset, length, READ_PAGE_BYTES, &*fence)
             })
             .await?;
-            let mut out = format!("{shown} ({} bytes)\n{}", head.total_size, head.text);
-            if head.truncated {
-                out.push_str("\n…");
+            Ok(text(page_text(&shown, &page)))
+        }
+        T::Search => {
+            let dir = arg_path(p, "path");
+            let needle = p.args["text"].as_str().unwrap_or_default().to_owned();
+            let max = p.args["max_results"].as_u64().unwrap_or(SEARCH_RESULTS) as usize;
+            let pol = policy.clone();
+            let (d, n) = (dir.clone(), needle.clone());
+            let found = blocking_fs(&bounds(false), move || {
+                let names = |x: &std::path::Path| pol.hidden("search", Capability::List, x);
+                let content = |x: &std::path::Path| pol.hidden("search", Capability::Read, x);
+                let limits = files::SearchLimits {
+                    max_results: max,
+                    ..files::SearchLimits::default()
+                };
+                files::search(&n, &d, limits, &names, &content, &*fence)
+            })
+            .await?;
+            let n = found.hits.len();
+            let mut out = format!(
+                "{n} matching line{} for \"{}\" in {} ({} file{} searched",
+                if n == 1 { "" } else { "s" },
+                one_line(&needle),
+                policy.show(&dir),
+                found.files_searched,
+                if found.files_searched == 1 { "" } else { "s" },
+            );
+            if found.files_skipped > 0 {
+                out.push_str(&format!(
+                    ", {} skipped as binary or too large",
+                    found.files_skipped
+                ));
+            }
+            out.push(')');
+            for h in &found.hits {
+                out.push_str(&format!(
+                    "\n{}:{}: {}",
+                    policy.show(&h.path),
+                    h.line,
+                    one_line(&h.text)
+                ));
+            }
+            if found.truncated {
+                out.push_str("\n(stopped early: more may exist)");
             }
             Ok(text(out))
+        }
+        T::Write => {
+            let f = arg_path(p, "path");
+            let content = p.args["content"].as_str().unwrap_or_default().to_owned();
+            let replace = p.args["replace"].as_bool().unwrap_or(false);
+            let (trash, t, target) = (inner.trash.clone(), task.to_string(), f.clone());
+            let written = blocking_fs(&bounds(true), move || {
+                files::write_text(&target, &content, replace, &trash, Some(&t), &*fence)
+            })
+            .await?;
+            Ok(text(match written.replaced {
+                Some(old) => format!(
+                    "Replaced {} ({} bytes). The old file is in the Deskhand trash; to undo, on \
+                     the desktop: deskhand trash restore {}",
+                    policy.show(&f),
+                    written.bytes,
+                    old.id
+                ),
+                None => format!("Created {} ({} bytes)", policy.show(&f), written.bytes),
+            }))
+        }
+        T::Mkdir => {
+            let d = arg_path(p, "path");
+            let target = d.clone();
+            let created =
+                blocking_fs(&bounds(true), move || files::make_dir(&target, &*fence)).await?;
+            Ok(text(if created {
+                format!("Created the folder {}", policy.show(&d))
+            } else {
+                format!("{} already exists", policy.show(&d))
+            }))
+        }
+        T::Copy => {
+            let (from, to) = (arg_path(p, "from"), arg_path(p, "to"));
+            let msg = format!("Copied {} to {}", policy.show(&from), policy.show(&to));
+            // Exactly where the approval said: `to` already names the final path.
+            blocking_fs(&bounds(true), move || {
+                files::copy_exact(&from, &to, &*fence)
+            })
+            .await?;
+            Ok(text(msg))
         }
         T::Summarize => {
             let dir = arg_path(p, "path");
@@ -2020,6 +2265,55 @@ fn shell_confinement(policy: &Policy) -> Sandbox {
     ))
 }
 
+/// A page of a `read` for the person and the model: which lines it shows of how many, the
+/// lines, and how to read on.
+fn page_text(shown: &str, page: &files::TextPage) -> String {
+    let total = page
+        .total_lines
+        .map_or_else(|| "more than can be counted".to_owned(), |n| n.to_string());
+    if page.lines == 0 {
+        return format!(
+            "{shown} ({} bytes, {total} lines): nothing from line {} on",
+            page.total_size,
+            page.first_line + 1
+        );
+    }
+    let last = page.first_line + page.lines;
+    let mut out = format!(
+        "{shown} ({} bytes): lines {}–{last} of {total}\n{}",
+        page.total_size,
+        page.first_line + 1,
+        page.text
+    );
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    // A page cut by its byte bound ends inside line `last`: read on from that line, unless the
+    // page is that one line (then the rest of it is skipped, or a reader would never get on).
+    let next = if page.cut && page.lines > 1 {
+        last - 1
+    } else {
+        last
+    };
+    if page.cut && page.lines == 1 {
+        out.push_str(&format!(
+            "(line {last} is longer than a page: only its first {} KB are shown)\n",
+            READ_PAGE_BYTES / 1024
+        ));
+    }
+    match page.total_lines {
+        Some(n) if n > next => out.push_str(&format!(
+            "({} more lines: read again with offset {next})",
+            n - next
+        )),
+        Some(_) => out.push_str("(end of file)"),
+        None => out.push_str(&format!(
+            "(more lines follow: read again with offset {next})"
+        )),
+    }
+    out
+}
+
 fn entry_line(e: &files::Entry) -> String {
     match e.kind {
         files::EntryKind::Dir => format!("{}/", e.name),
@@ -2056,6 +2350,70 @@ fn first_line(s: &str) -> String {
 /// User messages (from phones) that have not become tasks yet.
 /// Messages read per look while recovering, so sync sessions are never held up for long.
 const SCAN_CHUNK: usize = 2000;
+
+/// Characters of earlier conversation a model is shown before a task's request.
+const HISTORY_CHARS: usize = 24_000;
+/// Messages looked at, from the newest, to find a task's request and the turns before it.
+const HISTORY_SCAN: usize = 2_000;
+
+/// The conversation before task `task`'s own message (`m-<message id>`; for a task created
+/// without a message, the whole conversation): the people's messages and the agent's replies,
+/// oldest first, newest kept within `budget` characters (the oldest one kept may be cut at its
+/// start). Messages of the task itself are left out. At most `scan` messages are looked at.
+fn history_before(doc: &Automerge, task: &str, budget: usize, scan: usize) -> Vec<Turn> {
+    let str_field = |obj: &automerge::ObjId, key: &str| -> Option<String> {
+        match doc.get(obj, key) {
+            Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                automerge::ScalarValue::Str(t) => Some(t.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let Ok(Some((_, list))) = doc.get(automerge::ROOT, "messages") else {
+        return Vec::new();
+    };
+    let own = task.strip_prefix("m-");
+    let mut found = own.is_none();
+    let mut left = budget;
+    let mut turns = Vec::new();
+    let len = doc.length(&list);
+    for i in (len.saturating_sub(scan)..len).rev() {
+        let Ok(Some((_, m))) = doc.get(&list, i) else {
+            continue;
+        };
+        if !found {
+            found = str_field(&m, "id").as_deref() == own;
+            continue;
+        }
+        if str_field(&m, "task_id").as_deref() == Some(task) {
+            continue;
+        }
+        let role = match str_field(&m, "role").as_deref() {
+            Some("user") => TurnRole::User,
+            Some("agent") => TurnRole::Assistant,
+            _ => continue,
+        };
+        let Some(text) = str_field(&m, "text") else {
+            continue;
+        };
+        let n = text.chars().count();
+        if n > left {
+            if left > 200 {
+                let tail: String = text.chars().skip(n - left + 1).collect();
+                turns.push(Turn {
+                    role,
+                    text: format!("…{tail}"),
+                });
+            }
+            break;
+        }
+        left -= n;
+        turns.push(Turn { role, text });
+    }
+    turns.reverse();
+    turns
+}
 
 /// User messages (from phones) in `from..to` that have not become tasks yet. Reads two fields
 /// per message and hydrates only the candidates.
@@ -2239,6 +2597,65 @@ mod tests {
         chunked.extend(unanswered_in(&doc, 2, 4, &me, &tasks));
         chunked.extend(unanswered_in(&doc, 4, 6, &me, &tasks));
         assert_eq!(chunked, found);
+    }
+
+    /// What a model is shown before a task: the turns before its own message, newest kept
+    /// within the budget, none of the task's own or later messages.
+    #[test]
+    fn history_is_the_conversation_before_the_task_within_a_budget() {
+        let desk = DeviceId::from_bytes([1; 32]);
+        let phone = DeviceId::from_bytes([2; 32]).to_string();
+        let me = desk.to_string();
+        let mut doc = Automerge::new().with_actor(desk.actor_id());
+        doc.transact::<_, _, SchemaError>(|tx| {
+            Workspace::init(
+                tx,
+                &DesktopInfo {
+                    id: me.clone(),
+                    name: "d".into(),
+                    os: "linux".into(),
+                    heartbeat_at: 0,
+                    executor: ExecutorState::Idle,
+                },
+            )?;
+            for m in [
+                msg("a", &phone, Role::User, None),
+                msg("r-a", &me, Role::Agent, Some("m-a")),
+                msg("b", &phone, Role::User, None),
+                msg("r-b", &me, Role::Agent, Some("m-b")),
+                msg("s", &me, Role::System, None),
+                msg("c", &phone, Role::User, None),
+                msg("d", &phone, Role::User, None),
+                msg("r-c", &me, Role::Agent, Some("m-c")),
+            ] {
+                Workspace::append_message(tx, &m)?;
+            }
+            Ok(())
+        })
+        .expect("document");
+        let texts = |turns: Vec<Turn>| -> Vec<(TurnRole, String)> {
+            turns.into_iter().map(|t| (t.role, t.text)).collect()
+        };
+        let u = |id: &str| (TurnRole::User, format!("text of {id}"));
+        let a = |id: &str| (TurnRole::Assistant, format!("text of {id}"));
+        assert_eq!(
+            texts(history_before(&doc, "m-c", 10_000, 100)),
+            vec![u("a"), a("r-a"), u("b"), a("r-b")]
+        );
+        // Task d came later: c's reply came after it and is left out as well as its own.
+        assert_eq!(
+            texts(history_before(&doc, "m-d", 10_000, 100)),
+            vec![u("a"), a("r-a"), u("b"), a("r-b"), u("c")]
+        );
+        // The budget keeps the newest turns ("text of r-b" is 12 characters).
+        assert_eq!(
+            texts(history_before(&doc, "m-c", 25, 100)),
+            vec![u("b"), a("r-b")]
+        );
+        assert!(history_before(&doc, "m-a", 10_000, 100).is_empty());
+        // A task without a message sees the whole conversation; an unknown one sees nothing.
+        assert_eq!(history_before(&doc, "t1", 10_000, 100).len(), 7);
+        assert!(history_before(&doc, "m-zz", 10_000, 100).is_empty());
     }
     /// Issue 13, item 4: a call blocked in a real system call (opening a FIFO nobody writes
     /// to) is abandoned at once on cancel and at its time limit; its thread is counted until
@@ -2434,6 +2851,8 @@ mod tests {
             let e = call(t, json!({})).expect_err(t);
             assert!(e.contains("there is no tool called"), "{t}: {e}");
         }
+        // Every command `help` lists calls a registry tool, and every tool has a command.
+        let mut reached = std::collections::BTreeSet::new();
         for line in crate::agent::HELP.lines().skip(1) {
             let Some(verb) = line.split_whitespace().next() else {
                 continue;
@@ -2443,7 +2862,7 @@ mod tests {
                 "call" => continue,
                 "click" => "click 1 2".to_owned(),
                 "move" | "copy" => format!("{verb} ~/docs/a.txt ~/docs/b.txt"),
-                "find" => "find *.txt in ~/docs".to_owned(),
+                "find" | "grep" => format!("{verb} x in ~/docs"),
                 "write" => "write ~/docs/n.txt hello".to_owned(),
                 v => format!("{v} x"),
             };
@@ -2453,15 +2872,150 @@ mod tests {
                     "`{example}` calls {:?}, which the registry lacks",
                     c.tool
                 );
+                reached.insert(c.tool);
             }
         }
-        for b in BUILTINS {
-            assert!(
-                crate::agent::HELP.contains(&format!("\n  {} ", b.name)),
-                "help does not list {}",
-                b.name
-            );
-        }
+        let all: std::collections::BTreeSet<String> =
+            BUILTINS.iter().map(|b| b.name.to_owned()).collect();
+        assert_eq!(reached, all, "help lists a command for every tool");
+    }
+
+    /// Issue 14, items 2 and 5: a connector's call is prepared from the registry: its arguments
+    /// go as given, its paths are resolved for the policy and the approval shows them all.
+    #[test]
+    fn connector_calls_are_prepared_with_their_paths_shown() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let config = Config::default();
+        let policy = Policy::new(&config, home.path(), &[]).expect("policy");
+        let refused = policy.registry().set_connector_tools(
+            "files",
+            false,
+            vec![crate::registry::ConnectorTool {
+                name: "move_file".into(),
+                description: "Move a file".into(),
+                input_schema: json!({"type": "object", "properties": {
+                    "source": {"type": "string"}, "destination": {"type": "string"}}}),
+                read_only: false,
+                destructive: true,
+            }],
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        let call = |args: Value| {
+            prepare(
+                &policy,
+                &ToolCall {
+                    tool: "mcp__files__move_file".into(),
+                    args,
+                },
+                &config,
+            )
+        };
+        let args = json!({"source": "~/a.txt", "destination": "~/b/../c.txt"});
+        let p = call(args.clone()).expect("prepared");
+        assert_eq!(p.args, args, "the server gets the arguments as given");
+        assert_eq!(p.risk, Risk::High);
+        assert_eq!(
+            p.summary,
+            "Use move_file of connector files with \
+             {\"destination\":\"~/b/../c.txt\",\"source\":\"~/a.txt\"} (paths: ~/a.txt, ~/c.txt)"
+        );
+        let h = policy.home();
+        assert_eq!(
+            p.subject,
+            Subject::Paths(vec![
+                ("source".into(), h.join("a.txt")),
+                ("destination".into(), h.join("c.txt")),
+            ])
+        );
+        assert!(matches!(
+            &p.source,
+            Source::Connector { server, tool, read_only: false } if server == "files" && tool == "move_file"
+        ));
+        let e = call(json!({"source": "a.txt"})).unwrap_err();
+        assert!(e.contains("relative path"), "{e}");
+        assert!(call(json!(["x"])).is_err());
+    }
+
+    /// Issue 14, item 3: a page of `read` says which lines it shows and how to read on; the
+    /// summaries of the new tools say exactly what will happen.
+    #[test]
+    fn read_pages_and_new_tool_summaries() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let config = Config::default();
+        let policy = Policy::new(&config, home.path(), &[]).expect("policy");
+        let f = policy.home().join("long.txt");
+        let text: String = (1..=500).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&f, &text).expect("write");
+        let page = |offset, length, bytes| {
+            let p = files::read_lines(&f, offset, length, bytes, &crate::tools::safe_fs::NoFence)
+                .expect("page");
+            page_text("~/long.txt", &p)
+        };
+        let first = page(0, 200, READ_PAGE_BYTES);
+        assert!(
+            first.starts_with("~/long.txt (4392 bytes): lines 1–200 of 500\nline 1\n"),
+            "{first}"
+        );
+        assert!(
+            first.ends_with("line 200\n(300 more lines: read again with offset 200)"),
+            "{first}"
+        );
+        let last = page(400, 200, READ_PAGE_BYTES);
+        assert!(last.contains("lines 401–500 of 500"), "{last}");
+        assert!(last.ends_with("line 500\n(end of file)"), "{last}");
+        assert!(page(600, 10, READ_PAGE_BYTES).contains("nothing from line 601 on"));
+        let cut = page(0, 200, 20);
+        assert!(
+            cut.ends_with("(498 more lines: read again with offset 2)"),
+            "{cut}"
+        );
+        let prepared = |tool: &str, args: Value| {
+            prepare(
+                &policy,
+                &ToolCall {
+                    tool: tool.into(),
+                    args,
+                },
+                &config,
+            )
+        };
+        let r = prepared("read", json!({"path": "~/long.txt", "offset": 200})).expect("read");
+        assert_eq!(r.summary, "Read ~/long.txt (lines 201–400)");
+        assert_eq!(r.args["length"], 200);
+        assert!(prepared("read", json!({"path": "~/long.txt", "length": 5000})).is_err());
+        let w = prepared("write", json!({"path": "~/long.txt", "content": "new"})).expect("w");
+        assert_eq!(
+            w.summary,
+            "Replace ~/long.txt (4392 bytes now; the old file goes to the Deskhand trash) with \
+             3 bytes of text: \"new\""
+        );
+        assert_eq!(w.args["replace"], true);
+        assert_eq!(w.risk, Risk::Medium);
+        let w = prepared("write", json!({"path": "~/.bashrc", "content": "x"})).expect("w");
+        assert!(
+            w.summary.starts_with("Create ~/.bashrc with 1 bytes"),
+            "{}",
+            w.summary
+        );
+        assert!(w.summary.contains("persistence location"), "{}", w.summary);
+        assert_eq!(
+            (w.risk, w.args["replace"].as_bool()),
+            (Risk::High, Some(false))
+        );
+        let big = "x".repeat(files::MAX_WRITE_BYTES + 1);
+        let e = prepared("write", json!({"path": "~/b.txt", "content": big})).unwrap_err();
+        assert!(e.contains("at most 1 MiB"), "{e}");
+        let m = prepared("mkdir", json!({"path": "~/a/b"})).expect("mkdir");
+        assert_eq!(
+            m.summary,
+            "Create the folder ~/a/b and the missing folders above it"
+        );
+        std::fs::create_dir_all(policy.home().join("Backup")).expect("mkdir");
+        let c = prepared("copy", json!({"from": "~/long.txt", "to": "~/Backup"})).expect("copy");
+        assert_eq!(c.summary, "Copy ~/long.txt to ~/Backup/long.txt");
+        let s = prepared("search", json!({"path": "~", "text": "line 7"})).expect("search");
+        assert_eq!(s.summary, "Search ~ for \"line 7\"");
+        assert_eq!(s.args["max_results"], 100);
     }
 
     /// Issue 13, item 9: a 128 KB command's summary showed only its start on a phone.

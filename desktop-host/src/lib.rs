@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod executor;
 pub mod mcp;
+pub mod model;
 pub mod paths;
 pub mod policy;
 pub mod registry;

@@ -10,6 +10,7 @@ use deskhand_core::terminal;
 use deskhand_sync::RelaySetting;
 use serde_json::json;
 
+mod check;
 mod control;
 mod demo;
 use deskhand_desktop_host::paths;
@@ -115,8 +116,8 @@ enum Command {
         #[command(subcommand)]
         command: phone::PhoneCommand,
     },
-    /// The desktop's agent and its connectors: `deskhand agent check` tries each and says in
-    /// plain words what is wrong.
+    /// The agent's set-up: `deskhand agent check` makes one small request to the model of
+    /// `[model]` and says in plain words what is wrong.
     Agent {
         #[command(subcommand)]
         action: AgentAction,
@@ -143,7 +144,7 @@ impl Switch {
 
 #[derive(Subcommand)]
 enum AgentAction {
-    /// Start each MCP server of the config, list its tools and stop it; exits 1 if any failed.
+    /// One small request to the model (and each connector): `model: ok (…)` or what is wrong.
     Check {
         /// Config file (default: config.toml in the platform's config directory).
         #[arg(long, value_parser = absolute_path)]
@@ -301,9 +302,6 @@ async fn run(command: Command) -> Result<()> {
             })
             .await
         }
-        Command::Agent {
-            action: AgentAction::Check { config },
-        } => agent_check(config).await,
         Command::Status { data, json } => {
             status(data.unwrap_or_else(paths::default_data_dir), json).await
         }
@@ -400,6 +398,12 @@ async fn run(command: Command) -> Result<()> {
             phone::run(data, listen, mdns.on(), command).await
         }
         Command::Demo => demo::run().await,
+        Command::Agent {
+            action: AgentAction::Check { config },
+        } => {
+            let path = config.unwrap_or_else(deskhand_desktop_host::config::default_config_path);
+            check::run(&path).await
+        }
     }
 }
 
@@ -512,29 +516,6 @@ pub(crate) fn ago_at(at_ms: i64, now_ms: i64) -> String {
         3600..=86_399 => format!("{}h ago", s / 3600),
         _ => format!("{}d ago", s / 86_400),
     }
-}
-
-/// `deskhand agent check`: one line per connector; an error if any is not usable.
-async fn agent_check(config: Option<PathBuf>) -> Result<()> {
-    use deskhand_desktop_host::config::{Config, default_config_path};
-    let path = config.unwrap_or_else(default_config_path);
-    let config = Config::load(&path)?;
-    if config.mcp_servers.is_empty() {
-        println!(
-            "mcp: no connectors configured ([mcp_servers] in {})",
-            path.display()
-        );
-        return Ok(());
-    }
-    let lines = deskhand_desktop_host::mcp::check(&config).await;
-    for l in &lines {
-        println!("{}", terminal::line(&l.to_string()));
-    }
-    let failed = lines.iter().filter(|l| !l.ok).count();
-    if failed > 0 {
-        bail!("{failed} of {} connectors cannot be used", lines.len());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

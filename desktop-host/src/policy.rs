@@ -595,7 +595,12 @@ impl Policy {
                     let q = dest.join(rel);
                     if let Some(why) = self.secret(&q) {
                         return ControlFlow::Break(format!(
-                            "moving {} would put {} there: {}",
+                            "{} {} would put {} there: {}",
+                            if spec.name == "copy" {
+                                "copying"
+                            } else {
+                                "moving"
+                            },
                             self.show(root),
                             self.show(path),
                             self.sentence(&q, &why)
@@ -610,8 +615,8 @@ impl Policy {
                 Err(ContentsError::Stopped(why)) => return Verdict::Deny(why),
                 Err(e @ (ContentsError::TooMany { .. } | ContentsError::TooSlow { .. })) => {
                     return Verdict::Deny(format!(
-                        "{} is too large to check ({e}); Deskhand moves or trashes a folder only \
-                         when it can check everything inside",
+                        "{} is too large to check ({e}); Deskhand moves, copies or trashes a \
+                         folder only when it can check everything inside",
                         self.show(root)
                     ));
                 }
@@ -1204,6 +1209,83 @@ mod tests {
         ] {
             assert!(read_only.contains(&p.home().join(l)), "{l}: {read_only:?}");
         }
+    }
+
+    /// Issue 14, item 3: the new tools are judged like the old ones.
+    #[test]
+    fn write_mkdir_copy_and_search_are_judged() {
+        let (_d, p) = setup();
+        let home = p.home().to_path_buf();
+        let judge_copy = |from: &str, to: &str| {
+            p.judge(
+                "copy",
+                &Subject::Paths(vec![
+                    ("from".into(), p.resolve(from)),
+                    ("to".into(), p.resolve(to)),
+                ]),
+            )
+        };
+        assert_eq!(judge(&p, "write", "~/docs/new.txt"), Verdict::Ask);
+        assert_eq!(judge(&p, "mkdir", "~/docs/new/deeper"), Verdict::Ask);
+        assert_eq!(judge_copy("~/docs/a.txt", "~/b.txt"), Verdict::Ask);
+        assert_eq!(judge(&p, "search", "~/docs"), Verdict::Allow);
+        // Into a secret location, or through a link into one: denied whatever the rules.
+        for path in [
+            "~/.ssh/authorized_keys",
+            "~/docs/keys/authorized_keys",
+            "~/docs/.env",
+            "~/.aws/credentials",
+            "/etc/cron.d/x",
+        ] {
+            assert!(
+                matches!(judge(&p, "write", path), Verdict::Deny(_)),
+                "{path}"
+            );
+        }
+        assert!(matches!(judge(&p, "mkdir", "~/.ssh/new"), Verdict::Deny(_)));
+        assert!(matches!(judge(&p, "search", "~/.ssh"), Verdict::Deny(_)));
+        // A replaced file that is a hard link to a secret is the secret.
+        std::fs::hard_link(home.join(".ssh/id_ed25519"), home.join("docs/plain.txt")).unwrap();
+        let why = denied(judge(&p, "write", "~/docs/plain.txt"));
+        assert!(why.contains("same file as ~/.ssh/id_ed25519"), "{why}");
+        std::fs::remove_file(home.join("docs/plain.txt")).unwrap();
+        // A copy of a folder holding a secret, or landing one in a secret place, is denied.
+        std::fs::create_dir_all(home.join("proj/.aws")).unwrap();
+        std::fs::write(home.join("proj/.aws/credentials"), "k").unwrap();
+        let why = denied(judge_copy("~/proj", "~/Public"));
+        assert!(why.starts_with("~/proj holds ~/proj/.aws"), "{why}");
+        std::fs::remove_dir_all(home.join("proj/.aws")).unwrap();
+        std::fs::create_dir_all(home.join("stage/gcloud")).unwrap();
+        std::fs::write(home.join("stage/gcloud/x"), "x").unwrap();
+        let why = denied(judge_copy("~/stage", "~/.config"));
+        assert!(why.contains("copying ~/stage would put"), "{why}");
+        // The source of a copy needs only read: a delete rule does not govern it, a read rule does.
+        let (_d2, q) = setup_with(&[], &["delete(~/docs/**)"]);
+        let c = q.judge(
+            "copy",
+            &Subject::Paths(vec![
+                ("from".into(), q.resolve("~/docs/a.txt")),
+                ("to".into(), q.resolve("~/a.txt")),
+            ]),
+        );
+        assert_eq!(c, Verdict::Ask);
+        let (_d3, r) = setup_with(&[], &["read(~/docs/**)"]);
+        let c = r.judge(
+            "copy",
+            &Subject::Paths(vec![
+                ("from".into(), r.resolve("~/docs/a.txt")),
+                ("to".into(), r.resolve("~/a.txt")),
+            ]),
+        );
+        assert!(matches!(c, Verdict::Deny(_)), "{c:?}");
+        // A write rule governs write, mkdir and a copy's destination.
+        let (_d4, w) = setup_with(&[], &["write(~/docs/**)"]);
+        assert!(matches!(
+            judge(&w, "write", "~/docs/n.txt"),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(judge(&w, "mkdir", "~/docs/n"), Verdict::Deny(_)));
+        assert_eq!(judge(&w, "write", "~/n.txt"), Verdict::Ask);
     }
 
     fn connector_policy(

@@ -115,12 +115,20 @@ builtin_tools!(
     List,
     /// Files whose name matches a pattern.
     Find,
+    /// Files whose content holds a text.
+    Search,
     /// A text file's content, a page of lines at a time.
     Read,
     /// Sizes, types, newest files, first lines of a folder.
     Summarize,
     /// A picture of the screen.
     Screenshot,
+    /// Create or replace a text file.
+    Write,
+    /// Create a folder (and its missing parents).
+    Mkdir,
+    /// Copy a file or folder.
+    Copy,
     /// Move or rename.
     Move,
     /// Move to the Deskhand trash.
@@ -189,10 +197,43 @@ pub const BUILTINS: &[Builtin] = &[
         risk: Risk::Low,
     },
     Builtin {
+        tool: BuiltinTool::Search,
+        name: "search",
+        description: "Search the text files under a folder (or one file) for lines that contain \
+                      a text (case does not matter); answers `path:line: text` lines. Binary \
+                      and very large files are skipped; bounded in files, bytes and time.",
+        params: &[
+            text("path", PATH_DOC),
+            text("text", "The text to look for (not a pattern)."),
+            count(
+                "max_results",
+                false,
+                "How many matching lines to return at most (default 100, at most 1000).",
+            ),
+        ],
+        default: Default::Allow,
+        paths: &[path_arg("path", &[List, Read], Reach::Walk)],
+        risk: Risk::Low,
+    },
+    Builtin {
         tool: BuiltinTool::Read,
         name: "read",
-        description: "Read the beginning of a UTF-8 text file (up to 16 KB or 200 lines).",
-        params: &[text("path", PATH_DOC)],
+        description: "Read a UTF-8 text file, a page of lines at a time: the answer says which \
+                      lines it shows and how many are left.",
+        params: &[
+            text("path", PATH_DOC),
+            count(
+                "offset",
+                false,
+                "The first line to show, counted from 0 (default 0).",
+            ),
+            count(
+                "length",
+                false,
+                "How many lines to show at most (default 200, at most 2000; a page is also \
+                 cut at 64 KB).",
+            ),
+        ],
         default: Default::Allow,
         paths: &[path_arg("path", &[Read], Reach::Path)],
         risk: Risk::Low,
@@ -215,6 +256,48 @@ pub const BUILTINS: &[Builtin] = &[
         default: Default::Allow,
         paths: &[],
         risk: Risk::Low,
+    },
+    Builtin {
+        tool: BuiltinTool::Write,
+        name: "write",
+        description: "Create a UTF-8 text file, or replace one (the old file goes to the \
+                      Deskhand trash first, so it can be restored). At most 1 MiB of content. \
+                      The folder it goes in must exist (see mkdir). Asks the person first.",
+        params: &[
+            text("path", PATH_DOC),
+            text("content", "The whole text of the file."),
+        ],
+        default: Default::Ask,
+        paths: &[path_arg("path", &[Write], Reach::Path)],
+        risk: Risk::Medium,
+    },
+    Builtin {
+        tool: BuiltinTool::Mkdir,
+        name: "mkdir",
+        description: "Create a folder, and any missing folders above it. Asks the person first.",
+        params: &[text("path", PATH_DOC)],
+        default: Default::Ask,
+        paths: &[path_arg("path", &[Write], Reach::Path)],
+        risk: Risk::Medium,
+    },
+    Builtin {
+        tool: BuiltinTool::Copy,
+        name: "copy",
+        description: "Copy a file or a folder with everything in it. Never overwrites: into an \
+                      existing folder it copies under the same name. Asks the person first.",
+        params: &[
+            text("from", PATH_DOC),
+            text(
+                "to",
+                "Where the copy goes: a new path, or an existing folder to copy into.",
+            ),
+        ],
+        default: Default::Ask,
+        paths: &[
+            path_arg("from", &[Read], Reach::Contents),
+            path_arg("to", &[Write], Reach::ContentsOf("from")),
+        ],
+        risk: Risk::Medium,
     },
     Builtin {
         tool: BuiltinTool::Move,
@@ -948,6 +1031,14 @@ mod tests {
     fn check_args_says_what_is_wrong() {
         let read = builtin("read").expect("read");
         assert!(read.check_args(&json!({"path": "~/a"})).is_ok());
+        assert!(
+            read.check_args(&json!({"path": "~/a", "offset": 3}))
+                .is_ok()
+        );
+        let e = read
+            .check_args(&json!({"path": "a", "offset": -1}))
+            .unwrap_err();
+        assert!(e.contains("whole number"), "{e}");
         let e = read.check_args(&json!({})).unwrap_err();
         assert_eq!(e, "`read` needs a text argument `path`");
         let e = read.check_args(&json!({"path": 3})).unwrap_err();

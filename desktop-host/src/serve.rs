@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use deskhand_core::terminal;
-use deskhand_desktop_host::agent::Builtin;
+use deskhand_desktop_host::agent::{Agent, Builtin};
 use deskhand_desktop_host::config::{Config, default_config_path};
 use deskhand_desktop_host::console::{ConversationFeed, message_line};
 use deskhand_desktop_host::executor::Executor;
 use deskhand_desktop_host::mcp::Connectors;
+use deskhand_desktop_host::model::{self, ModelAgent, Routed};
 use deskhand_desktop_host::policy::Policy;
 use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, RelaySetting};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,7 @@ pub async fn run(opts: Options) -> Result<()> {
         .iter()
         .map(|r| r.display().to_string())
         .collect();
+    let (agent, agent_line) = agent(&config, &config_path, policy.clone(), &name, &home, &roots)?;
     let node = Node::open(
         NodeConfig::new(&data, NodeRole::Desktop { name: name.clone() }).with_net(net.clone()),
     )
@@ -78,14 +80,8 @@ pub async fn run(opts: Options) -> Result<()> {
     let node = Arc::new(node);
     let cancel = CancellationToken::new();
     let connectors = Connectors::new(&config, policy.registry().clone());
-    let executor = Executor::new(
-        node.clone(),
-        config,
-        policy.clone(),
-        Arc::new(Builtin::with_policy(policy)),
-        data.join("trash"),
-    )
-    .with_connectors(connectors.clone());
+    let executor = Executor::new(node.clone(), config, policy, agent, data.join("trash"))
+        .with_connectors(connectors.clone());
     let status: control::StatusFn = {
         let ex = executor.clone();
         Arc::new(move || serde_json::to_value(ex.status()).unwrap_or_default())
@@ -136,6 +132,7 @@ pub async fn run(opts: Options) -> Result<()> {
     );
     println!("  config    : {}", config_path.display());
     println!("  roots     : {}", roots.join(", "));
+    println!("  agent     : {agent_line}");
     if connectors.is_empty() {
         println!("  connectors: none ([mcp_servers] in the config file adds MCP servers)");
     } else {
@@ -214,6 +211,35 @@ pub async fn run(opts: Options) -> Result<()> {
         _ = term.recv() => tracing::warn!("stopping now (second signal)"),
     }
     Ok(())
+}
+
+/// The agent that runs tasks, and the line `serve` prints about it: the model of `[model]`
+/// (messages starting with `/` still run the built-in commands), else the built-in commands.
+/// A missing API key refuses to start.
+fn agent(
+    config: &Config,
+    config_path: &std::path::Path,
+    policy: Policy,
+    desktop: &str,
+    home: &std::path::Path,
+    roots: &[String],
+) -> Result<(Arc<dyn Agent>, String)> {
+    let builtin = Builtin::with_policy(policy);
+    let Some(m) = &config.model else {
+        return Ok((
+            Arc::new(builtin),
+            "built-in commands (no [model] in config.toml)".into(),
+        ));
+    };
+    let backend = model::backend(m, |v| std::env::var(v).ok())
+        .map_err(|e| anyhow::anyhow!("the config file {}: {e}", config_path.display()))?;
+    let line = format!(
+        "{} (a message starting with / runs the built-in commands)",
+        backend.describe()
+    );
+    let system = model::agent::system_prompt(desktop, home, roots);
+    let agent = ModelAgent::new(backend, system, model::limits(m));
+    Ok((Arc::new(Routed::new(builtin, agent)), line))
 }
 
 /// How long stopping may take before the process exits anyway.

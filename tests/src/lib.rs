@@ -193,12 +193,12 @@ pub fn message_ids(state: &Value) -> Vec<String> {
 /// cargo does not hand its path to this crate's tests).
 pub fn deskhand_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/deskhand
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_owned();
+    // target/<profile>/deps/<test> → target/<profile>/deskhand; a binary of this package
+    // (the benchmark) lives in target/<profile>/ itself.
+    let mut profile_dir = exe.parent().expect("target dir").to_owned();
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir.pop();
+    }
     let bin = profile_dir.join("deskhand");
     // A release harness (the benchmark) runs the release binary built beside it.
     if profile_dir.file_name().is_some_and(|n| n == "release") {

@@ -855,17 +855,21 @@ fn move_at(from: At<'_>, to: At<'_>, fence: &dyn Fence) -> Result<(), ToolError>
     }
 }
 
-/// The cross-filesystem move: copy to a hidden name next to the destination, rename it into
-/// place, then remove the original. A crash leaves the original intact (and at worst a hidden
-/// partial copy), never a half-copied file under the real name.
+/// The cross-filesystem move: [`copy_into_place`], then remove the original. A crash leaves
+/// the original intact (and at worst a hidden partial copy), never a half-copied file under the
+/// real name.
 fn copy_then_remove(from: At<'_>, to: At<'_>, fence: &dyn Fence) -> Result<(), ToolError> {
     let (from_dir, from_name, from_path) = from;
+    copy_into_place(from, to, fence)?;
+    safe_fs::remove_tree_at(from_dir, from_name, from_path)
+}
+
+/// Copies `from` to a hidden name next to the destination, then renames it into place (never
+/// replacing anything): the copy appears under its real name only once complete.
+fn copy_into_place(from: At<'_>, to: At<'_>, fence: &dyn Fence) -> Result<(), ToolError> {
+    let (from_dir, from_name, from_path) = from;
     let (to_dir, to_name, to_path) = to;
-    let partial = OsString::from(format!(
-        ".{}.deskhand-partial-{}",
-        to_name.to_string_lossy(),
-        hex_id()
-    ));
+    let partial = partial_name(to_name);
     let partial_path = to_path.with_file_name(&partial);
     let cleanup = || {
         let _ = safe_fs::remove_tree_at(to_dir, &partial, &partial_path);
@@ -892,11 +896,483 @@ fn copy_then_remove(from: At<'_>, to: At<'_>, fence: &dyn Fence) -> Result<(), T
         }
         Err(e) => {
             cleanup();
-            return Err(ToolError::io("move", to_path, std::io::Error::from(e)));
+            return Err(ToolError::io("copy", to_path, std::io::Error::from(e)));
         }
     }
     safe_fs::sync_dir(to_dir);
-    safe_fs::remove_tree_at(from_dir, from_name, from_path)
+    Ok(())
+}
+
+/// A hidden name next to `name` for something being written: `.<name>.deskhand-partial-<hex>`.
+fn partial_name(name: &OsStr) -> OsString {
+    OsString::from(format!(
+        ".{}.deskhand-partial-{}",
+        name.to_string_lossy(),
+        hex_id()
+    ))
+}
+
+/// Copies `from` (a file, a folder with everything in it, or a symlink as a symlink) to exactly
+/// `dest` (both absolute and canonical), never overwriting and never following a symlink on
+/// either path; every file and folder read is checked against `fence`. The copy appears at
+/// `dest` only once complete (it is copied to a hidden name first). How much a folder holds is bounded by
+/// the policy, which walks it whole before the call ([`crate::policy::CARRY_BOUNDS`]).
+pub fn copy_exact(from: &Path, dest: &Path, fence: &dyn Fence) -> Result<(), ToolError> {
+    if dest == from {
+        return Err(ToolError::Refused {
+            path: from.to_path_buf(),
+            reason: "cannot be copied onto itself".into(),
+        });
+    }
+    if dest.starts_with(from) {
+        return Err(ToolError::Refused {
+            path: from.to_path_buf(),
+            reason: "cannot be copied into itself".into(),
+        });
+    }
+    let (from_dir, from_name) = safe_fs::open_parent(from, fence)?;
+    let (to_dir, to_name) = safe_fs::open_parent(dest, fence)?;
+    match safe_fs::stat_at(to_dir.as_fd(), &to_name, dest) {
+        Ok(_) => {
+            return Err(ToolError::DestinationExists {
+                path: dest.to_path_buf(),
+            });
+        }
+        Err(ToolError::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    copy_into_place(
+        (from_dir.as_fd(), &from_name, from),
+        (to_dir.as_fd(), &to_name, dest),
+        fence,
+    )
+}
+
+/// Creates the folder `path` (absolute, canonical) and the missing folders above it, never
+/// following a symlink (see [`safe_fs::create_dir_all`]). Returns whether it was created
+/// (`false`: it already was a folder). Errors when something else is in the way.
+pub fn make_dir(path: &Path, fence: &dyn Fence) -> Result<bool, ToolError> {
+    match safe_fs::open_dir(path, fence) {
+        Ok(_) => return Ok(false),
+        Err(ToolError::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    safe_fs::create_dir_all(path, fence)?;
+    Ok(true)
+}
+
+/// The most one `write` puts in a file: 1 MiB of UTF-8 text.
+pub const MAX_WRITE_BYTES: usize = 1024 * 1024;
+
+/// What a [`write_text`] did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Bytes written.
+    pub bytes: usize,
+    /// The file it replaced, now in the trash (restorable).
+    pub replaced: Option<TrashEntry>,
+}
+
+/// Writes `content` as the whole of the text file at `path` (absolute, canonical), in a folder
+/// that must exist. Atomic: the text goes to a hidden file in the same folder (created with
+/// `O_EXCL | O_NOFOLLOW` relative to the folder's handle, synced), which is then renamed into
+/// place without replacing anything. With `replace`, an existing regular file is moved to
+/// `trash` first (so it can be restored; the new file keeps its permissions); without it, an
+/// existing file is an error ([`ToolError::DestinationExists`]). A folder, symlink or special
+/// file at `path` is never replaced, and nothing behind the `fence` is touched.
+///
+/// Errors: content over [`MAX_WRITE_BYTES`] or holding NUL ([`ToolError::Invalid`]), a
+/// missing folder, and the usual file system errors. On error nothing is left behind but, if
+/// the failure came after it, the old file in the trash.
+pub fn write_text(
+    path: &Path,
+    content: &str,
+    replace: bool,
+    trash: &Trash,
+    task: Option<&str>,
+    fence: &dyn Fence,
+) -> Result<Written, ToolError> {
+    if content.len() > MAX_WRITE_BYTES {
+        return Err(ToolError::Invalid {
+            reason: format!(
+                "the text is {} bytes; `write` writes at most {MAX_WRITE_BYTES} bytes (1 MiB) \
+                 into one file",
+                content.len()
+            ),
+        });
+    }
+    if content.contains('\0') {
+        return Err(ToolError::Invalid {
+            reason: "the text holds a NUL character; `write` writes text files only".into(),
+        });
+    }
+    let (dir, name) = safe_fs::open_parent(path, fence)?;
+    let old = match safe_fs::stat_at(dir.as_fd(), &name, path) {
+        Ok(meta) => {
+            if !replace {
+                return Err(ToolError::DestinationExists {
+                    path: path.to_path_buf(),
+                });
+            }
+            match meta.file_type {
+                FileType::RegularFile => {}
+                FileType::Symlink => {
+                    return Err(ToolError::Symlink {
+                        path: path.to_path_buf(),
+                    });
+                }
+                FileType::Directory => {
+                    return Err(ToolError::NotAFile {
+                        path: path.to_path_buf(),
+                    });
+                }
+                other => {
+                    return Err(ToolError::SpecialFile {
+                        path: path.to_path_buf(),
+                        kind: safe_fs::describe(other),
+                    });
+                }
+            }
+            safe_fs::check_id(meta.id, path, fence)?;
+            Some(meta)
+        }
+        Err(ToolError::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let partial = partial_name(&name);
+    let partial_path = path.with_file_name(&partial);
+    let flags = rustix::fs::OFlags::WRONLY
+        | rustix::fs::OFlags::CREATE
+        | rustix::fs::OFlags::EXCL
+        | rustix::fs::OFlags::NOFOLLOW
+        | rustix::fs::OFlags::CLOEXEC;
+    // 0666 less the umask, as a new file gets from any editor.
+    let mode = rustix::fs::Mode::from_raw_mode(0o666);
+    let fd = rustix::fs::openat(dir.as_fd(), &partial, flags, mode)
+        .map_err(|e| ToolError::io("create", &partial_path, std::io::Error::from(e)))?;
+    let remove_partial = || {
+        let _ = rustix::fs::unlinkat(dir.as_fd(), &partial, rustix::fs::AtFlags::empty());
+    };
+    let mut file = File::from(fd);
+    let written = file
+        .write_all(content.as_bytes())
+        .and_then(|()| {
+            if let Some(meta) = &old {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))?;
+            }
+            file.sync_all()
+        })
+        .map_err(|e| ToolError::io("write", path, e));
+    if let Err(e) = written {
+        remove_partial();
+        return Err(e);
+    }
+    drop(file);
+    let replaced = match old {
+        Some(_) => match trash.trash(path, task, fence) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                remove_partial();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    match safe_fs::rename_noreplace(dir.as_fd(), &partial, dir.as_fd(), &name) {
+        Ok(()) => {}
+        Err(e) => {
+            remove_partial();
+            return Err(match e {
+                Errno::EXIST | Errno::NOTEMPTY => ToolError::DestinationExists {
+                    path: path.to_path_buf(),
+                },
+                e => ToolError::io("write", path, std::io::Error::from(e)),
+            });
+        }
+    }
+    safe_fs::sync_dir(dir.as_fd());
+    Ok(Written {
+        bytes: content.len(),
+        replaced,
+    })
+}
+
+/// One page of a text file's lines.
+#[derive(Serialize, Debug, Clone)]
+pub struct TextPage {
+    /// The lines shown, each with its line break (the last one may have none).
+    pub text: String,
+    /// The first line shown, counted from 0.
+    pub first_line: usize,
+    /// How many lines are shown (a page cut by its byte bound ends with a partial line, counted).
+    pub lines: usize,
+    /// Lines in the whole file; `None` when the file is longer than [`MAX_SCAN_BYTES`] and was
+    /// not counted to its end.
+    pub total_lines: Option<usize>,
+    /// The file's size in bytes.
+    pub total_size: u64,
+    /// True when the page was cut by its byte bound before `length` lines.
+    pub cut: bool,
+}
+
+/// How far a [`read_lines`] reads to count a file's lines: 64 MiB.
+pub const MAX_SCAN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads lines `offset..offset + length` (counted from 0) of the text file at `path`, at most
+/// `max_bytes` bytes of them, and counts the file's lines (up to [`MAX_SCAN_BYTES`]). Opened
+/// like [`read_head`]: a regular file only, never through a symlink, never a secret by
+/// identity. Errors: a NUL byte anywhere read ([`ToolError::NotText`]), a page that is not
+/// UTF-8 (a character cut by the byte bound is dropped, not an error).
+pub fn read_lines(
+    path: &Path,
+    offset: usize,
+    length: usize,
+    max_bytes: usize,
+    fence: &dyn Fence,
+) -> Result<TextPage, ToolError> {
+    let (file, meta) = safe_fs::open_file(path, fence)?;
+    let not_text = |reason| ToolError::NotText {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut reader = file.take(MAX_SCAN_BYTES);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut page = Vec::new();
+    let (mut line, mut scanned, mut cut) = (0usize, 0u64, false);
+    let mut last = b'\n';
+    let end = offset.saturating_add(length);
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ToolError::io("read", path, e)),
+        };
+        let bytes = &chunk[..n];
+        scanned += n as u64;
+        if bytes.contains(&0) {
+            return Err(not_text("binary content"));
+        }
+        for &b in bytes {
+            if line >= offset && line < end && !cut {
+                if page.len() < max_bytes {
+                    page.push(b);
+                } else {
+                    cut = true;
+                }
+            }
+            if b == b'\n' {
+                line += 1;
+            }
+            last = b;
+        }
+    }
+    let counted = scanned >= meta.size || scanned < MAX_SCAN_BYTES;
+    let total_lines = counted.then_some(line + usize::from(last != b'\n'));
+    let text = match String::from_utf8(page) {
+        Ok(t) => t,
+        Err(e) if cut && e.utf8_error().error_len().is_none() => {
+            let valid = e.utf8_error().valid_up_to();
+            let mut bytes = e.into_bytes();
+            bytes.truncate(valid);
+            String::from_utf8(bytes).map_err(|_| not_text("not valid UTF-8"))?
+        }
+        Err(_) => return Err(not_text("not valid UTF-8")),
+    };
+    let lines = text.lines().count();
+    Ok(TextPage {
+        text,
+        first_line: offset,
+        lines,
+        total_lines,
+        total_size: meta.size,
+        cut,
+    })
+}
+
+/// The bounds of a [`search`].
+#[derive(Clone, Copy, Debug)]
+pub struct SearchLimits {
+    /// Matching lines returned, at most.
+    pub max_results: usize,
+    /// Directory entries looked at, at most.
+    pub max_entries: usize,
+    /// Files larger than this are skipped, in bytes.
+    pub max_file_bytes: u64,
+    /// Bytes read in all, at most.
+    pub max_total_bytes: u64,
+    /// Time spent, at most.
+    pub max_time: Duration,
+}
+
+impl std::default::Default for SearchLimits {
+    /// 100 results, 50,000 entries, files up to 4 MiB, 256 MiB in all, 20 s.
+    fn default() -> Self {
+        SearchLimits {
+            max_results: 100,
+            max_entries: 50_000,
+            max_file_bytes: 4 * 1024 * 1024,
+            max_total_bytes: 256 * 1024 * 1024,
+            max_time: Duration::from_secs(20),
+        }
+    }
+}
+
+/// One matching line of a [`search`].
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// The file.
+    pub path: PathBuf,
+    /// The line's number, counted from 1.
+    pub line: usize,
+    /// The line, at most [`HIT_CHARS`] characters of it.
+    pub text: String,
+}
+
+/// A matching line is shown up to this many characters.
+pub const HIT_CHARS: usize = 200;
+
+/// What a [`search`] found.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct SearchResult {
+    /// Matching lines, files in walk order (shallowest first), lines in file order.
+    pub hits: Vec<Hit>,
+    /// Files whose content was searched.
+    pub files_searched: usize,
+    /// Files left out because they are not UTF-8 text (binary) or larger than the bound.
+    pub files_skipped: usize,
+    /// True when a bound stopped the search (results, entries, bytes or time).
+    pub truncated: bool,
+}
+
+/// Searches the text files under `root` (a folder, walked like [`find`], or one file) for lines
+/// that contain `needle`, ignoring case. `skip_names` keeps paths out of the walk entirely (as
+/// for [`find`]); `skip_content` keeps a file's content unread. Files are opened relative to
+/// their folder's handle without following symlinks (symlinks are never searched) and checked
+/// against `fence`; files with a NUL byte or invalid UTF-8 and files over
+/// [`SearchLimits::max_file_bytes`] are skipped. Errors: an empty `needle`, a root that cannot
+/// be opened.
+pub fn search(
+    needle: &str,
+    root: &Path,
+    limits: SearchLimits,
+    skip_names: &dyn Fn(&Path) -> bool,
+    skip_content: &dyn Fn(&Path) -> bool,
+    fence: &dyn Fence,
+) -> Result<SearchResult, ToolError> {
+    if needle.is_empty() {
+        return Err(ToolError::Invalid {
+            reason: "`search` needs a text to look for".into(),
+        });
+    }
+    let started = Instant::now();
+    let needle = needle.to_lowercase();
+    let mut result = SearchResult::default();
+    let mut budget = limits.max_total_bytes;
+    let (parent, name) = safe_fs::open_parent(root, fence)?;
+    let root_meta = safe_fs::stat_at(parent.as_fd(), &name, root)?;
+    if !root_meta.is_dir() {
+        if skip_content(root) {
+            return Ok(result);
+        }
+        let (file, meta) = safe_fs::open_file_at(parent.as_fd(), &name, root, fence)?;
+        search_file(
+            file,
+            &meta,
+            root,
+            &needle,
+            &limits,
+            &mut budget,
+            &mut result,
+        )?;
+        return Ok(result);
+    }
+    drop(parent);
+    let mut walk = Walk::new(root, limits.max_entries, skip_names, fence)?;
+    while let Some(item) = walk.next_entry() {
+        if result.truncated {
+            break;
+        }
+        if started.elapsed() > limits.max_time || budget == 0 {
+            result.truncated = true;
+            break;
+        }
+        if item.kind != EntryKind::File || skip_content(&item.path) {
+            continue;
+        }
+        let Ok(fd) = walk.tree.dir(&item.parent) else {
+            continue;
+        };
+        // A file that vanished, changed or is a secret by identity is left out, not fatal.
+        let Ok((file, meta)) = safe_fs::open_file_at(fd, &item.raw_name, &item.path, fence) else {
+            continue;
+        };
+        search_file(
+            file,
+            &meta,
+            &item.path,
+            &needle,
+            &limits,
+            &mut budget,
+            &mut result,
+        )?;
+    }
+    result.truncated |= walk.hit_bound;
+    Ok(result)
+}
+
+/// Searches one opened file (see [`search`]); `needle` is lower-case.
+fn search_file(
+    file: File,
+    meta: &Meta,
+    path: &Path,
+    needle: &str,
+    limits: &SearchLimits,
+    budget: &mut u64,
+    result: &mut SearchResult,
+) -> Result<(), ToolError> {
+    if meta.size > limits.max_file_bytes {
+        result.files_skipped += 1;
+        return Ok(());
+    }
+    let mut buf = Vec::new();
+    let allowed = limits.max_file_bytes.min(*budget);
+    if let Err(e) = file.take(allowed).read_to_end(&mut buf) {
+        tracing::debug!(path = %path.display(), "search could not read a file: {e}");
+        result.files_skipped += 1;
+        return Ok(());
+    }
+    *budget = budget.saturating_sub(buf.len() as u64);
+    let Ok(text) = std::str::from_utf8(&buf) else {
+        result.files_skipped += 1;
+        return Ok(());
+    };
+    if buf.contains(&0) {
+        result.files_skipped += 1;
+        return Ok(());
+    }
+    result.files_searched += 1;
+    for (i, line) in text.lines().enumerate() {
+        if !line.to_lowercase().contains(needle) {
+            continue;
+        }
+        if result.hits.len() == limits.max_results {
+            result.truncated = true;
+            return Ok(());
+        }
+        let shown: String = line
+            .trim_end_matches('\r')
+            .chars()
+            .take(HIT_CHARS)
+            .collect();
+        result.hits.push(Hit {
+            path: path.to_path_buf(),
+            line: i + 1,
+            text: shown,
+        });
+    }
+    Ok(())
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -1650,6 +2126,269 @@ mod tests {
             ),
             Err(ContentsError::Tool(ToolError::SameAsSecret { .. }))
         ));
+    }
+
+    /// What a folder holds, by name, sorted: no partial files may be left behind.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    /// Issue 14, item 3: `write` creates, replaces through the trash, and refuses what it must.
+    #[test]
+    fn write_creates_replaces_into_the_trash_and_refuses() {
+        let (_t, root) = tmp();
+        let trash = Trash::new(root.join("trash"));
+        let dir = root.join("docs");
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("note.txt");
+        let w = write_text(&f, "first\n", false, &trash, Some("t1"), &NoFence).unwrap();
+        assert_eq!((w.bytes, w.replaced.is_none()), (6, true));
+        assert_eq!(fs::read_to_string(&f).unwrap(), "first\n");
+        // Not told to replace: refused, untouched.
+        let e = write_text(&f, "x", false, &trash, None, &NoFence).unwrap_err();
+        assert!(matches!(e, ToolError::DestinationExists { .. }), "{e}");
+        // Replaced: the old file is in the trash and comes back on restore.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+        let w = write_text(&f, "second ü\n", true, &trash, Some("t2"), &NoFence).unwrap();
+        let old = w.replaced.expect("replaced");
+        assert_eq!(fs::read_to_string(&f).unwrap(), "second ü\n");
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(names(&dir), vec!["note.txt"]);
+        fs::rename(&f, dir.join("new.txt")).unwrap();
+        trash.restore(&old.id).unwrap();
+        assert_eq!(fs::read_to_string(&f).unwrap(), "first\n");
+        // Bounded, text only, and never through a link or into a folder's place.
+        let big = "x".repeat(MAX_WRITE_BYTES + 1);
+        let e = write_text(&dir.join("big.txt"), &big, false, &trash, None, &NoFence).unwrap_err();
+        assert!(e.to_string().contains("at most 1048576 bytes"), "{e}");
+        let e =
+            write_text(&dir.join("nul.txt"), "a\0b", false, &trash, None, &NoFence).unwrap_err();
+        assert!(e.to_string().contains("NUL"), "{e}");
+        let outside = root.join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+        let e =
+            write_text(&dir.join("link/x.txt"), "x", false, &trash, None, &NoFence).unwrap_err();
+        assert!(matches!(e, ToolError::Symlink { .. }), "{e}");
+        std::os::unix::fs::symlink(outside.join("t.txt"), dir.join("l.txt")).unwrap();
+        let e = write_text(&dir.join("l.txt"), "x", true, &trash, None, &NoFence).unwrap_err();
+        assert!(matches!(e, ToolError::Symlink { .. }), "{e}");
+        let e = write_text(&outside, "x", true, &trash, None, &NoFence).unwrap_err();
+        assert!(matches!(e, ToolError::NotAFile { .. }), "{e}");
+        assert!(names(&outside).is_empty());
+        let e =
+            write_text(&root.join("nope/x.txt"), "x", false, &trash, None, &NoFence).unwrap_err();
+        assert!(matches!(e, ToolError::NotFound { .. }), "{e}");
+        // A hard link to a secret is the secret: never replaced.
+        let key = root.join("key");
+        write(&key, b"PRIVATE");
+        fs::hard_link(&key, dir.join("innocent.txt")).unwrap();
+        let fence = ids(&[&key]);
+        let e = write_text(&dir.join("innocent.txt"), "x", true, &trash, None, &fence).unwrap_err();
+        assert!(matches!(e, ToolError::SameAsSecret { .. }), "{e}");
+        assert_eq!(fs::read(&key).unwrap(), b"PRIVATE");
+        assert_eq!(
+            names(&dir),
+            vec!["innocent.txt", "l.txt", "link", "new.txt", "note.txt"]
+        );
+    }
+
+    #[test]
+    fn mkdir_creates_parents_and_never_follows_links() {
+        let (_t, root) = tmp();
+        let d = root.join("a/b/c");
+        assert!(make_dir(&d, &NoFence).unwrap());
+        assert!(d.is_dir());
+        assert!(!make_dir(&d, &NoFence).unwrap());
+        write(&root.join("file"), b"x");
+        assert!(make_dir(&root.join("file"), &NoFence).is_err());
+        let outside = root.join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let e = make_dir(&root.join("link/new"), &NoFence).unwrap_err();
+        assert!(matches!(e, ToolError::Symlink { .. }), "{e}");
+        assert!(names(&outside).is_empty());
+    }
+
+    #[test]
+    fn copy_copies_files_and_trees_and_never_overwrites() {
+        let (_t, root) = tmp();
+        write(&root.join("src/a.txt"), b"a");
+        write(&root.join("src/sub/b.txt"), b"b");
+        std::os::unix::fs::symlink("a.txt", root.join("src/link")).unwrap();
+        copy_exact(&root.join("src/a.txt"), &root.join("a-copy.txt"), &NoFence).unwrap();
+        assert_eq!(fs::read(root.join("a-copy.txt")).unwrap(), b"a");
+        copy_exact(&root.join("src"), &root.join("dst"), &NoFence).unwrap();
+        assert_eq!(fs::read(root.join("dst/sub/b.txt")).unwrap(), b"b");
+        assert!(
+            fs::symlink_metadata(root.join("dst/link"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(root.join("src/a.txt")).unwrap(), b"a");
+        let e = copy_exact(&root.join("src"), &root.join("dst"), &NoFence).unwrap_err();
+        assert!(matches!(e, ToolError::DestinationExists { .. }), "{e}");
+        let e = copy_exact(&root.join("src"), &root.join("src/sub/x"), &NoFence).unwrap_err();
+        assert!(e.to_string().contains("into itself"), "{e}");
+        // A folder holding a secret by identity is not copied, and nothing is left behind.
+        let key = root.join("key");
+        write(&key, b"PRIVATE");
+        fs::hard_link(&key, root.join("src/sub/notes")).unwrap();
+        let e = copy_exact(&root.join("src"), &root.join("dst2"), &ids(&[&key])).unwrap_err();
+        assert!(matches!(e, ToolError::SameAsSecret { .. }), "{e}");
+        assert!(
+            !names(&root).iter().any(|n| n.contains("dst2")),
+            "{:?}",
+            names(&root)
+        );
+        // Never through a symlinked folder on either side.
+        std::os::unix::fs::symlink(root.join("src"), root.join("srclink")).unwrap();
+        let e = copy_exact(&root.join("srclink/a.txt"), &root.join("z"), &NoFence).unwrap_err();
+        assert!(matches!(e, ToolError::Symlink { .. }), "{e}");
+        let e =
+            copy_exact(&root.join("a-copy.txt"), &root.join("srclink/z"), &NoFence).unwrap_err();
+        assert!(matches!(e, ToolError::Symlink { .. }), "{e}");
+    }
+
+    #[test]
+    fn read_lines_pages_and_counts() {
+        let (_t, root) = tmp();
+        let f = root.join("long.txt");
+        let text: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+        write(&f, text.as_bytes());
+        let p = read_lines(&f, 0, 3, 1000, &NoFence).unwrap();
+        assert_eq!(p.text, "line 1\nline 2\nline 3\n");
+        assert_eq!(
+            (p.first_line, p.lines, p.total_lines, p.cut),
+            (0, 3, Some(10), false)
+        );
+        let p = read_lines(&f, 8, 5, 1000, &NoFence).unwrap();
+        assert_eq!(p.text, "line 9\nline 10\n");
+        assert_eq!(p.lines, 2);
+        let p = read_lines(&f, 20, 5, 1000, &NoFence).unwrap();
+        assert_eq!((p.lines, p.total_lines), (0, Some(10)));
+        // The byte bound cuts a page (a cut character is dropped, not an error).
+        let p = read_lines(&f, 0, 10, 10, &NoFence).unwrap();
+        assert_eq!((p.text.as_str(), p.cut, p.lines), ("line 1\nlin", true, 2));
+        write(&f, "ééé\nlast".as_bytes());
+        let p = read_lines(&f, 0, 10, 3, &NoFence).unwrap();
+        assert_eq!((p.text.as_str(), p.cut), ("é", true));
+        assert_eq!(read_lines(&f, 1, 1, 100, &NoFence).unwrap().text, "last");
+        assert_eq!(
+            read_lines(&f, 0, 1, 100, &NoFence).unwrap().total_lines,
+            Some(2)
+        );
+        write(&f, b"text\n\0binary");
+        assert!(matches!(
+            read_lines(&f, 0, 1, 100, &NoFence),
+            Err(ToolError::NotText { .. })
+        ));
+        std::os::unix::fs::symlink(&f, root.join("link")).unwrap();
+        assert!(matches!(
+            read_lines(&root.join("link"), 0, 1, 100, &NoFence),
+            Err(ToolError::Symlink { .. })
+        ));
+    }
+
+    #[test]
+    fn search_finds_lines_and_skips_hidden_binary_and_links() {
+        let (_t, root) = tmp();
+        write(
+            &root.join("a.txt"),
+            b"Total due: 12\nnothing\ntotal DUE: 30\n",
+        );
+        write(&root.join("sub/b.md"), b"the total due is 5\n");
+        write(&root.join("bin.dat"), b"total due\0\x01\x02");
+        write(&root.join("latin1.txt"), b"total due \xe9t\xe9\n");
+        write(&root.join("hidden/c.txt"), b"total due hidden\n");
+        write(&root.join("private.txt"), b"total due private\n");
+        let (_t2, outside) = tmp();
+        write(&outside.join("o.txt"), b"total due outside\n");
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        std::os::unix::fs::symlink(root.join("a.txt"), root.join("alink.txt")).unwrap();
+        let names = |p: &Path| p.ends_with("hidden");
+        let content = |p: &Path| p.ends_with("private.txt");
+        let r = search(
+            "total due",
+            &root,
+            SearchLimits::default(),
+            &names,
+            &content,
+            &NoFence,
+        )
+        .unwrap();
+        let got: Vec<(String, usize)> = r
+            .hits
+            .iter()
+            .map(|h| {
+                (
+                    h.path.strip_prefix(&root).unwrap().display().to_string(),
+                    h.line,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a.txt".into(), 1),
+                ("a.txt".into(), 3),
+                ("sub/b.md".into(), 1)
+            ]
+        );
+        assert_eq!(r.hits[0].text, "Total due: 12");
+        assert_eq!(
+            (r.files_searched, r.files_skipped, r.truncated),
+            (2, 2, false)
+        );
+        // Bounded in results; one file as the root.
+        let limits = SearchLimits {
+            max_results: 1,
+            ..SearchLimits::default()
+        };
+        let r = search("total", &root, limits, &no_skip, &no_skip, &NoFence).unwrap();
+        assert_eq!((r.hits.len(), r.truncated), (1, true));
+        let r = search(
+            "due",
+            &root.join("sub/b.md"),
+            SearchLimits::default(),
+            &no_skip,
+            &no_skip,
+            &NoFence,
+        )
+        .unwrap();
+        assert_eq!(r.hits.len(), 1);
+        // A secret by identity is left out.
+        let key = root.join("sub/b.md");
+        let r = search(
+            "due",
+            &root,
+            SearchLimits::default(),
+            &no_skip,
+            &no_skip,
+            &ids(&[&key]),
+        )
+        .unwrap();
+        assert!(r.hits.iter().all(|h| h.path != key), "{:?}", r.hits);
+        assert!(
+            search(
+                "",
+                &root,
+                SearchLimits::default(),
+                &no_skip,
+                &no_skip,
+                &NoFence
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -737,7 +737,7 @@ async fn main() -> Result<()> {
     if all || which == "w4" {
         w4(&mut r, quick).await?;
     }
-    if which == "a1" {
+    if all || which == "a1" {
         a1(&mut r, quick).await?;
     }
     if all || which == "w6" {

@@ -145,29 +145,31 @@ fn agent_check_says_which_connectors_work_and_what_is_wrong_with_the_others() ->
     )?;
     let r = deskhand_tests::deskhand(&["agent", "check", "--config", path.to_str().unwrap_or("")])?;
     assert_eq!(r.code, 1, "{r:?}");
-    let mut lines = r.stdout.lines();
-    let files = lines.next().unwrap_or_default();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let files = lines
+        .iter()
+        .find(|l| l.starts_with("mcp files: "))
+        .copied()
+        .unwrap_or_default();
     assert!(
         files.starts_with("mcp files: ok (") && files.ends_with(" tools)"),
         "{r:?}"
     );
-    assert_eq!(
-        lines.next(),
-        Some(
-            "mcp gone: connector `gone`: command `deskhand-no-such-server` not found (is it installed, and in PATH?)"
+    assert!(
+        lines.contains(
+            &"mcp gone: connector `gone`: command `deskhand-no-such-server` not found (is it installed, and in PATH?)"
         ),
         "{r:?}"
     );
-    assert!(
-        r.stderr.contains("1 of 2 connectors cannot be used"),
-        "{r:?}"
-    );
+    assert!(lines.iter().any(|l| l.starts_with("model: none")), "{r:?}");
+    assert!(r.stderr.contains("1 check(s) failed"), "{r:?}");
 
     std::fs::write(&path, "")?;
     let r = deskhand_tests::deskhand(&["agent", "check", "--config", path.to_str().unwrap_or("")])?;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
-        r.stdout.starts_with("mcp: no connectors configured"),
+        r.stdout
+            .contains("mcp: no connectors ([mcp_servers] in config.toml adds MCP servers)"),
         "{r:?}"
     );
     Ok(())

@@ -241,6 +241,93 @@ fn trash_waits_for_a_signed_approval_restore_brings_it_back_and_deny_leaves_it()
     Ok(())
 }
 
+/// Issue 14, item 3: mkdir, copy and write from the command language wait for a phone's signed
+/// approval and land on disk as the approval said; a copy that would carry a secret is never
+/// asked; grep finds lines by content.
+#[test]
+fn mkdir_copy_and_write_run_after_a_signed_approval_and_land_on_disk() -> Result<()> {
+    let mut rig = Rig::new("", &[])?;
+    files(&rig.home)?;
+    let year = rig.home.join("docs/Taxes/2026");
+
+    let t = rig.say("mkdir ~/docs/Taxes/2026")?;
+    let approval = rig.approval(&t)?;
+    assert_eq!(approval["tool"], "mkdir", "{approval}");
+    assert_eq!(
+        approval["summary"],
+        "Create the folder ~/docs/Taxes/2026 and the missing folders above it"
+    );
+    rig.wait_task(&t, &["waiting_approval"], 10_000)?;
+    ensure!(!year.exists(), "nothing happens before the approval");
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(year.is_dir());
+
+    let t = rig.say("copy ~/docs/reports ~/docs/Taxes/2026")?;
+    let approval = rig.approval(&t)?;
+    assert_eq!(approval["tool"], "copy", "{approval}");
+    assert_eq!(
+        approval["summary"],
+        "Copy ~/docs/reports and everything in it to ~/docs/Taxes/2026/reports"
+    );
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert_eq!(
+        std::fs::read(year.join("reports/2025/q2.pdf"))?,
+        vec![1u8; 4096]
+    );
+    assert_eq!(
+        std::fs::read(year.join("reports/summary.md"))?,
+        b"# Summary\n"
+    );
+    assert!(
+        rig.home.join("docs/reports/q1.pdf").exists(),
+        "a copy keeps the source"
+    );
+
+    let t = rig.say("write ~/docs/Taxes/2026/total.txt Total: 42 EUR")?;
+    let approval = rig.approval(&t)?;
+    assert_eq!(approval["tool"], "write", "{approval}");
+    assert!(
+        approval["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("Create ~/docs/Taxes/2026/total.txt with 13 bytes")),
+        "{approval}"
+    );
+    rig.decide(&approval, "approve", None)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert_eq!(
+        std::fs::read_to_string(year.join("total.txt"))?,
+        "Total: 42 EUR"
+    );
+
+    // A copy carrying a secret is denied without asking.
+    std::fs::create_dir_all(rig.home.join("docs/app"))?;
+    std::fs::write(rig.home.join("docs/app/.env"), "TOKEN=1")?;
+    let t = rig.say("copy ~/docs/app ~/docs/app-copy")?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "failed", "{task}");
+    assert!(
+        summary(&task).contains("~/docs/app holds ~/docs/app/.env"),
+        "{}",
+        summary(&task)
+    );
+    assert!(!rig.home.join("docs/app-copy").exists());
+
+    let t = rig.say("grep \"SECOND LINE\" in ~/docs")?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(
+        summary(&task).contains("~/docs/notes.txt:2: second line"),
+        "{}",
+        summary(&task)
+    );
+    Ok(())
+}
+
 #[test]
 fn forged_replayed_and_expired_approvals_are_not_acted_on() -> Result<()> {
     let mut rig = Rig::new("approval_timeout_secs = 4\n", &[])?;

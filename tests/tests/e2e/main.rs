@@ -2,6 +2,7 @@
 //! off, real redb files.
 
 mod addrs;
+mod agent;
 mod clocks;
 mod connectors;
 mod desktop_x11;
