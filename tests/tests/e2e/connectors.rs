@@ -174,3 +174,64 @@ fn agent_check_says_which_connectors_work_and_what_is_wrong_with_the_others() ->
     );
     Ok(())
 }
+
+/// The process ids whose command line holds `marker` (our own servers: the marker is an argument
+/// only this test passes).
+fn pids_with(marker: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+#[test]
+fn a_connector_killed_mid_task_fails_that_task_clearly_and_the_next_task_starts_it_again()
+-> Result<()> {
+    let index = npm().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    let marker = format!("deskhand-e2e-{}", std::process::id());
+    let config = format!(
+        "[mcp_servers.every]\ncommand = \"node\"\nargs = [{:?}, \"stdio\", {marker:?}]\ntrusted = true\n",
+        index.display().to_string()
+    );
+    let mut rig = Rig::new(&config, &[])?;
+    let t = rig.say(r#"call mcp__every__echo {"message": "first"}"#)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(summary(&task).contains("first"), "{task}");
+
+    // A long call (read-only, trusted: it runs at once); the server is killed while it runs.
+    let t =
+        rig.say(r#"call mcp__every__trigger-long-running-operation {"duration": 30, "steps": 3}"#)?;
+    rig.wait_task(&t, &["running"], 10_000)?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pids = pids_with(&marker);
+    ensure!(pids.len() == 1, "one server process: {pids:?}");
+    std::process::Command::new("kill")
+        .args(["-KILL", &pids[0].to_string()])
+        .status()?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "failed", "{task}");
+    // What it said on stderr follows (here its start-up line).
+    assert!(
+        summary(&task).starts_with("server `every` was stopped by signal 9: Starting"),
+        "{task}"
+    );
+
+    // The next task starts it again (after a 1 s backoff) and works; the host kept running.
+    let t = rig.say(r#"call mcp__every__echo {"message": "again"}"#)?;
+    let task = rig.finished(&t)?;
+    assert_eq!(status(&task), "done", "{task}");
+    assert!(summary(&task).contains("again"), "{task}");
+    let pids_after = pids_with(&marker);
+    ensure!(
+        pids_after.len() == 1 && pids_after != pids,
+        "a new server process: {pids_after:?} (was {pids:?})"
+    );
+    Ok(())
+}
