@@ -257,7 +257,8 @@ impl Connectors {
                         tracing::info!("connector {}: started, {} tools", server.name, live.tools)
                     }
                     Err(ConnectorError::Cancelled) => {}
-                    Err(e) => tracing::warn!("connector {}: {e}", server.name),
+                    // Every error names its connector.
+                    Err(e) => tracing::warn!("{e}"),
                 }
             });
         }
