@@ -387,15 +387,19 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             Ok(json!({"ok": true, "approvals": all}))
         }
         "wait_approval" => {
-            // Until an unresolved approval request for `task` exists.
+            // Until an unresolved approval request for `task` exists (other than `except`).
             let task = cmd["task"].as_str().context("task")?.to_owned();
+            let except = cmd["except"].as_str().map(str::to_owned);
             let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
             let mut sub = node.subscribe();
             let found = tokio::time::timeout(timeout, async {
                 loop {
                     let hit = node.read(Workspace::approvals).ok().and_then(|m| {
-                        m.into_values()
-                            .find(|a| a.task_id.as_str() == task && a.resolution.is_none())
+                        m.into_values().find(|a| {
+                            a.task_id.as_str() == task
+                                && a.resolution.is_none()
+                                && except.as_deref() != Some(a.id.as_str())
+                        })
                     });
                     if let Some(a) = hit {
                         return a;

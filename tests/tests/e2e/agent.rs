@@ -92,7 +92,7 @@ fn openai_results(body: &Value) -> Vec<(String, String)> {
 /// list → read (llama.cpp's stream) → trash, approved on the phone → the answer. Every step's
 /// result reaches the model; the key travels only in its header.
 #[test]
-fn a_model_lists_reads_and_trashes_with_a_signed_approval_then_answers() -> Result<()> {
+fn a_model_lists_reads_trashes_and_writes_with_signed_approvals_then_answers() -> Result<()> {
     let rt = runtime()?;
     let server = rt.block_on(ModelServer::start(vec![
         Reply::Turn(Turn::call("toolu_1", "list", json!({"path": "~/docs"}))),
@@ -104,6 +104,11 @@ fn a_model_lists_reads_and_trashes_with_a_signed_approval_then_answers() -> Resu
             "toolu_3",
             "trash",
             json!({"path": "~/docs/old.txt"}),
+        )),
+        Reply::Turn(Turn::call(
+            "toolu_4",
+            "write",
+            json!({"path": "~/docs/todo.txt", "content": "buy milk\n"}),
         )),
         Reply::Turn(Turn::text(
             "Your notes say: buy milk. I trashed the old draft.",
@@ -127,11 +132,22 @@ fn a_model_lists_reads_and_trashes_with_a_signed_approval_then_answers() -> Resu
         "nothing before the approval"
     );
     rig.decide(&approval, "approve", None)?;
+    let write = rig.approval_other_than(&t, &approval)?;
+    assert_eq!(write["tool"], "write", "{write}");
+    assert!(
+        !rig.home.join("docs/todo.txt").exists(),
+        "nothing before the approval"
+    );
+    rig.decide(&write, "approve", None)?;
     let task = rig.finished(&t)?;
     assert_eq!(status(&task), "done", "{task}");
     assert_eq!(
         summary(&task),
         "Your notes say: buy milk. I trashed the old draft."
+    );
+    assert_eq!(
+        std::fs::read_to_string(rig.home.join("docs/todo.txt"))?,
+        "buy milk\n"
     );
     assert!(!rig.home.join("docs/old.txt").exists(), "trashed");
     assert!(
@@ -141,7 +157,7 @@ fn a_model_lists_reads_and_trashes_with_a_signed_approval_then_answers() -> Resu
     );
 
     let reqs = server.requests();
-    assert_eq!(reqs.len(), 4, "one request per step");
+    assert_eq!(reqs.len(), 5, "one request per step");
     for r in &reqs {
         assert_eq!(r.path, "/v1/messages");
         assert_eq!(r.header("x-api-key"), Some(KEY));
@@ -162,8 +178,8 @@ fn a_model_lists_reads_and_trashes_with_a_signed_approval_then_answers() -> Resu
         first["messages"][0]["content"],
         "what do my notes say? and remove the old draft"
     );
-    let results = anthropic_results(&reqs[3].json());
-    assert_eq!(results.len(), 3, "{results:?}");
+    let results = anthropic_results(&reqs[4].json());
+    assert_eq!(results.len(), 4, "{results:?}");
     assert!(
         results[0].1.contains("notes.txt") && !results[0].2,
         "{results:?}"

@@ -90,6 +90,19 @@ impl Rig {
         Ok(v["approval"].clone())
     }
 
+    /// The task's next approval request, once `seen` (decided already) is out of the way.
+    pub fn approval_other_than(&mut self, task: &str, seen: &Value) -> Result<Value> {
+        let v = self
+            .phone
+            .call(json!({"cmd": "wait_approval", "task": task,
+            "except": seen["id"], "timeout_ms": 20_000}))?;
+        ensure!(
+            v["ok"] == true,
+            "no second approval request for task {task}"
+        );
+        Ok(v["approval"].clone())
+    }
+
     pub fn decide(&mut self, approval: &Value, verdict: &str, forge: Option<Value>) -> Result<()> {
         let mut cmd = json!({"cmd": "decide", "approval": approval["id"], "verdict": verdict});
         if let Some(Value::Object(extra)) = forge {
