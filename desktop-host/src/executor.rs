@@ -1645,6 +1645,41 @@ fn is_real_dir(path: &std::path::Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
+/// A tool's text output as the reply shows it: whole up to [`INLINE_OUTPUT`] bytes; past that,
+/// the whole text goes into a blob named `{what}.txt` (announced in a `Full {what}: N bytes`
+/// event) and the reply keeps its tail, `…` first. Returns the text and the blobs.
+async fn inline_or_blob(
+    inner: &Inner,
+    task: &TaskId,
+    full: String,
+    what: &str,
+) -> Result<(String, Vec<deskhand_core::schema::BlobRef>), CallError> {
+    if full.len() <= INLINE_OUTPUT {
+        return Ok((full, Vec::new()));
+    }
+    let blob = blob_store(inner)?
+        .add(
+            full.clone().into_bytes(),
+            "text/plain; charset=utf-8",
+            Some(&format!("{what}.txt")),
+        )
+        .await
+        .map_err(|e| CallError::Failed(e.to_string()))?;
+    inner
+        .event(
+            task,
+            "output",
+            format!("Full {what}: {} bytes", blob.size),
+            Some(blob.clone()),
+        )
+        .await;
+    let start = full.len() - INLINE_OUTPUT;
+    let start = (start..full.len())
+        .find(|i| full.is_char_boundary(*i))
+        .unwrap_or(full.len());
+    Ok((format!("…{}", &full[start..]), vec![blob]))
+}
+
 fn arg_path(p: &Prepared, key: &str) -> PathBuf {
     PathBuf::from(p.args.get(key).and_then(Value::as_str).unwrap_or_default())
 }
@@ -2086,33 +2121,7 @@ async fn execute(
                 }
                 full.push_str(&out.stderr);
             }
-            let mut blobs = vec![];
-            let shown = if full.len() > INLINE_OUTPUT {
-                let blob = blob_store(inner)?
-                    .add(
-                        full.clone().into_bytes(),
-                        "text/plain; charset=utf-8",
-                        Some("output.txt"),
-                    )
-                    .await
-                    .map_err(|e| CallError::Failed(e.to_string()))?;
-                inner
-                    .event(
-                        task,
-                        "output",
-                        format!("Full output: {} bytes", blob.size),
-                        Some(blob.clone()),
-                    )
-                    .await;
-                blobs.push(blob);
-                let tail_start = full.len() - INLINE_OUTPUT;
-                let tail_start = (tail_start..full.len())
-                    .find(|i| full.is_char_boundary(*i))
-                    .unwrap_or(full.len());
-                format!("…{}", &full[tail_start..])
-            } else {
-                full
-            };
+            let (shown, blobs) = inline_or_blob(inner, task, full, "output").await?;
             let mut msg = format!("`{command}` {}", out.outcome());
             if out.truncated {
                 msg.push_str(&format!(
@@ -2211,33 +2220,7 @@ async fn run_connector(
         .call(server, tool, args, cancel)
         .await
         .map_err(connector_error)?;
-    let mut blobs = vec![];
-    let shown = if full.len() > INLINE_OUTPUT {
-        let blob = blob_store(inner)?
-            .add(
-                full.clone().into_bytes(),
-                "text/plain; charset=utf-8",
-                Some("result.txt"),
-            )
-            .await
-            .map_err(|e| CallError::Failed(e.to_string()))?;
-        inner
-            .event(
-                task,
-                "output",
-                format!("Full result: {} bytes", blob.size),
-                Some(blob.clone()),
-            )
-            .await;
-        blobs.push(blob);
-        let start = full.len() - INLINE_OUTPUT;
-        let start = (start..full.len())
-            .find(|i| full.is_char_boundary(*i))
-            .unwrap_or(full.len());
-        format!("…{}", &full[start..])
-    } else {
-        full
-    };
+    let (shown, blobs) = inline_or_blob(inner, task, full, "result").await?;
     Ok(ToolOutput { text: shown, blobs })
 }
 

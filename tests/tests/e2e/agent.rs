@@ -43,16 +43,7 @@ fn rig(config: &str) -> Result<Rig> {
     Ok(rig)
 }
 
-fn status(task: &Value) -> &str {
-    task["status"].as_str().unwrap_or_default()
-}
-
-fn summary(task: &Value) -> String {
-    task["result"]["summary"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
+use crate::executor::{status, summary};
 
 /// The tool results of one Anthropic request: `(tool_use_id, content, is_error)`.
 fn anthropic_results(body: &Value) -> Vec<(String, String, bool)> {

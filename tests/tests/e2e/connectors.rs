@@ -22,16 +22,7 @@ fn npm() -> PathBuf {
     dir
 }
 
-fn status(task: &Value) -> &str {
-    task["status"].as_str().unwrap_or_default()
-}
-
-fn summary(task: &Value) -> String {
-    task["result"]["summary"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
+use crate::executor::{status, summary};
 
 /// Two connectors on the same server program, rooted at the desktop's home (`cwd = "~"`):
 /// `files` untrusted, `trusted` trusted.

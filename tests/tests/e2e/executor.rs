@@ -120,11 +120,11 @@ fn start(data: &Path, listen: std::net::SocketAddr, env: &[(String, String)]) ->
     Serve::start_with(data, listen, &env, &[])
 }
 
-fn status(task: &Value) -> &str {
+pub(crate) fn status(task: &Value) -> &str {
     task["status"].as_str().unwrap_or_default()
 }
 
-fn summary(task: &Value) -> String {
+pub(crate) fn summary(task: &Value) -> String {
     task["result"]["summary"]
         .as_str()
         .unwrap_or_default()
