@@ -682,6 +682,11 @@ impl<'p> RuleScan<'p> {
         if !self.ask && p.ask.iter().any(hit) {
             self.ask = true;
         }
+        // Something written into a persistence location runs later, unasked: always asked,
+        // whatever the allow rules say.
+        if !self.ask && caps.contains(&Capability::Write) && p.persistence(path, false).is_some() {
+            self.ask = true;
+        }
         if self.allowed {
             let by_tool = p
                 .allow
@@ -1338,6 +1343,74 @@ mod tests {
             Ok(subject) => p.judge(tool, &subject),
             Err(e) => Verdict::Deny(e),
         }
+    }
+
+    /// Red team (issue 14): an allow rule never lets a write into a persistence location (a
+    /// shell start-up file, autostart, systemd units, git hooks) skip the ask — by `write`,
+    /// `mkdir`, a `copy` of a folder that lands there, or a connector tool that may write.
+    #[test]
+    fn a_write_into_a_persistence_location_is_asked_whatever_the_allow_rules() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join("docs/repo/.git")).unwrap();
+        std::fs::create_dir_all(home.join("docs/kit/autostart")).unwrap();
+        std::fs::write(home.join("docs/kit/autostart/evil.desktop"), "x").unwrap();
+        std::fs::create_dir_all(home.join(".config")).unwrap();
+        let config = Config {
+            roots: vec!["~".into()],
+            permissions: crate::config::Permissions {
+                allow: ["write(~/**)", "read(~/**)", "mcp__files__*"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                ..std::default::Default::default()
+            },
+            ..Config::default()
+        };
+        let p = Policy::new(&config, &home, &[]).unwrap();
+        let writer = registry::ConnectorTool {
+            name: "write_file".into(),
+            description: String::new(),
+            input_schema: json!({"type": "object"}),
+            read_only: false,
+            destructive: false,
+        };
+        assert!(
+            p.registry()
+                .set_connector_tools("files", false, vec![writer])
+                .is_empty()
+        );
+        // The rules do allow writing elsewhere without asking.
+        assert_eq!(judge(&p, "write", "~/docs/notes.txt"), Verdict::Allow);
+        assert_eq!(judge(&p, "mkdir", "~/docs/new"), Verdict::Allow);
+        for path in [
+            "~/.bashrc",
+            "~/.profile",
+            "~/.config/autostart/evil.desktop",
+            "~/.config/systemd/user/evil.service",
+            "~/docs/repo/.git/hooks/pre-commit",
+        ] {
+            assert_eq!(judge(&p, "write", path), Verdict::Ask, "write {path}");
+            assert_eq!(
+                call(&p, "mcp__files__write_file", json!({ "path": path })),
+                Verdict::Ask,
+                "connector write {path}"
+            );
+        }
+        assert_eq!(judge(&p, "mkdir", "~/.config/autostart"), Verdict::Ask);
+        let copy = p.judge(
+            "copy",
+            &Subject::Paths(vec![
+                ("from".into(), p.resolve("~/docs/kit")),
+                ("to".into(), p.resolve("~/.config")),
+            ]),
+        );
+        assert_eq!(
+            copy,
+            Verdict::Ask,
+            "a folder copied so it lands in autostart"
+        );
     }
 
     /// Issue 14, items 2 and 4: connector tools are judged like built-in ones, rules name them
