@@ -1539,7 +1539,12 @@ fn prepare_connector(
     spec: &ToolSpec,
     call: &ToolCall,
 ) -> Result<Prepared, String> {
-    let Source::Connector { server, tool, .. } = &spec.source else {
+    let Source::Connector {
+        server,
+        tool,
+        read_only,
+    } = &spec.source
+    else {
         return Err(format!("{:?} is not a connector's tool", call.tool));
     };
     let args = match &call.args {
@@ -1562,12 +1567,22 @@ fn prepare_connector(
             .collect();
         summary.push_str(&format!(" (paths: {})", list.join(", ")));
     }
+    // A tool that may write, given a persistence location, may put there what runs later.
+    let mut risk = spec.risk;
+    if let Subject::Paths(paths) = &subject
+        && !read_only
+        && let Some((_, to)) = paths
+            .iter()
+            .find(|(_, p)| policy.persistence(p, false).is_some())
+    {
+        risk = persistence_risk(policy, to, false, &mut summary, risk);
+    }
     Ok(Prepared {
         tool: call.tool.clone(),
         args,
         subject,
         summary,
-        risk: spec.risk,
+        risk,
         source: spec.source.clone(),
     })
 }
@@ -2934,6 +2949,49 @@ mod tests {
         let e = call(json!({"source": "a.txt"})).unwrap_err();
         assert!(e.contains("relative path"), "{e}");
         assert!(call(json!(["x"])).is_err());
+    }
+
+    /// Red team (issue 14): a connector tool that may write, given a persistence location (a
+    /// shell start-up file, autostart) as a path, is risk High and its summary says where, as
+    /// a built-in `write` there is; a read-only tool reading one is not.
+    #[test]
+    fn a_connector_write_into_a_persistence_location_is_high_risk() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let config = Config::default();
+        let policy = Policy::new(&config, home.path(), &[]).expect("policy");
+        let tool = |name: &str, read_only| crate::registry::ConnectorTool {
+            name: name.into(),
+            description: String::new(),
+            input_schema: json!({"type": "object"}),
+            read_only,
+            destructive: false,
+        };
+        let refused = policy.registry().set_connector_tools(
+            "files",
+            false,
+            vec![tool("write_file", false), tool("read_file", true)],
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        let call = |tool: &str, args: Value| {
+            prepare(
+                &policy,
+                &ToolCall {
+                    tool: tool.into(),
+                    args,
+                },
+                &config,
+            )
+            .expect("prepared")
+        };
+        for path in ["~/.bashrc", "~/.config/autostart/x.desktop"] {
+            let p = call("mcp__files__write_file", json!({ "path": path }));
+            assert_eq!(p.risk, Risk::High, "{path}");
+            assert!(p.summary.contains("persistence location"), "{}", p.summary);
+        }
+        let p = call("mcp__files__write_file", json!({"path": "~/notes.txt"}));
+        assert_eq!(p.risk, Risk::Medium);
+        let p = call("mcp__files__read_file", json!({"path": "~/.bashrc"}));
+        assert_eq!(p.risk, Risk::Low);
     }
 
     /// Issue 14, item 3: a page of `read` says which lines it shows and how to read on; the
