@@ -1345,6 +1345,30 @@ mod tests {
         }
     }
 
+    /// Red team (issue 14): a trusted read-only connector tool, allowed by default, given a
+    /// secret path under another argument name or nested, is denied like one named `path`.
+    #[test]
+    fn a_connector_path_under_another_name_is_judged() {
+        use serde_json::json;
+        let (_d, p) = connector_policy(&[], &[], &[]);
+        for args in [
+            json!({"file": "~/.ssh/id_ed25519"}),
+            json!({"filter": {"dir": "~/docs/keys"}}),
+            json!({"targets": ["file:///etc/shadow"]}),
+        ] {
+            let v = call(&p, "mcp__tracker__list_issues", args.clone());
+            assert!(matches!(v, Verdict::Deny(_)), "{args}: {v:?}");
+        }
+        assert_eq!(
+            call(
+                &p,
+                "mcp__tracker__list_issues",
+                json!({"file": "~/docs/a.txt"})
+            ),
+            Verdict::Allow
+        );
+    }
+
     /// Red team (issue 14): an allow rule never lets a write into a persistence location (a
     /// shell start-up file, autostart, systemd units, git hooks) skip the ask — by `write`,
     /// `mkdir`, a `copy` of a folder that lands there, or a connector tool that may write.
