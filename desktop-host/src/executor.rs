@@ -1601,7 +1601,7 @@ const SUMMARY_ARG_CHARS: usize = 120;
 const SUMMARY_HEAD_CHARS: usize = 64;
 const SUMMARY_TAIL_CHARS: usize = 48;
 
-/// An argument as an approval summary shows it: `(text, note)`, the text on one line (control
+/// An argument as an approval summary shows it: `(text, note)`, the text on one line (control,
 /// bidi, line-separator and invisible characters escaped, so neither a line break, a reordering
 /// nor an invisible character hides what follows) and,
 /// past [`SUMMARY_ARG_CHARS`] characters, cut to `head…tail` with the whole length in the note
