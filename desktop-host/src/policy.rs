@@ -568,6 +568,7 @@ impl Policy {
             }
             given.push((use_, path));
         }
+        let connector = matches!(spec.source, registry::Source::Connector { .. });
         for &(use_, root) in &given {
             if use_.reach != Reach::Contents
                 || !std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir())
@@ -589,6 +590,24 @@ impl Policy {
                         path,
                         &Why::SameAs(secret.to_path_buf()),
                     ));
+                }
+                // A connector follows the links in a folder it is given: one is judged by
+                // where it leads (a secret, out of the roots, a hard link to a secret).
+                if connector && meta.file_type == rustix::fs::FileType::Symlink {
+                    let to = canonical_or_self(path);
+                    if let Some(why) = self.why(&to) {
+                        return ControlFlow::Break(self.held(root, path, &why));
+                    }
+                    if let Ok(m) = std::fs::metadata(&to)
+                        && let Some(secret) = fence.secret(FileId::of_metadata(&m))
+                    {
+                        return ControlFlow::Break(self.held(
+                            root,
+                            path,
+                            &Why::SameAs(secret.to_path_buf()),
+                        ));
+                    }
+                    scan.touch(use_.caps, &to)?;
                 }
                 scan.touch(use_.caps, path)?;
                 for (u, dest) in &landing {
@@ -616,7 +635,8 @@ impl Policy {
                 Err(e @ (ContentsError::TooMany { .. } | ContentsError::TooSlow { .. })) => {
                     return Verdict::Deny(format!(
                         "{} is too large to check ({e}); Deskhand moves, copies or trashes a \
-                         folder only when it can check everything inside",
+                         folder, or gives one to a connector, only when it can check everything \
+                         inside",
                         self.show(root)
                     ));
                 }
@@ -1342,6 +1362,32 @@ mod tests {
         match p.connector_subject(&args) {
             Ok(subject) => p.judge(tool, &subject),
             Err(e) => Verdict::Deny(e),
+        }
+    }
+
+    /// Red team (issue 14): a folder given to a connector (a process the desktop does not
+    /// sandbox, which may read anything inside and follow links) is judged by what it holds: a
+    /// secret by name, a link to a secret or out of the roots, a hard link to a secret.
+    #[test]
+    fn a_folder_given_to_a_connector_is_judged_by_what_it_holds() {
+        use serde_json::json;
+        use std::os::unix::fs::symlink;
+        let (_d, p) = connector_policy(&[], &[], &[]);
+        let home = p.home().to_path_buf();
+        std::fs::create_dir_all(home.join("docs/clean/sub")).unwrap();
+        std::fs::write(home.join("docs/clean/sub/x.txt"), "x").unwrap();
+        symlink(home.join("docs/clean/sub"), home.join("docs/clean/inside")).unwrap();
+        std::fs::create_dir_all(home.join("docs/linked")).unwrap();
+        symlink(home.join(".ssh/id_ed25519"), home.join("docs/linked/k")).unwrap();
+        std::fs::create_dir_all(home.join("docs/out")).unwrap();
+        symlink("/etc", home.join("docs/out/etc")).unwrap();
+        std::fs::create_dir_all(home.join("docs/hard")).unwrap();
+        std::fs::hard_link(home.join(".ssh/id_ed25519"), home.join("docs/hard/k")).unwrap();
+        let list = |dir: &str| call(&p, "mcp__tracker__list_issues", json!({ "path": dir }));
+        assert_eq!(list("~/docs/clean"), Verdict::Allow);
+        for dir in ["~/docs", "~/docs/linked", "~/docs/out", "~/docs/hard"] {
+            let v = list(dir);
+            assert!(matches!(v, Verdict::Deny(_)), "{dir}: {v:?}");
         }
     }
 

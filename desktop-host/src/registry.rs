@@ -575,20 +575,22 @@ impl ToolSpec {
 /// `destination`, and `uri` when it is a `file:` URI.
 pub const CONNECTOR_PATH_ARGS: [&str; 5] = ["path", "paths", "source", "destination", "uri"];
 
+// A connector may read or change anything inside a folder it is given (and follow links
+// there): its paths reach their contents, which the policy walks.
 const READ_ONLY_PATHS: &[PathArg] = &[
-    path_arg("path", &[Read], Reach::Path),
-    path_arg("paths", &[Read], Reach::Path),
-    path_arg("source", &[Read], Reach::Path),
-    path_arg("destination", &[Read], Reach::Path),
-    path_arg("uri", &[Read], Reach::Path),
+    path_arg("path", &[Read], Reach::Contents),
+    path_arg("paths", &[Read], Reach::Contents),
+    path_arg("source", &[Read], Reach::Contents),
+    path_arg("destination", &[Read], Reach::Contents),
+    path_arg("uri", &[Read], Reach::Contents),
 ];
 
 const READ_WRITE_PATHS: &[PathArg] = &[
-    path_arg("path", &[Read, Write], Reach::Path),
-    path_arg("paths", &[Read, Write], Reach::Path),
-    path_arg("source", &[Read, Write], Reach::Path),
-    path_arg("destination", &[Read, Write], Reach::Path),
-    path_arg("uri", &[Read, Write], Reach::Path),
+    path_arg("path", &[Read, Write], Reach::Contents),
+    path_arg("paths", &[Read, Write], Reach::Contents),
+    path_arg("source", &[Read, Write], Reach::Contents),
+    path_arg("destination", &[Read, Write], Reach::Contents),
+    path_arg("uri", &[Read, Write], Reach::Contents),
 ];
 
 /// A connector's tool as its MCP server describes it (`tools/list`): what
