@@ -325,7 +325,8 @@ impl Policy {
     }
 
     /// The subject of a call of connector tool `spec`: its path arguments
-    /// ([`registry::connector_path_args`]) resolved like a person's, or, with none, the
+    /// ([`registry::connector_path_args`]) resolved like a person's (and, where it differs, as
+    /// `..` folded by the text before links are followed: a server may do either), or, with none, the
     /// arguments as canonical JSON text (so name-only rules and the default decide). Errors
     /// when an argument that must be a path is not one the desktop can check (the call is
     /// then refused).
@@ -336,12 +337,19 @@ impl Policy {
                 serde_json::to_string(args).unwrap_or_default(),
             ));
         }
-        Ok(Subject::Paths(
-            found
-                .into_iter()
-                .map(|(arg, text)| (arg.to_owned(), self.resolve(&text)))
-                .collect(),
-        ))
+        // A server may fold `..` by the text before it follows links (Node's `path.resolve`
+        // does), where the desktop follows links first: where the two differ, both are judged.
+        let mut paths = Vec::new();
+        for (arg, text) in found {
+            let linked = self.resolve(&text);
+            let folded = resolve_path(&self.home, &fold_dot_dot(&self.home, &text));
+            let differ = folded != linked;
+            paths.push((arg.to_owned(), linked));
+            if differ {
+                paths.push((arg.to_owned(), folded));
+            }
+        }
+        Ok(Subject::Paths(paths))
     }
 
     /// The home directory (canonical).
@@ -766,6 +774,28 @@ fn connector_rule_word(text: &str, rest: &str) -> Result<(), String> {
         return bad("the tool must be letters, digits, -, _, * and ?");
     }
     Ok(())
+}
+
+/// `text` as a path with `~` expanded, made absolute against `home`, and `.`/`..` folded by
+/// the text alone (no link followed), as Node's `path.resolve` and Python's `normpath` do.
+fn fold_dot_dot(home: &Path, text: &str) -> String {
+    let expanded = PathBuf::from(expand_tilde(text.trim(), home));
+    let start = if expanded.is_absolute() {
+        expanded
+    } else {
+        home.join(expanded)
+    };
+    let mut out = PathBuf::new();
+    for c in start.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c.as_os_str()),
+        }
+    }
+    out.to_string_lossy().into_owned()
 }
 
 fn canonical_or_self(p: &Path) -> PathBuf {
@@ -1363,6 +1393,23 @@ mod tests {
             Ok(subject) => p.judge(tool, &subject),
             Err(e) => Verdict::Deny(e),
         }
+    }
+
+    /// Red team (issue 14): a server may fold `..` by the text before following links (as
+    /// Node's `path.resolve` does), the desktop after: a connector's path is judged both ways, so
+    /// a link in the roots that leads deeper cannot make `..` land outside them unjudged.
+    #[test]
+    fn a_connector_path_with_dot_dot_is_judged_as_text_and_as_links_resolve_it() {
+        use serde_json::json;
+        let (_d, p) = connector_policy(&[], &[], &[]);
+        let home = p.home().to_path_buf();
+        std::fs::create_dir_all(home.join("docs/a/b")).unwrap();
+        std::os::unix::fs::symlink(home.join("docs/a/b"), home.join("docs/l")).unwrap();
+        let read = |path: &str| call(&p, "mcp__tracker__list_issues", json!({ "path": path }));
+        // Through the link: ~/docs/a/b/../../x.txt = ~/docs/x.txt; by the text: ~/x.txt.
+        let v = read("~/docs/l/../../x.txt");
+        assert!(matches!(v, Verdict::Deny(_)), "{v:?}");
+        assert_eq!(read("~/docs/a/../x.txt"), Verdict::Allow);
     }
 
     /// Red team (issue 14): a folder given to a connector (a process the desktop does not
