@@ -810,7 +810,8 @@ pub fn connector_path_args(args: &Value) -> Result<Vec<(&'static str, String)>, 
     Ok(found)
 }
 
-/// The texts in `v` (itself, or anywhere in it) that are paths by their look: one line, and
+/// The texts in `v` (itself, or anywhere in it, names in objects too) that are paths by their
+/// look: one line, and
 /// absolute, `~`, starting with `~/`, or a `file:` URI (decoded). Errors as
 /// [`file_uri_path`] does, and for such a path with spaces around it.
 fn value_paths(v: &Value, found: &mut Vec<(&'static str, String)>) -> Result<(), String> {
@@ -843,7 +844,9 @@ fn value_paths(v: &Value, found: &mut Vec<(&'static str, String)>) -> Result<(),
             }
         }
         Value::Object(map) => {
-            for i in map.values() {
+            // A name in an object can be a path too (`{"files": {"/a/b": true}}`).
+            for (k, i) in map {
+                value_paths(&Value::String(k.clone()), found)?;
                 value_paths(i, found)?;
             }
         }
@@ -1222,6 +1225,8 @@ mod tests {
                 .is_empty()
         );
         assert!(connector_path_args(&json!({"note": "file://other/x"})).is_err());
+        let found = connector_path_args(&json!({"files": {"~/.ssh/id_rsa": true}})).expect("k");
+        assert_eq!(found, vec![("path", "~/.ssh/id_rsa".to_owned())]);
         let e = connector_path_args(&json!({"path": " /../.config/x"})).unwrap_err();
         assert!(e.contains("spaces"), "{e}");
     }
