@@ -803,6 +803,7 @@ pub fn connector_path_args(args: &Value) -> Result<Vec<(&'static str, String)>, 
     if let Value::Object(map) = args {
         for (key, v) in map {
             if !CONNECTOR_PATH_ARGS.contains(&key.as_str()) {
+                value_paths(&Value::String(key.clone()), &mut found)?;
                 value_paths(v, &mut found)?;
             }
         }
@@ -811,8 +812,7 @@ pub fn connector_path_args(args: &Value) -> Result<Vec<(&'static str, String)>, 
 }
 
 /// The texts in `v` (itself, or anywhere in it, names in objects too) that are paths by their
-/// look: one line, and
-/// absolute, `~`, starting with `~/`, or a `file:` URI (decoded). Errors as
+/// look: one line, and absolute, `~`, starting with `~/`, or a `file:` URI (decoded). Errors as
 /// [`file_uri_path`] does, and for such a path with spaces around it.
 fn value_paths(v: &Value, found: &mut Vec<(&'static str, String)>) -> Result<(), String> {
     match v {
@@ -1227,6 +1227,8 @@ mod tests {
         assert!(connector_path_args(&json!({"note": "file://other/x"})).is_err());
         let found = connector_path_args(&json!({"files": {"~/.ssh/id_rsa": true}})).expect("k");
         assert_eq!(found, vec![("path", "~/.ssh/id_rsa".to_owned())]);
+        let found = connector_path_args(&json!({"/etc/shadow": 1})).expect("top-level name");
+        assert_eq!(found, vec![("path", "/etc/shadow".to_owned())]);
         let e = connector_path_args(&json!({"path": " /../.config/x"})).unwrap_err();
         assert!(e.contains("spaces"), "{e}");
     }
