@@ -325,7 +325,8 @@ impl Policy {
     }
 
     /// The subject of a call of connector tool `spec`: its path arguments
-    /// ([`registry::connector_path_args`]) resolved like a person's, or, with none, the
+    /// ([`registry::connector_path_args`]) resolved like a person's (and, where it differs, as
+    /// `..` folded by the text before links are followed: a server may do either), or, with none, the
     /// arguments as canonical JSON text (so name-only rules and the default decide). Errors
     /// when an argument that must be a path is not one the desktop can check (the call is
     /// then refused).
@@ -336,12 +337,19 @@ impl Policy {
                 serde_json::to_string(args).unwrap_or_default(),
             ));
         }
-        Ok(Subject::Paths(
-            found
-                .into_iter()
-                .map(|(arg, text)| (arg.to_owned(), self.resolve(&text)))
-                .collect(),
-        ))
+        // A server may fold `..` by the text before it follows links (Node's `path.resolve`
+        // does), where the desktop follows links first: where the two differ, both are judged.
+        let mut paths = Vec::new();
+        for (arg, text) in found {
+            let linked = self.resolve(&text);
+            let folded = resolve_path(&self.home, &fold_dot_dot(&self.home, &text));
+            let differ = folded != linked;
+            paths.push((arg.to_owned(), linked));
+            if differ {
+                paths.push((arg.to_owned(), folded));
+            }
+        }
+        Ok(Subject::Paths(paths))
     }
 
     /// The home directory (canonical).
@@ -568,6 +576,7 @@ impl Policy {
             }
             given.push((use_, path));
         }
+        let connector = matches!(spec.source, registry::Source::Connector { .. });
         for &(use_, root) in &given {
             if use_.reach != Reach::Contents
                 || !std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir())
@@ -589,6 +598,24 @@ impl Policy {
                         path,
                         &Why::SameAs(secret.to_path_buf()),
                     ));
+                }
+                // A connector follows the links in a folder it is given: one is judged by
+                // where it leads (a secret, out of the roots, a hard link to a secret).
+                if connector && meta.file_type == rustix::fs::FileType::Symlink {
+                    let to = canonical_or_self(path);
+                    if let Some(why) = self.why(&to) {
+                        return ControlFlow::Break(self.held(root, path, &why));
+                    }
+                    if let Ok(m) = std::fs::metadata(&to)
+                        && let Some(secret) = fence.secret(FileId::of_metadata(&m))
+                    {
+                        return ControlFlow::Break(self.held(
+                            root,
+                            path,
+                            &Why::SameAs(secret.to_path_buf()),
+                        ));
+                    }
+                    scan.touch(use_.caps, &to)?;
                 }
                 scan.touch(use_.caps, path)?;
                 for (u, dest) in &landing {
@@ -616,7 +643,8 @@ impl Policy {
                 Err(e @ (ContentsError::TooMany { .. } | ContentsError::TooSlow { .. })) => {
                     return Verdict::Deny(format!(
                         "{} is too large to check ({e}); Deskhand moves, copies or trashes a \
-                         folder only when it can check everything inside",
+                         folder, or gives one to a connector, only when it can check everything \
+                         inside",
                         self.show(root)
                     ));
                 }
@@ -682,6 +710,11 @@ impl<'p> RuleScan<'p> {
         if !self.ask && p.ask.iter().any(hit) {
             self.ask = true;
         }
+        // Something written into a persistence location runs later, unasked: always asked,
+        // whatever the allow rules say.
+        if !self.ask && caps.contains(&Capability::Write) && p.persistence(path, false).is_some() {
+            self.ask = true;
+        }
         if self.allowed {
             let by_tool = p
                 .allow
@@ -741,6 +774,28 @@ fn connector_rule_word(text: &str, rest: &str) -> Result<(), String> {
         return bad("the tool must be letters, digits, -, _, * and ?");
     }
     Ok(())
+}
+
+/// `text` as a path with `~` expanded, made absolute against `home`, and `.`/`..` folded by
+/// the text alone (no link followed), as Node's `path.resolve` and Python's `normpath` do.
+fn fold_dot_dot(home: &Path, text: &str) -> String {
+    let expanded = PathBuf::from(expand_tilde(text.trim(), home));
+    let start = if expanded.is_absolute() {
+        expanded
+    } else {
+        home.join(expanded)
+    };
+    let mut out = PathBuf::new();
+    for c in start.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c.as_os_str()),
+        }
+    }
+    out.to_string_lossy().into_owned()
 }
 
 fn canonical_or_self(p: &Path) -> PathBuf {
@@ -1338,6 +1393,141 @@ mod tests {
             Ok(subject) => p.judge(tool, &subject),
             Err(e) => Verdict::Deny(e),
         }
+    }
+
+    /// Red team (issue 14): a server may fold `..` by the text before following links (as
+    /// Node's `path.resolve` does), the desktop after: a connector's path is judged both ways, so
+    /// a link in the roots that leads deeper cannot make `..` land outside them unjudged.
+    #[test]
+    fn a_connector_path_with_dot_dot_is_judged_as_text_and_as_links_resolve_it() {
+        use serde_json::json;
+        let (_d, p) = connector_policy(&[], &[], &[]);
+        let home = p.home().to_path_buf();
+        std::fs::create_dir_all(home.join("docs/a/b")).unwrap();
+        std::os::unix::fs::symlink(home.join("docs/a/b"), home.join("docs/l")).unwrap();
+        let read = |path: &str| call(&p, "mcp__tracker__list_issues", json!({ "path": path }));
+        // Through the link: ~/docs/a/b/../../x.txt = ~/docs/x.txt; by the text: ~/x.txt.
+        let v = read("~/docs/l/../../x.txt");
+        assert!(matches!(v, Verdict::Deny(_)), "{v:?}");
+        assert_eq!(read("~/docs/a/../x.txt"), Verdict::Allow);
+    }
+
+    /// Red team (issue 14): a folder given to a connector (a process the desktop does not
+    /// sandbox, which may read anything inside and follow links) is judged by what it holds: a
+    /// secret by name, a link to a secret or out of the roots, a hard link to a secret.
+    #[test]
+    fn a_folder_given_to_a_connector_is_judged_by_what_it_holds() {
+        use serde_json::json;
+        use std::os::unix::fs::symlink;
+        let (_d, p) = connector_policy(&[], &[], &[]);
+        let home = p.home().to_path_buf();
+        std::fs::create_dir_all(home.join("docs/clean/sub")).unwrap();
+        std::fs::write(home.join("docs/clean/sub/x.txt"), "x").unwrap();
+        symlink(home.join("docs/clean/sub"), home.join("docs/clean/inside")).unwrap();
+        std::fs::create_dir_all(home.join("docs/linked")).unwrap();
+        symlink(home.join(".ssh/id_ed25519"), home.join("docs/linked/k")).unwrap();
+        std::fs::create_dir_all(home.join("docs/out")).unwrap();
+        symlink("/etc", home.join("docs/out/etc")).unwrap();
+        std::fs::create_dir_all(home.join("docs/hard")).unwrap();
+        std::fs::hard_link(home.join(".ssh/id_ed25519"), home.join("docs/hard/k")).unwrap();
+        let list = |dir: &str| call(&p, "mcp__tracker__list_issues", json!({ "path": dir }));
+        assert_eq!(list("~/docs/clean"), Verdict::Allow);
+        for dir in ["~/docs", "~/docs/linked", "~/docs/out", "~/docs/hard"] {
+            let v = list(dir);
+            assert!(matches!(v, Verdict::Deny(_)), "{dir}: {v:?}");
+        }
+    }
+
+    /// Red team (issue 14): a trusted read-only connector tool, allowed by default, given a
+    /// secret path under another argument name or nested, is denied like one named `path`.
+    #[test]
+    fn a_connector_path_under_another_name_is_judged() {
+        use serde_json::json;
+        let (_d, p) = connector_policy(&[], &[], &[]);
+        for args in [
+            json!({"file": "~/.ssh/id_ed25519"}),
+            json!({"filter": {"dir": "~/docs/keys"}}),
+            json!({"targets": ["file:///etc/shadow"]}),
+        ] {
+            let v = call(&p, "mcp__tracker__list_issues", args.clone());
+            assert!(matches!(v, Verdict::Deny(_)), "{args}: {v:?}");
+        }
+        assert_eq!(
+            call(
+                &p,
+                "mcp__tracker__list_issues",
+                json!({"file": "~/docs/a.txt"})
+            ),
+            Verdict::Allow
+        );
+    }
+
+    /// Red team (issue 14): an allow rule never lets a write into a persistence location (a
+    /// shell start-up file, autostart, systemd units, git hooks) skip the ask — by `write`,
+    /// `mkdir`, a `copy` of a folder that lands there, or a connector tool that may write.
+    #[test]
+    fn a_write_into_a_persistence_location_is_asked_whatever_the_allow_rules() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join("docs/repo/.git")).unwrap();
+        std::fs::create_dir_all(home.join("docs/kit/autostart")).unwrap();
+        std::fs::write(home.join("docs/kit/autostart/evil.desktop"), "x").unwrap();
+        std::fs::create_dir_all(home.join(".config")).unwrap();
+        let config = Config {
+            roots: vec!["~".into()],
+            permissions: crate::config::Permissions {
+                allow: ["write(~/**)", "read(~/**)", "mcp__files__*"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                ..std::default::Default::default()
+            },
+            ..Config::default()
+        };
+        let p = Policy::new(&config, &home, &[]).unwrap();
+        let writer = registry::ConnectorTool {
+            name: "write_file".into(),
+            description: String::new(),
+            input_schema: json!({"type": "object"}),
+            read_only: false,
+            destructive: false,
+        };
+        assert!(
+            p.registry()
+                .set_connector_tools("files", false, vec![writer])
+                .is_empty()
+        );
+        // The rules do allow writing elsewhere without asking.
+        assert_eq!(judge(&p, "write", "~/docs/notes.txt"), Verdict::Allow);
+        assert_eq!(judge(&p, "mkdir", "~/docs/new"), Verdict::Allow);
+        for path in [
+            "~/.bashrc",
+            "~/.profile",
+            "~/.config/autostart/evil.desktop",
+            "~/.config/systemd/user/evil.service",
+            "~/docs/repo/.git/hooks/pre-commit",
+        ] {
+            assert_eq!(judge(&p, "write", path), Verdict::Ask, "write {path}");
+            assert_eq!(
+                call(&p, "mcp__files__write_file", json!({ "path": path })),
+                Verdict::Ask,
+                "connector write {path}"
+            );
+        }
+        assert_eq!(judge(&p, "mkdir", "~/.config/autostart"), Verdict::Ask);
+        let copy = p.judge(
+            "copy",
+            &Subject::Paths(vec![
+                ("from".into(), p.resolve("~/docs/kit")),
+                ("to".into(), p.resolve("~/.config")),
+            ]),
+        );
+        assert_eq!(
+            copy,
+            Verdict::Ask,
+            "a folder copied so it lands in autostart"
+        );
     }
 
     /// Issue 14, items 2 and 4: connector tools are judged like built-in ones, rules name them

@@ -575,20 +575,22 @@ impl ToolSpec {
 /// `destination`, and `uri` when it is a `file:` URI.
 pub const CONNECTOR_PATH_ARGS: [&str; 5] = ["path", "paths", "source", "destination", "uri"];
 
+// A connector may read or change anything inside a folder it is given (and follow links
+// there): its paths reach their contents, which the policy walks.
 const READ_ONLY_PATHS: &[PathArg] = &[
-    path_arg("path", &[Read], Reach::Path),
-    path_arg("paths", &[Read], Reach::Path),
-    path_arg("source", &[Read], Reach::Path),
-    path_arg("destination", &[Read], Reach::Path),
-    path_arg("uri", &[Read], Reach::Path),
+    path_arg("path", &[Read], Reach::Contents),
+    path_arg("paths", &[Read], Reach::Contents),
+    path_arg("source", &[Read], Reach::Contents),
+    path_arg("destination", &[Read], Reach::Contents),
+    path_arg("uri", &[Read], Reach::Contents),
 ];
 
 const READ_WRITE_PATHS: &[PathArg] = &[
-    path_arg("path", &[Read, Write], Reach::Path),
-    path_arg("paths", &[Read, Write], Reach::Path),
-    path_arg("source", &[Read, Write], Reach::Path),
-    path_arg("destination", &[Read, Write], Reach::Path),
-    path_arg("uri", &[Read, Write], Reach::Path),
+    path_arg("path", &[Read, Write], Reach::Contents),
+    path_arg("paths", &[Read, Write], Reach::Contents),
+    path_arg("source", &[Read, Write], Reach::Contents),
+    path_arg("destination", &[Read, Write], Reach::Contents),
+    path_arg("uri", &[Read, Write], Reach::Contents),
 ];
 
 /// A connector's tool as its MCP server describes it (`tools/list`): what
@@ -738,10 +740,14 @@ impl ConnectorTool {
 /// schema declares but the call does not give is nothing to judge. `path`, `source`, `destination` must be text;
 /// `paths` a list of texts; `uri` counts only when it is a `file:` URI (decoded to its path).
 /// A path must be absolute or start with `~`: a relative one would be resolved by the server
-/// against a folder the desktop cannot know.
+/// against a folder the desktop cannot know. Every other argument, and what it holds nested,
+/// is looked at too: a one-line text that is absolute, `~`, starts with `~/` or is a `file:`
+/// URI is a path, listed as `path` after the named ones (a server may read what it calls
+/// `file` or `dir`).
 ///
-/// Errors (the call is then refused): a path argument of another type, a relative path, a
-/// `file:` URI naming another host or not decodable to UTF-8 without NUL.
+/// Errors (the call is then refused): a path argument of another type, a relative path, a path
+/// with spaces around it, a `file:` URI naming another host or not decodable to UTF-8 without
+/// NUL.
 pub fn connector_path_args(args: &Value) -> Result<Vec<(&'static str, String)>, String> {
     let mut found = Vec::new();
     for name in CONNECTOR_PATH_ARGS {
@@ -775,6 +781,13 @@ pub fn connector_path_args(args: &Value) -> Result<Vec<(&'static str, String)>, 
                 t.to_owned()
             };
             let p = path.trim();
+            if p != path {
+                return Err(format!(
+                    "argument `{name}` has spaces around its path ({}); a connector would read \
+                     it relative to its own folder, not where the desktop checks it",
+                    deskhand_core::schema::clip(p, 80)
+                ));
+            }
             if !(p.starts_with('/') || p == "~" || p.starts_with("~/")) {
                 return Err(format!(
                     "argument `{name}` is a relative path ({}); a connector's paths must be \
@@ -785,7 +798,61 @@ pub fn connector_path_args(args: &Value) -> Result<Vec<(&'static str, String)>, 
             found.push((name, path));
         }
     }
+    // A path under any other name, or nested, is judged too (as `path`): the server may read
+    // what its schema calls `file` or `dir` as well as `path`.
+    if let Value::Object(map) = args {
+        for (key, v) in map {
+            if !CONNECTOR_PATH_ARGS.contains(&key.as_str()) {
+                value_paths(&Value::String(key.clone()), &mut found)?;
+                value_paths(v, &mut found)?;
+            }
+        }
+    }
     Ok(found)
+}
+
+/// The texts in `v` (itself, or anywhere in it, names in objects too) that are paths by their
+/// look: one line, and absolute, `~`, starting with `~/`, or a `file:` URI (decoded). Errors as
+/// [`file_uri_path`] does, and for such a path with spaces around it.
+fn value_paths(v: &Value, found: &mut Vec<(&'static str, String)>) -> Result<(), String> {
+    match v {
+        Value::String(s) => {
+            if s.contains(['\n', '\r']) {
+                return Ok(());
+            }
+            let t = s.trim();
+            let path = if t.starts_with('/') || t == "~" || t.starts_with("~/") {
+                s.clone()
+            } else {
+                match file_uri_path(t)? {
+                    Some(p) => p,
+                    None => return Ok(()),
+                }
+            };
+            if path.trim() != path {
+                return Err(format!(
+                    "an argument has spaces around its path ({}); a connector would read it \
+                     relative to its own folder, not where the desktop checks it",
+                    deskhand_core::schema::clip(t, 80)
+                ));
+            }
+            found.push(("path", path));
+        }
+        Value::Array(items) => {
+            for i in items {
+                value_paths(i, found)?;
+            }
+        }
+        Value::Object(map) => {
+            // A name in an object can be a path too (`{"files": {"/a/b": true}}`).
+            for (k, i) in map {
+                value_paths(&Value::String(k.clone()), found)?;
+                value_paths(i, found)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The path of a `file:` URI (`file:///a/b%20c`, `file://localhost/a`, `file:/a`), percent-
@@ -1124,10 +1191,52 @@ mod tests {
         assert!(r.get("read").is_some());
     }
 
+    /// Red team (issue 14): a path a connector is given under another name (`file`, `dir`,
+    /// `query`), or nested in an object or a list, is judged too: any text that is an absolute
+    /// path, starts with `~/`, or is a `file:` URI. A path with spaces around it is refused (the
+    /// server would read it relative to its own folder, not where the desktop judged it).
+    #[test]
+    fn connector_paths_under_other_names_are_found_by_their_value() {
+        let found = connector_path_args(&json!({
+            "file": "/home/me/.ssh/id_rsa",
+            "opts": {"dir": "~/.aws", "deep": [{"target": "file:///etc/shadow"}]},
+            "list": ["~", "plain words", "a/relative/name"],
+            "query": "/etc/passwd",
+            "count": 3,
+        }))
+        .expect("paths");
+        let mut texts: Vec<&str> = found.iter().map(|(_, t)| t.as_str()).collect();
+        texts.sort();
+        assert_eq!(
+            texts,
+            vec![
+                "/etc/passwd",
+                "/etc/shadow",
+                "/home/me/.ssh/id_rsa",
+                "~",
+                "~/.aws"
+            ]
+        );
+        assert!(found.iter().all(|(arg, _)| *arg == "path"), "{found:?}");
+        // Text of several lines is not a path (a note's body may start with /).
+        assert!(
+            connector_path_args(&json!({"body": "/ a heading\nand text"}))
+                .expect("body")
+                .is_empty()
+        );
+        assert!(connector_path_args(&json!({"note": "file://other/x"})).is_err());
+        let found = connector_path_args(&json!({"files": {"~/.ssh/id_rsa": true}})).expect("k");
+        assert_eq!(found, vec![("path", "~/.ssh/id_rsa".to_owned())]);
+        let found = connector_path_args(&json!({"/etc/shadow": 1})).expect("top-level name");
+        assert_eq!(found, vec![("path", "/etc/shadow".to_owned())]);
+        let e = connector_path_args(&json!({"path": " /../.config/x"})).unwrap_err();
+        assert!(e.contains("spaces"), "{e}");
+    }
+
     #[test]
     fn connector_path_args_are_found_by_name() {
         let found = connector_path_args(
-            &json!({"path": "~/a.txt", "paths": ["/x/1", "~/2"], "query": "/etc/passwd"}),
+            &json!({"path": "~/a.txt", "paths": ["/x/1", "~/2"], "query": "docs"}),
         )
         .expect("paths");
         assert_eq!(

@@ -190,6 +190,75 @@ fn key_hint(env: &Option<String>) -> String {
     }
 }
 
+impl ModelError {
+    /// The same error with `key` taken out of every text a server put in it (a body, an
+    /// event, a sample): see [`redact`]. `None` leaves it as is.
+    pub fn without_key(self, key: Option<&ApiKey>) -> Self {
+        let Some(key) = key else { return self };
+        let r = |t: String| redact(&t, key.expose());
+        match self {
+            ModelError::Unreachable { url, reason } => ModelError::Unreachable {
+                url: r(url),
+                reason: r(reason),
+            },
+            ModelError::ModelNotFound { model, detail } => ModelError::ModelNotFound {
+                model,
+                detail: r(detail),
+            },
+            ModelError::RateLimited { detail } => ModelError::RateLimited { detail: r(detail) },
+            ModelError::Status { status, body } => ModelError::Status {
+                status,
+                body: r(body),
+            },
+            ModelError::Stream(t) => ModelError::Stream(r(t)),
+            ModelError::Garbage { expected, sample } => ModelError::Garbage {
+                expected,
+                sample: r(sample),
+            },
+            ModelError::Interrupted(t) => ModelError::Interrupted(r(t)),
+            e => e,
+        }
+    }
+}
+
+/// Shortest run of a key's first characters that [`redact`] takes out where it stands alone
+/// (what is left of a key that a shown text cut).
+const KEY_PREFIX_REDACTED: usize = 8;
+
+/// `text` with `key` replaced by `<redacted>` wherever it stands, and so is any run of the
+/// key's first [`KEY_PREFIX_REDACTED`] or more characters (a key cut short). A key shorter than
+/// that is replaced only whole; an empty one changes nothing.
+pub fn redact(text: &str, key: &str) -> String {
+    if key.is_empty() {
+        return text.to_owned();
+    }
+    if key.len() < KEY_PREFIX_REDACTED || !key.is_char_boundary(KEY_PREFIX_REDACTED) {
+        return text.replace(key, "<redacted>");
+    }
+    let start = &key[..KEY_PREFIX_REDACTED];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(start) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let same = tail
+            .bytes()
+            .zip(key.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        // `same` bytes equal to the key's, which starts on a character: cut on a boundary
+        // of the key's, so of `tail` as far as they agree; step back to one if needed.
+        let mut cut = same;
+        while !tail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push_str("<redacted>");
+        rest = &tail[cut..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// An API key, read from the environment. Its `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
@@ -401,6 +470,57 @@ mod tests {
         }
         .to_string();
         assert!(e.contains("ANTHROPIC_API_KEY") && e.contains("401"), "{e}");
+    }
+
+    /// Red team (issue 14): a server that echoes the key in an error body (any status, a JSON
+    /// error, garbage, an error event) — whole or cut where the shown text is cut — never gets
+    /// it into an error, which a task's document and the log show.
+    #[tokio::test]
+    async fn a_key_echoed_by_the_server_never_shows_in_an_error() {
+        use deskhand_tests::model_server::{ModelServer, Reply};
+        let key = "sk-red-0123456789abcdefghijklmnopqrstuvwxyz";
+        let padded = format!("{}{key}", "x".repeat(190));
+        for provider in [
+            crate::config::Provider::Anthropic,
+            crate::config::Provider::Openai,
+        ] {
+            let server = ModelServer::start(vec![
+                Reply::Status(
+                    500,
+                    format!("{{\"error\":{{\"message\":\"bad key {key}\"}}}}"),
+                ),
+                Reply::Status(429, format!("slow down, {key}")),
+                Reply::Status(400, padded.clone()),
+                Reply::Raw(format!("<html>{key}</html>\n")),
+                Reply::StreamError(format!("api_error {key}")),
+            ])
+            .await
+            .expect("server");
+            let config = crate::config::ModelConfig {
+                provider,
+                name: "m".into(),
+                base_url: Some(match provider {
+                    crate::config::Provider::Openai => server.openai_url(),
+                    _ => server.url(),
+                }),
+                api_key_env: Some("K".into()),
+                max_steps: 4,
+                max_task_secs: 10,
+                max_task_tokens: 1000,
+                max_output_tokens: 10,
+            };
+            let b = backend(&config, |_| Some(key.to_owned())).expect("backend");
+            for i in 0..5 {
+                let e = check(&*b, std::time::Duration::from_secs(10))
+                    .await
+                    .expect_err("fails");
+                let shown = format!("{e} {e:?}");
+                assert!(
+                    !shown.contains(&key[..12]),
+                    "{provider:?} reply {i}: {shown}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -68,14 +68,22 @@ impl ModelBackend for OpenAi {
                 );
             }
             let body = request_body(&self.endpoint.model, request);
-            sse::post(
+            let stream = sse::post(
                 &self.http,
                 &ctx,
                 headers,
                 body.to_string().into_bytes(),
                 Box::new(Parser::default()),
             )
-            .await
+            .await;
+            // A server may echo the key in what it says: never into an error.
+            let key = self.endpoint.api_key.clone();
+            match stream {
+                Ok(s) => Ok(Box::pin(futures_util::StreamExt::map(s, move |ev| {
+                    ev.map_err(|e| e.without_key(key.as_ref()))
+                })) as ModelStream),
+                Err(e) => Err(e.without_key(key.as_ref())),
+            }
         })
     }
 }
