@@ -567,3 +567,76 @@ fn a_model_write_into_a_persistence_location_is_asked_even_where_a_rule_allows()
     assert!(!rig.home.join(".bashrc").exists());
     Ok(())
 }
+
+/// The real-model check, run by hand (it needs a model, so CI cannot): a real `deskhand serve`
+/// with `[model]` from `DESKHAND_MODEL="PROVIDER NAME [BASE_URL]"` (and, for a cloud API,
+/// `DESKHAND_MODEL_KEY_ENV` naming the variable that holds the key) reads a file, writes a
+/// note after the phone approves, and answers. See the README, "Use a model".
+#[test]
+#[ignore = "needs a real model: DESKHAND_MODEL=\"PROVIDER NAME [BASE_URL]\" (README, Use a model)"]
+fn a_real_model_reads_a_file_and_writes_a_note_after_an_approval() -> Result<()> {
+    let spec = std::env::var("DESKHAND_MODEL")
+        .context("set DESKHAND_MODEL=\"PROVIDER NAME [BASE_URL]\", e.g. \"openai qwen3:8b http://127.0.0.1:11434/v1\"")?;
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    let (provider, name) = match words.as_slice() {
+        [p, n, ..] => (*p, *n),
+        _ => anyhow::bail!("DESKHAND_MODEL needs at least a provider and a model name: {spec:?}"),
+    };
+    let mut config = format!("[model]\nprovider = {provider:?}\nname = {name:?}\nmax_steps = 12\n");
+    if let Some(url) = words.get(2) {
+        config += &format!("base_url = {url:?}\n");
+    }
+    let mut env = Vec::new();
+    if let Ok(var) = std::env::var("DESKHAND_MODEL_KEY_ENV") {
+        config += &format!("api_key_env = {var:?}\n");
+        let key = std::env::var(&var).with_context(|| format!("{var} is not set"))?;
+        env.push((var, key));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut rig = Rig::new(&config, &env)?;
+    std::fs::create_dir_all(rig.home.join("docs"))?;
+    std::fs::write(
+        rig.home.join("docs/notes.txt"),
+        "buy milk\nfile the taxes\n",
+    )?;
+    let t = rig.say(
+        "Read ~/docs/notes.txt, then write its lines in reverse order into a new file \
+         ~/docs/todo.txt, then tell me in one sentence what you wrote.",
+    )?;
+    let mut seen = json!({"id": null});
+    let task = loop {
+        let task = rig.wait_task(
+            &t,
+            &[
+                "waiting_approval",
+                "done",
+                "failed",
+                "cancelled",
+                "interrupted",
+            ],
+            300_000,
+        )?;
+        if status(&task) != "waiting_approval" {
+            break task;
+        }
+        let approval = rig.approval_other_than(&t, &seen)?;
+        eprintln!("approving: {}", approval["summary"]);
+        rig.decide(&approval, "approve", None)?;
+        seen = approval;
+    };
+    eprintln!("events: {:#}", task["events"]);
+    eprintln!("reply: {}", summary(&task));
+    ensure!(
+        status(&task) == "done",
+        "the task ended {}: {}",
+        status(&task),
+        summary(&task)
+    );
+    let todo = std::fs::read_to_string(rig.home.join("docs/todo.txt"))
+        .context("the model never wrote ~/docs/todo.txt")?;
+    ensure!(
+        todo.contains("milk") && todo.contains("taxes"),
+        "todo.txt holds {todo:?}"
+    );
+    Ok(())
+}
