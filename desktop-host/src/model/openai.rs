@@ -67,7 +67,14 @@ impl ModelBackend for OpenAi {
                         })?,
                 );
             }
-            let body = request_body(&self.endpoint.model, request);
+            let mut body = request_body(&self.endpoint.model, request);
+            if is_openai_itself(&self.endpoint.base_url) {
+                // OpenAI's own API refuses `max_tokens` for its reasoning models and takes
+                // `max_completion_tokens` for every model; local servers know only `max_tokens`.
+                if let Some(n) = body.as_object_mut().and_then(|b| b.remove("max_tokens")) {
+                    body["max_completion_tokens"] = n;
+                }
+            }
             let stream = sse::post(
                 &self.http,
                 &ctx,
@@ -154,6 +161,19 @@ pub fn request_body(model: &str, request: &ModelRequest) -> Value {
             .collect();
     }
     body
+}
+
+/// Whether `base_url` is OpenAI's own API (`https://api.openai.com/…`), not a compatible server.
+fn is_openai_itself(base_url: &str) -> bool {
+    let rest = base_url.trim().to_ascii_lowercase();
+    let host = rest
+        .strip_prefix("https://")
+        .unwrap_or(&rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    host == "api.openai.com"
 }
 
 /// A tool call being streamed.
@@ -505,6 +525,10 @@ mod tests {
             }],
             max_tokens: 100,
         };
+        assert!(is_openai_itself("https://api.openai.com/v1"));
+        assert!(is_openai_itself("https://API.openai.com:443/v1/"));
+        assert!(!is_openai_itself("http://127.0.0.1:11434/v1"));
+        assert!(!is_openai_itself("https://api.openai.com.evil.example/v1"));
         let body = request_body("llama3", &req);
         assert_eq!(body["stream_options"], json!({"include_usage": true}));
         assert_eq!(
