@@ -1339,26 +1339,6 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 risk,
             )
         }
-        T::Copy => {
-            let from = path("from")?;
-            let mut to = path("to")?;
-            if to.is_dir()
-                && let Some(name) = from.file_name()
-            {
-                to = to.join(name);
-            }
-            let folder = is_real_dir(&from);
-            let what = if folder { " and everything in it" } else { "" };
-            let mut summary = format!("Copy {}{what} to {}", show(&from), show(&to));
-            let risk = persistence_risk(policy, &to, folder, &mut summary, base);
-            p(
-                "copy",
-                json!({ "from": from, "to": to }),
-                paths(&[("from", &from), ("to", &to)]),
-                summary,
-                risk,
-            )
-        }
         T::Find => {
             let target = path("path")?;
             let pattern = str_arg(call, "pattern")?;
@@ -1386,20 +1366,26 @@ fn prepare(policy: &Policy, call: &ToolCall, config: &Config) -> Result<Prepared
                 base,
             )
         }
-        T::Move => {
+        T::Copy | T::Move => {
+            let (name, verb) = if which == T::Copy {
+                ("copy", "Copy")
+            } else {
+                ("move", "Move")
+            };
             let from = path("from")?;
             let mut to = path("to")?;
+            // Into an existing folder: the destination is the item's name inside it.
             if to.is_dir()
-                && let Some(name) = from.file_name()
+                && let Some(item) = from.file_name()
             {
-                to = to.join(name);
+                to = to.join(item);
             }
             let folder = is_real_dir(&from);
             let what = if folder { " and everything in it" } else { "" };
-            let mut summary = format!("Move {}{what} to {}", show(&from), show(&to));
+            let mut summary = format!("{verb} {}{what} to {}", show(&from), show(&to));
             let risk = persistence_risk(policy, &to, folder, &mut summary, base);
             p(
-                "move",
+                name,
                 json!({ "from": from, "to": to }),
                 paths(&[("from", &from), ("to", &to)]),
                 summary,
