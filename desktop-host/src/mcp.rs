@@ -171,12 +171,6 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
     lines.into_iter().map(|(_, l)| l).collect()
 }
 
-/// Installs ring as rustls' crypto provider for the HTTP client (reqwest is built without one);
-/// a provider installed already is kept.
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// The connectors of one host: cheap to clone, shared by the executor and `serve`.
 #[derive(Clone, Default)]
 pub struct Connectors {
@@ -734,7 +728,7 @@ impl Server {
         use rmcp::transport::StreamableHttpClientTransport;
         use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
         let name = &self.name;
-        install_crypto();
+        crate::model::sse::install_crypto();
         let mut headers = HashMap::new();
         for (header, var) in &self.config.headers_env {
             let value = std::env::var(var).map_err(|_| {

@@ -44,11 +44,7 @@ pub struct ErrorContext {
 /// reqwest is built without a provider of its own, so that aws-lc stays out of the build), no
 /// system proxy, bounded connect and read times.
 pub fn client() -> Result<reqwest::Client, ModelError> {
-    static PROVIDER: Once = Once::new();
-    PROVIDER.call_once(|| {
-        // Already installed (by iroh or a test) is fine: any provider is ring here.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    install_crypto();
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
@@ -57,6 +53,17 @@ pub fn client() -> Result<reqwest::Client, ModelError> {
             url: String::new(),
             reason: format!("the HTTP client could not be built: {}", chain(&e)),
         })
+}
+
+/// Installs ring as rustls' crypto provider, once, for every reqwest client of this host (the
+/// model backends' and the MCP connectors' over HTTP): reqwest is built without a provider, so
+/// that aws-lc stays out of the build. One installed already (by iroh or a test) is kept: any
+/// provider is ring here.
+pub fn install_crypto() {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// A header holding a secret: marked sensitive, so that no debug output of reqwest shows it.
