@@ -2557,35 +2557,47 @@ mod tests {
         }
     }
 
-    #[test]
-    fn recovery_finds_only_user_messages_that_never_became_tasks() {
-        let desk = DeviceId::from_bytes([1; 32]);
-        let phone = DeviceId::from_bytes([2; 32]).to_string();
-        let me = desk.to_string();
+    /// A workspace made by `desk` holding `messages` and `tasks`.
+    fn workspace_with(desk: &DeviceId, messages: &[Message], tasks: &[Task]) -> Automerge {
         let mut doc = Automerge::new().with_actor(desk.actor_id());
         doc.transact::<_, _, SchemaError>(|tx| {
             Workspace::init(
                 tx,
                 &DesktopInfo {
-                    id: me.clone(),
+                    id: desk.to_string(),
                     name: "d".into(),
                     os: "linux".into(),
                     heartbeat_at: 0,
                     executor: ExecutorState::Idle,
                 },
             )?;
-            for m in [
+            for m in messages {
+                Workspace::append_message(tx, m)?;
+            }
+            for t in tasks {
+                Workspace::add_task(tx, t)?;
+            }
+            Ok(())
+        })
+        .expect("document");
+        doc
+    }
+
+    #[test]
+    fn recovery_finds_only_user_messages_that_never_became_tasks() {
+        let (desk, phone) = (DeviceId::from_bytes([1; 32]), DeviceId::from_bytes([2; 32]));
+        let (me, phone) = (desk.to_string(), phone.to_string());
+        let doc = workspace_with(
+            &desk,
+            &[
                 msg("a", &phone, Role::User, None),
                 msg("b", &phone, Role::User, None),
                 msg("c", &me, Role::User, None),
                 msg("d", &me, Role::Agent, Some("m-a")),
                 msg("e", &phone, Role::User, Some("t1")),
-            ] {
-                Workspace::append_message(tx, &m)?;
-            }
-            Workspace::add_task(tx, &Task::queued("m-b".into(), "x", &desk, 1))
-        })
-        .expect("document");
+            ],
+            &[Task::queued("m-b".into(), "x", &desk, 1)],
+        );
         let tasks: HashSet<String> = ["m-b".to_string()].into();
         let found = unanswered_in(&doc, 0, 100, &me, &tasks);
         assert_eq!(found.len(), 1, "{found:?}");
@@ -2601,22 +2613,11 @@ mod tests {
     /// within the budget, none of the task's own or later messages.
     #[test]
     fn history_is_the_conversation_before_the_task_within_a_budget() {
-        let desk = DeviceId::from_bytes([1; 32]);
-        let phone = DeviceId::from_bytes([2; 32]).to_string();
-        let me = desk.to_string();
-        let mut doc = Automerge::new().with_actor(desk.actor_id());
-        doc.transact::<_, _, SchemaError>(|tx| {
-            Workspace::init(
-                tx,
-                &DesktopInfo {
-                    id: me.clone(),
-                    name: "d".into(),
-                    os: "linux".into(),
-                    heartbeat_at: 0,
-                    executor: ExecutorState::Idle,
-                },
-            )?;
-            for m in [
+        let (desk, phone) = (DeviceId::from_bytes([1; 32]), DeviceId::from_bytes([2; 32]));
+        let (me, phone) = (desk.to_string(), phone.to_string());
+        let doc = workspace_with(
+            &desk,
+            &[
                 msg("a", &phone, Role::User, None),
                 msg("r-a", &me, Role::Agent, Some("m-a")),
                 msg("b", &phone, Role::User, None),
@@ -2625,12 +2626,9 @@ mod tests {
                 msg("c", &phone, Role::User, None),
                 msg("d", &phone, Role::User, None),
                 msg("r-c", &me, Role::Agent, Some("m-c")),
-            ] {
-                Workspace::append_message(tx, &m)?;
-            }
-            Ok(())
-        })
-        .expect("document");
+            ],
+            &[],
+        );
         let texts = |turns: Vec<Turn>| -> Vec<(TurnRole, String)> {
             turns.into_iter().map(|t| (t.role, t.text)).collect()
         };
