@@ -409,6 +409,11 @@ impl Serve {
         })
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything it printed so far.
     pub fn output(&self) -> String {
         self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()

@@ -8,7 +8,10 @@
 //! A1 runs a real `deskhand serve` (the release binary beside this one) whose model is the
 //! scripted model server of `deskhand_tests::model_server`, in this process, on loopback.
 //!
-//! `deskhand-bench [all|w1|w2|w3|w4|w5|a1|floor] [--quick]`
+//! S1 runs a real `deskhand serve` (no model: the built-in agent) with 16 phones in this process,
+//! each writing 1,000 requests at once; the desktop runs a task for every one.
+//!
+//! `deskhand-bench [all|w1|w2|w3|w4|w5|a1|s1|floor] [--quick]`
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +20,7 @@ use anyhow::{Context, Result, bail};
 use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
 use deskhand_core::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Workspace};
+use deskhand_core::TaskStatus;
 use deskhand_core::{DeviceKey, MessageId, TaskId};
 use deskhand_sync::node::{random_bytes, random_id_bytes};
 use deskhand_sync::presence::now_unix_ms;
@@ -684,6 +688,228 @@ async fn a1(r: &mut Report, quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// A process's resident set (`VmRSS`) or peak (`VmHWM`) from `/proc/PID/status`, in KiB.
+fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// S1, sustained load: `phones` phones paired with a real `deskhand serve` each write `per`
+/// requests (one durable change each) all at once; the desktop makes a task of every one and runs
+/// it (`list ~`, allowed by default). Checks that every phone ends with every request and every
+/// task finished (`done`), none lost and none twice, and reports throughput and the desktop's
+/// memory: peak, at the end of the burst, and after it idled.
+async fn s1(r: &mut Report, quick: bool) -> Result<()> {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    let (phones_n, per, idle) = if quick {
+        (4, 25, Duration::from_secs(2))
+    } else {
+        (16, 1000, Duration::from_secs(10))
+    };
+    let total = phones_n * per;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("desk");
+    let listen = deskhand_tests::free_udp_addr().to_string();
+    let serve = Serve::spawn(&[], None, &data, &["--listen", &listen], &[])?;
+    std::fs::write(data.with_extension("home").join("a.txt"), "a file to list")?;
+    let pid = serve.pid();
+    let mut phones = Vec::new();
+    for i in 0..phones_n {
+        let payload = if i == 0 {
+            serve.payload.clone()
+        } else {
+            let data_arg = data.display().to_string();
+            let out = deskhand_tests::deskhand(&["pair", "--data", &data_arg, "--ttl", "300"])?;
+            out.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("pairing payload: "))
+                .map(str::to_owned)
+                .with_context(|| format!("`deskhand pair` printed no payload: {}", out.stderr))?
+        };
+        let node = Node::open(NodeConfig::new(
+            dir.path().join(format!("p{i}")),
+            NodeRole::Phone,
+        ))
+        .await?;
+        let payload = deskhand_core::PairingPayload::parse(&payload)?;
+        node.pair(&payload, &format!("p{i}"), "terminal").await?;
+        wait_for(&node, Duration::from_secs(30), |d| {
+            Workspace::check_version(d).is_ok()
+        })
+        .await?;
+        phones.push(Arc::new(node));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(proc_kib(pid, "VmRSS:").unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            max
+        })
+    };
+    let t0 = Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for p in &phones {
+        let p = p.clone();
+        writers.spawn(async move {
+            let mut ids = Vec::with_capacity(per);
+            for i in 0..per {
+                let m = Message {
+                    text: "list ~".into(),
+                    ..message(&p, i)
+                };
+                p.write(|tx| Workspace::append_message(tx, &m)).await?;
+                ids.push(m.id.to_string());
+            }
+            anyhow::Ok(ids)
+        });
+    }
+    let mut wanted = HashSet::new();
+    while let Some(ids) = writers.join_next().await {
+        wanted.extend(ids??);
+    }
+    let written = t0.elapsed();
+    if wanted.len() != total {
+        bail!("{} distinct requests written, expected {total}", wanted.len());
+    }
+    let deadline = Instant::now() + Duration::from_secs(if quick { 120 } else { 1800 });
+    let (mut converged, mut finished) = (vec![None; phones_n], vec![None; phones_n]);
+    let mut outcome = (0, 0);
+    while finished.iter().any(Option::is_none) {
+        if Instant::now() > deadline {
+            bail!(
+                "S1 did not converge: {} of {phones_n} phones hold every request, {} see every task finished",
+                converged.iter().flatten().count(),
+                finished.iter().flatten().count()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for (i, p) in phones.iter().enumerate() {
+            if converged[i].is_none() && p.read(Workspace::message_count) >= total {
+                let have = p.read(|d| -> Result<usize> {
+                    let msgs = Workspace::messages_from(d, 0)?;
+                    let mine: Vec<_> = msgs
+                        .iter()
+                        .filter(|m| m.role == Role::User)
+                        .map(|m| m.id.to_string())
+                        .collect();
+                    let distinct: HashSet<_> = mine.iter().collect();
+                    if distinct.len() != mine.len() {
+                        bail!("a request appears twice in a phone's conversation");
+                    }
+                    Ok(mine.iter().filter(|id| wanted.contains(*id)).count())
+                })?;
+                if have == total {
+                    converged[i] = Some(t0.elapsed());
+                }
+            }
+            if converged[i].is_some() && finished[i].is_none() {
+                let statuses = p.read(|d| Workspace::task_statuses(d));
+                let ours = statuses
+                    .iter()
+                    .filter(|(id, _)| {
+                        id.as_str()
+                            .strip_prefix("m-")
+                            .is_some_and(|m| wanted.contains(m))
+                    })
+                    .collect::<Vec<_>>();
+                if ours.len() > total {
+                    bail!("{} tasks for {total} requests", ours.len());
+                }
+                if ours.len() == total && ours.iter().all(|(_, s)| s.is_some_and(|s| s.is_final())) {
+                    let count = |want: TaskStatus| ours.iter().filter(|(_, s)| *s == Some(want)).count();
+                    let (done, failed) = (count(TaskStatus::Done), count(TaskStatus::Failed));
+                    if done + failed != total || done == 0 {
+                        bail!("of {total} tasks {done} done and {failed} failed (refused: too many from one phone); the rest ended otherwise");
+                    }
+                    outcome = (done, failed);
+                    finished[i] = Some(t0.elapsed());
+                }
+            }
+        }
+    }
+    let last = |v: &[Option<Duration>]| {
+        v.iter()
+            .flatten()
+            .max()
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let (conv_ms, done_ms) = (last(&converged), last(&finished));
+    let rss_end = proc_kib(pid, "VmRSS:").unwrap_or(0);
+    tokio::time::sleep(idle).await;
+    let rss_idle = proc_kib(pid, "VmRSS:").unwrap_or(0);
+    let peak = proc_kib(pid, "VmHWM:").unwrap_or(0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sampled = sampler.join().unwrap_or(0);
+    let what = format!("{phones_n} phones × {per} requests, one durable change each, at once");
+    r.put(
+        "S1",
+        "all_written_ms",
+        written.as_secs_f64() * 1000.0,
+        &what,
+    );
+    r.put(
+        "S1",
+        "every_phone_has_every_request_ms",
+        conv_ms,
+        "from the first write",
+    );
+    r.put(
+        "S1",
+        "requests_per_s",
+        total as f64 / (conv_ms / 1000.0).max(0.001),
+        "relayed to every phone",
+    );
+    r.put(
+        "S1",
+        "every_task_done_on_every_phone_ms",
+        done_ms,
+        &format!(
+            "a task per request: {} ran (`list ~`), {} refused (the cap on tasks waiting per phone)",
+            outcome.0, outcome.1
+        ),
+    );
+    r.put(
+        "S1",
+        "tasks_per_s",
+        total as f64 / (done_ms / 1000.0).max(0.001),
+        "tasks finished (run or refused) per second",
+    );
+    r.put(
+        "S1",
+        "desktop_peak_rss_mb",
+        peak.max(sampled) as f64 / 1024.0,
+        "VmHWM",
+    );
+    r.put(
+        "S1",
+        "desktop_rss_end_mb",
+        rss_end as f64 / 1024.0,
+        "when every phone saw every task done",
+    );
+    r.put(
+        "S1",
+        "desktop_rss_after_idle_mb",
+        rss_idle as f64 / 1024.0,
+        &format!("{} s later, idle", idle.as_secs()),
+    );
+    for p in phones {
+        if let Ok(p) = Arc::try_unwrap(p) {
+            p.shutdown().await;
+        }
+    }
+    drop(serve);
+    Ok(())
+}
+
 fn pump(
     x: &mut Automerge,
     sx: &mut sync::State,
@@ -739,6 +965,9 @@ async fn main() -> Result<()> {
     }
     if all || which == "a1" {
         a1(&mut r, quick).await?;
+    }
+    if all || which == "s1" {
+        s1(&mut r, quick).await?;
     }
     if all || which == "w6" {
         println!(
