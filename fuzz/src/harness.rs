@@ -212,6 +212,8 @@ struct Fixture {
     /// The desktop's document: its skeleton, a message and a task of the phone, the task running
     /// and waiting for an approval.
     desk_doc: Automerge,
+    /// `desk_doc` read with the typed schema.
+    desk_workspace: Workspace,
     /// The phone's replica of it.
     phone_doc: Automerge,
     phone_book: SignatureBook,
@@ -274,6 +276,7 @@ fn fixture() -> &'static Fixture {
             .unwrap();
         phone_doc.merge(&mut desk_doc).unwrap();
         Fixture {
+            desk_workspace: Workspace::read(&desk_doc).unwrap(),
             desk,
             phone,
             stranger,
@@ -335,7 +338,7 @@ pub fn sync_message_outcome(data: &[u8]) -> SyncOutcome {
     let f = fixture();
     let mut b = Bytes(data);
     let mut desk_doc = f.desk_doc.clone();
-    let before = Workspace::read(&desk_doc).unwrap();
+    let before = &f.desk_workspace;
     let mut ended = None;
     if b.u8() == 0 {
         raw_stream(f, &mut desk_doc, b.rest(), &mut ended);
@@ -346,7 +349,7 @@ pub fn sync_message_outcome(data: &[u8]) -> SyncOutcome {
     let loaded = Automerge::load(&saved).expect("the desktop's document no longer loads");
     assert_eq!(loaded.get_heads(), desk_doc.get_heads());
     let after = Workspace::read(&desk_doc).expect("the desktop's document is no workspace");
-    only_what_a_phone_may_write(f, &before, &after);
+    only_what_a_phone_may_write(f, before, &after);
     SyncOutcome {
         ended,
         new_messages: after.messages.len() - before.messages.len(),
