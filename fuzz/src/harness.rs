@@ -25,8 +25,11 @@ use deskhand_core::{
     DeviceId, DeviceKey, DocId, Message, Risk, Role, Task, TaskId, TaskStatus, Verdict, Workspace,
 };
 
+/// A fuzzed function: any bytes in, a panic when something that must hold does not.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the names of `fuzz_targets/*.rs` and of the corpus folders).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frames", frames),
     ("pair_request", pair_request),
     ("qr_payload", qr_payload),
@@ -500,7 +503,8 @@ fn structured(
         let (actor, own_key) = match writer {
             Writer::Phone => (phone_actor.clone(), &f.phone),
             Writer::Stranger => (f.stranger.device_id().session_actor([2; 8]), &f.stranger),
-            Writer::AsDesktop => (f.desk.device_id().actor_id(), &f.desk),
+            // The phone does not hold the desktop's key: "its own" signature is the phone's.
+            Writer::AsDesktop => (f.desk.device_id().actor_id(), &f.phone),
         };
         phone_doc.set_actor(actor);
         let edits = 1 + b.u8() % 8;
@@ -635,7 +639,7 @@ fn edit(f: &Fixture, tx: &mut Transaction<'_>, objs: &mut Vec<ObjId>, b: &mut By
             let id = TaskId::from_random([b.u8(); 16]);
             let prompt = b.text();
             let mut t = Task::queued(id, prompt, &by, 4);
-            if b.u8() % 4 == 0 {
+            if b.u8().is_multiple_of(4) {
                 t.status = TaskStatus::Done;
             }
             Workspace::add_task(tx, &t).map_err(|_| ())
