@@ -77,4 +77,9 @@ fn sync_seeds_reach_the_phone_write_rules() {
         let ended = o.ended.unwrap_or_default();
         assert!(ended.contains(why), "{refused}: {ended}");
     }
+    // The fuzzer's first stop: a message under the desktop's actor, signed by the phone.
+    let kept = seeds
+        .join("../../regressions/sync_message/crash-34700f81-message-under-the-desktops-actor");
+    let o = harness::sync_message_outcome(&std::fs::read(kept).expect("the kept input"));
+    assert!(!o.changed && o.ended.is_some(), "{o:?}");
 }
