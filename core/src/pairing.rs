@@ -1,9 +1,14 @@
 //! The pairing payload carried by the QR code, and the one-time token inside it.
 //!
 //! `deskhand://pair?v=1&id=<desktop id>&addr=<ip:port,…>&relay=<url>&token=<secret>&name=<name>&exp=<unix s>`
+//!
+//! Also the phone's pairing request as the desktop reads it ([`PairRequest::read`]): the only
+//! bytes a device that is not paired yet can make the desktop parse.
 
 use std::fmt;
 use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
 
 use crate::DeviceId;
 
@@ -177,6 +182,106 @@ impl PairingPayload {
     }
 }
 
+/// Largest pairing request or answer body, in bytes (each travels as a `u32be` length and JSON).
+pub const MAX_PAIR_MESSAGE: usize = 4096;
+/// Pairing request version written and read by this build.
+pub const PAIR_REQUEST_VERSION: u32 = 1;
+
+/// The phone's pairing request as it travels: `{"v":1,"token":hex,"name":…,"platform":…}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRequest {
+    /// Request version ([`PAIR_REQUEST_VERSION`]).
+    pub v: u32,
+    /// The one-time token of the QR code, 32 hex digits.
+    pub token: String,
+    /// The phone's device name, as its user typed it.
+    pub name: String,
+    /// The phone's platform (`ios`, `android`, `terminal`, …).
+    pub platform: String,
+}
+
+impl fmt::Debug for PairRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PairRequest")
+            .field("v", &self.v)
+            .field("name", &self.name)
+            .field("platform", &self.platform)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pairing request as the desktop takes it: every field made safe to store and show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadPairRequest {
+    /// The token, `None` when it is not 32 hex digits (then it matches no code).
+    pub token: Option<PairingToken>,
+    /// The device name, cleaned by [`clean_device_name`].
+    pub name: String,
+    /// The platform: ASCII letters and digits only, at most 16.
+    pub platform: String,
+}
+
+/// Why a pairing request was refused before its token was looked at (answered `bad_request`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PairRequestError {
+    /// The body is longer than [`MAX_PAIR_MESSAGE`].
+    #[error("pairing request of {0} bytes is over the {MAX_PAIR_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    /// Not the JSON object of a pairing request.
+    #[error("malformed pairing request: {0}")]
+    Malformed(String),
+    /// Written by a newer app.
+    #[error("pairing protocol version {0} is not supported")]
+    Version(u32),
+}
+
+impl PairRequest {
+    /// Reads the body of a pairing request as a phone sent it (at most [`MAX_PAIR_MESSAGE`]
+    /// bytes of JSON). Any bytes give a request or an error, never a panic.
+    pub fn read(body: &[u8]) -> Result<ReadPairRequest, PairRequestError> {
+        if body.len() > MAX_PAIR_MESSAGE {
+            return Err(PairRequestError::TooLarge(body.len()));
+        }
+        let req: PairRequest =
+            serde_json::from_slice(body).map_err(|e| PairRequestError::Malformed(e.to_string()))?;
+        if req.v != PAIR_REQUEST_VERSION {
+            return Err(PairRequestError::Version(req.v));
+        }
+        let mut token = [0u8; 16];
+        let token = hex::decode_to_slice(&req.token, &mut token)
+            .ok()
+            .map(|()| PairingToken(token));
+        let platform = req
+            .platform
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(16)
+            .collect();
+        Ok(ReadPairRequest {
+            token,
+            name: clean_device_name(&req.name),
+            platform,
+        })
+    }
+}
+
+/// A device name as a phone sent it, made safe to store and show: no control or format
+/// characters (see [`crate::terminal::is_unsafe`]; tabs become spaces), no surrounding blanks,
+/// at most 64 characters; an empty result becomes `phone`.
+pub fn clean_device_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .filter(|c| !crate::terminal::is_unsafe(*c))
+        .take(64)
+        .collect();
+    match name.trim() {
+        "" => "phone".to_owned(),
+        t => t.to_owned(),
+    }
+}
+
 fn pct(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -252,6 +357,42 @@ mod tests {
             let _ = PairingPayload::parse(&s);
             let _ = PairingPayload::parse(&format!("{PAIR_URI_PREFIX}{s}"));
         }
+    }
+
+    #[test]
+    fn pair_requests_are_read_safely() {
+        let ok = br#"{"v":1,"token":"09090909090909090909090909090909","name":" Ann\u202e\tphone ","platform":"i-OS!"}"#;
+        let r = PairRequest::read(ok).unwrap();
+        assert_eq!(r.token, Some(PairingToken([9; 16])));
+        assert_eq!(r.name, "Ann phone");
+        assert_eq!(r.platform, "iOS");
+        let bad_token = br#"{"v":1,"token":"xyz","name":"","platform":""}"#;
+        let r = PairRequest::read(bad_token).unwrap();
+        assert_eq!((r.token, r.name.as_str()), (None, "phone"));
+        assert_eq!(
+            PairRequest::read(br#"{"v":2,"token":"","name":"","platform":""}"#),
+            Err(PairRequestError::Version(2))
+        );
+        assert!(matches!(
+            PairRequest::read(b"[1,2"),
+            Err(PairRequestError::Malformed(_))
+        ));
+        assert_eq!(
+            PairRequest::read(&[b' '; MAX_PAIR_MESSAGE + 1]),
+            Err(PairRequestError::TooLarge(MAX_PAIR_MESSAGE + 1))
+        );
+    }
+
+    #[test]
+    fn names_lose_control_and_format_characters() {
+        assert_eq!(clean_device_name("Ann's phone"), "Ann's phone");
+        assert_eq!(
+            clean_device_name("\x1b[31mevil\u{202e}txt.exe\r\n[agent]"),
+            "[31meviltxt.exe[agent]"
+        );
+        assert_eq!(clean_device_name("  \u{200b} "), "phone");
+        assert_eq!(clean_device_name(&"x".repeat(100)).chars().count(), 64);
+        assert_eq!(clean_device_name("a\tb"), "a b");
     }
 
     #[test]

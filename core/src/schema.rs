@@ -119,6 +119,23 @@ pub struct Message {
     pub task_id: Option<TaskId>,
 }
 
+/// Parses a blob's BLAKE3 hash from its hex form ([`BlobRef::hash`], or a hash a user or peer
+/// asks for): 64 hex digits of either case, surrounding blanks ignored. `None` for anything else.
+pub fn parse_blob_hash(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+/// The hex form of a blob hash, as [`BlobRef::hash`] holds it (64 lower-case hex digits).
+pub fn blob_hash_hex(hash: &[u8; 32]) -> String {
+    hex::encode(hash)
+}
+
 /// A content-addressed blob held by the desktop (a screenshot, a produced file, a long output).
 #[derive(Clone, Debug, PartialEq, Eq, Reconcile, Hydrate, serde::Serialize, serde::Deserialize)]
 pub struct BlobRef {

@@ -71,9 +71,7 @@ pub enum BlobError {
 
 /// Parses a blob hash from its hex form.
 pub fn parse_hash(text: &str) -> Result<Hash, BlobError> {
-    let bytes: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
+    let bytes = deskhand_core::schema::parse_blob_hash(text)
         .ok_or_else(|| BlobError::BadHash(text.to_owned()))?;
     Ok(Hash::from_bytes(bytes))
 }

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deskhand_core::pairing::ct_eq;
+use deskhand_core::pairing::{MAX_PAIR_MESSAGE, PairRequest, ReadPairRequest, ct_eq};
 use deskhand_core::schema::{DeviceEntry, Workspace};
 use deskhand_core::{DeviceId, PAIR_ALPN, PairingPayload, PairingToken};
 use iroh::endpoint::Connection;
@@ -27,7 +27,7 @@ use crate::node::{PeerRecord, Shared};
 use crate::presence::now_unix_ms;
 use crate::store::WriteOp;
 
-const MAX_MESSAGE: usize = 4096;
+const MAX_MESSAGE: usize = MAX_PAIR_MESSAGE;
 /// Failed attempts one source may make per window; past that its failures are answered
 /// `rate_limited` and are no longer logged and audited one by one. A valid code is accepted from
 /// any source at any time: it is 128 random bits, so guessing is not the threat, and a limit that
@@ -71,14 +71,6 @@ pub enum PairError {
     /// Only a phone pairs with a desktop.
     #[error("only a phone can pair with a desktop")]
     WrongRole,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Request {
-    v: u32,
-    token: String,
-    name: String,
-    platform: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -399,8 +391,8 @@ impl ProtocolHandler for PairProtocol {
         {
             Err(_) => refusal("bad_request", "no pairing request within 10 s".into()),
             Ok(Err(e)) => refusal("bad_request", e),
-            Ok(Ok(body)) => match serde_json::from_slice::<Request>(&body) {
-                Err(e) => refusal("bad_request", format!("malformed pairing request: {e}")),
+            Ok(Ok(body)) => match PairRequest::read(&body) {
+                Err(e) => refusal("bad_request", e.to_string()),
                 Ok(req) => self.handle(phone, &sources, req).await,
             },
         };
@@ -424,25 +416,13 @@ fn refusal(code: &str, error: String) -> Answer {
 }
 
 impl PairProtocol {
-    async fn handle(&self, phone: DeviceId, sources: &[Source], req: Request) -> Answer {
+    async fn handle(&self, phone: DeviceId, sources: &[Source], req: ReadPairRequest) -> Answer {
         let shared = &self.shared;
-        if req.v != 1 {
-            return refusal(
-                "bad_request",
-                format!("pairing protocol version {} is not supported", req.v),
-            );
-        }
-        let mut token = [0u8; 16];
-        let token = hex::decode_to_slice(&req.token, &mut token)
-            .ok()
-            .map(|()| PairingToken::from_bytes(token));
-        let name = clean_name(&req.name);
-        let platform: String = req
-            .platform
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(16)
-            .collect();
+        let ReadPairRequest {
+            token,
+            name,
+            platform,
+        } = req;
         let redeemed = shared.codes().redeem(
             token.as_ref(),
             &phone,
@@ -514,22 +494,6 @@ impl PairProtocol {
     }
 }
 
-/// A device name as a phone sent it, made safe to store and show: no control or format
-/// characters (see [`deskhand_core::terminal::is_unsafe`]; tabs become spaces), no surrounding
-/// blanks, at most 64 characters; an empty result becomes `phone`.
-pub(crate) fn clean_name(name: &str) -> String {
-    let name: String = name
-        .chars()
-        .map(|c| if c == '\t' { ' ' } else { c })
-        .filter(|c| !deskhand_core::terminal::is_unsafe(*c))
-        .take(64)
-        .collect();
-    match name.trim() {
-        "" => "phone".to_owned(),
-        t => t.to_owned(),
-    }
-}
-
 /// The phone's side: dial the desktop on the pairing ALPN and redeem the code. Returns the
 /// workspace id and the desktop's clock. [`crate::Node::pair`] wraps this and stores the desktop
 /// as home. The code's expiry is not checked here: the phone's clock may be wrong, and the
@@ -556,8 +520,8 @@ pub async fn pair_with(
         .open_bi()
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let req = Request {
-        v: 1,
+    let req = PairRequest {
+        v: deskhand_core::pairing::PAIR_REQUEST_VERSION,
         token: payload.token.to_hex(),
         name: name.into(),
         platform: platform.into(),
@@ -721,17 +685,5 @@ mod tests {
             Source::ip("::ffff:192.0.2.1".parse().expect("ip")),
             Source::ip("192.0.2.1".parse().expect("ip"))
         );
-    }
-
-    #[test]
-    fn names_lose_control_and_format_characters() {
-        assert_eq!(clean_name("Ann's phone"), "Ann's phone");
-        assert_eq!(
-            clean_name("\x1b[31mevil\u{202e}txt.exe\r\n[agent]"),
-            "[31meviltxt.exe[agent]"
-        );
-        assert_eq!(clean_name("  \u{200b} "), "phone");
-        assert_eq!(clean_name(&"x".repeat(100)).chars().count(), 64);
-        assert_eq!(clean_name("a\tb"), "a b");
     }
 }
