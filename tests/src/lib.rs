@@ -3,6 +3,7 @@
 
 #[allow(clippy::unwrap_used)] // test harness: a poisoned lock is a broken test
 pub mod model_server;
+pub mod netem;
 #[allow(clippy::unwrap_used)] // test harness: a missing pipe is a broken test machine
 pub mod x11;
 
