@@ -467,6 +467,13 @@ fn a_phone_moving_between_two_networks_keeps_syncing() -> Result<()> {
     }
     let took = net.wait_converged("after the phone moved")?;
     let since_move = moved.elapsed();
+    // Regression: the phone used to notice the move only when its session found the desktop
+    // silent for DEAD_AFTER_MS (6 s, measured 5.9 s from the move to convergence); it now
+    // probes as soon as its own addresses change (1.5 s probe, then a fresh dial).
+    ensure!(
+        since_move < Duration::from_millis(deskhand_core::session::DEAD_AFTER_MS - 1_000),
+        "phone 0 took {since_move:?} to converge after moving: it waited for the dead-peer timer"
+    );
     net.check()?;
     report(
         "phone-moves",
