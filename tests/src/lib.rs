@@ -38,17 +38,18 @@ pub fn free_udp_addr() -> SocketAddr {
 impl NodeProc {
     /// Starts `bin` (the `deskhand-node` binary) and waits for it to be ready.
     pub fn spawn(bin: &Path, data: &Path, role: &str, listen: Option<SocketAddr>) -> Result<Self> {
-        Self::spawn_in(&[], bin, data, role, listen)
+        Self::spawn_in(&[], bin, data, role, listen, &[])
     }
 
     /// Like [`Self::spawn`], run under `prefix` (e.g. `ip netns exec NAME` to start it in a
-    /// network namespace).
+    /// network namespace), with `extra` arguments (e.g. `--mdns on` for the `app` role).
     pub fn spawn_in(
         prefix: &[&str],
         bin: &Path,
         data: &Path,
         role: &str,
         listen: Option<SocketAddr>,
+        extra: &[&str],
     ) -> Result<Self> {
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
@@ -58,7 +59,11 @@ impl NodeProc {
             }
             None => Command::new(bin),
         };
-        cmd.arg("--data").arg(data).arg("--role").arg(role);
+        cmd.arg("--data")
+            .arg(data)
+            .arg("--role")
+            .arg(role)
+            .args(extra);
         if let Some(l) = listen {
             cmd.arg("--listen").arg(l.to_string());
         }

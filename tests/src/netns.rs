@@ -173,6 +173,87 @@ impl Lab {
         Ok(wire)
     }
 
+    /// A local network: a bridge in a namespace of its own (nothing in the test's namespace
+    /// changes). Plug hosts into it with [`Lab::plug`]; they share one `10.X.200.0/24` and
+    /// see each other's multicast (local-network discovery works on it).
+    ///
+    /// Errors: `ip` fails.
+    pub fn lan(&mut self) -> Result<Host> {
+        let h = self.host()?;
+        let ns = self.ns(h).to_owned();
+        ip(Some(&ns), &["link", "add", "br0", "type", "bridge"])?;
+        ip(Some(&ns), &["link", "set", "br0", "up"])?;
+        Ok(h)
+    }
+
+    /// Plugs `h` into the local network `lan` as `10.X.200.N/24`, multicast routed on it.
+    /// Returns the wire (`host_ip` is the host's address on the LAN; `root_ip` is unused).
+    ///
+    /// Errors: `ip` fails.
+    pub fn plug(&mut self, h: Host, lan: Host) -> Result<Wire> {
+        let n = self.wires.len() + 1;
+        let (lan_if, host_if) = (format!("{}r{n}", self.tag), format!("{}n{n}", self.tag));
+        ip(
+            None,
+            &[
+                "link", "add", &lan_if, "type", "veth", "peer", "name", &host_if,
+            ],
+        )?;
+        let wire = Wire {
+            host: h,
+            root_ip: IpAddr::V4(Ipv4Addr::new(10, self.x, 200, 254)),
+            host_ip: IpAddr::V4(Ipv4Addr::new(10, self.x, 200, n as u8)),
+            host_if: host_if.clone(),
+            root_if: lan_if.clone(),
+        };
+        self.wires.push(wire.clone());
+        let (lan_ns, ns) = (self.ns(lan).to_owned(), self.ns(h).to_owned());
+        ip(None, &["link", "set", &lan_if, "netns", &lan_ns])?;
+        ip(Some(&lan_ns), &["link", "set", &lan_if, "master", "br0"])?;
+        ip(Some(&lan_ns), &["link", "set", &lan_if, "up"])?;
+        ip(None, &["link", "set", &host_if, "netns", &ns])?;
+        ip(
+            Some(&ns),
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", wire.host_ip),
+                "dev",
+                &host_if,
+            ],
+        )?;
+        ip(
+            Some(&ns),
+            &["link", "set", &host_if, "up", "multicast", "on"],
+        )?;
+        ip(Some(&ns), &["route", "add", "224.0.0.0/4", "dev", &host_if])?;
+        Ok(wire)
+    }
+
+    /// Gives `w`'s host a new address on its network in place of the old one (a new DHCP
+    /// lease); returns it.
+    ///
+    /// Errors: `ip addr` fails.
+    pub fn renumber(&self, w: &mut Wire, last_octet: u8) -> Result<IpAddr> {
+        let IpAddr::V4(old) = w.host_ip else {
+            bail!("IPv4 only");
+        };
+        let [a, b, c, _] = old.octets();
+        let new = IpAddr::V4(Ipv4Addr::new(a, b, c, last_octet));
+        let ns = self.ns(w.host);
+        // Old first: deleting a primary address deletes the secondaries of its subnet too.
+        ip(
+            Some(ns),
+            &["addr", "del", &format!("{old}/24"), "dev", &w.host_if],
+        )?;
+        ip(
+            Some(ns),
+            &["addr", "add", &format!("{new}/24"), "dev", &w.host_if],
+        )?;
+        w.host_ip = new;
+        Ok(new)
+    }
+
     /// On `w`'s host: reach `dest` (one address) through `w`'s gateway, replacing any route
     /// to it (a phone moving to another network).
     ///

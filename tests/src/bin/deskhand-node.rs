@@ -5,7 +5,8 @@
 //! one JSON line. See `deskhand_tests::NodeProc` for the commands.
 //!
 //! `--role app` is a phone driven through the phone API the mobile apps use
-//! (`deskhand_sync::Phone`): commands `pair`, `send`, `task`, `sync`, `snapshot`, `quit`.
+//! (`deskhand_sync::Phone`): commands `pair`, `send`, `task`, `sync`, `snapshot`, `quit`;
+//! `--mdns on` turns its local-network discovery on.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let data = PathBuf::from(arg(&args, "--data").context("--data DIR is required")?);
     if arg(&args, "--role").as_deref() == Some("app") {
-        return app_main(&data).await;
+        return app_main(&data, arg(&args, "--mdns").as_deref() == Some("on")).await;
     }
     let role = match arg(&args, "--role").as_deref() {
         Some("desktop") => NodeRole::Desktop {
@@ -513,15 +514,16 @@ fn out(v: Value) {
 }
 
 /// `--role app`: a phone as the apps run it, through `deskhand_sync::Phone`, listening on all
-/// interfaces (so it works inside a network namespace), relays and mDNS off.
-async fn app_main(data: &std::path::Path) -> Result<()> {
+/// interfaces (so it works inside a network namespace), relays off, local-network discovery
+/// only with `--mdns on`.
+async fn app_main(data: &std::path::Path, mdns: bool) -> Result<()> {
     use deskhand_sync::{FileKeyProvider, Phone, PhoneConfig, RelaySetting};
     let config = PhoneConfig::new(data, "app", "terminal")
         .with_net(
             NetConfig::default()
                 .with_listen(SocketAddr::from(([0, 0, 0, 0], 0)))
                 .with_relay(RelaySetting::Off)
-                .with_mdns(false),
+                .with_mdns(mdns),
         )
         .with_key_provider(std::sync::Arc::new(FileKeyProvider::in_data_dir(data)));
     let phone = match Phone::open(config).await {

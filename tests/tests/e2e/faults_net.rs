@@ -10,7 +10,7 @@
 //! figures. Skipped, with a message, where network namespaces cannot be made.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,12 @@ impl Net {
     /// Starts everything; `None` where namespaces are not permitted. `second_network` gives
     /// phone 0 a second wire (network) to move to.
     fn start(seed: u64, second_network: bool) -> Result<Option<Self>> {
+        Self::start_as(seed, second_network, false)
+    }
+
+    /// With `lan`, no proxy: the desktop and the phones share one local network (a bridge),
+    /// with local-network discovery on, as at home.
+    fn start_as(seed: u64, second_network: bool, lan: bool) -> Result<Option<Self>> {
         let Some(mut lab) = Lab::new()? else {
             return Ok(None);
         };
@@ -64,14 +70,26 @@ impl Net {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, "[permissions]\nallow = [\"write(~/runs/**)\"]\n")?;
         let desk = lab.host()?;
-        let desk_wire = lab.wire(desk)?;
+        let bridge = if lan { Some(lab.lan()?) } else { None };
+        let desk_wire = match bridge {
+            Some(b) => lab.plug(desk, b)?,
+            None => lab.wire(desk)?,
+        };
         let listen = format!("0.0.0.0:{DESK_PORT}");
         let home_s = home.display().to_string();
+        let mdns = if lan { "on" } else { "off" };
         let serve = Serve::spawn(
             &lab.prefix(desk),
             None,
             &dir.path().join("desk"),
-            &["--listen", &listen, "--config", path(&config)],
+            &[
+                "--listen",
+                &listen,
+                "--config",
+                path(&config),
+                "--mdns",
+                mdns,
+            ],
             &[("HOME", &home_s)],
         )?;
         let netem = Netem::new(seed);
@@ -81,32 +99,45 @@ impl Net {
             (vec![], vec![], vec![], vec![]);
         for i in 0..3 {
             let h: Host = lab.host()?;
-            let w = lab.wire(h)?;
-            lab.route(&w, desk_wire.root_ip)?;
+            let w = match bridge {
+                Some(b) => lab.plug(h, b)?,
+                None => {
+                    let w = lab.wire(h)?;
+                    lab.route(&w, desk_wire.root_ip)?;
+                    w
+                }
+            };
             let spare = if second_network && i == 0 {
                 Some(lab.wire(h)?)
             } else {
                 None
             };
-            let link = netem.link(
-                SocketAddr::new(desk_wire.root_ip, 0),
-                desk_wire.root_ip,
-                target,
-            )?;
+            let link = if lan {
+                None
+            } else {
+                Some(netem.link(
+                    SocketAddr::new(desk_wire.root_ip, 0),
+                    desk_wire.root_ip,
+                    target,
+                )?)
+            };
             let code = if i == 0 {
                 serve.payload.clone()
             } else {
                 fresh_code(&lab, desk, &serve)?
             };
-            // The phone dials the desktop where the proxy puts it for this phone.
+            // Behind the proxy, the phone dials the desktop where the proxy puts it for it.
             let mut p = PairingPayload::parse(&code)?;
-            p.addrs = vec![link.front()];
+            if let Some(l) = &link {
+                p.addrs = vec![l.front()];
+            }
             let data = dir.path().join(format!("phone{i}"));
-            let mut phone = NodeProc::spawn_in(&lab.prefix(h), &node, &data, "app", None)?;
+            let mut phone =
+                NodeProc::spawn_in(&lab.prefix(h), &node, &data, "app", None, &["--mdns", mdns])?;
             phone.ok(json!({"cmd": "pair", "payload": p.to_uri()}))?;
             phone.ok(json!({"cmd": "sync", "timeout_ms": 20_000}))?;
             phones.push(phone);
-            links.push(link);
+            links.extend(link);
             phone_wires.push(w);
             spare_wires.push(spare);
         }
@@ -410,7 +441,7 @@ fn a_partitioned_phone_catches_up_after_the_partition_heals() -> Result<()> {
 
 #[test]
 fn phones_follow_the_desktop_when_its_address_changes_mid_session() -> Result<()> {
-    let Some(mut net) = Net::start(0x5eed_0003, false)? else {
+    let Some(mut net) = Net::start_as(0x5eed_0003, false, true)? else {
         return Ok(());
     };
     let (a, b) = rounds();
@@ -419,12 +450,15 @@ fn phones_follow_the_desktop_when_its_address_changes_mid_session() -> Result<()
         std::thread::sleep(PAUSE);
     }
     net.wait_converged("before the move")?;
-    // The desktop is now somewhere else for every phone: its old address is dead and its
-    // packets come from the new one.
-    let ip: IpAddr = net.desk_wire.root_ip;
-    for l in &net.links {
-        l.move_front(SocketAddr::new(ip, 0))?;
-    }
+    // The desktop gets a new address on the home network (a new DHCP lease): the old one is
+    // gone at once, mid-session; the phones know only the old one.
+    let mut w = net.desk_wire.clone();
+    let new = net.lab.renumber(&mut w, 100)?;
+    eprintln!(
+        "[faults-net] desktop moved from {} to {new}",
+        net.desk_wire.host_ip
+    );
+    net.desk_wire = w;
     let moved = Instant::now();
     for r in a..a + b {
         net.round(r)?;
