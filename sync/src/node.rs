@@ -1591,11 +1591,15 @@ fn tried(to: &DesktopAddrs, mdns: bool) -> String {
     )
 }
 
-/// Binds the endpoint; with `keep_port` and port 0, the port remembered from last time first.
-/// Returns the endpoint and, when the remembered port was taken, that port.
 /// An endpoint and its local-network lookup, if one runs.
-type Bound = (Endpoint, Option<iroh_mdns_address_lookup::MdnsAddressLookup>);
+type Bound = (
+    Endpoint,
+    Option<iroh_mdns_address_lookup::MdnsAddressLookup>,
+);
 
+/// Binds the endpoint; with `keep_port` and port 0, the port remembered from last time first.
+/// Returns the endpoint (with its local-network lookup) and, when the remembered port was
+/// taken, that port.
 async fn bind_keeping_port(
     key: &DeviceKey,
     net: &NetConfig,
