@@ -1591,15 +1591,11 @@ fn tried(to: &DesktopAddrs, mdns: bool) -> String {
     )
 }
 
-/// An endpoint and its local-network lookup, if one runs.
-type Bound = (
-    Endpoint,
-    Option<iroh_mdns_address_lookup::MdnsAddressLookup>,
-);
-
 /// Binds the endpoint; with `keep_port` and port 0, the port remembered from last time first.
-/// Returns the endpoint (with its local-network lookup) and, when the remembered port was
-/// taken, that port.
+/// Returns the endpoint and, when the remembered port was taken, that port.
+/// An endpoint and its local-network lookup, if one runs.
+type Bound = (Endpoint, Option<iroh_mdns_address_lookup::MdnsAddressLookup>);
+
 async fn bind_keeping_port(
     key: &DeviceKey,
     net: &NetConfig,
