@@ -5,7 +5,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use deskhand_core::{DeviceId, DeviceKey};
 use iroh::endpoint::presets;
 use iroh::{Endpoint, EndpointAddr, NetReportConfig, RelayMode, SecretKey};
-use iroh_mdns_address_lookup::MdnsAddressLookup;
 
 /// Which iroh relay forwards encrypted packets when a direct path fails.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -143,7 +142,7 @@ pub async fn bind(
     net: &NetConfig,
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, EndpointError> {
-    Ok(bind_as(key, net, alpns, true, false).await?.0)
+    bind_as(key, net, alpns, true, false).await
 }
 
 /// [`bind`], saying whether this endpoint announces itself on the local network when mDNS is on
@@ -151,14 +150,13 @@ pub async fn bind(
 /// ([`Endpoint::insert_relay`]) when `net.relay` is off: an empty relay map then, which contacts
 /// nothing until a relay is inserted (a phone pairing with a desktop that names one). A failure
 /// to start mDNS (no multicast) is logged, not fatal: direct addresses and the relay still work.
-/// Returns the endpoint and its local-network lookup, when one runs (to follow what it finds).
 pub async fn bind_as(
     key: &DeviceKey,
     net: &NetConfig,
     alpns: Vec<Vec<u8>>,
     advertise: bool,
     relay_on_demand: bool,
-) -> Result<(Endpoint, Option<MdnsAddressLookup>), EndpointError> {
+) -> Result<Endpoint, EndpointError> {
     let relay_mode = match &net.relay {
         RelaySetting::Off if relay_on_demand => RelayMode::Custom(iroh::RelayMap::empty()),
         RelaySetting::Off => RelayMode::Disabled,
@@ -182,21 +180,17 @@ pub async fn bind_as(
         .bind()
         .await
         .map_err(|e| bind_err(e.to_string()))?;
-    let mut lookup = None;
     if net.mdns {
-        let mdns = MdnsAddressLookup::builder()
+        let mdns = iroh_mdns_address_lookup::MdnsAddressLookup::builder()
             .advertise(advertise)
             .build(ep.id());
         match (mdns, ep.address_lookup()) {
-            (Ok(mdns), Ok(services)) => {
-                lookup = Some(mdns.clone());
-                services.add(mdns);
-            }
+            (Ok(mdns), Ok(services)) => services.add(mdns),
             (Err(e), _) => tracing::warn!("local-network discovery (mDNS) is off: {e}"),
             (_, Err(e)) => tracing::warn!("local-network discovery (mDNS) is off: {e}"),
         }
     }
-    Ok((ep, lookup))
+    Ok(ep)
 }
 
 /// Adds `url` to the relays `ep` uses (an endpoint bound with a relay map, possibly empty).

@@ -964,7 +964,7 @@ impl Node {
             .get(LISTEN_PORT_KEY)
             .and_then(|b| <[u8; 2]>::try_from(b.as_slice()).ok())
             .map(u16::from_be_bytes);
-        let ((endpoint, mdns), moved_from) =
+        let (endpoint, moved_from) =
             bind_keeping_port(&key, &net, alpns, is_desktop, remembered).await?;
         if net.keep_port
             && let Some(port) = endpoint.bound_sockets().first().map(|s| s.port())
@@ -992,9 +992,6 @@ impl Node {
                 endpoint.clone(),
                 cancel.clone(),
             ));
-            if let Some(mdns) = mdns {
-                tasks.spawn(follow_discovery(shared.clone(), mdns, cancel.clone()));
-            }
         }
         let router = match config.role {
             NodeRole::Desktop { .. } => {
@@ -1593,24 +1590,21 @@ fn tried(to: &DesktopAddrs, mdns: bool) -> String {
 
 /// Binds the endpoint; with `keep_port` and port 0, the port remembered from last time first.
 /// Returns the endpoint and, when the remembered port was taken, that port.
-/// An endpoint and its local-network lookup, if one runs.
-type Bound = (Endpoint, Option<iroh_mdns_address_lookup::MdnsAddressLookup>);
-
 async fn bind_keeping_port(
     key: &DeviceKey,
     net: &NetConfig,
     alpns: Vec<Vec<u8>>,
     advertise: bool,
     remembered: Option<u16>,
-) -> Result<(Bound, Option<u16>), EndpointError> {
+) -> Result<(Endpoint, Option<u16>), EndpointError> {
     if let Some(port) = remembered.filter(|_| net.keep_port && net.listen.port() == 0) {
         let want = SocketAddr::new(net.listen.ip(), port);
         let again = net.clone().with_listen(want);
         match endpoint::bind_as(key, &again, alpns.clone(), advertise, !advertise).await {
-            Ok(bound) => return Ok((bound, None)),
+            Ok(ep) => return Ok((ep, None)),
             Err(e @ EndpointError::Bind { .. }) => {
-                let bound = endpoint::bind_as(key, net, alpns, advertise, !advertise).await?;
-                let now: Vec<String> = endpoint::direct_addrs(&bound.0)
+                let ep = endpoint::bind_as(key, net, alpns, advertise, !advertise).await?;
+                let now: Vec<String> = endpoint::direct_addrs(&ep)
                     .iter()
                     .map(|a| a.to_string())
                     .collect();
@@ -1618,7 +1612,7 @@ async fn bind_keeping_port(
                     "the port this desktop listened on before ({port}) is taken ({e}); listening on {} instead. Paired phones learn the new address from the workspace document, local-network discovery or the relay",
                     now.join(", ")
                 );
-                return Ok((bound, Some(port)));
+                return Ok((ep, Some(port)));
             }
             Err(e) => return Err(e),
         }
@@ -1701,47 +1695,6 @@ async fn follow_network(shared: Arc<Shared>, endpoint: Endpoint, cancel: Cancell
             shared.probe.send_modify(|g| *g += 1);
             shared.wake_dialer.notify_one();
         }
-    }
-}
-
-/// Phone: when local-network discovery finds its desktop at an address it did not announce
-/// before (the desktop got a new address), it acts as on [`Node::sync_now`]: a session still
-/// bound to the old address is probed and ended, and the dialer, which now also has the
-/// discovered address, dials at once — instead of waiting for the session to find the desktop
-/// silent.
-async fn follow_discovery(
-    shared: Arc<Shared>,
-    mdns: iroh_mdns_address_lookup::MdnsAddressLookup,
-    cancel: CancellationToken,
-) {
-    use futures_core::Stream as _;
-    use iroh_mdns_address_lookup::DiscoveryEvent;
-    let mut events = mdns.subscribe().await;
-    let mut seen: std::collections::BTreeSet<SocketAddr> = std::collections::BTreeSet::new();
-    loop {
-        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut events).poll_next(cx));
-        let event = tokio::select! {
-            _ = cancel.cancelled() => return,
-            e = next => match e { Some(e) => e, None => return },
-        };
-        let DiscoveryEvent::Discovered { endpoint_info, .. } = event else {
-            continue;
-        };
-        let Some((home, _)) = home_record(&shared) else {
-            continue;
-        };
-        if endpoint::device_id(&endpoint_info.endpoint_id) != home {
-            continue;
-        }
-        let now: std::collections::BTreeSet<SocketAddr> =
-            endpoint_info.ip_addrs().copied().collect();
-        // The first announcement only tells what the dialer already tries.
-        if !seen.is_empty() && !now.is_subset(&seen) {
-            tracing::debug!(addrs = ?now, "the desktop is announced at a new address: checking it");
-            shared.probe.send_modify(|g| *g += 1);
-            shared.wake_dialer.notify_one();
-        }
-        seen.extend(now);
     }
 }
 
