@@ -986,6 +986,12 @@ impl Node {
                 endpoint.clone(),
                 cancel.clone(),
             ));
+        } else {
+            tasks.spawn(follow_network(
+                shared.clone(),
+                endpoint.clone(),
+                cancel.clone(),
+            ));
         }
         let router = match config.role {
             NodeRole::Desktop { .. } => {
@@ -1663,6 +1669,32 @@ async fn publish_addrs(shared: Arc<Shared>, endpoint: Endpoint, cancel: Cancella
             _ = tokio::time::sleep(ADDRS_SETTLE) => {}
         }
         publish_addrs_once(&shared, &endpoint).await;
+    }
+}
+
+/// Phone: when its own addresses change (it moved to another network, an interface went
+/// down), it acts as on [`Node::sync_now`] — a live session probes the desktop and reconnects
+/// within [`deskhand_core::session::PROBE_TIMEOUT_MS`] if the old path is gone, the dialer
+/// retries at once — instead of waiting for the session to find its peer silent.
+async fn follow_network(shared: Arc<Shared>, endpoint: Endpoint, cancel: CancellationToken) {
+    use iroh::Watcher as _;
+    let mut watch = endpoint.watch_addr();
+    let addrs = || -> std::collections::BTreeSet<SocketAddr> {
+        endpoint.addr().ip_addrs().copied().collect()
+    };
+    let mut known = addrs();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = watch.updated() => if r.is_err() { return },
+        }
+        let now = addrs();
+        if now != known {
+            tracing::debug!(from = ?known, to = ?now, "this device's addresses changed: checking the desktop");
+            known = now;
+            shared.probe.send_modify(|g| *g += 1);
+            shared.wake_dialer.notify_one();
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 
 #[allow(clippy::unwrap_used)] // test harness: a poisoned lock is a broken test
 pub mod model_server;
+pub mod netem;
+pub mod netns;
 #[allow(clippy::unwrap_used)] // test harness: a missing pipe is a broken test machine
 pub mod x11;
 
@@ -36,8 +38,32 @@ pub fn free_udp_addr() -> SocketAddr {
 impl NodeProc {
     /// Starts `bin` (the `deskhand-node` binary) and waits for it to be ready.
     pub fn spawn(bin: &Path, data: &Path, role: &str, listen: Option<SocketAddr>) -> Result<Self> {
-        let mut cmd = Command::new(bin);
-        cmd.arg("--data").arg(data).arg("--role").arg(role);
+        Self::spawn_in(&[], bin, data, role, listen, &[])
+    }
+
+    /// Like [`Self::spawn`], run under `prefix` (e.g. `ip netns exec NAME` to start it in a
+    /// network namespace), with `extra` arguments (e.g. `--mdns on` for the `app` role).
+    pub fn spawn_in(
+        prefix: &[&str],
+        bin: &Path,
+        data: &Path,
+        role: &str,
+        listen: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--data")
+            .arg(data)
+            .arg("--role")
+            .arg(role)
+            .args(extra);
         if let Some(l) = listen {
             cmd.arg("--listen").arg(l.to_string());
         }

@@ -3,6 +3,10 @@
 //!
 //! Prints `{"event":"ready","id":…,"addrs":[…]}` once open, then answers each command line with
 //! one JSON line. See `deskhand_tests::NodeProc` for the commands.
+//!
+//! `--role app` is a phone driven through the phone API the mobile apps use
+//! (`deskhand_sync::Phone`): commands `pair`, `send`, `task`, `sync`, `snapshot`, `quit`;
+//! `--mdns on` turns its local-network discovery on.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -30,6 +34,9 @@ async fn main() -> Result<()> {
         .init();
     let args: Vec<String> = std::env::args().collect();
     let data = PathBuf::from(arg(&args, "--data").context("--data DIR is required")?);
+    if arg(&args, "--role").as_deref() == Some("app") {
+        return app_main(&data, arg(&args, "--mdns").as_deref() == Some("on")).await;
+    }
     let role = match arg(&args, "--role").as_deref() {
         Some("desktop") => NodeRole::Desktop {
             name: arg(&args, "--name").unwrap_or_else(|| "desk".into()),
@@ -497,4 +504,94 @@ fn state(node: &Node) -> Value {
         "messages": messages.iter().map(|m| json!({"id": m.id.as_str(), "text": m.text, "author": m.author})).collect::<Vec<_>>(),
         "peers": node.peers(),
     })
+}
+
+/// Writes one JSON line to stdout.
+fn out(v: Value) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{v}");
+    let _ = o.flush();
+}
+
+/// `--role app`: a phone as the apps run it, through `deskhand_sync::Phone`, listening on all
+/// interfaces (so it works inside a network namespace), relays off, local-network discovery
+/// only with `--mdns on`.
+async fn app_main(data: &std::path::Path, mdns: bool) -> Result<()> {
+    use deskhand_sync::{FileKeyProvider, Phone, PhoneConfig, RelaySetting};
+    let config = PhoneConfig::new(data, "app", "terminal")
+        .with_net(
+            NetConfig::default()
+                .with_listen(SocketAddr::from(([0, 0, 0, 0], 0)))
+                .with_relay(RelaySetting::Off)
+                .with_mdns(mdns),
+        )
+        .with_key_provider(std::sync::Arc::new(FileKeyProvider::in_data_dir(data)));
+    let phone = match Phone::open(config).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if phone.home().is_some() {
+        phone.start();
+    }
+    out(json!({"event": "ready", "id": phone.id().to_string(), "addrs": []}));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = rx.recv().await {
+        let cmd: Value = match serde_json::from_str(&line) {
+            Ok(c) => c,
+            Err(e) => {
+                out(json!({"ok": false, "error": format!("bad command: {e}")}));
+                continue;
+            }
+        };
+        let reply: Result<Value> = async {
+            match cmd["cmd"].as_str().unwrap_or("") {
+                "quit" => {
+                    phone.shutdown().await;
+                    out(json!({"ok": true}));
+                    std::process::exit(0);
+                }
+                "pair" => {
+                    phone
+                        .pair(cmd["payload"].as_str().context("payload")?)
+                        .await?;
+                    phone.start();
+                    Ok(json!({"ok": true}))
+                }
+                "send" => {
+                    let id = phone
+                        .send_message(cmd["text"].as_str().context("text")?)
+                        .await?;
+                    Ok(json!({"ok": true, "id": id.to_string()}))
+                }
+                "task" => {
+                    let id = phone
+                        .create_task(cmd["prompt"].as_str().context("prompt")?)
+                        .await?;
+                    Ok(json!({"ok": true, "id": id.to_string()}))
+                }
+                "sync" => {
+                    let t = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(10_000));
+                    phone.sync(t).await?;
+                    Ok(json!({"ok": true}))
+                }
+                "snapshot" => Ok(json!({"ok": true, "snapshot": phone.snapshot()?})),
+                other => bail!("unknown command {other:?}"),
+            }
+        }
+        .await;
+        out(reply.unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")})));
+    }
+    phone.shutdown().await;
+    Ok(())
 }

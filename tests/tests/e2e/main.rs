@@ -7,6 +7,7 @@ mod clocks;
 mod connectors;
 mod desktop_x11;
 mod executor;
+mod faults_net;
 mod hostile_peers;
 mod pairing;
 mod recovery;
