@@ -86,7 +86,7 @@ fn round(rig: &mut Rig, spec: &str, round: u64, tally: &mut Tally) -> Result<()>
             crashed = true;
         }
         Ok(()) => {
-            let t = rig.say(&format!("run echo {mark} >> ~/work/count; sleep 1"))?;
+            let t = rig.say(&format!("run echo {mark} >> ~/work/count; sleep 0.5"))?;
             for i in 0..3 {
                 rig.phone.send(&format!("list ~/work {round}.{i}"))?;
             }
@@ -184,7 +184,7 @@ fn round(rig: &mut Rig, spec: &str, round: u64, tally: &mut Tally) -> Result<()>
         }
     }
     // Give a wrongly resumed action the time to run, then count.
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(600));
     let ran = std::fs::read_to_string(&count)
         .unwrap_or_default()
         .lines()
