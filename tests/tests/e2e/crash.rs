@@ -111,7 +111,7 @@ fn round(rig: &mut Rig, spec: &str, round: u64, tally: &mut Tally) -> Result<()>
                     }
                     continue;
                 }
-                let all_final = all_tasks(rig)?.iter().all(|t| is_final(t));
+                let all_final = all_tasks(rig)?.iter().all(is_final);
                 if all_final && decided {
                     break;
                 }
