@@ -809,6 +809,7 @@ impl Inner {
                 Workspace::set_executor_state(tx, ExecutorState::Busy)
             })
             .await?;
+        crate::fault::crash_point("claim");
         let host = TaskHost {
             inner: self.clone(),
             task: id.clone(),
@@ -871,6 +872,7 @@ impl Inner {
                 Workspace::append_message(tx, &reply)
             })
             .await?;
+        crate::fault::crash_point("result");
         tracing::info!(task = %id, "{status}: {}", first_line(&summary));
         Ok(())
     }
@@ -892,8 +894,17 @@ impl Inner {
         {
             tracing::warn!(task = %task, "could not record an event: {e}");
         }
+        // The crash test's point "after a progress batch is durable": only then is it flushed.
+        if crate::fault::wants("progress") {
+            let _ = self.node.flush().await;
+            crate::fault::crash_point("progress");
+        }
     }
 }
+
+/// How far into a tool call the crash point "tool" kills the host (the crash tests' commands
+/// run longer than this, so it lands mid-tool).
+const MID_TOOL: Duration = Duration::from_millis(200);
 
 /// The executor's side of a task: what the agent calls.
 struct TaskHost {
@@ -984,6 +995,7 @@ impl TaskHost {
         if let PolicyVerdict::Deny(why) = self.judge(&again).await? {
             return Err(CallError::Denied(why));
         }
+        crate::fault::crash_point_after("tool", MID_TOOL);
         let out = execute(inner, &self.task, &prepared, &self.cancel).await?;
         Ok(out)
     }
@@ -1083,6 +1095,7 @@ impl TaskHost {
                 "could not ask for approval: {e}"
             )));
         }
+        crate::fault::crash_point("approval");
         // A decision may already be in the document (it raced the write above).
         inner.on_decision(&id, false);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ttl_ms as u64);
@@ -1149,6 +1162,7 @@ impl TaskHost {
                 "could not record the decision: {e}"
             )));
         }
+        crate::fault::crash_point("decision");
         inner.node.audit(
             "approval_resolved",
             &inner.me,

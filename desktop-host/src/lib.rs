@@ -7,6 +7,7 @@ pub mod agent;
 pub mod config;
 pub mod console;
 pub mod executor;
+pub mod fault;
 pub mod mcp;
 pub mod model;
 pub mod paths;

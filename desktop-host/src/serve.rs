@@ -52,6 +52,7 @@ pub fn net_config(opts: &Options, config: &Config) -> Result<NetConfig> {
 }
 
 pub async fn run(opts: Options) -> Result<()> {
+    deskhand_desktop_host::fault::check()?;
     let name = opts.name.clone().unwrap_or_else(crate::paths::host_name);
     let config_path = opts.config_path.clone().unwrap_or_else(default_config_path);
     let data = opts.data.clone();

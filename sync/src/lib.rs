@@ -9,6 +9,8 @@
 pub mod blobs;
 mod driver;
 pub mod endpoint;
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod fault;
 mod migrations;
 pub mod node;
 pub mod pairing;

@@ -6,7 +6,7 @@
 //! pass a callback that runs after the commit. No transaction ever lives across an `.await`.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -102,6 +102,9 @@ impl WriteOp {
 }
 
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Opens the database file (again, after an I/O error): redb's file backend, or in tests a
+/// backend that fails on purpose.
+type Opener = Arc<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
 type ReadFn = Box<dyn FnOnce(&Database) + Send>;
 
 enum Req {
@@ -176,6 +179,11 @@ impl Store {
     /// Opens (or creates) the database file, migrates it, reads what the node needs, and starts
     /// the store thread. The thread stops when every handle is dropped.
     pub fn open(path: &Path) -> Result<(Store, StoreThread, Loaded), StoreError> {
+        let file = path.to_owned();
+        Self::open_with(path, Arc::new(move || create_database(&file)))
+    }
+
+    fn open_with(path: &Path, opener: Opener) -> Result<(Store, StoreThread, Loaded), StoreError> {
         let open_err = |e: redb::DatabaseError| StoreError::Open {
             path: path.to_owned(),
             reason: match e {
@@ -189,20 +197,36 @@ impl Store {
             path: path.to_owned(),
             reason: e.to_string(),
         };
-        let db = std::panic::catch_unwind(|| Database::create(path))
-            .map_err(|_| corrupt(&"the file is not a readable database"))?
-            .map_err(open_err)?;
-        restrict_permissions(path);
-        let tx = db.begin_write().map_err(|e| corrupt(&e))?;
-        migrations::run(&tx).map_err(|e| corrupt(&e))?;
-        tx.commit().map_err(|e| io_error(path, e))?;
-        let loaded = load(&db).map_err(|e| corrupt(&e))?;
+        // A file that is absent or empty holds nothing. If creating the database in it fails
+        // (a full disk), it is removed again: a half-written header would make every later
+        // start fail with "not a redb database".
+        let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+        let opened = (|| {
+            let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opener()))
+                .map_err(|_| corrupt(&"the file is not a readable database"))?
+                .map_err(open_err)?;
+            restrict_permissions(path);
+            let tx = db.begin_write().map_err(|e| corrupt(&e))?;
+            migrations::run(&tx).map_err(|e| corrupt(&e))?;
+            tx.commit().map_err(|e| io_error(path, e))?;
+            let loaded = load(&db).map_err(|e| corrupt(&e))?;
+            Ok((db, loaded))
+        })();
+        let (db, loaded) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                if fresh {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
 
         let (sender, rx) = mpsc::channel();
         let thread_path = path.to_owned();
         let handle = std::thread::Builder::new()
             .name("deskhand-store".into())
-            .spawn(move || run(db, rx, thread_path))
+            .spawn(move || run(db, rx, thread_path, opener))
             .map_err(|e| io_error(path, e))?;
         Ok((
             Store {
@@ -315,11 +339,13 @@ struct Counters {
     next_audit: u64,
 }
 
-fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
+fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf, opener: Opener) {
     let mut counters = counters_of(&db, &path);
     // None after an I/O error: redb must be closed and opened again before it is used.
     let mut db = Some(db);
     let mut pending_read: Option<ReadFn> = None;
+    // Why the last reopen failed, for the errors of the writes it fails.
+    let mut reopen_error: Option<String> = None;
     loop {
         if let Some(f) = pending_read.take()
             && let Some(d) = &db
@@ -331,9 +357,13 @@ fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
             Ok(r) => r,
         };
         if db.is_none() {
-            db = reopen(&path);
-            if let Some(d) = &db {
-                counters = counters_of(d, &path);
+            match reopen(&path, &opener) {
+                Ok(d) => {
+                    counters = counters_of(&d, &path);
+                    db = Some(d);
+                    reopen_error = None;
+                }
+                Err(e) => reopen_error = Some(e),
             }
         }
         let mut batch = Vec::new();
@@ -366,10 +396,14 @@ fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf) {
         let Some(d) = db.as_mut() else {
             for (_, done) in batch {
                 if let Some(done) = done {
-                    done(Err(StoreError::Io {
-                        path: path.clone(),
-                        reason: "the database could not be reopened after an I/O error".into(),
-                    }));
+                    // Classified by its cause: a disk still full is reported as full.
+                    done(Err(io_error(
+                        &path,
+                        format!(
+                            "the database could not be reopened after an I/O error: {}",
+                            reopen_error.as_deref().unwrap_or("unknown")
+                        ),
+                    )));
                 }
             }
             if stop {
@@ -436,14 +470,24 @@ fn counters_of(db: &Database, path: &Path) -> Counters {
     })
 }
 
-fn reopen(path: &Path) -> Option<Database> {
-    match Database::create(path) {
-        Ok(db) => Some(db),
-        Err(e) => {
-            tracing::error!(path = %path.display(), "cannot reopen the database: {e}");
-            None
-        }
+/// `Database::create`, or with the fault-injection build and a store crash point armed, the same
+/// through a backend that dies at that point.
+fn create_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    #[cfg(feature = "fault-injection")]
+    if crate::fault::wants(crate::fault::STORE_WRITE)
+        || crate::fault::wants(crate::fault::STORE_SYNC)
+    {
+        return crate::fault::open_database(path);
     }
+    Database::create(path)
+}
+
+/// Opens the database again after an I/O error; on failure, why (a disk still full says so).
+fn reopen(path: &Path, opener: &Opener) -> Result<Database, String> {
+    opener().map_err(|e| {
+        tracing::error!(path = %path.display(), "cannot reopen the database: {e}");
+        e.to_string()
+    })
 }
 
 fn next_keys(db: &Database) -> Result<Counters, redb::Error> {
@@ -565,4 +609,234 @@ pub fn read_audit(db: &Database) -> Result<Vec<String>, redb::Error> {
                 .map_err(redb::Error::from)
         })
         .collect()
+}
+
+/// The store on a failing disk (redb's file backend wrapped by `fault::FaultyBackend`): each
+/// round writes seeded groups of chunks while one fault happens at a seeded write or sync call,
+/// then reopens the file through the plain backend and checks it.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test: a failure is a broken test
+mod disk_fault_tests {
+    use super::*;
+    use crate::fault::{DiskFault, DiskFaults, FaultyBackend};
+
+    /// splitmix64: each round is reproducible from its seed.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) % n
+        }
+    }
+
+    /// Rounds per fault: a few in the normal suite, `DESKHAND_STORE_FAULT_ROUNDS` in the long run
+    /// (`scripts/faults crash`).
+    fn rounds() -> u64 {
+        std::env::var("DESKHAND_STORE_FAULT_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6)
+    }
+
+    fn opener(path: &Path, faults: Arc<DiskFaults>) -> Opener {
+        let path = path.to_owned();
+        Arc::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            Database::builder().create_with_backend(FaultyBackend::new(file, faults.clone())?)
+        })
+    }
+
+    async fn round(fault: DiskFault, seed: u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deskhand.redb");
+        let mut rng = Rng(seed);
+        // Opening (migrations) writes too: the fault may hit the open itself.
+        let nth = 1 + rng.below(60);
+        let faults = DiskFaults::at(fault, nth);
+        let ctx = format!("{fault:?} at call {nth}, seed {seed}");
+        let (mut acked, mut written) = (Vec::new(), Vec::new());
+        let mut errors = Vec::new();
+        let fired_in_use;
+        match Store::open_with(&path, opener(&path, faults.clone())) {
+            Err(e) => {
+                assert!(faults.fired(), "{ctx}: open failed without a fault: {e}");
+                fired_in_use = true;
+                errors.push(e);
+            }
+            Ok((store, thread, _)) => {
+                let groups = 30;
+                for g in 0..groups {
+                    // Several writes queued at once: one group commit.
+                    let mut waiting = Vec::new();
+                    for j in 0..1 + rng.below(4) {
+                        let len = 16 + rng.below(9000) as usize;
+                        let mut bytes = format!("chunk {seed} {g} {j} ").into_bytes();
+                        bytes.resize(len, b'a' + (g % 26) as u8);
+                        let (tx, rx) = oneshot::channel();
+                        store.queue(
+                            WriteOp::AppendChunk(bytes.clone()),
+                            Some(Box::new(move |r| {
+                                let _ = tx.send(r);
+                            })),
+                        );
+                        waiting.push((bytes, rx));
+                    }
+                    for (bytes, rx) in waiting {
+                        written.push(bytes.clone());
+                        match rx.await.unwrap() {
+                            Ok(()) => acked.push(bytes),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    // The disk comes back (space freed, the device replaced) two thirds in.
+                    if g == groups * 2 / 3 {
+                        faults.heal();
+                    }
+                }
+                // After the fault the store recovers: the last write is stored (a fault that has
+                // not happened yet is called off, so it cannot be this write's).
+                faults.plan.lock().unwrap().take_if(|_| !faults.fired());
+                let last = b"after the fault".to_vec();
+                written.push(last.clone());
+                store
+                    .write(WriteOp::AppendChunk(last.clone()))
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("{ctx}: the store did not recover after the disk came back: {e}")
+                    });
+                acked.push(last);
+                // Only a fault while in use must show as an error (redb syncs again at close).
+                fired_in_use = faults.fired();
+                drop(store);
+                drop(thread);
+            }
+        }
+        if fired_in_use {
+            assert!(
+                !errors.is_empty(),
+                "{ctx}: a fault fired and nothing failed"
+            );
+        }
+        for e in &errors {
+            let text = e.to_string();
+            match (fault, e) {
+                (DiskFault::DiskFull, StoreError::DiskFull { .. }) => {}
+                // At open, redb's own error: "cannot open …: No space left on device".
+                (DiskFault::DiskFull, StoreError::Open { .. } | StoreError::Corrupt { .. })
+                    if text.contains("No space left") => {}
+                (DiskFault::DiskFull, other) => {
+                    panic!("{ctx}: a full disk reported as something else: {other}")
+                }
+                (
+                    _,
+                    StoreError::Io { .. } | StoreError::Corrupt { .. } | StoreError::Open { .. },
+                ) => {}
+                (_, other) => panic!("{ctx}: unexpected error {other}"),
+            }
+            assert!(
+                text.contains("deskhand.redb"),
+                "{ctx}: {text} names no file"
+            );
+        }
+        // A consistent store through redb's own file backend, with every acknowledged chunk,
+        // in order, and nothing that was never written.
+        let (_, _, loaded) = Store::open(&path)
+            .unwrap_or_else(|e| panic!("{ctx}: the file does not open after the fault: {e}"));
+        let mut at = 0;
+        for a in &acked {
+            let found = loaded.chunks[at..].iter().position(|c| c == a);
+            let Some(i) = found else {
+                panic!(
+                    "{ctx}: an acknowledged chunk ({} bytes) is missing or out of order",
+                    a.len()
+                )
+            };
+            at += i + 1;
+        }
+        for c in &loaded.chunks {
+            assert!(written.contains(c), "{ctx}: a chunk that was never written");
+        }
+    }
+
+    async fn rounds_of(fault: DiskFault, base: u64) {
+        for r in 0..rounds() {
+            round(fault, base.wrapping_mul(1_000_003).wrapping_add(r)).await;
+        }
+    }
+
+    /// Regression: a full disk while the file was being created left a half-written header,
+    /// and every later start failed with "not a redb database".
+    #[tokio::test]
+    async fn a_database_whose_creation_hit_a_full_disk_is_created_afresh_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deskhand.redb");
+        let faults = DiskFaults::at(DiskFault::DiskFull, 2);
+        let e = Store::open_with(&path, opener(&path, faults.clone())).unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{e}");
+        let (store, _thread, _) = Store::open(&path).unwrap();
+        store
+            .write(WriteOp::AppendChunk(b"x".to_vec()))
+            .await
+            .unwrap();
+    }
+
+    /// Regression: while the disk stayed full, writes failed with "could not be reopened after
+    /// an I/O error" instead of saying the disk is full.
+    #[tokio::test]
+    async fn writes_on_a_disk_that_stays_full_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deskhand.redb");
+        let faults = DiskFaults::none();
+        let (store, _thread, _) = Store::open_with(&path, opener(&path, faults.clone())).unwrap();
+        store
+            .write(WriteOp::AppendChunk(b"kept".to_vec()))
+            .await
+            .unwrap();
+        *faults.plan.lock().unwrap() = Some((DiskFault::DiskFull, 1));
+        faults.writes.store(0, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..3 {
+            let e = store
+                .write(WriteOp::AppendChunk(b"lost".to_vec()))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, StoreError::DiskFull { .. }), "{e}");
+        }
+        faults.heal();
+        store
+            .write(WriteOp::AppendChunk(b"after".to_vec()))
+            .await
+            .unwrap();
+        drop(store);
+        drop(_thread);
+        let (_, _, loaded) = Store::open(&path).unwrap();
+        assert_eq!(loaded.chunks, vec![b"kept".to_vec(), b"after".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_reported_and_loses_nothing_acknowledged() {
+        rounds_of(DiskFault::FailWrite, 1).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_is_reported_and_loses_nothing_acknowledged() {
+        rounds_of(DiskFault::FailSync, 2).await;
+    }
+
+    #[tokio::test]
+    async fn a_torn_write_is_reported_and_the_file_reopens_with_everything_acknowledged() {
+        rounds_of(DiskFault::TearWrite, 3).await;
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_reported_as_such_and_the_store_resumes_once_space_is_freed() {
+        rounds_of(DiskFault::DiskFull, 4).await;
+    }
 }

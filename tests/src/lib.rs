@@ -243,6 +243,8 @@ pub fn deskhand_bin() -> PathBuf {
         let env = std::env::vars().filter(|(k, _)| {
             k == "CARGO_HOME"
                 || k == "CARGO_TARGET_DIR"
+                // The user's choice, like the two above: dropping it rebuilds everything.
+                || k == "CARGO_INCREMENTAL"
                 || !(k.starts_with("CARGO")
                     || k.starts_with("NEXTEST")
                     || k.starts_with("RUST_")
@@ -417,11 +419,17 @@ impl Serve {
                 }
                 sink.lock().map(|mut l| l.push(line)).ok();
             }
+            // Its output closed: it exited (a crash test's host may die while starting).
+            let _ = tx.send(("exit", String::new()));
         });
         let (mut payload, mut png) = (None, None);
         while payload.is_none() || png.is_none() {
             match rx.recv_timeout(std::time::Duration::from_secs(30)) {
                 Ok(("payload", p)) => payload = Some(p),
+                Ok(("exit", _)) => {
+                    let status = child.wait()?;
+                    bail!("deskhand serve exited ({status}) before it printed its pairing code")
+                }
                 Ok((_, p)) => png = Some(PathBuf::from(p)),
                 Err(_) => bail!("deskhand serve printed no pairing code within 30 s"),
             }
@@ -461,6 +469,23 @@ impl Serve {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         Ok(None)
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; its status if it did.
+    pub fn exited(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> Result<Option<std::process::ExitStatus>> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if started.elapsed() >= limit {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL.

@@ -298,6 +298,42 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             .is_ok();
             Ok(json!({"ok": ready}))
         }
+        "tasks" => {
+            // Every task of the replica (those that read), as the schema has them.
+            let tasks: Vec<Task> = node.read(|d| {
+                Workspace::task_statuses(d)
+                    .into_iter()
+                    .filter_map(|(id, _)| Workspace::task(d, &id).ok().flatten())
+                    .collect()
+            });
+            Ok(json!({"ok": true, "tasks": tasks}))
+        }
+        "acked" => {
+            // Ids of this phone's messages the desktop has acknowledged: those in the history of
+            // a change the desktop wrote (it sends its own changes only once they are stored, and
+            // stores chunks in document order, so it stored them first).
+            let (desktop, _) = node.home().context("no home desktop")?;
+            let me = node.id().to_string();
+            let ids = node.read(|d| {
+                let theirs: Vec<_> = d
+                    .get_changes(&[])
+                    .iter()
+                    .filter(|c| desktop.owns_actor(c.actor_id()))
+                    .map(|c| c.hash())
+                    .collect();
+                let seen = d.fork_at(&theirs).ok();
+                seen.map(|f| {
+                    Workspace::messages_from(&f, 0)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|m| m.author == me)
+                        .map(|m| m.id.as_str().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+            });
+            Ok(json!({"ok": true, "ids": ids}))
+        }
         "sync_now" => {
             node.sync_now();
             Ok(json!({"ok": true}))

@@ -56,6 +56,14 @@ impl Rig {
         Ok(())
     }
 
+    /// Starts the host again with extra environment (a crash test's `DESKHAND_CRASH_AT`).
+    pub fn restart_with(&mut self, extra: &[(&str, &str)]) -> Result<()> {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.serve = Some(start(&self.dir.path().join("desk"), self.listen, &env)?);
+        Ok(())
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("desk")
     }

@@ -5,6 +5,7 @@ mod addrs;
 mod agent;
 mod clocks;
 mod connectors;
+mod crash;
 mod desktop_x11;
 mod executor;
 mod faults_net;
