@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
-use deskhand_core::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Workspace};
 use deskhand_core::TaskStatus;
+use deskhand_core::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaError, Workspace};
 use deskhand_core::{DeviceKey, MessageId, TaskId};
 use deskhand_sync::node::{random_bytes, random_id_bytes};
 use deskhand_sync::presence::now_unix_ms;
@@ -778,7 +778,10 @@ async fn s1(r: &mut Report, quick: bool) -> Result<()> {
     }
     let written = t0.elapsed();
     if wanted.len() != total {
-        bail!("{} distinct requests written, expected {total}", wanted.len());
+        bail!(
+            "{} distinct requests written, expected {total}",
+            wanted.len()
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(if quick { 120 } else { 1800 });
     let (mut converged, mut finished) = (vec![None; phones_n], vec![None; phones_n]);
@@ -812,7 +815,7 @@ async fn s1(r: &mut Report, quick: bool) -> Result<()> {
                 }
             }
             if converged[i].is_some() && finished[i].is_none() {
-                let statuses = p.read(|d| Workspace::task_statuses(d));
+                let statuses = p.read(Workspace::task_statuses);
                 let ours = statuses
                     .iter()
                     .filter(|(id, _)| {
@@ -824,11 +827,15 @@ async fn s1(r: &mut Report, quick: bool) -> Result<()> {
                 if ours.len() > total {
                     bail!("{} tasks for {total} requests", ours.len());
                 }
-                if ours.len() == total && ours.iter().all(|(_, s)| s.is_some_and(|s| s.is_final())) {
-                    let count = |want: TaskStatus| ours.iter().filter(|(_, s)| *s == Some(want)).count();
+                if ours.len() == total && ours.iter().all(|(_, s)| s.is_some_and(|s| s.is_final()))
+                {
+                    let count =
+                        |want: TaskStatus| ours.iter().filter(|(_, s)| *s == Some(want)).count();
                     let (done, failed) = (count(TaskStatus::Done), count(TaskStatus::Failed));
                     if done + failed != total || done == 0 {
-                        bail!("of {total} tasks {done} done and {failed} failed (refused: too many from one phone); the rest ended otherwise");
+                        bail!(
+                            "of {total} tasks {done} done and {failed} failed (refused: too many from one phone); the rest ended otherwise"
+                        );
                     }
                     outcome = (done, failed);
                     finished[i] = Some(t0.elapsed());
