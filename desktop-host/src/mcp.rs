@@ -412,7 +412,7 @@ struct Live {
     /// stdio: the child, its process id (= its process group) and the tail of its stderr.
     child: Option<tokio::sync::Mutex<tokio::process::Child>>,
     pid: Option<u32>,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<StderrTail>,
     _stderr_reader: Option<AbortOnDrop>,
     /// Kills the child's process group when the connection is dropped.
     group: Group,
@@ -434,6 +434,37 @@ impl Group {
 impl Drop for Group {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The last [`STDERR_TAIL`] bytes of a child's stderr, filled by a reader task until the pipe
+/// closes.
+struct StderrTail {
+    bytes: Mutex<Vec<u8>>,
+    /// `true` once the reader saw the end of the pipe.
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+impl StderrTail {
+    fn new(closed: bool) -> Self {
+        Self {
+            bytes: Mutex::new(Vec::new()),
+            closed: tokio::sync::watch::Sender::new(closed),
+        }
+    }
+
+    /// The tail as text, once the pipe has closed (or after at most 500 ms: a grandchild may
+    /// hold it open), cut at a line start when it was cut, so it reads whole.
+    async fn text(&self) -> String {
+        let mut closed = self.closed.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(500), closed.wait_for(|c| *c)).await;
+        let bytes = lock(&self.bytes).clone();
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        match text.find('\n') {
+            Some(i) if bytes.len() >= STDERR_TAIL => text[i + 1..].trim().to_owned(),
+            _ => text.to_owned(),
+        }
     }
 }
 
@@ -485,7 +516,7 @@ impl Live {
 async fn child_failure(
     server: &str,
     child: Option<&tokio::sync::Mutex<tokio::process::Child>>,
-    stderr: &Mutex<Vec<u8>>,
+    stderr: &StderrTail,
     what: &str,
 ) -> String {
     if let Some(child) = child {
@@ -498,21 +529,11 @@ async fn child_failure(
                 .and_then(Result::ok)
         };
         if let Some(status) = status {
-            return exited(server, status, &stderr_tail(stderr));
+            // The pipe may still hold its last lines: read them before saying what it printed.
+            return exited(server, status, &stderr.text().await);
         }
     }
     format!("connector `{server}` failed: {what}")
-}
-
-fn stderr_tail(stderr: &Mutex<Vec<u8>>) -> String {
-    let bytes = lock(stderr).clone();
-    let text = String::from_utf8_lossy(&bytes);
-    let text = text.trim();
-    // Cut at a line start when the tail was cut, so it reads whole.
-    match text.find('\n') {
-        Some(i) if bytes.len() >= STDERR_TAIL => text[i + 1..].trim().to_owned(),
-        _ => text.to_owned(),
-    }
 }
 
 fn exited(server: &str, status: std::process::ExitStatus, tail: &str) -> String {
@@ -676,7 +697,7 @@ impl Server {
         else {
             return Err(format!("connector `{name}`: its pipes could not be opened"));
         };
-        let tail = Arc::new(Mutex::new(Vec::new()));
+        let tail = Arc::new(StderrTail::new(false));
         let keep = tail.clone();
         let reader = AbortOnDrop(tokio::spawn(async move {
             let mut buf = [0u8; 1024];
@@ -684,13 +705,14 @@ impl Server {
                 if n == 0 {
                     break;
                 }
-                let mut t = lock(&keep);
+                let mut t = lock(&keep.bytes);
                 t.extend_from_slice(&buf[..n]);
                 if t.len() > STDERR_TAIL {
                     let cut = t.len() - STDERR_TAIL;
                     t.drain(..cut);
                 }
             }
+            keep.closed.send_replace(true);
         }));
         let child = tokio::sync::Mutex::new(child);
         let service = match ().serve((stdout, stdin)).await {
@@ -780,7 +802,7 @@ impl Server {
                 started: Instant::now(),
                 child: None,
                 pid: None,
-                stderr: Arc::default(),
+                stderr: Arc::new(StderrTail::new(true)),
                 _stderr_reader: None,
                 group: Group::new(None),
             },
