@@ -75,17 +75,24 @@ pub struct DirStats {
     pub sent: u64,
 }
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, seedable, good enough for drawing impairments.
+/// SplitMix64 (Steele, Lea, Flood 2014): tiny, seedable, good enough for drawing impairments
+/// and the crash tests' seeded rounds. `SplitMix64(seed)` replays the same draws.
 #[derive(Debug, Clone)]
-struct SplitMix64(u64);
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (slightly biased for huge `n`; `n` must not be 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 
     /// Uniform in `[0, 1)`.

@@ -62,15 +62,7 @@ async fn main() -> Result<()> {
     };
     out(json!({"event": "ready", "id": node.id().to_string(), "addrs": node.direct_addrs()}));
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut rx = stdin_lines();
     while let Some(line) = rx.recv().await {
         let reply = match serde_json::from_str::<Value>(&line) {
             Ok(cmd) => {
@@ -573,15 +565,7 @@ async fn app_main(data: &std::path::Path, mdns: bool) -> Result<()> {
         phone.start();
     }
     out(json!({"event": "ready", "id": phone.id().to_string(), "addrs": []}));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut rx = stdin_lines();
     while let Some(line) = rx.recv().await {
         let cmd: Value = match serde_json::from_str(&line) {
             Ok(c) => c,
@@ -630,4 +614,18 @@ async fn app_main(data: &std::path::Path, mdns: bool) -> Result<()> {
     }
     phone.shutdown().await;
     Ok(())
+}
+
+/// The harness's commands: stdin's lines, read on a thread of their own until it closes.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

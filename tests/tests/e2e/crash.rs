@@ -18,17 +18,8 @@ use serde_json::{Value, json};
 
 use crate::executor::Rig;
 
-/// splitmix64: each round's crash point is reproducible from the seed printed on failure.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
+/// Each round's crash point is reproducible from the seed printed on failure.
+use deskhand_tests::netem::SplitMix64 as Rng;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
