@@ -84,6 +84,11 @@ pub enum SessionError {
     /// Nothing heard for [`DEAD_AFTER_MS`].
     #[error("peer silent for {0} ms")]
     Timeout(u64),
+    /// The path this session runs on is gone: the peer now announces other addresses (its
+    /// address changed on the local network, seen by mDNS). The connection cannot follow (a
+    /// QUIC server does not migrate), so the caller dials the new address at once.
+    #[error("the peer moved: {0}")]
+    PathGone(String),
     /// The peer said goodbye.
     #[error("peer closed the session (code {code}): {reason}")]
     ClosedByPeer {
@@ -103,7 +108,7 @@ impl SessionError {
             SessionError::Protocol(_) | SessionError::Apply(_) => close_code::MALFORMED,
             SessionError::Refused(_) => close_code::REFUSED,
             SessionError::Timeout(_) => close_code::TIMEOUT,
-            SessionError::ClosedByPeer { .. } => return None,
+            SessionError::ClosedByPeer { .. } | SessionError::PathGone(_) => return None,
         };
         Some(Frame::Goodbye {
             code,

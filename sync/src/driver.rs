@@ -148,6 +148,8 @@ impl Driver {
         relay.mark_unchanged();
         let mut probe = self.shared.probe.subscribe();
         probe.mark_unchanged();
+        let mut lan = self.shared.lan_sighting.subscribe();
+        lan.mark_unchanged();
         let mut decoder = FrameDecoder::with_max_len(self.shared.filter.limits().max_frame_bytes);
         self.flush().await.map_err(SessionError::Protocol)?;
         loop {
@@ -194,6 +196,18 @@ impl Driver {
                     let out = session.probe(self.shared.now_ms());
                     self.queue(out);
                 }
+                _ = lan.changed() => {
+                    let seen = lan.borrow_and_update().clone();
+                    if let Some(seen) = seen.filter(|s| s.peer == self.peer)
+                        && let Some(gone) = self.path_not_announced(&seen.addrs)
+                    {
+                        let now: Vec<String> = seen.addrs.iter().map(|a| a.to_string()).collect();
+                        return Err(SessionError::PathGone(format!(
+                            "it now announces {} on the local network; this session ran to {gone}",
+                            now.join(", ")
+                        )));
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     let ds = self.shared.lock_doc();
                     let out = session.on_tick(&ds.doc, &ds.book, self.shared.now_ms())?;
@@ -205,6 +219,23 @@ impl Driver {
             let in_sync = session.in_sync(&self.shared.lock_doc().doc);
             self.shared
                 .session_progress(&self.peer, self.conn_no, session.stats(), in_sync);
+        }
+    }
+
+    /// The remote address of this connection's selected path when it is a direct (IP) path
+    /// to an address the peer no longer announces (`announced`, from mDNS), else `None`. A
+    /// loopback path is never judged: mDNS does not announce loopback addresses.
+    fn path_not_announced(
+        &self,
+        announced: &std::collections::BTreeSet<std::net::SocketAddr>,
+    ) -> Option<std::net::SocketAddr> {
+        let paths = self.conn.paths();
+        let selected = paths.iter().find(|p| p.is_selected())?;
+        match selected.remote_addr() {
+            iroh::TransportAddr::Ip(a) if !a.ip().is_loopback() && !announced.contains(a) => {
+                Some(*a)
+            }
+            _ => None,
         }
     }
 

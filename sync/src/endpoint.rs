@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use deskhand_core::{DeviceId, DeviceKey};
 use iroh::endpoint::presets;
 use iroh::{Endpoint, EndpointAddr, NetReportConfig, RelayMode, SecretKey};
+pub use iroh_mdns_address_lookup::MdnsAddressLookup;
 
 /// Which iroh relay forwards encrypted packets when a direct path fails.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -142,7 +143,7 @@ pub async fn bind(
     net: &NetConfig,
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, EndpointError> {
-    bind_as(key, net, alpns, true, false).await
+    Ok(bind_as(key, net, alpns, true, false).await?.0)
 }
 
 /// [`bind`], saying whether this endpoint announces itself on the local network when mDNS is on
@@ -150,13 +151,14 @@ pub async fn bind(
 /// ([`Endpoint::insert_relay`]) when `net.relay` is off: an empty relay map then, which contacts
 /// nothing until a relay is inserted (a phone pairing with a desktop that names one). A failure
 /// to start mDNS (no multicast) is logged, not fatal: direct addresses and the relay still work.
+/// Returns the endpoint and, when mDNS runs, a handle to it (to follow what it sees).
 pub async fn bind_as(
     key: &DeviceKey,
     net: &NetConfig,
     alpns: Vec<Vec<u8>>,
     advertise: bool,
     relay_on_demand: bool,
-) -> Result<Endpoint, EndpointError> {
+) -> Result<(Endpoint, Option<MdnsAddressLookup>), EndpointError> {
     let relay_mode = match &net.relay {
         RelaySetting::Off if relay_on_demand => RelayMode::Custom(iroh::RelayMap::empty()),
         RelaySetting::Off => RelayMode::Disabled,
@@ -180,17 +182,21 @@ pub async fn bind_as(
         .bind()
         .await
         .map_err(|e| bind_err(e.to_string()))?;
+    let mut handle = None;
     if net.mdns {
-        let mdns = iroh_mdns_address_lookup::MdnsAddressLookup::builder()
+        let mdns = MdnsAddressLookup::builder()
             .advertise(advertise)
             .build(ep.id());
         match (mdns, ep.address_lookup()) {
-            (Ok(mdns), Ok(services)) => services.add(mdns),
+            (Ok(mdns), Ok(services)) => {
+                handle = Some(mdns.clone());
+                services.add(mdns);
+            }
             (Err(e), _) => tracing::warn!("local-network discovery (mDNS) is off: {e}"),
             (_, Err(e)) => tracing::warn!("local-network discovery (mDNS) is off: {e}"),
         }
     }
-    Ok(ep)
+    Ok((ep, handle))
 }
 
 /// Adds `url` to the relays `ep` uses (an endpoint bound with a relay map, possibly empty).

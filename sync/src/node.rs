@@ -304,6 +304,18 @@ pub(crate) struct Shared {
     abandoned_dial: std::sync::atomic::AtomicBool,
     /// Bumped by `sync_now`: live sessions probe their peer.
     pub(crate) probe: watch::Sender<u64>,
+    /// Phone: the addresses its desktop last announced on the local network (mDNS), when they
+    /// changed. A session whose path is not among them ends, and the dialer redials at once.
+    pub(crate) lan_sighting: watch::Sender<Option<LanSighting>>,
+}
+
+/// A peer's addresses as it announced them on the local network (mDNS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LanSighting {
+    /// Whose they are.
+    pub(crate) peer: DeviceId,
+    /// Its direct addresses.
+    pub(crate) addrs: std::collections::BTreeSet<SocketAddr>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -904,6 +916,7 @@ impl Node {
             paused: false.into(),
             abandoned_dial: false.into(),
             probe: watch::channel(0).0,
+            lan_sighting: watch::channel(None).0,
             relay: config.net.relay.clone(),
             mdns: config.net.mdns,
         });
@@ -964,7 +977,7 @@ impl Node {
             .get(LISTEN_PORT_KEY)
             .and_then(|b| <[u8; 2]>::try_from(b.as_slice()).ok())
             .map(u16::from_be_bytes);
-        let (endpoint, moved_from) =
+        let (endpoint, moved_from, mdns) =
             bind_keeping_port(&key, &net, alpns, is_desktop, remembered).await?;
         if net.keep_port
             && let Some(port) = endpoint.bound_sockets().first().map(|s| s.port())
@@ -992,6 +1005,9 @@ impl Node {
                 endpoint.clone(),
                 cancel.clone(),
             ));
+            if let Some(mdns) = mdns {
+                tasks.spawn(follow_lan(shared.clone(), mdns, cancel.clone()));
+            }
         }
         let router = match config.role {
             NodeRole::Desktop { .. } => {
@@ -1589,21 +1605,21 @@ fn tried(to: &DesktopAddrs, mdns: bool) -> String {
 }
 
 /// Binds the endpoint; with `keep_port` and port 0, the port remembered from last time first.
-/// Returns the endpoint and, when the remembered port was taken, that port.
+/// Returns the endpoint, when the remembered port was taken that port, and mDNS when it runs.
 async fn bind_keeping_port(
     key: &DeviceKey,
     net: &NetConfig,
     alpns: Vec<Vec<u8>>,
     advertise: bool,
     remembered: Option<u16>,
-) -> Result<(Endpoint, Option<u16>), EndpointError> {
+) -> Result<(Endpoint, Option<u16>, Option<endpoint::MdnsAddressLookup>), EndpointError> {
     if let Some(port) = remembered.filter(|_| net.keep_port && net.listen.port() == 0) {
         let want = SocketAddr::new(net.listen.ip(), port);
         let again = net.clone().with_listen(want);
         match endpoint::bind_as(key, &again, alpns.clone(), advertise, !advertise).await {
-            Ok(ep) => return Ok((ep, None)),
+            Ok((ep, mdns)) => return Ok((ep, None, mdns)),
             Err(e @ EndpointError::Bind { .. }) => {
-                let ep = endpoint::bind_as(key, net, alpns, advertise, !advertise).await?;
+                let (ep, mdns) = endpoint::bind_as(key, net, alpns, advertise, !advertise).await?;
                 let now: Vec<String> = endpoint::direct_addrs(&ep)
                     .iter()
                     .map(|a| a.to_string())
@@ -1612,16 +1628,14 @@ async fn bind_keeping_port(
                     "the port this desktop listened on before ({port}) is taken ({e}); listening on {} instead. Paired phones learn the new address from the workspace document, local-network discovery or the relay",
                     now.join(", ")
                 );
-                return Ok((ep, Some(port)));
+                return Ok((ep, Some(port), mdns));
             }
             Err(e) => return Err(e),
         }
     }
     // A phone (it does not advertise) can take on its desktop's relay when it pairs.
-    Ok((
-        endpoint::bind_as(key, net, alpns, advertise, !advertise).await?,
-        None,
-    ))
+    let (ep, mdns) = endpoint::bind_as(key, net, alpns, advertise, !advertise).await?;
+    Ok((ep, None, mdns))
 }
 
 /// The relay URL peers should use now (see [`Node::relay_url`]).
@@ -1694,6 +1708,61 @@ async fn follow_network(shared: Arc<Shared>, endpoint: Endpoint, cancel: Cancell
             known = now;
             shared.probe.send_modify(|g| *g += 1);
             shared.wake_dialer.notify_one();
+        }
+    }
+}
+
+/// Phone: follows what local-network discovery (mDNS) sees of the home desktop. When the
+/// desktop announces a changed set of addresses (it got a new address on the LAN, say a new
+/// DHCP lease), live sessions check that their path is still among them (see the driver) and
+/// the dialer, if it is waiting, tries again at once.
+///
+/// It keeps a lookup of the desktop running (mDNS hands a changed announcement to running
+/// lookups, not to its subscribers, while iroh itself looks the desktop up); each lookup ends
+/// after mDNS's lookup time (10 s) and the next begins with mDNS's cached answer, which counts
+/// only when it differs from the last one seen.
+async fn follow_lan(
+    shared: Arc<Shared>,
+    mdns: endpoint::MdnsAddressLookup,
+    cancel: CancellationToken,
+) {
+    use iroh::address_lookup::AddressLookup as _;
+    use n0_future::StreamExt as _;
+    let mut last: Option<LanSighting> = None;
+    loop {
+        let Some((home, _)) = home_addrs(&shared) else {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        };
+        let Ok(id) = iroh::PublicKey::from_bytes(home.as_bytes()) else {
+            return;
+        };
+        let Some(mut found) = mdns.resolve(id) else {
+            return;
+        };
+        let began = tokio::time::Instant::now();
+        loop {
+            let item = tokio::select! {
+                _ = cancel.cancelled() => return,
+                i = found.next() => match i { Some(i) => i, None => break },
+            };
+            let Ok(item) = item else { continue };
+            let addrs = item.endpoint_info().ip_addrs().copied().collect();
+            let seen = LanSighting { peer: home, addrs };
+            if seen.addrs.is_empty() || last.as_ref() == Some(&seen) {
+                continue;
+            }
+            tracing::debug!(peer = %home.short(), addrs = ?seen.addrs, "the desktop announces these addresses on the local network");
+            last = Some(seen.clone());
+            shared.lan_sighting.send_replace(Some(seen));
+            shared.wake_dialer.notify_one();
+        }
+        // A lookup that ended at once (mDNS stopped) must not turn this into a busy loop.
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(began + Duration::from_secs(1)) => {}
         }
     }
 }

@@ -230,8 +230,8 @@ impl Lab {
         Ok(wire)
     }
 
-    /// Gives `w`'s host a new address on its network in place of the old one (a new DHCP
-    /// lease); returns it.
+    /// Gives `w`'s host a new address on its network in place of the old one, as a DHCP client
+    /// does with a new lease (old address flushed, new one added, routes restored); returns it.
     ///
     /// Errors: `ip addr` fails.
     pub fn renumber(&self, w: &mut Wire, last_octet: u8) -> Result<IpAddr> {
@@ -249,6 +249,12 @@ impl Lab {
         ip(
             Some(ns),
             &["addr", "add", &format!("{new}/24"), "dev", &w.host_if],
+        )?;
+        // Removing an interface's last address flushes every route through it; a DHCP client
+        // puts its routes back with the new lease. Here that is the multicast route of `plug`.
+        ip(
+            Some(ns),
+            &["route", "replace", "224.0.0.0/4", "dev", &w.host_if],
         )?;
         w.host_ip = new;
         Ok(new)
