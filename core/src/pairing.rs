@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::DeviceId;
+use crate::{DeviceId, DocId};
 
 /// Scheme and path of a pairing URI.
 pub const PAIR_URI_PREFIX: &str = "deskhand://pair?";
@@ -266,6 +266,112 @@ impl PairRequest {
     }
 }
 
+/// The desktop's answer to a pairing request as it travels: `{"ok":true,"doc_id":hex,
+/// "desktop_name":…,"now_ms":…}`, or `{"ok":false,"code":…,"error":…,"now_ms":…}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairAnswer {
+    /// Whether the phone is now paired.
+    pub ok: bool,
+    /// Why not, for programs (`bad_request`, `expired`, `used`, `rate_limited`, …).
+    #[serde(default)]
+    pub code: String,
+    /// Why not, for people.
+    #[serde(default)]
+    pub error: String,
+    /// The workspace document id (32 hex digits), when the desktop has one.
+    #[serde(default)]
+    pub doc_id: Option<String>,
+    /// The desktop's name.
+    #[serde(default)]
+    pub desktop_name: String,
+    /// The desktop's wall clock when it answered (Unix ms).
+    #[serde(default)]
+    pub now_ms: Option<i64>,
+}
+
+/// A pairing answer as a phone takes it: every field checked or made safe to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadPairAnswer {
+    /// Paired.
+    Accepted {
+        /// The workspace document id, when the desktop has one.
+        doc_id: Option<DocId>,
+        /// The desktop's wall clock when it answered (Unix ms); `None` when it did not say or
+        /// said something further than [`MAX_CLOCK_OFFSET_MS`] from this device's `now_ms`.
+        desktop_clock_ms: Option<i64>,
+    },
+    /// Refused.
+    Refused {
+        /// Why, for programs: ASCII letters, digits and `_`, at most 32.
+        code: String,
+        /// Why, for people: no control or format characters, at most 300 characters.
+        message: String,
+    },
+}
+
+/// Why a pairing answer could not be taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PairAnswerError {
+    /// The body is longer than [`MAX_PAIR_MESSAGE`].
+    #[error("pairing answer of {0} bytes is over the {MAX_PAIR_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    /// Not the JSON object of a pairing answer, or a field is wrong.
+    #[error("malformed pairing answer: {0}")]
+    Malformed(String),
+}
+
+/// How far apart two devices' clocks may plausibly be, in ms (100 years). A peer's clock said
+/// to be further off than this is taken as unknown, which keeps every sum of a time and an
+/// offset far from overflow.
+pub const MAX_CLOCK_OFFSET_MS: i64 = 100 * 365 * 86_400_000;
+
+impl PairAnswer {
+    /// Reads the body of a pairing answer as the desktop sent it (at most
+    /// [`MAX_PAIR_MESSAGE`] bytes of JSON), `now_ms` being this device's wall clock. Any bytes
+    /// give an answer or an error, never a panic.
+    pub fn read(body: &[u8], now_ms: i64) -> Result<ReadPairAnswer, PairAnswerError> {
+        if body.len() > MAX_PAIR_MESSAGE {
+            return Err(PairAnswerError::TooLarge(body.len()));
+        }
+        let a: PairAnswer =
+            serde_json::from_slice(body).map_err(|e| PairAnswerError::Malformed(e.to_string()))?;
+        if !a.ok {
+            let code: String = a
+                .code
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(32)
+                .collect();
+            let message: String = a
+                .error
+                .chars()
+                .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
+                .filter(|c| !crate::terminal::is_unsafe(*c))
+                .take(300)
+                .collect();
+            return Ok(ReadPairAnswer::Refused {
+                code,
+                message: message.trim().to_owned(),
+            });
+        }
+        let doc_id = match a.doc_id {
+            None => None,
+            Some(d) => Some(d.parse::<DocId>().map_err(|e| {
+                PairAnswerError::Malformed(format!("doc_id is not a workspace id: {e}"))
+            })?),
+        };
+        let desktop_clock_ms = a.now_ms.filter(|d| {
+            d.checked_sub(now_ms)
+                .is_some_and(|o| o.unsigned_abs() <= MAX_CLOCK_OFFSET_MS.unsigned_abs())
+        });
+        Ok(ReadPairAnswer::Accepted {
+            doc_id,
+            desktop_clock_ms,
+        })
+    }
+}
+
 /// A device name as a phone sent it, made safe to store and show: no control or format
 /// characters (see [`crate::terminal::is_unsafe`]; tabs become spaces), no surrounding blanks,
 /// at most 64 characters; an empty result becomes `phone`.
@@ -330,6 +436,52 @@ fn unpct(s: &str) -> Option<String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const NOW: i64 = 1_764_000_000_000;
+
+    #[test]
+    fn a_pairing_answer_is_read_checked_and_made_safe_to_show() {
+        let ok = br#"{"ok":true,"doc_id":"00112233445566778899aabbccddeeff","desktop_name":"studio","now_ms":1764000360000}"#;
+        assert_eq!(
+            PairAnswer::read(ok, NOW),
+            Ok(ReadPairAnswer::Accepted {
+                doc_id: Some("00112233445566778899aabbccddeeff".parse().unwrap()),
+                desktop_clock_ms: Some(NOW + 360_000),
+            })
+        );
+        let refused =
+            br#"{"ok":false,"code":"expired\u202e!","error":" this code \u202eexpired\u0007\nagain ","now_ms":1}"#;
+        assert_eq!(
+            PairAnswer::read(refused, NOW),
+            Ok(ReadPairAnswer::Refused {
+                code: "expired".into(),
+                message: "this code expired again".into(),
+            })
+        );
+        // A clock further off than a century is not believed; the pairing still stands.
+        for far in [i64::MIN, i64::MAX, NOW + MAX_CLOCK_OFFSET_MS + 1] {
+            let body = format!(r#"{{"ok":true,"now_ms":{far}}}"#);
+            assert_eq!(
+                PairAnswer::read(body.as_bytes(), NOW),
+                Ok(ReadPairAnswer::Accepted {
+                    doc_id: None,
+                    desktop_clock_ms: None
+                })
+            );
+        }
+        assert!(matches!(
+            PairAnswer::read(br#"{"ok":true,"doc_id":"../etc"}"#, NOW),
+            Err(PairAnswerError::Malformed(m)) if m.contains("doc_id")
+        ));
+        assert!(matches!(
+            PairAnswer::read(b"<html>", NOW),
+            Err(PairAnswerError::Malformed(_))
+        ));
+        assert_eq!(
+            PairAnswer::read(&[b' '; MAX_PAIR_MESSAGE + 1], NOW),
+            Err(PairAnswerError::TooLarge(MAX_PAIR_MESSAGE + 1))
+        );
+    }
 
     fn sample(name: String) -> PairingPayload {
         PairingPayload {

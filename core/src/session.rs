@@ -411,7 +411,11 @@ impl SyncSession {
                 if let (Some(origin), Some(theirs)) = (self.wall_origin, h.wall_clock_ms) {
                     let ours = origin.saturating_add(now as i64);
                     let theirs = i64::try_from(theirs).unwrap_or(i64::MAX);
-                    out.push(SessionOutput::PeerClockOffset(theirs.saturating_sub(ours)));
+                    let offset = theirs.saturating_sub(ours);
+                    // A clock further off than that is nonsense: left unknown, not believed.
+                    if offset.unsigned_abs() <= crate::pairing::MAX_CLOCK_OFFSET_MS.unsigned_abs() {
+                        out.push(SessionOutput::PeerClockOffset(offset));
+                    }
                 }
                 if self.phase == Phase::Open {
                     // A repeated hello: the peer restarted its side. Start negotiation afresh.
@@ -947,6 +951,19 @@ mod tests {
             ),
             None
         );
+        // A clock more than a century off is not believed (and every later sum of a time and
+        // the offset stays far from overflow).
+        let Frame::Hello(mut h) = hello_of(phone.start(&doc)) else {
+            unreachable!()
+        };
+        h.wall_clock_ms = Some(u64::MAX);
+        let mut desk = SyncSession::new(DeviceId::from_bytes([1; 32]), None, None, 50)
+            .with_wall_clock(1_000_000);
+        desk.start(&doc);
+        let got = desk
+            .on_frame(Frame::Hello(h), 10, &doc, &SignatureBook::new(), 70)
+            .expect("hello");
+        assert_eq!(offset(got), None);
     }
 
     #[test]

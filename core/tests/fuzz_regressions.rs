@@ -44,7 +44,14 @@ macro_rules! kept {
     )*};
 }
 
-kept!(frames, pair_request, qr_payload, sync_message, blob_request);
+kept!(
+    frames,
+    pair_request,
+    pair_answer,
+    qr_payload,
+    sync_message,
+    blob_request
+);
 
 /// The seeds of the sync target reach the trust rules: what a phone may write is taken, what it
 /// may not is refused (so the fuzzer starts from inputs on both sides of the rules).

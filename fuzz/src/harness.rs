@@ -17,7 +17,9 @@ use deskhand_core::approval::Approval;
 use deskhand_core::authorship::SignatureBook;
 use deskhand_core::frame::{Frame, FrameDecoder, Hello, PROTOCOL_VERSION};
 use deskhand_core::ids::ApprovalId;
-use deskhand_core::pairing::{PAIR_URI_PREFIX, PairRequest, PairingPayload};
+use deskhand_core::pairing::{
+    MAX_CLOCK_OFFSET_MS, PAIR_URI_PREFIX, PairAnswer, PairRequest, PairingPayload, ReadPairAnswer,
+};
 use deskhand_core::schema::{DesktopInfo, ExecutorState, SchemaError, TaskUpdate};
 use deskhand_core::session::{SessionOutput, SyncSession};
 use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules, Standing};
@@ -32,6 +34,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("frames", frames),
     ("pair_request", pair_request),
+    ("pair_answer", pair_answer),
     ("qr_payload", qr_payload),
     ("sync_message", sync_message),
     ("blob_request", blob_request),
@@ -148,6 +151,42 @@ pub fn pair_request(data: &[u8]) {
         }
         Err(e) => {
             let _ = e.to_string();
+        }
+    }
+}
+
+/// The desktop's answer to a pairing request, as the phone reads it. Must hold: a refusal's
+/// code and message are safe to show (no control or format characters, bounded); an accepted
+/// answer's clock is within [`MAX_CLOCK_OFFSET_MS`] of the phone's, whatever the phone's clock.
+pub fn pair_answer(data: &[u8]) {
+    for now in [1_764_000_000_000_i64, 0, i64::MIN, i64::MAX] {
+        match PairAnswer::read(data, now) {
+            Ok(ReadPairAnswer::Refused { code, message }) => {
+                assert!(code.len() <= 32);
+                assert!(code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                assert!(message.chars().count() <= 300);
+                assert!(
+                    !message.chars().any(deskhand_core::terminal::is_unsafe),
+                    "an unsafe character in {message:?}"
+                );
+            }
+            Ok(ReadPairAnswer::Accepted {
+                doc_id,
+                desktop_clock_ms,
+            }) => {
+                if let Some(d) = doc_id {
+                    assert_eq!(d.to_string().parse(), Ok(d));
+                }
+                if let Some(c) = desktop_clock_ms {
+                    let offset = c.checked_sub(now).expect("an offset that fits");
+                    assert!(offset.unsigned_abs() <= MAX_CLOCK_OFFSET_MS.unsigned_abs());
+                    // What the phone computes with it must not overflow.
+                    let _ = now.checked_add(offset).expect("a time that fits");
+                }
+            }
+            Err(e) => {
+                let _ = e.to_string();
+            }
         }
     }
 }

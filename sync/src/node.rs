@@ -1302,7 +1302,7 @@ impl Node {
         }
         let paired = crate::pairing::pair_with(&self.endpoint, payload, name, platform).await?;
         let now = self.shared.wall_ms();
-        if let Some(id) = paired.doc_id.and_then(|d| d.parse::<DocId>().ok()) {
+        if let Some(id) = paired.doc_id {
             let mut ds = self.shared.lock_doc();
             self.shared.adopt_doc_id(&mut ds, id);
         }

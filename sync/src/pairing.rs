@@ -14,7 +14,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deskhand_core::pairing::{MAX_PAIR_MESSAGE, PairRequest, ReadPairRequest, ct_eq};
+use deskhand_core::pairing::{
+    MAX_PAIR_MESSAGE, PairAnswer, PairRequest, ReadPairAnswer, ReadPairRequest, ct_eq,
+};
 use deskhand_core::schema::{DeviceEntry, Workspace};
 use deskhand_core::{DeviceId, PAIR_ALPN, PairingPayload, PairingToken};
 use iroh::endpoint::Connection;
@@ -73,28 +75,12 @@ pub enum PairError {
     WrongRole,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Answer {
-    ok: bool,
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    doc_id: Option<String>,
-    #[serde(default)]
-    desktop_name: String,
-    /// The desktop's wall clock when it answered (Unix ms).
-    #[serde(default)]
-    now_ms: Option<i64>,
-}
-
 /// What a successful pairing tells the phone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Paired {
     /// The workspace document id, when the desktop has one.
-    pub doc_id: Option<String>,
+    pub doc_id: Option<deskhand_core::DocId>,
     /// The desktop's wall clock when it answered (Unix ms), when it said.
     pub desktop_clock_ms: Option<i64>,
 }
@@ -404,8 +390,8 @@ impl ProtocolHandler for PairProtocol {
     }
 }
 
-fn refusal(code: &str, error: String) -> Answer {
-    Answer {
+fn refusal(code: &str, error: String) -> PairAnswer {
+    PairAnswer {
         ok: false,
         code: code.into(),
         error,
@@ -416,7 +402,12 @@ fn refusal(code: &str, error: String) -> Answer {
 }
 
 impl PairProtocol {
-    async fn handle(&self, phone: DeviceId, sources: &[Source], req: ReadPairRequest) -> Answer {
+    async fn handle(
+        &self,
+        phone: DeviceId,
+        sources: &[Source],
+        req: ReadPairRequest,
+    ) -> PairAnswer {
         let shared = &self.shared;
         let ReadPairRequest {
             token,
@@ -483,7 +474,7 @@ impl PairProtocol {
         shared.audit("paired", &phone, &name);
         tracing::info!(peer = %phone.short(), %name, "paired a new device");
         let doc_id = shared.lock_doc().doc_id.map(|d| d.to_string());
-        Answer {
+        PairAnswer {
             ok: true,
             code: String::new(),
             error: String::new(),
@@ -533,18 +524,16 @@ pub async fn pair_with(
         .map_err(|_| unreachable("the desktop did not answer the pairing request".into()))?
         .map_err(unreachable)?;
     conn.close(0u32.into(), b"paired");
-    let answer: Answer = serde_json::from_slice(&answer)
-        .map_err(|e| unreachable(format!("malformed answer: {e}")))?;
-    if !answer.ok {
-        return Err(PairError::Refused {
-            code: answer.code,
-            message: answer.error,
-        });
+    match PairAnswer::read(&answer, now_unix_ms()).map_err(|e| unreachable(e.to_string()))? {
+        ReadPairAnswer::Refused { code, message } => Err(PairError::Refused { code, message }),
+        ReadPairAnswer::Accepted {
+            doc_id,
+            desktop_clock_ms,
+        } => Ok(Paired {
+            doc_id,
+            desktop_clock_ms,
+        }),
     }
-    Ok(Paired {
-        doc_id: answer.doc_id,
-        desktop_clock_ms: answer.now_ms,
-    })
 }
 
 #[cfg(test)]

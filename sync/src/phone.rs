@@ -994,7 +994,7 @@ impl Phone {
         let now = self.inner.clock.now_unix_ms();
         if let Some(r) = &approval.resolution {
             if r.by == "expired" {
-                let desktop_now = now + Self::offset(&node).unwrap_or(0);
+                let desktop_now = now.saturating_add(Self::offset(&node).unwrap_or(0));
                 return Err(PhoneError::Expired {
                     id: id.to_string(),
                     ago_s: (desktop_now - approval.expires_at).max(0) / 1000,
@@ -1211,13 +1211,13 @@ impl Inner {
         let home = node.home().or_else(|| node.revoked_home());
         let offset = home.as_ref().and_then(|(_, r)| r.clock_offset_ms);
         // Every instant shown is the desktop's: it alone decides expiry.
-        let now = taken_at + offset.unwrap_or(0);
+        let now = taken_at.saturating_add(offset.unwrap_or(0));
         let in_desktop_time = |p: Presence| match p {
             Presence::Connected { since } => Presence::Connected {
-                since: since + offset.unwrap_or(0),
+                since: since.saturating_add(offset.unwrap_or(0)),
             },
             Presence::LastSeen { at } => Presence::LastSeen {
-                at: at + offset.unwrap_or(0),
+                at: at.saturating_add(offset.unwrap_or(0)),
             },
             Presence::Never => Presence::Never,
         };
