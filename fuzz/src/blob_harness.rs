@@ -1,16 +1,17 @@
 //! The blob protocol target: the bytes a paired phone sends on iroh-blobs' ALPN
 //! (`/iroh-bytes/4`), through the very handler the desktop serves them with
-//! (`iroh_blobs::provider::handle_stream`, with the events the desktop gives it: none, so pushes
-//! are refused), over a store holding a few blobs. The desktop's own gate in front of it (paired
-//! devices only, `sync/src/blobs.rs`) is tested in the sync crate's e2e tests.
+//! (`iroh_blobs::provider::handle_stream`, with the desktop's own request policy,
+//! `deskhand_sync::blobs::desktop_blob_events`: single-blob gets only), over a store holding a
+//! few blobs. The desktop's gate in front of it (paired devices only, `sync/src/blobs.rs`) is
+//! tested in the e2e tests.
 //!
 //! The store here is iroh-blobs' memory store; the desktop uses its file store behind the same
 //! request handling. What must hold beyond "no panic":
-//! - the handler ends (a request cannot make the desktop wait forever on its own; observe
-//!   requests, which stay open by design until the phone stops them, are bounded by a timer);
-//! - what it sends is bounded by what was asked: for each requested blob at most its bytes and
-//!   their verification tree, nothing for blobs the store lacks;
-//! - a push (a phone writing into the desktop's store) is refused: the store is unchanged.
+//! - the handler ends: no request makes the desktop wait on its own;
+//! - what it sends is bounded by what was asked: for a requested blob at most its bytes and
+//!   their verification tree, nothing for a blob the store lacks, nothing but a refusal for
+//!   the requests the desktop does not serve (get-many, observe, push);
+//! - the store is unchanged (no push lands, no entry is made for a hash asked about).
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,7 +25,6 @@ use iroh_blobs::Hash;
 use iroh_blobs::protocol::{
     ChunkRangesSeq, GetManyRequest, GetRequest, ObserveRequest, PushRequest, Request,
 };
-use iroh_blobs::provider::events::EventSender;
 use iroh_blobs::provider::{StreamPair, handle_stream};
 use iroh_blobs::store::mem::MemStore;
 use iroh_blobs::util::SendStream;
@@ -109,19 +109,10 @@ pub fn blob_protocol_sent(data: &[u8]) -> u64 {
             .ok()
             .map(|(r, _)| r);
         let known = |h: &Hash| f.hashes.iter().find(|(k, _)| k == h).map(|(_, s)| *s);
-        let (bound, observe) = match &parsed {
-            Some(Request::Get(g)) => (known(&g.hash).map_or(0, wire_bound) + 1024, false),
-            // Each hash of a get-many may be served, repeats included.
-            Some(Request::GetMany(m)) => (
-                m.hashes
-                    .iter()
-                    .map(|h| known(h).map_or(0, wire_bound))
-                    .sum::<u64>()
-                    + 1024 * (m.hashes.len() as u64 + 1),
-                false,
-            ),
-            Some(Request::Observe(_)) => (u64::MAX, true),
-            _ => (1024, false),
+        // A request the desktop does not serve gets a refusal: a stream reset, nothing sent.
+        let bound = match &parsed {
+            Some(Request::Get(g)) => known(&g.hash).map_or(0, wire_bound) + 1024,
+            _ => 1024,
         };
         let before = f.store.list().hashes().await.unwrap().len();
         let mut sink = Sink::default();
@@ -129,18 +120,16 @@ pub fn blob_protocol_sent(data: &[u8]) -> u64 {
             0,
             Bytes::copy_from_slice(data),
             &mut sink,
-            EventSender::DEFAULT,
+            deskhand_sync::blobs::desktop_blob_events(),
         );
-        let limit = if observe {
-            Duration::from_millis(50)
-        } else {
-            Duration::from_secs(10)
-        };
-        let ended = tokio::time::timeout(limit, handle_stream(pair, f.store.clone().into()))
-            .await
-            .is_ok();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            handle_stream(pair, f.store.clone().into()),
+        )
+        .await
+        .is_ok();
         assert!(
-            ended || observe,
+            ended,
             "the blob handler did not end on a {parsed:?} request"
         );
         assert!(

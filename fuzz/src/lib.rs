@@ -6,5 +6,6 @@
 #[path = "harness.rs"]
 pub mod harness;
 
+#[cfg(feature = "net")]
 #[path = "blob_harness.rs"]
 pub mod blob_harness;

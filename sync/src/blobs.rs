@@ -69,6 +69,35 @@ pub enum BlobError {
     },
 }
 
+/// The requests the desktop serves on the blob protocol, for iroh-blobs' provider: a paired
+/// phone fetches one blob at a time (`get`, the only request a phone makes). Everything else is
+/// refused — `get_many` and `push` (which would write into the desktop's store) outright, and
+/// `observe` (a subscription to a blob's state, which makes the store create an entry for any
+/// hash asked about: found by fuzzing, `fuzz/src/blob_harness.rs`) by a task that answers each
+/// with `Permission`; iroh-blobs has no switch to turn observing off.
+///
+/// Needs a tokio runtime (it spawns that task, which ends when the provider is dropped).
+pub fn desktop_blob_events() -> iroh_blobs::provider::events::EventSender {
+    use iroh_blobs::provider::events::{
+        AbortReason, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
+    };
+    let mask = EventMask {
+        get_many: RequestMode::Disabled,
+        push: RequestMode::Disabled,
+        observe: ObserveMode::Intercept,
+        ..EventMask::DEFAULT
+    };
+    let (events, mut rx) = EventSender::channel(16, mask);
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if let ProviderMessage::ObserveRequestReceived(msg) = msg {
+                msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            }
+        }
+    });
+    events
+}
+
 /// Parses a blob hash from its hex form.
 pub fn parse_hash(text: &str) -> Result<Hash, BlobError> {
     let bytes = deskhand_core::schema::parse_blob_hash(text)
@@ -186,7 +215,7 @@ mod store {
         pub(crate) fn new(shared: Arc<Shared>, store: &BlobStore) -> Self {
             Self {
                 shared,
-                inner: BlobsProtocol::new(&store.store, None),
+                inner: BlobsProtocol::new(&store.store, Some(super::desktop_blob_events())),
             }
         }
     }
