@@ -5,6 +5,7 @@ import kotlinx.coroutines.Deferred
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.flow.MutableStateFlow
 import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.withContext
 
@@ -60,7 +61,7 @@ class DevicesModel(session: PhoneSession) : Model(session) {
     }
 
     /** The unsent count alone, updated after each change of the phone. */
-    val unsent: StateFlow<Long> = unsentFlow
+    val unsent: StateFlow<Long> = unsentFlow.asStateFlow()
 
     /**
      * Forgets the desktop so that the phone can pair with another. Refused while writes are

@@ -7,6 +7,7 @@ import deskhand.mobile.TaskView
 import kotlinx.coroutines.Deferred
 import kotlinx.coroutines.flow.MutableStateFlow
 import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.flow.update
 
 /** A blob of a task as the screen shows it. */
@@ -68,7 +69,7 @@ class TaskModel(
     }
 
     /** Where each fetch stands, by hash (changes here do not wait for a snapshot). */
-    val blobStates: StateFlow<Map<String, BlobState>> = fetched
+    val blobStates: StateFlow<Map<String, BlobState>> = fetched.asStateFlow()
 
     /** Fetches blob [hash] from the desktop (verified against the hash): its bytes, or `null`. */
     fun fetchBlob(hash: String): Deferred<ByteArray?> = act("blob:$hash") {
