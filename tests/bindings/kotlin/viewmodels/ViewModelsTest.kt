@@ -315,11 +315,23 @@ class ViewModelsTest {
         assertTrue(back.messages.first { it.taskId == tid && it.role == MessageRole.AGENT }.text.startsWith("Commands"))
         devices.state.until("nothing unsent") { it.unsent == 0L }
 
+        // In the background nothing is sent; coming to the foreground syncs before its job ends.
+        session.onBackground()
+        conversation.state.until("offline in the background") { it.presence !is DesktopPresence.Online }
+        val later = need(conversation.send("list ~").await(), "writing in the background: ${conversation.error.value}")
+        val shown = session.snapshot.until("the background message shown") { s -> s.messages.any { it.id == later } }
+        assertEquals(Delivery.PENDING, shown.messages.first { it.id == later }.delivery)
+        withTimeout(WAIT_MS) { session.onForeground().join() }
+        // The core's state right after the job (the listener's copy may follow a moment later).
+        assertEquals(Delivery.SYNCED, session.phone.snapshot().messages.first { it.id == later }.delivery,
+            "onForeground's sync ended with the message still pending")
+
         // A network change reconnects too (after a stop, as when the app was in the background).
         session.onBackground()
         conversation.state.until("offline while stopped") { it.presence !is DesktopPresence.Online }
         session.onNetworkChanged()
         conversation.state.until("online after the network change") { it.presence is DesktopPresence.Online }
+        devices.state.until("nothing unsent before forgetting") { it.unsent == 0L }
 
         // With nothing unsent, forgetting works.
         assertEquals(true, devices.forgetDesktop().await(), "forget: ${devices.error.value}")
