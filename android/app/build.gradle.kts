@@ -1,0 +1,77 @@
+// The Deskhand app. The Rust library (app/src/main/jniLibs/<abi>/libdeskhand_mobile_bindings.so)
+// and its Kotlin bindings (app/generated/uniffi, package deskhand.mobile) are made by
+// scripts/android-build and not committed.
+plugins {
+    id("com.android.application")
+    id("org.jetbrains.kotlin.android")
+    id("org.jetbrains.kotlin.plugin.compose")
+}
+
+android {
+    namespace = "dev.deskhand.app"
+    compileSdk = 35
+
+    defaultConfig {
+        applicationId = "dev.deskhand.app"
+        minSdk = 26
+        targetSdk = 35
+        versionCode = 1
+        versionName = "0.1.0"
+        ndk {
+            abiFilters += listOf("arm64-v8a", "x86_64")
+        }
+    }
+
+    buildTypes {
+        release {
+            isMinifyEnabled = true
+            proguardFiles(getDefaultProguardFile("proguard-android-optimize.txt"), "proguard-rules.pro")
+        }
+    }
+
+    compileOptions {
+        sourceCompatibility = JavaVersion.VERSION_17
+        targetCompatibility = JavaVersion.VERSION_17
+    }
+
+    kotlinOptions {
+        jvmTarget = "17"
+    }
+
+    buildFeatures {
+        compose = true
+    }
+
+    sourceSets["main"].java.srcDir("generated/uniffi")
+}
+
+dependencies {
+    // JNA as an Android archive: it carries libjnidispatch.so for each ABI.
+    implementation("net.java.dev.jna:jna:5.15.0@aar")
+    implementation("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.10.2")
+
+    implementation(platform("androidx.compose:compose-bom:2024.12.01"))
+    implementation("androidx.compose.ui:ui")
+    implementation("androidx.compose.material3:material3")
+    implementation("androidx.activity:activity-compose:1.9.3")
+    implementation("androidx.lifecycle:lifecycle-viewmodel-compose:2.8.7")
+    implementation("androidx.lifecycle:lifecycle-runtime-compose:2.8.7")
+    // uniffi's Android bindings use @RequiresApi.
+    implementation("androidx.annotation:annotation:1.9.1")
+}
+
+// A clear message instead of hundreds of "unresolved reference" errors.
+val checkRustParts by tasks.registering {
+    val bindings = file("generated/uniffi/deskhand/mobile/deskhand_mobile_bindings.kt")
+    val lib = file("src/main/jniLibs/arm64-v8a/libdeskhand_mobile_bindings.so")
+    doLast {
+        if (!bindings.exists() || !lib.exists()) {
+            throw GradleException(
+                "The Rust library or its Kotlin bindings are missing: run scripts/android-build " +
+                    "from the repository root once (it needs the Android NDK, cargo-ndk and the Rust " +
+                    "targets aarch64-linux-android and x86_64-linux-android, and says which are missing).",
+            )
+        }
+    }
+}
+tasks.named("preBuild") { dependsOn(checkRustParts) }
