@@ -1080,6 +1080,25 @@ mod tests {
             Workspace::push_subscription(&d2, &phone).unwrap(),
             Some(first.clone())
         );
+        // The desktop renaming the device rewrites its own fields only: the subscription stays.
+        d2.transact::<_, _, SchemaError>(|tx| {
+            let entry = crate::schema::DeviceEntry {
+                name: "renamed".into(),
+                platform: "android".into(),
+                paired_at: 1,
+                revoked_at: Some(2),
+            };
+            Workspace::put_device(tx, &phone, &entry)
+        })
+        .unwrap();
+        assert_eq!(
+            Workspace::push_subscription(&d2, &phone).unwrap(),
+            Some(first.clone())
+        );
+        // Readers of the device entry (older ones too) read it with the extra field.
+        let read = Workspace::read(&d2).unwrap();
+        assert_eq!(read.devices[&phone.to_string()].name, "renamed");
+        assert!(read.skipped.is_empty(), "{:?}", read.skipped);
         check(&d2, phone, &mut p.clone(), |tx| {
             Workspace::set_push_subscription(tx, &phone, &push_sub("http://127.0.0.1:9/up"))
         })
