@@ -38,6 +38,10 @@ pub enum SchemaError {
     /// Automerge refused an operation.
     #[error("automerge: {0}")]
     Automerge(Box<automerge::AutomergeError>),
+    /// The device has no entry under `devices` (it has not received the desktop's record of
+    /// its pairing yet).
+    #[error("device {0} has no entry in the workspace yet: sync with the desktop first")]
+    NoDeviceEntry(String),
 }
 
 impl From<HydrateError> for SchemaError {
@@ -402,6 +406,55 @@ impl Workspace {
         Ok(())
     }
 
+    /// Writes (or replaces) a phone's Web Push subscription into its own device entry
+    /// (`devices/<id>/push`). Only the phone writes it ([`crate::PhoneWriteRules`]); an
+    /// optional field, which older readers ignore. `NoDeviceEntry` when the device has no entry.
+    pub fn set_push_subscription(
+        tx: &mut Transaction<'_>,
+        id: &DeviceId,
+        sub: &crate::push::PushSubscription,
+    ) -> Result<(), SchemaError> {
+        let entry = device_obj(tx, id)?;
+        reconcile_prop(tx, &entry, "push", sub)?;
+        Ok(())
+    }
+
+    /// Removes a phone's push subscription from its own device entry (nothing to do when it
+    /// has none). `NoDeviceEntry` when the device has no entry.
+    pub fn clear_push_subscription(
+        tx: &mut Transaction<'_>,
+        id: &DeviceId,
+    ) -> Result<(), SchemaError> {
+        let entry = device_obj(tx, id)?;
+        if tx.get(&entry, "push")?.is_some() {
+            tx.delete(&entry, "push")?;
+        }
+        Ok(())
+    }
+
+    /// A device's push subscription as written: `Ok(None)` when it has none (or no entry),
+    /// an error when `devices/<id>/push` does not have the subscription's shape. The values
+    /// are not checked here: see [`crate::push::PushSubscription::check`].
+    pub fn push_subscription<D: ReadDoc + autosurgeon::ReadDoc>(
+        doc: &D,
+        id: &DeviceId,
+    ) -> Result<Option<crate::push::PushSubscription>, SchemaError> {
+        let entry = match device_obj(doc, id) {
+            Ok(e) => e,
+            Err(SchemaError::NoDeviceEntry(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match ReadDoc::get(doc, &entry, "push")? {
+            None => Ok(None),
+            Some((automerge::Value::Object(ObjType::Map), _)) => {
+                Ok(Some(hydrate_prop(doc, &entry, "push")?))
+            }
+            Some(_) => {
+                Err(HydrateError::unexpected("a map", "another value at push".to_owned()).into())
+            }
+        }
+    }
+
     /// One task, if it exists.
     pub fn task<D: ReadDoc + autosurgeon::ReadDoc>(
         doc: &D,
@@ -725,6 +778,14 @@ pub fn clip(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+fn device_obj<D: ReadDoc>(doc: &D, id: &DeviceId) -> Result<ObjId, SchemaError> {
+    let devices = obj(doc, "devices")?;
+    match doc.get(&devices, id.to_string().as_str())? {
+        Some((automerge::Value::Object(ObjType::Map), entry)) => Ok(entry),
+        _ => Err(SchemaError::NoDeviceEntry(id.short())),
     }
 }
 

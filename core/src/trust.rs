@@ -68,6 +68,8 @@ pub struct Touched {
     cancels: BTreeSet<String>,
     /// Approvals under which the changes write the sender's decision, by id.
     decisions: BTreeSet<String>,
+    /// Whether the changes write or clear the sender's push subscription.
+    push: bool,
 }
 
 /// Decides whether a peer's new changes may enter the document.
@@ -115,8 +117,10 @@ pub const MAX_ID_BYTES: usize = 128;
 /// ([`crate::authorship`]), whichever peer delivered it. A change of the desktop itself (lost
 /// in a restore, handed back by a phone) is taken as it is. A change of a paired, unrevoked
 /// phone may only: add a user message authored by that phone, add a queued task created by it,
-/// set `cancel_requested_by` to it on an existing task, and add or rewrite its own decision on
-/// an approval. Anything else — an unsigned change, a change of a device that is not paired or
+/// set `cancel_requested_by` to it on an existing task, add or rewrite its own decision on
+/// an approval, and write or clear the Web Push subscription in its own device entry
+/// (`devices/<phone>/push`, checked by [`crate::PushSubscription::check`]: RFC 8291 §3 key
+/// lengths, a P-256 point, an `https://` endpoint). Anything else — an unsigned change, a change of a device that is not paired or
 /// was revoked, task status, events, results, another device's decision, the desktop section,
 /// deleting or editing messages — refuses the whole sync message.
 ///
@@ -135,6 +139,7 @@ enum NewObj {
     Task(String),
     Events,
     Decision,
+    Push,
 }
 
 type ObjKey = (u64, automerge::ActorId);
@@ -319,6 +324,20 @@ fn judge_phone_writes(peer: &DeviceId, doc: &Automerge, t: &Touched) -> Result<(
             ));
         }
     }
+    if t.push {
+        match crate::schema::Workspace::push_subscription(doc, peer) {
+            Ok(None) => {}
+            Ok(Some(sub)) => sub
+                .check()
+                .map_err(|e| format!("a push subscription that is not valid: {e}"))?,
+            Err(e) => {
+                return Err(format!(
+                    "a push subscription that is not valid: {}",
+                    crate::schema::clip(&e.to_string(), 120)
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -352,6 +371,7 @@ const TASK_FIELDS: &[&str] = &[
     "result",
 ];
 const DECISION_FIELDS: &[&str] = &["verdict", "at", "signature"];
+const PUSH_FIELDS: &[&str] = &["endpoint", "p256dh", "auth"];
 
 fn check_op(
     doc: &Automerge,
@@ -414,6 +434,7 @@ fn check_op(
             NewObj::Task(_) => is_scalar && TASK_FIELDS.contains(&field.as_str()),
             NewObj::Events => false,
             NewObj::Decision => is_scalar && DECISION_FIELDS.contains(&field.as_str()),
+            NewObj::Push => is_scalar && PUSH_FIELDS.contains(&field.as_str()),
         };
         if !allowed {
             let what = match obj {
@@ -421,6 +442,7 @@ fn check_op(
                 NewObj::Task(id) => format!("tasks/{id}/{field} on a new task"),
                 NewObj::Events => "task events".into(),
                 NewObj::Decision => format!("a decision field {field:?}"),
+                NewObj::Push => format!("a push subscription field {field:?}"),
             };
             return Err(denied(&what));
         }
@@ -475,6 +497,26 @@ fn check_op(
         }
         (["approvals", approval, "decisions"], _) => Err(denied(&format!(
             "a decision on approval {approval} under another device's key"
+        ))),
+        // Its own push subscription: made, cleared, or a field rewritten.
+        (["devices", who], OpType::Make(ObjType::Map)) if *who == me && field == "push" => {
+            new_objs.insert(opid, NewObj::Push);
+            touched.push = true;
+            Ok(())
+        }
+        (["devices", who], OpType::Delete) if *who == me && field == "push" => {
+            touched.push = true;
+            Ok(())
+        }
+        (["devices", who, "push"], OpType::Put(_))
+            if *who == me && PUSH_FIELDS.contains(&field.as_str()) =>
+        {
+            touched.push = true;
+            Ok(())
+        }
+        (["devices", who, ..], _) if *who != me => Err(denied(&format!(
+            "devices/{}/{field}, the entry of another device",
+            crate::schema::clip(who, 16)
         ))),
         _ => {
             let mut place = path.join("/");
@@ -984,6 +1026,187 @@ mod tests {
         })
         .unwrap_err();
         assert!(r.reason.contains("before the start"), "{}", r.reason);
+    }
+
+    /// [`setup`] with display entries for the phone and a second phone (`[3; 32]`), as the
+    /// desktop writes them at pairing.
+    fn setup_with_entries() -> (DeviceId, DeviceId, Automerge, Automerge) {
+        let (desk, phone, mut d, _) = setup();
+        d.transact::<_, _, SchemaError>(|tx| {
+            for id in [phone, DeviceId::from_bytes([3; 32])] {
+                let entry = crate::schema::DeviceEntry {
+                    name: "p".into(),
+                    platform: "android".into(),
+                    paired_at: 1,
+                    revoked_at: None,
+                };
+                Workspace::put_device(tx, &id, &entry)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let mut p = Automerge::new().with_actor(phone.actor_id());
+        p.merge(&mut d.clone()).unwrap();
+        (desk, phone, d, p)
+    }
+
+    // RFC 8291 Appendix A's user-agent key and secret: a real point and 16 bytes.
+    const UA_PUBLIC: &str =
+        "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+
+    fn push_sub(endpoint: &str) -> crate::PushSubscription {
+        crate::PushSubscription {
+            endpoint: endpoint.into(),
+            p256dh: UA_PUBLIC.into(),
+            auth: "BTBZMqHH6r4Tts7J_aSIgg".into(),
+        }
+    }
+
+    #[test]
+    fn a_phone_writes_replaces_and_clears_its_own_push_subscription() {
+        let (_, phone, d, mut p) = setup_with_entries();
+        let first = push_sub("https://up.example.org/up/abc");
+        check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::set_push_subscription(tx, &phone, &first)
+        })
+        .unwrap();
+        // Replacing it (fields rewritten in place) and clearing it, against a desktop that
+        // already holds the first one.
+        p.transact::<_, _, SchemaError>(|tx| Workspace::set_push_subscription(tx, &phone, &first))
+            .unwrap();
+        let mut d2 = d.clone();
+        d2.merge(&mut p.clone()).unwrap();
+        assert_eq!(
+            Workspace::push_subscription(&d2, &phone).unwrap(),
+            Some(first.clone())
+        );
+        // The desktop renaming the device rewrites its own fields only: the subscription stays.
+        d2.transact::<_, _, SchemaError>(|tx| {
+            let entry = crate::schema::DeviceEntry {
+                name: "renamed".into(),
+                platform: "android".into(),
+                paired_at: 1,
+                revoked_at: Some(2),
+            };
+            Workspace::put_device(tx, &phone, &entry)
+        })
+        .unwrap();
+        assert_eq!(
+            Workspace::push_subscription(&d2, &phone).unwrap(),
+            Some(first.clone())
+        );
+        // Readers of the device entry (older ones too) read it with the extra field.
+        let read = Workspace::read(&d2).unwrap();
+        assert_eq!(read.devices[&phone.to_string()].name, "renamed");
+        assert!(read.skipped.is_empty(), "{:?}", read.skipped);
+        check(&d2, phone, &mut p.clone(), |tx| {
+            Workspace::set_push_subscription(tx, &phone, &push_sub("http://127.0.0.1:9/up"))
+        })
+        .unwrap();
+        check(&d2, phone, &mut p, |tx| {
+            Workspace::clear_push_subscription(tx, &phone)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_push_subscriptions_are_refused_with_their_reason() {
+        let (_, phone, d, p) = setup_with_entries();
+        let refused = |sub: crate::PushSubscription| {
+            check(&d, phone, &mut p.clone(), |tx| {
+                Workspace::set_push_subscription(tx, &phone, &sub)
+            })
+            .unwrap_err()
+            .reason
+        };
+        let short_key = refused(crate::PushSubscription {
+            p256dh: UA_PUBLIC[..43].into(),
+            ..push_sub("https://up.example.org/x")
+        });
+        assert!(
+            short_key.contains("p256dh decodes to 32 bytes (it must be 65)"),
+            "{short_key}"
+        );
+        let short_auth = refused(crate::PushSubscription {
+            auth: "BTBZMqHH6r4".into(),
+            ..push_sub("https://up.example.org/x")
+        });
+        assert!(short_auth.contains("auth decodes to"), "{short_auth}");
+        let plain = refused(push_sub("http://up.example.org/x"));
+        assert!(
+            plain.contains("must be an https:// URL") && !plain.contains("/x"),
+            "{plain}"
+        );
+        let lan = refused(push_sub("http://192.168.1.2/x"));
+        assert!(lan.contains("https://"), "{lan}");
+        // Into another phone's entry, whatever the subscription.
+        let other = DeviceId::from_bytes([3; 32]);
+        let r = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::set_push_subscription(tx, &other, &push_sub("https://up.example.org/x"))
+        })
+        .unwrap_err()
+        .reason;
+        assert!(r.contains("the entry of another device"), "{r}");
+        let r = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::clear_push_subscription(tx, &other)
+        });
+        // Nothing to clear there: no operation, nothing refused; with one there, refused.
+        assert!(r.is_ok());
+        // Other fields of its own entry stay the desktop's.
+        let r = check(&d, phone, &mut p.clone(), |tx| {
+            let devices = tx
+                .get(automerge::ROOT, "devices")?
+                .map(|(_, id)| id)
+                .unwrap();
+            let mine = tx
+                .get(&devices, phone.to_string())?
+                .map(|(_, id)| id)
+                .unwrap();
+            tx.put(&mine, "name", "renamed")?;
+            Ok(())
+        })
+        .unwrap_err()
+        .reason;
+        assert!(r.contains("/name, which a phone may not write"), "{r}");
+        // A field the subscription does not have.
+        let r = check(&d, phone, &mut p.clone(), |tx| {
+            Workspace::set_push_subscription(tx, &phone, &push_sub("https://up.example.org/x"))?;
+            let devices = tx
+                .get(automerge::ROOT, "devices")?
+                .map(|(_, id)| id)
+                .unwrap();
+            let mine = tx
+                .get(&devices, phone.to_string())?
+                .map(|(_, id)| id)
+                .unwrap();
+            let push = tx.get(&mine, "push")?.map(|(_, id)| id).unwrap();
+            tx.put(&push, "vapid", "x")?;
+            Ok(())
+        })
+        .unwrap_err()
+        .reason;
+        assert!(r.contains("push subscription field"), "{r}");
+    }
+
+    #[test]
+    fn clearing_another_phones_push_subscription_is_refused() {
+        let (_, phone, mut d, _) = setup_with_entries();
+        let other = DeviceId::from_bytes([3; 32]);
+        let mut o = Automerge::new().with_actor(other.actor_id());
+        o.merge(&mut d.clone()).unwrap();
+        o.transact::<_, _, SchemaError>(|tx| {
+            Workspace::set_push_subscription(tx, &other, &push_sub("https://up.example.org/o"))
+        })
+        .unwrap();
+        d.merge(&mut o).unwrap();
+        let mut p = Automerge::new().with_actor(phone.actor_id());
+        p.merge(&mut d.clone()).unwrap();
+        let r = check(&d, phone, &mut p, |tx| {
+            Workspace::clear_push_subscription(tx, &other)
+        })
+        .unwrap_err()
+        .reason;
+        assert!(r.contains("the entry of another device"), "{r}");
     }
 
     #[test]

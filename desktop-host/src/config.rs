@@ -11,6 +11,7 @@
 //! shell_max_output_bytes = 1048576
 //! shell_sandbox = "on"             # "off" runs commands without the OS sandbox
 //! heartbeat_secs = 30
+//! push_min_interval_ms = 10000     # least time between two wake-up pushes to one phone
 //! relay = "default"                # n0's public relays when away from home; "off"; or a URL
 //! mdns = true                      # phones find this desktop on the local network
 //!
@@ -392,6 +393,9 @@ pub struct Config {
     pub shell_sandbox: ShellSandbox,
     /// Seconds between heartbeats written into the document.
     pub heartbeat_secs: u64,
+    /// Least time between two wake-up pushes to one phone, in milliseconds (events in between
+    /// are folded into the next push; [`crate::push`]).
+    pub push_min_interval_ms: u64,
     /// How several phones' decisions combine.
     pub approvals: Approvals,
     /// The relay phones reach this desktop through when no direct path works (away from home):
@@ -422,6 +426,7 @@ impl Default for Config {
             shell_max_output_bytes: 1024 * 1024,
             shell_sandbox: ShellSandbox::On,
             heartbeat_secs: 30,
+            push_min_interval_ms: 10_000,
             approvals: Approvals::default(),
             relay: "default".into(),
             mdns: true,

@@ -65,6 +65,8 @@ struct Inner {
     finished: Notify,
     /// The MCP connectors whose tools calls named `mcp__…` reach (none unless given).
     connectors: std::sync::OnceLock<Connectors>,
+    /// Wakes phones that are not connected when an approval is asked for or a task ends.
+    pusher: std::sync::OnceLock<crate::push::Pusher>,
     /// A running slot came free (a task ended or was suspended on an approval request).
     slot_freed: Notify,
     stopping: CancellationToken,
@@ -162,6 +164,7 @@ impl Executor {
                 input: tokio::sync::Mutex::new(None),
                 finished: Notify::new(),
                 connectors: std::sync::OnceLock::new(),
+                pusher: std::sync::OnceLock::new(),
                 slot_freed: Notify::new(),
                 stopping: CancellationToken::new(),
             }),
@@ -174,6 +177,15 @@ impl Executor {
     pub fn with_connectors(self, connectors: Connectors) -> Self {
         if self.inner.connectors.set(connectors).is_err() {
             tracing::warn!("the executor already has its connectors; these were not taken");
+        }
+        self
+    }
+
+    /// Sends content-free wake-up pushes through `pusher` ([`crate::push`]) when an approval
+    /// request is written or a task ends.
+    pub fn with_pusher(self, pusher: crate::push::Pusher) -> Self {
+        if self.inner.pusher.set(pusher).is_err() {
+            tracing::warn!("the executor already has its pusher; this one was not taken");
         }
         self
     }
@@ -334,6 +346,9 @@ impl Inner {
                 Ok(())
             })
             .await?;
+        if let (Some(p), false) = (self.pusher.get(), ids.is_empty()) {
+            p.notify(crate::push::Urgency::Normal);
+        }
         Ok(())
     }
 
@@ -874,6 +889,9 @@ impl Inner {
             .await?;
         crate::fault::crash_point("result");
         tracing::info!(task = %id, "{status}: {}", first_line(&summary));
+        if let Some(p) = self.pusher.get() {
+            p.notify(crate::push::Urgency::Normal);
+        }
         Ok(())
     }
 
@@ -1096,6 +1114,9 @@ impl TaskHost {
             )));
         }
         crate::fault::crash_point("approval");
+        if let Some(p) = inner.pusher.get() {
+            p.notify(crate::push::Urgency::High);
+        }
         // A decision may already be in the document (it raced the write above).
         inner.on_decision(&id, false);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ttl_ms as u64);

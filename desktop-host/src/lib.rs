@@ -12,6 +12,7 @@ pub mod mcp;
 pub mod model;
 pub mod paths;
 pub mod policy;
+pub mod push;
 pub mod registry;
 pub mod run_rules;
 mod scheduler;

@@ -81,8 +81,13 @@ pub async fn run(opts: Options) -> Result<()> {
     let node = Arc::new(node);
     let cancel = CancellationToken::new();
     let connectors = Connectors::new(&config, policy.registry().clone());
+    let pusher = deskhand_desktop_host::push::Pusher::new(
+        node.clone(),
+        Duration::from_millis(config.push_min_interval_ms),
+    )?;
     let executor = Executor::new(node.clone(), config, policy, agent, data.join("trash"))
-        .with_connectors(connectors.clone());
+        .with_connectors(connectors.clone())
+        .with_pusher(pusher.clone());
     let status: control::StatusFn = {
         let ex = executor.clone();
         Arc::new(move || serde_json::to_value(ex.status()).unwrap_or_default())
@@ -194,6 +199,8 @@ pub async fn run(opts: Options) -> Result<()> {
             tracing::warn!("control socket: {e:#}");
         }
         connectors.shutdown().await;
+        pusher.shutdown().await;
+        drop(pusher);
         match Arc::try_unwrap(node) {
             Ok(node) => node.shutdown().await,
             Err(_) => tracing::warn!("the node was still in use at shutdown"),

@@ -254,6 +254,28 @@ impl DeskhandPhone {
             .await
     }
 
+    /// Writes this phone's Web Push subscription (UnifiedPush on Android) into its own entry of
+    /// the workspace, so the desktop can wake it with pushes that carry nothing but "sync now"
+    /// while it is not connected. `endpoint`: the URL the distributor gave the app (`https://`;
+    /// `http://` only to a loopback host); `p256dh`: the app's P-256 public key, the 65-byte
+    /// uncompressed point, base64url; `auth`: the app's 16-byte secret, base64url (RFC 8291).
+    /// `Invalid` with the rule broken for a subscription the desktop would refuse.
+    pub async fn set_push_subscription(
+        &self,
+        endpoint: String,
+        p256dh: String,
+        auth: String,
+    ) -> Result<(), ApiError> {
+        self.call(move |p| async move { p.set_push_subscription(&endpoint, &p256dh, &auth).await })
+            .await
+    }
+
+    /// Removes this phone's push subscription: the desktop sends it no more pushes.
+    pub async fn clear_push_subscription(&self) -> Result<(), ApiError> {
+        self.call(move |p| async move { p.clear_push_subscription().await })
+            .await
+    }
+
     /// The current state.
     pub fn snapshot(&self) -> Result<PhoneSnapshot, ApiError> {
         Ok(self.phone.snapshot()?.into())

@@ -979,6 +979,71 @@ impl Phone {
         self.decide(id, Verdict::Deny).await
     }
 
+    /// Writes this phone's Web Push subscription into its own device entry of the workspace
+    /// (`devices/<phone>/push`), so that the desktop can wake it with content-free "sync now"
+    /// pushes while it is not connected. `endpoint`: the URL the push distributor gave the app;
+    /// `p256dh`: the app's P-256 public key, the 65-byte uncompressed point; `auth`: its 16-byte
+    /// secret; both base64url (RFC 8291 §2–§3). Replaces any earlier subscription.
+    ///
+    /// Errors: [`PhoneError::Invalid`] with the rule broken when the subscription would be
+    /// refused by the desktop ([`deskhand_core::PushSubscription::check`]: an `https://`
+    /// endpoint — `http://` only to a loopback host — of at most 1024 bytes, keys of the right
+    /// lengths, a point on the curve), or when the desktop's entry for this phone has not been
+    /// received yet; [`PhoneError::NotSynced`] before the first sync.
+    pub async fn set_push_subscription(
+        &self,
+        endpoint: &str,
+        p256dh: &str,
+        auth: &str,
+    ) -> Result<(), PhoneError> {
+        let sub = deskhand_core::PushSubscription {
+            endpoint: endpoint.trim().to_owned(),
+            p256dh: p256dh.trim().to_owned(),
+            auth: auth.trim().to_owned(),
+        };
+        sub.check().map_err(|e| PhoneError::Invalid {
+            reason: e.to_string(),
+        })?;
+        let node = self.node()?;
+        Self::require_workspace(&node)?;
+        let me = self.inner.id;
+        let current = node
+            .read(|d| Workspace::push_subscription(d, &me))
+            .ok()
+            .flatten();
+        if current.as_ref() == Some(&sub) {
+            return Ok(());
+        }
+        self.inner
+            .write(&node, |tx| Workspace::set_push_subscription(tx, &me, &sub))
+            .await
+    }
+
+    /// Removes this phone's push subscription from its device entry: the desktop sends it no
+    /// more pushes. Nothing is written when it has none.
+    pub async fn clear_push_subscription(&self) -> Result<(), PhoneError> {
+        let node = self.node()?;
+        Self::require_workspace(&node)?;
+        let me = self.inner.id;
+        let current = node.read(|d| Workspace::push_subscription(d, &me));
+        if matches!(current, Ok(None)) {
+            return Ok(());
+        }
+        self.inner
+            .write(&node, |tx| Workspace::clear_push_subscription(tx, &me))
+            .await
+    }
+
+    /// This phone's push subscription as its replica holds it, if any.
+    pub fn push_subscription(&self) -> Result<Option<deskhand_core::PushSubscription>, PhoneError> {
+        let node = self.node()?;
+        let me = self.inner.id;
+        node.read(|d| Workspace::push_subscription(d, &me))
+            .map_err(|e| PhoneError::Invalid {
+                reason: e.to_string(),
+            })
+    }
+
     async fn decide(&self, id: &ApprovalId, verdict: Verdict) -> Result<(), PhoneError> {
         let node = self.node()?;
         Self::require_workspace(&node)?;

@@ -606,6 +606,20 @@ async fn app_main(data: &std::path::Path, mdns: bool) -> Result<()> {
                     Ok(json!({"ok": true}))
                 }
                 "snapshot" => Ok(json!({"ok": true, "snapshot": phone.snapshot()?})),
+                "push_subscribe" => {
+                    phone
+                        .set_push_subscription(
+                            cmd["endpoint"].as_str().context("endpoint")?,
+                            cmd["p256dh"].as_str().context("p256dh")?,
+                            cmd["auth"].as_str().context("auth")?,
+                        )
+                        .await?;
+                    Ok(json!({"ok": true}))
+                }
+                "push_clear" => {
+                    phone.clear_push_subscription().await?;
+                    Ok(json!({"ok": true}))
+                }
                 other => bail!("unknown command {other:?}"),
             }
         }

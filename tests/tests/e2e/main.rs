@@ -11,6 +11,7 @@ mod executor;
 mod faults_net;
 mod hostile_peers;
 mod pairing;
+mod push;
 mod recovery;
 mod several_phones;
 mod sync;
