@@ -10,7 +10,7 @@
 //! - the handler ends: no request makes the desktop wait on its own;
 //! - what it sends is bounded by what was asked: for a requested blob at most its bytes and
 //!   their verification tree, nothing for a blob the store lacks, nothing but a refusal for
-//!   the requests the desktop does not serve (get-many, observe, push);
+//!   the requests the desktop does not serve (get-many, observe, push, a get past the blob);
 //! - the store is unchanged (no push lands, no entry is made for a hash asked about).
 
 #![allow(clippy::unwrap_used)]

@@ -70,18 +70,26 @@ pub enum BlobError {
 }
 
 /// The requests the desktop serves on the blob protocol, for iroh-blobs' provider: a paired
-/// phone fetches one blob at a time (`get`, the only request a phone makes). Everything else is
-/// refused — `get_many` and `push` (which would write into the desktop's store) outright, and
-/// `observe` (a subscription to a blob's state, which makes the store create an entry for any
-/// hash asked about: found by fuzzing, `fuzz/src/blob_harness.rs`) by a task that answers each
-/// with `Permission`; iroh-blobs has no switch to turn observing off.
+/// phone fetches one blob (`get` of a single blob's ranges: `GetRequest::blob` for the bytes,
+/// `get_verified_size`'s last chunk for the size — all a phone ever asks). Everything else is
+/// refused, each found by fuzzing (`fuzz/src/blob_harness.rs`, inputs kept in
+/// `fuzz/regressions/blob_protocol/`):
+/// - a `get` whose ranges reach past the blob itself (into the children of a hash sequence):
+///   iroh-blobs walks such a range spec child by child, so one with a huge offset kept a core
+///   busy for as long as the fuzzer would wait (10 s and more) — refused with `Permission`;
+/// - `observe` (a subscription to a blob's state, which made the store create an entry for any
+///   hash asked about) — refused with `Permission`;
+/// - `get_many` and `push` (which would write into the desktop's store) — disabled.
 ///
-/// Needs a tokio runtime (it spawns that task, which ends when the provider is dropped).
+/// The `get` and `observe` checks run in a task that answers iroh-blobs' intercept events
+/// (iroh-blobs has no switch for observing and no range limit). Needs a tokio runtime; the task
+/// ends when the provider is dropped.
 pub fn desktop_blob_events() -> iroh_blobs::provider::events::EventSender {
     use iroh_blobs::provider::events::{
         AbortReason, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
     };
     let mask = EventMask {
+        get: RequestMode::Intercept,
         get_many: RequestMode::Disabled,
         push: RequestMode::Disabled,
         observe: ObserveMode::Intercept,
@@ -90,8 +98,19 @@ pub fn desktop_blob_events() -> iroh_blobs::provider::events::EventSender {
     let (events, mut rx) = EventSender::channel(16, mask);
     tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            if let ProviderMessage::ObserveRequestReceived(msg) = msg {
-                msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            match msg {
+                ProviderMessage::GetRequestReceived(msg) => {
+                    let verdict = if msg.inner.request.ranges.is_blob() {
+                        Ok(())
+                    } else {
+                        Err(AbortReason::Permission)
+                    };
+                    msg.tx.send(verdict).await.ok();
+                }
+                ProviderMessage::ObserveRequestReceived(msg) => {
+                    msg.tx.send(Err(AbortReason::Permission)).await.ok();
+                }
+                _ => {}
             }
         }
     });
