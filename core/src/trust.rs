@@ -1062,6 +1062,18 @@ mod tests {
         }
     }
 
+    /// `devices/<id>` of the document being written.
+    fn device_entry(
+        tx: &mut automerge::transaction::Transaction<'_>,
+        id: &DeviceId,
+    ) -> Result<automerge::ObjId, automerge::AutomergeError> {
+        let devices = tx
+            .get(automerge::ROOT, "devices")?
+            .map(|(_, id)| id)
+            .unwrap();
+        Ok(tx.get(&devices, id.to_string())?.map(|(_, id)| id).unwrap())
+    }
+
     #[test]
     fn a_phone_writes_replaces_and_clears_its_own_push_subscription() {
         let (_, phone, d, mut p) = setup_with_entries();
@@ -1154,14 +1166,7 @@ mod tests {
         assert!(r.is_ok());
         // Other fields of its own entry stay the desktop's.
         let r = check(&d, phone, &mut p.clone(), |tx| {
-            let devices = tx
-                .get(automerge::ROOT, "devices")?
-                .map(|(_, id)| id)
-                .unwrap();
-            let mine = tx
-                .get(&devices, phone.to_string())?
-                .map(|(_, id)| id)
-                .unwrap();
+            let mine = device_entry(tx, &phone)?;
             tx.put(&mine, "name", "renamed")?;
             Ok(())
         })
@@ -1171,14 +1176,7 @@ mod tests {
         // A field the subscription does not have.
         let r = check(&d, phone, &mut p.clone(), |tx| {
             Workspace::set_push_subscription(tx, &phone, &push_sub("https://up.example.org/x"))?;
-            let devices = tx
-                .get(automerge::ROOT, "devices")?
-                .map(|(_, id)| id)
-                .unwrap();
-            let mine = tx
-                .get(&devices, phone.to_string())?
-                .map(|(_, id)| id)
-                .unwrap();
+            let mine = device_entry(tx, &phone)?;
             let push = tx.get(&mine, "push")?.map(|(_, id)| id).unwrap();
             tx.put(&push, "vapid", "x")?;
             Ok(())
