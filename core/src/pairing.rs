@@ -343,16 +343,9 @@ impl PairAnswer {
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .take(32)
                 .collect();
-            let message: String = a
-                .error
-                .chars()
-                .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
-                .filter(|c| !crate::terminal::is_unsafe(*c))
-                .take(300)
-                .collect();
             return Ok(ReadPairAnswer::Refused {
                 code,
-                message: message.trim().to_owned(),
+                message: safe_line(&a.error, &['\t', '\n'], 300).trim().to_owned(),
             });
         }
         let doc_id = match a.doc_id {
@@ -376,16 +369,20 @@ impl PairAnswer {
 /// characters (see [`crate::terminal::is_unsafe`]; tabs become spaces), no surrounding blanks,
 /// at most 64 characters; an empty result becomes `phone`.
 pub fn clean_device_name(name: &str) -> String {
-    let name: String = name
-        .chars()
-        .map(|c| if c == '\t' { ' ' } else { c })
-        .filter(|c| !crate::terminal::is_unsafe(*c))
-        .take(64)
-        .collect();
-    match name.trim() {
+    match safe_line(name, &['\t'], 64).trim() {
         "" => "phone".to_owned(),
         t => t.to_owned(),
     }
+}
+
+/// `text` with each of `spaced` made a space, then without control or format characters
+/// ([`crate::terminal::is_unsafe`]), cut to `max` characters.
+fn safe_line(text: &str, spaced: &[char], max: usize) -> String {
+    text.chars()
+        .map(|c| if spaced.contains(&c) { ' ' } else { c })
+        .filter(|c| !crate::terminal::is_unsafe(*c))
+        .take(max)
+        .collect()
 }
 
 fn pct(s: &str) -> String {
