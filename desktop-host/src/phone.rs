@@ -210,7 +210,7 @@ async fn deliver(phone: &Phone, what: &str, wait: u64) -> Result<()> {
             Ok(())
         }
         Err(e) => bail!(
-            "{} was not delivered and will not be sent: {}",
+            "{} is saved on this phone but was not delivered, and nothing sends it on its own: {}",
             line(what),
             line(&e.to_string())
         ),
@@ -444,7 +444,7 @@ async fn decide(phone: &Phone, prefix: &str, approve: bool, wait: u64) -> Result
             return Ok(());
         }
         Err(e) => bail!(
-            "the decision on {} was not delivered and will not be sent: {}",
+            "the decision on {} is saved on this phone but was not delivered, and nothing sends it on its own: {}",
             line(id.as_str()),
             line(&e.to_string())
         ),

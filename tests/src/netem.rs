@@ -652,6 +652,14 @@ mod tests {
         let (n, _) = b.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"ping b");
         assert_eq!(link.client_addrs().len(), 2);
+        // The scheduler counts a datagram after its send returns, which can be after the
+        // receiver already has it: wait (bounded) for the counts to settle.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while (link.stats(Dir::Up).sent, link.stats(Dir::Down).sent) != (2, 2)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(link.stats(Dir::Up).sent, 2);
         assert_eq!(link.stats(Dir::Down).sent, 2);
         stop.store(true, Ordering::Relaxed);

@@ -188,13 +188,26 @@ fn a_revoked_phone_is_told_so_remembers_it_and_promises_nothing() -> Result<()> 
         &id[..12],
     ])?)?;
 
-    // The first send after the revocation learns it: an error, no "queued" promise.
+    // The first send after the revocation learns it: an error, no "queued" promise. The phone
+    // learns it either before the write (its background session was refused first: nothing is
+    // written) or after it (kept on the phone, sent only once it is paired again).
     let r = deskhand(&["phone", "--data", path(&p1), "send", "after the revoke"])?;
     assert_ne!(r.code, 0, "{}", r.stdout);
     assert!(!r.stdout.contains("queued"), "{}", r.stdout);
     assert!(
         r.stderr.contains("this device was revoked by the desktop"),
         "{}",
+        r.stderr
+    );
+    let kept = r
+        .stderr
+        .contains("is saved on this phone but was not delivered");
+    assert_eq!(
+        kept,
+        all_texts(&show(&p1)?)
+            .iter()
+            .any(|t| t == "after the revoke"),
+        "the error says whether the phone kept the message: {}",
         r.stderr
     );
     // Remembered: the next command says so at once, without dialling, and writes nothing.
@@ -222,9 +235,12 @@ fn a_revoked_phone_is_told_so_remembers_it_and_promises_nothing() -> Result<()> 
     let v = show(&p1)?;
     assert!(v["desktop"]["revoked_at"].is_null(), "{v}");
     let out = serve.output();
-    assert!(
-        out.contains("after the revoke") && out.contains("back again"),
-        "{out}"
+    assert!(out.contains("back again"), "{out}");
+    assert_eq!(
+        out.contains("after the revoke"),
+        kept,
+        "what the phone kept is delivered, nothing else: {out}\nthe phone holds: {:?}",
+        all_texts(&v)
     );
 
     // The desktop logged a revoked device, not an unknown one.
