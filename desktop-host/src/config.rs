@@ -12,6 +12,7 @@
 //! shell_sandbox = "on"             # "off" runs commands without the OS sandbox
 //! heartbeat_secs = 30
 //! push_min_interval_ms = 10000     # least time between two wake-up pushes to one phone
+//! push_to_loopback = false         # wake-up pushes may go to a push server on this machine
 //! relay = "default"                # n0's public relays when away from home; "off"; or a URL
 //! mdns = true                      # phones find this desktop on the local network
 //!
@@ -396,6 +397,10 @@ pub struct Config {
     /// Least time between two wake-up pushes to one phone, in milliseconds (events in between
     /// are folded into the next push; [`crate::push`]).
     pub push_min_interval_ms: u64,
+    /// Wake-up pushes may go to a push server on this machine (a loopback address). Off by
+    /// default: the endpoint is chosen by a paired phone, and must not make the desktop POST
+    /// to its own local services ([`crate::push::refused_destination`]).
+    pub push_to_loopback: bool,
     /// How several phones' decisions combine.
     pub approvals: Approvals,
     /// The relay phones reach this desktop through when no direct path works (away from home):
@@ -427,6 +432,7 @@ impl Default for Config {
             shell_sandbox: ShellSandbox::On,
             heartbeat_secs: 30,
             push_min_interval_ms: 10_000,
+            push_to_loopback: false,
             approvals: Approvals::default(),
             relay: "default".into(),
             mdns: true,

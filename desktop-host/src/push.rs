@@ -17,8 +17,18 @@
 //! [`RETRIES`] times; `404`/`410` means the subscription is gone: no more pushes to it until the
 //! phone writes another (the phone owns its entry; the desktop never edits it). Logs name the
 //! endpoint's host only: its path is a capability.
+//!
+//! Where a push may go is the desktop's rule, not the phone's: the endpoint is chosen by a
+//! paired phone, so it must not make the desktop POST to itself or to link-local services
+//! (a cloud metadata address, a router's admin page). A destination — a literal address in the
+//! URL or every address its name resolves to — that is loopback, link-local, unspecified,
+//! multicast or broadcast is refused ([`refused_destination`]); loopback only unless the host's
+//! `push_to_loopback` allows it (a push server on the desktop itself). Addresses on the local
+//! network are allowed: a self-hosted push server there is a normal setup. A refused
+//! subscription is treated as gone.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +82,7 @@ struct Inner {
     node: Arc<Node>,
     client: reqwest::Client,
     min_interval: Duration,
+    allow_loopback: bool,
     phones: Mutex<HashMap<DeviceId, PhoneState>>,
     workers: Mutex<tokio::task::JoinSet<()>>,
     cancel: CancellationToken,
@@ -100,12 +111,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Pusher {
     /// A pusher for `node`'s paired phones, at most one push per phone per `min_interval`
-    /// (the host's `push_min_interval_ms`, 10 s by default).
-    pub fn new(node: Arc<Node>, min_interval: Duration) -> Result<Self, PushSetupError> {
+    /// (the host's `push_min_interval_ms`, 10 s by default). `allow_loopback` (the host's
+    /// `push_to_loopback`, off by default) lets pushes go to a server on this machine.
+    pub fn new(
+        node: Arc<Node>,
+        min_interval: Duration,
+        allow_loopback: bool,
+    ) -> Result<Self, PushSetupError> {
         crate::model::sse::install_crypto();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(REQUEST_TIMEOUT)
+            // No proxy: the destination rule is checked on the addresses actually dialled.
+            .no_proxy()
+            .dns_resolver(AllowedDestinations { allow_loopback })
             .build()
             .map_err(|e| PushSetupError(e.without_url().to_string()))?;
         Ok(Self {
@@ -113,6 +132,7 @@ impl Pusher {
                 node,
                 client,
                 min_interval,
+                allow_loopback,
                 phones: Mutex::new(HashMap::new()),
                 workers: Mutex::new(tokio::task::JoinSet::new()),
                 cancel: CancellationToken::new(),
@@ -257,7 +277,12 @@ impl Inner {
                 Ok(status) => {
                     tracing::warn!(phone = %id.short(), host = %host, status = status.as_u16(), attempt, "the push service refused a wake-up push");
                 }
-                Err(e) => {
+                Err(SendError::Destination(why)) => {
+                    tracing::warn!(phone = %id.short(), host = %host,
+                        "not sending wake-up pushes to this phone's push endpoint: {why}");
+                    return Outcome::Gone;
+                }
+                Err(SendError::Other(e)) => {
                     tracing::warn!(phone = %id.short(), host = %host, attempt, "a wake-up push failed: {e}");
                 }
             }
@@ -270,17 +295,25 @@ impl Inner {
         &self,
         sub: &PushSubscription,
         urgency: Urgency,
-    ) -> Result<reqwest::StatusCode, String> {
+    ) -> Result<reqwest::StatusCode, SendError> {
         let (Ok(url), Ok(ua_public), Ok(auth)) =
             (sub.endpoint_url(), sub.ua_public(), sub.auth_secret())
         else {
-            return Err("the subscription is not valid".into());
+            return Err(SendError::Other("the subscription is not valid".into()));
         };
+        // The URL parser normalised the host (`http://2130706433/` is `127.0.0.1`).
+        let literal = url
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<IpAddr>().ok());
+        if let Some(why) = literal.and_then(|ip| refused_destination(ip, self.allow_loopback)) {
+            return Err(SendError::Destination(why));
+        }
         let ua_public = web_push_native::p256::PublicKey::from_sec1_bytes(&ua_public)
-            .map_err(|_| "the subscription's key is not a P-256 point".to_owned())?;
+            .map_err(|_| SendError::Other("the subscription's key is not a P-256 point".into()))?;
         let auth = web_push_native::Auth::clone_from_slice(&auth);
         let body = web_push_native::encrypt(PAYLOAD.to_vec(), &ua_public, &auth)
-            .map_err(|e| format!("encrypting: {e}"))?;
+            .map_err(|e| SendError::Other(format!("encrypting: {e}")))?;
         let response = self
             .client
             .post(url)
@@ -291,8 +324,99 @@ impl Inner {
             .body(body)
             .send()
             .await
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(|e| {
+                // The resolver's refusal comes back as the request's source error.
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    if let Some(d) = s.downcast_ref::<DestinationRefused>() {
+                        return SendError::Destination(d.0.clone());
+                    }
+                    source = s.source();
+                }
+                SendError::Other(e.without_url().to_string())
+            })?;
         Ok(response.status())
+    }
+}
+
+/// Why one POST was not made or failed.
+#[derive(Debug)]
+enum SendError {
+    /// The endpoint's address is one pushes are never sent to: the subscription is not used.
+    Destination(String),
+    /// Anything else (network, TLS, encryption): retried.
+    Other(String),
+}
+
+/// Why a push is not sent to `ip`, or `None` when it may be: loopback (unless
+/// `allow_loopback`), unspecified, link-local (`169.254.0.0/16`, `fe80::/10`; RFC 3927, RFC 4291
+/// §2.5.6), multicast and the IPv4 broadcast address. An IPv4-mapped IPv6 address is judged as
+/// the IPv4 address it carries.
+pub fn refused_destination(ip: IpAddr, allow_loopback: bool) -> Option<String> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    let kind = match ip {
+        _ if ip.is_loopback() && allow_loopback => return None,
+        _ if ip.is_loopback() => {
+            return Some(format!(
+                "{ip} is this machine (set push_to_loopback = true in config.toml to allow a push server here)"
+            ));
+        }
+        _ if ip.is_unspecified() => "unspecified",
+        _ if ip.is_multicast() => "multicast",
+        IpAddr::V4(v4) if v4.is_link_local() => "link-local",
+        IpAddr::V4(v4) if v4.is_broadcast() => "broadcast",
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => "link-local",
+        _ => return None,
+    };
+    Some(format!("{ip} is a {kind} address"))
+}
+
+/// The resolver's refusal: every address of the endpoint's name is refused.
+#[derive(Debug)]
+struct DestinationRefused(String);
+
+impl std::fmt::Display for DestinationRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DestinationRefused {}
+
+/// The push client's resolver: the system's, with refused destinations removed, so the rule
+/// holds for the address actually dialled (no second lookup to race).
+struct AllowedDestinations {
+    allow_loopback: bool,
+}
+
+impl reqwest::dns::Resolve for AllowedDestinations {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_loopback = self.allow_loopback;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut why = None;
+            let kept: Vec<SocketAddr> = all
+                .into_iter()
+                .filter(|a| match refused_destination(a.ip(), allow_loopback) {
+                    Some(w) => {
+                        why.get_or_insert(w);
+                        false
+                    }
+                    None => true,
+                })
+                .collect();
+            match (kept.is_empty(), why) {
+                (true, Some(why)) => Err(Box::new(DestinationRefused(format!(
+                    "{host} resolves only to refused addresses: {why}"
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>),
+                _ => Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
     }
 }
 
@@ -312,5 +436,75 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(PAYLOAD).unwrap();
         assert_eq!(v, serde_json::json!({"v": 1, "sync": true}));
         assert!(Urgency::High > Urgency::Normal);
+    }
+
+    #[test]
+    fn pushes_never_go_to_this_machine_or_link_local_services_unless_loopback_is_allowed() {
+        let refused = |ip: &str, allow| refused_destination(ip.parse().unwrap(), allow);
+        for ip in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "::",
+            "169.254.169.254",
+            "fe80::1",
+            "224.0.0.251",
+            "ff02::fb",
+            "255.255.255.255",
+        ] {
+            assert!(refused(ip, false).is_some(), "{ip} allowed");
+        }
+        let why = refused("127.0.0.1", false).unwrap();
+        assert!(why.contains("push_to_loopback"), "{why}");
+        assert!(
+            refused("169.254.169.254", false)
+                .unwrap()
+                .contains("link-local")
+        );
+        // Loopback only by the host's setting; the rest stays refused.
+        assert_eq!(refused("127.0.0.1", true), None);
+        assert_eq!(refused("::ffff:127.0.0.1", true), None);
+        assert!(refused("169.254.169.254", true).is_some());
+        // Public and local-network addresses are allowed (a self-hosted push server on the LAN).
+        for ip in [
+            "93.184.216.34",
+            "192.168.1.20",
+            "10.0.0.7",
+            "2001:db8::1",
+            "fd00::5",
+        ] {
+            assert_eq!(refused(ip, false), None, "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_only_to_this_machine_is_refused_by_the_resolver() {
+        use reqwest::dns::Resolve as _;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = match (AllowedDestinations {
+            allow_loopback: false,
+        })
+        .resolve(name)
+        .await
+        {
+            Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e,
+        };
+        assert!(err.downcast_ref::<DestinationRefused>().is_some(), "{err}");
+        assert!(
+            err.to_string()
+                .contains("localhost resolves only to refused addresses")
+        );
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let addrs: Vec<SocketAddr> = (AllowedDestinations {
+            allow_loopback: true,
+        })
+        .resolve(name)
+        .await
+        .unwrap()
+        .collect();
+        assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()));
     }
 }

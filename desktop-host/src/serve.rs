@@ -84,6 +84,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let pusher = deskhand_desktop_host::push::Pusher::new(
         node.clone(),
         Duration::from_millis(config.push_min_interval_ms),
+        config.push_to_loopback,
     )?;
     let executor = Executor::new(node.clone(), config, policy, agent, data.join("trash"))
         .with_connectors(connectors.clone())

@@ -249,7 +249,10 @@ fn phone_keys() -> Result<(p256::SecretKey, String, Vec<u8>, String)> {
 #[test]
 fn a_phone_that_is_away_is_woken_by_pushes_that_carry_nothing() -> Result<()> {
     let endpoint = Endpoint::start()?;
-    let desk = Desk::start("approval_timeout_secs = 2\npush_min_interval_ms = 300\n")?;
+    // The endpoint is on this machine: allowed only by the desktop's own setting.
+    let desk = Desk::start(
+        "approval_timeout_secs = 2\npush_min_interval_ms = 300\npush_to_loopback = true\n",
+    )?;
     let secret_path = "/up/7f3c9e1d-capability-of-the-phone?t=s3cr3t";
     let url = format!("http://127.0.0.1:{}{secret_path}", endpoint.port);
     let (ua_secret, p256dh, auth, auth_s) = phone_keys()?;
@@ -345,6 +348,34 @@ fn a_phone_that_is_away_is_woken_by_pushes_that_carry_nothing() -> Result<()> {
         endpoint.requests().len(),
         3,
         "pushed to a subscription that is gone"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_push_endpoint_on_the_desktop_itself_gets_nothing_unless_the_desktop_allows_it() -> Result<()> {
+    let endpoint = Endpoint::start()?;
+    // The default configuration: a phone's endpoint may not point at the desktop's own services.
+    let desk = Desk::start("approval_timeout_secs = 2\npush_min_interval_ms = 300\n")?;
+    let (_secret, p256dh, _auth, auth_s) = phone_keys()?;
+    let mut app = NodeProc::spawn(&node_bin(), &desk.phone_dir("app"), "app", None)?;
+    app.ok(json!({"cmd": "pair", "payload": desk.serve.payload}))?;
+    app.ok(json!({"cmd": "sync", "timeout_ms": 20_000}))?;
+    // The phone's rules accept it (a push server on the phone's own loopback is its business);
+    // the desktop, which dials it, refuses.
+    let url = format!("http://127.0.0.1:{}/up/x", endpoint.port);
+    app.ok(json!({"cmd": "push_subscribe", "endpoint": &url, "p256dh": &p256dh, "auth": &auth_s}))?;
+    app.ok(json!({"cmd": "sync", "timeout_ms": 20_000}))?;
+    app.quit()?;
+    desk.pair("B", "0", &desk.code()?)?;
+    let t = task_id(&ok(desk.phone("B", "0", &["task", "mkdir ~/x"])?)?)?;
+    desk.approval_of("B", "0", &t)?;
+    desk.finished("B", "0", &t)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        endpoint.requests().is_empty(),
+        "the desktop pushed to its own loopback {} times",
+        endpoint.requests().len()
     );
     Ok(())
 }
