@@ -1,0 +1,108 @@
+//! The committed version-1 fixture (`tests/fixtures/v1`, written by `tests/fixtures/v1/make`
+//! with the release that keeps the whole workspace in one Automerge document): the redb files
+//! of a desktop and two phones. Each is opened from a copy (opening runs the store's
+//! migrations, which may write) and must hold exactly the messages, tasks and approvals the
+//! phones showed when the fixture was made (`expected.json`). This is the baseline the
+//! multi-document migration is tested against: whatever the layout becomes, these files must
+//! still read as the same conversation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use automerge::Automerge;
+use deskhand_core::Workspace;
+use deskhand_sync::store::Store;
+use serde_json::{Value, json};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v1")
+}
+
+/// The workspace document held by the redb file at `db` (a copy is opened, not the fixture).
+fn workspace(db: &Path) -> Result<Workspace> {
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("deskhand.redb");
+    std::fs::copy(db, &copy).with_context(|| format!("copying {}", db.display()))?;
+    let (_store, _thread, loaded) = Store::open(&copy)?;
+    let mut doc = match &loaded.snapshot {
+        Some(s) => Automerge::load(s)?,
+        None => Automerge::new(),
+    };
+    for c in &loaded.chunks {
+        doc.load_incremental(c)?;
+    }
+    let ws = Workspace::read(&doc)?;
+    ensure!(ws.skipped.is_empty(), "items left out: {:?}", ws.skipped);
+    Ok(ws)
+}
+
+/// What must survive any migration, in the form `make` wrote `expected.json`.
+fn kept(ws: &Workspace) -> Value {
+    let mut tasks: Vec<Value> = ws
+        .tasks
+        .values()
+        .map(|t| json!({"id": t.id.as_str(), "prompt": t.prompt, "status": t.status.as_str()}))
+        .collect();
+    tasks.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let approvals: Vec<Value> = ws
+        .approvals
+        .values()
+        .map(|a| {
+            json!({
+                "id": a.id.as_str(),
+                "task_id": a.task_id.as_str(),
+                "resolution": a.resolution.as_ref().map(|r| r.verdict.as_str()),
+            })
+        })
+        .collect();
+    json!({
+        "messages": ws.messages.iter().map(|m| json!({
+            "id": m.id.as_str(), "author": m.author, "text": m.text,
+        })).collect::<Vec<_>>(),
+        "tasks": tasks,
+        "approvals": approvals,
+    })
+}
+
+#[test]
+fn the_v1_fixture_reads_as_the_conversation_it_was_made_from() -> Result<()> {
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("expected.json"))?)?;
+    // The fixture is what `make` says it is (so this test cannot pass on an empty one).
+    assert_eq!(expected["messages"].as_array().map(Vec::len), Some(10));
+    assert_eq!(expected["tasks"].as_array().map(Vec::len), Some(7));
+    assert_eq!(expected["approvals"].as_array().map(Vec::len), Some(3));
+    for who in ["desk", "alpha", "beta"] {
+        let ws = workspace(&fixture().join(who).join("deskhand.redb"))?;
+        assert_eq!(ws.schema_version, 1, "{who}");
+        assert_eq!(kept(&ws), expected, "{who}");
+    }
+    // The desktop's registry and per-peer sync states come along too: alpha and beta paired,
+    // gamma revoked (the migration must keep who may sync, and what each peer already has).
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("deskhand.redb");
+    std::fs::copy(fixture().join("desk/deskhand.redb"), &copy)?;
+    let (_store, _thread, loaded) = Store::open(&copy)?;
+    let peers: Vec<Value> = loaded
+        .peers
+        .iter()
+        .map(|(_, json)| serde_json::from_slice(json))
+        .collect::<Result<_, _>>()?;
+    let mut names: Vec<(&str, bool)> = peers
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("?"),
+                !p["revoked_at"].is_null(),
+            )
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, [("alpha", false), ("beta", false), ("gamma", true)]);
+    assert_eq!(
+        loaded.sync_states.len(),
+        3,
+        "a sync state per peer that synced"
+    );
+    Ok(())
+}
