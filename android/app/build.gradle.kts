@@ -58,8 +58,10 @@ dependencies {
     implementation("androidx.lifecycle:lifecycle-viewmodel-compose:2.8.7")
     implementation("androidx.lifecycle:lifecycle-runtime-compose:2.8.7")
     implementation("androidx.core:core-ktx:1.15.0")
-    // BiometricPrompt needs a FragmentActivity; biometric 1.1.0 alone would pull fragment 1.2.
+    // BiometricPrompt needs a FragmentActivity (biometric 1.1.0 alone would pull fragment 1.2),
+    // and its fingerprint dialog before Android 9 an AppCompat theme.
     implementation("androidx.fragment:fragment-ktx:1.8.5")
+    implementation("androidx.appcompat:appcompat:1.7.0")
     implementation("androidx.biometric:biometric:1.1.0")
     // The pair screen's camera and QR decoding (no Google Play services).
     implementation("androidx.camera:camera-camera2:1.4.1")

@@ -1,6 +1,7 @@
 package dev.deskhand.app.push
 
 import android.Manifest
+import android.annotation.SuppressLint
 import android.app.Notification
 import android.app.NotificationChannel
 import android.app.NotificationManager
@@ -36,7 +37,6 @@ object LocalNotifications {
 
     /** Creates the channels (idempotent; Android keeps the user's settings of existing ones). */
     fun createChannels(context: Context) {
-        if (Build.VERSION.SDK_INT < Build.VERSION_CODES.O) return
         val manager = context.getSystemService(NotificationManager::class.java)
         manager.createNotificationChannels(
             listOf(
@@ -62,6 +62,7 @@ object LocalNotifications {
             ) && NotificationManagerCompat.from(context).areNotificationsEnabled()
 
     /** Posts [notices]; nothing when notifications are not allowed. */
+    @SuppressLint("MissingPermission") // allowed() checks POST_NOTIFICATIONS first
     fun post(context: Context, notices: List<Notice>) {
         if (notices.isEmpty() || !allowed(context)) return
         val manager = NotificationManagerCompat.from(context)
