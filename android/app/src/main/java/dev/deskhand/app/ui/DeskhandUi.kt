@@ -66,7 +66,7 @@ private fun Paired(
 ) {
     val pairing by models.pairing.state.collectAsStateWithLifecycle()
     if (!pairing.ready) {
-        PairScreen(models.pairing)
+        PairScreen(models.pairing, models.devices)
         return
     }
     val approvals by models.approvals.state.collectAsStateWithLifecycle()

@@ -32,6 +32,7 @@ import androidx.compose.ui.platform.LocalContext
 import androidx.compose.ui.unit.dp
 import androidx.core.content.ContextCompat
 import androidx.lifecycle.compose.collectAsStateWithLifecycle
+import dev.deskhand.app.model.DevicesModel
 import dev.deskhand.app.model.PairingModel
 
 /**
@@ -39,8 +40,9 @@ import dev.deskhand.app.model.PairingModel
  * code; its refusal is shown in its own words ([PairingModel.error]).
  */
 @Composable
-fun PairScreen(model: PairingModel) {
+fun PairScreen(model: PairingModel, devices: DevicesModel) {
     val state by model.state.collectAsStateWithLifecycle()
+    val forgetError by devices.error.collectAsStateWithLifecycle()
     val context = LocalContext.current
     var code by rememberSaveable { mutableStateOf("") }
     var scanning by rememberSaveable { mutableStateOf(false) }
@@ -118,6 +120,9 @@ fun PairScreen(model: PairingModel) {
         ErrorLine(state.error, model::dismissError)
         if (state.paired && !state.ready) {
             Text("Paired with ${state.desktopName}. Receiving the workspace…")
+            // A desktop that never answers again should not hold the phone: pair with another.
+            TextButton(onClick = { devices.forgetDesktop() }) { Text("Forget it and pair with another desktop") }
+            ErrorLine(forgetError, devices::dismissError)
         }
     }
 }
