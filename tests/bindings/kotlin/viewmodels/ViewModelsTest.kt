@@ -388,15 +388,20 @@ class ViewModelsTest {
         assertEquals(emptyList<Notice>(), WakeUpNotifier(notifier.remembered).notices(asking))
         assertTrue(target.exists(), "nothing may happen before the approval")
 
+        assertEquals(emptyList<Int>(), notifier.outdated(asking), "the request still waits")
+
         // Approved from the notification's screen; the task's end wakes the phone again.
         assertEquals(true, approvals.approve(request.id).await())
+        assertEquals(listOf(notice.notificationId), notifier.outdated(session.phone.snapshot()), "decided here: withdrawn")
         val done = wakeUntil("the task done") { s -> s.tasks.any { it.id == tid && it.status == TaskStatus.DONE } }
+        assertEquals(listOf(notice.notificationId), notifier.outdated(done), "resolved: withdrawn")
         val finished = notifier.notices(done)
         assertEquals(1, finished.size, "one notice for the finished task, none for the decided request: $finished")
         assertEquals(NoticeChannel.TASKS, finished.single().channel)
         assertEquals("Task done", finished.single().title)
         assertEquals("trash ~/wake.txt", finished.single().text)
         assertEquals(emptyList<Notice>(), notifier.notices(wakeUntil("a last sync") { true }))
+        assertEquals(emptyList<Int>(), notifier.outdated(done), "a resolved request is forgotten once withdrawn")
         assertFalse(target.exists(), "the approved trash did not happen")
 
         // The same document seen other ways: another final state, another phone's task, an

@@ -77,6 +77,18 @@ class WakeUpNotifier(remembered: Set<String> = emptySet()) {
         fresh
     }
 
+    /**
+     * Notification ids ([Notice.notificationId]) of approval notices given (or seen) before whose
+     * request no longer waits for this phone: decided here or on another phone, resolved,
+     * expired. The app removes those notifications. Call it before [notices] or [markSeen],
+     * which forget the keys of requests no longer pending.
+     */
+    fun outdated(snapshot: PhoneSnapshot): List<Int> = synchronized(lock) {
+        if (!snapshot.workspaceReceived) return emptyList()
+        val waiting = candidates(snapshot).filter { it.channel == NoticeChannel.APPROVALS }.map { it.key }.toSet()
+        seen.filter { it.startsWith(APPROVAL_PREFIX) && it !in waiting }.map { it.hashCode() }
+    }
+
     /** Records everything [snapshot] would notify as already shown (the app is on screen). */
     fun markSeen(snapshot: PhoneSnapshot) {
         synchronized(lock) {
@@ -137,7 +149,9 @@ class WakeUpNotifier(remembered: Set<String> = emptySet()) {
             Risk.HIGH -> "high"
         }
 
-        private fun approvalKey(id: String) = "approval:$id"
+        private const val APPROVAL_PREFIX = "approval:"
+
+        private fun approvalKey(id: String) = APPROVAL_PREFIX + id
 
         private fun taskKey(id: String) = "task:$id"
     }

@@ -98,6 +98,13 @@ object LocalNotifications {
         }
     }
 
+    /** Removes the notifications [ids] (requests decided or resolved meanwhile). */
+    fun cancel(context: Context, ids: List<Int>) {
+        if (ids.isEmpty()) return
+        val manager = NotificationManagerCompat.from(context)
+        ids.forEach { manager.cancel(it) }
+    }
+
     /** The silent notification of a running wake-up sync. */
     fun syncNotification(context: Context): Notification =
         NotificationCompat.Builder(context, CHANNEL_SYNC)

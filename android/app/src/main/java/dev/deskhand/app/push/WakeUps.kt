@@ -122,11 +122,15 @@ class WakeUps(private val app: DeskhandApp) {
     /** The app is on screen: what [snapshot] holds counts as seen. */
     fun markSeen(snapshot: PhoneSnapshot) {
         val before = notifier.remembered
+        LocalNotifications.cancel(app, notifier.outdated(snapshot))
         notifier.markSeen(snapshot)
         persist(before)
     }
 
-    /** After a wake-up sync: posts what is new in the phone's replica (nothing while on screen). */
+    /**
+     * After a wake-up sync: posts what is new in the phone's replica (nothing while on screen)
+     * and removes approval notifications whose request no longer waits.
+     */
     fun notifyFrom(session: PhoneSession) {
         val snapshot = try {
             session.phone.snapshot()
@@ -138,6 +142,7 @@ class WakeUps(private val app: DeskhandApp) {
             return
         }
         val before = notifier.remembered
+        LocalNotifications.cancel(app, notifier.outdated(snapshot))
         LocalNotifications.post(app, notifier.notices(snapshot))
         persist(before)
     }
