@@ -53,9 +53,25 @@ dependencies {
     implementation(platform("androidx.compose:compose-bom:2024.12.01"))
     implementation("androidx.compose.ui:ui")
     implementation("androidx.compose.material3:material3")
+    implementation("androidx.compose.material:material-icons-core")
     implementation("androidx.activity:activity-compose:1.9.3")
     implementation("androidx.lifecycle:lifecycle-viewmodel-compose:2.8.7")
     implementation("androidx.lifecycle:lifecycle-runtime-compose:2.8.7")
+    implementation("androidx.core:core-ktx:1.15.0")
+    // BiometricPrompt needs a FragmentActivity (biometric 1.1.0 alone would pull fragment 1.2),
+    // and its fingerprint dialog before Android 9 an AppCompat theme.
+    implementation("androidx.fragment:fragment-ktx:1.8.5")
+    implementation("androidx.appcompat:appcompat:1.7.0")
+    implementation("androidx.biometric:biometric:1.1.0")
+    // The pair screen's camera and QR decoding (no Google Play services).
+    implementation("androidx.camera:camera-camera2:1.4.1")
+    implementation("androidx.camera:camera-lifecycle:1.4.1")
+    implementation("androidx.camera:camera-view:1.4.1")
+    implementation("com.google.zxing:core:3.5.3")
+    // Wake-ups: UnifiedPush (3.x makes and keeps the RFC 8291 keys and decrypts), and the
+    // expedited job that syncs when one arrives.
+    implementation("org.unifiedpush.android:connector:3.0.10")
+    implementation("androidx.work:work-runtime-ktx:2.10.0")
     // uniffi's Android bindings use @RequiresApi.
     implementation("androidx.annotation:annotation:1.9.1")
 }

@@ -7,8 +7,10 @@ import deskhand.mobile.Delivery
 import deskhand.mobile.KeyProvider
 import deskhand.mobile.MessageRole
 import deskhand.mobile.PhoneSettings
+import deskhand.mobile.PhoneSnapshot
 import deskhand.mobile.Risk
 import deskhand.mobile.TaskStatus
+import deskhand.mobile.Verdict
 import deskhand.mobile.initPlatform
 import deskhand.mobile.newDeviceSecret
 import java.io.File
@@ -21,6 +23,7 @@ import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.SupervisorJob
 import kotlinx.coroutines.TimeoutCancellationException
 import kotlinx.coroutines.cancel
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.flow.StateFlow
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.runBlocking
@@ -336,5 +339,84 @@ class ViewModelsTest {
         // With nothing unsent, forgetting works.
         assertEquals(true, devices.forgetDesktop().await(), "forget: ${devices.error.value}")
         devices.state.until("not paired") { it.presence == DesktopPresence.NotPaired }
+    }
+
+    @Test
+    fun `wake-up syncs notify a pending approval and a finished task once each`(): Unit = runBlocking {
+        pair()
+        val conversation = ConversationModel(session)
+        val approvals = ApprovalsModel(session)
+        val notifier = WakeUpNotifier()
+        // The app was on screen while pairing: what exists now counts as seen.
+        notifier.markSeen(session.phone.snapshot())
+
+        val target = File(desk.home, "wake.txt").apply { writeText("bye\n") }
+        val id = need(conversation.send("trash ~/wake.txt").await())
+        conversation.state.until("the message delivered") { s -> s.messages.any { it.id == id && it.delivery == Delivery.SYNCED } }
+        val tid = conversation.taskIdOf(id)
+
+        // The app goes to the background; each push then runs one sync that leaves sync off.
+        session.onBackground()
+        val inBackground = { false }
+        suspend fun wakeUntil(what: String, pred: (PhoneSnapshot) -> Boolean): PhoneSnapshot {
+            val deadline = System.currentTimeMillis() + WAIT_MS
+            while (true) {
+                val failed = session.syncOnce(keepRunning = inBackground)
+                val s = session.phone.snapshot()
+                assertFalse(s.syncing, "a wake-up sync in the background must leave sync off")
+                if (failed == null && pred(s)) return s
+                if (System.currentTimeMillis() > deadline) {
+                    throw AssertionError("timed out after $WAIT_MS ms of wake-up syncs waiting for $what; last error: $failed")
+                }
+                delay(100)
+            }
+        }
+
+        val asking = wakeUntil("the trash request") { s -> s.pendingApprovals.any { it.taskId == tid } }
+        val request = asking.pendingApprovals.first { it.taskId == tid }
+        val first = notifier.notices(asking)
+        assertEquals(1, first.size, "one notice for one new request: $first")
+        val notice = first.single()
+        assertEquals(NoticeChannel.APPROVALS, notice.channel)
+        assertEquals(request.summary, notice.text)
+        assertEquals("Approval needed · medium risk", notice.title)
+        assertEquals(tid, notice.taskId)
+        assertTrue(notice.detail!!.contains("trash") && notice.detail!!.contains("wake.txt"), "the exact action: ${notice.detail}")
+        // The next push for the same state: nothing again.
+        assertEquals(emptyList<Notice>(), notifier.notices(wakeUntil("a second sync") { true }))
+        // What the app persists: a fresh notifier from it does not repeat the request either.
+        assertEquals(emptyList<Notice>(), WakeUpNotifier(notifier.remembered).notices(asking))
+        assertTrue(target.exists(), "nothing may happen before the approval")
+
+        assertEquals(emptyList<Int>(), notifier.outdated(asking), "the request still waits")
+
+        // Approved from the notification's screen; the task's end wakes the phone again.
+        assertEquals(true, approvals.approve(request.id).await())
+        assertEquals(listOf(notice.notificationId), notifier.outdated(session.phone.snapshot()), "decided here: withdrawn")
+        val done = wakeUntil("the task done") { s -> s.tasks.any { it.id == tid && it.status == TaskStatus.DONE } }
+        assertEquals(listOf(notice.notificationId), notifier.outdated(done), "resolved: withdrawn")
+        val finished = notifier.notices(done)
+        assertEquals(1, finished.size, "one notice for the finished task, none for the decided request: $finished")
+        assertEquals(NoticeChannel.TASKS, finished.single().channel)
+        assertEquals("Task done", finished.single().title)
+        assertEquals("trash ~/wake.txt", finished.single().text)
+        assertEquals(emptyList<Notice>(), notifier.notices(wakeUntil("a last sync") { true }))
+        assertEquals(emptyList<Int>(), notifier.outdated(done), "a resolved request is forgotten once withdrawn")
+        assertFalse(target.exists(), "the approved trash did not happen")
+
+        // The same document seen other ways: another final state, another phone's task, an
+        // unreceived workspace, a request this phone already decided.
+        val task = done.tasks.first { it.id == tid }
+        val failed = done.copy(tasks = listOf(task.copy(id = "t-failed", status = TaskStatus.FAILED)))
+        assertEquals(listOf("Task failed"), notifier.notices(failed).map { it.title })
+        val others = done.copy(tasks = listOf(task.copy(id = "t-other", mine = false)))
+        assertEquals(emptyList<Notice>(), notifier.notices(others))
+        val early = asking.copy(workspaceReceived = false)
+        assertEquals(emptyList<Notice>(), WakeUpNotifier().notices(early))
+        val decided = asking.copy(pendingApprovals = listOf(request.copy(myVerdict = Verdict.DENY)))
+        assertEquals(emptyList<Notice>(), WakeUpNotifier().notices(decided))
+        val fresh = WakeUpNotifier()
+        fresh.markSeen(asking)
+        assertEquals(emptyList<Notice>(), fresh.notices(asking), "seen on screen: not notified")
     }
 }

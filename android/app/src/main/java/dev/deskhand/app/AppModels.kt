@@ -3,25 +3,14 @@ package dev.deskhand.app
 import android.app.Application
 import android.net.ConnectivityManager
 import android.net.Network
-import android.os.Build
-import android.util.Log
 import androidx.lifecycle.AndroidViewModel
-import androidx.lifecycle.viewModelScope
-import deskhand.mobile.ApiException
-import deskhand.mobile.LogLevel
-import deskhand.mobile.LogSink
-import deskhand.mobile.PhoneSettings
-import deskhand.mobile.initPlatform
 import dev.deskhand.app.model.ApprovalsModel
 import dev.deskhand.app.model.ConversationModel
 import dev.deskhand.app.model.DevicesModel
 import dev.deskhand.app.model.PairingModel
 import dev.deskhand.app.model.PhoneSession
-import dev.deskhand.app.model.userMessage
-import java.io.File
-import kotlinx.coroutines.flow.MutableStateFlow
+import dev.deskhand.app.model.TaskModel
 import kotlinx.coroutines.flow.StateFlow
-import kotlinx.coroutines.launch
 
 /** The view models of one opened phone. */
 class Models(
@@ -39,69 +28,48 @@ class Models(
 
     /** Devices screen. */
     val devices = DevicesModel(session)
-}
 
-/** The library's log lines, in Logcat. */
-private object LogcatSink : LogSink {
-    override fun log(level: LogLevel, line: String) {
-        when (level) {
-            LogLevel.ERROR -> Log.e("deskhand", line)
-            LogLevel.WARN -> Log.w("deskhand", line)
-            LogLevel.INFO -> Log.i("deskhand", line)
-            LogLevel.DEBUG, LogLevel.TRACE -> Log.d("deskhand", line)
-        }
+    private val tasks = HashMap<String, TaskModel>()
+
+    /**
+     * The model of task [taskId]'s screen: one per task for the life of the process (each
+     * keeps a derived state running, and the blobs it fetched).
+     */
+    fun task(taskId: String): TaskModel = synchronized(tasks) {
+        tasks.getOrPut(taskId) { TaskModel(session, taskId) }
     }
 }
 
 /**
- * Opens the phone once per process (it survives rotation) and hands the Android-free view models
- * to the UI; forwards network changes to the core.
+ * Hands the Android-free view models of the process's phone ([DeskhandApp.models]) to the UI,
+ * and forwards network changes to the core while the app is on screen (in the background,
+ * sync is off and wake-up pushes bring the changes).
  */
 class AppModels(app: Application) : AndroidViewModel(app) {
-    private val opened = MutableStateFlow<Models?>(null)
-    private val failure = MutableStateFlow<String?>(null)
+    private val deskhand = app as DeskhandApp
 
     /** The models, once the phone is open. */
-    val models: StateFlow<Models?> = opened
+    val models: StateFlow<Models?> = deskhand.models
 
     /** Why the phone could not be opened (storage, key), in the core's words. */
-    val openError: StateFlow<String?> = failure
+    val openError: StateFlow<String?> = deskhand.openError
 
     private val network = object : ConnectivityManager.NetworkCallback() {
         override fun onAvailable(net: Network) {
-            opened.value?.session?.onNetworkChanged()
+            if (deskhand.inForeground) deskhand.session.value?.onNetworkChanged()
         }
 
         override fun onLost(net: Network) {
-            opened.value?.session?.onNetworkChanged()
+            if (deskhand.inForeground) deskhand.session.value?.onNetworkChanged()
         }
     }
 
     init {
-        initPlatform("info", LogcatSink)
-        viewModelScope.launch {
-            try {
-                val settings = PhoneSettings(
-                    dataDir = File(app.filesDir, "phone").path,
-                    deviceName = Build.MODEL,
-                    platform = "android",
-                    listen = null,
-                    relay = null,
-                    mdns = null,
-                )
-                val keys = KeystoreKeyProvider(File(app.filesDir, "device-key.wrapped"))
-                opened.value = Models(PhoneSession.open(settings, keys, viewModelScope))
-            } catch (e: ApiException) {
-                failure.value = e.userMessage()
-            }
-        }
         app.getSystemService(ConnectivityManager::class.java).registerDefaultNetworkCallback(network)
     }
 
     override fun onCleared() {
         getApplication<Application>().getSystemService(ConnectivityManager::class.java)
             .unregisterNetworkCallback(network)
-        // viewModelScope is cancelled now; the core closes on its own runtime.
-        opened.value?.session?.phone?.stop()
     }
 }

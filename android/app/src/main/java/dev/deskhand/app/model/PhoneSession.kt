@@ -70,6 +70,25 @@ class PhoneSession private constructor(
         phone.start()
     }
 
+    /**
+     * One sync for a wake-up push (or any background job): sync on, wait until the phone and
+     * the desktop hold the same changes or [timeoutMs] passed, then sync off again unless
+     * [keepRunning] says so when it ends (the app came to the foreground meanwhile). `null` on
+     * success, else the core's words for why not (unreachable, not paired, …); never throws the
+     * core's errors.
+     */
+    suspend fun syncOnce(timeoutMs: Long = SYNC_TIMEOUT_MS, keepRunning: () -> Boolean): String? {
+        phone.start()
+        return try {
+            phone.sync(timeoutMs.toULong())
+            null
+        } catch (e: ApiException) {
+            e.userMessage()
+        } finally {
+            if (!keepRunning()) phone.stop()
+        }
+    }
+
     /** Ends the subscription and closes the core (its database and connection). */
     suspend fun close() {
         subscription.cancel()
