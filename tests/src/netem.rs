@@ -644,6 +644,10 @@ mod tests {
         let net = Netem::new(1);
         let link = net.link((LO, 0).into(), LO, target).unwrap();
         let (a, b) = (client(), client());
+        // Waiting for an answer that must come: a loaded machine gets seconds, not 300 ms.
+        for c in [&a, &b] {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
         a.send_to(b"ping a", link.front()).unwrap();
         b.send_to(b"ping b", link.front()).unwrap();
         let mut buf = [0u8; 64];
