@@ -1,0 +1,53 @@
+import Foundation
+
+/// A value that changes over time, read on the main actor: the current `value`, and `values()`,
+/// a stream that yields the current value at once and then every new one (the newest only, when
+/// its reader is slower than the changes). The models' counterpart of Kotlin's `StateFlow`, with
+/// nothing but the standard library (no Combine, no Observation), so that it builds on Linux.
+@MainActor
+public final class StateCell<Value> {
+    /// The current value.
+    public private(set) var value: Value
+
+    private var continuations: [UInt64: AsyncStream<Value>.Continuation] = [:]
+    private var observers: [UInt64: (Value) -> Bool] = [:]
+    private var nextId: UInt64 = 0
+
+    /// A cell holding `initial`.
+    public init(_ initial: Value) {
+        value = initial
+    }
+
+    /// Sets the value and hands it to every stream and observer.
+    public func set(_ newValue: Value) {
+        value = newValue
+        for continuation in continuations.values {
+            continuation.yield(newValue)
+        }
+        for (id, observer) in observers where !observer(newValue) {
+            observers[id] = nil
+        }
+    }
+
+    /// The current value now, then each new one, until the reading task is cancelled.
+    public func values() -> AsyncStream<Value> {
+        let id = takeId()
+        return AsyncStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
+            continuation.yield(value)
+            continuations[id] = continuation
+            continuation.onTermination = { [weak self] _ in
+                Task { @MainActor in self?.continuations[id] = nil }
+            }
+        }
+    }
+
+    /// Calls `observer` with each new value, synchronously, until it returns `false`.
+    public func observe(_ observer: @escaping (Value) -> Bool) {
+        observers[takeId()] = observer
+    }
+
+    private func takeId() -> UInt64 {
+        nextId += 1
+        return nextId
+    }
+}
