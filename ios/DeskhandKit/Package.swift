@@ -56,7 +56,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DeskhandKitTests",
-            dependencies: ["DeskhandKit"],
+            dependencies: ["DeskhandKit", "DeskhandMobile"],
             path: "Tests/DeskhandKitTests"
         ),
     ]
