@@ -71,11 +71,11 @@ final class AppModel: ObservableObject {
             do {
                 let session = try await PhoneSession.open(settings: try Self.settings(), keyProvider: KeychainKeyProvider())
                 let models = PhoneModels(session: session)
-                phase = .open(models)
-                startNetworkMonitor()
+                self.phase = .open(models)
+                self.startNetworkMonitor()
                 return models
             } catch {
-                phase = .failed((error as? ApiError)?.userMessage ?? error.localizedDescription)
+                self.phase = .failed((error as? ApiError)?.userMessage ?? error.localizedDescription)
                 return nil
             }
         }
@@ -108,7 +108,7 @@ final class AppModel: ObservableObject {
         active = true
         guard let models = await open() else { return }
         models.session.onForeground()
-        remember(WakeUpNotifier.seen(models.session.snapshot, memory: memory()))
+        saveMemory(WakeUpNotifier.seen(models.session.snapshot, memory: loadMemory()))
         UNUserNotificationCenter.current().removeAllDeliveredNotifications()
     }
 
@@ -117,7 +117,7 @@ final class AppModel: ObservableObject {
         active = false
         if case let .open(models) = phase {
             models.session.onBackground()
-            remember(WakeUpNotifier.seen(models.session.snapshot, memory: memory()))
+            saveMemory(WakeUpNotifier.seen(models.session.snapshot, memory: loadMemory()))
         }
         scheduleRefresh()
     }
@@ -129,8 +129,8 @@ final class AppModel: ObservableObject {
         do {
             let snapshot = try await models.session.backgroundSync(
                 timeoutMs: Self.refreshSyncTimeoutMs, stopAfter: !active)
-            let (notes, memory) = WakeUpNotifier.notes(for: snapshot, memory: memory())
-            remember(memory)
+            let (notes, memory) = WakeUpNotifier.notes(for: snapshot, memory: loadMemory())
+            saveMemory(memory)
             await post(notes)
         } catch {
             // Unreachable or unpaired: nothing new to tell; presence shows it when the app opens.
@@ -159,7 +159,7 @@ final class AppModel: ObservableObject {
             content.threadIdentifier = note.kind == .approval ? "approvals" : "tasks"
             content.userInfo = ["subject": note.subjectId]
             let request = UNNotificationRequest(identifier: note.identifier, content: content, trigger: nil)
-            try? await center.add(request)
+            _ = try? await center.add(request)
         }
     }
 
@@ -183,14 +183,14 @@ final class AppModel: ObservableObject {
         models.session.onNetworkChanged()
     }
 
-    private func memory() -> WakeUpMemory {
+    private func loadMemory() -> WakeUpMemory {
         guard let data = UserDefaults.standard.data(forKey: memoryKey),
               let memory = try? JSONDecoder().decode(WakeUpMemory.self, from: data)
         else { return WakeUpMemory() }
         return memory
     }
 
-    private func remember(_ memory: WakeUpMemory) {
+    private func saveMemory(_ memory: WakeUpMemory) {
         if let data = try? JSONEncoder().encode(memory) {
             UserDefaults.standard.set(data, forKey: memoryKey)
         }

@@ -27,7 +27,7 @@ final class KeychainKeyProvider: KeyProvider {
         var attributes = baseQuery()
         attributes[kSecValueData as String] = secret
         attributes[kSecAttrAccessible as String] = kSecAttrAccessibleWhenUnlockedThisDeviceOnly
-        attributes[kSecAttrSynchronizable as String] = kCFBooleanFalse
+        attributes[kSecAttrSynchronizable as String] = false
         let status = SecItemAdd(attributes as CFDictionary, nil)
         if status == errSecDuplicateItem, let raced = try read() {
             return raced
@@ -48,7 +48,7 @@ final class KeychainKeyProvider: KeyProvider {
 
     private func read() throws -> Data? {
         var query = baseQuery()
-        query[kSecReturnData as String] = kCFBooleanTrue
+        query[kSecReturnData as String] = true
         query[kSecMatchLimit as String] = kSecMatchLimitOne
         var item: CFTypeRef?
         let status = SecItemCopyMatching(query as CFDictionary, &item)

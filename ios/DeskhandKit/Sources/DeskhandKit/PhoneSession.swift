@@ -61,7 +61,7 @@ public final class PhoneSession {
         let phone = self.phone
         return Task {
             // Unreachable, not paired, …: the snapshot's presence and last error show it.
-            try? await phone.sync(timeoutMs: Self.syncTimeoutMs)
+            _ = try? await phone.sync(timeoutMs: PhoneSession.syncTimeoutMs)
         }
     }
 

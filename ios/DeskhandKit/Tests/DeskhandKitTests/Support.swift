@@ -18,9 +18,11 @@ struct TimedOut: Error, CustomStringConvertible {
     let description: String
 }
 
-/// The last value a wait saw, for its failure message.
-final class LastSeen<T> {
-    var value: T?
+/// What a wait saw: the last value, and whether it satisfied the predicate.
+@MainActor
+final class Seen<T> {
+    var last: T?
+    var found = false
 }
 
 /// Waits until a value of `values` satisfies `pred`; fails naming `what` and the last value
@@ -30,23 +32,27 @@ func until<T>(
     _ what: String, _ values: AsyncStream<T>, file: StaticString = #filePath, line: UInt = #line,
     _ pred: @escaping (T) -> Bool
 ) async throws -> T {
-    let last = LastSeen<T>()
-    let waiter = Task { @MainActor () -> T? in
+    let seen = Seen<T>()
+    // The waiting task returns nothing (a task's result must be Sendable; the states are not
+    // declared so): what it saw stays in `seen`, on the main actor.
+    let waiter = Task { @MainActor in
         for await value in values {
-            last.value = value
-            if pred(value) { return value }
+            seen.last = value
+            if pred(value) {
+                seen.found = true
+                return
+            }
         }
-        return nil
     }
     let timer = Task {
         try await Task.sleep(nanoseconds: waitNs)
         waiter.cancel()
     }
-    let found = await waiter.value
+    await waiter.value
     timer.cancel()
-    guard let found else {
+    guard seen.found, let found = seen.last else {
         let message = "timed out after \(waitNs / 1_000_000) ms waiting for \(what); last state: "
-            + (last.value.map { String(describing: $0) } ?? "none")
+            + (seen.last.map { String(describing: $0) } ?? "none")
         XCTFail(message, file: file, line: line)
         throw TimedOut(description: message)
     }
