@@ -172,19 +172,22 @@ final class ScannerController: UIViewController, AVCaptureMetadataOutputObjectsD
         sessionQueue.async { session.stopRunning() }
     }
 
-    func metadataOutput(_ output: AVCaptureMetadataOutput, didOutput metadataObjects: [AVMetadataObject],
-                        from connection: AVCaptureConnection)
+    // AVFoundation's delegate protocol is not isolated: take the texts out here, deliver on main.
+    nonisolated func metadataOutput(_ output: AVCaptureMetadataOutput, didOutput metadataObjects: [AVMetadataObject],
+                                    from connection: AVCaptureConnection)
     {
-        guard !delivered else { return }
-        for object in metadataObjects {
-            guard let code = object as? AVMetadataMachineReadableCodeObject, code.type == .qr,
-                  let text = code.stringValue, text.hasPrefix("deskhand://")
-            else { continue }
-            delivered = true
-            stop()
-            onCode?(text)
-            return
+        let texts = metadataObjects.compactMap { object -> String? in
+            guard let code = object as? AVMetadataMachineReadableCodeObject, code.type == .qr else { return nil }
+            return code.stringValue
         }
+        Task { @MainActor [weak self] in self?.deliver(texts) }
+    }
+
+    private func deliver(_ texts: [String]) {
+        guard !delivered, let text = texts.first(where: { $0.hasPrefix("deskhand://") }) else { return }
+        delivered = true
+        stop()
+        onCode?(text)
     }
 
     private func showProblem(_ text: String) {
