@@ -7,7 +7,7 @@ import UniformTypeIdentifiers
 /// it named (screenshots shown, any file exported with the system's file exporter).
 struct TaskScreen: View {
     @StateObject private var live: Live<TaskModel, TaskState>
-    @State private var exporting: BlobDocument?
+    @State private var exporting: BlobDocument? = nil
     @State private var exportName = ""
 
     init(models: PhoneModels, taskId: String) {
