@@ -89,7 +89,8 @@ struct MessageRow: View {
 /// Whether the desktop is reachable, in sync, and what it last said about itself.
 struct StatusBar: View {
     let presence: DesktopPresence
-    let inSync: Bool
+    /// Whether both sides hold the same changes (`nil`: not shown).
+    let inSync: Bool?
     let health: DesktopHealthView?
 
     var body: some View {
@@ -98,7 +99,7 @@ struct StatusBar: View {
                 Circle().fill(color).frame(width: 8, height: 8)
                 Text(presenceText)
                 Spacer()
-                if presence.isOnline {
+                if presence.isOnline, let inSync {
                     Text(inSync ? "in sync" : "syncing…")
                 }
             }

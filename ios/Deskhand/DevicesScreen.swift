@@ -23,7 +23,7 @@ struct DevicesScreen: View {
                     LabeledContent("Device id") {
                         Text(desktopId).font(.system(.caption, design: .monospaced)).textSelection(.enabled)
                     }
-                    StatusBar(presence: state.presence, inSync: false, health: nil)
+                    StatusBar(presence: state.presence, inSync: nil, health: nil)
                     ForEach(state.desktopAddrs, id: \.self) { addr in
                         Text(addr).font(.system(.caption, design: .monospaced))
                     }
