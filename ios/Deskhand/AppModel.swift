@@ -169,7 +169,9 @@ final class AppModel: ObservableObject {
         let monitor = NWPathMonitor()
         monitor.pathUpdateHandler = { [weak self] path in
             let status = path.status
-            Task { @MainActor in self?.pathChanged(status) }
+            // Its own weak capture: reading the outer one (a `var`) from the task is an error
+            // since Swift 5.10.
+            Task { @MainActor [weak self] in self?.pathChanged(status) }
         }
         monitor.start(queue: DispatchQueue(label: "dev.deskhand.app.network"))
         self.monitor = monitor

@@ -35,8 +35,10 @@ public final class StateCell<Value> {
         return AsyncStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
             continuation.yield(value)
             continuations[id] = continuation
+            // The inner closure captures `self` weakly itself: reading the outer closure's weak
+            // capture (a `var`) from the task is an error since Swift 5.10.
             continuation.onTermination = { [weak self] _ in
-                Task { @MainActor in self?.continuations[id] = nil }
+                Task { @MainActor [weak self] in self?.continuations[id] = nil }
             }
         }
     }
