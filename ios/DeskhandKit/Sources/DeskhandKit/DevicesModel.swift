@@ -61,8 +61,8 @@ public final class DevicesModel {
 
     /// The screen's state now.
     public var state: DevicesState { core.cell.value }
-    /// The state now and after each change.
-    public func states() -> AsyncStream<DevicesState> { core.cell.values() }
+    /// The state now and after each change (the stream keeps the model alive while it is read).
+    public func states() -> AsyncStream<DevicesState> { core.cell.values(keepingAlive: self) }
     /// The last error, as the core worded it; `nil` when the last action succeeded.
     public var error: String? { core.error }
     /// Hides the error line.

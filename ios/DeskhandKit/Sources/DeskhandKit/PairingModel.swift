@@ -38,8 +38,8 @@ public final class PairingModel {
 
     /// The screen's state now.
     public var state: PairingState { core.cell.value }
-    /// The state now and after each change.
-    public func states() -> AsyncStream<PairingState> { core.cell.values() }
+    /// The state now and after each change (the stream keeps the model alive while it is read).
+    public func states() -> AsyncStream<PairingState> { core.cell.values(keepingAlive: self) }
     /// The last error, as the core worded it; `nil` when the last action succeeded.
     public var error: String? { core.error }
     /// Hides the error line.

@@ -29,8 +29,10 @@ public final class StateCell<Value> {
         }
     }
 
-    /// The current value now, then each new one, until the reading task is cancelled.
-    public func values() -> AsyncStream<Value> {
+    /// The current value now, then each new one, until the reading task is cancelled or drops
+    /// the stream. `owner` (the model whose cell this is) is kept alive until then: a stream read
+    /// from a model nobody else holds (`TaskModel(…).states()`) still sees its changes.
+    public func values(keepingAlive owner: (AnyObject & Sendable)? = nil) -> AsyncStream<Value> {
         let id = takeId()
         return AsyncStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
             continuation.yield(value)
@@ -38,6 +40,7 @@ public final class StateCell<Value> {
             // The inner closure captures `self` weakly itself: reading the outer closure's weak
             // capture (a `var`) from the task is an error since Swift 5.10.
             continuation.onTermination = { [weak self] _ in
+                withExtendedLifetime(owner) {}
                 Task { @MainActor [weak self] in self?.continuations[id] = nil }
             }
         }
