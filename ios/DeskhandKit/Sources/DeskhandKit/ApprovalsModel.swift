@@ -73,8 +73,8 @@ public final class ApprovalsModel {
     /// desktop as soon as it is reachable), `nil` with the core's refusal in `error`.
     @discardableResult
     public func approve(_ id: String, biometricConfirmed: Bool = false) async -> Bool? {
-        let session = core.session
         let core = self.core
+        let session = core.session
         return await core.act(id) {
             let request = session.snapshot.pendingApprovals.first { $0.id == id }
             if let request, ApprovalsModel.needsBiometric(request), !biometricConfirmed {
