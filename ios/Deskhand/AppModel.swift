@@ -165,7 +165,7 @@ final class AppModel: ObservableObject {
 
     /// Network changes while the app is active: reconnect now rather than after the backoff.
     private func startNetworkMonitor() {
-        guard monitor == nil else { return }
+        guard self.monitor == nil else { return }
         let monitor = NWPathMonitor()
         monitor.pathUpdateHandler = { [weak self] path in
             let status = path.status

@@ -157,9 +157,9 @@ final class ScannerController: UIViewController, AVCaptureMetadataOutputObjectsD
         preview.videoGravity = .resizeAspectFill
         view.layer.addSublayer(preview)
         self.preview = preview
-        let session = self.session
+        let running = session
         // startRunning blocks until the camera runs: off the main thread.
-        sessionQueue.async { session.startRunning() }
+        sessionQueue.async { running.startRunning() }
     }
 
     override func viewDidLayoutSubviews() {

@@ -57,8 +57,8 @@ public final class PhoneSession {
     /// at once when the desktop is unreachable or the phone unpaired (presence then says so).
     @discardableResult
     public func onForeground() -> Task<Void, Never> {
-        phone.start()
         let phone = self.phone
+        phone.start()
         return Task {
             // Unreachable, not paired, …: the snapshot's presence and last error show it.
             _ = try? await phone.sync(timeoutMs: PhoneSession.syncTimeoutMs)
