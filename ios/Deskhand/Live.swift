@@ -1,0 +1,59 @@
+import Combine
+import DeskhandKit
+import Foundation
+
+/// A DeskhandKit model for SwiftUI: the model, and its state republished as `@Published` from the
+/// model's `AsyncStream` of states (DeskhandKit itself has no Combine, so that it builds on Linux).
+@MainActor
+final class Live<Model, State>: ObservableObject {
+    /// The model: call its actions.
+    let model: Model
+    /// Its state, as the view shows it.
+    @Published private(set) var state: State
+    private var pump: Task<Void, Never>?
+
+    init(_ model: Model, state: State, updates: AsyncStream<State>) {
+        self.model = model
+        self.state = state
+        pump = Task { [weak self] in
+            for await next in updates {
+                guard let self else { return }
+                self.state = next
+            }
+        }
+    }
+
+    deinit {
+        pump?.cancel()
+    }
+}
+
+extension Live where Model == PairingModel, State == PairingState {
+    convenience init(_ model: PairingModel) {
+        self.init(model, state: model.state, updates: model.states())
+    }
+}
+
+extension Live where Model == ConversationModel, State == ConversationState {
+    convenience init(_ model: ConversationModel) {
+        self.init(model, state: model.state, updates: model.states())
+    }
+}
+
+extension Live where Model == ApprovalsModel, State == ApprovalsState {
+    convenience init(_ model: ApprovalsModel) {
+        self.init(model, state: model.state, updates: model.states())
+    }
+}
+
+extension Live where Model == DevicesModel, State == DevicesState {
+    convenience init(_ model: DevicesModel) {
+        self.init(model, state: model.state, updates: model.states())
+    }
+}
+
+extension Live where Model == TaskModel, State == TaskState {
+    convenience init(_ model: TaskModel) {
+        self.init(model, state: model.state, updates: model.states())
+    }
+}
