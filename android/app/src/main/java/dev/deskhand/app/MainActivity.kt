@@ -6,6 +6,7 @@ import android.content.pm.PackageManager
 import android.os.Build
 import android.os.Bundle
 import androidx.activity.compose.setContent
+import androidx.activity.enableEdgeToEdge
 import androidx.activity.result.contract.ActivityResultContracts
 import androidx.activity.viewModels
 import androidx.compose.foundation.layout.fillMaxSize
@@ -50,6 +51,9 @@ class MainActivity : FragmentActivity() {
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
+        // Android 15 draws every targetSdk-35 app edge to edge anyway: do it on every version,
+        // the screens pad themselves (system bars, display cutout, keyboard).
+        enableEdgeToEdge()
         if (savedInstanceState == null) openTask.value = intent?.getStringExtra(EXTRA_TASK_ID)
         deskhand.wakeUps.refresh(this)
 
