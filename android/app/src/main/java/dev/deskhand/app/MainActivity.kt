@@ -107,11 +107,13 @@ class MainActivity : FragmentActivity() {
     override fun onStart() {
         super.onStart()
         deskhand.inForeground = true
+        deskhand.holdMulticast(true)
     }
 
     override fun onStop() {
         super.onStop()
         deskhand.inForeground = false
+        deskhand.holdMulticast(false)
         deskhand.session.value?.onBackground()
     }
 
