@@ -1,6 +1,7 @@
 package dev.deskhand.app
 
 import android.app.Application
+import android.net.wifi.WifiManager
 import android.os.Build
 import android.util.Log
 import deskhand.mobile.ApiException
@@ -64,6 +65,26 @@ class DeskhandApp : Application() {
      */
     @Volatile
     var inForeground: Boolean = false
+
+    // Android's Wi-Fi drops multicast not addressed to the device unless an app holds this lock:
+    // without it the core's mDNS never hears the desktop's answers. Counted: the screen and a
+    // wake-up job each hold it while they sync. Null without Wi-Fi.
+    private val multicastLock: WifiManager.MulticastLock? by lazy {
+        getSystemService(WifiManager::class.java)?.createMulticastLock("deskhand-mdns")?.apply {
+            setReferenceCounted(true)
+        }
+    }
+
+    /**
+     * Takes ([hold]) or gives back one hold on the Wi-Fi multicast lock (local-network discovery
+     * of the desktop); only while syncing, as it costs battery.
+     */
+    fun holdMulticast(hold: Boolean) {
+        val lock = multicastLock ?: return
+        synchronized(lock) {
+            if (hold) lock.acquire() else if (lock.isHeld) lock.release()
+        }
+    }
 
     /** UnifiedPush registration, the push subscription in the core, what was notified. */
     lateinit var wakeUps: WakeUps

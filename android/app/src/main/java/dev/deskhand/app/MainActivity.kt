@@ -6,11 +6,15 @@ import android.content.pm.PackageManager
 import android.os.Build
 import android.os.Bundle
 import androidx.activity.compose.setContent
+import androidx.activity.enableEdgeToEdge
 import androidx.activity.result.contract.ActivityResultContracts
 import androidx.activity.viewModels
+import androidx.compose.foundation.isSystemInDarkTheme
 import androidx.compose.foundation.layout.fillMaxSize
 import androidx.compose.material3.MaterialTheme
 import androidx.compose.material3.Surface
+import androidx.compose.material3.darkColorScheme
+import androidx.compose.material3.lightColorScheme
 import androidx.compose.runtime.getValue
 import androidx.compose.ui.Modifier
 import androidx.core.content.ContextCompat
@@ -50,6 +54,9 @@ class MainActivity : FragmentActivity() {
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
+        // Android 15 draws every targetSdk-35 app edge to edge anyway: do it on every version,
+        // the screens pad themselves (system bars, display cutout, keyboard).
+        enableEdgeToEdge()
         if (savedInstanceState == null) openTask.value = intent?.getStringExtra(EXTRA_TASK_ID)
         deskhand.wakeUps.refresh(this)
 
@@ -71,7 +78,9 @@ class MainActivity : FragmentActivity() {
         }
 
         setContent {
-            MaterialTheme {
+            // Dark with the system, like the window's DayNight theme and the system bars' icons
+            // (enableEdgeToEdge picks them light or dark from the system setting).
+            MaterialTheme(colorScheme = if (isSystemInDarkTheme()) darkColorScheme() else lightColorScheme()) {
                 Surface(Modifier.fillMaxSize()) {
                     val models by app.models.collectAsStateWithLifecycle()
                     val openError by app.openError.collectAsStateWithLifecycle()
@@ -103,11 +112,13 @@ class MainActivity : FragmentActivity() {
     override fun onStart() {
         super.onStart()
         deskhand.inForeground = true
+        deskhand.holdMulticast(true)
     }
 
     override fun onStop() {
         super.onStop()
         deskhand.inForeground = false
+        deskhand.holdMulticast(false)
         deskhand.session.value?.onBackground()
     }
 

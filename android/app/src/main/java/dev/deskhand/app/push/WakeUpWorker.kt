@@ -23,7 +23,12 @@ class WakeUpWorker(context: Context, params: WorkerParameters) : CoroutineWorker
     override suspend fun doWork(): Result {
         val app = applicationContext as DeskhandApp
         val session = app.openPhone() ?: return Result.success()
-        val failed = session.syncOnce(PhoneSession.SYNC_TIMEOUT_MS) { app.inForeground }
+        app.holdMulticast(true)
+        val failed = try {
+            session.syncOnce(PhoneSession.SYNC_TIMEOUT_MS) { app.inForeground }
+        } finally {
+            app.holdMulticast(false)
+        }
         if (failed != null) Log.i(TAG, "wake-up sync incomplete: $failed")
         // Even after a partial sync: whatever did arrive is worth a notification.
         app.wakeUps.notifyFrom(session)

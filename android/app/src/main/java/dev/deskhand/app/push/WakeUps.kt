@@ -48,10 +48,13 @@ class WakeUps(private val app: DeskhandApp) {
      * the status says to install one (ntfy, for instance).
      */
     fun enable(activity: Activity) {
+        // The callback may come later, from the connector's LinkActivity, which keeps it in a
+        // static field: it holds the application, not the activity (gone by then if rotated).
+        val context = activity.applicationContext
         UnifiedPush.tryUseCurrentOrDefaultDistributor(activity) { ok ->
             if (ok) {
                 statusFlow.value = WakeUpStatus(false, "registering with the push distributor…")
-                UnifiedPush.register(activity, messageForDistributor = "Deskhand")
+                UnifiedPush.register(context, messageForDistributor = "Deskhand")
             } else {
                 statusFlow.value = WakeUpStatus(
                     false,

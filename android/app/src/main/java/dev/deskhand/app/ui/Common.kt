@@ -108,10 +108,12 @@ fun Context.findFragmentActivity(): FragmentActivity? {
 
 /**
  * The authenticators a high-risk approval asks for: a strong biometric or the device's screen
- * lock. Android 9 and 10 do not offer that pair, only a weak biometric or the screen lock.
+ * lock. Before Android 11 a weak biometric or the screen lock: Android 9 and 10 refuse the strong
+ * pair, and whether androidx.biometric accepts it on 8.x has changed between its versions (there
+ * the fingerprint reader is the only biometric either way).
  */
 private fun approvalAuthenticators(): Int =
-    if (Build.VERSION.SDK_INT == Build.VERSION_CODES.P || Build.VERSION.SDK_INT == Build.VERSION_CODES.Q) {
+    if (Build.VERSION.SDK_INT < Build.VERSION_CODES.R) {
         BIOMETRIC_WEAK or DEVICE_CREDENTIAL
     } else {
         BIOMETRIC_STRONG or DEVICE_CREDENTIAL

@@ -3,8 +3,11 @@ package dev.deskhand.app.ui
 import androidx.activity.compose.BackHandler
 import androidx.compose.foundation.layout.Box
 import androidx.compose.foundation.layout.Column
+import androidx.compose.foundation.layout.consumeWindowInsets
 import androidx.compose.foundation.layout.fillMaxSize
+import androidx.compose.foundation.layout.imePadding
 import androidx.compose.foundation.layout.padding
+import androidx.compose.foundation.layout.safeDrawingPadding
 import androidx.compose.material.icons.Icons
 import androidx.compose.material.icons.filled.Home
 import androidx.compose.material.icons.filled.Notifications
@@ -48,7 +51,7 @@ fun DeskhandUi(
     devicesScreen: @Composable (Models, Modifier) -> Unit,
 ) {
     when {
-        openError != null -> Column(Modifier.fillMaxSize().padding(24.dp)) {
+        openError != null -> Column(Modifier.fillMaxSize().safeDrawingPadding().padding(24.dp)) {
             Text("Deskhand cannot open its storage", style = MaterialTheme.typography.headlineSmall)
             Text(openError)
         }
@@ -106,7 +109,9 @@ private fun Paired(
             }
         },
     ) { padding ->
-        val inner = Modifier.padding(padding)
+        // The scaffold's padding covers the system bars and the navigation bar; the keyboard
+        // (edge to edge, nothing resizes the window) is padded for on top of it.
+        val inner = Modifier.padding(padding).consumeWindowInsets(padding).imePadding()
         val open: (String) -> Unit = { taskId = it }
         val shown = taskId
         if (shown != null) {

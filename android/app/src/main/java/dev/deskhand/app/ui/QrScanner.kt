@@ -72,7 +72,10 @@ fun QrScanner(onCode: (String) -> Unit, onError: (String) -> Unit, modifier: Mod
     val lifecycleOwner = LocalLifecycleOwner.current
     val currentOnCode by rememberUpdatedState(onCode)
     val currentOnError by rememberUpdatedState(onError)
-    val previewView = remember { PreviewView(context) }
+    // A TextureView, not the default SurfaceView: it scrolls and clips with the pair screen.
+    val previewView = remember {
+        PreviewView(context).apply { implementationMode = PreviewView.ImplementationMode.COMPATIBLE }
+    }
     DisposableEffect(lifecycleOwner) {
         val analysisThread = Executors.newSingleThreadExecutor()
         val main = ContextCompat.getMainExecutor(context)
