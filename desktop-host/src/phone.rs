@@ -549,6 +549,7 @@ fn show_json(s: &PhoneSnapshot) -> serde_json::Value {
         "tasks": s.tasks,
         "approvals": approvals,
         "pending_approvals": s.pending_approvals.iter().map(|a| a.approval.id.as_str()).collect::<Vec<_>>(),
+        "devices": s.devices,
     })
 }
 
@@ -634,6 +635,20 @@ fn show(s: &PhoneSnapshot) {
         for a in &s.pending_approvals {
             print_approval(a);
         }
+    }
+    println!("\nDevices paired with the desktop ({}):", s.devices.len());
+    for d in &s.devices {
+        println!(
+            "  {} {:<20} {:<9} paired {}{}{}",
+            line(&d.id.chars().take(12).collect::<String>()),
+            line(&d.name),
+            line(&d.platform),
+            ago_at(d.paired_at, s.desktop_now),
+            d.revoked_at
+                .map(|at| format!(", revoked {}", ago_at(at, s.desktop_now)))
+                .unwrap_or_default(),
+            if d.this_device { "  (this phone)" } else { "" }
+        );
     }
 }
 

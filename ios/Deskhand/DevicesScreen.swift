@@ -29,6 +29,15 @@ struct DevicesScreen: View {
                     }
                     LabeledContent("Not sent yet", value: "\(state.unsent)")
                 }
+                if !state.pairedDevices.isEmpty {
+                    Section("Paired with this desktop") {
+                        ForEach(state.pairedDevices, id: \.id) { device in
+                            LabeledContent(device.thisDevice ? "\(device.name) (this phone)" : device.name) {
+                                Text(device.revokedAtMs == nil ? device.platform : "\(device.platform), revoked")
+                            }
+                        }
+                    }
+                }
                 Section {
                     Button("Forget this desktop", role: .destructive) { confirmForget = true }
                         .disabled(state.forgetting)

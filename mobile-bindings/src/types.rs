@@ -30,11 +30,31 @@ pub struct PhoneSnapshot {
     pub pending_approvals: Vec<ApprovalView>,
     /// Resolved or expired approval requests, oldest first.
     pub resolved_approvals: Vec<ApprovalView>,
+    /// The devices paired with the desktop, this phone included, oldest pairing first (revoked
+    /// ones too). A display copy: the desktop's registry decides.
+    pub devices: Vec<DeviceView>,
     /// When this snapshot was taken (this phone's clock).
     pub taken_at_ms: i64,
     /// The same instant in the desktop's clock as far as the phone knows it: count down expiries
     /// and show "last seen" with it.
     pub desktop_now_ms: i64,
+}
+
+/// A device paired with the desktop.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct DeviceView {
+    /// Device id (64 hex characters).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Platform: `android`, `ios`, `terminal`, …
+    pub platform: String,
+    /// When it was paired (the desktop's clock).
+    pub paired_at_ms: i64,
+    /// When the desktop revoked it, if it did (the desktop's clock).
+    pub revoked_at_ms: Option<i64>,
+    /// It is this phone.
+    pub this_device: bool,
 }
 
 /// Whether the desktop is reachable.
@@ -324,6 +344,18 @@ impl From<api::PhoneSnapshot> for PhoneSnapshot {
             tasks: s.tasks.into_iter().map(Into::into).collect(),
             pending_approvals: s.pending_approvals.into_iter().map(Into::into).collect(),
             resolved_approvals: s.resolved_approvals.into_iter().map(Into::into).collect(),
+            devices: s
+                .devices
+                .into_iter()
+                .map(|d| DeviceView {
+                    id: d.id,
+                    name: d.name,
+                    platform: d.platform,
+                    paired_at_ms: d.paired_at,
+                    revoked_at_ms: d.revoked_at,
+                    this_device: d.this_device,
+                })
+                .collect(),
             taken_at_ms: s.taken_at,
             desktop_now_ms: s.desktop_now,
         }

@@ -490,6 +490,23 @@ pub struct DesktopHealth {
     pub executor: ExecutorState,
 }
 
+/// A device paired with the desktop, as the workspace shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PhoneDevice {
+    /// Its device id.
+    pub id: String,
+    /// Its name (as it gave it when pairing, or as renamed on the desktop).
+    pub name: String,
+    /// Its platform: `android`, `ios`, `terminal`, …
+    pub platform: String,
+    /// When it was paired (unix ms, the desktop's clock).
+    pub paired_at: i64,
+    /// When the desktop revoked it, if it did (unix ms, the desktop's clock).
+    pub revoked_at: Option<i64>,
+    /// It is this phone.
+    pub this_device: bool,
+}
+
 /// The home desktop as the phone sees it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DesktopStatus {
@@ -543,6 +560,10 @@ pub struct PhoneSnapshot {
     pub pending_approvals: Vec<PhoneApproval>,
     /// Resolved or expired approval requests, oldest first.
     pub resolved_approvals: Vec<PhoneApproval>,
+    /// The devices paired with the desktop (the workspace's display copy of its registry: the
+    /// desktop is the authority), this phone included, oldest pairing first; revoked ones too,
+    /// with when.
+    pub devices: Vec<PhoneDevice>,
     /// When this snapshot was taken (unix ms, this phone's clock).
     pub taken_at: i64,
     /// The same instant in the desktop's clock, as far as this phone knows it (`taken_at` plus
@@ -1345,6 +1366,7 @@ impl Inner {
                 tasks: Vec::new(),
                 pending_approvals: Vec::new(),
                 resolved_approvals: Vec::new(),
+                devices: Vec::new(),
                 taken_at,
                 desktop_now: now,
             };
@@ -1420,6 +1442,19 @@ impl Inner {
             })
             .collect();
         tasks.sort_by(|a, b| Workspace::display_order(&a.task, &b.task));
+        let mut devices: Vec<PhoneDevice> = ws
+            .devices
+            .iter()
+            .map(|(id, d)| PhoneDevice {
+                this_device: *id == me,
+                id: id.clone(),
+                name: d.name.clone(),
+                platform: d.platform.clone(),
+                paired_at: d.paired_at,
+                revoked_at: d.revoked_at,
+            })
+            .collect();
+        devices.sort_by(|a, b| (a.paired_at, &a.id).cmp(&(b.paired_at, &b.id)));
 
         PhoneSnapshot {
             device_id: self.id,
@@ -1432,6 +1467,7 @@ impl Inner {
             tasks,
             pending_approvals,
             resolved_approvals,
+            devices,
             taken_at,
             desktop_now: now,
         }

@@ -156,6 +156,14 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
     assert!(first.workspace_received);
     let health = first.desktop.as_ref().and_then(|d| d.health.clone());
     assert!(health.is_some_and(|h| h.heartbeat_age_ms >= 0));
+    // The devices paired with the desktop: this phone, named as it paired.
+    let me: Vec<(&str, bool, bool)> = first
+        .devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.this_device, d.revoked_at.is_some()))
+        .collect();
+    assert_eq!(me, [("pixel", true, false)], "{:?}", first.devices);
+    assert_eq!(first.devices[0].id, p.id().to_string());
 
     eprintln!("[phone {:?}] A message", started.elapsed());
     // A message: committed here, then delivered; the snapshot says which.

@@ -19,6 +19,9 @@ public struct DevicesState: Equatable {
     public var desktopAddrs: [String]
     /// How many of this phone's writes the desktop does not hold yet.
     public var unsent: UInt64
+    /// Every device paired with the desktop, this phone included (`thisDevice`), oldest pairing
+    /// first, revoked ones too (the workspace's display copy; the desktop's registry decides).
+    public var pairedDevices: [DeviceView]
     /// Forgetting is running.
     public var forgetting: Bool
     /// Why the last action failed, in the core's words.
@@ -47,6 +50,7 @@ public final class DevicesModel {
                 presence: DesktopPresence(s),
                 desktopAddrs: s.desktop?.addrs ?? [],
                 unsent: unsentBox.value,
+                pairedDevices: s.devices,
                 forgetting: busy.contains(forgetKey),
                 error: error
             )

@@ -42,6 +42,13 @@ final class ViewModelsTests: XCTestCase {
             }
             XCTAssertEqual(online.deviceId, f.session.deviceId)
             XCTAssertEqual(online.desktopName, "vm-desktop")
+            // The devices paired with the desktop: this phone, as the desktop registered it.
+            let listed = try await until("this phone among the paired devices", devices.states()) {
+                !$0.pairedDevices.isEmpty
+            }
+            XCTAssertEqual(listed.pairedDevices.map(\.id), [f.session.deviceId])
+            XCTAssertEqual(listed.pairedDevices.map(\.thisDevice), [true])
+            XCTAssertNil(listed.pairedDevices[0].revokedAtMs)
 
             // The same code a second time: the desktop refuses (single use), said in its words.
             let other = try await f.otherPhone("phone2")

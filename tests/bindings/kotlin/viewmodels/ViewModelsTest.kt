@@ -172,6 +172,13 @@ class ViewModelsTest {
         val online = devices.state.until("the desktop online on the devices screen") { it.presence is DesktopPresence.Online }
         assertEquals(session.deviceId, online.deviceId)
         assertEquals("vm-desktop", online.desktopName)
+        // The devices paired with the desktop: this phone, as the desktop registered it.
+        val listed = devices.state.until("this phone among the paired devices") { it.pairedDevices.isNotEmpty() }
+        assertEquals(
+            listOf(Triple(session.deviceId, online.deviceName, true)),
+            listed.pairedDevices.map { Triple(it.id, it.name, it.thisDevice) },
+        )
+        assertNull(listed.pairedDevices[0].revokedAtMs)
 
         // The same code a second time: the desktop refuses (single use), said in its words.
         val other = PhoneSession.open(

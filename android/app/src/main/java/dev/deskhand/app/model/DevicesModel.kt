@@ -25,10 +25,28 @@ data class DevicesState(
     val desktopAddrs: List<String>,
     /** How many of this phone's writes the desktop does not hold yet. */
     val unsent: Long,
+    /**
+     * Every device paired with the desktop, this phone included, oldest pairing first, revoked
+     * ones too (the workspace's display copy; the desktop's registry decides).
+     */
+    val pairedDevices: List<PairedDevice>,
     /** Forgetting is running. */
     val forgetting: Boolean,
     /** Why the last action failed, in the core's words. */
     val error: String?,
+)
+
+/** A device paired with the desktop. Times are unix milliseconds in the desktop's clock. */
+data class PairedDevice(
+    val id: String,
+    val name: String,
+    /** `android`, `ios`, `terminal`, … */
+    val platform: String,
+    val pairedAtMs: Long,
+    /** When the desktop revoked it; `null` while it may sync. */
+    val revokedAtMs: Long?,
+    /** It is this phone. */
+    val thisDevice: Boolean,
 )
 
 /**
@@ -55,6 +73,9 @@ class DevicesModel(session: PhoneSession) : Model(session) {
             presence = presenceOf(s),
             desktopAddrs = s.desktop?.addrs ?: emptyList(),
             unsent = unsent,
+            pairedDevices = s.devices.map {
+                PairedDevice(it.id, it.name, it.platform, it.pairedAtMs, it.revokedAtMs, it.thisDevice)
+            },
             forgetting = FORGET in busy,
             error = error,
         )

@@ -77,6 +77,22 @@ fun DevicesScreen(
                 )
             }
         }
+        if (state.pairedDevices.isNotEmpty()) {
+            Card(Modifier.fillMaxWidth()) {
+                Column(Modifier.padding(12.dp), verticalArrangement = Arrangement.spacedBy(6.dp)) {
+                    Text("Paired with this desktop", style = MaterialTheme.typography.titleMedium)
+                    state.pairedDevices.forEach { d ->
+                        val what = buildString {
+                            append(d.name)
+                            if (d.thisDevice) append(" (this phone)")
+                            append(" · ").append(d.platform)
+                            if (d.revokedAtMs != null) append(" · revoked")
+                        }
+                        Text(what)
+                    }
+                }
+            }
+        }
         Card(Modifier.fillMaxWidth()) {
             Column(Modifier.padding(12.dp)) {
                 Text("Wake-ups", style = MaterialTheme.typography.titleMedium)
