@@ -28,32 +28,9 @@ final class Live<Model, State>: ObservableObject {
     }
 }
 
-extension Live where Model == PairingModel, State == PairingState {
-    convenience init(_ model: PairingModel) {
-        self.init(model, state: model.state, updates: model.states())
-    }
-}
-
-extension Live where Model == ConversationModel, State == ConversationState {
-    convenience init(_ model: ConversationModel) {
-        self.init(model, state: model.state, updates: model.states())
-    }
-}
-
-extension Live where Model == ApprovalsModel, State == ApprovalsState {
-    convenience init(_ model: ApprovalsModel) {
-        self.init(model, state: model.state, updates: model.states())
-    }
-}
-
-extension Live where Model == DevicesModel, State == DevicesState {
-    convenience init(_ model: DevicesModel) {
-        self.init(model, state: model.state, updates: model.states())
-    }
-}
-
-extension Live where Model == TaskModel, State == TaskState {
-    convenience init(_ model: TaskModel) {
+extension Live where Model: StateModel, State == Model.State {
+    /// `model`, with its state republished.
+    convenience init(_ model: Model) {
         self.init(model, state: model.state, updates: model.states())
     }
 }

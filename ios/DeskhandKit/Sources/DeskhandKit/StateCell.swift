@@ -56,3 +56,21 @@ public final class StateCell<Value> {
         return nextId
     }
 }
+
+/// A screen's model: its current state and a stream of its states (what the app's `Live`
+/// republishes for SwiftUI). Every screen model conforms.
+@MainActor
+public protocol StateModel: AnyObject {
+    /// What the screen shows.
+    associatedtype State
+    /// The current state.
+    var state: State { get }
+    /// The current state at once, then every change; the stream keeps the model alive.
+    func states() -> AsyncStream<State>
+}
+
+extension PairingModel: StateModel {}
+extension ConversationModel: StateModel {}
+extension ApprovalsModel: StateModel {}
+extension DevicesModel: StateModel {}
+extension TaskModel: StateModel {}
