@@ -19,7 +19,7 @@ fn fixture() -> PathBuf {
 }
 
 /// The workspace document held by the redb file at `db` (a copy is opened, not the fixture).
-fn workspace(db: &Path) -> Result<Workspace> {
+fn document(db: &Path) -> Result<Automerge> {
     let dir = tempfile::tempdir()?;
     let copy = dir.path().join("deskhand.redb");
     std::fs::copy(db, &copy).with_context(|| format!("copying {}", db.display()))?;
@@ -31,7 +31,12 @@ fn workspace(db: &Path) -> Result<Workspace> {
     for c in &loaded.chunks {
         doc.load_incremental(c)?;
     }
-    let ws = Workspace::read(&doc)?;
+    Ok(doc)
+}
+
+/// The workspace document held by the redb file at `db`, read through the schema.
+fn workspace(db: &Path) -> Result<Workspace> {
+    let ws = Workspace::read(&document(db)?)?;
     ensure!(ws.skipped.is_empty(), "items left out: {:?}", ws.skipped);
     Ok(ws)
 }
@@ -104,5 +109,71 @@ fn the_v1_fixture_reads_as_the_conversation_it_was_made_from() -> Result<()> {
         3,
         "a sync state per peer that synced"
     );
+    Ok(())
+}
+
+#[test]
+fn the_v1_fixture_splits_into_week_documents_without_losing_anything() -> Result<()> {
+    use automerge::{ROOT, ReadDoc};
+    use deskhand_core::conversation::split_v1;
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("expected.json"))?)?;
+    let docs: Vec<Automerge> = ["desk", "alpha", "beta"]
+        .iter()
+        .map(|who| document(&fixture().join(who).join("deskhand.redb")))
+        .collect::<Result<_>>()?;
+    let workspace = deskhand_core::DocId::from_bytes([0x5a; 16]);
+    let split = split_v1(&docs[0], &workspace)?;
+    ensure!(!split.weeks.is_empty(), "no week documents");
+    // Every message, in conversation order across the weeks (oldest week first); every task and
+    // approval in exactly one week.
+    let mut ids = Vec::new();
+    let (mut tasks, mut approvals) = (Vec::new(), Vec::new());
+    for doc in split.weeks.values() {
+        let (_, list) = doc.get(ROOT, "messages")?.context("messages")?;
+        for i in 0..doc.length(&list) {
+            let (_, m) = doc.get(&list, i)?.context("message")?;
+            let (id, _) = doc.get(&m, "id")?.context("id")?;
+            ids.push(id.into_string().map_err(|_| anyhow::anyhow!("id"))?);
+        }
+        let (_, t) = doc.get(ROOT, "tasks")?.context("tasks")?;
+        tasks.extend(doc.keys(&t));
+        let (_, a) = doc.get(ROOT, "approvals")?.context("approvals")?;
+        approvals.extend(doc.keys(&a));
+    }
+    let want = |k: &str, f: &str| -> Vec<String> {
+        expected[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v[f].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(ids, want("messages", "id"));
+    tasks.sort();
+    assert_eq!(tasks, want("tasks", "id"));
+    approvals.sort();
+    assert_eq!(approvals, want("approvals", "id"));
+    let (_, devices) = split.root.get(ROOT, "devices")?.context("devices")?;
+    assert_eq!(
+        split.root.keys(&devices).count(),
+        3,
+        "alpha, beta and revoked gamma"
+    );
+    // The phones hold the same changes as the desktop (the fixture ends with both in sync):
+    // their splits are the same bytes, so desktop and phones can migrate apart and agree.
+    for (who, doc) in ["alpha", "beta"].iter().zip(&docs[1..]) {
+        assert_eq!(doc.get_heads(), docs[0].get_heads(), "{who} synced last");
+        let theirs = split_v1(doc, &workspace)?;
+        assert_eq!(theirs.root.save(), split.root.save(), "{who}");
+        for (week, d) in &split.weeks {
+            assert_eq!(
+                theirs.weeks[week].save(),
+                d.save(),
+                "{who} {}",
+                week.label()
+            );
+        }
+    }
     Ok(())
 }
