@@ -248,7 +248,7 @@ pub fn split_v1(v1: &Automerge, workspace: &DocId) -> Result<SplitWorkspace, Spl
     for week in weeks_used {
         let mut doc = conversation_genesis(workspace, week);
         doc.set_actor(actor.clone());
-        let (mut open_tasks, mut pending) = (0u64, 0u64);
+        let (mut open_tasks, mut pending) = (0, 0);
         let mut tx = doc.transaction();
         let dst_messages = child(&tx, &ROOT, "messages")?.unwrap_or(ROOT);
         let dst_tasks = child(&tx, &ROOT, "tasks")?.unwrap_or(ROOT);
@@ -260,44 +260,21 @@ pub fn split_v1(v1: &Automerge, workspace: &DocId) -> Result<SplitWorkspace, Spl
             }
         }
         if let Some(map) = &tasks {
-            for (key, _) in task_week.iter().filter(|(_, w)| **w == week) {
-                copy(
-                    v1,
-                    map,
-                    key.as_str().into(),
-                    &mut tx,
-                    &dst_tasks,
-                    Slot::Key(key),
-                )?;
-                let status = v1
-                    .get(map, key.as_str())?
-                    .and_then(|(_, t)| text(v1, &t, "status"));
-                if !status.is_some_and(|s| FINAL_STATUSES.contains(&s.as_str())) {
-                    open_tasks += 1;
-                }
-            }
+            open_tasks = copy_items(v1, map, &task_week, week, &mut tx, &dst_tasks, |t| {
+                !text(v1, t, "status").is_some_and(|s| FINAL_STATUSES.contains(&s.as_str()))
+            })?;
         }
         if let Some(map) = &approvals {
-            for (key, _) in approval_week.iter().filter(|(_, w)| **w == week) {
-                copy(
-                    v1,
-                    map,
-                    key.as_str().into(),
-                    &mut tx,
-                    &dst_approvals,
-                    Slot::Key(key),
-                )?;
-                // An open request's `resolution` is absent or null.
-                let resolved = v1
-                    .get(map, key.as_str())?
-                    .map(|(_, a)| v1.get(&a, "resolution"))
-                    .transpose()?
-                    .flatten()
-                    .is_some_and(|(v, _)| v.is_object());
-                if !resolved {
-                    pending += 1;
-                }
-            }
+            // An open request's `resolution` is absent or null.
+            pending = copy_items(
+                v1,
+                map,
+                &approval_week,
+                week,
+                &mut tx,
+                &dst_approvals,
+                |a| !matches!(v1.get(a, "resolution"), Ok(Some((v, _))) if v.is_object()),
+            )?;
         }
         tx.commit_with(commit());
         index.push((week, picked.len() as u64, open_tasks, pending));
@@ -325,6 +302,30 @@ pub fn split_v1(v1: &Automerge, workspace: &DocId) -> Result<SplitWorkspace, Spl
     }
     tx.commit_with(commit());
     Ok(SplitWorkspace { root, weeks })
+}
+
+/// Copies the items of map `map` (tasks or approvals) routed to `week` into `to`; returns how
+/// many of them `open` holds true for.
+fn copy_items<T: Transactable>(
+    src: &Automerge,
+    map: &ObjId,
+    routes: &BTreeMap<String, ConversationWeek>,
+    week: ConversationWeek,
+    tx: &mut T,
+    to: &ObjId,
+    open: impl Fn(&ObjId) -> bool,
+) -> Result<u64, SplitError> {
+    let mut count = 0;
+    for (key, _) in routes.iter().filter(|(_, w)| **w == week) {
+        copy(src, map, key.as_str().into(), tx, to, Slot::Key(key))?;
+        if src
+            .get(map, key.as_str())?
+            .is_some_and(|(_, item)| open(&item))
+        {
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 /// The week of `at` (unix ms); the epoch's week for a missing or impossible time.
@@ -424,6 +425,14 @@ mod tests {
         DocId::from_bytes([b; 16])
     }
 
+    /// Week `n` of 2026.
+    fn week(n: u8) -> ConversationWeek {
+        ConversationWeek {
+            year: 2026,
+            week: n,
+        }
+    }
+
     /// Unix ms of a UTC date at noon.
     fn noon(y: i32, m: u8, d: u8) -> i64 {
         let date = time::Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), d).unwrap();
@@ -480,10 +489,7 @@ mod tests {
 
     #[test]
     fn two_devices_start_a_week_apart_and_their_messages_share_one_list() {
-        let week = ConversationWeek {
-            year: 2026,
-            week: 49,
-        };
+        let week = week(49);
         let mut phone = conversation_genesis(&ws(7), week);
         let mut desk = conversation_genesis(&ws(7), week);
         assert_eq!(phone.get_heads(), desk.get_heads(), "one genesis change");
@@ -548,16 +554,7 @@ mod tests {
 
     #[test]
     fn weeks_and_workspaces_get_their_own_documents() {
-        let (w48, w49) = (
-            ConversationWeek {
-                year: 2026,
-                week: 48,
-            },
-            ConversationWeek {
-                year: 2026,
-                week: 49,
-            },
-        );
+        let (w48, w49) = (week(48), week(49));
         assert_eq!(
             conversation_doc_id(&ws(1), w49),
             conversation_doc_id(&ws(1), w49)
@@ -665,16 +662,7 @@ mod tests {
     fn a_v1_workspace_splits_by_week_and_keeps_everything() {
         let (workspace, v1) = v1_workspace();
         let split = split_v1(&v1, &workspace).unwrap();
-        let (w48, w49) = (
-            ConversationWeek {
-                year: 2026,
-                week: 48,
-            },
-            ConversationWeek {
-                year: 2026,
-                week: 49,
-            },
-        );
+        let (w48, w49) = (week(48), week(49));
         assert_eq!(split.weeks.keys().copied().collect::<Vec<_>>(), [w48, w49]);
         // Messages in their week, in conversation order; tasks with their message or their
         // own date; the approval with its task.
@@ -757,10 +745,7 @@ mod tests {
 
     #[test]
     fn only_a_version_1_workspace_is_split() {
-        let week = ConversationWeek {
-            year: 2026,
-            week: 49,
-        };
+        let week = week(49);
         let e = split_v1(&conversation_genesis(&ws(1), week), &ws(1)).unwrap_err();
         assert!(
             e.to_string().starts_with("not a version-1 workspace"),
