@@ -11,19 +11,26 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use automerge::Automerge;
 use deskhand_core::Workspace;
-use deskhand_sync::store::Store;
+use deskhand_sync::store::{Loaded, Store};
 use serde_json::{Value, json};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v1")
 }
 
-/// The workspace document held by the redb file at `db` (a copy is opened, not the fixture).
-fn document(db: &Path) -> Result<Automerge> {
+/// What the store reads from the redb file at `db` (a copy is opened, not the fixture: opening
+/// runs the migrations).
+fn load_copy(db: &Path) -> Result<Loaded> {
     let dir = tempfile::tempdir()?;
     let copy = dir.path().join("deskhand.redb");
     std::fs::copy(db, &copy).with_context(|| format!("copying {}", db.display()))?;
     let (_store, _thread, loaded) = Store::open(&copy)?;
+    Ok(loaded)
+}
+
+/// The workspace document held by the redb file at `db`.
+fn document(db: &Path) -> Result<Automerge> {
+    let loaded = load_copy(db)?;
     let mut doc = match &loaded.snapshot {
         Some(s) => Automerge::load(s)?,
         None => Automerge::new(),
@@ -84,10 +91,7 @@ fn the_v1_fixture_reads_as_the_conversation_it_was_made_from() -> Result<()> {
     }
     // The desktop's registry and per-peer sync states come along too: alpha and beta paired,
     // gamma revoked (the migration must keep who may sync, and what each peer already has).
-    let dir = tempfile::tempdir()?;
-    let copy = dir.path().join("deskhand.redb");
-    std::fs::copy(fixture().join("desk/deskhand.redb"), &copy)?;
-    let (_store, _thread, loaded) = Store::open(&copy)?;
+    let loaded = load_copy(&fixture().join("desk/deskhand.redb"))?;
     let peers: Vec<Value> = loaded
         .peers
         .iter()
