@@ -7,7 +7,12 @@ use crate::tables::*;
 type Migration = fn(&WriteTransaction) -> Result<(), redb::Error>;
 
 /// All migrations; index + 1 is the migration number stored under `meta.migration`.
-const MIGRATIONS: &[Migration] = &[m1_create_tables, m2_pairing_tokens, m3_change_signatures];
+const MIGRATIONS: &[Migration] = &[
+    m1_create_tables,
+    m2_pairing_tokens,
+    m3_change_signatures,
+    m4_documents_by_key,
+];
 
 /// The newest migration number this build knows.
 pub const LATEST: u64 = MIGRATIONS.len() as u64;
@@ -15,10 +20,10 @@ pub const LATEST: u64 = MIGRATIONS.len() as u64;
 fn m1_create_tables(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(META)?;
     tx.open_table(IDENTITY)?;
-    tx.open_table(DOC_SNAPSHOT)?;
-    tx.open_table(DOC_CHUNKS)?;
+    tx.open_table(DOC_SNAPSHOT_V1)?;
+    tx.open_table(DOC_CHUNKS_V1)?;
     tx.open_table(PEERS)?;
-    tx.open_table(SYNC_STATES)?;
+    tx.open_table(SYNC_STATES_V1)?;
     tx.open_table(AUDIT)?;
     Ok(())
 }
@@ -32,6 +37,41 @@ fn m2_pairing_tokens(tx: &WriteTransaction) -> Result<(), redb::Error> {
 /// its own history on its first start after this migration (meta `own_history_signed`).
 fn m3_change_signatures(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(CHANGE_SIGNATURES)?;
+    Ok(())
+}
+
+/// Storage keyed by document (issue 16's workspace of several documents): the one document of
+/// the tables before moves under the key `workspace` (`store::DocKey::WORKSPACE`), its chunks
+/// keep their sequence numbers, and each peer's sync state becomes (peer, `workspace`). The old
+/// tables are deleted in the same transaction, so a crash leaves either layout, never both.
+fn m4_documents_by_key(tx: &WriteTransaction) -> Result<(), redb::Error> {
+    let key = crate::store::DocKey::WORKSPACE.as_str();
+    {
+        let old = tx.open_table(DOC_SNAPSHOT_V1)?;
+        let mut new = tx.open_table(DOC_SNAPSHOTS)?;
+        if let Some(v) = old.get("current")? {
+            new.insert(key, v.value())?;
+        }
+    }
+    {
+        let old = tx.open_table(DOC_CHUNKS_V1)?;
+        let mut new = tx.open_table(DOC_CHUNKS)?;
+        for item in old.iter()? {
+            let (seq, v) = item?;
+            new.insert((key, seq.value()), v.value())?;
+        }
+    }
+    {
+        let old = tx.open_table(SYNC_STATES_V1)?;
+        let mut new = tx.open_table(SYNC_STATES)?;
+        for item in old.iter()? {
+            let (peer, v) = item?;
+            new.insert((peer.value(), key), v.value())?;
+        }
+    }
+    tx.delete_table(DOC_SNAPSHOT_V1)?;
+    tx.delete_table(DOC_CHUNKS_V1)?;
+    tx.delete_table(SYNC_STATES_V1)?;
     Ok(())
 }
 

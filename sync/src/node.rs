@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::RelaySetting;
 use crate::endpoint::{self, EndpointError, NetConfig};
 use crate::presence::{Clock, Presence, SystemClock};
-use crate::store::{Store, StoreError, StoreThread, WriteOp};
+use crate::store::{DocKey, Store, StoreError, StoreThread, WriteOp};
 
 /// Compact the stored document after this many incremental chunks.
 const COMPACT_EVERY_CHUNKS: usize = 4096;
@@ -457,15 +457,15 @@ impl Shared {
             // The peer's whole document, holding everything this one has: the new snapshot.
             Some((_, Storable::Document(bytes))) => {
                 ds.chunks_since_snapshot = 0;
-                WriteOp::Compact(bytes)
+                WriteOp::Compact(DocKey::WORKSPACE, bytes)
             }
             Some((before, Storable::Changes(bytes))) if before == ds.persisted_heads.as_slice() => {
                 ds.chunks_since_snapshot += 1;
-                WriteOp::AppendChunk(bytes)
+                WriteOp::AppendChunk(DocKey::WORKSPACE, bytes)
             }
             _ => {
                 ds.chunks_since_snapshot += 1;
-                WriteOp::AppendChunk(ds.doc.save_after(&ds.persisted_heads))
+                WriteOp::AppendChunk(DocKey::WORKSPACE, ds.doc.save_after(&ds.persisted_heads))
             }
         };
         let op = if ds.book_unsaved {
@@ -534,7 +534,8 @@ impl Shared {
         );
         if ds.chunks_since_snapshot >= COMPACT_EVERY_CHUNKS {
             ds.chunks_since_snapshot = 0;
-            self.store.queue(WriteOp::Compact(ds.doc.save()), None);
+            self.store
+                .queue(WriteOp::Compact(DocKey::WORKSPACE, ds.doc.save()), None);
         }
     }
 
@@ -543,8 +544,14 @@ impl Shared {
     }
 
     pub(crate) fn persist_sync_state(&self, peer: &DeviceId, state: Vec<u8>) {
-        self.store
-            .queue(WriteOp::PutSyncState(peer.to_string(), state.clone()), None);
+        self.store.queue(
+            WriteOp::PutSyncState {
+                peer: peer.to_string(),
+                doc: DocKey::WORKSPACE,
+                state: state.clone(),
+            },
+            None,
+        );
         lock(&self.sync_states).insert(*peer, state);
     }
 
@@ -755,7 +762,7 @@ impl Node {
         }
         prepare_dir(&config.data_dir)?;
         let path = Self::db_path(&config.data_dir);
-        let (store, store_thread, loaded) = Store::open(&path)?;
+        let (store, store_thread, mut loaded) = Store::open(&path)?;
 
         let meta: HashMap<String, Vec<u8>> = loaded.meta.into_iter().collect();
         let key = match (&config.key, &loaded.identity) {
@@ -807,14 +814,8 @@ impl Node {
             reason,
         };
 
-        let mut doc = match &loaded.snapshot {
-            Some(s) => Automerge::load(s).map_err(|e| corrupt(format!("snapshot: {e}")))?,
-            None => Automerge::new(),
-        };
-        for chunk in &loaded.chunks {
-            doc.load_incremental(chunk)
-                .map_err(|e| corrupt(format!("chunk: {e}")))?;
-        }
+        let stored = loaded.docs.remove(&DocKey::WORKSPACE).unwrap_or_default();
+        let mut doc = stored.load().map_err(|e| corrupt(e.to_string()))?;
         // A fresh actor for every run: a data directory restored from a backup must never
         // write a second change under a sequence number its lost changes already used.
         doc.set_actor(id.session_actor(random_bytes()));
@@ -879,11 +880,12 @@ impl Node {
         let sync_states = loaded
             .sync_states
             .into_iter()
-            .filter_map(|(k, v)| k.parse::<DeviceId>().ok().map(|k| (k, v)))
+            .filter(|(_, doc, _)| *doc == DocKey::WORKSPACE)
+            .filter_map(|(k, _, v)| k.parse::<DeviceId>().ok().map(|k| (k, v)))
             .collect();
 
         let persisted_heads = doc.get_heads();
-        let chunks_since_snapshot = loaded.chunks.len();
+        let chunks_since_snapshot = stored.chunks.len();
         let shared = Arc::new(Shared {
             id,
             key: key.clone(),
@@ -1364,7 +1366,7 @@ impl Node {
             ds.persisted_heads.clear();
             ds.chunks_since_snapshot = 0;
             lock(&self.shared.sync_states).clear();
-            self.shared.store.queue(WriteOp::ClearDocument, None);
+            self.shared.store.queue(WriteOp::ClearDocuments, None);
         }
         self.shared.store.read(|_| ()).await?;
         self.shared.changed.send_modify(|g| *g += 1);
@@ -1498,7 +1500,7 @@ impl Node {
                 ds.chunks_since_snapshot = 0;
                 self.shared
                     .store
-                    .queue(WriteOp::Compact(ds.doc.save()), None);
+                    .queue(WriteOp::Compact(DocKey::WORKSPACE, ds.doc.save()), None);
             }
         }
         // Wait for queued writes (sync states, peer records, snapshot) to be committed.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
 use crate::migrations;
@@ -56,19 +56,107 @@ pub enum StoreError {
     Closed,
 }
 
+/// Which document a snapshot, chunk or sync state belongs to: the key of the document tables
+/// (`tables::DOC_SNAPSHOTS`, `DOC_CHUNKS`, `SYNC_STATES`), ASCII: `workspace` or a document id
+/// in hex.
+///
+/// Today a workspace is the one document [`DocKey::WORKSPACE`] (schema 1). The layout of several
+/// documents (issue 16: a root and one conversation document per week) stores each under its own
+/// key beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DocKey(std::borrow::Cow<'static, str>);
+
+impl DocKey {
+    /// The workspace's one document (schema 1; everything before migration 4 is stored here).
+    pub const WORKSPACE: DocKey = DocKey(std::borrow::Cow::Borrowed("workspace"));
+
+    /// A document stored under its own id (32 lowercase hex digits), such as a week's
+    /// conversation document (`deskhand_core::conversation_doc_id`).
+    pub fn of(id: &deskhand_core::DocId) -> DocKey {
+        DocKey(std::borrow::Cow::Owned(id.to_string()))
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DocKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One stored document as read at open.
+#[derive(Debug, Default)]
+pub struct LoadedDoc {
+    /// The snapshot, if one was written.
+    pub snapshot: Option<Vec<u8>>,
+    /// Chunks after the snapshot, in the order they were written.
+    pub chunks: Vec<Vec<u8>>,
+}
+
+impl LoadedDoc {
+    /// The document: the snapshot (or an empty document) with every chunk loaded after it.
+    ///
+    /// # Errors
+    /// [`LoadDocError`] names the part that does not load.
+    pub fn load(&self) -> Result<automerge::Automerge, LoadDocError> {
+        let mut doc = match &self.snapshot {
+            Some(s) => {
+                automerge::Automerge::load(s).map_err(|e| LoadDocError::Snapshot(Box::new(e)))?
+            }
+            None => automerge::Automerge::new(),
+        };
+        for (index, chunk) in self.chunks.iter().enumerate() {
+            doc.load_incremental(chunk)
+                .map_err(|e| LoadDocError::Chunk {
+                    index,
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(doc)
+    }
+}
+
+/// Why a stored document does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadDocError {
+    /// The snapshot is not an Automerge document.
+    #[error("snapshot: {0}")]
+    Snapshot(Box<automerge::AutomergeError>),
+    /// A chunk is not Automerge changes.
+    #[error("chunk {index} after the snapshot: {source}")]
+    Chunk {
+        /// Its position after the snapshot (0-based).
+        index: usize,
+        /// What Automerge said.
+        source: Box<automerge::AutomergeError>,
+    },
+}
+
 /// Writes the store thread performs.
 #[derive(Debug)]
 pub enum WriteOp {
-    /// Appends an incremental document chunk.
-    AppendChunk(Vec<u8>),
-    /// Replaces the snapshot and drops every chunk stored so far (they are all in it: see
-    /// the caller's ordering rule in `node.rs`).
-    Compact(Vec<u8>),
-    /// Sync state for a peer.
-    PutSyncState(String, Vec<u8>),
+    /// Appends an incremental chunk to a document.
+    AppendChunk(DocKey, Vec<u8>),
+    /// Replaces a document's snapshot and drops every chunk of that document stored so far
+    /// (they are all in it: see the caller's ordering rule in `node.rs`). Other documents'
+    /// chunks stay.
+    Compact(DocKey, Vec<u8>),
+    /// Sync state of a peer (device id) for a document.
+    PutSyncState {
+        /// The peer's device id.
+        peer: String,
+        /// The document.
+        doc: DocKey,
+        /// Automerge's encoded `sync::State`.
+        state: Vec<u8>,
+    },
     /// A peer record.
     PutPeer(String, Vec<u8>),
-    /// Removes a peer record and its sync state.
+    /// Removes a peer record and its sync states for every document.
     RemovePeer(String),
     /// A meta value.
     PutMeta(&'static str, Vec<u8>),
@@ -80,9 +168,9 @@ pub enum WriteOp {
     Audit(String),
     /// A pairing token record (key: SHA-256 of the token, hex).
     PutPairingToken(String, Vec<u8>),
-    /// Drops the whole document, its id, every sync state and change signature (a phone
-    /// forgetting its desktop).
-    ClearDocument,
+    /// Drops every document, the workspace's id, every sync state and change signature (a
+    /// phone forgetting its desktop).
+    ClearDocuments,
     /// The inner write together with change signatures (actor hex, `Signed` bytes), in one
     /// transaction: a change is never stored without the signature that proves it.
     WithSignatures(Box<WriteOp>, Vec<(String, Vec<u8>)>),
@@ -94,7 +182,7 @@ impl WriteOp {
     /// Whether the write replaces the snapshot (and drops the chunks).
     fn compacts(&self) -> bool {
         match self {
-            WriteOp::Compact(_) => true,
+            WriteOp::Compact(..) => true,
             WriteOp::WithSignatures(inner, _) => inner.compacts(),
             _ => false,
         }
@@ -117,18 +205,16 @@ enum Req {
 /// Everything read at open: what the node needs to start.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// The snapshot, if one was written.
-    pub snapshot: Option<Vec<u8>>,
-    /// Chunks after the snapshot, in order.
-    pub chunks: Vec<Vec<u8>>,
+    /// Every stored document, by key.
+    pub docs: std::collections::BTreeMap<DocKey, LoadedDoc>,
     /// The secret key, if one was stored.
     pub identity: Option<Vec<u8>>,
     /// Meta values.
     pub meta: Vec<(String, Vec<u8>)>,
     /// Peers (id, JSON).
     pub peers: Vec<(String, Vec<u8>)>,
-    /// Sync states (id, bytes).
-    pub sync_states: Vec<(String, Vec<u8>)>,
+    /// Sync states (peer device id, document, bytes).
+    pub sync_states: Vec<(String, DocKey, Vec<u8>)>,
     /// Pairing token records (hash hex, JSON).
     pub pairing_tokens: Vec<(String, Vec<u8>)>,
     /// Change signatures (actor hex, `Signed` bytes).
@@ -293,16 +379,20 @@ fn restrict_permissions(_: &Path) {}
 
 fn load(db: &Database) -> Result<Loaded, redb::Error> {
     let rx = db.begin_read()?;
-    let mut out = Loaded {
-        snapshot: rx
-            .open_table(DOC_SNAPSHOT)?
-            .get("current")?
-            .map(|v| v.value().to_vec()),
-        ..Loaded::default()
-    };
+    let mut out = Loaded::default();
+    for item in rx.open_table(DOC_SNAPSHOTS)?.iter()? {
+        let (k, v) = item?;
+        out.docs.entry(doc_key(k.value())).or_default().snapshot = Some(v.value().to_vec());
+    }
+    // Chunks by (document, sequence): each document's in the order they were written.
     for item in rx.open_table(DOC_CHUNKS)?.iter()? {
-        let (_, v) = item?;
-        out.chunks.push(v.value().to_vec());
+        let (k, v) = item?;
+        let (doc, _) = k.value();
+        out.docs
+            .entry(doc_key(doc))
+            .or_default()
+            .chunks
+            .push(v.value().to_vec());
     }
     out.identity = rx
         .open_table(IDENTITY)?
@@ -318,8 +408,9 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
     }
     for item in rx.open_table(SYNC_STATES)?.iter()? {
         let (k, v) = item?;
+        let (peer, doc) = k.value();
         out.sync_states
-            .push((k.value().to_owned(), v.value().to_vec()));
+            .push((peer.to_owned(), doc_key(doc), v.value().to_vec()));
     }
     for item in rx.open_table(PAIRING_TOKENS)?.iter()? {
         let (k, v) = item?;
@@ -332,6 +423,15 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
             .push((k.value().to_owned(), v.value().to_vec()));
     }
     Ok(out)
+}
+
+/// A stored key as a `DocKey` (the known ones without allocating).
+fn doc_key(stored: &str) -> DocKey {
+    if stored == DocKey::WORKSPACE.as_str() {
+        DocKey::WORKSPACE
+    } else {
+        DocKey(std::borrow::Cow::Owned(stored.to_owned()))
+    }
 }
 
 struct Counters {
@@ -492,11 +592,13 @@ fn reopen(path: &Path, opener: &Opener) -> Result<Database, String> {
 
 fn next_keys(db: &Database) -> Result<Counters, redb::Error> {
     let rx = db.begin_read()?;
-    let next_chunk = rx
-        .open_table(DOC_CHUNKS)?
-        .last()?
-        .map(|(k, _)| k.value() + 1)
-        .unwrap_or(0);
+    // Chunks are keyed by document first: the highest sequence number is found by a scan, which
+    // is short (every document is compacted after `COMPACT_EVERY_CHUNKS` chunks).
+    let mut next_chunk = 0;
+    for item in rx.open_table(DOC_CHUNKS)?.iter()? {
+        let (k, _) = item?;
+        next_chunk = next_chunk.max(k.value().1 + 1);
+    }
     let next_audit = rx
         .open_table(AUDIT)?
         .last()?
@@ -531,28 +633,28 @@ fn apply_op(
     audit: &mut u64,
 ) -> Result<(), redb::Error> {
     match op {
-        WriteOp::AppendChunk(bytes) => {
+        WriteOp::AppendChunk(doc, bytes) => {
             tx.open_table(DOC_CHUNKS)?
-                .insert(*chunk, bytes.as_slice())?;
+                .insert((doc.as_str(), *chunk), bytes.as_slice())?;
             *chunk += 1;
         }
-        WriteOp::Compact(snapshot) => {
-            tx.open_table(DOC_SNAPSHOT)?
-                .insert("current", snapshot.as_slice())?;
-            let mut chunks = tx.open_table(DOC_CHUNKS)?;
-            chunks.retain(|_, _| false)?;
-            debug_assert_eq!(chunks.len()?, 0);
+        WriteOp::Compact(doc, snapshot) => {
+            tx.open_table(DOC_SNAPSHOTS)?
+                .insert(doc.as_str(), snapshot.as_slice())?;
+            tx.open_table(DOC_CHUNKS)?
+                .retain_in((doc.as_str(), 0)..=(doc.as_str(), u64::MAX), |_, _| false)?;
         }
-        WriteOp::PutSyncState(k, v) => {
+        WriteOp::PutSyncState { peer, doc, state } => {
             tx.open_table(SYNC_STATES)?
-                .insert(k.as_str(), v.as_slice())?;
+                .insert((peer.as_str(), doc.as_str()), state.as_slice())?;
         }
         WriteOp::PutPeer(k, v) => {
             tx.open_table(PEERS)?.insert(k.as_str(), v.as_slice())?;
         }
         WriteOp::RemovePeer(k) => {
             tx.open_table(PEERS)?.remove(k.as_str())?;
-            tx.open_table(SYNC_STATES)?.remove(k.as_str())?;
+            tx.open_table(SYNC_STATES)?
+                .retain(|(peer, _), _| peer != k.as_str())?;
         }
         WriteOp::PutMeta(k, v) => {
             tx.open_table(META)?.insert(*k, v.as_slice())?;
@@ -567,8 +669,8 @@ fn apply_op(
             tx.open_table(PAIRING_TOKENS)?
                 .insert(k.as_str(), v.as_slice())?;
         }
-        WriteOp::ClearDocument => {
-            tx.open_table(DOC_SNAPSHOT)?.retain(|_, _| false)?;
+        WriteOp::ClearDocuments => {
+            tx.open_table(DOC_SNAPSHOTS)?.retain(|_, _| false)?;
             tx.open_table(DOC_CHUNKS)?.retain(|_, _| false)?;
             tx.open_table(SYNC_STATES)?.retain(|_, _| false)?;
             tx.open_table(META)?.remove("doc_id")?;
@@ -611,6 +713,166 @@ pub fn read_audit(db: &Database) -> Result<Vec<String>, redb::Error> {
         .collect()
 }
 
+/// Documents stored apart, and migration 4 from the single-document tables.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test: a failure is a broken test
+mod tests {
+    use super::*;
+    use redb::TableHandle;
+
+    fn week() -> DocKey {
+        DocKey::of(&deskhand_core::DocId::from_bytes([7; 16]))
+    }
+
+    fn chunks<'a>(loaded: &'a Loaded, doc: &DocKey) -> Vec<&'a [u8]> {
+        loaded.docs.get(doc).map_or(Vec::new(), |d| {
+            d.chunks.iter().map(|c| c.as_slice()).collect()
+        })
+    }
+
+    fn state(peer: &str, doc: DocKey, state: &[u8]) -> WriteOp {
+        WriteOp::PutSyncState {
+            peer: peer.into(),
+            doc,
+            state: state.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_document_keeps_its_own_snapshot_chunks_and_sync_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deskhand.redb");
+        let ws = DocKey::WORKSPACE;
+        {
+            let (store, _thread, _) = Store::open(&path).unwrap();
+            for op in [
+                WriteOp::AppendChunk(ws.clone(), b"w1".to_vec()),
+                WriteOp::AppendChunk(week(), b"k1".to_vec()),
+                WriteOp::AppendChunk(ws.clone(), b"w2".to_vec()),
+                // Compacting one document leaves the other's chunks.
+                WriteOp::Compact(ws.clone(), b"W".to_vec()),
+                WriteOp::AppendChunk(ws.clone(), b"w3".to_vec()),
+                state("alpha", ws.clone(), b"a-ws"),
+                state("alpha", week(), b"a-week"),
+                state("beta", week(), b"b-week"),
+            ] {
+                store.write(op).await.unwrap();
+            }
+        }
+        {
+            let (store, _thread, loaded) = Store::open(&path).unwrap();
+            assert_eq!(loaded.docs[&ws].snapshot.as_deref(), Some(&b"W"[..]));
+            assert_eq!(chunks(&loaded, &ws), [b"w3"]);
+            assert_eq!(loaded.docs[&week()].snapshot, None);
+            assert_eq!(chunks(&loaded, &week()), [b"k1"]);
+            assert_eq!(loaded.sync_states.len(), 3);
+            // After a restart, sequence numbers go on: a new chunk loads after the old ones.
+            store
+                .write(WriteOp::AppendChunk(week(), b"k2".to_vec()))
+                .await
+                .unwrap();
+            // A removed peer loses its sync state for every document, no one else's.
+            store
+                .write(WriteOp::RemovePeer("alpha".into()))
+                .await
+                .unwrap();
+        }
+        {
+            let (store, _thread, loaded) = Store::open(&path).unwrap();
+            assert_eq!(chunks(&loaded, &week()), [b"k1", b"k2"]);
+            assert_eq!(
+                loaded.sync_states,
+                [("beta".to_owned(), week(), b"b-week".to_vec())]
+            );
+            store.write(WriteOp::ClearDocuments).await.unwrap();
+        }
+        let (_, _, loaded) = Store::open(&path).unwrap();
+        assert!(loaded.docs.is_empty(), "{:?}", loaded.docs.keys());
+        assert!(loaded.sync_states.is_empty());
+    }
+
+    /// A database as migrations 1–3 left it, written table by table: migration 4 moves its one
+    /// document under `workspace`, keeps the chunks' order and each peer's sync state, and
+    /// deletes the old tables.
+    #[test]
+    fn migration_4_moves_the_one_document_under_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deskhand.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(IDENTITY).unwrap();
+            tx.open_table(PEERS).unwrap();
+            tx.open_table(AUDIT).unwrap();
+            tx.open_table(PAIRING_TOKENS).unwrap();
+            tx.open_table(CHANGE_SIGNATURES).unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("migration", 3u64.to_be_bytes().as_slice())
+                .unwrap();
+            tx.open_table(DOC_SNAPSHOT_V1)
+                .unwrap()
+                .insert("current", &b"snapshot"[..])
+                .unwrap();
+            let mut c = tx.open_table(DOC_CHUNKS_V1).unwrap();
+            // Out of insertion order on purpose: the sequence number orders them.
+            c.insert(12, &b"third"[..]).unwrap();
+            c.insert(3, &b"first"[..]).unwrap();
+            c.insert(7, &b"second"[..]).unwrap();
+            drop(c);
+            let mut s = tx.open_table(SYNC_STATES_V1).unwrap();
+            s.insert("alpha", &b"sa"[..]).unwrap();
+            s.insert("beta", &b"sb"[..]).unwrap();
+            drop(s);
+            tx.commit().unwrap();
+        }
+        let (store, thread, loaded) = Store::open(&path).unwrap();
+        let ws = DocKey::WORKSPACE;
+        assert_eq!(loaded.docs.len(), 1);
+        assert_eq!(loaded.docs[&ws].snapshot.as_deref(), Some(&b"snapshot"[..]));
+        assert_eq!(
+            chunks(&loaded, &ws),
+            [&b"first"[..], &b"second"[..], &b"third"[..]]
+        );
+        assert_eq!(
+            loaded.sync_states,
+            [
+                ("alpha".to_owned(), ws.clone(), b"sa".to_vec()),
+                ("beta".to_owned(), ws.clone(), b"sb".to_vec()),
+            ]
+        );
+        drop(store);
+        drop(thread);
+        let db = Database::open(&path).unwrap();
+        let rx = db.begin_read().unwrap();
+        let names: Vec<String> = rx
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        for old in ["doc_snapshot_v1", "doc_chunks_v1", "sync_states_v1"] {
+            assert!(!names.iter().any(|n| n == old), "{old} is left: {names:?}");
+        }
+        let meta = rx.open_table(META).unwrap();
+        let m = meta.get("migration").unwrap().unwrap();
+        assert_eq!(m.value(), migrations::LATEST.to_be_bytes());
+        // Chunks written after the migration come after the moved ones.
+        drop(meta);
+        drop(rx);
+        drop(db);
+        let (store, _thread, _) = Store::open(&path).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(store.write(WriteOp::AppendChunk(ws.clone(), b"fourth".to_vec())))
+            .unwrap();
+        drop(store);
+        drop(_thread);
+        let (_, _, loaded) = Store::open(&path).unwrap();
+        assert_eq!(chunks(&loaded, &ws).last(), Some(&&b"fourth"[..]));
+    }
+}
+
 /// The store on a failing disk (redb's file backend wrapped by `fault::FaultyBackend`): each
 /// round writes seeded groups of chunks while one fault happens at a seeded write or sync call,
 /// then reopens the file through the plain backend and checks it.
@@ -619,6 +881,13 @@ pub fn read_audit(db: &Database) -> Result<Vec<String>, redb::Error> {
 mod disk_fault_tests {
     use super::*;
     use crate::fault::{DiskFault, DiskFaults, FaultyBackend};
+
+    fn workspace_chunks(loaded: &Loaded) -> &[Vec<u8>] {
+        loaded
+            .docs
+            .get(&DocKey::WORKSPACE)
+            .map_or(&[], |d| &d.chunks)
+    }
 
     /// splitmix64: each round is reproducible from its seed.
     struct Rng(u64);
@@ -682,7 +951,7 @@ mod disk_fault_tests {
                         bytes.resize(len, b'a' + (g % 26) as u8);
                         let (tx, rx) = oneshot::channel();
                         store.queue(
-                            WriteOp::AppendChunk(bytes.clone()),
+                            WriteOp::AppendChunk(DocKey::WORKSPACE, bytes.clone()),
                             Some(Box::new(move |r| {
                                 let _ = tx.send(r);
                             })),
@@ -707,7 +976,7 @@ mod disk_fault_tests {
                 let last = b"after the fault".to_vec();
                 written.push(last.clone());
                 store
-                    .write(WriteOp::AppendChunk(last.clone()))
+                    .write(WriteOp::AppendChunk(DocKey::WORKSPACE, last.clone()))
                     .await
                     .unwrap_or_else(|e| {
                         panic!("{ctx}: the store did not recover after the disk came back: {e}")
@@ -752,7 +1021,7 @@ mod disk_fault_tests {
             .unwrap_or_else(|e| panic!("{ctx}: the file does not open after the fault: {e}"));
         let mut at = 0;
         for a in &acked {
-            let found = loaded.chunks[at..].iter().position(|c| c == a);
+            let found = workspace_chunks(&loaded)[at..].iter().position(|c| c == a);
             let Some(i) = found else {
                 panic!(
                     "{ctx}: an acknowledged chunk ({} bytes) is missing or out of order",
@@ -761,7 +1030,7 @@ mod disk_fault_tests {
             };
             at += i + 1;
         }
-        for c in &loaded.chunks {
+        for c in workspace_chunks(&loaded) {
             assert!(written.contains(c), "{ctx}: a chunk that was never written");
         }
     }
@@ -783,7 +1052,7 @@ mod disk_fault_tests {
         assert!(e.to_string().contains("No space left"), "{e}");
         let (store, _thread, _) = Store::open(&path).unwrap();
         store
-            .write(WriteOp::AppendChunk(b"x".to_vec()))
+            .write(WriteOp::AppendChunk(DocKey::WORKSPACE, b"x".to_vec()))
             .await
             .unwrap();
     }
@@ -797,27 +1066,30 @@ mod disk_fault_tests {
         let faults = DiskFaults::none();
         let (store, _thread, _) = Store::open_with(&path, opener(&path, faults.clone())).unwrap();
         store
-            .write(WriteOp::AppendChunk(b"kept".to_vec()))
+            .write(WriteOp::AppendChunk(DocKey::WORKSPACE, b"kept".to_vec()))
             .await
             .unwrap();
         *faults.plan.lock().unwrap() = Some((DiskFault::DiskFull, 1));
         faults.writes.store(0, std::sync::atomic::Ordering::SeqCst);
         for _ in 0..3 {
             let e = store
-                .write(WriteOp::AppendChunk(b"lost".to_vec()))
+                .write(WriteOp::AppendChunk(DocKey::WORKSPACE, b"lost".to_vec()))
                 .await
                 .unwrap_err();
             assert!(matches!(e, StoreError::DiskFull { .. }), "{e}");
         }
         faults.heal();
         store
-            .write(WriteOp::AppendChunk(b"after".to_vec()))
+            .write(WriteOp::AppendChunk(DocKey::WORKSPACE, b"after".to_vec()))
             .await
             .unwrap();
         drop(store);
         drop(_thread);
         let (_, _, loaded) = Store::open(&path).unwrap();
-        assert_eq!(loaded.chunks, vec![b"kept".to_vec(), b"after".to_vec()]);
+        assert_eq!(
+            workspace_chunks(&loaded),
+            vec![b"kept".to_vec(), b"after".to_vec()]
+        );
     }
 
     #[tokio::test]

@@ -7,16 +7,28 @@ use redb::TableDefinition;
 pub const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta_v1");
 /// This device's secret key (`secret`).
 pub const IDENTITY: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("identity_v1");
-/// The compacted document (`current`).
-pub const DOC_SNAPSHOT: TableDefinition<'static, &str, &[u8]> =
+/// Before migration 4: the one document (`current`).
+pub const DOC_SNAPSHOT_V1: TableDefinition<'static, &str, &[u8]> =
     TableDefinition::new("doc_snapshot_v1");
-/// Incremental document chunks written since the snapshot, by sequence number.
-pub const DOC_CHUNKS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("doc_chunks_v1");
+/// Before migration 4: the one document's chunks, by sequence number.
+pub const DOC_CHUNKS_V1: TableDefinition<'static, u64, &[u8]> =
+    TableDefinition::new("doc_chunks_v1");
+/// Before migration 4: Automerge sync state per peer.
+pub const SYNC_STATES_V1: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new("sync_states_v1");
+/// Each document's compacted snapshot, by document key (`store::DocKey`).
+pub const DOC_SNAPSHOTS: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new("doc_snapshots_v2");
+/// Incremental chunks written since a document's snapshot, by (document key, sequence number).
+/// Sequence numbers are one counter for the whole file, so a document's chunks load in the
+/// order they were written.
+pub const DOC_CHUNKS: TableDefinition<'static, (&str, u64), &[u8]> =
+    TableDefinition::new("doc_chunks_v2");
 /// Paired devices (desktop) or the home desktop (phone), JSON by device id.
 pub const PEERS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("peers_v1");
-/// Automerge sync state per peer.
-pub const SYNC_STATES: TableDefinition<'static, &str, &[u8]> =
-    TableDefinition::new("sync_states_v1");
+/// Automerge sync state per (peer device id, document key).
+pub const SYNC_STATES: TableDefinition<'static, (&str, &str), &[u8]> =
+    TableDefinition::new("sync_states_v2");
 /// Security-relevant events, JSON, by sequence number.
 pub const AUDIT: TableDefinition<'static, u64, &str> = TableDefinition::new("audit_v1");
 /// Pairing codes by SHA-256 of their token (the token itself is never stored), JSON.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use automerge::Automerge;
 use deskhand_core::Workspace;
-use deskhand_sync::store::{Loaded, Store};
+use deskhand_sync::store::{DocKey, Loaded, Store};
 use serde_json::{Value, json};
 
 fn fixture() -> PathBuf {
@@ -30,15 +30,17 @@ fn load_copy(db: &Path) -> Result<Loaded> {
 
 /// The workspace document held by the redb file at `db`.
 fn document(db: &Path) -> Result<Automerge> {
-    let loaded = load_copy(db)?;
-    let mut doc = match &loaded.snapshot {
-        Some(s) => Automerge::load(s)?,
-        None => Automerge::new(),
-    };
-    for c in &loaded.chunks {
-        doc.load_incremental(c)?;
-    }
-    Ok(doc)
+    let mut loaded = load_copy(db)?;
+    let stored = loaded
+        .docs
+        .remove(&DocKey::WORKSPACE)
+        .context("no workspace document after migration 4")?;
+    ensure!(
+        loaded.docs.is_empty(),
+        "documents besides the workspace: {:?}",
+        loaded.docs.keys()
+    );
+    Ok(stored.load()?)
 }
 
 /// The workspace document held by the redb file at `db`, read through the schema.
@@ -112,6 +114,13 @@ fn the_v1_fixture_reads_as_the_conversation_it_was_made_from() -> Result<()> {
         loaded.sync_states.len(),
         3,
         "a sync state per peer that synced"
+    );
+    assert!(
+        loaded
+            .sync_states
+            .iter()
+            .all(|(_, doc, _)| *doc == DocKey::WORKSPACE),
+        "every sync state is the workspace document's"
     );
     Ok(())
 }

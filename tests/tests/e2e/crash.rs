@@ -33,14 +33,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn desktop_document(data: &std::path::Path) -> Result<Automerge> {
     let (store, thread, loaded) = deskhand_sync::store::Store::open(&data.join("deskhand.redb"))
         .context("the desktop's database does not open after the crash")?;
-    let mut doc = match &loaded.snapshot {
-        Some(s) => Automerge::load(s).context("the snapshot does not load")?,
-        None => Automerge::new(),
-    };
-    for chunk in &loaded.chunks {
-        doc.load_incremental(chunk)
-            .context("a chunk does not load")?;
-    }
+    let doc = loaded
+        .docs
+        .get(&deskhand_sync::store::DocKey::WORKSPACE)
+        .map(|d| d.load())
+        .transpose()
+        .context("the desktop's document does not load")?
+        .unwrap_or_default();
     drop(store);
     drop(thread);
     Ok(doc)
