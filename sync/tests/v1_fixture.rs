@@ -190,3 +190,56 @@ fn the_v1_fixture_splits_into_week_documents_without_losing_anything() -> Result
     }
     Ok(())
 }
+
+/// The desktop's fixture opened by a node, as `deskhand serve` opens it after an upgrade: the
+/// store's migration 4 runs under it, and the node serves the same conversation, keeps its
+/// identity and workspace id, and writes and reopens with everything kept.
+#[tokio::test]
+async fn a_desktop_node_opens_the_v1_fixture_and_goes_on_writing() -> Result<()> {
+    use deskhand_core::schema::{Message, Role};
+    use deskhand_sync::{Node, NodeConfig, NodeRole};
+
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        fixture().join("desk/deskhand.redb"),
+        Node::db_path(dir.path()),
+    )?;
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("expected.json"))?)?;
+    let config = || {
+        NodeConfig::new(
+            dir.path(),
+            NodeRole::Desktop {
+                name: "desk".into(),
+            },
+        )
+    };
+    let node = Node::open(config()).await?;
+    let (id, doc_id) = (node.id(), node.doc_id());
+    ensure!(doc_id.is_some(), "the fixture's workspace id was lost");
+    let ws = node.read(Workspace::read)?;
+    assert_eq!(kept(&ws), expected);
+    let names: Vec<String> = node.peers().into_iter().map(|p| p.record.name).collect();
+    ensure!(names.len() == 3, "paired devices: {names:?}");
+    let m = Message {
+        id: "after-upgrade".into(),
+        author: id.to_string(),
+        role: Role::User,
+        text: "written after migration 4".into(),
+        created_at: 1,
+        task_id: None,
+    };
+    node.write(|tx| Workspace::append_message(tx, &m)).await?;
+    node.shutdown().await;
+
+    let node = Node::open(config()).await?;
+    assert_eq!((node.id(), node.doc_id()), (id, doc_id));
+    let ws = node.read(Workspace::read)?;
+    assert_eq!(ws.messages.len(), 11);
+    assert_eq!(
+        ws.messages.last().map(|m| m.text.as_str()),
+        Some(m.text.as_str())
+    );
+    node.shutdown().await;
+    Ok(())
+}
