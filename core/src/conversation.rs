@@ -59,6 +59,17 @@ impl ConversationWeek {
         Ok(Self { year, week })
     }
 
+    /// Week `week` of ISO year `year`, if that year has it (52 or 53 weeks; the time crate's
+    /// years, ±9999).
+    ///
+    /// # Errors
+    /// [`WeekError::BadLabel`] naming the week that does not exist.
+    pub fn new(year: i32, week: u8) -> Result<Self, WeekError> {
+        time::Date::from_iso_week_date(year, week, time::Weekday::Monday)
+            .map(|_| Self { year, week })
+            .map_err(|_| WeekError::BadLabel(format!("{year:04}-W{week:02}")))
+    }
+
     /// Monday 00:00 UTC of this week, in unix milliseconds.
     pub fn start_unix_ms(self) -> i64 {
         // A week built by `of_unix_ms` or `parse` always has a Monday.
@@ -713,6 +724,19 @@ mod tests {
         assert_eq!(int(root, &e48, "pending_approvals"), Some(1));
         let (_, e49) = root.get(&index, "2026-W49").unwrap().unwrap();
         assert_eq!(int(root, &e49, "open_tasks"), Some(0));
+        // What a phone reads of that index to choose what to sync.
+        let (summaries, skipped) = crate::catalog::read_index(root);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(
+            summaries[&w48],
+            crate::catalog::WeekSummary {
+                messages: 3,
+                open_tasks: 1,
+                pending_approvals: 1
+            }
+        );
+        assert_eq!(summaries[&w49].messages, 1);
+        assert_eq!(summaries.len(), 2);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod macros;
 pub mod approval;
 pub mod authorship;
 pub mod bounds;
+pub mod catalog;
 pub mod conversation;
 pub mod frame;
 pub mod identity;
