@@ -377,8 +377,14 @@ async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>)
     out
 }
 
+/// Weeks the W4 workspace's messages are spread over (issue 16: a workspace used for a year).
+const W4_WEEKS: u64 = 52;
+
 /// W4: cold start of a desktop holding many messages (and their tasks, written one change each
-/// as the product writes them) until it serves a phone again.
+/// as the product writes them, dated over [`W4_WEEKS`] weeks) until it serves a phone again.
+/// Then, on the desktop's database as that start left it, what the split into week documents
+/// costs and what a phone would load to open (`conversation::split_v1`; the split is not yet
+/// what the product runs).
 async fn w4(r: &mut Report, quick: bool) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let listen = deskhand_tests::free_udp_addr();
@@ -390,7 +396,7 @@ async fn w4(r: &mut Report, quick: bool) -> Result<()> {
     )?;
     let count = if quick { 10_000 } else { 100_000 };
     let setup = Instant::now();
-    desk.ok(json!({"cmd": "conversation", "count": count}))?;
+    desk.ok(json!({"cmd": "conversation", "count": count, "span_weeks": W4_WEEKS}))?;
     eprintln!(
         "W4 setup: {count} messages and their tasks written in {:?}",
         setup.elapsed()
@@ -457,6 +463,64 @@ async fn w4(r: &mut Report, quick: bool) -> Result<()> {
     r.put("W4", "peak_rss_mb", rss / 1024.0, "desktop process VmHWM");
     p.shutdown().await;
     desk.quit()?;
+    w4_split(r, &dir.path().join("desk"))
+}
+
+/// The split of the W4 desktop's workspace into week documents, timed in this process.
+fn w4_split(r: &mut Report, data_dir: &Path) -> Result<()> {
+    use deskhand_core::conversation::split_v1;
+    use deskhand_sync::store::{DocKey, Store};
+    let (store, thread, mut loaded) = Store::open(&Node::db_path(data_dir))?;
+    drop(store);
+    drop(thread);
+    let v1 = loaded
+        .docs
+        .remove(&DocKey::WORKSPACE)
+        .context("the W4 desktop holds no workspace document")?
+        .load()?;
+    let doc_id = loaded
+        .meta
+        .iter()
+        .find(|(k, _)| k == "doc_id")
+        .and_then(|(_, v)| <[u8; 16]>::try_from(v.as_slice()).ok())
+        .map(deskhand_core::DocId::from_bytes)
+        .context("the W4 desktop has no workspace id")?;
+    let t = Instant::now();
+    let split = split_v1(&v1, &doc_id)?;
+    let split_ms = t.elapsed().as_secs_f64() * 1000.0;
+    drop(v1);
+    let root = split.root.save();
+    let (_, newest) = split
+        .weeks
+        .last_key_value()
+        .context("the split made no week document")?;
+    let newest = newest.save();
+    let t = Instant::now();
+    let loaded_root = Automerge::load(&root)?;
+    let loaded_week = Automerge::load(&newest)?;
+    let open_ms = t.elapsed().as_secs_f64() * 1000.0;
+    drop((loaded_root, loaded_week));
+    r.put(
+        "W4",
+        "split_ms",
+        split_ms,
+        &format!(
+            "split into {} week documents and a root (migration cost, once)",
+            split.weeks.len()
+        ),
+    );
+    r.put(
+        "W4",
+        "root_and_newest_week_kb",
+        (root.len() + newest.len()) as f64 / 1024.0,
+        "saved root + newest week document: what a phone opens on",
+    );
+    r.put(
+        "W4",
+        "root_and_newest_week_load_ms",
+        open_ms,
+        "Automerge::load of those two",
+    );
     Ok(())
 }
 

@@ -154,8 +154,17 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             let count = cmd["count"].as_u64().context("count")? as usize;
             let phone = DeviceId::from_bytes([7; 32]);
             let text = "x".repeat(cmd["text_len"].as_u64().unwrap_or(100) as usize);
-            for _ in 0..count / 2 {
-                let now = now_unix_ms();
+            // Dated evenly over the last `span_weeks` weeks (0: all now), as a workspace used
+            // that long would be.
+            let span_ms = cmd["span_weeks"].as_u64().unwrap_or(0) as i64 * 7 * 86_400_000;
+            let start = now_unix_ms() - span_ms;
+            let pairs = (count / 2).max(1) as i64;
+            for i in 0..count / 2 {
+                let now = if span_ms == 0 {
+                    now_unix_ms()
+                } else {
+                    start + span_ms * i as i64 / pairs
+                };
                 let ask = Message {
                     id: MessageId::from_random(deskhand_sync::node::random_id_bytes()),
                     author: phone.to_string(),
