@@ -50,7 +50,8 @@ kept!(
     pair_answer,
     qr_payload,
     sync_message,
-    blob_request
+    blob_request,
+    catalog
 );
 
 /// The seeds of the sync target reach the trust rules: what a phone may write is taken, what it

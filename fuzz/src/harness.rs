@@ -38,6 +38,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("qr_payload", qr_payload),
     ("sync_message", sync_message),
     ("blob_request", blob_request),
+    ("catalog", catalog),
 ];
 
 /// Structured choices read from the fuzzer's bytes; past the end every read gives 0.
@@ -874,4 +875,29 @@ fn only_what_a_phone_may_write(f: &Fixture, before: &Workspace, after: &Workspac
             "an approval changed beyond the phone's decision"
         );
     }
+}
+
+/// A peer's catalog of week documents, `Catalog::decode` (issue 16: what a device will announce
+/// in its hello). Must hold: a catalog that decodes is the one canonical encoding of itself (so
+/// two devices never disagree on what was announced), within the week bound; and choosing what
+/// to sync from it, against itself and against nothing, ends with each week at most once.
+pub fn catalog(data: &[u8]) {
+    use deskhand_core::catalog::{Catalog, MAX_CATALOG_WEEKS, choose};
+    let Ok(c) = Catalog::decode(data) else {
+        return;
+    };
+    assert!(c.len() <= MAX_CATALOG_WEEKS);
+    assert_eq!(c.encode(), data, "decoding is not canonical");
+    let index = Default::default();
+    let none = Catalog::default();
+    let fresh = choose(&c, &none, &index, 50);
+    assert_eq!(fresh.now.len() + fresh.later.len(), c.len());
+    let mut all: Vec<_> = fresh.now.iter().chain(&fresh.later).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), c.len(), "a week chosen twice");
+    assert_eq!(choose(&c, &c, &index, 50), Default::default());
+    let offline = choose(&none, &c, &index, 50);
+    assert_eq!(offline.now.len(), c.len());
+    assert!(offline.later.is_empty());
 }
