@@ -184,135 +184,227 @@ const FINAL_STATUSES: [&str; 4] = ["done", "failed", "cancelled", "interrupted"]
 /// derived from the workspace and `v1`'s heads, at time 0, so devices that split the same
 /// document get byte-identical documents (and each week's document starts with the same
 /// genesis as [`conversation_genesis`]).
+///
+/// This is [`SplitPlan::new`], [`SplitPlan::build_week`] for every week in order, then
+/// [`SplitPlan::build_root`]; a caller that wants the weeks on several threads, or the newest
+/// first, calls those itself (the result is the same).
 pub fn split_v1(v1: &Automerge, workspace: &DocId) -> Result<SplitWorkspace, SplitError> {
-    match v1.get(ROOT, "schema_version")? {
-        Some((Value::Scalar(s), _)) if s.as_u64() == Some(1) => {}
-        other => {
-            return Err(SplitError::NotVersion1(format!(
-                "schema_version is {other:?}"
-            )));
-        }
-    }
-    let actor = {
-        let mut h = Sha256::new();
-        h.update(b"deskhand/conversation/v1\0migration 1 to 2\0");
-        h.update(workspace.as_bytes());
-        let mut heads = v1.get_heads();
-        heads.sort();
-        for head in heads {
-            h.update(head.0);
-        }
-        ActorId::from(&h.finalize()[..16])
-    };
-    let commit = || CommitOptions::default().with_time(0);
-
-    // Where each item goes.
-    let messages = child(v1, &ROOT, "messages")?;
-    let tasks = child(v1, &ROOT, "tasks")?;
-    let approvals = child(v1, &ROOT, "approvals")?;
-    let mut message_week: BTreeMap<String, ConversationWeek> = BTreeMap::new();
-    let mut by_week: BTreeMap<ConversationWeek, Vec<usize>> = BTreeMap::new();
-    if let Some(list) = &messages {
-        for i in 0..v1.length(list) {
-            let m = v1
-                .get(list, i)?
-                .and_then(|(v, id)| v.is_object().then_some(id));
-            let week = week_at(m.as_ref().and_then(|m| int(v1, m, "created_at")));
-            if let Some(id) = m.as_ref().and_then(|m| text(v1, m, "id")) {
-                message_week.insert(id, week);
-            }
-            by_week.entry(week).or_default().push(i);
-        }
-    }
-    let mut task_week: BTreeMap<String, ConversationWeek> = BTreeMap::new();
-    if let Some(map) = &tasks {
-        for key in v1.keys(map) {
-            let t = v1.get(map, key.as_str())?.map(|(_, id)| id);
-            let week = key
-                .strip_prefix("m-")
-                .and_then(|m| message_week.get(m).copied())
-                .unwrap_or_else(|| week_at(t.as_ref().and_then(|t| int(v1, t, "created_at"))));
-            task_week.insert(key, week);
-        }
-    }
-    let mut approval_week: BTreeMap<String, ConversationWeek> = BTreeMap::new();
-    if let Some(map) = &approvals {
-        for key in v1.keys(map) {
-            let a = v1.get(map, key.as_str())?.map(|(_, id)| id);
-            let week = a
-                .as_ref()
-                .and_then(|a| text(v1, a, "task_id"))
-                .and_then(|t| task_week.get(&t).copied())
-                .unwrap_or_else(|| week_at(a.as_ref().and_then(|a| int(v1, a, "requested_at"))));
-            approval_week.insert(key, week);
-        }
-    }
-    let mut weeks_used: Vec<ConversationWeek> = by_week.keys().copied().collect();
-    weeks_used.extend(task_week.values().copied());
-    weeks_used.extend(approval_week.values().copied());
-    weeks_used.sort();
-    weeks_used.dedup();
-
-    // The week documents.
+    let plan = SplitPlan::new(v1, workspace)?;
     let mut weeks = BTreeMap::new();
-    let mut index = Vec::new();
-    for week in weeks_used {
-        let mut doc = conversation_genesis(workspace, week);
-        doc.set_actor(actor.clone());
-        let (mut open_tasks, mut pending) = (0, 0);
+    let mut counts = BTreeMap::new();
+    for week in plan.weeks() {
+        let (doc, c) = plan.build_week(v1, week)?;
+        weeks.insert(week, doc);
+        counts.insert(week, c);
+    }
+    let root = plan.build_root(v1, &counts)?;
+    Ok(SplitWorkspace { root, weeks })
+}
+
+/// What a week's document holds after the split, for the root's index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeekCounts {
+    /// Messages.
+    pub messages: u64,
+    /// Tasks not in a final state.
+    pub open_tasks: u64,
+    /// Approval requests not yet decided.
+    pub pending_approvals: u64,
+}
+
+/// Where each item of a version-1 workspace goes (see [`split_v1`] for the rules), worked out
+/// once from the document; the week documents are then built from it independently, in any
+/// order or on several threads (each build only reads `v1`).
+#[derive(Debug)]
+pub struct SplitPlan {
+    workspace: DocId,
+    actor: ActorId,
+    messages: Option<ObjId>,
+    tasks: Option<ObjId>,
+    approvals: Option<ObjId>,
+    /// Per week, the indexes of its messages in the v1 list, in conversation order.
+    by_week: BTreeMap<ConversationWeek, Vec<usize>>,
+    task_week: BTreeMap<String, ConversationWeek>,
+    approval_week: BTreeMap<String, ConversationWeek>,
+    weeks: Vec<ConversationWeek>,
+}
+
+impl SplitPlan {
+    /// Routes every item of `v1`.
+    ///
+    /// # Errors
+    /// [`SplitError::NotVersion1`] unless `schema_version` is 1; [`SplitError::Automerge`] if a
+    /// read fails.
+    pub fn new(v1: &Automerge, workspace: &DocId) -> Result<Self, SplitError> {
+        match v1.get(ROOT, "schema_version")? {
+            Some((Value::Scalar(s), _)) if s.as_u64() == Some(1) => {}
+            other => {
+                return Err(SplitError::NotVersion1(format!(
+                    "schema_version is {other:?}"
+                )));
+            }
+        }
+        let actor = {
+            let mut h = Sha256::new();
+            h.update(b"deskhand/conversation/v1\0migration 1 to 2\0");
+            h.update(workspace.as_bytes());
+            let mut heads = v1.get_heads();
+            heads.sort();
+            for head in heads {
+                h.update(head.0);
+            }
+            ActorId::from(&h.finalize()[..16])
+        };
+        let messages = child(v1, &ROOT, "messages")?;
+        let tasks = child(v1, &ROOT, "tasks")?;
+        let approvals = child(v1, &ROOT, "approvals")?;
+        let mut message_week: BTreeMap<String, ConversationWeek> = BTreeMap::new();
+        let mut by_week: BTreeMap<ConversationWeek, Vec<usize>> = BTreeMap::new();
+        if let Some(list) = &messages {
+            for i in 0..v1.length(list) {
+                let m = v1
+                    .get(list, i)?
+                    .and_then(|(v, id)| v.is_object().then_some(id));
+                let week = week_at(m.as_ref().and_then(|m| int(v1, m, "created_at")));
+                if let Some(id) = m.as_ref().and_then(|m| text(v1, m, "id")) {
+                    message_week.insert(id, week);
+                }
+                by_week.entry(week).or_default().push(i);
+            }
+        }
+        let mut task_week: BTreeMap<String, ConversationWeek> = BTreeMap::new();
+        if let Some(map) = &tasks {
+            for key in v1.keys(map) {
+                let t = v1.get(map, key.as_str())?.map(|(_, id)| id);
+                let week = key
+                    .strip_prefix("m-")
+                    .and_then(|m| message_week.get(m).copied())
+                    .unwrap_or_else(|| week_at(t.as_ref().and_then(|t| int(v1, t, "created_at"))));
+                task_week.insert(key, week);
+            }
+        }
+        let mut approval_week: BTreeMap<String, ConversationWeek> = BTreeMap::new();
+        if let Some(map) = &approvals {
+            for key in v1.keys(map) {
+                let a = v1.get(map, key.as_str())?.map(|(_, id)| id);
+                let week = a
+                    .as_ref()
+                    .and_then(|a| text(v1, a, "task_id"))
+                    .and_then(|t| task_week.get(&t).copied())
+                    .unwrap_or_else(|| {
+                        week_at(a.as_ref().and_then(|a| int(v1, a, "requested_at")))
+                    });
+                approval_week.insert(key, week);
+            }
+        }
+        let mut weeks: Vec<ConversationWeek> = by_week.keys().copied().collect();
+        weeks.extend(task_week.values().copied());
+        weeks.extend(approval_week.values().copied());
+        weeks.sort();
+        weeks.dedup();
+        Ok(Self {
+            workspace: *workspace,
+            actor,
+            messages,
+            tasks,
+            approvals,
+            by_week,
+            task_week,
+            approval_week,
+            weeks,
+        })
+    }
+
+    /// Every week that gets a document, oldest first.
+    pub fn weeks(&self) -> impl DoubleEndedIterator<Item = ConversationWeek> + '_ {
+        self.weeks.iter().copied()
+    }
+
+    /// The document of `week` (its genesis, then one change copying the week's messages in
+    /// conversation order, tasks and approvals), and what it holds. `v1` must be the document
+    /// the plan was made from. A week the plan does not list gets its genesis and a change with
+    /// nothing in it.
+    ///
+    /// # Errors
+    /// [`SplitError::Automerge`] if a read or a write fails.
+    pub fn build_week(
+        &self,
+        v1: &Automerge,
+        week: ConversationWeek,
+    ) -> Result<(Automerge, WeekCounts), SplitError> {
+        let mut doc = conversation_genesis(&self.workspace, week);
+        doc.set_actor(self.actor.clone());
+        let mut counts = WeekCounts::default();
         let mut tx = doc.transaction();
         let dst_messages = child(&tx, &ROOT, "messages")?.unwrap_or(ROOT);
         let dst_tasks = child(&tx, &ROOT, "tasks")?.unwrap_or(ROOT);
         let dst_approvals = child(&tx, &ROOT, "approvals")?.unwrap_or(ROOT);
-        let picked = by_week.get(&week).map(Vec::as_slice).unwrap_or(&[]);
-        if let Some(list) = &messages {
+        let picked = self.by_week.get(&week).map(Vec::as_slice).unwrap_or(&[]);
+        if let Some(list) = &self.messages {
             for (n, &i) in picked.iter().enumerate() {
                 copy(v1, list, i.into(), &mut tx, &dst_messages, Slot::Insert(n))?;
             }
         }
-        if let Some(map) = &tasks {
-            open_tasks = copy_items(v1, map, &task_week, week, &mut tx, &dst_tasks, |t| {
-                !text(v1, t, "status").is_some_and(|s| FINAL_STATUSES.contains(&s.as_str()))
-            })?;
+        counts.messages = picked.len() as u64;
+        if let Some(map) = &self.tasks {
+            counts.open_tasks =
+                copy_items(v1, map, &self.task_week, week, &mut tx, &dst_tasks, |t| {
+                    !text(v1, t, "status").is_some_and(|s| FINAL_STATUSES.contains(&s.as_str()))
+                })?;
         }
-        if let Some(map) = &approvals {
+        if let Some(map) = &self.approvals {
             // An open request's `resolution` is absent or null.
-            pending = copy_items(
+            counts.pending_approvals = copy_items(
                 v1,
                 map,
-                &approval_week,
+                &self.approval_week,
                 week,
                 &mut tx,
                 &dst_approvals,
                 |a| !matches!(v1.get(a, "resolution"), Ok(Some((v, _))) if v.is_object()),
             )?;
         }
-        tx.commit_with(commit());
-        index.push((week, picked.len() as u64, open_tasks, pending));
-        weeks.insert(week, doc);
+        tx.commit_with(split_commit());
+        Ok((doc, counts))
     }
 
-    // The root.
-    let mut root = Automerge::new().with_actor(actor);
-    let mut tx = root.transaction();
-    tx.put(ROOT, "schema_version", ROOT_SCHEMA_VERSION)?;
-    for key in ["desktop", "devices"] {
-        copy(v1, &ROOT, key.into(), &mut tx, &ROOT, Slot::Key(key))?;
+    /// The root: `schema_version` 2, `desktop` and `devices` copied from `v1`, and the index
+    /// `conversations.<week> = { doc_id, messages, open_tasks, pending_approvals }` of every
+    /// week in `counts` (what [`SplitPlan::build_week`] returned).
+    ///
+    /// # Errors
+    /// [`SplitError::Automerge`] if a read or a write fails.
+    pub fn build_root(
+        &self,
+        v1: &Automerge,
+        counts: &BTreeMap<ConversationWeek, WeekCounts>,
+    ) -> Result<Automerge, SplitError> {
+        let mut root = Automerge::new().with_actor(self.actor.clone());
+        let mut tx = root.transaction();
+        tx.put(ROOT, "schema_version", ROOT_SCHEMA_VERSION)?;
+        for key in ["desktop", "devices"] {
+            copy(v1, &ROOT, key.into(), &mut tx, &ROOT, Slot::Key(key))?;
+        }
+        let conversations = tx.put_object(ROOT, "conversations", ObjType::Map)?;
+        for (week, c) in counts {
+            let entry = tx.put_object(&conversations, week.label(), ObjType::Map)?;
+            tx.put(
+                &entry,
+                "doc_id",
+                conversation_doc_id(&self.workspace, *week).to_string(),
+            )?;
+            tx.put(&entry, "messages", c.messages)?;
+            tx.put(&entry, "open_tasks", c.open_tasks)?;
+            tx.put(&entry, "pending_approvals", c.pending_approvals)?;
+        }
+        tx.commit_with(split_commit());
+        Ok(root)
     }
-    let conversations = tx.put_object(ROOT, "conversations", ObjType::Map)?;
-    for (week, messages, open_tasks, pending) in index {
-        let entry = tx.put_object(&conversations, week.label(), ObjType::Map)?;
-        tx.put(
-            &entry,
-            "doc_id",
-            conversation_doc_id(workspace, week).to_string(),
-        )?;
-        tx.put(&entry, "messages", messages)?;
-        tx.put(&entry, "open_tasks", open_tasks)?;
-        tx.put(&entry, "pending_approvals", pending)?;
-    }
-    tx.commit_with(commit());
-    Ok(SplitWorkspace { root, weeks })
+}
+
+/// The split's changes: time 0, so their bytes depend only on the content.
+fn split_commit() -> CommitOptions {
+    CommitOptions::default().with_time(0)
 }
 
 /// Copies the items of map `map` (tasks or approvals) routed to `week` into `to`; returns how
@@ -737,6 +829,27 @@ mod tests {
         );
         assert_eq!(summaries[&w49].messages, 1);
         assert_eq!(summaries.len(), 2);
+    }
+
+    #[test]
+    fn weeks_built_apart_newest_first_or_on_another_thread_are_the_split() {
+        let (workspace, v1) = v1_workspace();
+        let whole = split_v1(&v1, &workspace).unwrap();
+        let plan = SplitPlan::new(&v1, &workspace).unwrap();
+        assert_eq!(plan.weeks().collect::<Vec<_>>(), [week(48), week(49)]);
+        let mut counts = BTreeMap::new();
+        for w in plan.weeks().rev() {
+            let (doc, c) = std::thread::scope(|s| s.spawn(|| plan.build_week(&v1, w)).join())
+                .unwrap()
+                .unwrap();
+            assert_eq!(doc.save(), whole.weeks[&w].save(), "{}", w.label());
+            counts.insert(w, c);
+        }
+        assert_eq!(counts[&week(48)].messages, 3);
+        assert_eq!(
+            plan.build_root(&v1, &counts).unwrap().save(),
+            whole.root.save()
+        );
     }
 
     #[test]

@@ -466,6 +466,67 @@ async fn w4(r: &mut Report, quick: bool) -> Result<()> {
     w4_split(r, &dir.path().join("desk"))
 }
 
+/// The split as a desktop would run it: route once, the newest week first, the weeks spread over
+/// every core, then the root. Returns the whole time, the time until the newest week was built,
+/// and the threads used; fails unless the result is the same as `split_v1`'s.
+fn split_in_parallel(
+    v1: &Automerge,
+    workspace: &deskhand_core::DocId,
+    expected: &deskhand_core::conversation::SplitWorkspace,
+) -> Result<(f64, f64, usize)> {
+    use deskhand_core::conversation::SplitPlan;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let t = Instant::now();
+    let plan = SplitPlan::new(v1, workspace)?;
+    let weeks: Vec<_> = plan.weeks().rev().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let built = Mutex::new(std::collections::BTreeMap::new());
+    let newest_ms = Mutex::new(0.0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&week) = weeks.get(i) else { break };
+                    let r = plan.build_week(v1, week);
+                    if i == 0
+                        && let Ok(mut n) = newest_ms.lock()
+                    {
+                        *n = t.elapsed().as_secs_f64() * 1000.0;
+                    }
+                    if let Ok(mut b) = built.lock() {
+                        b.insert(week, r);
+                    }
+                }
+            });
+        }
+    });
+    let mut counts = std::collections::BTreeMap::new();
+    let built = built
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a split thread panicked"))?;
+    for (week, r) in built {
+        let (doc, c) = r?;
+        if expected.weeks.get(&week).map(|d| d.get_heads()) != Some(doc.get_heads()) {
+            bail!(
+                "the parallel split of {} differs from split_v1's",
+                week.label()
+            );
+        }
+        counts.insert(week, c);
+    }
+    let root = plan.build_root(v1, &counts)?;
+    if root.get_heads() != expected.root.get_heads() {
+        bail!("the parallel split's root differs from split_v1's");
+    }
+    let newest = *newest_ms
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a split thread panicked"))?;
+    Ok((t.elapsed().as_secs_f64() * 1000.0, newest, threads))
+}
+
 /// The split of the W4 desktop's workspace into week documents, timed in this process.
 fn w4_split(r: &mut Report, data_dir: &Path) -> Result<()> {
     use deskhand_core::conversation::split_v1;
@@ -488,6 +549,7 @@ fn w4_split(r: &mut Report, data_dir: &Path) -> Result<()> {
     let t = Instant::now();
     let split = split_v1(&v1, &doc_id)?;
     let split_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let (parallel_ms, newest_ms, threads) = split_in_parallel(&v1, &doc_id, &split)?;
     drop(v1);
     let root = split.root.save();
     let (_, newest) = split
@@ -508,6 +570,18 @@ fn w4_split(r: &mut Report, data_dir: &Path) -> Result<()> {
             "split into {} week documents and a root (migration cost, once)",
             split.weeks.len()
         ),
+    );
+    r.put(
+        "W4",
+        "split_newest_week_ms",
+        newest_ms,
+        "routing every item, then the newest week's document alone",
+    );
+    r.put(
+        "W4",
+        "split_parallel_ms",
+        parallel_ms,
+        &format!("the same split, newest week first, on {threads} threads"),
     );
     r.put(
         "W4",
