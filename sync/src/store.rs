@@ -295,10 +295,10 @@ impl Store {
             let tx = db.begin_write().map_err(|e| corrupt(&e))?;
             migrations::run(&tx).map_err(|e| corrupt(&e))?;
             tx.commit().map_err(|e| io_error(path, e))?;
-            let loaded = load(&db).map_err(|e| corrupt(&e))?;
-            Ok((db, loaded))
+            let (loaded, next_chunk) = load(&db).map_err(|e| corrupt(&e))?;
+            Ok((db, loaded, next_chunk))
         })();
-        let (db, loaded) = match opened {
+        let (db, loaded, next_chunk) = match opened {
             Ok(v) => v,
             Err(e) => {
                 if fresh {
@@ -312,7 +312,7 @@ impl Store {
         let thread_path = path.to_owned();
         let handle = std::thread::Builder::new()
             .name("deskhand-store".into())
-            .spawn(move || run(db, rx, thread_path, opener))
+            .spawn(move || run(db, next_chunk, rx, thread_path, opener))
             .map_err(|e| io_error(path, e))?;
         Ok((
             Store {
@@ -377,9 +377,12 @@ fn restrict_permissions(path: &Path) {
 #[cfg(not(unix))]
 fn restrict_permissions(_: &Path) {}
 
-fn load(db: &Database) -> Result<Loaded, redb::Error> {
+/// Everything the node needs, and the next chunk's sequence number (found on the way, so the
+/// chunks are read once at start).
+fn load(db: &Database) -> Result<(Loaded, u64), redb::Error> {
     let rx = db.begin_read()?;
     let mut out = Loaded::default();
+    let mut next_chunk = 0;
     for item in rx.open_table(DOC_SNAPSHOTS)?.iter()? {
         let (k, v) = item?;
         out.docs.entry(doc_key(k.value())).or_default().snapshot = Some(v.value().to_vec());
@@ -387,7 +390,8 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
     // Chunks by (document, sequence): each document's in the order they were written.
     for item in rx.open_table(DOC_CHUNKS)?.iter()? {
         let (k, v) = item?;
-        let (doc, _) = k.value();
+        let (doc, seq) = k.value();
+        next_chunk = u64::max(next_chunk, seq + 1);
         out.docs
             .entry(doc_key(doc))
             .or_default()
@@ -422,7 +426,7 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
         out.signatures
             .push((k.value().to_owned(), v.value().to_vec()));
     }
-    Ok(out)
+    Ok((out, next_chunk))
 }
 
 /// A stored key as a `DocKey` (the known ones without allocating).
@@ -439,8 +443,14 @@ struct Counters {
     next_audit: u64,
 }
 
-fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf, opener: Opener) {
-    let mut counters = counters_of(&db, &path);
+fn run(db: Database, next_chunk: u64, rx: mpsc::Receiver<Req>, path: PathBuf, opener: Opener) {
+    let mut counters = Counters {
+        next_chunk,
+        next_audit: next_audit(&db).unwrap_or_else(|e| {
+            tracing::error!(path = %path.display(), "store cannot read its audit counter: {e}");
+            u64::MAX / 2
+        }),
+    };
     // None after an I/O error: redb must be closed and opened again before it is used.
     let mut db = Some(db);
     let mut pending_read: Option<ReadFn> = None;
@@ -590,6 +600,8 @@ fn reopen(path: &Path, opener: &Opener) -> Result<Database, String> {
     })
 }
 
+/// The counters as the file holds them (after a reopen; at open, `load` finds the chunk counter
+/// on its way).
 fn next_keys(db: &Database) -> Result<Counters, redb::Error> {
     let rx = db.begin_read()?;
     // Chunks are keyed by document first: the highest sequence number is found by a scan, which
@@ -599,15 +611,19 @@ fn next_keys(db: &Database) -> Result<Counters, redb::Error> {
         let (k, _) = item?;
         next_chunk = next_chunk.max(k.value().1 + 1);
     }
-    let next_audit = rx
+    Ok(Counters {
+        next_chunk,
+        next_audit: next_audit(db)?,
+    })
+}
+
+fn next_audit(db: &Database) -> Result<u64, redb::Error> {
+    Ok(db
+        .begin_read()?
         .open_table(AUDIT)?
         .last()?
         .map(|(k, _)| k.value() + 1)
-        .unwrap_or(0);
-    Ok(Counters {
-        next_chunk,
-        next_audit,
-    })
+        .unwrap_or(0))
 }
 
 fn commit_batch<'a>(
