@@ -169,9 +169,6 @@ pub enum SplitError {
     Automerge(#[from] automerge::AutomergeError),
 }
 
-/// Task statuses after which a task does nothing more (the schema's final states).
-const FINAL_STATUSES: [&str; 4] = ["done", "failed", "cancelled", "interrupted"];
-
 /// Splits the single-document workspace `v1` (schema 1) of `workspace` into a root and one
 /// conversation document per ISO week, copying every value as it is (unknown fields too, and
 /// items the typed schema would skip), so nothing of the conversation is lost:
@@ -349,7 +346,8 @@ impl SplitPlan {
         if let Some(map) = &self.tasks {
             counts.open_tasks =
                 copy_items(v1, map, &self.task_week, week, &mut tx, &dst_tasks, |t| {
-                    !text(v1, t, "status").is_some_and(|s| FINAL_STATUSES.contains(&s.as_str()))
+                    !text(v1, t, "status")
+                        .is_some_and(|s| s.parse::<crate::TaskStatus>().is_ok_and(|t| t.is_final()))
                 })?;
         }
         if let Some(map) = &self.approvals {
