@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use automerge::{Automerge, ChangeHash, ROOT, ReadDoc, Value};
 use sha2::{Digest, Sha256};
 
-use crate::conversation::ConversationWeek;
+use crate::conversation::{ConversationWeek, WeekCounts};
 
 /// Bytes of a [`HeadsDigest`].
 pub const DIGEST_LEN: usize = 16;
@@ -189,22 +189,11 @@ impl Catalog {
     }
 }
 
-/// What the root document's index says of one week (`conversations.<week>` in the root, as
-/// `conversation::split_v1` writes it).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WeekSummary {
-    /// Messages in the week's document.
-    pub messages: u64,
-    /// Its tasks that have not reached a final state.
-    pub open_tasks: u64,
-    /// Its approval requests not yet decided.
-    pub pending_approvals: u64,
-}
-
-/// Reads the root document's index of weeks. An entry whose key is not a week label is left out
+/// Reads the root document's index of weeks (`conversations.<week>`, what
+/// `conversation::SplitPlan::build_root` writes from each week's [`WeekCounts`]). An entry whose key is not a week label is left out
 /// and named in the second value (a newer build's entry, or a damaged one); a missing count
 /// reads as 0.
-pub fn read_index(root: &Automerge) -> (BTreeMap<ConversationWeek, WeekSummary>, Vec<String>) {
+pub fn read_index(root: &Automerge) -> (BTreeMap<ConversationWeek, WeekCounts>, Vec<String>) {
     let mut out = BTreeMap::new();
     let mut skipped = Vec::new();
     let Ok(Some((Value::Object(_), conversations))) = root.get(ROOT, "conversations") else {
@@ -225,7 +214,7 @@ pub fn read_index(root: &Automerge) -> (BTreeMap<ConversationWeek, WeekSummary>,
         };
         out.insert(
             week,
-            WeekSummary {
+            WeekCounts {
                 messages: count("messages"),
                 open_tasks: count("open_tasks"),
                 pending_approvals: count("pending_approvals"),
@@ -261,7 +250,7 @@ pub struct SyncChoice {
 pub fn choose(
     desktop: &Catalog,
     phone: &Catalog,
-    index: &BTreeMap<ConversationWeek, WeekSummary>,
+    index: &BTreeMap<ConversationWeek, WeekCounts>,
     recent_messages: u64,
 ) -> SyncChoice {
     let differs = |week: ConversationWeek| desktop.get(week) != phone.get(week);
@@ -393,7 +382,7 @@ mod tests {
     }
 
     /// A desktop with 52 weeks of 100 messages each; week 10 still has an open task.
-    fn desktop_year() -> (Catalog, BTreeMap<ConversationWeek, WeekSummary>) {
+    fn desktop_year() -> (Catalog, BTreeMap<ConversationWeek, WeekCounts>) {
         let weeks = year_2026();
         let catalog = Catalog::new(weeks.iter().map(|w| (*w, digest(w.week))));
         let index = weeks
@@ -401,7 +390,7 @@ mod tests {
             .map(|w| {
                 (
                     *w,
-                    WeekSummary {
+                    WeekCounts {
                         messages: 100,
                         open_tasks: u64::from(w.week == 10),
                         pending_approvals: 0,

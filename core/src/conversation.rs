@@ -819,7 +819,7 @@ mod tests {
         assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(
             summaries[&w48],
-            crate::catalog::WeekSummary {
+            WeekCounts {
                 messages: 3,
                 open_tasks: 1,
                 pending_approvals: 1
