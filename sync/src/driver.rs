@@ -10,7 +10,7 @@ use deskhand_core::{DeviceId, Frame, FrameDecoder, SyncSession};
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{DocState, Shared};
+use crate::node::{DocHandle, DocState, Shared, lock};
 
 const READ_CHUNK: usize = 256 * 1024;
 /// How long a goodbye may take to write before the connection is closed anyway.
@@ -41,6 +41,7 @@ pub(crate) async fn run_peer(
     };
     tracing::info!(peer = %peer.short(), "session open");
     let mut driver = Driver {
+        doc: shared.main_doc(),
         shared: shared.clone(),
         peer,
         send,
@@ -69,6 +70,8 @@ pub(crate) async fn run_peer(
 }
 
 struct Driver {
+    /// The document this session syncs.
+    doc: DocHandle,
     conn: Connection,
     conn_no: u64,
     shared: Arc<Shared>,
@@ -86,9 +89,9 @@ impl Driver {
         cancel: &CancellationToken,
     ) -> (Result<(), String>, SessionStats) {
         let now = self.shared.now_ms();
-        let persisted = self.shared.sync_state(&self.peer);
         let mut session = {
-            let ds = self.shared.lock_doc();
+            let ds = lock(&self.doc);
+            let persisted = self.shared.sync_state(&self.peer, &ds.key);
             let mut s = SyncSession::new(self.peer, ds.doc_id, persisted.as_deref(), now)
                 .with_wall_clock(self.shared.wall_ms());
             s.set_hold(!Shared::may_relay(&ds));
@@ -174,7 +177,7 @@ impl Driver {
                     }
                 }
                 _ = durable.changed() => {
-                    let ds = self.shared.lock_doc();
+                    let ds = lock(&self.doc);
                     if !Shared::is_dirty(&ds) {
                         self.owes_ack = false;
                     }
@@ -186,7 +189,7 @@ impl Driver {
                 _ = relay.changed(), if !self.owes_ack => {
                     // Another peer's changes arrived (or this device's own are all stored):
                     // relay them now, before they are durable here (see `node.rs`).
-                    let ds = self.shared.lock_doc();
+                    let ds = lock(&self.doc);
                     session.set_hold(self.hold(&ds));
                     let out = session.on_local_change(&ds.doc, &ds.book, self.shared.now_ms());
                     drop(ds);
@@ -209,14 +212,14 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let ds = self.shared.lock_doc();
+                    let ds = lock(&self.doc);
                     let out = session.on_tick(&ds.doc, &ds.book, self.shared.now_ms())?;
                     drop(ds);
                     self.queue(out);
                 }
             }
             self.flush().await.map_err(SessionError::Protocol)?;
-            let in_sync = session.in_sync(&self.shared.lock_doc().doc);
+            let in_sync = session.in_sync(&lock(&self.doc).doc);
             self.shared
                 .session_progress(&self.peer, self.conn_no, session.stats(), in_sync);
         }
@@ -266,7 +269,8 @@ impl Driver {
         };
         let now = self.shared.now_ms();
         let shared = self.shared.clone();
-        let mut guard = shared.lock_doc();
+        let doc = self.doc.clone();
+        let mut guard = lock(&doc);
         let ds = &mut *guard;
         session.set_hold(self.hold(ds));
         let outputs = session.on_frame(frame, len, &ds.doc, &ds.book, now)?;
@@ -320,7 +324,7 @@ impl Driver {
                         .persist_changes(ds, true, None, received, signatures);
                 }
                 SessionOutput::PersistSyncState(bytes) => {
-                    self.shared.persist_sync_state(&self.peer, bytes)
+                    self.shared.persist_sync_state(&self.peer, &ds.key, bytes)
                 }
                 SessionOutput::AdoptDocId(id) => self.shared.adopt_doc_id(ds, id),
                 SessionOutput::PeerClockOffset(ms) => self.shared.set_clock_offset(&self.peer, ms),

@@ -12,6 +12,7 @@ const MIGRATIONS: &[Migration] = &[
     m2_pairing_tokens,
     m3_change_signatures,
     m4_documents_by_key,
+    m5_signatures_by_document,
 ];
 
 /// The newest migration number this build knows.
@@ -36,7 +37,7 @@ fn m2_pairing_tokens(tx: &WriteTransaction) -> Result<(), redb::Error> {
 /// Signed sync (`deskhand/sync/2`): the latest change signature of each actor. The node signs
 /// its own history on its first start after this migration (meta `own_history_signed`).
 fn m3_change_signatures(tx: &WriteTransaction) -> Result<(), redb::Error> {
-    tx.open_table(CHANGE_SIGNATURES)?;
+    tx.open_table(CHANGE_SIGNATURES_V1)?;
     Ok(())
 }
 
@@ -72,6 +73,23 @@ fn m4_documents_by_key(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.delete_table(DOC_SNAPSHOT_V1)?;
     tx.delete_table(DOC_CHUNKS_V1)?;
     tx.delete_table(SYNC_STATES_V1)?;
+    Ok(())
+}
+
+/// Change signatures keyed by document: an actor's chain, and so its latest change, is per
+/// document. The signatures of before belong to the one document, `workspace`. The old table is
+/// deleted in the same transaction.
+fn m5_signatures_by_document(tx: &WriteTransaction) -> Result<(), redb::Error> {
+    let key = crate::store::DocKey::WORKSPACE.as_str();
+    {
+        let old = tx.open_table(CHANGE_SIGNATURES_V1)?;
+        let mut new = tx.open_table(CHANGE_SIGNATURES)?;
+        for item in old.iter()? {
+            let (actor, v) = item?;
+            new.insert((key, actor.value()), v.value())?;
+        }
+    }
+    tx.delete_table(CHANGE_SIGNATURES_V1)?;
     Ok(())
 }
 

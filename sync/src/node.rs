@@ -209,10 +209,19 @@ pub enum NodeError {
     /// A blob operation failed.
     #[error(transparent)]
     Blob(#[from] crate::blobs::BlobError),
+    /// The document is not loaded ([`Node::open_doc`] loads it).
+    #[error("document {0} is not loaded")]
+    NotLoaded(DocKey),
 }
 
+/// One loaded document with what makes its durability rules hold (see the module docs): each
+/// document has its own lock, chunks, signatures and failure state, so a session of one document
+/// never waits on another's.
 pub(crate) struct DocState {
+    /// Where it is stored.
+    pub(crate) key: DocKey,
     pub(crate) doc: Automerge,
+    /// The document's id, when known (the workspace document: the workspace's id).
     pub(crate) doc_id: Option<DocId>,
     persisted_heads: Vec<ChangeHash>,
     unflushed: usize,
@@ -228,6 +237,71 @@ pub(crate) struct DocState {
     pub(crate) book: SignatureBook,
     /// A write carrying signatures failed: the next chunk stores the whole book again.
     book_unsaved: bool,
+}
+
+/// A loaded document, shared by the sessions and writers that use it.
+pub(crate) type DocHandle = Arc<Mutex<DocState>>;
+
+impl DocState {
+    /// The document `stored` holds (`None`: nothing is stored under `key` yet, and it starts as
+    /// `genesis`), written from now on by a fresh actor of `device`.
+    fn from_stored(
+        key: DocKey,
+        stored: Option<crate::store::LoadedDoc>,
+        genesis: impl FnOnce() -> Automerge,
+        device: &DeviceId,
+        path: &Path,
+    ) -> Result<DocState, NodeError> {
+        let corrupt = |reason: String| NodeError::CorruptDocument {
+            path: path.to_owned(),
+            reason: format!("document {key}: {reason}"),
+        };
+        let is_stored = stored.is_some();
+        let (mut doc, chunks, signatures) = match stored {
+            Some(stored) => (
+                stored.load().map_err(|e| corrupt(e.to_string()))?,
+                stored.chunks.len(),
+                stored.signatures,
+            ),
+            None => (genesis(), 0, Vec::new()),
+        };
+        // A fresh actor for every run: a data directory restored from a backup must never
+        // write a second change under a sequence number its lost changes already used.
+        doc.set_actor(device.session_actor(random_bytes()));
+        let mut book = SignatureBook::new();
+        for (actor, bytes) in &signatures {
+            match (
+                hex::decode(actor).ok().map(ActorId::from),
+                Signed::from_bytes(bytes),
+            ) {
+                (Some(actor), Some(signed)) => {
+                    book.insert(actor, signed);
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), document = %key, "skipping an unreadable change signature of {actor:?}")
+                }
+            }
+        }
+        // A new document (its genesis, if any) is stored with its first change.
+        let persisted_heads = if is_stored {
+            doc.get_heads()
+        } else {
+            Vec::new()
+        };
+        Ok(DocState {
+            key,
+            doc,
+            doc_id: None,
+            persisted_heads,
+            unflushed: 0,
+            unflushed_local: 0,
+            undurable: false,
+            fail_gen: 0,
+            chunks_since_snapshot: chunks,
+            book,
+            book_unsaved: false,
+        })
+    }
 }
 
 /// Counters of one peer across sessions.
@@ -276,7 +350,11 @@ pub(crate) struct Shared {
     /// Signs this device's changes as they are made.
     key: DeviceKey,
     role: NodeRole,
-    pub(crate) doc: Mutex<DocState>,
+    /// The workspace's document: the one the sync sessions run on.
+    main: DocHandle,
+    /// Every loaded document by key, `main` too. A document is loaded when first used
+    /// ([`Node::open_doc`]) and stays loaded.
+    docs: Mutex<HashMap<DocKey, DocHandle>>,
     store: Store,
     /// Bumped when the whole document is durable again after a change: sessions send then.
     pub(crate) durable: watch::Sender<u64>,
@@ -286,7 +364,8 @@ pub(crate) struct Shared {
     /// Bumped when the document changed (local: once durable; received: once applied).
     changed: watch::Sender<u64>,
     peers: Mutex<HashMap<DeviceId, PeerEntry>>,
-    sync_states: Mutex<HashMap<DeviceId, Vec<u8>>>,
+    /// Automerge sync state per (peer, document), as last persisted.
+    sync_states: Mutex<HashMap<(DeviceId, DocKey), Vec<u8>>>,
     pub(crate) filter: Arc<dyn ChangeFilter>,
     origin: Instant,
     clock: Arc<dyn Clock>,
@@ -318,7 +397,8 @@ pub(crate) struct LanSighting {
     pub(crate) addrs: std::collections::BTreeSet<SocketAddr>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, also when a panic poisoned it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock is a bug; the data it guards is still consistent
     // (every mutation is a single assignment), so keep going rather than cascade.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -355,8 +435,45 @@ impl Shared {
     pub(crate) fn instant_at(&self, ms: u64) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.origin + Duration::from_millis(ms))
     }
+    /// Locks the workspace's document.
     pub(crate) fn lock_doc(&self) -> MutexGuard<'_, DocState> {
-        lock(&self.doc)
+        lock(&self.main)
+    }
+    /// Every loaded document.
+    pub(crate) fn loaded(&self) -> Vec<DocHandle> {
+        lock(&self.docs).values().cloned().collect()
+    }
+    /// The workspace's document.
+    pub(crate) fn main_doc(&self) -> DocHandle {
+        self.main.clone()
+    }
+    /// The loaded document stored under `key`, if it is loaded.
+    pub(crate) fn doc(&self, key: &DocKey) -> Option<DocHandle> {
+        lock(&self.docs).get(key).cloned()
+    }
+    /// The document stored under `key`, loaded from the store on first use; `genesis` makes
+    /// it when nothing is stored under `key` yet.
+    ///
+    /// # Errors
+    /// [`NodeError::Store`] if the store cannot read it; [`NodeError::CorruptDocument`] if it
+    /// does not load.
+    pub(crate) async fn open_doc(
+        &self,
+        key: &DocKey,
+        genesis: impl FnOnce() -> Automerge,
+    ) -> Result<DocHandle, NodeError> {
+        if let Some(h) = self.doc(key) {
+            return Ok(h);
+        }
+        // Read after every write queued before: a document unloaded never, so what the
+        // store holds is everything.
+        let stored = self.store.load_doc(key).await?;
+        let state = DocState::from_stored(key.clone(), stored, genesis, &self.id, &self.path)?;
+        // Two callers may have loaded it at once: the first one in is kept.
+        Ok(lock(&self.docs)
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(state)))
+            .clone())
     }
     pub(crate) fn codes(&self) -> MutexGuard<'_, crate::pairing::Codes> {
         lock(&self.codes)
@@ -442,9 +559,10 @@ impl Shared {
         if heads == ds.persisted_heads {
             if !changed_signatures.is_empty() {
                 self.store.queue(
-                    WriteOp::PutSignatures(signature_records(
-                        changed_signatures.iter().map(|(a, s)| (a, s)),
-                    )),
+                    WriteOp::PutSignatures(
+                        ds.key.clone(),
+                        signature_records(changed_signatures.iter().map(|(a, s)| (a, s))),
+                    ),
                     None,
                 );
             }
@@ -457,25 +575,30 @@ impl Shared {
             // The peer's whole document, holding everything this one has: the new snapshot.
             Some((_, Storable::Document(bytes))) => {
                 ds.chunks_since_snapshot = 0;
-                WriteOp::Compact(DocKey::WORKSPACE, bytes)
+                WriteOp::Compact(ds.key.clone(), bytes)
             }
             Some((before, Storable::Changes(bytes))) if before == ds.persisted_heads.as_slice() => {
                 ds.chunks_since_snapshot += 1;
-                WriteOp::AppendChunk(DocKey::WORKSPACE, bytes)
+                WriteOp::AppendChunk(ds.key.clone(), bytes)
             }
             _ => {
                 ds.chunks_since_snapshot += 1;
-                WriteOp::AppendChunk(DocKey::WORKSPACE, ds.doc.save_after(&ds.persisted_heads))
+                WriteOp::AppendChunk(ds.key.clone(), ds.doc.save_after(&ds.persisted_heads))
             }
         };
         let op = if ds.book_unsaved {
             ds.book_unsaved = false;
-            WriteOp::WithSignatures(Box::new(op), signature_records(ds.book.iter()))
+            WriteOp::WithSignatures(
+                Box::new(op),
+                ds.key.clone(),
+                signature_records(ds.book.iter()),
+            )
         } else if changed_signatures.is_empty() {
             op
         } else {
             WriteOp::WithSignatures(
                 Box::new(op),
+                ds.key.clone(),
                 signature_records(changed_signatures.iter().map(|(a, s)| (a, s))),
             )
         };
@@ -490,12 +613,15 @@ impl Shared {
             self.relayable.send_modify(|g| *g += 1);
         }
         let me = Arc::downgrade(self);
+        let key = ds.key.clone();
         self.store.queue(
             op,
             Some(Box::new(move |r| {
-                if let Some(me) = me.upgrade() {
+                if let Some(me) = me.upgrade()
+                    && let Some(handle) = me.doc(&key)
+                {
                     let (clean, relay) = {
-                        let mut ds = me.lock_doc();
+                        let mut ds = lock(&handle);
                         ds.unflushed -= 1;
                         if !notify_applied {
                             ds.unflushed_local -= 1;
@@ -535,31 +661,36 @@ impl Shared {
         if ds.chunks_since_snapshot >= COMPACT_EVERY_CHUNKS {
             ds.chunks_since_snapshot = 0;
             self.store
-                .queue(WriteOp::Compact(DocKey::WORKSPACE, ds.doc.save()), None);
+                .queue(WriteOp::Compact(ds.key.clone(), ds.doc.save()), None);
         }
     }
 
-    pub(crate) fn sync_state(&self, peer: &DeviceId) -> Option<Vec<u8>> {
-        lock(&self.sync_states).get(peer).cloned()
+    /// The sync state last persisted for `peer` on document `doc`.
+    pub(crate) fn sync_state(&self, peer: &DeviceId, doc: &DocKey) -> Option<Vec<u8>> {
+        lock(&self.sync_states).get(&(*peer, doc.clone())).cloned()
     }
 
-    pub(crate) fn persist_sync_state(&self, peer: &DeviceId, state: Vec<u8>) {
+    pub(crate) fn persist_sync_state(&self, peer: &DeviceId, doc: &DocKey, state: Vec<u8>) {
         self.store.queue(
             WriteOp::PutSyncState {
                 peer: peer.to_string(),
-                doc: DocKey::WORKSPACE,
+                doc: doc.clone(),
                 state: state.clone(),
             },
             None,
         );
-        lock(&self.sync_states).insert(*peer, state);
+        lock(&self.sync_states).insert((*peer, doc.clone()), state);
     }
 
+    /// Learns the id of document `ds` from a peer (its hello or the pairing answer). The
+    /// workspace document's id is the workspace's, kept in the meta table.
     pub(crate) fn adopt_doc_id(&self, ds: &mut DocState, id: DocId) {
         if ds.doc_id.is_none() {
             ds.doc_id = Some(id);
-            self.store
-                .queue(WriteOp::PutMeta("doc_id", id.as_bytes().to_vec()), None);
+            if ds.key == DocKey::WORKSPACE {
+                self.store
+                    .queue(WriteOp::PutMeta("doc_id", id.as_bytes().to_vec()), None);
+            }
         }
     }
 
@@ -762,7 +893,7 @@ impl Node {
         }
         prepare_dir(&config.data_dir)?;
         let path = Self::db_path(&config.data_dir);
-        let (store, store_thread, mut loaded) = Store::open(&path)?;
+        let (store, store_thread, loaded) = Store::open(&path)?;
 
         let meta: HashMap<String, Vec<u8>> = loaded.meta.into_iter().collect();
         let key = match (&config.key, &loaded.identity) {
@@ -814,37 +945,22 @@ impl Node {
             reason,
         };
 
-        let stored = loaded.docs.remove(&DocKey::WORKSPACE).unwrap_or_default();
-        let mut doc = stored.load().map_err(|e| corrupt(e.to_string()))?;
-        // A fresh actor for every run: a data directory restored from a backup must never
-        // write a second change under a sequence number its lost changes already used.
-        doc.set_actor(id.session_actor(random_bytes()));
-        let mut book = SignatureBook::new();
-        for (actor, bytes) in &loaded.signatures {
-            match (
-                hex::decode(actor).ok().map(ActorId::from),
-                Signed::from_bytes(bytes),
-            ) {
-                (Some(actor), Some(signed)) => {
-                    book.insert(actor, signed);
-                }
-                _ => {
-                    tracing::warn!(path = %path.display(), "skipping an unreadable change signature of {actor:?}")
-                }
-            }
-        }
+        let stored = store.load_doc(&DocKey::WORKSPACE).await?;
+        let mut main =
+            DocState::from_stored(DocKey::WORKSPACE, stored, Automerge::new, &id, &path)?;
         if !meta.contains_key("own_history_signed") {
             // Once, after the upgrade to signed sync: sign the latest change of each of this
             // device's actors, which vouches for all of its history.
-            let signed = book.sign_own_history(&doc, &key);
+            let signed = main.book.sign_own_history(&main.doc, &key);
             store
                 .write(WriteOp::WithSignatures(
                     Box::new(WriteOp::PutMeta("own_history_signed", vec![1])),
+                    DocKey::WORKSPACE,
                     signature_records(signed.iter().map(|(a, s)| (a, s))),
                 ))
                 .await?;
         }
-        let mut doc_id = match meta.get("doc_id") {
+        main.doc_id = match meta.get("doc_id") {
             Some(b) => {
                 Some(DocId::from_bytes(b.as_slice().try_into().map_err(
                     |_| corrupt("document id is not 16 bytes".into()),
@@ -880,28 +996,16 @@ impl Node {
         let sync_states = loaded
             .sync_states
             .into_iter()
-            .filter(|(_, doc, _)| *doc == DocKey::WORKSPACE)
-            .filter_map(|(k, _, v)| k.parse::<DeviceId>().ok().map(|k| (k, v)))
+            .filter_map(|(k, doc, v)| k.parse::<DeviceId>().ok().map(|k| ((k, doc), v)))
             .collect();
 
-        let persisted_heads = doc.get_heads();
-        let chunks_since_snapshot = stored.chunks.len();
+        let main = Arc::new(Mutex::new(main));
         let shared = Arc::new(Shared {
             id,
             key: key.clone(),
             role: config.role.clone(),
-            doc: Mutex::new(DocState {
-                doc,
-                doc_id,
-                persisted_heads,
-                unflushed: 0,
-                unflushed_local: 0,
-                undurable: false,
-                fail_gen: 0,
-                chunks_since_snapshot,
-                book,
-                book_unsaved: false,
-            }),
+            docs: Mutex::new(HashMap::from([(DocKey::WORKSPACE, main.clone())])),
+            main,
             store: store.clone(),
             durable: watch::channel(0).0,
             relayable: watch::channel(0).0,
@@ -933,8 +1037,7 @@ impl Node {
                 store
                     .write(WriteOp::PutMeta("doc_id", new_id.as_bytes().to_vec()))
                     .await?;
-                doc_id = Some(new_id);
-                shared.lock_doc().doc_id = doc_id;
+                shared.lock_doc().doc_id = Some(new_id);
                 let info = DesktopInfo {
                     id: id.to_string(),
                     name: name.clone(),
@@ -1143,7 +1246,45 @@ impl Node {
         &self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
     ) -> Result<R, NodeError> {
-        local_change(&self.shared, f, None)
+        local_change(&self.shared, &self.shared.main, f, None)
+    }
+
+    /// Loads the document stored under `key`, or starts it as `genesis()` when nothing is
+    /// stored under it (the genesis is stored with the document's first change). A loaded
+    /// document stays loaded; opening it again does nothing.
+    ///
+    /// # Errors
+    /// [`NodeError::Store`] if the store cannot read it; [`NodeError::CorruptDocument`] if what
+    /// is stored does not load (the file is left untouched).
+    pub async fn open_doc(
+        &self,
+        key: &DocKey,
+        genesis: impl FnOnce() -> Automerge,
+    ) -> Result<(), NodeError> {
+        self.shared.open_doc(key, genesis).await.map(|_| ())
+    }
+
+    /// Reads the loaded document stored under `key`; `None` if it is not loaded.
+    pub fn read_doc<R>(&self, key: &DocKey, f: impl FnOnce(&Automerge) -> R) -> Option<R> {
+        self.shared.doc(key).map(|h| f(&lock(&h).doc))
+    }
+
+    /// Makes one local change to the loaded document stored under `key`, like
+    /// [`Self::write`] (signed, stored, then sent), and returns once it is durable.
+    ///
+    /// # Errors
+    /// [`NodeError::NotLoaded`] unless [`Self::open_doc`] loaded it; otherwise as
+    /// [`Self::write`].
+    pub async fn write_doc<R>(
+        &self,
+        key: &DocKey,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
+    ) -> Result<R, NodeError> {
+        let doc = self
+            .shared
+            .doc(key)
+            .ok_or_else(|| NodeError::NotLoaded(key.clone()))?;
+        write_change_to(&self.shared, &doc, f).await
     }
 
     /// Returns once every change made so far is committed to the disk; an error if one of them
@@ -1151,7 +1292,7 @@ impl Node {
     pub async fn flush(&self) -> Result<(), NodeError> {
         // A read runs only after everything queued before it is committed.
         self.shared.store.read(|_| ()).await?;
-        if self.shared.lock_doc().undurable {
+        if self.shared.loaded().iter().any(|d| lock(d).undurable) {
             return Err(NodeError::Store(StoreError::Io {
                 path: self.shared.path.clone(),
                 reason: "a document change could not be stored (see the log)".into(),
@@ -1359,6 +1500,8 @@ impl Node {
                 .await?;
         }
         {
+            // Every document but the workspace's is unloaded; that one starts empty.
+            lock(&self.shared.docs).retain(|k, _| *k == DocKey::WORKSPACE);
             let mut ds = self.shared.lock_doc();
             ds.doc = Automerge::new().with_actor(self.shared.id.session_actor(random_bytes()));
             ds.book.clear();
@@ -1492,15 +1635,15 @@ impl Node {
                 );
             }
         }
-        // Leave a single snapshot behind so that the next start loads one compact document
-        // instead of replaying every incremental chunk.
-        {
-            let mut ds = self.shared.lock_doc();
+        // Leave a single snapshot of each document behind so that the next start loads one
+        // compact document instead of replaying every incremental chunk.
+        for doc in self.shared.loaded() {
+            let mut ds = lock(&doc);
             if ds.chunks_since_snapshot > 0 {
                 ds.chunks_since_snapshot = 0;
                 self.shared
                     .store
-                    .queue(WriteOp::Compact(DocKey::WORKSPACE, ds.doc.save()), None);
+                    .queue(WriteOp::Compact(ds.key.clone(), ds.doc.save()), None);
             }
         }
         // Wait for queued writes (sync states, peer records, snapshot) to be committed.
@@ -1508,23 +1651,34 @@ impl Node {
     }
 }
 
+/// Makes one local change to the workspace's document and returns once it is durable.
 pub(crate) async fn write_change<R>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
 ) -> Result<R, NodeError> {
+    write_change_to(shared, &shared.main, f).await
+}
+
+/// Makes one local change to document `doc` and returns once it is durable.
+async fn write_change_to<R>(
+    shared: &Arc<Shared>,
+    doc: &DocHandle,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
+) -> Result<R, NodeError> {
     let (tx, rx) = oneshot::channel();
-    let out = local_change(shared, f, Some(tx))?;
+    let out = local_change(shared, doc, f, Some(tx))?;
     rx.await.map_err(|_| NodeError::ShutDown)??;
     Ok(out)
 }
 
-/// Makes one local change and queues it to the store; `done` hears when it is durable.
+/// Makes one local change to `doc` and queues it to the store; `done` hears when it is durable.
 fn local_change<R>(
     shared: &Arc<Shared>,
+    doc: &DocHandle,
     f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
     done: Option<oneshot::Sender<Result<(), StoreError>>>,
 ) -> Result<R, NodeError> {
-    let mut ds = shared.lock_doc();
+    let mut ds = lock(doc);
     let r = ds.doc.transact(f).map_err(|failure| failure.error)?;
     let mut signatures = Vec::new();
     if let Some(hash) = r.hash {

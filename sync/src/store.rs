@@ -88,13 +88,15 @@ impl std::fmt::Display for DocKey {
     }
 }
 
-/// One stored document as read at open.
+/// One stored document as [`Store::load_doc`] reads it.
 #[derive(Debug, Default)]
 pub struct LoadedDoc {
     /// The snapshot, if one was written.
     pub snapshot: Option<Vec<u8>>,
     /// Chunks after the snapshot, in the order they were written.
     pub chunks: Vec<Vec<u8>>,
+    /// Per actor (hex), the signature of its latest change in this document (`Signed` bytes).
+    pub signatures: Vec<(String, Vec<u8>)>,
 }
 
 impl LoadedDoc {
@@ -171,11 +173,12 @@ pub enum WriteOp {
     /// Drops every document, the workspace's id, every sync state and change signature (a
     /// phone forgetting its desktop).
     ClearDocuments,
-    /// The inner write together with change signatures (actor hex, `Signed` bytes), in one
-    /// transaction: a change is never stored without the signature that proves it.
-    WithSignatures(Box<WriteOp>, Vec<(String, Vec<u8>)>),
-    /// Change signatures alone (actor hex, `Signed` bytes).
-    PutSignatures(Vec<(String, Vec<u8>)>),
+    /// The inner write together with change signatures of a document (actor hex, `Signed`
+    /// bytes), in one transaction: a change is never stored without the signature that proves
+    /// it.
+    WithSignatures(Box<WriteOp>, DocKey, Vec<(String, Vec<u8>)>),
+    /// Change signatures of a document alone (actor hex, `Signed` bytes).
+    PutSignatures(DocKey, Vec<(String, Vec<u8>)>),
 }
 
 impl WriteOp {
@@ -183,7 +186,7 @@ impl WriteOp {
     fn compacts(&self) -> bool {
         match self {
             WriteOp::Compact(..) => true,
-            WriteOp::WithSignatures(inner, _) => inner.compacts(),
+            WriteOp::WithSignatures(inner, ..) => inner.compacts(),
             _ => false,
         }
     }
@@ -202,11 +205,12 @@ enum Req {
     Stop,
 }
 
-/// Everything read at open: what the node needs to start.
+/// Everything read at open: what the node needs to start. Documents are not read here: each is
+/// loaded when it is needed ([`Store::load_doc`]).
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Every stored document, by key.
-    pub docs: std::collections::BTreeMap<DocKey, LoadedDoc>,
+    /// The key of every stored document.
+    pub doc_keys: std::collections::BTreeSet<DocKey>,
     /// The secret key, if one was stored.
     pub identity: Option<Vec<u8>>,
     /// Meta values.
@@ -217,8 +221,6 @@ pub struct Loaded {
     pub sync_states: Vec<(String, DocKey, Vec<u8>)>,
     /// Pairing token records (hash hex, JSON).
     pub pairing_tokens: Vec<(String, Vec<u8>)>,
-    /// Change signatures (actor hex, `Signed` bytes).
-    pub signatures: Vec<(String, Vec<u8>)>,
 }
 
 /// Async handle to the store thread. Cheap to clone.
@@ -295,10 +297,10 @@ impl Store {
             let tx = db.begin_write().map_err(|e| corrupt(&e))?;
             migrations::run(&tx).map_err(|e| corrupt(&e))?;
             tx.commit().map_err(|e| io_error(path, e))?;
-            let (loaded, next_chunk) = load(&db).map_err(|e| corrupt(&e))?;
-            Ok((db, loaded, next_chunk))
+            let loaded = load(&db).map_err(|e| corrupt(&e))?;
+            Ok((db, loaded))
         })();
-        let (db, loaded, next_chunk) = match opened {
+        let (db, loaded) = match opened {
             Ok(v) => v,
             Err(e) => {
                 if fresh {
@@ -312,7 +314,7 @@ impl Store {
         let thread_path = path.to_owned();
         let handle = std::thread::Builder::new()
             .name("deskhand-store".into())
-            .spawn(move || run(db, next_chunk, rx, thread_path, opener))
+            .spawn(move || run(db, rx, thread_path, opener))
             .map_err(|e| io_error(path, e))?;
         Ok((
             Store {
@@ -354,6 +356,44 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// The document stored under `key` (snapshot, chunks and change signatures), read on the
+    /// store thread after every write queued before; `None` if nothing is stored under it.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if the tables do not read; [`StoreError::Closed`] if the store
+    /// thread is gone (or could not reopen the file after an I/O error).
+    pub async fn load_doc(&self, key: &DocKey) -> Result<Option<LoadedDoc>, StoreError> {
+        let key = key.clone();
+        let path = self.path.clone();
+        self.read(move |db| read_doc(db, &key))
+            .await?
+            .map_err(|e| StoreError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    /// [`Store::load_doc`] for code that is not async (tests, tools): blocks the calling
+    /// thread until the store thread answers. Never call it from an async task.
+    ///
+    /// # Errors
+    /// As [`Store::load_doc`].
+    pub fn load_doc_blocking(&self, key: &DocKey) -> Result<Option<LoadedDoc>, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let key = key.clone();
+        self.tx
+            .send(Req::Read(Box::new(move |db| {
+                let _ = tx.send(read_doc(db, &key));
+            })))
+            .map_err(|_| StoreError::Closed)?;
+        rx.recv()
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
+    }
+
     /// Runs `f` on the store thread with the database (for reads).
     pub async fn read<R: Send + 'static>(
         &self,
@@ -377,26 +417,23 @@ fn restrict_permissions(path: &Path) {
 #[cfg(not(unix))]
 fn restrict_permissions(_: &Path) {}
 
-/// Everything the node needs, and the next chunk's sequence number (found on the way, so the
-/// chunks are read once at start).
-fn load(db: &Database) -> Result<(Loaded, u64), redb::Error> {
+/// Everything the node needs at start (documents are loaded one by one: [`read_doc`]).
+fn load(db: &Database) -> Result<Loaded, redb::Error> {
     let rx = db.begin_read()?;
     let mut out = Loaded::default();
-    let mut next_chunk = 0;
     for item in rx.open_table(DOC_SNAPSHOTS)?.iter()? {
-        let (k, v) = item?;
-        out.docs.entry(doc_key(k.value())).or_default().snapshot = Some(v.value().to_vec());
+        let (k, _) = item?;
+        out.doc_keys.insert(doc_key(k.value()));
     }
-    // Chunks by (document, sequence): each document's in the order they were written.
-    for item in rx.open_table(DOC_CHUNKS)?.iter()? {
-        let (k, v) = item?;
-        let (doc, seq) = k.value();
-        next_chunk = u64::max(next_chunk, seq + 1);
-        out.docs
-            .entry(doc_key(doc))
-            .or_default()
-            .chunks
-            .push(v.value().to_vec());
+    // A document with chunks but no snapshot yet: one seek per such document.
+    let chunks = rx.open_table(DOC_CHUNKS)?;
+    let mut from = String::new();
+    while let Some(item) = chunks.range((from.as_str(), 0)..)?.next() {
+        let (k, _) = item?;
+        let doc = k.value().0.to_owned();
+        out.doc_keys.insert(doc_key(&doc));
+        // The next key after every chunk of `doc`: `doc` followed by the smallest character.
+        from = doc + "\0";
     }
     out.identity = rx
         .open_table(IDENTITY)?
@@ -421,12 +458,35 @@ fn load(db: &Database) -> Result<(Loaded, u64), redb::Error> {
         out.pairing_tokens
             .push((k.value().to_owned(), v.value().to_vec()));
     }
-    for item in rx.open_table(CHANGE_SIGNATURES)?.iter()? {
-        let (k, v) = item?;
-        out.signatures
-            .push((k.value().to_owned(), v.value().to_vec()));
+    Ok(out)
+}
+
+/// The document stored under `key`, or `None`.
+fn read_doc(db: &Database, key: &DocKey) -> Result<Option<LoadedDoc>, redb::Error> {
+    let rx = db.begin_read()?;
+    let k = key.as_str();
+    let mut out = LoadedDoc {
+        snapshot: rx
+            .open_table(DOC_SNAPSHOTS)?
+            .get(k)?
+            .map(|v| v.value().to_vec()),
+        ..LoadedDoc::default()
+    };
+    for item in rx.open_table(DOC_CHUNKS)?.range((k, 0)..=(k, u64::MAX))? {
+        out.chunks.push(item?.1.value().to_vec());
     }
-    Ok((out, next_chunk))
+    if out.snapshot.is_none() && out.chunks.is_empty() {
+        return Ok(None);
+    }
+    for item in rx.open_table(CHANGE_SIGNATURES)?.range((k, "")..)? {
+        let (key, v) = item?;
+        let (doc, actor) = key.value();
+        if doc != k {
+            break;
+        }
+        out.signatures.push((actor.to_owned(), v.value().to_vec()));
+    }
+    Ok(Some(out))
 }
 
 /// A stored key as a `DocKey` (the known ones without allocating).
@@ -438,19 +498,8 @@ fn doc_key(stored: &str) -> DocKey {
     }
 }
 
-struct Counters {
-    next_chunk: u64,
-    next_audit: u64,
-}
-
-fn run(db: Database, next_chunk: u64, rx: mpsc::Receiver<Req>, path: PathBuf, opener: Opener) {
-    let mut counters = Counters {
-        next_chunk,
-        next_audit: next_audit(&db).unwrap_or_else(|e| {
-            tracing::error!(path = %path.display(), "store cannot read its audit counter: {e}");
-            u64::MAX / 2
-        }),
-    };
+fn run(db: Database, rx: mpsc::Receiver<Req>, path: PathBuf, opener: Opener) {
+    let mut next_audit = audit_counter(&db, &path);
     // None after an I/O error: redb must be closed and opened again before it is used.
     let mut db = Some(db);
     let mut pending_read: Option<ReadFn> = None;
@@ -469,7 +518,7 @@ fn run(db: Database, next_chunk: u64, rx: mpsc::Receiver<Req>, path: PathBuf, op
         if db.is_none() {
             match reopen(&path, &opener) {
                 Ok(d) => {
-                    counters = counters_of(&d, &path);
+                    next_audit = audit_counter(&d, &path);
                     db = Some(d);
                     reopen_error = None;
                 }
@@ -522,7 +571,7 @@ fn run(db: Database, next_chunk: u64, rx: mpsc::Receiver<Req>, path: PathBuf, op
             continue;
         };
         let compacted = batch.iter().any(|(op, _)| op.compacts());
-        match commit_batch(d, &mut counters, batch.iter().map(|(op, _)| op)) {
+        match commit_batch(d, &mut next_audit, batch.iter().map(|(op, _)| op)) {
             Ok(()) => {
                 batch.into_iter().for_each(|(_, done)| {
                     if let Some(done) = done {
@@ -553,7 +602,7 @@ fn run(db: Database, next_chunk: u64, rx: mpsc::Receiver<Req>, path: PathBuf, op
                 // One bad write must not sink the others: retry one by one.
                 tracing::warn!(path = %path.display(), "group commit failed ({e}); retrying writes one by one");
                 for (op, done) in batch {
-                    let r = commit_batch(d, &mut counters, std::iter::once(&op))
+                    let r = commit_batch(d, &mut next_audit, std::iter::once(&op))
                         .map_err(|e| io_error(&path, e));
                     if let Err(e) = &r {
                         tracing::error!(path = %path.display(), "write failed: {e}");
@@ -570,13 +619,11 @@ fn run(db: Database, next_chunk: u64, rx: mpsc::Receiver<Req>, path: PathBuf, op
     }
 }
 
-fn counters_of(db: &Database, path: &Path) -> Counters {
-    next_keys(db).unwrap_or_else(|e| {
-        tracing::error!(path = %path.display(), "store cannot read its counters: {e}");
-        Counters {
-            next_chunk: u64::MAX / 2,
-            next_audit: u64::MAX / 2,
-        }
+/// The audit log's next sequence number as the file holds it.
+fn audit_counter(db: &Database, path: &Path) -> u64 {
+    next_audit(db).unwrap_or_else(|e| {
+        tracing::error!(path = %path.display(), "store cannot read its audit counter: {e}");
+        u64::MAX / 2
     })
 }
 
@@ -600,23 +647,6 @@ fn reopen(path: &Path, opener: &Opener) -> Result<Database, String> {
     })
 }
 
-/// The counters as the file holds them (after a reopen; at open, `load` finds the chunk counter
-/// on its way).
-fn next_keys(db: &Database) -> Result<Counters, redb::Error> {
-    let rx = db.begin_read()?;
-    // Chunks are keyed by document first: the highest sequence number is found by a scan, which
-    // is short (every document is compacted after `COMPACT_EVERY_CHUNKS` chunks).
-    let mut next_chunk = 0;
-    for item in rx.open_table(DOC_CHUNKS)?.iter()? {
-        let (k, _) = item?;
-        next_chunk = next_chunk.max(k.value().1 + 1);
-    }
-    Ok(Counters {
-        next_chunk,
-        next_audit: next_audit(db)?,
-    })
-}
-
 fn next_audit(db: &Database) -> Result<u64, redb::Error> {
     Ok(db
         .begin_read()?
@@ -628,31 +658,31 @@ fn next_audit(db: &Database) -> Result<u64, redb::Error> {
 
 fn commit_batch<'a>(
     db: &Database,
-    counters: &mut Counters,
+    next_audit: &mut u64,
     ops: impl Iterator<Item = &'a WriteOp>,
 ) -> Result<(), redb::Error> {
     let tx = db.begin_write()?;
-    let (mut chunk, mut audit) = (counters.next_chunk, counters.next_audit);
+    let mut audit = *next_audit;
     for op in ops {
-        apply_op(&tx, op, &mut chunk, &mut audit)?;
+        apply_op(&tx, op, &mut audit)?;
     }
     tx.commit()?;
-    counters.next_chunk = chunk;
-    counters.next_audit = audit;
+    *next_audit = audit;
     Ok(())
 }
 
-fn apply_op(
-    tx: &redb::WriteTransaction,
-    op: &WriteOp,
-    chunk: &mut u64,
-    audit: &mut u64,
-) -> Result<(), redb::Error> {
+fn apply_op(tx: &redb::WriteTransaction, op: &WriteOp, audit: &mut u64) -> Result<(), redb::Error> {
     match op {
         WriteOp::AppendChunk(doc, bytes) => {
-            tx.open_table(DOC_CHUNKS)?
-                .insert((doc.as_str(), *chunk), bytes.as_slice())?;
-            *chunk += 1;
+            // Each document counts its own chunks: the next after its last (a seek).
+            let doc = doc.as_str();
+            let mut chunks = tx.open_table(DOC_CHUNKS)?;
+            let next = chunks
+                .range((doc, 0)..=(doc, u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map_or(0, |(k, _)| k.value().1 + 1);
+            chunks.insert((doc, next), bytes.as_slice())?;
         }
         WriteOp::Compact(doc, snapshot) => {
             tx.open_table(DOC_SNAPSHOTS)?
@@ -693,11 +723,11 @@ fn apply_op(
             tx.open_table(CHANGE_SIGNATURES)?.retain(|_, _| false)?;
             tx.open_table(META)?.remove("own_history_signed")?;
         }
-        WriteOp::WithSignatures(inner, signatures) => {
-            apply_op(tx, inner, chunk, audit)?;
-            put_signatures(tx, signatures)?;
+        WriteOp::WithSignatures(inner, doc, signatures) => {
+            apply_op(tx, inner, audit)?;
+            put_signatures(tx, doc, signatures)?;
         }
-        WriteOp::PutSignatures(signatures) => put_signatures(tx, signatures)?,
+        WriteOp::PutSignatures(doc, signatures) => put_signatures(tx, doc, signatures)?,
         WriteOp::Audit(event) => {
             tx.open_table(AUDIT)?.insert(*audit, event.as_str())?;
             *audit += 1;
@@ -708,11 +738,12 @@ fn apply_op(
 
 fn put_signatures(
     tx: &redb::WriteTransaction,
+    doc: &DocKey,
     signatures: &[(String, Vec<u8>)],
 ) -> Result<(), redb::Error> {
     let mut t = tx.open_table(CHANGE_SIGNATURES)?;
     for (actor, signed) in signatures {
-        t.insert(actor.as_str(), signed.as_slice())?;
+        t.insert((doc.as_str(), actor.as_str()), signed.as_slice())?;
     }
     Ok(())
 }
@@ -740,10 +771,12 @@ mod tests {
         DocKey::of(&deskhand_core::DocId::from_bytes([7; 16]))
     }
 
-    fn chunks<'a>(loaded: &'a Loaded, doc: &DocKey) -> Vec<&'a [u8]> {
-        loaded.docs.get(doc).map_or(Vec::new(), |d| {
-            d.chunks.iter().map(|c| c.as_slice()).collect()
-        })
+    fn stored(store: &Store, doc: &DocKey) -> LoadedDoc {
+        store.load_doc_blocking(doc).unwrap().unwrap_or_default()
+    }
+
+    fn chunks(store: &Store, doc: &DocKey) -> Vec<Vec<u8>> {
+        stored(store, doc).chunks
     }
 
     fn state(peer: &str, doc: DocKey, state: &[u8]) -> WriteOp {
@@ -777,10 +810,11 @@ mod tests {
         }
         {
             let (store, _thread, loaded) = Store::open(&path).unwrap();
-            assert_eq!(loaded.docs[&ws].snapshot.as_deref(), Some(&b"W"[..]));
-            assert_eq!(chunks(&loaded, &ws), [b"w3"]);
-            assert_eq!(loaded.docs[&week()].snapshot, None);
-            assert_eq!(chunks(&loaded, &week()), [b"k1"]);
+            assert_eq!(loaded.doc_keys, [ws.clone(), week()].into());
+            assert_eq!(stored(&store, &ws).snapshot.as_deref(), Some(&b"W"[..]));
+            assert_eq!(chunks(&store, &ws), [b"w3"]);
+            assert_eq!(stored(&store, &week()).snapshot, None);
+            assert_eq!(chunks(&store, &week()), [b"k1"]);
             assert_eq!(loaded.sync_states.len(), 3);
             // After a restart, sequence numbers go on: a new chunk loads after the old ones.
             store
@@ -795,15 +829,16 @@ mod tests {
         }
         {
             let (store, _thread, loaded) = Store::open(&path).unwrap();
-            assert_eq!(chunks(&loaded, &week()), [b"k1", b"k2"]);
+            assert_eq!(chunks(&store, &week()), [b"k1", b"k2"]);
             assert_eq!(
                 loaded.sync_states,
                 [("beta".to_owned(), week(), b"b-week".to_vec())]
             );
             store.write(WriteOp::ClearDocuments).await.unwrap();
         }
-        let (_, _, loaded) = Store::open(&path).unwrap();
-        assert!(loaded.docs.is_empty(), "{:?}", loaded.docs.keys());
+        let (store, _thread, loaded) = Store::open(&path).unwrap();
+        assert!(loaded.doc_keys.is_empty(), "{:?}", loaded.doc_keys);
+        assert!(store.load_doc_blocking(&ws).unwrap().is_none());
         assert!(loaded.sync_states.is_empty());
     }
 
@@ -821,7 +856,10 @@ mod tests {
             tx.open_table(PEERS).unwrap();
             tx.open_table(AUDIT).unwrap();
             tx.open_table(PAIRING_TOKENS).unwrap();
-            tx.open_table(CHANGE_SIGNATURES).unwrap();
+            tx.open_table(CHANGE_SIGNATURES_V1)
+                .unwrap()
+                .insert("a1", &b"signed"[..])
+                .unwrap();
             tx.open_table(META)
                 .unwrap()
                 .insert("migration", 3u64.to_be_bytes().as_slice())
@@ -844,12 +882,12 @@ mod tests {
         }
         let (store, thread, loaded) = Store::open(&path).unwrap();
         let ws = DocKey::WORKSPACE;
-        assert_eq!(loaded.docs.len(), 1);
-        assert_eq!(loaded.docs[&ws].snapshot.as_deref(), Some(&b"snapshot"[..]));
-        assert_eq!(
-            chunks(&loaded, &ws),
-            [&b"first"[..], &b"second"[..], &b"third"[..]]
-        );
+        assert_eq!(loaded.doc_keys, [ws.clone()].into());
+        let doc = stored(&store, &ws);
+        assert_eq!(doc.snapshot.as_deref(), Some(&b"snapshot"[..]));
+        assert_eq!(doc.chunks, [&b"first"[..], &b"second"[..], &b"third"[..]]);
+        // Migration 5: the signatures belong to the one document.
+        assert_eq!(doc.signatures, [("a1".to_owned(), b"signed".to_vec())]);
         assert_eq!(
             loaded.sync_states,
             [
@@ -866,7 +904,12 @@ mod tests {
             .unwrap()
             .map(|t| t.name().to_owned())
             .collect();
-        for old in ["doc_snapshot_v1", "doc_chunks_v1", "sync_states_v1"] {
+        for old in [
+            "doc_snapshot_v1",
+            "doc_chunks_v1",
+            "sync_states_v1",
+            "change_signatures_v1",
+        ] {
             assert!(!names.iter().any(|n| n == old), "{old} is left: {names:?}");
         }
         let meta = rx.open_table(META).unwrap();
@@ -884,8 +927,8 @@ mod tests {
             .unwrap();
         drop(store);
         drop(_thread);
-        let (_, _, loaded) = Store::open(&path).unwrap();
-        assert_eq!(chunks(&loaded, &ws).last(), Some(&&b"fourth"[..]));
+        let (store, _thread, _) = Store::open(&path).unwrap();
+        assert_eq!(chunks(&store, &ws).last(), Some(&b"fourth".to_vec()));
     }
 }
 
@@ -898,11 +941,13 @@ mod disk_fault_tests {
     use super::*;
     use crate::fault::{DiskFault, DiskFaults, FaultyBackend};
 
-    fn workspace_chunks(loaded: &Loaded) -> &[Vec<u8>] {
-        loaded
-            .docs
-            .get(&DocKey::WORKSPACE)
-            .map_or(&[], |d| &d.chunks)
+    fn workspace_chunks(path: &Path) -> Vec<Vec<u8>> {
+        let (store, _thread, _) = Store::open(path)
+            .unwrap_or_else(|e| panic!("the file does not open after the fault: {e}"));
+        store
+            .load_doc_blocking(&DocKey::WORKSPACE)
+            .unwrap()
+            .map_or(Vec::new(), |d| d.chunks)
     }
 
     /// splitmix64: each round is reproducible from its seed.
@@ -1033,11 +1078,10 @@ mod disk_fault_tests {
         }
         // A consistent store through redb's own file backend, with every acknowledged chunk,
         // in order, and nothing that was never written.
-        let (_, _, loaded) = Store::open(&path)
-            .unwrap_or_else(|e| panic!("{ctx}: the file does not open after the fault: {e}"));
+        let stored = workspace_chunks(&path);
         let mut at = 0;
         for a in &acked {
-            let found = workspace_chunks(&loaded)[at..].iter().position(|c| c == a);
+            let found = stored[at..].iter().position(|c| c == a);
             let Some(i) = found else {
                 panic!(
                     "{ctx}: an acknowledged chunk ({} bytes) is missing or out of order",
@@ -1046,7 +1090,7 @@ mod disk_fault_tests {
             };
             at += i + 1;
         }
-        for c in workspace_chunks(&loaded) {
+        for c in &stored {
             assert!(written.contains(c), "{ctx}: a chunk that was never written");
         }
     }
@@ -1101,9 +1145,8 @@ mod disk_fault_tests {
             .unwrap();
         drop(store);
         drop(_thread);
-        let (_, _, loaded) = Store::open(&path).unwrap();
         assert_eq!(
-            workspace_chunks(&loaded),
+            workspace_chunks(&path),
             vec![b"kept".to_vec(), b"after".to_vec()]
         );
     }

@@ -34,7 +34,12 @@ pub const AUDIT: TableDefinition<'static, u64, &str> = TableDefinition::new("aud
 /// Pairing codes by SHA-256 of their token (the token itself is never stored), JSON.
 pub const PAIRING_TOKENS: TableDefinition<'static, &str, &[u8]> =
     TableDefinition::new("pairing_tokens_v1");
-/// Per Automerge actor (hex), the signature of its latest change this device holds
-/// (`deskhand_core::authorship::Signed::to_bytes`: seq, change hash, ed25519 signature).
-pub const CHANGE_SIGNATURES: TableDefinition<'static, &str, &[u8]> =
+/// Before migration 5: per Automerge actor (hex), the signature of its latest change.
+pub const CHANGE_SIGNATURES_V1: TableDefinition<'static, &str, &[u8]> =
     TableDefinition::new("change_signatures_v1");
+/// Per (document key, Automerge actor in hex), the signature of the actor's latest change in
+/// that document this device holds (`deskhand_core::authorship::Signed::to_bytes`: seq, change
+/// hash, ed25519 signature). An actor's changes form one chain per document, so the latest is
+/// per document too.
+pub const CHANGE_SIGNATURES: TableDefinition<'static, (&str, &str), &[u8]> =
+    TableDefinition::new("change_signatures_v2");

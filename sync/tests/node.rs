@@ -390,3 +390,89 @@ async fn a_desktop_keeps_its_port_and_publishes_where_it_moved() -> anyhow::Resu
     node.shutdown().await;
     Ok(())
 }
+
+/// A node holds documents besides the workspace's (issue 16's week documents): each is loaded
+/// only when opened, starts from its genesis when nothing is stored, keeps its own changes and
+/// change signatures across restarts, and leaves the workspace's document alone.
+#[tokio::test]
+async fn each_document_is_loaded_on_demand_and_keeps_its_changes_and_signatures()
+-> anyhow::Result<()> {
+    use deskhand_core::authorship::Signed;
+    use deskhand_core::conversation::{
+        ConversationWeek, conversation_doc_id, conversation_genesis,
+    };
+    use deskhand_sync::store::{DocKey, Store};
+
+    let dir = tempfile::tempdir()?;
+    let node = Node::open(desktop(dir.path())).await?;
+    let workspace = node.doc_id().expect("a desktop has a workspace id");
+    let week = ConversationWeek::new(2026, 48)?;
+    let key = DocKey::of(&conversation_doc_id(&workspace, week));
+    let genesis = conversation_genesis(&workspace, week).get_heads();
+
+    // Not loaded: refused, and the workspace's document is untouched.
+    let m = msg(&node, "too early");
+    match node
+        .write_doc(&key, |tx| Workspace::append_message(tx, &m))
+        .await
+    {
+        Err(NodeError::NotLoaded(k)) => assert_eq!(k, key),
+        other => panic!("a write to a document not loaded: {other:?}"),
+    }
+    assert_eq!(node.read_doc(&key, |_| ()), None);
+
+    node.open_doc(&key, || conversation_genesis(&workspace, week))
+        .await?;
+    assert_eq!(
+        node.read_doc(&key, |d| d.get_heads()),
+        Some(genesis.clone())
+    );
+    for i in 0..3 {
+        let m = msg(&node, &format!("w{i}"));
+        node.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+            .await?;
+    }
+    let heads = node.read_doc(&key, |d| d.get_heads()).unwrap();
+    assert_eq!(node.read(Workspace::message_count), 0);
+    let me = node.id();
+    node.shutdown().await;
+
+    // Stored under its own key, with the signature of its latest change, apart from the
+    // workspace's.
+    {
+        let (store, _thread, loaded) = Store::open(&Node::db_path(dir.path()))?;
+        assert_eq!(loaded.doc_keys, [DocKey::WORKSPACE, key.clone()].into());
+        let stored = store.load_doc_blocking(&key)?.expect("the week is stored");
+        let doc = stored.load()?;
+        assert_eq!(doc.get_heads(), heads);
+        assert_eq!(stored.signatures.len(), 1, "one actor wrote the week");
+        let (actor, bytes) = &stored.signatures[0];
+        let signed = Signed::from_bytes(bytes).expect("a signature record");
+        assert_eq!(signed.signature.hash, heads[0]);
+        signed.signature.verify(&me)?;
+        assert!(doc.get_change_meta_by_hash(&genesis[0]).is_some());
+        let ws = store
+            .load_doc_blocking(&DocKey::WORKSPACE)?
+            .expect("the workspace is stored");
+        assert!(
+            ws.signatures.iter().all(|(a, _)| a != actor),
+            "the week's actor has signatures in the workspace"
+        );
+    }
+
+    let node = Node::open(desktop(dir.path())).await?;
+    assert_eq!(
+        node.read_doc(&key, |_| ()),
+        None,
+        "loaded before it is opened"
+    );
+    node.open_doc(&key, || panic!("a stored document starts from its genesis"))
+        .await?;
+    assert_eq!(node.read_doc(&key, |d| d.get_heads()), Some(heads));
+    let m = msg(&node, "after restart");
+    node.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+        .await?;
+    assert_eq!(node.read_doc(&key, Workspace::message_count), Some(4));
+    node.shutdown().await;
+    Ok(())
+}

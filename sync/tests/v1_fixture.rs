@@ -28,17 +28,24 @@ fn load_copy(db: &Path) -> Result<Loaded> {
     Ok(loaded)
 }
 
-/// The workspace document held by the redb file at `db`.
+/// The workspace document held by the redb file at `db`, and that it is the only one (with
+/// the change signatures of its own, as migration 5 keeps them).
 fn document(db: &Path) -> Result<Automerge> {
-    let mut loaded = load_copy(db)?;
-    let stored = loaded
-        .docs
-        .remove(&DocKey::WORKSPACE)
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("deskhand.redb");
+    std::fs::copy(db, &copy).with_context(|| format!("copying {}", db.display()))?;
+    let (store, _thread, loaded) = Store::open(&copy)?;
+    ensure!(
+        loaded.doc_keys == [DocKey::WORKSPACE].into(),
+        "documents besides the workspace: {:?}",
+        loaded.doc_keys
+    );
+    let stored = store
+        .load_doc_blocking(&DocKey::WORKSPACE)?
         .context("no workspace document after migration 4")?;
     ensure!(
-        loaded.docs.is_empty(),
-        "documents besides the workspace: {:?}",
-        loaded.docs.keys()
+        !stored.signatures.is_empty(),
+        "the workspace's change signatures are gone"
     );
     Ok(stored.load()?)
 }

@@ -531,14 +531,13 @@ fn split_in_parallel(
 fn w4_split(r: &mut Report, data_dir: &Path) -> Result<()> {
     use deskhand_core::conversation::split_v1;
     use deskhand_sync::store::{DocKey, Store};
-    let (store, thread, mut loaded) = Store::open(&Node::db_path(data_dir))?;
-    drop(store);
-    drop(thread);
-    let v1 = loaded
-        .docs
-        .remove(&DocKey::WORKSPACE)
+    let (store, thread, loaded) = Store::open(&Node::db_path(data_dir))?;
+    let v1 = store
+        .load_doc_blocking(&DocKey::WORKSPACE)?
         .context("the W4 desktop holds no workspace document")?
         .load()?;
+    drop(store);
+    drop(thread);
     let doc_id = loaded
         .meta
         .iter()

@@ -31,11 +31,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// The desktop's document as its files hold it after the crash: opened by the test itself
 /// (redb repairs what a crash left), snapshot plus chunks, as the node loads it.
 fn desktop_document(data: &std::path::Path) -> Result<Automerge> {
-    let (store, thread, loaded) = deskhand_sync::store::Store::open(&data.join("deskhand.redb"))
+    let (store, thread, _) = deskhand_sync::store::Store::open(&data.join("deskhand.redb"))
         .context("the desktop's database does not open after the crash")?;
-    let doc = loaded
-        .docs
-        .get(&deskhand_sync::store::DocKey::WORKSPACE)
+    let doc = store
+        .load_doc_blocking(&deskhand_sync::store::DocKey::WORKSPACE)?
         .map(|d| d.load())
         .transpose()
         .context("the desktop's document does not load")?
