@@ -51,6 +51,19 @@ pub enum WeekError {
 }
 
 impl ConversationWeek {
+    /// 1970-W01, the first week a workspace's documents use: the split puts items without a
+    /// time there.
+    pub const FIRST: ConversationWeek = ConversationWeek {
+        year: 1970,
+        week: 1,
+    };
+
+    /// The week after this one; `None` after the last week the calendar can hold.
+    pub fn next(self) -> Option<Self> {
+        const WEEK_MS: i64 = 7 * 24 * 3600 * 1000;
+        Self::of_unix_ms(self.start_unix_ms().checked_add(WEEK_MS)?).ok()
+    }
+
     /// The week holding the instant `unix_ms` (milliseconds since 1970-01-01T00:00Z, UTC).
     pub fn of_unix_ms(unix_ms: i64) -> Result<Self, WeekError> {
         let t = time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000))
@@ -432,10 +445,7 @@ fn copy_items<T: Transactable>(
 /// The week of `at` (unix ms); the epoch's week for a missing or impossible time.
 fn week_at(at: Option<i64>) -> ConversationWeek {
     at.and_then(|ms| ConversationWeek::of_unix_ms(ms).ok())
-        .unwrap_or(ConversationWeek {
-            year: 1970,
-            week: 1,
-        })
+        .unwrap_or(ConversationWeek::FIRST)
 }
 
 /// The object at `key` of `obj`, if there is one.
@@ -586,6 +596,34 @@ mod tests {
             assert!(ConversationWeek::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(ConversationWeek::parse("2026-W53").unwrap().week, 53);
+    }
+
+    #[test]
+    fn the_week_after_crosses_years_with_52_and_53_weeks() {
+        let w = |l: &str| ConversationWeek::parse(l).unwrap();
+        let next = |l: &str| w(l).next().unwrap().label();
+        assert_eq!(next("2026-W52"), "2026-W53");
+        assert_eq!(next("2026-W53"), "2027-W01");
+        assert_eq!(next("2025-W52"), "2026-W01");
+        assert_eq!(ConversationWeek::FIRST.label(), "1970-W01");
+        assert_eq!(ConversationWeek::FIRST.next().unwrap().label(), "1970-W02");
+        // From the first week to 2026-W49, one step at a time, in order.
+        let (mut week, mut steps) = (ConversationWeek::FIRST, 0);
+        while week < w("2026-W49") {
+            let after = week.next().unwrap();
+            assert!(after > week);
+            week = after;
+            steps += 1;
+        }
+        assert_eq!(week, w("2026-W49"));
+        assert_eq!(
+            steps,
+            (w("2026-W49").start_unix_ms() - week_ms_of_first()) / (7 * 86_400_000)
+        );
+    }
+
+    fn week_ms_of_first() -> i64 {
+        ConversationWeek::FIRST.start_unix_ms()
     }
 
     #[test]

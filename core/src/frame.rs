@@ -15,6 +15,12 @@
 //! Protocol 2 (`deskhand/sync/2`) sends a `Signatures` frame right before each `Sync` frame that
 //! carries changes: the signatures that prove who wrote them ([`crate::authorship`]). A session
 //! keeps the signatures it received until the next `Sync` frame.
+//!
+//! Protocol 3 (`deskhand/sync/3`) syncs several documents over one connection, one QUIC
+//! bi-stream each, with the same frames. The first stream the phone opens carries the
+//! workspace's document; every further stream opens with a `Hello` whose `doc_id` names the
+//! document it syncs (a week's conversation document), which the desktop checks is one of
+//! this workspace's before it answers.
 
 use automerge::ChangeHash;
 
@@ -24,7 +30,7 @@ use crate::authorship::ChangeSignature;
 /// Version byte of every frame body this build writes and reads.
 pub const FRAME_VERSION: u8 = 1;
 /// The sync protocol version carried in [`Hello`] (the `N` of ALPN `deskhand/sync/N`).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest body accepted; a larger length prefix is refused before anything is buffered.
 pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 const MAX_REASON_LEN: usize = 1024;

@@ -1,29 +1,77 @@
-//! The tokio driver of one peer's sync session: bytes from the stream into the state machine,
-//! frames out to the stream, timers, local-change wake-ups and cancellation.
+//! The tokio driver of one peer's connection (`deskhand/sync/3`): one sync session per
+//! document, each on its own QUIC bi-stream; bytes from a stream into its state machine, frames
+//! out to the stream, timers, local-change wake-ups and cancellation.
+//!
+//! The first stream carries the workspace's document and lives as long as the connection. The
+//! dialing phone opens one more stream for every other document it has loaded, and again for
+//! each one it loads later; the desktop reads such a stream's hello, checks the document is one
+//! of this workspace's ([`Shared::stream_doc`]), loads it, and answers. A document stream that
+//! fails ends alone (its error is shown as the peer's last error); one whose changes were
+//! refused ends the connection, as the workspace's stream does when it ends.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use deskhand_core::session::{
     REVOKED_REASON, SessionError, SessionOutput, SessionStats, close_code,
 };
 use deskhand_core::{DeviceId, Frame, FrameDecoder, SyncSession};
 use iroh::endpoint::{Connection, RecvStream, SendStream};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{DocHandle, DocState, Shared, lock};
+use crate::store::DocKey;
 
 const READ_CHUNK: usize = 256 * 1024;
 /// How long a goodbye may take to write before the connection is closed anyway.
 const GOODBYE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a document stream the peer opened may take to say which document it syncs.
+const STREAM_HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Runs a sync session with `peer` on an open bi-stream until it ends. Registers the session
-/// (replacing an older one of the same peer) and records presence and byte counts.
+/// Which end of the connection this device is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The desktop: accepts the streams the phone opens.
+    Accept,
+    /// The phone: opens a stream per loaded document.
+    Dial,
+}
+
+/// How one stream ended.
+struct StreamEnd {
+    key: Option<DocKey>,
+    /// The workspace's stream: the connection ends with it.
+    main: bool,
+    /// The peer's changes were refused: the connection ends too.
+    refused: bool,
+    result: Result<(), String>,
+    stats: SessionStats,
+}
+
+/// What every stream of one connection shares.
+#[derive(Clone)]
+struct Conn {
+    shared: Arc<Shared>,
+    peer: DeviceId,
+    conn: Connection,
+    conn_no: u64,
+    /// Ends every stream of this connection.
+    cancel: CancellationToken,
+    /// The documents a stream of this connection syncs.
+    streamed: Arc<Mutex<HashSet<DocKey>>>,
+}
+
+/// Runs a peer's connection until it ends: the workspace's stream (`send`, `recv`) and a
+/// stream per further document. Registers the session (replacing an older one of the same
+/// peer) and records presence and byte counts.
 pub(crate) async fn run_peer(
     shared: Arc<Shared>,
     peer: DeviceId,
     conn: Connection,
     send: SendStream,
     recv: RecvStream,
+    side: Side,
 ) -> Result<(), String> {
     let Some((conn_no, cancel)) = shared.session_started(&peer) else {
         if shared.is_revoked(&peer) {
@@ -40,17 +88,69 @@ pub(crate) async fn run_peer(
         return Err("not allowed".into());
     };
     tracing::info!(peer = %peer.short(), "session open");
-    let mut driver = Driver {
-        doc: shared.main_doc(),
+    let main = shared.main_doc();
+    let main_key = lock(&main).key.clone();
+    let c = Conn {
         shared: shared.clone(),
         peer,
-        send,
-        out: Vec::new(),
-        owes_ack: false,
         conn: conn.clone(),
         conn_no,
+        cancel: cancel.child_token(),
+        streamed: Arc::new(Mutex::new(HashSet::from([main_key]))),
     };
-    let (result, stats) = driver.run(recv, &cancel).await;
+    let mut streams = JoinSet::new();
+    {
+        let c = c.clone();
+        streams.spawn(async move {
+            let decoder = FrameDecoder::with_max_len(c.shared.filter.limits().max_frame_bytes);
+            c.run_stream(main, send, recv, decoder, None, true).await
+        });
+    }
+    let mut opened = shared.opened.subscribe();
+    if side == Side::Dial {
+        c.open_streams(&mut streams);
+    }
+    let mut accepting = side == Side::Accept;
+    let mut total = SessionStats::default();
+    let mut result: Option<Result<(), String>> = None;
+    loop {
+        tokio::select! {
+            end = streams.join_next() => {
+                let Some(end) = end else { break };
+                let end = end.unwrap_or_else(|e| StreamEnd {
+                    key: None,
+                    main: true,
+                    refused: false,
+                    result: Err(format!("a stream's task failed: {e}")),
+                    stats: SessionStats::default(),
+                });
+                total.bytes_sent += end.stats.bytes_sent;
+                total.bytes_received += end.stats.bytes_received;
+                total.sync_sent += end.stats.sync_sent;
+                total.sync_received += end.stats.sync_received;
+                if end.main || end.refused {
+                    result.get_or_insert(end.result);
+                    c.cancel.cancel();
+                } else if let Err(e) = end.result {
+                    let doc = end.key.as_ref().map_or("?".into(), |k| k.to_string());
+                    tracing::warn!(peer = %peer.short(), %doc, "document stream ended: {e}");
+                    shared.stream_failed(&peer, conn_no, format!("document {doc}: {e}"));
+                }
+            }
+            accepted = conn.accept_bi(), if accepting && !c.cancel.is_cancelled() => match accepted {
+                Ok((send, recv)) => {
+                    let c = c.clone();
+                    streams.spawn(async move { c.accept_stream(send, recv).await });
+                }
+                // The connection is closing: the workspace's stream hears why.
+                Err(_) => accepting = false,
+            },
+            _ = opened.changed(), if side == Side::Dial && !c.cancel.is_cancelled() => {
+                c.open_streams(&mut streams);
+            }
+        }
+    }
+    let result = result.unwrap_or(Ok(()));
     let (code, reason): (u16, String) = match &result {
         Ok(()) if cancel.is_cancelled() && shared.is_revoked(&peer) => {
             (close_code::REVOKED, REVOKED_REASON.into())
@@ -58,20 +158,169 @@ pub(crate) async fn run_peer(
         Ok(()) => (close_code::NORMAL, "bye".into()),
         Err(e) => (close_code::MALFORMED, e.chars().take(512).collect()),
     };
-    let _ = driver.send.finish();
     conn.close(u32::from(code).into(), reason.as_bytes());
     let error = result.as_ref().err().cloned();
     match &error {
         Some(e) => tracing::warn!(peer = %peer.short(), "session ended: {e}"),
         None => tracing::info!(peer = %peer.short(), "session closed"),
     }
-    shared.session_ended(&peer, conn_no, stats, error.clone());
+    shared.session_ended(&peer, conn_no, total, error.clone());
     result
+}
+
+impl Conn {
+    /// Phone: a stream for every loaded document that has none yet.
+    fn open_streams(&self, streams: &mut JoinSet<StreamEnd>) {
+        for doc in self.shared.loaded() {
+            let key = lock(&doc).key.clone();
+            if !lock(&self.streamed).insert(key.clone()) {
+                continue;
+            }
+            let c = self.clone();
+            streams.spawn(async move {
+                let opened = tokio::select! {
+                    _ = c.cancel.cancelled() => return c.ended(Some(key), Ok(())),
+                    r = c.conn.open_bi() => r,
+                };
+                match opened {
+                    Ok((send, recv)) => {
+                        let decoder =
+                            FrameDecoder::with_max_len(c.shared.filter.limits().max_frame_bytes);
+                        c.run_stream(doc, send, recv, decoder, None, false).await
+                    }
+                    Err(e) => c.ended(Some(key), Err(format!("cannot open its stream: {e}"))),
+                }
+            });
+        }
+    }
+
+    /// Desktop: a stream the phone opened. Its hello names the document; an unknown one, or
+    /// one that already syncs on this connection, is refused on that stream alone.
+    async fn accept_stream(self, mut send: SendStream, mut recv: RecvStream) -> StreamEnd {
+        let mut decoder = FrameDecoder::with_max_len(self.shared.filter.limits().max_frame_bytes);
+        let first = tokio::select! {
+            _ = self.cancel.cancelled() => return self.ended(None, Ok(())),
+            r = tokio::time::timeout(STREAM_HELLO_TIMEOUT, first_frame(&mut recv, &mut decoder)) => {
+                r.unwrap_or_else(|_| Err(format!("no hello within {STREAM_HELLO_TIMEOUT:?}")))
+            }
+        };
+        let routed = match first {
+            Ok(Frame::Hello(h)) => match h.doc_id {
+                Some(id) => match self.shared.stream_doc(id).await {
+                    Ok(doc) => {
+                        let key = lock(&doc).key.clone();
+                        if lock(&self.streamed).insert(key.clone()) {
+                            Ok((doc, Frame::Hello(h)))
+                        } else {
+                            Err((
+                                close_code::PROTOCOL,
+                                format!(
+                                    "document {key} already syncs on another stream of this connection"
+                                ),
+                            ))
+                        }
+                    }
+                    Err(reason) => Err((close_code::WRONG_DOCUMENT, reason)),
+                },
+                None => Err((
+                    close_code::PROTOCOL,
+                    "a document stream's hello names no document".into(),
+                )),
+            },
+            Ok(other) => Err((
+                close_code::PROTOCOL,
+                format!(
+                    "a document stream opened with a {} frame, not a hello",
+                    other.kind_name()
+                ),
+            )),
+            Err(e) => Err((close_code::MALFORMED, e)),
+        };
+        match routed {
+            Ok((doc, hello)) => {
+                self.run_stream(doc, send, recv, decoder, Some(hello), false)
+                    .await
+            }
+            Err((code, reason)) => {
+                tracing::warn!(peer = %self.peer.short(), "refused a document stream: {reason}");
+                let mut out = Vec::new();
+                Frame::Goodbye {
+                    code,
+                    reason: reason.clone(),
+                }
+                .encode_into(&mut out);
+                let _ = tokio::time::timeout(GOODBYE_GRACE, send.write_all(&out)).await;
+                let _ = send.finish();
+                self.ended(None, Err(reason))
+            }
+        }
+    }
+
+    /// Runs the session of `doc` on one stream until it ends.
+    async fn run_stream(
+        &self,
+        doc: DocHandle,
+        send: SendStream,
+        recv: RecvStream,
+        decoder: FrameDecoder,
+        first: Option<Frame>,
+        main: bool,
+    ) -> StreamEnd {
+        let key = lock(&doc).key.clone();
+        let mut driver = Driver {
+            doc,
+            key: key.clone(),
+            main,
+            shared: self.shared.clone(),
+            peer: self.peer,
+            send,
+            out: Vec::new(),
+            owes_ack: false,
+            conn: self.conn.clone(),
+            conn_no: self.conn_no,
+        };
+        let (result, stats, refused) = driver.run(recv, decoder, first, &self.cancel).await;
+        let _ = driver.send.finish();
+        StreamEnd {
+            key: Some(key),
+            main,
+            refused,
+            result,
+            stats,
+        }
+    }
+
+    fn ended(&self, key: Option<DocKey>, result: Result<(), String>) -> StreamEnd {
+        StreamEnd {
+            key,
+            main: false,
+            refused: false,
+            result,
+            stats: SessionStats::default(),
+        }
+    }
+}
+
+/// Reads from `recv` until `decoder` holds one whole frame.
+async fn first_frame(recv: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<Frame, String> {
+    loop {
+        if let Some(frame) = decoder.next_frame().map_err(|e| e.to_string())? {
+            return Ok(frame);
+        }
+        match recv.read_chunk(READ_CHUNK).await {
+            Ok(Some(bytes)) => decoder.push(&bytes),
+            Ok(None) => return Err("the stream ended before its hello".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 struct Driver {
     /// The document this session syncs.
     doc: DocHandle,
+    key: DocKey,
+    /// The workspace's stream: the one that watches the connection's path.
+    main: bool,
     conn: Connection,
     conn_no: u64,
     shared: Arc<Shared>,
@@ -83,11 +332,16 @@ struct Driver {
 }
 
 impl Driver {
+    /// Runs the session; `first` is a frame already read from the stream (a document
+    /// stream's hello), fed before anything else. Returns how it ended, its byte counts, and
+    /// whether the peer's changes were refused.
     async fn run(
         &mut self,
         mut recv: RecvStream,
+        mut decoder: FrameDecoder,
+        first: Option<Frame>,
         cancel: &CancellationToken,
-    ) -> (Result<(), String>, SessionStats) {
+    ) -> (Result<(), String>, SessionStats, bool) {
         let now = self.shared.now_ms();
         let mut session = {
             let ds = lock(&self.doc);
@@ -100,7 +354,18 @@ impl Driver {
             self.queue(first);
             s
         };
-        let result = self.main_loop(&mut session, &mut recv, cancel).await;
+        let result = match first {
+            Some(frame) => self.on_frame(&mut session, frame),
+            None => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => {
+                self.main_loop(&mut session, &mut recv, &mut decoder, cancel)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let refused = matches!(result, Err(SessionError::Refused(_)));
         let result = match result {
             Ok(()) => {
                 if cancel.is_cancelled() {
@@ -136,24 +401,25 @@ impl Driver {
                 Err(e.to_string())
             }
         };
-        (result, session.stats())
+        (result, session.stats(), refused)
     }
 
     async fn main_loop(
         &mut self,
         session: &mut SyncSession,
         recv: &mut RecvStream,
+        decoder: &mut FrameDecoder,
         cancel: &CancellationToken,
     ) -> Result<(), SessionError> {
-        let mut durable = self.shared.durable.subscribe();
+        let signals = lock(&self.doc).signals.clone();
+        let mut durable = signals.durable.subscribe();
         durable.mark_unchanged();
-        let mut relay = self.shared.relayable.subscribe();
+        let mut relay = signals.relayable.subscribe();
         relay.mark_unchanged();
         let mut probe = self.shared.probe.subscribe();
         probe.mark_unchanged();
         let mut lan = self.shared.lan_sighting.subscribe();
         lan.mark_unchanged();
-        let mut decoder = FrameDecoder::with_max_len(self.shared.filter.limits().max_frame_bytes);
         self.flush().await.map_err(SessionError::Protocol)?;
         loop {
             let deadline = self.shared.instant_at(session.next_deadline());
@@ -199,7 +465,7 @@ impl Driver {
                     let out = session.probe(self.shared.now_ms());
                     self.queue(out);
                 }
-                _ = lan.changed() => {
+                _ = lan.changed(), if self.main => {
                     let seen = lan.borrow_and_update().clone();
                     if let Some(seen) = seen.filter(|s| s.peer == self.peer)
                         && let Some(gone) = self.path_not_announced(&seen.addrs)
@@ -220,8 +486,13 @@ impl Driver {
             }
             self.flush().await.map_err(SessionError::Protocol)?;
             let in_sync = session.in_sync(&lock(&self.doc).doc);
-            self.shared
-                .session_progress(&self.peer, self.conn_no, session.stats(), in_sync);
+            self.shared.session_progress(
+                &self.peer,
+                self.conn_no,
+                &self.key,
+                session.stats(),
+                in_sync,
+            );
         }
     }
 

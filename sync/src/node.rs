@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use automerge::{ActorId, Automerge, ChangeHash, transaction::Transaction};
 use deskhand_core::authorship::{SignatureBook, Signed};
+use deskhand_core::conversation::{ConversationWeek, conversation_doc_id, conversation_genesis};
 use deskhand_core::incoming::Storable;
 use deskhand_core::schema::DeviceEntry;
 use deskhand_core::schema::{DesktopAddrs, DesktopInfo, ExecutorState, SchemaError, Workspace};
@@ -28,6 +29,7 @@ use deskhand_core::session::{REVOKED_REASON, close_code};
 use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules, Standing};
 use deskhand_core::{
     DeviceId, DeviceKey, DocId, PAIR_ALPN, PairingPayload, PairingToken, SYNC_ALPN, SYNC_ALPN_V1,
+    SYNC_ALPN_V2,
 };
 
 use crate::pairing::PairError;
@@ -237,10 +239,63 @@ pub(crate) struct DocState {
     pub(crate) book: SignatureBook,
     /// A write carrying signatures failed: the next chunk stores the whole book again.
     book_unsaved: bool,
+    /// What wakes this document's sessions.
+    pub(crate) signals: Arc<DocSignals>,
+}
+
+/// The wake-ups of one document's sync sessions.
+#[derive(Debug)]
+pub(crate) struct DocSignals {
+    /// Bumped when the whole document is durable again after a change: sessions send then.
+    pub(crate) durable: watch::Sender<u64>,
+    /// Bumped when a peer's changes were applied, and when this device's own changes are all
+    /// durable again: sessions other than the sender's may send (relay) then.
+    pub(crate) relayable: watch::Sender<u64>,
 }
 
 /// A loaded document, shared by the sessions and writers that use it.
 pub(crate) type DocHandle = Arc<Mutex<DocState>>;
+
+/// The document ids of a workspace's weeks (`conversation_doc_id`), from 1970-W01 (where the
+/// split puts items without a time) up to the week after this device's now: the documents a
+/// peer may open a stream for. Derived ids cannot be reversed, so they are listed; about 3,000
+/// SHA-256 digests, worked out once and extended as time goes on.
+#[derive(Default)]
+struct WeekIds {
+    /// The workspace they are of.
+    workspace: Option<DocId>,
+    /// The last week listed.
+    upto: Option<ConversationWeek>,
+    by_id: HashMap<DocId, ConversationWeek>,
+}
+
+impl WeekIds {
+    /// The week whose document is `id` in `workspace`, listing weeks up to `last` first.
+    fn week_of(
+        &mut self,
+        workspace: DocId,
+        last: ConversationWeek,
+        id: &DocId,
+    ) -> Option<ConversationWeek> {
+        if self.workspace != Some(workspace) {
+            *self = WeekIds {
+                workspace: Some(workspace),
+                ..WeekIds::default()
+            };
+        }
+        let mut next = match self.upto {
+            Some(w) => w.next(),
+            None => Some(ConversationWeek::FIRST),
+        };
+        while let Some(week) = next.filter(|w| *w <= last) {
+            self.by_id
+                .insert(conversation_doc_id(&workspace, week), week);
+            self.upto = Some(week);
+            next = week.next();
+        }
+        self.by_id.get(id).copied()
+    }
+}
 
 impl DocState {
     /// The document `stored` holds (`None`: nothing is stored under `key` yet, and it starts as
@@ -289,9 +344,9 @@ impl DocState {
             Vec::new()
         };
         Ok(DocState {
+            doc_id: key.doc_id(),
             key,
             doc,
-            doc_id: None,
             persisted_heads,
             unflushed: 0,
             unflushed_local: 0,
@@ -300,6 +355,10 @@ impl DocState {
             chunks_since_snapshot: chunks,
             book,
             book_unsaved: false,
+            signals: Arc::new(DocSignals {
+                durable: watch::channel(0).0,
+                relayable: watch::channel(0).0,
+            }),
         })
     }
 }
@@ -325,7 +384,26 @@ struct PeerEntry {
     live: Option<(u64, CancellationToken)>,
     stats: PeerStats,
     last_error: Option<String>,
-    in_sync: bool,
+    /// Per document of the live connection: its stream's byte counts and whether both sides
+    /// hold the same changes of it.
+    streams: HashMap<DocKey, (SessionStats, bool)>,
+}
+
+impl PeerEntry {
+    fn new(record: PeerRecord, presence: Presence) -> Self {
+        PeerEntry {
+            record,
+            presence,
+            live: None,
+            stats: PeerStats::default(),
+            last_error: None,
+            streams: HashMap::new(),
+        }
+    }
+    /// Connected, and every document it syncs is in sync.
+    fn in_sync(&self) -> bool {
+        self.live.is_some() && !self.streams.is_empty() && self.streams.values().all(|(_, s)| *s)
+    }
 }
 
 /// A peer as shown to the user.
@@ -341,7 +419,7 @@ pub struct PeerView {
     pub stats: PeerStats,
     /// Why the last session ended badly, if it did.
     pub last_error: Option<String>,
-    /// Connected and both sides hold the same changes.
+    /// Connected, and both sides hold the same changes of every document they sync.
     pub in_sync: bool,
 }
 
@@ -356,11 +434,10 @@ pub(crate) struct Shared {
     /// ([`Node::open_doc`]) and stays loaded.
     docs: Mutex<HashMap<DocKey, DocHandle>>,
     store: Store,
-    /// Bumped when the whole document is durable again after a change: sessions send then.
-    pub(crate) durable: watch::Sender<u64>,
-    /// Bumped when a peer's changes were applied, and when this device's own changes are all
-    /// durable again: sessions other than the sender's may send (relay) then.
-    pub(crate) relayable: watch::Sender<u64>,
+    /// Bumped when a document was loaded ([`Shared::open_doc`]): a phone opens its stream.
+    pub(crate) opened: watch::Sender<u64>,
+    /// The ids of this workspace's week documents, as far as they were worked out.
+    weeks: Mutex<WeekIds>,
     /// Bumped when the document changed (local: once durable; received: once applied).
     changed: watch::Sender<u64>,
     peers: Mutex<HashMap<DeviceId, PeerEntry>>,
@@ -443,6 +520,36 @@ impl Shared {
     pub(crate) fn loaded(&self) -> Vec<DocHandle> {
         lock(&self.docs).values().cloned().collect()
     }
+    /// The document a peer's stream asks for by `id`, loaded (or started from its genesis):
+    /// one of this workspace's week documents, up to the week after now by this device's
+    /// clock.
+    ///
+    /// # Errors
+    /// What to tell the peer: the id is the workspace's own (it syncs on the connection's
+    /// first stream), not one of this workspace's documents, or the document does not load.
+    pub(crate) async fn stream_doc(&self, id: DocId) -> Result<DocHandle, String> {
+        let workspace = lock(&self.main)
+            .doc_id
+            .ok_or("this device holds no workspace yet")?;
+        if id == workspace {
+            return Err(
+                "the workspace's document syncs on the connection's first stream, not on another"
+                    .into(),
+            );
+        }
+        let last = ConversationWeek::of_unix_ms(self.wall_ms())
+            .ok()
+            .and_then(ConversationWeek::next)
+            .ok_or("this device's clock is outside the years a week can name")?;
+        let week = lock(&self.weeks)
+            .week_of(workspace, last, &id)
+            .ok_or_else(|| {
+                format!("document {id} is not one of this workspace's, up to the week after now")
+            })?;
+        self.open_doc(&DocKey::of(&id), || conversation_genesis(&workspace, week))
+            .await
+            .map_err(|e| format!("document {id} ({}) does not load here: {e}", week.label()))
+    }
     /// The workspace's document.
     pub(crate) fn main_doc(&self) -> DocHandle {
         self.main.clone()
@@ -470,10 +577,12 @@ impl Shared {
         let stored = self.store.load_doc(key).await?;
         let state = DocState::from_stored(key.clone(), stored, genesis, &self.id, &self.path)?;
         // Two callers may have loaded it at once: the first one in is kept.
-        Ok(lock(&self.docs)
+        let handle = lock(&self.docs)
             .entry(key.clone())
             .or_insert_with(|| Arc::new(Mutex::new(state)))
-            .clone())
+            .clone();
+        self.opened.send_modify(|g| *g += 1);
+        Ok(handle)
     }
     pub(crate) fn codes(&self) -> MutexGuard<'_, crate::pairing::Codes> {
         lock(&self.codes)
@@ -499,14 +608,9 @@ impl Shared {
             .await?;
         {
             let mut peers = lock(&self.peers);
-            let entry = peers.entry(id).or_insert_with(|| PeerEntry {
-                record: record.clone(),
-                presence: Presence::Never,
-                live: None,
-                stats: PeerStats::default(),
-                last_error: None,
-                in_sync: false,
-            });
+            let entry = peers
+                .entry(id)
+                .or_insert_with(|| PeerEntry::new(record.clone(), Presence::Never));
             entry.record = record;
             if entry.record.revoked_at.is_some()
                 && let Some((_, t)) = entry.live.take()
@@ -610,10 +714,11 @@ impl Shared {
         let queued_gen = ds.fail_gen;
         if notify_applied {
             self.changed.send_modify(|g| *g += 1);
-            self.relayable.send_modify(|g| *g += 1);
+            ds.signals.relayable.send_modify(|g| *g += 1);
         }
         let me = Arc::downgrade(self);
         let key = ds.key.clone();
+        let signals = ds.signals.clone();
         self.store.queue(
             op,
             Some(Box::new(move |r| {
@@ -647,10 +752,10 @@ impl Shared {
                         me.changed.send_modify(|g| *g += 1);
                     }
                     if relay {
-                        me.relayable.send_modify(|g| *g += 1);
+                        signals.relayable.send_modify(|g| *g += 1);
                     }
                     if clean {
-                        me.durable.send_modify(|g| *g += 1);
+                        signals.durable.send_modify(|g| *g += 1);
                     }
                 }
                 if let Some(d) = done {
@@ -767,14 +872,17 @@ impl Shared {
             since: self.wall_ms(),
         };
         entry.stats.sessions += 1;
+        entry.streams.clear();
         Some((n, token))
     }
 
     /// Live byte counts of the current session.
+    /// Live byte counts of one document's stream of the current session.
     pub(crate) fn session_progress(
         &self,
         peer: &DeviceId,
         conn: u64,
+        doc: &DocKey,
         stats: SessionStats,
         in_sync: bool,
     ) {
@@ -782,9 +890,22 @@ impl Shared {
         if let Some(entry) = peers.get_mut(peer)
             && entry.live.as_ref().is_some_and(|(n, _)| *n == conn)
         {
-            entry.stats.last_session_sent = stats.bytes_sent;
-            entry.stats.last_session_received = stats.bytes_received;
-            entry.in_sync = in_sync;
+            entry.streams.insert(doc.clone(), (stats, in_sync));
+            let (sent, received) = entry.streams.values().fold((0, 0), |(s, r), (st, _)| {
+                (s + st.bytes_sent, r + st.bytes_received)
+            });
+            entry.stats.last_session_sent = sent;
+            entry.stats.last_session_received = received;
+        }
+    }
+
+    /// A document's stream of the current session failed; the others go on.
+    pub(crate) fn stream_failed(&self, peer: &DeviceId, conn: u64, error: String) {
+        let mut peers = lock(&self.peers);
+        if let Some(entry) = peers.get_mut(peer)
+            && entry.live.as_ref().is_some_and(|(n, _)| *n == conn)
+        {
+            entry.last_error = Some(error);
         }
     }
 
@@ -808,7 +929,7 @@ impl Shared {
             entry.last_error = error;
             if entry.live.as_ref().is_none_or(|(n, _)| *n == conn) {
                 entry.live = None;
-                entry.in_sync = false;
+                entry.streams.clear();
                 entry.presence = Presence::LastSeen { at: now };
             }
             entry.record.last_seen = Some(now);
@@ -981,17 +1102,7 @@ impl Node {
                 Some(at) => Presence::LastSeen { at },
                 None => Presence::Never,
             };
-            peers.insert(
-                pid,
-                PeerEntry {
-                    record,
-                    presence,
-                    live: None,
-                    stats: PeerStats::default(),
-                    last_error: None,
-                    in_sync: false,
-                },
-            );
+            peers.insert(pid, PeerEntry::new(record, presence));
         }
         let sync_states = loaded
             .sync_states
@@ -1007,8 +1118,8 @@ impl Node {
             docs: Mutex::new(HashMap::from([(DocKey::WORKSPACE, main.clone())])),
             main,
             store: store.clone(),
-            durable: watch::channel(0).0,
-            relayable: watch::channel(0).0,
+            opened: watch::channel(0).0,
+            weeks: Mutex::new(WeekIds::default()),
             changed: watch::channel(0).0,
             peers: Mutex::new(peers),
             sync_states: Mutex::new(sync_states),
@@ -1061,6 +1172,7 @@ impl Node {
         let alpns = vec![
             SYNC_ALPN.to_vec(),
             SYNC_ALPN_V1.to_vec(),
+            SYNC_ALPN_V2.to_vec(),
             PAIR_ALPN.to_vec(),
             crate::blobs::BLOB_ALPN.to_vec(),
         ];
@@ -1122,7 +1234,8 @@ impl Node {
                         crate::protocol::SyncProtocol::new(shared.clone()),
                     )
                     .accept(PAIR_ALPN, crate::pairing::PairProtocol::new(shared.clone()))
-                    .accept(SYNC_ALPN_V1, crate::protocol::OutdatedSyncProtocol);
+                    .accept(SYNC_ALPN_V1, crate::protocol::OutdatedSyncProtocol)
+                    .accept(SYNC_ALPN_V2, crate::protocol::OutdatedSyncProtocol);
                 #[cfg(feature = "blob-store")]
                 let router = router.accept(
                     crate::blobs::BLOB_ALPN,
@@ -1526,7 +1639,7 @@ impl Node {
                 presence: e.presence,
                 stats: e.stats,
                 last_error: e.last_error.clone(),
-                in_sync: e.in_sync && e.live.is_some(),
+                in_sync: e.in_sync(),
             })
             .collect();
         v.sort_by_key(|p| p.record.paired_at);
@@ -1967,13 +2080,13 @@ enum Dialed {
 }
 
 /// Why a connection to the desktop failed, in words a user can act on. A desktop that does not
-/// offer `deskhand/sync/2` fails the TLS handshake with `no_application_protocol` (alert 120).
+/// offer `deskhand/sync/3` fails the TLS handshake with `no_application_protocol` (alert 120).
 fn connect_error(e: &str) -> String {
     if e.contains("no_application_protocol")
         || e.contains("error 120")
         || e.contains("known protocol")
     {
-        "the desktop does not speak sync protocol 2 (signed changes): it runs an older Deskhand; update Deskhand on the desktop".into()
+        "the desktop does not speak sync protocol 3 (a workspace of several documents): it runs an older Deskhand; update Deskhand on the desktop".into()
     } else {
         format!("cannot connect to the desktop: {e}")
     }
@@ -2043,6 +2156,14 @@ async fn dial_once(
             format!("desktop closed the connection: {e}")
         })?,
     };
-    crate::driver::run_peer(shared.clone(), home, conn, send, recv).await?;
+    crate::driver::run_peer(
+        shared.clone(),
+        home,
+        conn,
+        send,
+        recv,
+        crate::driver::Side::Dial,
+    )
+    .await?;
     Ok(Dialed::SessionEnded)
 }

@@ -1,4 +1,4 @@
-//! The `deskhand/sync/1` protocol handler, mounted on iroh's router by the desktop. Thin: it
+//! The `deskhand/sync/3` protocol handler, mounted on iroh's router by the desktop. Thin: it
 //! checks the registry, then hands the connection to the driver.
 
 use std::sync::Arc;
@@ -55,23 +55,32 @@ impl ProtocolHandler for SyncProtocol {
             return Ok(());
         }
         let (send, recv) = conn.accept_bi().await?;
-        let _ = crate::driver::run_peer(self.shared.clone(), peer, conn, send, recv).await;
+        let _ = crate::driver::run_peer(
+            self.shared.clone(),
+            peer,
+            conn,
+            send,
+            recv,
+            crate::driver::Side::Accept,
+        )
+        .await;
         Ok(())
     }
 }
 
-/// The first sync protocol (`deskhand/sync/1`, unsigned changes): a desktop accepts the
-/// connection only to tell the device to update, in the close reason its user sees.
+/// The sync protocols before this one (`deskhand/sync/1`, unsigned changes; `deskhand/sync/2`,
+/// one document): a desktop accepts the connection only to tell the device to update, in the
+/// close reason its user sees.
 #[derive(Clone, Debug)]
 pub(crate) struct OutdatedSyncProtocol;
 
 /// What a device still speaking `deskhand/sync/1` is told.
-pub(crate) const UPDATE_REASON: &str = "this desktop runs a newer Deskhand (sync protocol 2, signed changes): update Deskhand on this device, then sync again";
+pub(crate) const UPDATE_REASON: &str = "this desktop runs a newer Deskhand (sync protocol 3, a workspace of several documents): update Deskhand on this device, then sync again";
 
 impl ProtocolHandler for OutdatedSyncProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = device_id(&conn.remote_id());
-        tracing::warn!(peer = %peer.short(), "refused a device that speaks the old sync protocol 1");
+        tracing::warn!(peer = %peer.short(), "refused a device that speaks an old sync protocol");
         conn.close(
             u32::from(close_code::PROTOCOL).into(),
             UPDATE_REASON.as_bytes(),

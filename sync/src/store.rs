@@ -80,6 +80,12 @@ impl DocKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id of the document stored under this key, when the key is one
+    /// ([`DocKey::of`]); `None` for [`DocKey::WORKSPACE`].
+    pub fn doc_id(&self) -> Option<deskhand_core::DocId> {
+        self.0.parse().ok()
+    }
 }
 
 impl std::fmt::Display for DocKey {

@@ -1,0 +1,242 @@
+//! A workspace of several documents synced over one connection per peer (`deskhand/sync/3`):
+//! real nodes on loopback, a desktop and two phones. Each week's conversation document syncs on
+//! its own stream, is relayed by the desktop to the other phones that hold it, and is stored
+//! under its own key; a stream for a document that is not one of the workspace's is refused on
+//! its own, and the rest of the connection goes on.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use automerge::Automerge;
+use deskhand_core::conversation::{ConversationWeek, conversation_doc_id, conversation_genesis};
+use deskhand_core::schema::{Message, Role, Workspace};
+use deskhand_core::{DocId, SchemaError};
+use deskhand_sync::store::DocKey;
+use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, RelaySetting};
+
+const T: Duration = Duration::from_secs(15);
+
+fn net() -> NetConfig {
+    NetConfig::default().with_relay(RelaySetting::Off)
+}
+
+async fn desktop(dir: &std::path::Path) -> Result<Node> {
+    Ok(Node::open(
+        NodeConfig::new(
+            dir,
+            NodeRole::Desktop {
+                name: "desk".into(),
+            },
+        )
+        .with_net(net()),
+    )
+    .await?)
+}
+
+async fn paired_phone(desk: &Node, dir: &std::path::Path, name: &str) -> Result<Node> {
+    let phone = Node::open(NodeConfig::new(dir, NodeRole::Phone).with_net(net())).await?;
+    phone
+        .pair(&desk.create_pairing(Duration::from_secs(60))?, name, "test")
+        .await?;
+    Ok(phone)
+}
+
+fn message(node: &Node, text: &str) -> Message {
+    Message {
+        id: format!("{}-{text}", node.id().short()).into(),
+        author: node.id().to_string(),
+        role: Role::User,
+        text: text.into(),
+        created_at: 1,
+        task_id: None,
+    }
+}
+
+/// Waits until `f` holds, polling.
+async fn until(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + T;
+    while !f() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The texts of a document's messages, in order.
+fn texts(doc: &Automerge) -> Vec<String> {
+    Workspace::messages_from(doc, 0)
+        .map(|ms| ms.into_iter().map(|m| m.text).collect())
+        .unwrap_or_default()
+}
+
+fn this_week() -> ConversationWeek {
+    ConversationWeek::of_unix_ms(chrono_now_ms()).expect("now is a week")
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn open_week(node: &Node, workspace: DocId, week: ConversationWeek) -> Result<DocKey> {
+    let key = DocKey::of(&conversation_doc_id(&workspace, week));
+    node.open_doc(&key, || conversation_genesis(&workspace, week))
+        .await?;
+    Ok(key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_week_document_syncs_on_its_own_stream_and_is_relayed_between_phones() -> Result<()> {
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let desk = desktop(dirs[0].path()).await?;
+    let a = paired_phone(&desk, dirs[1].path(), "a").await?;
+    let b = paired_phone(&desk, dirs[2].path(), "b").await?;
+    let workspace = a.doc_id().context("a paired phone knows the workspace")?;
+    assert_eq!(Some(workspace), desk.doc_id());
+    let week = this_week();
+
+    // A opens the week (from its genesis) and writes into it; B holds the week too.
+    let key = open_week(&a, workspace, week).await?;
+    open_week(&b, workspace, week).await?;
+    let m = message(&a, "from a, in the week");
+    a.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+        .await?;
+    until("the desktop to hold A's message in the week", || {
+        desk.read_doc(&key, texts) == Some(vec!["from a, in the week".to_owned()])
+    })
+    .await
+    .with_context(|| format!("A's peers: {:?}; desk's: {:?}", a.peers(), desk.peers()))?;
+    until("B to hold A's message, relayed by the desktop", || {
+        b.read_doc(&key, texts) == Some(vec!["from a, in the week".to_owned()])
+    })
+    .await?;
+    let m = message(&b, "from b");
+    b.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+        .await?;
+    until("A to hold B's answer", || {
+        a.read_doc(&key, texts).is_some_and(|t| t.len() == 2)
+    })
+    .await?;
+    // The workspace's document is another document: none of it went there.
+    for n in [&desk, &a, &b] {
+        assert_eq!(n.read(Workspace::message_count), 0);
+    }
+    // Every peer is shown in sync only once every document it syncs is.
+    until("A to be in sync with the desktop on both documents", || {
+        a.peers().iter().all(|p| p.in_sync)
+    })
+    .await?;
+    let heads = desk.read_doc(&key, |d| d.get_heads()).context("loaded")?;
+    for n in [b, a] {
+        n.shutdown().await;
+    }
+    desk.shutdown().await;
+
+    // The desktop stored the week under its own key.
+    let desk = desktop(dirs[0].path()).await?;
+    assert_eq!(
+        desk.read_doc(&key, |_| ()),
+        None,
+        "loaded before it is used"
+    );
+    desk.open_doc(&key, || panic!("the week is stored")).await?;
+    assert_eq!(desk.read_doc(&key, |d| d.get_heads()), Some(heads));
+    desk.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_for_a_document_not_of_the_workspace_is_refused_alone() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let desk = desktop(dirs[0].path()).await?;
+    let a = paired_phone(&desk, dirs[1].path(), "a").await?;
+    let workspace = a.doc_id().context("a paired phone knows the workspace")?;
+    until("A to receive the workspace's document", || {
+        a.read(|d| Workspace::check_version(d).is_ok())
+    })
+    .await?;
+
+    // A document of no workspace, and a week too far ahead of the desktop's clock.
+    let stranger = DocKey::of(&DocId::from_bytes([9; 16]));
+    a.open_doc(&stranger, Automerge::new).await?;
+    let ahead = (0..10).fold(this_week(), |w, _| w.next().expect("a later week"));
+    let ahead = open_week(&a, workspace, ahead).await?;
+    let m = message(&a, "ahead");
+    a.write_doc(&ahead, |tx| Workspace::append_message(tx, &m))
+        .await?;
+
+    // The workspace's document still syncs.
+    let m = message(&a, "in the workspace");
+    a.write(|tx| Workspace::append_message(tx, &m)).await?;
+    until("the desktop to hold A's message", || {
+        desk.read(Workspace::message_count) == 1
+    })
+    .await?;
+    until("A to show why its documents are refused", || {
+        a.peers().iter().any(|p| {
+            p.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("is not one of this workspace's"))
+        })
+    })
+    .await?;
+    assert_eq!(desk.read_doc(&stranger, |_| ()), None);
+    assert_eq!(desk.read_doc(&ahead, |_| ()), None);
+    // The session stays up: a later message in the workspace still arrives.
+    let m = message(&a, "still here");
+    a.write(|tx| Workspace::append_message(tx, &m)).await?;
+    until("the desktop to hold A's second message", || {
+        desk.read(Workspace::message_count) == 2
+    })
+    .await?;
+    a.shutdown().await;
+    desk.shutdown().await;
+    Ok(())
+}
+
+/// What a phone may write is vetted in every document: in a week document as in the
+/// workspace's, a phone may not write as the desktop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_writing_outside_its_rights_in_a_week_is_refused() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let desk = desktop(dirs[0].path()).await?;
+    let a = paired_phone(&desk, dirs[1].path(), "a").await?;
+    let workspace = a.doc_id().context("a paired phone knows the workspace")?;
+    let key = open_week(&a, workspace, this_week()).await?;
+    a.write_doc(&key, |tx| {
+        use automerge::transaction::Transactable;
+        tx.put(automerge::ROOT, "week", "1999-W01")
+            .map_err(SchemaError::from)?;
+        Ok(())
+    })
+    .await?;
+    until("A to be told its change was refused", || {
+        a.peers().iter().any(|p| {
+            p.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("week, which a phone may not write"))
+        })
+    })
+    .await?;
+    let week = desk.read_doc(&key, |d| {
+        use automerge::ReadDoc;
+        d.get(automerge::ROOT, "week")
+            .ok()
+            .flatten()
+            .map(|(v, _)| v.to_string())
+    });
+    assert_eq!(
+        week.flatten(),
+        Some("\"".to_owned() + &this_week().label() + "\"")
+    );
+    a.shutdown().await;
+    desk.shutdown().await;
+    Ok(())
+}
