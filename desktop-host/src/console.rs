@@ -32,6 +32,15 @@ impl ConversationFeed {
         }
     }
 
+    /// A feed of a document that appeared after the start (a new week's conversation): every
+    /// message in it is new.
+    pub fn from_start() -> Self {
+        Self {
+            last_heads: Vec::new(),
+            printed: HashSet::new(),
+        }
+    }
+
     /// The messages added to `doc` since the last call, in conversation order, each returned
     /// once over the feed's life (by message id), wherever in the list it was inserted. A
     /// message whose fields do not read as a message is skipped with a warning.

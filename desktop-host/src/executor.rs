@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use deskhand_core::approval::{self, Approval, Outcome, Resolution, Risk, Verdict};
 use deskhand_core::ids::{ApprovalId, DeviceId, MessageId, TaskId};
@@ -26,6 +27,7 @@ use deskhand_core::schema::{
 use deskhand_sync::Node;
 use deskhand_sync::node::random_id_bytes;
 use deskhand_sync::presence::now_unix_ms;
+use deskhand_sync::store::DocKey;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
@@ -79,7 +81,8 @@ struct State {
     known: HashSet<TaskId>,
     running: HashMap<TaskId, CancellationToken>,
     waiting: HashMap<ApprovalId, Waiter>,
-    last_heads: Vec<ChangeHash>,
+    /// Per conversation document, its heads when the executor last looked.
+    last_heads: HashMap<DocKey, Vec<ChangeHash>>,
 }
 
 impl State {
@@ -125,7 +128,8 @@ struct Waiter {
 /// What changed since the executor last looked.
 #[derive(Debug, Default, PartialEq)]
 struct Seen {
-    messages: Vec<Message>,
+    /// New messages, each with the conversation document it is in.
+    messages: Vec<(DocKey, Message)>,
     tasks: Vec<TaskId>,
     cancels: Vec<TaskId>,
     decisions: Vec<ApprovalId>,
@@ -259,6 +263,50 @@ impl Executor {
 }
 
 impl Inner {
+    /// The loaded conversation document that holds task `id`.
+    fn task_doc(&self, id: &TaskId) -> anyhow::Result<DocKey> {
+        self.node
+            .task_doc(id)
+            .with_context(|| format!("task {id} is in no loaded conversation document"))
+    }
+
+    /// Task `id` as its conversation document holds it, if a loaded one does.
+    fn read_task(&self, id: &TaskId) -> Option<Task> {
+        let key = self.node.task_doc(id)?;
+        self.node
+            .read_doc(&key, |doc| Workspace::task(doc, id).ok().flatten())
+            .flatten()
+    }
+
+    /// Makes one change to task `id`'s conversation document; returns once it is durable.
+    async fn write_task<R>(
+        &self,
+        id: &TaskId,
+        f: impl FnOnce(
+            &mut automerge::transaction::Transaction<'_>,
+        ) -> Result<R, deskhand_core::SchemaError>,
+    ) -> anyhow::Result<R> {
+        let key = self.task_doc(id)?;
+        Ok(self.node.write_doc(&key, f).await?)
+    }
+
+    /// `ids` grouped by the conversation document that holds each, in the order given; a task
+    /// in no loaded document is left out with a warning.
+    fn by_doc(&self, ids: &[TaskId]) -> Vec<(DocKey, Vec<TaskId>)> {
+        let mut out: Vec<(DocKey, Vec<TaskId>)> = Vec::new();
+        for id in ids {
+            let Some(key) = self.node.task_doc(id) else {
+                tracing::warn!(task = %id, "task is in no loaded conversation document");
+                continue;
+            };
+            match out.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(id.clone()),
+                None => out.push((key, vec![id.clone()])),
+            }
+        }
+        out
+    }
+
     fn connectors(&self) -> Connectors {
         self.connectors.get().cloned().unwrap_or_default()
     }
@@ -310,20 +358,40 @@ impl Inner {
         status: TaskStatus,
     ) -> anyhow::Result<()> {
         let now = now_unix_ms();
-        let replies: Vec<Message> = ids
-            .iter()
-            .map(|id| Message {
-                id: MessageId::from_random(random_id_bytes()),
-                author: self.me.to_string(),
-                role: Role::Agent,
-                text: summary.to_owned(),
-                created_at: now,
-                task_id: Some(id.clone()),
-            })
-            .collect();
+        for (key, ids) in self.by_doc(ids) {
+            let replies: Vec<Message> = ids
+                .iter()
+                .map(|id| Message {
+                    id: MessageId::from_random(random_id_bytes()),
+                    author: self.me.to_string(),
+                    role: Role::Agent,
+                    text: summary.to_owned(),
+                    created_at: now,
+                    task_id: Some(id.clone()),
+                })
+                .collect();
+            self.finish_in(&key, &ids, &replies, summary, status, now)
+                .await?;
+        }
+        if let (Some(p), false) = (self.pusher.get(), ids.is_empty()) {
+            p.notify(crate::push::Urgency::Normal);
+        }
+        Ok(())
+    }
+
+    /// [`Inner::finish_all`] for the tasks of one conversation document, in one change.
+    async fn finish_in(
+        &self,
+        key: &DocKey,
+        ids: &[TaskId],
+        replies: &[Message],
+        summary: &str,
+        status: TaskStatus,
+        now: i64,
+    ) -> anyhow::Result<()> {
         self.node
-            .write(|tx| {
-                for (id, reply) in ids.iter().zip(&replies) {
+            .write_doc(key, |tx| {
+                for (id, reply) in ids.iter().zip(replies) {
                     Workspace::update_task(
                         tx,
                         id,
@@ -346,17 +414,40 @@ impl Inner {
                 Ok(())
             })
             .await?;
-        if let (Some(p), false) = (self.pusher.get(), ids.is_empty()) {
-            p.notify(crate::push::Urgency::Normal);
-        }
         Ok(())
     }
 
     /// After a start: tasks caught mid-run by a crash become `interrupted` (never re-run),
     /// their open approval requests are closed, queued tasks and unanswered messages are picked up.
     async fn recover(&self) -> anyhow::Result<()> {
+        let mut queued = Vec::new();
+        let mut orphans = Vec::new();
+        let mut interrupted = false;
+        for key in self.node.conversation_docs() {
+            let (q, o, i) = self.recover_doc(&key).await?;
+            queued.extend(q);
+            orphans.extend(o);
+            interrupted |= i;
+        }
+        if interrupted {
+            self.node
+                .write(|tx| Workspace::set_executor_state(tx, ExecutorState::Idle))
+                .await?;
+        }
+        // Oldest first within each phone: by when the desktop first saw them.
+        self.enqueue(self.owners_of(&queued, true)).await?;
+        self.tasks_for_messages(orphans).await
+    }
+
+    /// [`Inner::recover`] for one conversation document: marks its cut tasks interrupted and
+    /// closes their open requests; returns its queued tasks, its unanswered messages, and
+    /// whether anything was cut.
+    async fn recover_doc(
+        &self,
+        key: &DocKey,
+    ) -> anyhow::Result<(Vec<TaskId>, Vec<(DocKey, Message)>, bool)> {
         let me = self.me;
-        let (cut, queued, open_approvals, heads) = self.node.read(|doc| {
+        let Some((cut, queued, open_approvals, heads)) = self.node.read_doc(key, |doc| {
             let mut cut = Vec::new();
             let mut queued = Vec::new();
             for (id, status) in Workspace::task_statuses(doc) {
@@ -373,33 +464,48 @@ impl Inner {
                 .map(|a| a.id)
                 .collect();
             (cut, queued, open, doc.get_heads())
-        });
+        }) else {
+            return Ok((Vec::new(), Vec::new(), false));
+        };
         // Messages that never became tasks (sent while the host was down, before it had an
-        // executor): looked at in chunks, each under the document lock briefly.
+        // executor): looked at in chunks, each under the document lock briefly. A message's
+        // task is in the message's document.
         let mine = me.to_string();
-        let tasks: HashSet<String> = self.node.read(|doc| {
-            Workspace::task_statuses(doc)
-                .into_iter()
-                .map(|(id, _)| id.to_string())
-                .collect()
-        });
-        let total = self.node.read(Workspace::message_count);
+        let tasks: HashSet<String> = self
+            .node
+            .read_doc(key, |doc| {
+                Workspace::task_statuses(doc)
+                    .into_iter()
+                    .map(|(id, _)| id.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let total = self
+            .node
+            .read_doc(key, Workspace::message_count)
+            .unwrap_or(0);
         let mut orphans = Vec::new();
         for from in (0..total).step_by(SCAN_CHUNK) {
             orphans.extend(
                 self.node
-                    .read(|doc| unanswered_in(doc, from, from + SCAN_CHUNK, &mine, &tasks)),
+                    .read_doc(key, |doc| {
+                        unanswered_in(doc, from, from + SCAN_CHUNK, &mine, &tasks)
+                    })
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| (key.clone(), m)),
             );
             tokio::task::yield_now().await;
         }
         let now = now_unix_ms();
-        if !cut.is_empty() || !open_approvals.is_empty() {
+        let interrupted = !cut.is_empty() || !open_approvals.is_empty();
+        if interrupted {
             tracing::warn!(
                 "{} task(s) were cut short by a stop or crash; marking them interrupted",
                 cut.len()
             );
             self.node
-                .write(|tx| {
+                .write_doc(key, |tx| {
                     for id in &cut {
                         Workspace::append_task_event(
                             tx,
@@ -433,27 +539,24 @@ impl Inner {
                             },
                         )?;
                     }
-                    Workspace::set_executor_state(tx, ExecutorState::Idle)
+                    Ok(())
                 })
                 .await?;
         }
-        self.lock().last_heads = heads;
-        // Oldest first within each phone: by when the desktop first saw them.
-        self.enqueue(self.owners_of(&queued, true)).await?;
-        self.tasks_for_messages(orphans).await
+        self.lock().last_heads.insert(key.clone(), heads);
+        Ok((queued, orphans, interrupted))
     }
 
     /// `(id, created_by)` of each of `ids` that is still a queued task, oldest first if asked
     /// (by when the desktop first saw it, the phone's clock only breaking ties).
     fn owners_of(&self, ids: &[TaskId], oldest_first: bool) -> Vec<(TaskId, String)> {
-        let mut queued: Vec<Task> = self.node.read(|doc| {
-            ids.iter()
-                .filter_map(|id| {
-                    let t = Workspace::task(doc, id).ok().flatten()?;
-                    (t.status == TaskStatus::Queued).then_some(t)
-                })
-                .collect()
-        });
+        let mut queued: Vec<Task> = ids
+            .iter()
+            .filter_map(|id| {
+                let t = self.read_task(id)?;
+                (t.status == TaskStatus::Queued).then_some(t)
+            })
+            .collect();
         if oldest_first {
             queued.sort_by(Workspace::display_order);
         }
@@ -466,22 +569,15 @@ impl Inner {
     async fn enqueue(&self, tasks: Vec<(TaskId, String)>) -> anyhow::Result<()> {
         // The desktop's own time of first sight orders the tasks for everyone, so a phone's
         // wrong clock cannot list its task before older ones. Queued like progress events.
-        let unmarked: Vec<TaskId> = self.node.read(|doc| {
-            tasks
-                .iter()
-                .filter(|(id, _)| {
-                    Workspace::task(doc, id)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|t| t.received_at.is_none())
-                })
-                .map(|(id, _)| id.clone())
-                .collect()
-        });
-        if !unmarked.is_empty() {
-            let now = now_unix_ms();
-            let marked = self.node.write_queued(|tx| {
-                for id in &unmarked {
+        let unmarked: Vec<TaskId> = tasks
+            .iter()
+            .filter(|(id, _)| self.read_task(id).is_some_and(|t| t.received_at.is_none()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let now = now_unix_ms();
+        for (key, ids) in self.by_doc(&unmarked) {
+            let marked = self.node.write_doc_queued(&key, |tx| {
+                for id in &ids {
                     Workspace::mark_received(tx, id, now)?;
                 }
                 Ok(())
@@ -517,11 +613,26 @@ impl Inner {
 
     async fn on_change(&self) -> anyhow::Result<()> {
         let me = self.me;
-        let last = self.lock().last_heads.clone();
-        let (seen, heads) = self
-            .node
-            .read(|doc| (scan(doc, &last, &me), doc.get_heads()));
-        self.lock().last_heads = heads;
+        let mut seen = Seen::default();
+        for key in self.node.conversation_docs() {
+            let last = self
+                .lock()
+                .last_heads
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            let Some((s, heads)) = self
+                .node
+                .read_doc(&key, |doc| (scan(doc, &key, &last, &me), doc.get_heads()))
+            else {
+                continue;
+            };
+            self.lock().last_heads.insert(key, heads);
+            seen.messages.extend(s.messages);
+            seen.tasks.extend(s.tasks);
+            seen.cancels.extend(s.cancels);
+            seen.decisions.extend(s.decisions);
+        }
         if seen == Seen::default() {
             return Ok(());
         }
@@ -545,10 +656,11 @@ impl Inner {
         Ok(())
     }
 
-    /// A user message becomes a task `m-<message id>`, created in the phone's name.
-    async fn tasks_for_messages(&self, messages: Vec<Message>) -> anyhow::Result<()> {
-        let mut new = Vec::new();
-        for m in messages {
+    /// A user message becomes a task `m-<message id>`, created in the phone's name, in the
+    /// message's conversation document.
+    async fn tasks_for_messages(&self, messages: Vec<(DocKey, Message)>) -> anyhow::Result<()> {
+        let mut new: Vec<(DocKey, Task)> = Vec::new();
+        for (key, m) in messages {
             if m.role != Role::User || m.task_id.is_some() || m.author == self.me.to_string() {
                 continue;
             }
@@ -560,28 +672,38 @@ impl Inner {
                 continue;
             }
             let now = now_unix_ms();
-            new.push(Task {
-                received_at: Some(now),
-                ..Task::queued(id, m.text.clone(), &author, now)
-            });
+            new.push((
+                key,
+                Task {
+                    received_at: Some(now),
+                    ..Task::queued(id, m.text.clone(), &author, now)
+                },
+            ));
         }
-        if new.is_empty() {
+        let mut created = Vec::new();
+        while let Some((key, _)) = new.first() {
+            let key = key.clone();
+            let (here, rest): (Vec<_>, Vec<_>) = new.into_iter().partition(|(k, _)| *k == key);
+            new = rest;
+            created.extend(
+                self.node
+                    .write_doc(&key, |tx| {
+                        let mut created = Vec::new();
+                        for (_, t) in &here {
+                            // A task of that id may have come in meanwhile (another desktop run).
+                            if Workspace::task(tx, &t.id)?.is_none() {
+                                Workspace::add_task(tx, t)?;
+                                created.push((t.id.clone(), t.created_by.clone()));
+                            }
+                        }
+                        Ok(created)
+                    })
+                    .await?,
+            );
+        }
+        if created.is_empty() {
             return Ok(());
         }
-        let created = self
-            .node
-            .write(|tx| {
-                let mut created = Vec::new();
-                for t in &new {
-                    // A task of that id may have come in meanwhile (another desktop run).
-                    if Workspace::task(tx, &t.id)?.is_none() {
-                        Workspace::add_task(tx, t)?;
-                        created.push((t.id.clone(), t.created_by.clone()));
-                    }
-                }
-                Ok(created)
-            })
-            .await?;
         self.enqueue(created).await
     }
 
@@ -596,34 +718,28 @@ impl Inner {
         if queued {
             let now = now_unix_ms();
             let by = self.cancel_requester(id);
-            self.node
-                .write(|tx| {
-                    Workspace::append_task_event(
-                        tx,
-                        id,
-                        &TaskEvent::new(
-                            now,
-                            "cancelled",
-                            format!("Cancelled before it started{by}"),
-                        ),
-                    )?;
-                    Workspace::update_task(
-                        tx,
-                        id,
-                        &TaskUpdate {
-                            finished_at: Some(now),
-                            ..TaskUpdate::status(TaskStatus::Cancelled)
-                        },
-                    )
-                })
-                .await?;
+            self.write_task(id, |tx| {
+                Workspace::append_task_event(
+                    tx,
+                    id,
+                    &TaskEvent::new(now, "cancelled", format!("Cancelled before it started{by}")),
+                )?;
+                Workspace::update_task(
+                    tx,
+                    id,
+                    &TaskUpdate {
+                        finished_at: Some(now),
+                        ..TaskUpdate::status(TaskStatus::Cancelled)
+                    },
+                )
+            })
+            .await?;
         }
         Ok(())
     }
 
     fn cancel_requester(&self, id: &TaskId) -> String {
-        self.node
-            .read(|doc| Workspace::task(doc, id).ok().flatten())
+        self.read_task(id)
             .and_then(|t| t.cancel_requested_by)
             .and_then(|d| d.parse::<DeviceId>().ok())
             .map(|d| format!(" (asked by {})", self.device_name(&d)))
@@ -643,10 +759,11 @@ impl Inner {
     /// `at_expiry`: the call's own timer says the request has expired (judged on the desktop's
     /// clock, never later than the expiry it wrote).
     fn on_decision(&self, id: &ApprovalId, at_expiry: bool) {
-        let Some(approval) = self
-            .node
-            .read(|doc| Workspace::approval(doc, id).ok().flatten())
-        else {
+        let Some(approval) = self.node.approval_doc(id).and_then(|key| {
+            self.node
+                .read_doc(&key, |doc| Workspace::approval(doc, id).ok().flatten())
+                .flatten()
+        }) else {
             return;
         };
         // The phones whose decisions count: paired and not revoked (the desktop's registry).
@@ -774,7 +891,7 @@ impl Inner {
         id: &TaskId,
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
-        let Some(task) = self.node.read(|doc| Workspace::task(doc, id))? else {
+        let Some(task) = self.read_task(id) else {
             return Ok(());
         };
         if task.status != TaskStatus::Queued {
@@ -805,25 +922,31 @@ impl Inner {
         // The claim is durable before the first action.
         let agent = self.agent.name_for(&task.prompt).to_owned();
         let me = self.me.to_string();
-        self.node
-            .write(|tx| {
-                Workspace::update_task(
-                    tx,
-                    id,
-                    &TaskUpdate {
-                        claimed_by: Some(me.clone()),
-                        started_at: Some(now),
-                        ..TaskUpdate::status(TaskStatus::Running)
-                    },
-                )?;
-                Workspace::append_task_event(
-                    tx,
-                    id,
-                    &TaskEvent::new(now, "started", format!("Started ({agent} agent)")),
-                )?;
-                Workspace::set_executor_state(tx, ExecutorState::Busy)
-            })
-            .await?;
+        self.write_task(id, |tx| {
+            Workspace::update_task(
+                tx,
+                id,
+                &TaskUpdate {
+                    claimed_by: Some(me.clone()),
+                    started_at: Some(now),
+                    ..TaskUpdate::status(TaskStatus::Running)
+                },
+            )?;
+            Workspace::append_task_event(
+                tx,
+                id,
+                &TaskEvent::new(now, "started", format!("Started ({agent} agent)")),
+            )
+        })
+        .await?;
+        // The executor's state is the workspace's (its root), not the task's: shown, never
+        // acted on, so it follows the claim to the disk without being waited for.
+        if let Err(e) = self
+            .node
+            .write_queued(|tx| Workspace::set_executor_state(tx, ExecutorState::Busy))
+        {
+            tracing::warn!("could not show the executor busy: {e}");
+        }
         crate::fault::crash_point("claim");
         let host = TaskHost {
             inner: self.clone(),
@@ -865,28 +988,27 @@ impl Inner {
             created_at: now,
             task_id: Some(id.clone()),
         };
-        self.node
-            .write(|tx| {
-                Workspace::update_task(
-                    tx,
-                    id,
-                    &TaskUpdate {
-                        finished_at: Some(now),
-                        result: Some(TaskResult {
-                            summary: summary.clone(),
-                            blobs: blobs.clone(),
-                        }),
-                        ..TaskUpdate::status(status)
-                    },
-                )?;
-                Workspace::append_task_event(
-                    tx,
-                    id,
-                    &TaskEvent::new(now, status.as_str(), first_line(&summary)),
-                )?;
-                Workspace::append_message(tx, &reply)
-            })
-            .await?;
+        self.write_task(id, |tx| {
+            Workspace::update_task(
+                tx,
+                id,
+                &TaskUpdate {
+                    finished_at: Some(now),
+                    result: Some(TaskResult {
+                        summary: summary.clone(),
+                        blobs: blobs.clone(),
+                    }),
+                    ..TaskUpdate::status(status)
+                },
+            )?;
+            Workspace::append_task_event(
+                tx,
+                id,
+                &TaskEvent::new(now, status.as_str(), first_line(&summary)),
+            )?;
+            Workspace::append_message(tx, &reply)
+        })
+        .await?;
         crate::fault::crash_point("result");
         tracing::info!(task = %id, "{status}: {}", first_line(&summary));
         if let Some(p) = self.pusher.get() {
@@ -906,11 +1028,13 @@ impl Inner {
         ev.blob = blob;
         // Queued, not awaited: progress must not wait for the disk, and nothing is acted on
         // until a later durable write (status, result) which follows it to the disk.
-        if let Err(e) = self
-            .node
-            .write_queued(|tx| Workspace::append_task_event(tx, task, &ev))
-        {
-            tracing::warn!(task = %task, "could not record an event: {e}");
+        let written = self.task_doc(task).and_then(|key| {
+            Ok(self
+                .node
+                .write_doc_queued(&key, |tx| Workspace::append_task_event(tx, task, &ev))?)
+        });
+        if let Err(e) = written {
+            tracing::warn!(task = %task, "could not record an event: {e:#}");
         }
         // The crash test's point "after a progress batch is durable": only then is it flushed.
         if crate::fault::wants("progress") {
@@ -957,10 +1081,17 @@ impl ToolHost for TaskHost {
     }
 
     fn history(&self) -> Vec<Turn> {
+        // The conversation before the task in its own document (the week it was asked in).
+        let Some(key) = self.inner.node.task_doc(&self.task) else {
+            return Vec::new();
+        };
         let task = self.task.to_string();
         self.inner
             .node
-            .read(|doc| history_before(doc, &task, HISTORY_CHARS, HISTORY_SCAN))
+            .read_doc(&key, |doc| {
+                history_before(doc, &task, HISTORY_CHARS, HISTORY_SCAN)
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -1092,8 +1223,7 @@ impl TaskHost {
         }
         let task = self.task.clone();
         let written = inner
-            .node
-            .write(|t| {
+            .write_task(&task, |t| {
                 Workspace::put_approval(t, &request)?;
                 Workspace::update_task(t, &task, &TaskUpdate::status(TaskStatus::WaitingApproval))?;
                 Workspace::append_task_event(
@@ -1169,8 +1299,7 @@ impl TaskHost {
             Verdict::Deny => format!("Not approved ({reason}): {}", p.summary),
         };
         let r = inner
-            .node
-            .write(|t| {
+            .write_task(&task, |t| {
                 Workspace::set_resolution(t, &id, &resolution)?;
                 if status == TaskStatus::Running {
                     Workspace::update_task(t, &task, &TaskUpdate::status(status))?;
@@ -2495,7 +2624,7 @@ fn unanswered_in(
 
 /// What other devices changed since `last`: new messages, tasks, cancel requests, decisions.
 /// Reads only the new changes (phones may write nothing else: the sync layer's rules refuse it).
-fn scan(doc: &Automerge, last: &[ChangeHash], me: &DeviceId) -> Seen {
+fn scan(doc: &Automerge, doc_key: &DocKey, last: &[ChangeHash], me: &DeviceId) -> Seen {
     use automerge::legacy::{Key, ObjectId, OpType};
     let mut seen = Seen::default();
     let path_of = |obj: &ObjectId| -> Option<Vec<String>> {
@@ -2538,7 +2667,7 @@ fn scan(doc: &Automerge, last: &[ChangeHash], me: &DeviceId) -> Seen {
                     if let Ok(obj) = doc.import_obj(&id)
                         && let Ok(Some(m)) = read_message(doc, &obj)
                     {
-                        seen.messages.push(m);
+                        seen.messages.push((doc_key.clone(), m));
                     }
                 }
                 (["tasks"], OpType::Make(automerge::ObjType::Map), Some(k)) => {

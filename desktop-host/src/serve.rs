@@ -172,7 +172,12 @@ pub async fn run(opts: Options) -> Result<()> {
     println!("Press Ctrl-C to stop.");
 
     // Printed by message id as it arrives, wherever it lands in the list; peer text escaped.
-    let mut feed = node.read(ConversationFeed::new);
+    // One feed per conversation document; a document that appears later prints all it holds.
+    let mut feeds: std::collections::HashMap<deskhand_sync::store::DocKey, ConversationFeed> = node
+        .conversation_docs()
+        .into_iter()
+        .filter_map(|k| node.read_doc(&k, ConversationFeed::new).map(|f| (k, f)))
+        .collect();
     let mut changes = node.subscribe();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -181,8 +186,11 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = term.recv() => break,
             r = changes.changed() => {
                 if r.is_err() { break; }
-                for m in node.read(|d| feed.new_messages(d)) {
-                    println!("{}", message_line(&m));
+                for key in node.conversation_docs() {
+                    let feed = feeds.entry(key.clone()).or_insert_with(ConversationFeed::from_start);
+                    for m in node.read_doc(&key, |d| feed.new_messages(d)).unwrap_or_default() {
+                        println!("{}", message_line(&m));
+                    }
                 }
             }
         }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use automerge::{ActorId, Automerge, ChangeHash, transaction::Transaction};
 use deskhand_core::authorship::{SignatureBook, Signed};
 use deskhand_core::conversation::{ConversationWeek, conversation_doc_id, conversation_genesis};
+use deskhand_core::ids::ApprovalId;
 use deskhand_core::incoming::Storable;
 use deskhand_core::schema::DeviceEntry;
 use deskhand_core::schema::{DesktopAddrs, DesktopInfo, ExecutorState, SchemaError, Workspace};
@@ -29,7 +30,7 @@ use deskhand_core::session::{REVOKED_REASON, close_code};
 use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules, Standing};
 use deskhand_core::{
     DeviceId, DeviceKey, DocId, PAIR_ALPN, PairingPayload, PairingToken, SYNC_ALPN, SYNC_ALPN_V1,
-    SYNC_ALPN_V2,
+    SYNC_ALPN_V2, TaskId,
 };
 
 use crate::pairing::PairError;
@@ -214,6 +215,12 @@ pub enum NodeError {
     /// The document is not loaded ([`Node::open_doc`] loads it).
     #[error("document {0} is not loaded")]
     NotLoaded(DocKey),
+    /// The device does not know its workspace yet (a phone before pairing).
+    #[error("this device holds no workspace yet")]
+    NoWorkspace,
+    /// A time no week can be given for.
+    #[error(transparent)]
+    Week(#[from] deskhand_core::conversation::WeekError),
 }
 
 /// One loaded document with what makes its durability rules hold (see the module docs): each
@@ -225,6 +232,8 @@ pub(crate) struct DocState {
     pub(crate) doc: Automerge,
     /// The document's id, when known (the workspace document: the workspace's id).
     pub(crate) doc_id: Option<DocId>,
+    /// The week whose conversation it holds, for a week's document.
+    pub(crate) week: Option<ConversationWeek>,
     persisted_heads: Vec<ChangeHash>,
     unflushed: usize,
     /// Of `unflushed`, the chunks of this device's own changes.
@@ -344,6 +353,7 @@ impl DocState {
             Vec::new()
         };
         Ok(DocState {
+            week: None,
             doc_id: key.doc_id(),
             key,
             doc,
@@ -546,9 +556,44 @@ impl Shared {
             .ok_or_else(|| {
                 format!("document {id} is not one of this workspace's, up to the week after now")
             })?;
-        self.open_doc(&DocKey::of(&id), || conversation_genesis(&workspace, week))
+        self.open_week(workspace, week)
             .await
             .map_err(|e| format!("document {id} ({}) does not load here: {e}", week.label()))
+    }
+
+    /// The conversation document of `week` in `workspace`, loaded (or started from its
+    /// genesis).
+    pub(crate) async fn open_week(
+        &self,
+        workspace: DocId,
+        week: ConversationWeek,
+    ) -> Result<DocHandle, NodeError> {
+        let handle = self
+            .open_doc(&DocKey::of(&conversation_doc_id(&workspace, week)), || {
+                conversation_genesis(&workspace, week)
+            })
+            .await?;
+        lock(&handle).week = Some(week);
+        Ok(handle)
+    }
+
+    /// The loaded documents that hold the conversation, oldest first: the workspace's own
+    /// document while it is a single-document workspace (schema 1), else the loaded week
+    /// documents.
+    pub(crate) fn conversation_docs(&self) -> Vec<DocHandle> {
+        if Workspace::check_version(&lock(&self.main).doc).is_ok() {
+            return vec![self.main.clone()];
+        }
+        let mut weeks: Vec<(ConversationWeek, DocHandle)> = self
+            .loaded()
+            .into_iter()
+            .filter_map(|h| {
+                let week = lock(&h).week?;
+                Some((week, h))
+            })
+            .collect();
+        weeks.sort_by_key(|(w, _)| *w);
+        weeks.into_iter().map(|(_, h)| h).collect()
     }
     /// The workspace's document.
     pub(crate) fn main_doc(&self) -> DocHandle {
@@ -1380,6 +1425,79 @@ impl Node {
     /// Reads the loaded document stored under `key`; `None` if it is not loaded.
     pub fn read_doc<R>(&self, key: &DocKey, f: impl FnOnce(&Automerge) -> R) -> Option<R> {
         self.shared.doc(key).map(|h| f(&lock(&h).doc))
+    }
+
+    /// Loads the conversation document of `week` (or starts it from its genesis), and returns
+    /// its key.
+    ///
+    /// # Errors
+    /// [`NodeError::NoWorkspace`] before this device knows its workspace; otherwise as
+    /// [`Self::open_doc`].
+    pub async fn open_week(&self, week: ConversationWeek) -> Result<DocKey, NodeError> {
+        let workspace = self.doc_id().ok_or(NodeError::NoWorkspace)?;
+        let handle = self.shared.open_week(workspace, week).await?;
+        Ok(lock(&handle).key.clone())
+    }
+
+    /// The loaded documents that hold the conversation (messages, tasks and their approvals),
+    /// oldest first. A single-document workspace (schema 1) keeps it in the workspace's own
+    /// document ([`DocKey::WORKSPACE`]); a workspace of several documents in one document per
+    /// week, of which these are the ones loaded.
+    pub fn conversation_docs(&self) -> Vec<DocKey> {
+        self.shared
+            .conversation_docs()
+            .iter()
+            .map(|h| lock(h).key.clone())
+            .collect()
+    }
+
+    /// The conversation document that items written at `at_ms` (Unix ms, the desktop's
+    /// clock) go to, loaded: the workspace's own document in a single-document workspace,
+    /// else the document of that instant's week (started from its genesis if it is new).
+    ///
+    /// # Errors
+    /// [`NodeError::NoWorkspace`] before this device knows its workspace;
+    /// [`NodeError::Week`] for an instant no week holds; otherwise as [`Self::open_doc`].
+    pub async fn conversation_doc_at(&self, at_ms: i64) -> Result<DocKey, NodeError> {
+        if Workspace::check_version(&self.shared.lock_doc().doc).is_ok() {
+            return Ok(DocKey::WORKSPACE);
+        }
+        let week = ConversationWeek::of_unix_ms(at_ms)?;
+        self.open_week(week).await
+    }
+
+    /// The loaded conversation document that holds task `id`, if one does (where the task's
+    /// status, events, result and approval requests are written).
+    pub fn task_doc(&self, id: &TaskId) -> Option<DocKey> {
+        self.shared.conversation_docs().iter().find_map(|h| {
+            let ds = lock(h);
+            matches!(Workspace::task(&ds.doc, id), Ok(Some(_))).then(|| ds.key.clone())
+        })
+    }
+
+    /// The loaded conversation document that holds approval request `id`, if one does.
+    pub fn approval_doc(&self, id: &ApprovalId) -> Option<DocKey> {
+        self.shared.conversation_docs().iter().find_map(|h| {
+            let ds = lock(h);
+            matches!(Workspace::approval(&ds.doc, id), Ok(Some(_))).then(|| ds.key.clone())
+        })
+    }
+
+    /// Makes one local change to the loaded document stored under `key` like
+    /// [`Self::write_queued`]: queued to the store without waiting for the disk.
+    ///
+    /// # Errors
+    /// [`NodeError::NotLoaded`] unless it is loaded; otherwise as [`Self::write_queued`].
+    pub fn write_doc_queued<R>(
+        &self,
+        key: &DocKey,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
+    ) -> Result<R, NodeError> {
+        let doc = self
+            .shared
+            .doc(key)
+            .ok_or_else(|| NodeError::NotLoaded(key.clone()))?;
+        local_change(&self.shared, &doc, f, None)
     }
 
     /// Makes one local change to the loaded document stored under `key`, like

@@ -29,7 +29,7 @@ use crate::blobs::BlobError;
 use crate::node::{NodeError, PeerView, random_id_bytes};
 use crate::pairing::PairError;
 use crate::presence::{Clock, Presence, SystemClock};
-use crate::store::StoreError;
+use crate::store::{DocKey, StoreError};
 use crate::{NetConfig, Node, NodeConfig, NodeRole};
 
 pub use deskhand_core::ids::{ApprovalId, TaskId};
@@ -192,6 +192,10 @@ impl From<NodeError> for PhoneError {
             },
             NodeError::ShutDown => Self::Closed,
             NodeError::Blob(b) => b.into(),
+            NodeError::NoWorkspace => Self::NotSynced,
+            NodeError::Week(_) | NodeError::NotLoaded(_) => Self::Invalid {
+                reason: e.to_string(),
+            },
             other => Self::Storage {
                 reason: other.to_string(),
             },
@@ -921,6 +925,18 @@ impl Phone {
         }
     }
 
+    /// The conversation document this phone's new messages and tasks go to now: that of the
+    /// desktop's clock (this phone's plus the offset last learned), so that a phone with a
+    /// wrong clock writes into the week the desktop is in.
+    async fn conversation_doc_now(&self, node: &Node) -> Result<DocKey, PhoneError> {
+        let now = self
+            .inner
+            .clock
+            .now_unix_ms()
+            .saturating_add(Self::offset(node).unwrap_or(0));
+        Ok(node.conversation_doc_at(now).await?)
+    }
+
     /// Writes a user message (committed on this phone before it returns; sent when the desktop
     /// is reachable). The desktop turns it into a task and answers in the conversation.
     pub async fn send_message(&self, text: &str) -> Result<MessageId, PhoneError> {
@@ -935,8 +951,9 @@ impl Phone {
             created_at: self.inner.clock.now_unix_ms(),
             task_id: None,
         };
+        let key = self.conversation_doc_now(&node).await?;
         self.inner
-            .write(&node, |tx| Workspace::append_message(tx, &msg))
+            .write(&node, &key, |tx| Workspace::append_message(tx, &msg))
             .await?;
         Ok(msg.id)
     }
@@ -952,8 +969,9 @@ impl Phone {
             &self.inner.id,
             self.inner.clock.now_unix_ms(),
         );
+        let key = self.conversation_doc_now(&node).await?;
         self.inner
-            .write(&node, |tx| Workspace::add_task(tx, &task))
+            .write(&node, &key, |tx| Workspace::add_task(tx, &task))
             .await?;
         Ok(task.id)
     }
@@ -962,14 +980,17 @@ impl Phone {
     pub async fn cancel_task(&self, id: &TaskId) -> Result<(), PhoneError> {
         let node = self.node()?;
         Self::require_workspace(&node)?;
+        let not_found = || PhoneError::NotFound {
+            what: format!("task {id}"),
+        };
+        let key = node.task_doc(id).ok_or_else(not_found)?;
         let task = node
-            .read(|d| Workspace::task(d, id))
+            .read_doc(&key, |d| Workspace::task(d, id))
+            .ok_or_else(not_found)?
             .map_err(|e| PhoneError::Invalid {
                 reason: e.to_string(),
             })?
-            .ok_or_else(|| PhoneError::NotFound {
-                what: format!("task {id}"),
-            })?;
+            .ok_or_else(not_found)?;
         if task.status.is_final() {
             return Err(PhoneError::Invalid {
                 reason: format!("task {id} has already finished ({})", task.status),
@@ -979,7 +1000,7 @@ impl Phone {
             return Ok(());
         }
         self.inner
-            .write(&node, |tx| {
+            .write(&node, &key, |tx| {
                 Workspace::request_cancel(tx, id, &self.inner.id)
             })
             .await?;
@@ -1036,7 +1057,9 @@ impl Phone {
             return Ok(());
         }
         self.inner
-            .write(&node, |tx| Workspace::set_push_subscription(tx, &me, &sub))
+            .write(&node, &DocKey::WORKSPACE, |tx| {
+                Workspace::set_push_subscription(tx, &me, &sub)
+            })
             .await
     }
 
@@ -1051,7 +1074,9 @@ impl Phone {
             return Ok(());
         }
         self.inner
-            .write(&node, |tx| Workspace::clear_push_subscription(tx, &me))
+            .write(&node, &DocKey::WORKSPACE, |tx| {
+                Workspace::clear_push_subscription(tx, &me)
+            })
             .await
     }
 
@@ -1069,14 +1094,17 @@ impl Phone {
         let node = self.node()?;
         Self::require_workspace(&node)?;
         let (desktop, _) = node.home().ok_or(PhoneError::NotPaired)?;
+        let not_found = || PhoneError::NotFound {
+            what: format!("approval {id}"),
+        };
+        let key = node.approval_doc(id).ok_or_else(not_found)?;
         let approval = node
-            .read(|d| Workspace::approval(d, id))
+            .read_doc(&key, |d| Workspace::approval(d, id))
+            .ok_or_else(not_found)?
             .map_err(|e| PhoneError::Invalid {
                 reason: e.to_string(),
             })?
-            .ok_or_else(|| PhoneError::NotFound {
-                what: format!("approval {id}"),
-            })?;
+            .ok_or_else(not_found)?;
         let now = self.inner.clock.now_unix_ms();
         if let Some(r) = &approval.resolution {
             if r.by == "expired" {
@@ -1117,7 +1145,7 @@ impl Phone {
         }
         let decision = approval.sign(node.key(), &desktop, verdict, now);
         self.inner
-            .write(&node, |tx| {
+            .write(&node, &key, |tx| {
                 Workspace::put_decision(tx, id, &self.inner.id, &decision)
             })
             .await?;
@@ -1266,14 +1294,16 @@ impl Inner {
         .ok_or(PhoneError::Closed)
     }
 
-    /// One local change, durable when this returns, accounted for by [`Inner::quiet`].
+    /// One local change to document `key`, durable when this returns, accounted for by
+    /// [`Inner::quiet`].
     async fn write<R>(
         &self,
         node: &Node,
+        key: &DocKey,
         f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<R, SchemaError>,
     ) -> Result<R, PhoneError> {
         lock(&self.writes).in_flight += 1;
-        let r = node.write(f).await;
+        let r = node.write_doc(key, f).await;
         let mut w = lock(&self.writes);
         w.in_flight -= 1;
         w.last_done = std::time::Instant::now();
