@@ -247,7 +247,7 @@ fn judge_phone_writes(peer: &DeviceId, doc: &Automerge, t: &Touched) -> Result<(
         let obj = doc
             .import_obj(&format!("{counter}@{actor}"))
             .map_err(|_| "a message that is not in the document after all".to_owned())?;
-        let m = Message::hydrate_map(doc, &obj)
+        let m = Message::read_map(doc, &obj)
             .map_err(|e| format!("a message that is not a valid message: {e}"))?;
         if m.author != me {
             return Err("a message whose author is not the sending phone".into());

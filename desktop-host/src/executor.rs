@@ -2615,7 +2615,7 @@ fn unanswered_in(
         if tasks.contains(&format!("m-{id}")) {
             continue;
         }
-        if let Ok(msg) = autosurgeon::hydrate_prop::<_, Message, _, _>(doc, &list, i) {
+        if let Ok(msg) = Message::read_at(doc, &list, i) {
             out.push(msg);
         }
     }

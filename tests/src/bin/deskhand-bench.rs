@@ -461,6 +461,8 @@ async fn w4(r: &mut Report, quick: bool) -> Result<()> {
         "process start to a phone's new message stored",
     );
     r.put("W4", "peak_rss_mb", rss / 1024.0, "desktop process VmHWM");
+    w7(r, quick, dir.path(), &mut desk, &p, count).await?;
+    w8(r, dir.path(), &mut desk, count)?;
     p.shutdown().await;
     desk.quit()?;
     w4_split(r, &dir.path().join("desk"))
@@ -525,6 +527,133 @@ fn split_in_parallel(
         .lock()
         .map_err(|_| anyhow::anyhow!("a split thread panicked"))?;
     Ok((t.elapsed().as_secs_f64() * 1000.0, newest, threads))
+}
+
+/// W7: W1's relay on the W4 workspace. A second phone `q` pairs and receives the workspace;
+/// then `p` appends one message at a time and the time until `q` holds it is measured.
+async fn w7(
+    r: &mut Report,
+    quick: bool,
+    dir: &Path,
+    desk: &mut NodeProc,
+    p: &Node,
+    count: usize,
+) -> Result<()> {
+    let q = phone(dir, desk, "q").await?;
+    let t = Instant::now();
+    wait_for(&q, Duration::from_secs(600), |d| {
+        Workspace::message_count(d) > count
+    })
+    .await?;
+    eprintln!(
+        "W7 setup: a second phone received the workspace in {:?}",
+        t.elapsed()
+    );
+    let (warm, n) = if quick { (10, 100) } else { (50, 1000) };
+    let mut lat = Vec::new();
+    let mut sub = q.subscribe();
+    for i in 0..warm + n {
+        let target = q.read(Workspace::message_count) + 1;
+        let m = message(p, i);
+        p.write(|tx| Workspace::append_message(tx, &m)).await?;
+        let t1 = Instant::now();
+        while q.read(Workspace::message_count) < target {
+            tokio::time::timeout(Duration::from_secs(30), sub.changed())
+                .await
+                .context("the second phone never saw it")??;
+        }
+        if i >= warm {
+            lat.push(t1.elapsed().as_micros() as u64);
+        }
+    }
+    lat.sort_unstable();
+    for (m, v) in [("p50_us", 0.5), ("p99_us", 0.99), ("max_us", 1.0)] {
+        r.put(
+            "W7",
+            m,
+            pct(&lat, v),
+            &format!("W1's relay on the W4 workspace ({count} messages), from A's durable commit"),
+        );
+    }
+    q.shutdown().await;
+    Ok(())
+}
+
+/// VmHWM of process `pid` in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// W8: a phone app (the phone API in a process of its own) on the W4 workspace. Newly paired:
+/// the time from the pairing code until its latest 50 messages read, and the bytes it received.
+/// Then restarted: process start until the latest 50 messages read, and its peak memory.
+fn w8(r: &mut Report, dir: &Path, desk: &mut NodeProc, count: usize) -> Result<()> {
+    let data = dir.join("app");
+    let mut app = NodeProc::spawn(&node_bin(), &data, "app", None)?;
+    let code = desk.ok(json!({"cmd": "pairing_code"}))?;
+    let uri = code["uri"].as_str().context("no pairing code")?.to_owned();
+    let t0 = Instant::now();
+    app.ok(json!({"cmd": "pair", "payload": uri}))?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let latest = app.ok(json!({"cmd": "latest", "n": 50}))?;
+        if latest["latest"].as_u64() == Some(50) && latest["total"].as_u64() >= Some(count as u64) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the new phone never showed the conversation");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let shown_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let peers = desk.ok(json!({"cmd": "peers"}))?;
+    let received = peers["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|x| x["id"] == app.id.as_str()))
+        .and_then(|x| x["stats"]["last_session_sent"].as_f64())
+        .unwrap_or(0.0);
+    r.put(
+        "W8",
+        "new_phone_shows_ms",
+        shown_ms,
+        "pairing code to the latest 50 messages readable",
+    );
+    r.put(
+        "W8",
+        "new_phone_received_bytes",
+        received,
+        "what the desktop sent it",
+    );
+    app.quit()?;
+    let t0 = Instant::now();
+    let mut app = NodeProc::spawn(&node_bin(), &data, "app", None)?;
+    let latest = app.ok(json!({"cmd": "latest", "n": 50}))?;
+    let open_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if latest["latest"].as_u64() != Some(50) {
+        bail!("the restarted phone does not show its conversation: {latest}");
+    }
+    r.put(
+        "W8",
+        "open_to_latest_50_ms",
+        open_ms,
+        "phone process start to the latest 50 messages readable",
+    );
+    r.put(
+        "W8",
+        "phone_peak_rss_mb",
+        peak_rss_mb(app.pid()),
+        "phone process VmHWM",
+    );
+    app.quit()?;
+    Ok(())
 }
 
 /// The split of the W4 desktop's workspace into week documents, timed in this process.

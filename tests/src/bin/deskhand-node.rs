@@ -125,6 +125,10 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             .await?;
             Ok(json!({"ok": true}))
         }
+        "pairing_code" => {
+            let code = node.create_pairing(Duration::from_secs(300))?;
+            Ok(json!({"ok": true, "uri": code.to_uri()}))
+        }
         "revoke" => Ok(json!({"ok": node.revoke_peer(&id_of(cmd)?).await?})),
         "send" => {
             let text = cmd["text"].as_str().context("text")?.to_owned();
@@ -615,6 +619,19 @@ async fn app_main(data: &std::path::Path, mdns: bool) -> Result<()> {
                     Ok(json!({"ok": true}))
                 }
                 "snapshot" => Ok(json!({"ok": true, "snapshot": phone.snapshot()?})),
+                // What a screen opening on the conversation reads: the latest `n` messages.
+                "latest" => {
+                    let n = cmd["n"].as_u64().unwrap_or(50) as usize;
+                    let s = phone.snapshot()?;
+                    let latest: Vec<&str> = s
+                        .messages
+                        .iter()
+                        .rev()
+                        .take(n)
+                        .map(|m| m.message.id.as_str())
+                        .collect();
+                    Ok(json!({"ok": true, "total": s.messages.len(), "latest": latest.len()}))
+                }
                 "push_subscribe" => {
                     phone
                         .set_push_subscription(
