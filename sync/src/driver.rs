@@ -131,10 +131,15 @@ pub(crate) async fn run_peer(
                 if end.main || end.refused {
                     result.get_or_insert(end.result);
                     c.cancel.cancel();
-                } else if let Err(e) = end.result {
-                    let doc = end.key.as_ref().map_or("?".into(), |k| k.to_string());
-                    tracing::warn!(peer = %peer.short(), %doc, "document stream ended: {e}");
-                    shared.stream_failed(&peer, conn_no, format!("document {doc}: {e}"));
+                } else {
+                    // The document no longer syncs on this connection: it no longer counts
+                    // towards "in sync", and a failure is the peer's last error.
+                    let error = end.result.err().map(|e| {
+                        let doc = end.key.as_ref().map_or("?".into(), |k| k.to_string());
+                        tracing::warn!(peer = %peer.short(), %doc, "document stream ended: {e}");
+                        format!("document {doc}: {e}")
+                    });
+                    shared.stream_ended(&peer, conn_no, end.key.as_ref(), error);
                 }
             }
             accepted = conn.accept_bi(), if accepting && !c.cancel.is_cancelled() => match accepted {

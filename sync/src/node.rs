@@ -617,8 +617,8 @@ impl Shared {
         if let Some(h) = self.doc(key) {
             return Ok(h);
         }
-        // Read after every write queued before: a document unloaded never, so what the
-        // store holds is everything.
+        // Documents are never unloaded, so what the store holds (read after every write
+        // queued before) is all of it.
         let stored = self.store.load_doc(key).await?;
         let state = DocState::from_stored(key.clone(), stored, genesis, &self.id, &self.path)?;
         // Two callers may have loaded it at once: the first one in is kept.
@@ -944,13 +944,25 @@ impl Shared {
         }
     }
 
-    /// A document's stream of the current session failed; the others go on.
-    pub(crate) fn stream_failed(&self, peer: &DeviceId, conn: u64, error: String) {
+    /// A document's stream of the current session ended (`error`: why, if it failed); the
+    /// others go on. The document no longer counts towards the peer's "in sync".
+    pub(crate) fn stream_ended(
+        &self,
+        peer: &DeviceId,
+        conn: u64,
+        doc: Option<&DocKey>,
+        error: Option<String>,
+    ) {
         let mut peers = lock(&self.peers);
         if let Some(entry) = peers.get_mut(peer)
             && entry.live.as_ref().is_some_and(|(n, _)| *n == conn)
         {
-            entry.last_error = Some(error);
+            if let Some(doc) = doc {
+                entry.streams.remove(doc);
+            }
+            if error.is_some() {
+                entry.last_error = error;
+            }
         }
     }
 

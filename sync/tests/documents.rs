@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use automerge::Automerge;
-use deskhand_core::conversation::{ConversationWeek, conversation_doc_id, conversation_genesis};
+use deskhand_core::conversation::{ConversationWeek, conversation_doc_id};
 use deskhand_core::schema::{Message, Role, Workspace};
 use deskhand_core::{DocId, SchemaError};
 use deskhand_sync::store::DocKey;
@@ -82,9 +82,8 @@ fn chrono_now_ms() -> i64 {
 }
 
 async fn open_week(node: &Node, workspace: DocId, week: ConversationWeek) -> Result<DocKey> {
-    let key = DocKey::of(&conversation_doc_id(&workspace, week));
-    node.open_doc(&key, || conversation_genesis(&workspace, week))
-        .await?;
+    let key = node.open_week(week).await?;
+    assert_eq!(key, DocKey::of(&conversation_doc_id(&workspace, week)));
     Ok(key)
 }
 
@@ -189,6 +188,11 @@ async fn a_stream_for_a_document_not_of_the_workspace_is_refused_alone() -> Resu
     .await?;
     assert_eq!(desk.read_doc(&stranger, |_| ()), None);
     assert_eq!(desk.read_doc(&ahead, |_| ()), None);
+    // The refused documents do not keep the phone from being in sync.
+    until("A to be in sync with the desktop", || {
+        a.peers().iter().all(|p| p.in_sync)
+    })
+    .await?;
     // The session stays up: a later message in the workspace still arrives.
     let m = message(&a, "still here");
     a.write(|tx| Workspace::append_message(tx, &m)).await?;

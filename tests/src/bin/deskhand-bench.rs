@@ -539,8 +539,8 @@ async fn w7(
     p: &Node,
     count: usize,
 ) -> Result<()> {
-    let q = phone(dir, desk, "q").await?;
     let t = Instant::now();
+    let q = phone(dir, desk, "q").await?;
     wait_for(&q, Duration::from_secs(600), |d| {
         Workspace::message_count(d) > count
     })
