@@ -290,6 +290,18 @@ impl Inner {
         Ok(self.node.write_doc(&key, f).await?)
     }
 
+    /// The agent's reply `text` to task `id`, written at `now` (Unix ms).
+    fn reply(&self, id: &TaskId, text: &str, now: i64) -> Message {
+        Message {
+            id: MessageId::from_random(random_id_bytes()),
+            author: self.me.to_string(),
+            role: Role::Agent,
+            text: text.to_owned(),
+            created_at: now,
+            task_id: Some(id.clone()),
+        }
+    }
+
     /// `ids` grouped by the conversation document that holds each, in the order given; a task
     /// in no loaded document is left out with a warning.
     fn by_doc(&self, ids: &[TaskId]) -> Vec<(DocKey, Vec<TaskId>)> {
@@ -359,17 +371,7 @@ impl Inner {
     ) -> anyhow::Result<()> {
         let now = now_unix_ms();
         for (key, ids) in self.by_doc(ids) {
-            let replies: Vec<Message> = ids
-                .iter()
-                .map(|id| Message {
-                    id: MessageId::from_random(random_id_bytes()),
-                    author: self.me.to_string(),
-                    role: Role::Agent,
-                    text: summary.to_owned(),
-                    created_at: now,
-                    task_id: Some(id.clone()),
-                })
-                .collect();
+            let replies: Vec<Message> = ids.iter().map(|id| self.reply(id, summary, now)).collect();
             self.finish_in(&key, &ids, &replies, summary, status, now)
                 .await?;
         }
@@ -980,14 +982,7 @@ impl Inner {
         status: TaskStatus,
     ) -> anyhow::Result<()> {
         let now = now_unix_ms();
-        let reply = Message {
-            id: MessageId::from_random(random_id_bytes()),
-            author: self.me.to_string(),
-            role: Role::Agent,
-            text: summary.clone(),
-            created_at: now,
-            task_id: Some(id.clone()),
-        };
+        let reply = self.reply(id, &summary, now);
         self.write_task(id, |tx| {
             Workspace::update_task(
                 tx,

@@ -1505,11 +1505,14 @@ impl Node {
         key: &DocKey,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
     ) -> Result<R, NodeError> {
-        let doc = self
-            .shared
+        local_change(&self.shared, &self.loaded_doc(key)?, f, None)
+    }
+
+    /// The loaded document stored under `key`, or [`NodeError::NotLoaded`].
+    fn loaded_doc(&self, key: &DocKey) -> Result<DocHandle, NodeError> {
+        self.shared
             .doc(key)
-            .ok_or_else(|| NodeError::NotLoaded(key.clone()))?;
-        local_change(&self.shared, &doc, f, None)
+            .ok_or_else(|| NodeError::NotLoaded(key.clone()))
     }
 
     /// Makes one local change to the loaded document stored under `key`, like
@@ -1523,11 +1526,7 @@ impl Node {
         key: &DocKey,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, SchemaError>,
     ) -> Result<R, NodeError> {
-        let doc = self
-            .shared
-            .doc(key)
-            .ok_or_else(|| NodeError::NotLoaded(key.clone()))?;
-        write_change_to(&self.shared, &doc, f).await
+        write_change_to(&self.shared, &self.loaded_doc(key)?, f).await
     }
 
     /// Returns once every change made so far is committed to the disk; an error if one of them
