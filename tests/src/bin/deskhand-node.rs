@@ -146,7 +146,9 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 created_at: now_unix_ms(),
                 task_id: None,
             };
-            node.write(|tx| Workspace::append_message(tx, &msg)).await?;
+            let key = node.conversation_doc_at(msg.created_at).await?;
+            node.write_doc(&key, |tx| Workspace::append_message(tx, &msg))
+                .await?;
             Ok(json!({"ok": true, "id": id.to_string()}))
         }
         "state" => Ok(state(node)),
@@ -177,7 +179,9 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                     created_at: now,
                     task_id: None,
                 };
-                node.write_queued(|tx| Workspace::append_message(tx, &ask))?;
+                // Into the document of the week it is dated in, as the product writes it.
+                let key = node.conversation_doc_at(now).await?;
+                node.write_doc_queued(&key, |tx| Workspace::append_message(tx, &ask))?;
                 let mut task = Task::queued(
                     format!("m-{}", ask.id.as_str()).as_str().into(),
                     text.clone(),
@@ -188,7 +192,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 task.claimed_by = Some(node.id().to_string());
                 task.started_at = Some(now);
                 task.finished_at = Some(now);
-                node.write_queued(|tx| Workspace::add_task(tx, &task))?;
+                node.write_doc_queued(&key, |tx| Workspace::add_task(tx, &task))?;
                 let reply = Message {
                     id: MessageId::from_random(deskhand_sync::node::random_id_bytes()),
                     author: node.id().to_string(),
@@ -197,7 +201,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                     created_at: now,
                     task_id: Some(task.id.clone()),
                 };
-                node.write_queued(|tx| Workspace::append_message(tx, &reply))?;
+                node.write_doc_queued(&key, |tx| Workspace::append_message(tx, &reply))?;
             }
             node.flush().await?;
             Ok(json!({"ok": true}))
@@ -220,7 +224,8 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                         task_id: None,
                     })
                     .collect();
-                node.write(|tx| {
+                let key = node.conversation_doc_at(now_unix_ms()).await?;
+                node.write_doc(&key, |tx| {
                     msgs.iter()
                         .try_for_each(|m| Workspace::append_message(tx, m))
                 })
@@ -244,9 +249,15 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                     now_unix_ms(),
                 )
             };
-            if node.read(|d| Workspace::task_event_count(d, &task)) == 0 {
-                node.write(|tx| Workspace::add_task(tx, &t)).await?;
-            }
+            let key = match node.task_doc(&task) {
+                Some(key) => key,
+                None => {
+                    let key = node.conversation_doc_at(t.created_at).await?;
+                    node.write_doc(&key, |tx| Workspace::add_task(tx, &t))
+                        .await?;
+                    key
+                }
+            };
             for i in 0..count {
                 let ev = deskhand_core::schema::TaskEvent {
                     at: now_unix_ms(),
@@ -254,7 +265,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                     text: format!("step {i}"),
                     blob: None,
                 };
-                node.write_queued(|tx| Workspace::append_task_event(tx, &task, &ev))?;
+                node.write_doc_queued(&key, |tx| Workspace::append_task_event(tx, &task, &ev))?;
             }
             node.flush().await?;
             Ok(json!({"ok": true, "elapsed_us": started.elapsed().as_micros() as u64}))
@@ -266,7 +277,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             let started = std::time::Instant::now();
             let reached = tokio::time::timeout(timeout, async {
                 loop {
-                    if node.read(Workspace::message_count) >= want {
+                    if message_count(node) >= want {
                         return;
                     }
                     if sub.changed().await.is_err() {
@@ -305,12 +316,15 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
         }
         "tasks" => {
             // Every task of the replica (those that read), as the schema has them.
-            let tasks: Vec<Task> = node.read(|d| {
+            let tasks: Vec<Task> = each_doc(node, |d| {
                 Workspace::task_statuses(d)
                     .into_iter()
                     .filter_map(|(id, _)| Workspace::task(d, &id).ok().flatten())
-                    .collect()
-            });
+                    .collect::<Vec<_>>()
+            })
+            .into_iter()
+            .flatten()
+            .collect();
             Ok(json!({"ok": true, "tasks": tasks}))
         }
         "acked" => {
@@ -319,7 +333,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             // stores chunks in document order, so it stored them first).
             let (desktop, _) = node.home().context("no home desktop")?;
             let me = node.id().to_string();
-            let ids = node.read(|d| {
+            let ids: Vec<String> = each_doc(node, |d| {
                 let theirs: Vec<_> = d
                     .get_changes(&[])
                     .iter()
@@ -336,7 +350,10 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                         .collect::<Vec<_>>()
                 })
                 .unwrap_or_default()
-            });
+            })
+            .into_iter()
+            .flatten()
+            .collect();
             Ok(json!({"ok": true, "ids": ids}))
         }
         "sync_now" => {
@@ -352,13 +369,16 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 &node.id(),
                 now_unix_ms(),
             );
-            node.write(|tx| Workspace::add_task(tx, &t)).await?;
+            let key = node.conversation_doc_at(t.created_at).await?;
+            node.write_doc(&key, |tx| Workspace::add_task(tx, &t))
+                .await?;
             Ok(json!({"ok": true, "id": id.to_string()}))
         }
         "cancel" => {
             let id = deskhand_core::TaskId::from(cmd["task"].as_str().context("task")?);
             let me = node.id();
-            node.write(|tx| Workspace::request_cancel(tx, &id, &me))
+            let key = node.task_doc(&id).context("no such task")?;
+            node.write_doc(&key, |tx| Workspace::request_cancel(tx, &id, &me))
                 .await?;
             Ok(json!({"ok": true}))
         }
@@ -384,7 +404,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             let mut sub = node.subscribe();
             let found = tokio::time::timeout(timeout, async {
                 loop {
-                    if let Some(t) = node.read(|d| Workspace::task(d, &id)).ok().flatten()
+                    if let Some(t) = find_task(node, &id)
                         && done(&t)
                     {
                         return t;
@@ -398,7 +418,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             match found {
                 Ok(t) => Ok(json!({"ok": true, "task": t})),
                 Err(_) => {
-                    let t = node.read(|d| Workspace::task(d, &id)).ok().flatten();
+                    let t = find_task(node, &id);
                     Ok(json!({"ok": false, "task": t}))
                 }
             }
@@ -409,9 +429,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             let needle = cmd["contains"].as_str().context("contains")?.to_owned();
             let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
             let has = || {
-                node.read(|d| Workspace::task(d, &id))
-                    .ok()
-                    .flatten()
+                find_task(node, &id)
                     .is_some_and(|t| t.events.iter().any(|e| e.text.contains(&needle)))
             };
             let mut sub = node.subscribe();
@@ -431,7 +449,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             Ok(json!({"ok": seen, "observed_at_us": observed_at_us}))
         }
         "approvals" => {
-            let all = node.read(Workspace::approvals)?;
+            let all = approvals(node)?;
             Ok(json!({"ok": true, "approvals": all}))
         }
         "wait_approval" => {
@@ -442,7 +460,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
             let mut sub = node.subscribe();
             let found = tokio::time::timeout(timeout, async {
                 loop {
-                    let hit = node.read(Workspace::approvals).ok().and_then(|m| {
+                    let hit = approvals(node).ok().and_then(|m| {
                         m.into_values().find(|a| {
                             a.task_id.as_str() == task
                                 && a.resolution.is_none()
@@ -475,8 +493,10 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 .context("verdict")?
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!(e))?;
+            let key = node.approval_doc(&id).context("no such approval")?;
             let approval = node
-                .read(|d| Workspace::approval(d, &id))?
+                .read_doc(&key, |d| Workspace::approval(d, &id))
+                .context("no such approval")??
                 .context("no such approval")?;
             let (desktop, _) = node.home().context("not paired")?;
             let mut decision = approval.sign(node.key(), &desktop, verdict, now_unix_ms());
@@ -494,8 +514,8 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 Some("replay") => {
                     let from =
                         deskhand_core::ids::ApprovalId::from(cmd["from"].as_str().context("from")?);
-                    let old = node
-                        .read(|d| Workspace::approval(d, &from))?
+                    let old = approvals(node)?
+                        .remove(from.as_str())
                         .context("no approval to replay from")?;
                     decision = old
                         .decisions
@@ -509,7 +529,7 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 Some(other) => bail!("unknown forgery {other:?}"),
             }
             let me = node.id();
-            node.write(|tx| Workspace::put_decision(tx, &id, &me, &decision))
+            node.write_doc(&key, |tx| Workspace::put_decision(tx, &id, &me, &decision))
                 .await?;
             Ok(json!({"ok": true}))
         }
@@ -531,13 +551,50 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
     }
 }
 
+/// Runs `f` on each conversation document `node` has loaded, oldest first.
+fn each_doc<R>(node: &Node, mut f: impl FnMut(&automerge::Automerge) -> R) -> Vec<R> {
+    node.conversation_docs()
+        .iter()
+        .filter_map(|k| node.read_doc(k, &mut f))
+        .collect()
+}
+
+/// Messages in every conversation document.
+fn message_count(node: &Node) -> usize {
+    each_doc(node, Workspace::message_count).into_iter().sum()
+}
+
+/// Task `id`, from whichever conversation document holds it.
+fn find_task(node: &Node, id: &deskhand_core::TaskId) -> Option<Task> {
+    let key = node.task_doc(id)?;
+    node.read_doc(&key, |d| Workspace::task(d, id).ok().flatten())
+        .flatten()
+}
+
+/// Every approval request of every conversation document, by id.
+fn approvals(node: &Node) -> Result<std::collections::BTreeMap<String, deskhand_core::Approval>> {
+    let mut all = std::collections::BTreeMap::new();
+    for m in each_doc(node, Workspace::approvals) {
+        all.extend(m?);
+    }
+    Ok(all)
+}
+
 fn state(node: &Node) -> Value {
-    let (heads, messages) = node.read(|d| {
-        let mut heads: Vec<String> = d.get_heads().iter().map(|h| h.to_string()).collect();
-        heads.sort();
-        let msgs = Workspace::messages_from(d, 0).unwrap_or_default();
-        (heads, msgs)
-    });
+    // Heads: the workspace's document and every conversation document, so that two replicas
+    // that agree on everything show the same list.
+    let mut heads: Vec<String> =
+        node.read(|d| d.get_heads().iter().map(|h| h.to_string()).collect());
+    let mut messages = Vec::new();
+    for (h, msgs) in each_doc(node, |d| {
+        let h: Vec<String> = d.get_heads().iter().map(|h| h.to_string()).collect();
+        (h, Workspace::messages_from(d, 0).unwrap_or_default())
+    }) {
+        heads.extend(h);
+        messages.extend(msgs);
+    }
+    heads.sort();
+    heads.dedup();
     json!({
         "ok": true,
         "doc_id": node.doc_id().map(|d| d.to_string()),
