@@ -285,16 +285,21 @@ impl SyncSession {
         self.hold = hold;
     }
 
-    /// Whether both sides hold exactly `doc`'s changes, as far as this session knows.
+    /// Whether both sides hold exactly `doc`'s changes, as far as this session knows. Never
+    /// before the peer's first sync message has told its heads: a phone that has received
+    /// nothing yet is not "in sync" with a desktop it has only heard say hello.
     pub fn in_sync(&self, doc: &Automerge) -> bool {
         if self.phase != Phase::Open {
             return false;
         }
+        let Some(theirs) = &self.state.their_heads else {
+            return false;
+        };
         let mut ours = doc.get_heads();
         ours.sort();
         let mut shared = self.state.shared_heads.clone();
         shared.sort();
-        let mut theirs = self.state.their_heads.clone().unwrap_or_default();
+        let mut theirs = theirs.clone();
         theirs.sort();
         shared == ours && theirs == ours
     }
@@ -901,6 +906,31 @@ mod tests {
         .unwrap();
         pump(&mut sd, &mut dd, &mut sp, &mut pd);
         assert_eq!(Workspace::read(&dd).unwrap().messages.len(), 1);
+    }
+
+    /// A phone that has heard only the desktop's hello is not in sync, though both heads it
+    /// knows are empty; it is once the desktop's document has arrived.
+    #[test]
+    fn an_empty_phone_is_not_in_sync_before_the_desktop_says_what_it_holds() {
+        let desk = DeviceId::from_bytes([1; 32]);
+        let phone = DeviceId::from_bytes([2; 32]);
+        let mut dd = crate::testing::desktop_doc(desk);
+        let mut pd = Automerge::new().with_actor(phone.actor_id());
+        let doc_id = DocId::from_bytes([9; 16]);
+        let mut sd = SyncSession::new(phone, Some(doc_id), None, 0);
+        let mut sp = SyncSession::new(desk, None, None, 0);
+        let hello = sd
+            .start(&dd)
+            .into_iter()
+            .filter_map(send)
+            .find(|f| matches!(f, Frame::Hello(_)))
+            .expect("a hello");
+        sp.start(&pd);
+        deliver(&mut sp, &mut pd, hello);
+        assert!(!sp.in_sync(&pd), "in sync having heard only a hello");
+        pump(&mut sd, &mut dd, &mut sp, &mut pd);
+        assert_eq!(dd.get_heads(), pd.get_heads());
+        assert!(sp.in_sync(&pd));
     }
 
     #[test]
