@@ -879,15 +879,22 @@ mod tests {
         frames
     }
 
-    #[test]
-    fn empty_phone_receives_the_desktop_document() {
+    /// A desktop's document and an empty phone, each with its session with the other:
+    /// `(phone, desktop doc, phone doc, desktop's session, phone's session)`.
+    fn desktop_and_empty_phone() -> (DeviceId, Automerge, Automerge, SyncSession, SyncSession) {
         let desk = DeviceId::from_bytes([1; 32]);
         let phone = DeviceId::from_bytes([2; 32]);
-        let mut dd = crate::testing::desktop_doc(desk);
-        let mut pd = Automerge::new().with_actor(phone.actor_id());
+        let dd = crate::testing::desktop_doc(desk);
+        let pd = Automerge::new().with_actor(phone.actor_id());
         let doc_id = DocId::from_bytes([9; 16]);
-        let mut sd = SyncSession::new(phone, Some(doc_id), None, 0);
-        let mut sp = SyncSession::new(desk, None, None, 0);
+        let sd = SyncSession::new(phone, Some(doc_id), None, 0);
+        let sp = SyncSession::new(desk, None, None, 0);
+        (phone, dd, pd, sd, sp)
+    }
+
+    #[test]
+    fn empty_phone_receives_the_desktop_document() {
+        let (phone, mut dd, mut pd, mut sd, mut sp) = desktop_and_empty_phone();
         pump(&mut sd, &mut dd, &mut sp, &mut pd);
         assert_eq!(dd.get_heads(), pd.get_heads());
         pd.transact::<_, _, SchemaError>(|tx| {
@@ -912,13 +919,7 @@ mod tests {
     /// knows are empty; it is once the desktop's document has arrived.
     #[test]
     fn an_empty_phone_is_not_in_sync_before_the_desktop_says_what_it_holds() {
-        let desk = DeviceId::from_bytes([1; 32]);
-        let phone = DeviceId::from_bytes([2; 32]);
-        let mut dd = crate::testing::desktop_doc(desk);
-        let mut pd = Automerge::new().with_actor(phone.actor_id());
-        let doc_id = DocId::from_bytes([9; 16]);
-        let mut sd = SyncSession::new(phone, Some(doc_id), None, 0);
-        let mut sp = SyncSession::new(desk, None, None, 0);
+        let (_, mut dd, mut pd, mut sd, mut sp) = desktop_and_empty_phone();
         let hello = sd
             .start(&dd)
             .into_iter()

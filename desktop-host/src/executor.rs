@@ -509,23 +509,13 @@ impl Inner {
             self.node
                 .write_doc(key, |tx| {
                     for id in &cut {
-                        Workspace::append_task_event(
+                        end_without_result(
                             tx,
                             id,
-                            &TaskEvent::new(
-                                now,
-                                "interrupted",
-                                "The desktop host stopped while this task ran. It was not \
-                                 resumed, so nothing it did runs twice; send it again if needed.",
-                            ),
-                        )?;
-                        Workspace::update_task(
-                            tx,
-                            id,
-                            &TaskUpdate {
-                                finished_at: Some(now),
-                                ..TaskUpdate::status(TaskStatus::Interrupted)
-                            },
+                            TaskStatus::Interrupted,
+                            now,
+                            "The desktop host stopped while this task ran. It was not \
+                             resumed, so nothing it did runs twice; send it again if needed.",
                         )?;
                     }
                     for a in &open_approvals {
@@ -721,18 +711,12 @@ impl Inner {
             let now = now_unix_ms();
             let by = self.cancel_requester(id);
             self.write_task(id, |tx| {
-                Workspace::append_task_event(
+                end_without_result(
                     tx,
                     id,
-                    &TaskEvent::new(now, "cancelled", format!("Cancelled before it started{by}")),
-                )?;
-                Workspace::update_task(
-                    tx,
-                    id,
-                    &TaskUpdate {
-                        finished_at: Some(now),
-                        ..TaskUpdate::status(TaskStatus::Cancelled)
-                    },
+                    TaskStatus::Cancelled,
+                    now,
+                    &format!("Cancelled before it started{by}"),
                 )
             })
             .await?;
@@ -1088,6 +1072,26 @@ impl ToolHost for TaskHost {
             })
             .unwrap_or_default()
     }
+}
+
+/// Ends task `id` as `status` at `now` (Unix ms) without a result: its last event, of the
+/// status's kind, says `text`.
+fn end_without_result(
+    tx: &mut automerge::transaction::Transaction<'_>,
+    id: &TaskId,
+    status: TaskStatus,
+    now: i64,
+    text: &str,
+) -> Result<(), deskhand_core::SchemaError> {
+    Workspace::append_task_event(tx, id, &TaskEvent::new(now, status.as_str(), text))?;
+    Workspace::update_task(
+        tx,
+        id,
+        &TaskUpdate {
+            finished_at: Some(now),
+            ..TaskUpdate::status(status)
+        },
+    )
 }
 
 /// A call with its paths resolved, ready to judge, show and run.
