@@ -3,16 +3,15 @@
 //!
 //! A year-old workspace holds some 52 week documents (see [`crate::conversation`]). A phone must
 //! learn which of them changed without loading or syncing any, and then sync only what it shows
-//! or must act on. So each side sends a [`Catalog`]: per week, a [`HeadsDigest`] of that
-//! document's heads — 19 bytes a week, about 1 KB for a year. Comparing two catalogs says which
-//! documents differ; [`choose`] then picks the ones to sync now and leaves the rest to be
-//! fetched page by page when the user scrolls back.
-//!
-//! Not yet wired into the sync protocol (the next step of issue 16: the multi-document hub).
+//! or must act on. So the desktop sends a [`Catalog`] on its own stream of the connection
+//! (`Frame::Catalog`, protocol 4): per week, a [`HeadsDigest`] of that document's heads and
+//! what it holds ([`WeekCounts`]) — 27 bytes a week, about 1.4 KB for a year. Comparing it with
+//! the phone's own says which documents differ; [`choose`] then picks the ones to sync now and
+//! leaves the rest to be fetched page by page when the user scrolls back.
 
 use std::collections::BTreeMap;
 
-use automerge::{Automerge, ChangeHash, ROOT, ReadDoc, Value};
+use automerge::ChangeHash;
 use sha2::{Digest, Sha256};
 
 use crate::conversation::{ConversationWeek, WeekCounts};
@@ -23,8 +22,9 @@ pub const DIGEST_LEN: usize = 16;
 /// Most weeks a [`Catalog`] may hold: a century. A longer announcement is refused unread.
 pub const MAX_CATALOG_WEEKS: usize = 5_300;
 
-/// Encoded size of one week in a catalog: year (i16), week (u8), digest.
-const ENTRY_LEN: usize = 3 + DIGEST_LEN;
+/// Encoded size of one week in a catalog: year (i16), week (u8), digest, messages (u32), open
+/// tasks (u16), pending approvals (u16).
+const ENTRY_LEN: usize = 3 + DIGEST_LEN + 8;
 
 /// A document's heads, fingerprinted: the first 16 bytes of SHA-256 over a domain tag and the
 /// heads in ascending order. Equal heads give equal digests on every device, whatever order the
@@ -84,33 +84,50 @@ pub enum CatalogError {
     },
 }
 
-/// The conversation documents a device holds: per week, the digest of that document's heads.
-/// Ordered oldest first, each week once.
+/// The conversation documents a device holds: per week, the digest of that document's heads
+/// and what it holds. Ordered oldest first, each week once.
 ///
 /// Wire form ([`Catalog::encode`]): the number of weeks as a big-endian u16, then per week,
-/// oldest first, the ISO year as a big-endian i16, the week (1–53) as a byte, and the
-/// [`DIGEST_LEN`]-byte digest.
+/// oldest first, the ISO year as a big-endian i16, the week (1–53) as a byte, the
+/// [`DIGEST_LEN`]-byte digest, and its [`WeekCounts`]: messages as a big-endian u32, open tasks
+/// and pending approvals as big-endian u16s (each saturating).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
-    weeks: BTreeMap<ConversationWeek, HeadsDigest>,
+    weeks: BTreeMap<ConversationWeek, (HeadsDigest, WeekCounts)>,
 }
 
 impl Catalog {
-    /// A catalog of these weeks (a week given twice keeps the last digest).
+    /// A catalog of these weeks, with no counts (a week given twice keeps the last digest).
     pub fn new(weeks: impl IntoIterator<Item = (ConversationWeek, HeadsDigest)>) -> Self {
+        Self::with_counts(
+            weeks
+                .into_iter()
+                .map(|(w, d)| (w, d, WeekCounts::default())),
+        )
+    }
+
+    /// A catalog of these weeks and what each holds.
+    pub fn with_counts(
+        weeks: impl IntoIterator<Item = (ConversationWeek, HeadsDigest, WeekCounts)>,
+    ) -> Self {
         Self {
-            weeks: weeks.into_iter().collect(),
+            weeks: weeks.into_iter().map(|(w, d, c)| (w, (d, c))).collect(),
         }
     }
 
     /// The digest announced for `week`, if the week is listed.
     pub fn get(&self, week: ConversationWeek) -> Option<HeadsDigest> {
-        self.weeks.get(&week).copied()
+        self.weeks.get(&week).map(|(d, _)| *d)
+    }
+
+    /// What `week` holds, as announced (zero when it is not listed).
+    pub fn counts(&self, week: ConversationWeek) -> WeekCounts {
+        self.weeks.get(&week).map(|(_, c)| *c).unwrap_or_default()
     }
 
     /// Every listed week with its digest, oldest first.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (ConversationWeek, HeadsDigest)> + '_ {
-        self.weeks.iter().map(|(w, d)| (*w, *d))
+        self.weeks.iter().map(|(w, (d, _))| (*w, *d))
     }
 
     /// Number of weeks listed.
@@ -130,11 +147,16 @@ impl Catalog {
         let count = self.weeks.len() - skip;
         let mut out = Vec::with_capacity(2 + count * ENTRY_LEN);
         out.extend_from_slice(&(count as u16).to_be_bytes());
-        for (week, digest) in self.weeks.iter().skip(skip) {
+        for (week, (digest, counts)) in self.weeks.iter().skip(skip) {
             // ISO years of real weeks fit an i16 (the time crate's range is ±9999).
             out.extend_from_slice(&(week.year as i16).to_be_bytes());
             out.push(week.week);
             out.extend_from_slice(&digest.0);
+            let messages = u32::try_from(counts.messages).unwrap_or(u32::MAX);
+            out.extend_from_slice(&messages.to_be_bytes());
+            for n in [counts.open_tasks, counts.pending_approvals] {
+                out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
+            }
         }
         out
     }
@@ -182,46 +204,17 @@ impl Catalog {
             }
             last = Some(week);
             let mut d = [0; DIGEST_LEN];
-            d.copy_from_slice(&entry[3..]);
-            weeks.insert(week, HeadsDigest(d));
+            d.copy_from_slice(&entry[3..3 + DIGEST_LEN]);
+            let n = &entry[3 + DIGEST_LEN..];
+            let counts = WeekCounts {
+                messages: u32::from_be_bytes([n[0], n[1], n[2], n[3]]).into(),
+                open_tasks: u16::from_be_bytes([n[4], n[5]]).into(),
+                pending_approvals: u16::from_be_bytes([n[6], n[7]]).into(),
+            };
+            weeks.insert(week, (HeadsDigest(d), counts));
         }
         Ok(Self { weeks })
     }
-}
-
-/// Reads the root document's index of weeks (`conversations.<week>`, what
-/// `conversation::SplitPlan::build_root` writes from each week's [`WeekCounts`]). An entry whose key is not a week label is left out
-/// and named in the second value (a newer build's entry, or a damaged one); a missing count
-/// reads as 0.
-pub fn read_index(root: &Automerge) -> (BTreeMap<ConversationWeek, WeekCounts>, Vec<String>) {
-    let mut out = BTreeMap::new();
-    let mut skipped = Vec::new();
-    let Ok(Some((Value::Object(_), conversations))) = root.get(ROOT, "conversations") else {
-        return (out, skipped);
-    };
-    for key in root.keys(&conversations) {
-        let Ok(week) = ConversationWeek::parse(&key) else {
-            skipped.push(key.chars().take(32).collect());
-            continue;
-        };
-        let Ok(Some((Value::Object(_), entry))) = root.get(&conversations, key.as_str()) else {
-            skipped.push(key);
-            continue;
-        };
-        let count = |name: &str| match root.get(&entry, name) {
-            Ok(Some((Value::Scalar(s), _))) => s.as_u64().unwrap_or(0),
-            _ => 0,
-        };
-        out.insert(
-            week,
-            WeekCounts {
-                messages: count("messages"),
-                open_tasks: count("open_tasks"),
-                pending_approvals: count("pending_approvals"),
-            },
-        );
-    }
-    (out, skipped)
 }
 
 /// Which week documents a phone syncs now, and which it leaves for later.
@@ -234,25 +227,20 @@ pub struct SyncChoice {
     pub later: Vec<ConversationWeek>,
 }
 
-/// Chooses the week documents a phone syncs, from the desktop's catalog, the phone's own, and
-/// the root's index of weeks. A week is synced now when
+/// Chooses the week documents a phone syncs, from the desktop's catalog (with its counts) and
+/// the phone's own. A week is synced now when
 /// 1. the phone holds it and it differs from the desktop's, or the desktop does not have it
 ///    (a week the phone wrote into while offline): held documents are kept current, and the
 ///    phone's own writes must reach the desktop;
 /// 2. it is among the newest weeks the desktop announces that together hold at least
 ///    `recent_messages` messages (at least the newest one), and the phone does not hold it as
 ///    the desktop does: what the conversation screen opens on;
-/// 3. the index shows open tasks or pending approvals in it, and the phone does not hold it as
+/// 3. the desktop's counts show open tasks or pending approvals in it, and the phone does not hold it as
 ///    the desktop does: what the phone must show progress for or act on.
 ///
 /// Every other week the desktop announces and the phone does not hold goes to
 /// [`SyncChoice::later`]. Weeks held alike on both sides are in neither list.
-pub fn choose(
-    desktop: &Catalog,
-    phone: &Catalog,
-    index: &BTreeMap<ConversationWeek, WeekCounts>,
-    recent_messages: u64,
-) -> SyncChoice {
+pub fn choose(desktop: &Catalog, phone: &Catalog, recent_messages: u64) -> SyncChoice {
     let differs = |week: ConversationWeek| desktop.get(week) != phone.get(week);
     let mut now = Vec::new();
     let mut later = Vec::new();
@@ -267,7 +255,7 @@ pub fn choose(
     let mut recent_seen = 0u64;
     let mut recent_done = false;
     for (week, _) in desktop.iter().rev() {
-        let summary = index.get(&week).copied().unwrap_or_default();
+        let summary = desktop.counts(week);
         let recent = !recent_done;
         recent_seen = recent_seen.saturating_add(summary.messages);
         recent_done = recent_done || recent_seen >= recent_messages;
@@ -321,12 +309,26 @@ mod tests {
                 .map(|(i, w)| (w, digest(i as u8))),
         );
         let bytes = c.encode();
-        assert_eq!(bytes.len(), 2 + 52 * 19);
+        assert_eq!(bytes.len(), 2 + 52 * 27);
         assert_eq!(Catalog::decode(&bytes).unwrap(), c);
         assert_eq!(
             Catalog::decode(&Catalog::default().encode()).unwrap().len(),
             0
         );
+        // Counts travel too, saturating at their field's width.
+        let counted = Catalog::with_counts([(
+            week(2026, 3),
+            digest(3),
+            WeekCounts {
+                messages: 70_000,
+                open_tasks: 100_000,
+                pending_approvals: 2,
+            },
+        )]);
+        let back = Catalog::decode(&counted.encode()).unwrap();
+        assert_eq!(back.counts(week(2026, 3)).messages, 70_000);
+        assert_eq!(back.counts(week(2026, 3)).open_tasks, u64::from(u16::MAX));
+        assert_eq!(back.counts(week(2026, 3)).pending_approvals, 2);
         // Around New Year and before year 0 too.
         let edge = Catalog::new([
             (week(-3, 1), digest(1)),
@@ -342,7 +344,7 @@ mod tests {
         let e = Catalog::decode(&good[..good.len() - 1]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "a catalog of 2 weeks takes 40 bytes; this one has 39"
+            "a catalog of 2 weeks takes 56 bytes; this one has 55"
         );
         let mut long = good.clone();
         long.push(0);
@@ -381,46 +383,36 @@ mod tests {
         );
     }
 
-    /// A desktop with 52 weeks of 100 messages each; week 10 still has an open task.
-    fn desktop_year() -> (Catalog, BTreeMap<ConversationWeek, WeekCounts>) {
-        let weeks = year_2026();
-        let catalog = Catalog::new(weeks.iter().map(|w| (*w, digest(w.week))));
-        let index = weeks
-            .iter()
-            .map(|w| {
-                (
-                    *w,
-                    WeekCounts {
-                        messages: 100,
-                        open_tasks: u64::from(w.week == 10),
-                        pending_approvals: 0,
-                    },
-                )
-            })
-            .collect();
-        (catalog, index)
+    /// A desktop with 52 weeks of 100 messages each (10 in the weeks of `quiet`); week 10
+    /// still has an open task.
+    fn desktop_year(quiet: &[u8]) -> Catalog {
+        Catalog::with_counts(year_2026().into_iter().map(|w| {
+            let counts = WeekCounts {
+                messages: if quiet.contains(&w.week) { 10 } else { 100 },
+                open_tasks: u64::from(w.week == 10),
+                pending_approvals: 0,
+            };
+            (w, digest(w.week), counts)
+        }))
     }
 
     #[test]
     fn a_new_phone_syncs_the_newest_week_and_the_one_with_an_open_task() {
-        let (desktop, index) = desktop_year();
-        let choice = choose(&desktop, &Catalog::default(), &index, 50);
+        let desktop = desktop_year(&[]);
+        let choice = choose(&desktop, &Catalog::default(), 50);
         assert_eq!(choice.now, [week(2026, 52), week(2026, 10)]);
         assert_eq!(choice.later.len(), 50);
         assert_eq!(choice.later[0], week(2026, 51), "pages go back in time");
         assert_eq!(choice.later.last(), Some(&week(2026, 1)));
         // Wanting more messages than the newest week holds takes the week before too.
-        let choice = choose(&desktop, &Catalog::default(), &index, 150);
+        let choice = choose(&desktop, &Catalog::default(), 150);
         assert_eq!(choice.now, [week(2026, 52), week(2026, 51), week(2026, 10)]);
     }
 
     #[test]
     fn quiet_recent_weeks_are_taken_together_until_they_hold_enough_messages() {
-        let (desktop, mut index) = desktop_year();
-        for w in [50, 51, 52] {
-            index.get_mut(&week(2026, w)).unwrap().messages = 10;
-        }
-        let choice = choose(&desktop, &Catalog::default(), &index, 50);
+        let desktop = desktop_year(&[50, 51, 52]);
+        let choice = choose(&desktop, &Catalog::default(), 50);
         assert_eq!(
             choice.now,
             [
@@ -435,19 +427,19 @@ mod tests {
 
     #[test]
     fn a_phone_syncs_only_what_changed_and_what_it_wrote_offline() {
-        let (desktop, index) = desktop_year();
+        let desktop = desktop_year(&[]);
         // The phone holds weeks 40–52 as the desktop does, but week 45 has changed on the
         // desktop since, and the phone wrote into 2027-W01 while offline.
         let mut held: Vec<_> = (40..=52).map(|w| (week(2026, w), digest(w))).collect();
         held[5].1 = digest(200);
         held.push((week(2027, 1), digest(7)));
         let phone = Catalog::new(held);
-        let choice = choose(&desktop, &phone, &index, 50);
+        let choice = choose(&desktop, &phone, 50);
         assert_eq!(choice.now, [week(2027, 1), week(2026, 45), week(2026, 10)]);
         assert_eq!(choice.later.len(), 38);
         assert!(choice.later.iter().all(|w| w.week < 40 && w.week != 10));
         // In step: nothing to sync, nothing new to page.
         let same = Catalog::new(desktop.iter());
-        assert_eq!(choose(&desktop, &same, &index, 50), SyncChoice::default());
+        assert_eq!(choose(&desktop, &same, 50), SyncChoice::default());
     }
 }

@@ -163,12 +163,15 @@ pub const ROOT_SCHEMA_VERSION: u64 = 2;
 /// A single-document (schema 1) workspace split into the multi-document layout.
 #[derive(Debug)]
 pub struct SplitWorkspace {
-    /// The root: `schema_version` 2, `desktop` and `devices` as they were, and `conversations`,
-    /// the index: `{ "<week label>": { doc_id, messages, open_tasks, pending_approvals } }`.
+    /// The root: `schema_version` 2, `desktop` and `devices` as they were. It holds no index of
+    /// the weeks: week documents are named by derivation ([`conversation_doc_id`]) and
+    /// announced in the catalog (`crate::catalog`), so the root does not grow with history.
     pub root: Automerge,
     /// One conversation document per week that holds anything: its genesis, then one change
     /// with the week's messages (in conversation order), tasks and approvals.
     pub weeks: BTreeMap<ConversationWeek, Automerge>,
+    /// What each of those weeks holds.
+    pub counts: BTreeMap<ConversationWeek, WeekCounts>,
 }
 
 /// Why a document could not be split.
@@ -207,8 +210,12 @@ pub fn split_v1(v1: &Automerge, workspace: &DocId) -> Result<SplitWorkspace, Spl
         weeks.insert(week, doc);
         counts.insert(week, c);
     }
-    let root = plan.build_root(v1, &counts)?;
-    Ok(SplitWorkspace { root, weeks })
+    let root = plan.build_root(v1)?;
+    Ok(SplitWorkspace {
+        root,
+        weeks,
+        counts,
+    })
 }
 
 /// What a week's document holds after the split, for the root's index.
@@ -234,6 +241,7 @@ pub struct SplitPlan {
     approvals: Option<ObjId>,
     /// Per week, the indexes of its messages in the v1 list, in conversation order.
     by_week: BTreeMap<ConversationWeek, Vec<usize>>,
+    message_week: BTreeMap<String, ConversationWeek>,
     task_week: BTreeMap<String, ConversationWeek>,
     approval_week: BTreeMap<String, ConversationWeek>,
     weeks: Vec<ConversationWeek>,
@@ -319,6 +327,7 @@ impl SplitPlan {
             tasks,
             approvals,
             by_week,
+            message_week,
             task_week,
             approval_week,
             weeks,
@@ -379,38 +388,67 @@ impl SplitPlan {
         Ok((doc, counts))
     }
 
-    /// The root: `schema_version` 2, `desktop` and `devices` copied from `v1`, and the index
-    /// `conversations.<week> = { doc_id, messages, open_tasks, pending_approvals }` of every
-    /// week in `counts` (what [`SplitPlan::build_week`] returned).
+    /// The root: `schema_version` 2, and `desktop` and `devices` copied from `v1`.
     ///
     /// # Errors
     /// [`SplitError::Automerge`] if a read or a write fails.
-    pub fn build_root(
-        &self,
-        v1: &Automerge,
-        counts: &BTreeMap<ConversationWeek, WeekCounts>,
-    ) -> Result<Automerge, SplitError> {
+    pub fn build_root(&self, v1: &Automerge) -> Result<Automerge, SplitError> {
         let mut root = Automerge::new().with_actor(self.actor.clone());
         let mut tx = root.transaction();
         tx.put(ROOT, "schema_version", ROOT_SCHEMA_VERSION)?;
         for key in ["desktop", "devices"] {
             copy(v1, &ROOT, key.into(), &mut tx, &ROOT, Slot::Key(key))?;
         }
-        let conversations = tx.put_object(ROOT, "conversations", ObjType::Map)?;
-        for (week, c) in counts {
-            let entry = tx.put_object(&conversations, week.label(), ObjType::Map)?;
-            tx.put(
-                &entry,
-                "doc_id",
-                conversation_doc_id(&self.workspace, *week).to_string(),
-            )?;
-            tx.put(&entry, "messages", c.messages)?;
-            tx.put(&entry, "open_tasks", c.open_tasks)?;
-            tx.put(&entry, "pending_approvals", c.pending_approvals)?;
-        }
         tx.commit_with(split_commit());
         Ok(root)
     }
+
+    /// The week a message of `v1` (by id) went to, if the plan routed one with that id.
+    pub fn message_week(&self, id: &str) -> Option<ConversationWeek> {
+        self.message_week.get(id).copied()
+    }
+
+    /// The week task `id` of `v1` went to, if the plan routed it.
+    pub fn task_week(&self, id: &str) -> Option<ConversationWeek> {
+        self.task_week.get(id).copied()
+    }
+
+    /// The week approval request `id` of `v1` went to, if the plan routed it.
+    pub fn approval_week(&self, id: &str) -> Option<ConversationWeek> {
+        self.approval_week.get(id).copied()
+    }
+}
+
+/// What a conversation document holds now, read without hydrating: its messages, its tasks
+/// not in a final state, and its approval requests without a resolution. Costs a read of every
+/// task's status and every request's resolution (about a microsecond each).
+pub fn week_counts(doc: &Automerge) -> WeekCounts {
+    let mut counts = WeekCounts::default();
+    if let Ok(Some(list)) = child(doc, &ROOT, "messages") {
+        counts.messages = doc.length(&list) as u64;
+    }
+    if let Ok(Some(tasks)) = child(doc, &ROOT, "tasks") {
+        for key in doc.keys(&tasks) {
+            let open = match doc.get(&tasks, key.as_str()) {
+                Ok(Some((Value::Object(_), t))) => !text(doc, &t, "status")
+                    .is_some_and(|s| s.parse::<crate::TaskStatus>().is_ok_and(|t| t.is_final())),
+                _ => false,
+            };
+            counts.open_tasks += u64::from(open);
+        }
+    }
+    if let Ok(Some(approvals)) = child(doc, &ROOT, "approvals") {
+        for key in doc.keys(&approvals) {
+            let pending = match doc.get(&approvals, key.as_str()) {
+                Ok(Some((Value::Object(_), a))) => {
+                    !matches!(doc.get(&a, "resolution"), Ok(Some((v, _))) if v.is_object())
+                }
+                _ => false,
+            };
+            counts.pending_approvals += u64::from(pending);
+        }
+    }
+    counts
 }
 
 /// The split's changes: time 0, so their bytes depend only on the content.
@@ -835,36 +873,32 @@ mod tests {
             assert!(doc.get_change_by_hash(&genesis).is_some());
             assert_eq!(doc.get_changes(&[]).len(), 2);
         }
-        // The root: the desktop, the devices and the index.
+        // The root: the desktop and the devices, no index (the catalog announces weeks).
         let root = &split.root;
         assert_eq!(int(root, &ROOT, "schema_version"), Some(2));
         assert_eq!(keys(root, "devices").len(), 1);
         assert!(root.get(ROOT, "desktop").unwrap().is_some());
         assert!(root.get(ROOT, "messages").unwrap().is_none());
-        let (_, index) = root.get(ROOT, "conversations").unwrap().unwrap();
-        let (_, e48) = root.get(&index, "2026-W48").unwrap().unwrap();
+        assert!(root.get(ROOT, "conversations").unwrap().is_none());
+        // What each week holds, as the split counted it and as read back from the document.
         assert_eq!(
-            text(root, &e48, "doc_id").unwrap(),
-            conversation_doc_id(&workspace, w48).to_string()
-        );
-        assert_eq!(int(root, &e48, "messages"), Some(3));
-        assert_eq!(int(root, &e48, "open_tasks"), Some(1));
-        assert_eq!(int(root, &e48, "pending_approvals"), Some(1));
-        let (_, e49) = root.get(&index, "2026-W49").unwrap().unwrap();
-        assert_eq!(int(root, &e49, "open_tasks"), Some(0));
-        // What a phone reads of that index to choose what to sync.
-        let (summaries, skipped) = crate::catalog::read_index(root);
-        assert!(skipped.is_empty(), "{skipped:?}");
-        assert_eq!(
-            summaries[&w48],
+            split.counts[&w48],
             WeekCounts {
                 messages: 3,
                 open_tasks: 1,
                 pending_approvals: 1
             }
         );
-        assert_eq!(summaries[&w49].messages, 1);
-        assert_eq!(summaries.len(), 2);
+        assert_eq!(split.counts[&w49].messages, 1);
+        assert_eq!(split.counts[&w49].open_tasks, 0);
+        for (w, doc) in &split.weeks {
+            assert_eq!(week_counts(doc), split.counts[w], "{}", w.label());
+        }
+        // Where each item went, for a phone rewriting its unsent items after the update.
+        let plan = SplitPlan::new(&v1, &workspace).unwrap();
+        assert_eq!(plan.task_week("t-own"), Some(w48));
+        assert_eq!(plan.approval_week("ap1"), Some(w48));
+        assert_eq!(plan.task_week("nope"), None);
     }
 
     #[test]
@@ -882,10 +916,7 @@ mod tests {
             counts.insert(w, c);
         }
         assert_eq!(counts[&week(48)].messages, 3);
-        assert_eq!(
-            plan.build_root(&v1, &counts).unwrap().save(),
-            whole.root.save()
-        );
+        assert_eq!(plan.build_root(&v1).unwrap().save(), whole.root.save());
     }
 
     #[test]

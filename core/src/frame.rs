@@ -10,6 +10,7 @@
 //! Pong    := kind 4, nonce:u64be
 //! Goodbye := kind 5, code:u16be, reason: UTF-8 (rest of the body, at most 1 KiB)
 //! Signatures := kind 6, n:u16be, n × (change hash:32, ed25519 signature:64)
+//! Catalog := kind 7, the catalog's wire form (`crate::catalog::Catalog::encode`)
 //! ```
 //!
 //! Protocol 2 (`deskhand/sync/2`) sends a `Signatures` frame right before each `Sync` frame that
@@ -21,6 +22,11 @@
 //! workspace's document; every further stream opens with a `Hello` whose `doc_id` names the
 //! document it syncs (a week's conversation document), which the desktop checks is one of
 //! this workspace's before it answers.
+//!
+//! Protocol 4 (`deskhand/sync/4`) is protocol 3 with the workspace split: the first stream
+//! carries the root document, and the desktop opens a unidirectional stream on which it sends
+//! `Catalog` frames, the weeks it holds with their heads digests and counts, again whenever they
+//! change in a way the phone does not already see on a week's stream.
 
 use automerge::ChangeHash;
 
@@ -30,7 +36,7 @@ use crate::authorship::ChangeSignature;
 /// Version byte of every frame body this build writes and reads.
 pub const FRAME_VERSION: u8 = 1;
 /// The sync protocol version carried in [`Hello`] (the `N` of ALPN `deskhand/sync/N`).
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest body accepted; a larger length prefix is refused before anything is buffered.
 pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 const MAX_REASON_LEN: usize = 1024;
@@ -44,6 +50,7 @@ const KIND_PING: u8 = 3;
 const KIND_PONG: u8 = 4;
 const KIND_GOODBYE: u8 = 5;
 const KIND_SIGNATURES: u8 = 6;
+const KIND_CATALOG: u8 = 7;
 
 /// First frame each side sends on a sync stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +87,9 @@ pub enum Frame {
     },
     /// Signatures of the changes in the next [`Frame::Sync`] (protocol 2).
     Signatures(Vec<ChangeSignature>),
+    /// The desktop's catalog of conversation documents ([`crate::catalog::Catalog::encode`]),
+    /// sent on the connection's catalog stream, never on a document's (protocol 4).
+    Catalog(Vec<u8>),
 }
 
 /// Why bytes from a peer were not a frame.
@@ -115,6 +125,7 @@ impl Frame {
             Frame::Pong(_) => "pong",
             Frame::Goodbye { .. } => "goodbye",
             Frame::Signatures(_) => "signatures",
+            Frame::Catalog(_) => "catalog",
         }
     }
 
@@ -172,6 +183,10 @@ impl Frame {
                     out.extend_from_slice(s.hash.as_ref());
                     out.extend_from_slice(&s.signature);
                 }
+            }
+            Frame::Catalog(bytes) => {
+                out.push(KIND_CATALOG);
+                out.extend_from_slice(bytes);
             }
         }
         let len = (out.len() - start - 4) as u32;
@@ -231,6 +246,7 @@ impl Frame {
                 Ok(Frame::Goodbye { code, reason })
             }
             KIND_SIGNATURES => decode_signatures(p).map(Frame::Signatures),
+            KIND_CATALOG => Ok(Frame::Catalog(p.to_vec())),
             other => Err(FrameError::UnknownKind(other)),
         }
     }

@@ -37,14 +37,18 @@ pub use schema::{Message, Role, SchemaError, Task, TaskStatus, Workspace};
 pub use session::{SessionError, SessionOutput, SyncSession};
 pub use trust::{Author, ChangeFilter, PhoneWriteRules, Refusal, Standing, Touched};
 
-/// ALPN of the sync protocol (version 3: a workspace of several documents, one stream each, over
-/// one connection; changes travel with their authors' signatures, as since version 2).
-pub const SYNC_ALPN: &[u8] = b"deskhand/sync/3";
+/// ALPN of the sync protocol (version 4: a root document and one document per week, one stream
+/// each, over one connection, and the desktop's catalog of weeks on a stream of its own; changes
+/// travel with their authors' signatures, as since version 2).
+pub const SYNC_ALPN: &[u8] = b"deskhand/sync/4";
 /// ALPN of the first sync protocol, which sent unsigned changes. A desktop still accepts a
 /// connection on it, only to tell the device to update.
 pub const SYNC_ALPN_V1: &[u8] = b"deskhand/sync/1";
 /// ALPN of the second sync protocol (signed changes, one document). A desktop still accepts a
 /// connection on it, only to tell the device to update.
 pub const SYNC_ALPN_V2: &[u8] = b"deskhand/sync/2";
+/// ALPN of the third sync protocol (several documents, but the whole workspace in one of them).
+/// A desktop still accepts a connection on it, only to tell the device to update.
+pub const SYNC_ALPN_V3: &[u8] = b"deskhand/sync/3";
 /// ALPN of the pairing protocol (version 1).
 pub const PAIR_ALPN: &[u8] = b"deskhand/pair/1";

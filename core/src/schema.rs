@@ -1,6 +1,11 @@
-//! The schema-v1 workspace document and typed access to it.
+//! The workspace's documents and typed access to them.
 //!
-//! The desktop creates the document once ([`Workspace::init`]); phones start empty and receive it.
+//! A workspace is a root document (schema 2: `desktop`, `devices`; [`Workspace::init_root`])
+//! and one conversation document per week (`messages`, `tasks`, `approvals`; see
+//! [`crate::conversation`]). Before that it was one document holding all of it (schema 1,
+//! [`Workspace::init`]), which the desktop splits when it opens it. The typed accessors of the
+//! conversation work on either kind of document that holds it.
+//! The desktop creates the root once; phones start empty and receive it.
 //! Writers touch only what they change: appending a message inserts one map into `messages` and
 //! never rewrites the rest, so a change stays a handful of operations.
 //! Message text is a string scalar (it never changes after it is written), not a Text object.
@@ -12,9 +17,11 @@ use automerge::{ObjId, ObjType, ROOT, ReadDoc};
 use autosurgeon::{Hydrate, HydrateError, Reconcile, hydrate_prop, reconcile_prop};
 
 use crate::approval::Approval;
+use crate::conversation::ROOT_SCHEMA_VERSION;
 use crate::ids::{ApprovalId, DeviceId, MessageId, TaskId};
 
-/// Version of the document layout written by this build.
+/// Version of the single-document workspace (everything in one document), written by builds
+/// before the multi-document layout. Still read: the desktop splits it when it opens it.
 pub const SCHEMA_VERSION: u64 = 1;
 
 /// What went wrong reading or writing the workspace document.
@@ -26,7 +33,7 @@ pub enum SchemaError {
     Uninitialised,
     /// The document was written by a newer (or unknown) schema.
     #[error(
-        "workspace schema version {0} is not supported (this build reads version {SCHEMA_VERSION})"
+        "workspace schema version {0} is not supported (this build reads versions {SCHEMA_VERSION} and {ROOT_SCHEMA_VERSION})"
     )]
     UnsupportedVersion(u64),
     /// A value has the wrong shape.
@@ -362,7 +369,18 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Creates the schema-v1 skeleton. Done once, by the desktop, in its first change.
+    /// Creates the root document of a workspace (schema 2): `schema_version`, `desktop` and
+    /// an empty `devices` map. Done once, by the desktop, in its first change.
+    pub fn init_root(tx: &mut Transaction<'_>, desktop: &DesktopInfo) -> Result<(), SchemaError> {
+        tx.put(ROOT, "schema_version", ROOT_SCHEMA_VERSION)?;
+        reconcile_prop(tx, ROOT, "desktop", desktop)?;
+        tx.put_object(ROOT, "devices", ObjType::Map)?;
+        Ok(())
+    }
+
+    /// Creates the single-document (schema 1) skeleton: root and conversation in one document.
+    /// What builds before the multi-document layout wrote; kept for tests of the rules (which
+    /// hold alike for every document that carries a conversation) and of the migration.
     pub fn init(tx: &mut Transaction<'_>, desktop: &DesktopInfo) -> Result<(), SchemaError> {
         tx.put(ROOT, "schema_version", SCHEMA_VERSION)?;
         reconcile_prop(tx, ROOT, "desktop", desktop)?;
@@ -373,12 +391,14 @@ impl Workspace {
         Ok(())
     }
 
-    /// The schema version, or an error if the document is empty or from an unknown schema.
+    /// The schema version of a workspace's own document: [`SCHEMA_VERSION`] (one document)
+    /// or [`ROOT_SCHEMA_VERSION`] (the root of several); an error if the document is empty or
+    /// from an unknown schema.
     pub fn check_version<D: ReadDoc>(doc: &D) -> Result<u64, SchemaError> {
         match doc.get(ROOT, "schema_version")? {
             None => Err(SchemaError::Uninitialised),
             Some((automerge::Value::Scalar(s), _)) => match s.as_u64() {
-                Some(SCHEMA_VERSION) => Ok(SCHEMA_VERSION),
+                Some(v @ (SCHEMA_VERSION | ROOT_SCHEMA_VERSION)) => Ok(v),
                 Some(v) => Err(SchemaError::UnsupportedVersion(v)),
                 None => Err(SchemaError::UnsupportedVersion(u64::MAX)),
             },
@@ -386,32 +406,62 @@ impl Workspace {
         }
     }
 
-    /// Hydrates the whole workspace. Messages, tasks, approvals and devices are read one by one:
-    /// one that does not match the schema is left out and listed in `skipped`.
+    /// Whether `doc` is a single-document workspace (schema 1), whose conversation is in it.
+    pub fn is_single<D: ReadDoc>(doc: &D) -> bool {
+        matches!(Self::check_version(doc), Ok(SCHEMA_VERSION))
+    }
+
+    /// Hydrates the workspace's own document: a single-document workspace whole, a root
+    /// without a conversation (add its weeks with [`Self::add_conversation`]). Messages, tasks,
+    /// approvals and devices are read one by one: one that does not match the schema is left
+    /// out and listed in `skipped`.
     pub fn read<D: ReadDoc + autosurgeon::ReadDoc>(doc: &D) -> Result<Self, SchemaError> {
         let schema_version = Self::check_version(doc)?;
-        let mut skipped = Vec::new();
-        let messages = {
-            let list = obj(doc, "messages")?;
-            let len = ReadDoc::length(doc, &list);
-            let mut out = Vec::with_capacity(len);
-            for i in 0..len {
-                match Message::read_at(doc, &list, i) {
-                    Ok(m) => out.push(m),
-                    Err(e) => skipped.push(format!("messages/{i}: {e}")),
-                }
-            }
-            out
-        };
-        Ok(Self {
+        let mut ws = Self {
             schema_version,
             desktop: hydrate_prop(doc, ROOT, "desktop")?,
-            devices: map_items(doc, "devices", &mut skipped)?,
-            messages,
-            tasks: map_items(doc, "tasks", &mut skipped)?,
-            approvals: map_items(doc, "approvals", &mut skipped)?,
-            skipped,
-        })
+            devices: BTreeMap::new(),
+            messages: Vec::new(),
+            tasks: BTreeMap::new(),
+            approvals: BTreeMap::new(),
+            skipped: Vec::new(),
+        };
+        ws.devices = map_items(doc, "devices", &mut ws.skipped)?;
+        if schema_version == SCHEMA_VERSION {
+            ws.add_conversation(doc)?;
+        }
+        Ok(ws)
+    }
+
+    /// Adds the conversation `doc` holds (a week's document, read in order oldest first): its
+    /// messages after those read so far, its tasks and approval requests. A collection `doc`
+    /// does not hold reads as empty.
+    pub fn add_conversation<D: ReadDoc + autosurgeon::ReadDoc>(
+        &mut self,
+        doc: &D,
+    ) -> Result<(), SchemaError> {
+        if let Some(list) = opt_obj(doc, "messages")? {
+            let len = ReadDoc::length(doc, &list);
+            self.messages.reserve(len);
+            for i in 0..len {
+                match Message::read_at(doc, &list, i) {
+                    Ok(m) => self.messages.push(m),
+                    Err(e) => self.skipped.push(format!("messages/{i}: {e}")),
+                }
+            }
+        }
+        if opt_obj(doc, "tasks")?.is_some() {
+            self.tasks
+                .extend(map_items::<_, Task>(doc, "tasks", &mut self.skipped)?);
+        }
+        if opt_obj(doc, "approvals")?.is_some() {
+            self.approvals.extend(map_items::<_, Approval>(
+                doc,
+                "approvals",
+                &mut self.skipped,
+            )?);
+        }
+        Ok(())
     }
 
     /// Number of messages, without hydrating them.
@@ -870,6 +920,15 @@ fn device_obj<D: ReadDoc>(doc: &D, id: &DeviceId) -> Result<ObjId, SchemaError> 
     match doc.get(&devices, id.to_string().as_str())? {
         Some((automerge::Value::Object(ObjType::Map), entry)) => Ok(entry),
         _ => Err(SchemaError::NoDeviceEntry(id.short())),
+    }
+}
+
+/// The object at root key `key`, or `None` when there is nothing there.
+fn opt_obj<D: ReadDoc>(doc: &D, key: &str) -> Result<Option<ObjId>, SchemaError> {
+    match obj(doc, key) {
+        Ok(id) => Ok(Some(id)),
+        Err(SchemaError::Uninitialised) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

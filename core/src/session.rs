@@ -453,6 +453,11 @@ impl SyncSession {
             Frame::Goodbye { code, reason } => {
                 return Err(SessionError::ClosedByPeer { code, reason });
             }
+            Frame::Catalog(_) => {
+                return Err(SessionError::Protocol(
+                    "a catalog on a document's stream (it has a stream of its own)".into(),
+                ));
+            }
         }
         Ok(out)
     }

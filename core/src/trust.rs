@@ -261,7 +261,14 @@ fn judge_phone_writes(peer: &DeviceId, doc: &Automerge, t: &Touched) -> Result<(
         }
         text_ok("a message", &m.text)?;
     }
-    let tasks = crate::schema::root_obj(doc, "tasks").map_err(|e| e.to_string())?;
+    // A root document (schema 2) holds no conversation: its collections are looked up only
+    // when the changes wrote into them.
+    let collection = |key: &str| crate::schema::root_obj(doc, key).map_err(|e| e.to_string());
+    let tasks = if t.new_tasks.is_empty() && t.cancels.is_empty() {
+        automerge::ROOT
+    } else {
+        collection("tasks")?
+    };
     for id in &t.new_tasks {
         let task: Task = autosurgeon::hydrate_prop(doc, &tasks, id.as_str())
             .map_err(|e| format!("task {id} is not a valid task: {e}"))?;
@@ -307,7 +314,11 @@ fn judge_phone_writes(peer: &DeviceId, doc: &Automerge, t: &Touched) -> Result<(
             }
         }
     }
-    let approvals = crate::schema::root_obj(doc, "approvals").map_err(|e| e.to_string())?;
+    let approvals = if t.decisions.is_empty() {
+        automerge::ROOT
+    } else {
+        collection("approvals")?
+    };
     for id in &t.decisions {
         let decision = (|| -> Result<Decision, String> {
             let a = object_at(doc, &approvals, id).ok_or("no such approval")?;

@@ -30,8 +30,26 @@ async fn say(node: &Node, role: Role, text: &str) -> Result<MessageId> {
         created_at: now_unix_ms(),
         task_id: None,
     };
-    node.write(|tx| Workspace::append_message(tx, &msg)).await?;
+    let key = node.conversation_doc_at(msg.created_at).await?;
+    node.write_doc(&key, |tx| Workspace::append_message(tx, &msg))
+        .await?;
     Ok(id)
+}
+
+/// `f` on each conversation document `node` has loaded, oldest week first.
+fn weeks<R>(node: &Node, mut f: impl FnMut(&automerge::Automerge) -> R) -> Vec<R> {
+    node.conversation_docs()
+        .iter()
+        .filter_map(|k| node.read_doc(k, &mut f))
+        .collect()
+}
+
+/// Every document's heads on `node` (the root's and each loaded week's), sorted.
+fn all_heads(node: &Node) -> Vec<automerge::ChangeHash> {
+    let mut h = node.read(|d| d.get_heads());
+    h.extend(weeks(node, |d| d.get_heads()).into_iter().flatten());
+    h.sort();
+    h
 }
 
 async fn until(
@@ -42,7 +60,8 @@ async fn until(
     let t = Instant::now();
     let mut sub = node.subscribe();
     let wait = async {
-        while !node.read(&f) {
+        // On the root (the workspace arrived) or on a week (the conversation).
+        while !(node.read(&f) || weeks(node, &f).contains(&true)) {
             if sub.changed().await.is_err() {
                 break;
             }
@@ -71,8 +90,10 @@ async fn finished(phone: &Node, task: &TaskId) -> Result<Task> {
             .is_some_and(|t| t.status.is_final())
     })
     .await?;
-    phone
-        .read(|d| Workspace::task(d, task))?
+    weeks(phone, |d| Workspace::task(d, task).ok().flatten())
+        .into_iter()
+        .flatten()
+        .next()
         .context("the task vanished")
 }
 
@@ -84,14 +105,21 @@ async fn pending(phone: &Node, task: &TaskId) -> Result<Approval> {
         })
     };
     until(phone, "an approval request arrives", |d| find(d).is_some()).await?;
-    phone.read(find).context("the approval request vanished")
+    weeks(phone, find)
+        .into_iter()
+        .flatten()
+        .next()
+        .context("the approval request vanished")
 }
 
 async fn decide(phone: &Node, desktop: &DeviceId, a: &Approval, v: Verdict) -> Result<()> {
     let d = a.sign(phone.key(), desktop, v, now_unix_ms());
     let me = phone.id();
+    let key = phone
+        .approval_doc(&a.id)
+        .context("the approval request vanished")?;
     phone
-        .write(|tx| Workspace::put_decision(tx, &a.id, &me, &d))
+        .write_doc(&key, |tx| Workspace::put_decision(tx, &a.id, &me, &d))
         .await?;
     Ok(())
 }
@@ -255,7 +283,7 @@ pub async fn run() -> Result<()> {
         .await?;
     }
     println!("3. phone B went offline; A wrote 3 messages (the desktop answers each)");
-    let want = a.read(Workspace::message_count);
+    let want: usize = weeks(&a, Workspace::message_count).into_iter().sum();
     let t = Instant::now();
     let b = Node::open(NodeConfig::new(&b_dir, NodeRole::Phone)).await?;
     until(&b, "B catches up", |d| Workspace::message_count(d) >= want).await?;
@@ -269,7 +297,11 @@ pub async fn run() -> Result<()> {
     .await?;
 
     println!("Conversation as phone B sees it:");
-    for m in b.read(|d| Workspace::messages_from(d, 0))? {
+    let mut messages = Vec::new();
+    for ms in weeks(&b, |d| Workspace::messages_from(d, 0)) {
+        messages.extend(ms?);
+    }
+    for m in messages {
         let who = if m.author == a.id().to_string() {
             "phone A"
         } else if m.author == desk.id().to_string() {
@@ -285,10 +317,7 @@ pub async fn run() -> Result<()> {
         let who = if p.id == a.id() { "phone A" } else { "phone B" };
         println!("  {who}  {}  {}", p.id.short(), p.presence);
     }
-    let same = || {
-        desk.read(|d| d.get_heads()) == a.read(|d| d.get_heads())
-            && a.read(|d| d.get_heads()) == b.read(|d| d.get_heads())
-    };
+    let same = || all_heads(&desk) == all_heads(&a) && all_heads(&a) == all_heads(&b);
     let t0 = Instant::now();
     while !same() && t0.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -877,8 +877,8 @@ fn only_what_a_phone_may_write(f: &Fixture, before: &Workspace, after: &Workspac
     }
 }
 
-/// A peer's catalog of week documents, `Catalog::decode` (issue 16: what a device will announce
-/// in its hello). Must hold: a catalog that decodes is the one canonical encoding of itself (so
+/// A peer's catalog of week documents, `Catalog::decode` (issue 16: what the desktop announces
+/// on a connection's catalog stream). Must hold: a catalog that decodes is the one canonical encoding of itself (so
 /// two devices never disagree on what was announced), within the week bound; and choosing what
 /// to sync from it, against itself and against nothing, ends with each week at most once.
 pub fn catalog(data: &[u8]) {
@@ -888,16 +888,15 @@ pub fn catalog(data: &[u8]) {
     };
     assert!(c.len() <= MAX_CATALOG_WEEKS);
     assert_eq!(c.encode(), data, "decoding is not canonical");
-    let index = Default::default();
     let none = Catalog::default();
-    let fresh = choose(&c, &none, &index, 50);
+    let fresh = choose(&c, &none, 50);
     assert_eq!(fresh.now.len() + fresh.later.len(), c.len());
     let mut all: Vec<_> = fresh.now.iter().chain(&fresh.later).collect();
     all.sort();
     all.dedup();
     assert_eq!(all.len(), c.len(), "a week chosen twice");
-    assert_eq!(choose(&c, &c, &index, 50), Default::default());
-    let offline = choose(&none, &c, &index, 50);
+    assert_eq!(choose(&c, &c, 50), Default::default());
+    let offline = choose(&none, &c, 50);
     assert_eq!(offline.now.len(), c.len());
     assert!(offline.later.is_empty());
 }

@@ -12,9 +12,18 @@ struct ConversationScreen: View {
         let state = live.state
         VStack(spacing: 0) {
             StatusBar(presence: state.presence, inSync: state.inSync, health: state.health)
-            List(state.messages, id: \.id) { message in
-                NavigationLink(value: taskId(of: message)) {
-                    MessageRow(message: message)
+            List {
+                if state.olderWeeks > 0 {
+                    Button(state.loadingOlder ? "Loading…" : "Load older messages") {
+                        Task { await live.model.loadOlder() }
+                    }
+                    .disabled(state.loadingOlder)
+                    .frame(maxWidth: .infinity)
+                }
+                ForEach(state.messages, id: \.id) { message in
+                    NavigationLink(value: taskId(of: message)) {
+                        MessageRow(message: message)
+                    }
                 }
             }
             .listStyle(.plain)

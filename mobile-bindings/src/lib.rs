@@ -276,6 +276,15 @@ impl DeskhandPhone {
             .await
     }
 
+    /// Loads the next `weeks` weeks of older conversation (newest first) that the desktop holds
+    /// and this phone has not (the snapshot's `older_weeks` says how many remain); they sync in
+    /// the background and their messages appear in the snapshots as they arrive. Returns how
+    /// many weeks were loaded: 0 when there is nothing older.
+    pub async fn load_older(&self, weeks: u32) -> Result<u32, ApiError> {
+        self.call(move |p| async move { p.load_older(weeks).await })
+            .await
+    }
+
     /// The current state.
     pub fn snapshot(&self) -> Result<PhoneSnapshot, ApiError> {
         Ok(self.phone.snapshot()?.into())

@@ -33,6 +33,10 @@ pub struct PhoneSnapshot {
     /// The devices paired with the desktop, this phone included, oldest pairing first (revoked
     /// ones too). A display copy: the desktop's registry decides.
     pub devices: Vec<DeviceView>,
+    /// Weeks of older conversation the desktop holds that this phone has not loaded yet:
+    /// `load_older` fetches them, newest first. 0 when the whole conversation is here (show
+    /// "load older messages" while it is not).
+    pub older_weeks: u32,
     /// When this snapshot was taken (this phone's clock).
     pub taken_at_ms: i64,
     /// The same instant in the desktop's clock as far as the phone knows it: count down expiries
@@ -356,6 +360,7 @@ impl From<api::PhoneSnapshot> for PhoneSnapshot {
                     this_device: d.this_device,
                 })
                 .collect(),
+            older_weeks: s.older_weeks,
             taken_at_ms: s.taken_at,
             desktop_now_ms: s.desktop_now,
         }

@@ -1,17 +1,24 @@
-//! The tokio driver of one peer's connection (`deskhand/sync/3`): one sync session per
+//! The tokio driver of one peer's connection (`deskhand/sync/4`): one sync session per
 //! document, each on its own QUIC bi-stream; bytes from a stream into its state machine, frames
 //! out to the stream, timers, local-change wake-ups and cancellation.
 //!
-//! The first stream carries the workspace's document and lives as long as the connection. The
-//! dialing phone opens one more stream for every other document it has loaded, and again for
+//! The first stream carries the workspace's root document and lives as long as the connection.
+//! The dialing phone opens one more stream for every other document it has loaded, and again for
 //! each one it loads later; the desktop reads such a stream's hello, checks the document is one
 //! of this workspace's ([`Shared::stream_doc`]), loads it, and answers. A document stream that
 //! fails ends alone (its error is shown as the peer's last error); one whose changes were
 //! refused ends the connection, as the workspace's stream does when it ends.
+//!
+//! The desktop also opens a unidirectional catalog stream: it sends its catalog of weeks at
+//! once, and again (at most every [`CATALOG_EVERY`]) when a week the phone does not sync on a
+//! stream changed. The phone opens the weeks [`deskhand_core::catalog::choose`] picks, and is
+//! not "in sync" before it has heard the first catalog and opened them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use deskhand_core::catalog::{Catalog, HeadsDigest};
+use deskhand_core::conversation::{ConversationWeek, WeekCounts};
 use deskhand_core::session::{
     REVOKED_REASON, SessionError, SessionOutput, SessionStats, close_code,
 };
@@ -28,6 +35,10 @@ const READ_CHUNK: usize = 256 * 1024;
 const GOODBYE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long a document stream the peer opened may take to say which document it syncs.
 const STREAM_HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The shortest time between two catalogs the desktop sends on one connection.
+const CATALOG_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// The largest catalog frame a phone reads: a century of weeks.
+const MAX_CATALOG_FRAME: usize = 16 + deskhand_core::catalog::MAX_CATALOG_WEEKS * 32;
 
 /// Which end of the connection this device is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +119,11 @@ pub(crate) async fn run_peer(
     }
     let mut opened = shared.opened.subscribe();
     if side == Side::Dial {
+        shared.await_catalog(&peer, conn_no);
         c.open_streams(&mut streams);
+    } else {
+        let c = c.clone();
+        streams.spawn(async move { c.send_catalogs().await });
     }
     let mut accepting = side == Side::Accept;
     let mut total = SessionStats::default();
@@ -153,6 +168,12 @@ pub(crate) async fn run_peer(
             _ = opened.changed(), if side == Side::Dial && !c.cancel.is_cancelled() => {
                 c.open_streams(&mut streams);
             }
+            uni = conn.accept_uni(), if side == Side::Dial && !c.cancel.is_cancelled() => {
+                if let Ok(recv) = uni {
+                    let c = c.clone();
+                    streams.spawn(async move { c.read_catalogs(recv).await });
+                }
+            }
         }
     }
     let result = result.unwrap_or(Ok(()));
@@ -178,9 +199,12 @@ impl Conn {
     fn open_streams(&self, streams: &mut JoinSet<StreamEnd>) {
         for doc in self.shared.loaded() {
             let key = lock(&doc).key.clone();
-            if !lock(&self.streamed).insert(key.clone()) {
+            // The set-aside workspace of before the update is this phone's alone.
+            if key == DocKey::LEGACY || !lock(&self.streamed).insert(key.clone()) {
                 continue;
             }
+            // Counted as not in sync until its session says otherwise.
+            self.shared.stream_opening(&self.peer, self.conn_no, &key);
             let c = self.clone();
             streams.spawn(async move {
                 let opened = tokio::select! {
@@ -292,6 +316,106 @@ impl Conn {
             refused,
             result,
             stats,
+        }
+    }
+
+    /// Desktop: the catalog stream. Sends the catalog now, then whenever it changed in a week
+    /// this connection does not sync on a stream of its own, at most every [`CATALOG_EVERY`].
+    async fn send_catalogs(self) -> StreamEnd {
+        let mut send = tokio::select! {
+            _ = self.cancel.cancelled() => return self.ended(None, Ok(())),
+            r = self.conn.open_uni() => match r {
+                Ok(s) => s,
+                Err(e) => return self.ended(None, Err(format!("cannot open the catalog stream: {e}"))),
+            },
+        };
+        let mut changes = self.shared.catalog_gen.subscribe();
+        let mut last: Option<Vec<(ConversationWeek, DocKey, HeadsDigest, WeekCounts)>> = None;
+        loop {
+            // Whether to send is judged on what is recorded (digests, message counts); the
+            // loaded weeks are recounted only when a catalog goes out.
+            let entries = self.shared.known_weeks();
+            let worth = match &last {
+                None => true,
+                Some(before) => {
+                    let streamed = lock(&self.streamed).clone();
+                    let old: HashMap<_, _> =
+                        before.iter().map(|(w, _, d, c)| (*w, (*d, *c))).collect();
+                    entries.len() != before.len()
+                        || entries.iter().any(|(w, k, d, c)| {
+                            old.get(w) != Some(&(*d, *c)) && !streamed.contains(k)
+                        })
+                }
+            };
+            if worth {
+                let entries = self.shared.catalog_entries();
+                let catalog = Catalog::with_counts(entries.iter().map(|(w, _, d, c)| (*w, *d, *c)));
+                let frame = Frame::Catalog(catalog.encode()).encode();
+                let written = tokio::select! {
+                    _ = self.cancel.cancelled() => return self.ended(None, Ok(())),
+                    r = send.write_all(&frame) => r,
+                };
+                if let Err(e) = written {
+                    return self.ended(None, Err(format!("the catalog stream failed: {e}")));
+                }
+                // The first catalog, and the first change after a quiet spell, go out at once;
+                // a burst of changes at most every CATALOG_EVERY (changes meanwhile are seen
+                // below).
+                if last.replace(entries).is_some() {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return self.ended(None, Ok(())),
+                        _ = tokio::time::sleep(CATALOG_EVERY) => {}
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return self.ended(None, Ok(())),
+                r = changes.changed() => if r.is_err() { return self.ended(None, Ok(())) },
+            }
+        }
+    }
+
+    /// Phone: the desktop's catalog stream. Each catalog opens the weeks to sync now; the
+    /// first one also lets the connection count as "in sync" once those weeks are.
+    async fn read_catalogs(self, mut recv: RecvStream) -> StreamEnd {
+        let mut decoder = FrameDecoder::with_max_len(MAX_CATALOG_FRAME);
+        loop {
+            let frame = tokio::select! {
+                _ = self.cancel.cancelled() => return self.ended(None, Ok(())),
+                f = first_frame(&mut recv, &mut decoder) => f,
+            };
+            let catalog = match frame {
+                Ok(Frame::Catalog(bytes)) => match Catalog::decode(&bytes) {
+                    Ok(c) => c,
+                    Err(e) => return self.ended(None, Err(format!("the desktop's catalog: {e}"))),
+                },
+                Ok(other) => {
+                    return self.ended(
+                        None,
+                        Err(format!(
+                            "a {} frame on the catalog stream",
+                            other.kind_name()
+                        )),
+                    );
+                }
+                // The desktop closed its side: the connection is ending.
+                Err(e) if e.contains("ended before") => return self.ended(None, Ok(())),
+                Err(e) => return self.ended(None, Err(format!("the catalog stream: {e}"))),
+            };
+            // The workspace's id comes with pairing or the root's hello.
+            while self.shared.lock_doc().doc_id.is_none() {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return self.ended(None, Ok(())),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+                }
+            }
+            let keys = self.shared.on_desktop_catalog(catalog).await;
+            for key in &keys {
+                if !lock(&self.streamed).contains(key) {
+                    self.shared.stream_opening(&self.peer, self.conn_no, key);
+                }
+            }
+            self.shared.catalog_heard(&self.peer, self.conn_no);
         }
     }
 

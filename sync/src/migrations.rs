@@ -13,6 +13,7 @@ const MIGRATIONS: &[Migration] = &[
     m3_change_signatures,
     m4_documents_by_key,
     m5_signatures_by_document,
+    m6_doc_info,
 ];
 
 /// The newest migration number this build knows.
@@ -90,6 +91,12 @@ fn m5_signatures_by_document(tx: &WriteTransaction) -> Result<(), redb::Error> {
         }
     }
     tx.delete_table(CHANGE_SIGNATURES_V1)?;
+    Ok(())
+}
+
+/// What the node knows of each conversation document without loading it (issue 16).
+fn m6_doc_info(tx: &WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(DOC_INFO)?;
     Ok(())
 }
 

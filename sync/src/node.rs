@@ -30,7 +30,7 @@ use deskhand_core::session::{REVOKED_REASON, close_code};
 use deskhand_core::trust::{AcceptAll, ChangeFilter, PhoneWriteRules, Standing};
 use deskhand_core::{
     DeviceId, DeviceKey, DocId, PAIR_ALPN, PairingPayload, PairingToken, SYNC_ALPN, SYNC_ALPN_V1,
-    SYNC_ALPN_V2, TaskId,
+    SYNC_ALPN_V2, SYNC_ALPN_V3, TaskId,
 };
 
 use crate::pairing::PairError;
@@ -45,6 +45,8 @@ use crate::RelaySetting;
 use crate::endpoint::{self, EndpointError, NetConfig};
 use crate::presence::{Clock, Presence, SystemClock};
 use crate::store::{DocKey, Store, StoreError, StoreThread, WriteOp};
+
+mod layout;
 
 /// Compact the stored document after this many incremental chunks.
 const COMPACT_EVERY_CHUNKS: usize = 4096;
@@ -397,6 +399,9 @@ struct PeerEntry {
     /// Per document of the live connection: its stream's byte counts and whether both sides
     /// hold the same changes of it.
     streams: HashMap<DocKey, (SessionStats, bool)>,
+    /// Phone: the live connection has not yet brought the desktop's first catalog (so which
+    /// weeks to sync is not known yet).
+    awaiting_catalog: bool,
 }
 
 impl PeerEntry {
@@ -408,11 +413,15 @@ impl PeerEntry {
             stats: PeerStats::default(),
             last_error: None,
             streams: HashMap::new(),
+            awaiting_catalog: false,
         }
     }
-    /// Connected, and every document it syncs is in sync.
+    /// Connected, the weeks to sync are known, and every document it syncs is in sync.
     fn in_sync(&self) -> bool {
-        self.live.is_some() && !self.streams.is_empty() && self.streams.values().all(|(_, s)| *s)
+        self.live.is_some()
+            && !self.awaiting_catalog
+            && !self.streams.is_empty()
+            && self.streams.values().all(|(_, s)| *s)
     }
 }
 
@@ -473,6 +482,16 @@ pub(crate) struct Shared {
     /// Phone: the addresses its desktop last announced on the local network (mDNS), when they
     /// changed. A session whose path is not among them ends, and the dialer redials at once.
     pub(crate) lan_sighting: watch::Sender<Option<LanSighting>>,
+    /// What is known of each week's document without loading it (`layout::WeekInfo`).
+    infos: Mutex<std::collections::BTreeMap<ConversationWeek, layout::WeekInfo>>,
+    /// Bumped when a week's document was stored: catalogs may have changed.
+    pub(crate) catalog_gen: watch::Sender<u64>,
+    /// Phone: the weeks the desktop announced that are not loaded here, newest first.
+    older: Mutex<Vec<ConversationWeek>>,
+    /// Phone: the desktop's last catalog.
+    desktop_catalog: Mutex<Option<deskhand_core::catalog::Catalog>>,
+    /// Phone: a single-document workspace of before the update is set aside (`DocKey::LEGACY`).
+    legacy: std::sync::atomic::AtomicBool,
 }
 
 /// A peer's addresses as it announced them on the local network (mDNS).
@@ -581,7 +600,7 @@ impl Shared {
     /// document while it is a single-document workspace (schema 1), else the loaded week
     /// documents.
     pub(crate) fn conversation_docs(&self) -> Vec<DocHandle> {
-        if Workspace::check_version(&lock(&self.main).doc).is_ok() {
+        if Workspace::is_single(&lock(&self.main).doc) {
             return vec![self.main.clone()];
         }
         let mut weeks: Vec<(ConversationWeek, DocHandle)> = self
@@ -750,6 +769,10 @@ impl Shared {
                 ds.key.clone(),
                 signature_records(changed_signatures.iter().map(|(a, s)| (a, s))),
             )
+        };
+        let op = match ds.week {
+            Some(week) => WriteOp::Batch(vec![op, self.note_week_stored(ds, week)]),
+            None => op,
         };
         ds.persisted_heads = heads;
         ds.unflushed += 1;
@@ -941,6 +964,35 @@ impl Shared {
             });
             entry.stats.last_session_sent = sent;
             entry.stats.last_session_received = received;
+        }
+    }
+
+    /// Phone: connection `conn` to `peer` is not in sync before the desktop's first catalog.
+    pub(crate) fn await_catalog(&self, peer: &DeviceId, conn: u64) {
+        self.with_live(peer, conn, |e| e.awaiting_catalog = true);
+    }
+
+    /// Phone: the desktop's catalog was heard on connection `conn` and its weeks opened.
+    pub(crate) fn catalog_heard(&self, peer: &DeviceId, conn: u64) {
+        self.with_live(peer, conn, |e| e.awaiting_catalog = false);
+    }
+
+    /// A stream for `doc` is being opened on connection `conn`: not in sync until its
+    /// session says so.
+    pub(crate) fn stream_opening(&self, peer: &DeviceId, conn: u64, doc: &DocKey) {
+        self.with_live(peer, conn, |e| {
+            e.streams
+                .entry(doc.clone())
+                .or_insert((SessionStats::default(), false));
+        });
+    }
+
+    fn with_live(&self, peer: &DeviceId, conn: u64, f: impl FnOnce(&mut PeerEntry)) {
+        let mut peers = lock(&self.peers);
+        if let Some(entry) = peers.get_mut(peer)
+            && entry.live.as_ref().is_some_and(|(n, _)| *n == conn)
+        {
+            f(entry);
         }
     }
 
@@ -1191,6 +1243,11 @@ impl Node {
             abandoned_dial: false.into(),
             probe: watch::channel(0).0,
             lan_sighting: watch::channel(None).0,
+            infos: Mutex::new(layout::week_infos(&loaded.doc_info)),
+            catalog_gen: watch::channel(0).0,
+            older: Mutex::new(Vec::new()),
+            desktop_catalog: Mutex::new(None),
+            legacy: loaded.doc_keys.contains(&DocKey::LEGACY).into(),
             relay: config.net.relay.clone(),
             mdns: config.net.mdns,
         });
@@ -1213,11 +1270,18 @@ impl Node {
                     heartbeat_at: shared.wall_ms(),
                     executor: ExecutorState::Idle,
                 };
-                write_change(&shared, |tx| Workspace::init(tx, &info)).await?;
+                write_change(&shared, |tx| Workspace::init_root(tx, &info)).await?;
+            } else if Workspace::is_single(&shared.lock_doc().doc) {
+                layout::split_workspace(&shared, id).await?;
             } else {
                 Workspace::check_version(&shared.lock_doc().doc)?;
             }
+        } else if Workspace::is_single(&shared.lock_doc().doc) {
+            layout::set_aside_legacy(&shared, id).await?;
         }
+        shared
+            .load_weeks_at_start(matches!(config.role, NodeRole::Desktop { .. }))
+            .await?;
 
         #[cfg(feature = "blob-store")]
         let blobs = match config.role {
@@ -1230,6 +1294,7 @@ impl Node {
             SYNC_ALPN.to_vec(),
             SYNC_ALPN_V1.to_vec(),
             SYNC_ALPN_V2.to_vec(),
+            SYNC_ALPN_V3.to_vec(),
             PAIR_ALPN.to_vec(),
             crate::blobs::BLOB_ALPN.to_vec(),
         ];
@@ -1292,7 +1357,8 @@ impl Node {
                     )
                     .accept(PAIR_ALPN, crate::pairing::PairProtocol::new(shared.clone()))
                     .accept(SYNC_ALPN_V1, crate::protocol::OutdatedSyncProtocol)
-                    .accept(SYNC_ALPN_V2, crate::protocol::OutdatedSyncProtocol);
+                    .accept(SYNC_ALPN_V2, crate::protocol::OutdatedSyncProtocol)
+                    .accept(SYNC_ALPN_V3, crate::protocol::OutdatedSyncProtocol);
                 #[cfg(feature = "blob-store")]
                 let router = router.accept(
                     crate::blobs::BLOB_ALPN,
@@ -1471,11 +1537,88 @@ impl Node {
     /// [`NodeError::NoWorkspace`] before this device knows its workspace;
     /// [`NodeError::Week`] for an instant no week holds; otherwise as [`Self::open_doc`].
     pub async fn conversation_doc_at(&self, at_ms: i64) -> Result<DocKey, NodeError> {
-        if Workspace::check_version(&self.shared.lock_doc().doc).is_ok() {
+        if Workspace::is_single(&self.shared.lock_doc().doc) {
             return Ok(DocKey::WORKSPACE);
         }
         let week = ConversationWeek::of_unix_ms(at_ms)?;
         self.open_week(week).await
+    }
+
+    /// The weeks whose conversation documents this device holds, each with its heads digest
+    /// and what it holds (messages; open tasks and pending approvals as last counted), oldest
+    /// first: what the desktop announces to its phones.
+    pub fn catalog(&self) -> deskhand_core::catalog::Catalog {
+        self.shared.catalog()
+    }
+
+    /// The workspace as one view: its own document (a single-document workspace whole; a root
+    /// with `desktop` and `devices`) and the conversation of every loaded week, oldest first.
+    ///
+    /// # Errors
+    /// [`SchemaError`] if the workspace's document is empty or of an unknown schema, or a week's
+    /// collections are malformed.
+    pub fn read_workspace(&self) -> Result<Workspace, SchemaError> {
+        let mut ws = self.read(Workspace::read)?;
+        for key in self.conversation_docs() {
+            if key != DocKey::WORKSPACE
+                && let Some(r) = self.read_doc(&key, |d| ws.add_conversation(d))
+            {
+                r?;
+            }
+        }
+        Ok(ws)
+    }
+
+    /// Loads every week document this device holds (as its catalog lists them). For tools and
+    /// tests: the whole history of a year-old workspace is large. Returns how many weeks are
+    /// held.
+    ///
+    /// # Errors
+    /// As [`Self::open_week`].
+    pub async fn open_all_weeks(&self) -> Result<usize, NodeError> {
+        let weeks: Vec<ConversationWeek> = lock(&self.shared.infos).keys().copied().collect();
+        for week in &weeks {
+            self.open_week(*week).await?;
+        }
+        Ok(weeks.len())
+    }
+
+    /// Phone: whether a single-document workspace of before the update is set aside, with
+    /// writes of this phone's that may not have reached the desktop ([`DocKey::LEGACY`]).
+    pub fn has_legacy(&self) -> bool {
+        self.shared.legacy.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Phone: drops the set-aside workspace (its writes are all in their weeks now).
+    ///
+    /// # Errors
+    /// [`NodeError::Store`] if the store cannot remove it.
+    pub async fn drop_legacy(&self) -> Result<(), NodeError> {
+        self.shared
+            .store
+            .write(WriteOp::DropDoc(DocKey::LEGACY))
+            .await?;
+        lock(&self.shared.docs).remove(&DocKey::LEGACY);
+        self.shared
+            .legacy
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Phone: the weeks the desktop announced that this phone has not loaded, newest first:
+    /// the pages [`Self::load_older`] loads.
+    pub fn older_weeks(&self) -> Vec<ConversationWeek> {
+        lock(&self.shared.older).clone()
+    }
+
+    /// Phone: loads the next `weeks` of [`Self::older_weeks`]; they sync on the live
+    /// connection (or the next one). Returns the weeks loaded, newest first (none when there
+    /// is nothing older).
+    ///
+    /// # Errors
+    /// [`NodeError::NoWorkspace`] before pairing; otherwise as [`Self::open_doc`].
+    pub async fn load_older(&self, weeks: usize) -> Result<Vec<ConversationWeek>, NodeError> {
+        self.shared.load_older(weeks).await
     }
 
     /// The loaded conversation document that holds task `id`, if one does (where the task's
@@ -1751,6 +1894,7 @@ impl Node {
             ds.persisted_heads.clear();
             ds.chunks_since_snapshot = 0;
             lock(&self.shared.sync_states).clear();
+            self.shared.forget_weeks();
             self.shared.store.queue(WriteOp::ClearDocuments, None);
         }
         self.shared.store.read(|_| ()).await?;
@@ -1877,6 +2021,8 @@ impl Node {
                 );
             }
         }
+        // Count what the loaded weeks hold, so that the next start knows without loading them.
+        self.shared.catalog_entries();
         // Leave a single snapshot of each document behind so that the next start loads one
         // compact document instead of replaying every incremental chunk.
         for doc in self.shared.loaded() {
@@ -2209,13 +2355,13 @@ enum Dialed {
 }
 
 /// Why a connection to the desktop failed, in words a user can act on. A desktop that does not
-/// offer `deskhand/sync/3` fails the TLS handshake with `no_application_protocol` (alert 120).
+/// offer `deskhand/sync/4` fails the TLS handshake with `no_application_protocol` (alert 120).
 fn connect_error(e: &str) -> String {
     if e.contains("no_application_protocol")
         || e.contains("error 120")
         || e.contains("known protocol")
     {
-        "the desktop does not speak sync protocol 3 (a workspace of several documents): it runs an older Deskhand; update Deskhand on the desktop".into()
+        "the desktop does not speak sync protocol 4 (a workspace of one document per week): it runs an older Deskhand; update Deskhand on the desktop".into()
     } else {
         format!("cannot connect to the desktop: {e}")
     }

@@ -568,6 +568,9 @@ pub struct PhoneSnapshot {
     /// desktop is the authority), this phone included, oldest pairing first; revoked ones too,
     /// with when.
     pub devices: Vec<PhoneDevice>,
+    /// Weeks of older conversation the desktop holds that this phone has not loaded:
+    /// [`Phone::load_older`] fetches them, newest first. 0 when everything is here.
+    pub older_weeks: u32,
     /// When this snapshot was taken (unix ms, this phone's clock).
     pub taken_at: i64,
     /// The same instant in the desktop's clock, as far as this phone knows it (`taken_at` plus
@@ -681,6 +684,34 @@ impl DeliveryTracker {
     }
 }
 
+/// The tracker of document `key`, reset when the home desktop is no longer `desktop`.
+fn tracker<'a>(
+    trackers: &'a mut HashMap<DocKey, DeliveryTracker>,
+    key: &DocKey,
+    desktop: Option<DeviceId>,
+) -> &'a mut DeliveryTracker {
+    let t = trackers.entry(key.clone()).or_default();
+    t.reset_for(desktop);
+    t
+}
+
+/// The documents this phone writes into: the workspace's (devices, push subscription) and
+/// the loaded conversation documents.
+fn written_docs(node: &Node) -> Vec<DocKey> {
+    let mut keys = node.conversation_docs();
+    if !keys.contains(&DocKey::WORKSPACE) {
+        keys.insert(0, DocKey::WORKSPACE);
+    }
+    keys
+}
+
+/// Heads of every document in `keys`, read now.
+fn heads_of(node: &Node, keys: &[DocKey]) -> Vec<(DocKey, Vec<ChangeHash>)> {
+    keys.iter()
+        .filter_map(|k| Some((k.clone(), node.read_doc(k, |d| d.get_heads())?)))
+        .collect()
+}
+
 struct Inner {
     node: RwLock<Option<Arc<Node>>>,
     id: DeviceId,
@@ -691,9 +722,12 @@ struct Inner {
     /// Bumped when anything a snapshot shows may have changed (document, presence, delivery).
     updates: watch::Sender<u64>,
     syncing: AtomicBool,
-    delivery: Mutex<DeliveryTracker>,
+    /// Per document, what the desktop is known to hold of it.
+    delivery: Mutex<HashMap<DocKey, DeliveryTracker>>,
     writes: Mutex<Writes>,
     clock: Arc<dyn Clock>,
+    /// The set-aside workspace of before the update is being written into its weeks.
+    legacy_busy: AtomicBool,
 }
 
 /// This phone's own writes: under way, and when the last one became durable.
@@ -771,12 +805,13 @@ impl Phone {
             cancel: CancellationToken::new(),
             updates: watch::channel(0).0,
             syncing: AtomicBool::new(true),
-            delivery: Mutex::new(DeliveryTracker::default()),
+            delivery: Mutex::new(HashMap::new()),
             writes: Mutex::new(Writes {
                 in_flight: 0,
                 last_done: std::time::Instant::now(),
             }),
             clock: config.clock,
+            legacy_busy: AtomicBool::new(false),
         });
         inner
             .runtime
@@ -870,13 +905,13 @@ impl Phone {
         let mut changes = node.subscribe();
         node.sync_now();
         loop {
-            let heads = node.read(|d| d.get_heads());
+            let heads = heads_of(&node, &written_docs(&node));
             let view = home_view(&node, &home).ok_or_else(|| not_paired(&node))?;
             if node.home().is_none() {
                 return Err(not_paired(&node));
             }
             if view.in_sync && self.inner.quiet() {
-                lock(&self.inner.delivery).in_sync_heads = heads;
+                self.inner.in_sync_at(&heads, home);
                 self.inner.bump();
                 return Ok(());
             }
@@ -1205,6 +1240,24 @@ impl Phone {
         Ok(node.fetch_blob(hash).await?)
     }
 
+    /// Loads the next `weeks` weeks of older conversation (newest first) that the desktop holds
+    /// and this phone has not loaded ([`PhoneSnapshot::older_weeks`] says how many remain).
+    /// They sync in the background like the rest; [`Phone::sync`] waits for them, and their
+    /// messages appear in snapshots as they arrive. Returns how many weeks were loaded: 0 when
+    /// there is nothing older (or the desktop's catalog has not been heard yet).
+    ///
+    /// # Errors
+    /// [`PhoneError::NotPaired`] before pairing; a storage error if a week does not load.
+    pub async fn load_older(&self, weeks: u32) -> Result<u32, PhoneError> {
+        let node = self.node()?;
+        if node.home().is_none() {
+            return Err(not_paired(&node));
+        }
+        let loaded = node.load_older(weeks as usize).await?;
+        self.inner.bump();
+        Ok(loaded.len() as u32)
+    }
+
     /// How many of this phone's own writes (messages, tasks, cancel requests, decisions) the
     /// desktop is not known to hold: 0 when every one was acknowledged (or nothing was written).
     pub fn unsent_count(&self) -> Result<usize, PhoneError> {
@@ -1212,15 +1265,20 @@ impl Phone {
         let Some((home, _)) = node.home() else {
             return Ok(0);
         };
-        let mut delivery = lock(&self.inner.delivery);
-        delivery.reset_for(Some(home));
-        Ok(node.read(|doc| {
-            if Workspace::check_version(doc).is_err() {
-                return 0;
-            }
-            delivery.scan(doc);
-            delivery.undelivered(doc, &self.inner.id).len()
-        }))
+        if node.read(Workspace::check_version).is_err() {
+            return Ok(0);
+        }
+        let mut trackers = lock(&self.inner.delivery);
+        Ok(written_docs(&node)
+            .iter()
+            .filter_map(|key| {
+                node.read_doc(key, |doc| {
+                    let t = tracker(&mut trackers, key, Some(home));
+                    t.scan(doc);
+                    t.undelivered(doc, &self.inner.id).len()
+                })
+            })
+            .sum())
     }
 
     /// Forgets the home desktop and its workspace, so that the phone can pair anew. Refused with
@@ -1240,7 +1298,7 @@ impl Phone {
     pub async fn forget_desktop_dropping_unsent(&self) -> Result<(), PhoneError> {
         let node = self.node()?;
         node.forget_desktop().await?;
-        lock(&self.inner.delivery).reset_for(None);
+        lock(&self.inner.delivery).clear();
         self.inner.bump();
         Ok(())
     }
@@ -1321,6 +1379,21 @@ impl Inner {
         self.updates.send_modify(|g| *g = g.wrapping_add(1));
     }
 
+    /// The session said "in sync" with `desktop` after `heads` were read: the desktop holds
+    /// everything up to them. Returns whether that moved any document's known heads.
+    fn in_sync_at(&self, heads: &[(DocKey, Vec<ChangeHash>)], desktop: DeviceId) -> bool {
+        let mut trackers = lock(&self.delivery);
+        let mut moved = false;
+        for (key, h) in heads {
+            let t = tracker(&mut trackers, key, Some(desktop));
+            if t.in_sync_heads != *h {
+                t.in_sync_heads = h.clone();
+                moved = true;
+            }
+        }
+        moved
+    }
+
     fn snapshot(&self, node: &Node) -> PhoneSnapshot {
         let taken_at = self.clock.now_unix_ms();
         let me = self.id.to_string();
@@ -1338,24 +1411,31 @@ impl Inner {
             Presence::Never => Presence::Never,
         };
         let view = home.as_ref().and_then(|(id, _)| home_view(node, id));
-        let mut delivery = lock(&self.delivery);
-        delivery.reset_for(home.as_ref().map(|(id, _)| *id));
-        let (ws, undelivered, message_ids) = node.read(|doc| {
-            let ws = Workspace::read(doc).ok();
-            delivery.scan(doc);
-            let mine = ws
-                .as_ref()
-                .is_some_and(|w| w.messages.iter().any(|m| m.author == me));
-            if !mine || delivery.desktop.is_none() {
-                return (ws, HashSet::new(), Vec::new());
+        let desktop_id = home.as_ref().map(|(id, _)| *id);
+        let mut ws = node.read(|doc| Workspace::read(doc).ok());
+        // The conversation across its loaded documents, oldest week first, with which of this
+        // phone's messages the desktop is not known to hold.
+        let mut undelivered = HashSet::new();
+        let mut message_ids = Vec::new();
+        if let Some(ws) = ws.as_mut() {
+            let mut trackers = lock(&self.delivery);
+            for key in node.conversation_docs() {
+                node.read_doc(&key, |doc| {
+                    if key != DocKey::WORKSPACE
+                        && let Err(e) = ws.add_conversation(doc)
+                    {
+                        ws.skipped.push(format!("document {key}: {e}"));
+                        return;
+                    }
+                    message_ids.extend(message_changes(doc));
+                    let t = tracker(&mut trackers, &key, desktop_id);
+                    t.scan(doc);
+                    if t.desktop.is_some() {
+                        undelivered.extend(t.undelivered(doc, &self.id));
+                    }
+                });
             }
-            (
-                ws,
-                delivery.undelivered(doc, &self.id),
-                message_changes(doc),
-            )
-        });
-        drop(delivery);
+        }
 
         let reach = node.home_addrs().map(|(_, to)| to).unwrap_or_default();
         let desktop = home.map(|(id, record)| {
@@ -1397,6 +1477,7 @@ impl Inner {
                 pending_approvals: Vec::new(),
                 resolved_approvals: Vec::new(),
                 devices: Vec::new(),
+                older_weeks: 0,
                 taken_at,
                 desktop_now: now,
             };
@@ -1498,9 +1579,126 @@ impl Inner {
             pending_approvals,
             resolved_approvals,
             devices,
+            older_weeks: u32::try_from(node.older_weeks().len()).unwrap_or(u32::MAX),
             taken_at,
             desktop_now: now,
         }
+    }
+}
+
+/// One of this phone's writes found in a set-aside single-document workspace.
+enum LegacyWrite {
+    Message(Message),
+    Task(Task),
+    Cancel(deskhand_core::TaskId),
+    Decision(
+        deskhand_core::ids::ApprovalId,
+        deskhand_core::approval::Decision,
+    ),
+}
+
+/// How long the rewrite of a set-aside workspace waits for the weeks it writes into.
+const LEGACY_SYNC: Duration = Duration::from_secs(60);
+
+impl Inner {
+    /// The single-document workspace this phone held before the update (set aside when it
+    /// opened, see `Node::has_legacy`) may hold writes of this phone's the desktop never
+    /// received: messages, tasks, cancel requests and decisions. Each belongs to the week the
+    /// desktop's own split put it in (`SplitPlan`'s rules, so the same week); once those weeks
+    /// are loaded and in sync with the desktop, every such write missing there (by id) is written
+    /// again, and the old document is dropped. Returns how many were written again.
+    async fn rewrite_legacy(&self, node: &Node) -> Result<usize, PhoneError> {
+        use deskhand_core::conversation::SplitPlan;
+        let workspace = node.doc_id().ok_or(PhoneError::NotSynced)?;
+        node.open_doc(&DocKey::LEGACY, Automerge::new).await?;
+        let me = self.id.to_string();
+        let writes = node
+            .read_doc(&DocKey::LEGACY, |v1| {
+                let (Ok(plan), Ok(ws)) = (SplitPlan::new(v1, &workspace), Workspace::read(v1))
+                else {
+                    return Vec::new();
+                };
+                let mut out = Vec::new();
+                for m in ws.messages.iter().filter(|m| m.author == me) {
+                    if let Some(w) = plan.message_week(m.id.as_str()) {
+                        out.push((w, LegacyWrite::Message(m.clone())));
+                    }
+                }
+                for (id, t) in &ws.tasks {
+                    let Some(w) = plan.task_week(id) else {
+                        continue;
+                    };
+                    if t.created_by == me {
+                        out.push((w, LegacyWrite::Task(t.clone())));
+                    }
+                    if t.cancel_requested_by.as_deref() == Some(me.as_str()) {
+                        out.push((w, LegacyWrite::Cancel(t.id.clone())));
+                    }
+                }
+                for (id, a) in &ws.approvals {
+                    if let (Some(w), Some(d)) = (plan.approval_week(id), a.decisions.get(&me)) {
+                        out.push((w, LegacyWrite::Decision(a.id.clone(), d.clone())));
+                    }
+                }
+                out
+            })
+            .unwrap_or_default();
+        // Their weeks, loaded and in sync with the desktop: what it holds is known.
+        let mut keys = HashMap::new();
+        for (week, _) in &writes {
+            if !keys.contains_key(week) {
+                keys.insert(*week, node.open_week(*week).await?);
+            }
+        }
+        if !writes.is_empty() {
+            let (home, _) = node.home().ok_or(PhoneError::NotPaired)?;
+            let deadline = tokio::time::Instant::now() + LEGACY_SYNC;
+            loop {
+                if home_view(node, &home).is_some_and(|v| v.in_sync) && self.quiet() {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(PhoneError::Unreachable {
+                        reason: "the weeks of the writes made before the update did not sync"
+                            .into(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let mut written = 0;
+        let me_id = self.id;
+        for (week, w) in writes {
+            let Some(key) = keys.get(&week) else { continue };
+            let missing = node
+                .read_doc(key, |d| match &w {
+                    LegacyWrite::Message(m) => !Workspace::messages_from(d, 0)
+                        .is_ok_and(|ms| ms.iter().any(|x| x.id == m.id)),
+                    LegacyWrite::Task(t) => !matches!(Workspace::task(d, &t.id), Ok(Some(_))),
+                    LegacyWrite::Cancel(id) => matches!(Workspace::task(d, id),
+                        Ok(Some(t)) if !t.status.is_final() && t.cancel_requested_by.as_deref() != Some(me.as_str())),
+                    LegacyWrite::Decision(id, _) => matches!(Workspace::approval(d, id),
+                        Ok(Some(a)) if a.resolution.is_none() && !a.decisions.contains_key(&me)),
+                })
+                .unwrap_or(false);
+            if !missing {
+                continue;
+            }
+            self.write(node, key, |tx| match &w {
+                LegacyWrite::Message(m) => Workspace::append_message(tx, m),
+                LegacyWrite::Task(t) => Workspace::add_task(tx, t),
+                LegacyWrite::Cancel(id) => Workspace::request_cancel(tx, id, &me_id),
+                LegacyWrite::Decision(id, d) => Workspace::put_decision(tx, id, &me_id, d),
+            })
+            .await?;
+            written += 1;
+        }
+        node.drop_legacy().await?;
+        tracing::info!(
+            written,
+            "wrote this phone's writes of before the update into their weeks"
+        );
+        Ok(written)
     }
 }
 
@@ -1520,7 +1718,7 @@ async fn monitor(inner: std::sync::Weak<Inner>, cancel: CancellationToken) {
         };
         let Some(inner) = inner.upgrade() else { return };
         let Ok(node) = inner.node() else { return };
-        let heads = node.read(|d| d.get_heads());
+        let heads = heads_of(&node, &written_docs(&node));
         let view = node.home().and_then(|(id, _)| home_view(&node, &id));
         let now_seen = view
             .as_ref()
@@ -1529,12 +1727,26 @@ async fn monitor(inner: std::sync::Weak<Inner>, cancel: CancellationToken) {
         last_seen = now_seen;
         // Heads read before the flag: whatever they hold, the desktop holds too when the session
         // says "in sync" and no own write could be newer than that verdict.
-        if view.as_ref().is_some_and(|v| v.in_sync) && inner.quiet() {
-            let mut d = lock(&inner.delivery);
-            if d.in_sync_heads != heads {
-                d.in_sync_heads = heads;
-                changed = true;
-            }
+        if let Some(v) = view.as_ref().filter(|v| v.in_sync)
+            && inner.quiet()
+            && inner.in_sync_at(&heads, v.id)
+        {
+            changed = true;
+        }
+        if view.as_ref().is_some_and(|v| v.in_sync)
+            && node.has_legacy()
+            && !inner.legacy_busy.swap(true, Ordering::SeqCst)
+        {
+            let weak = Arc::downgrade(&inner);
+            tokio::spawn(async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let Ok(node) = inner.node() else { return };
+                if let Err(e) = inner.rewrite_legacy(&node).await {
+                    tracing::warn!("the writes of before the update wait for the next sync: {e}");
+                }
+                inner.legacy_busy.store(false, Ordering::SeqCst);
+                inner.bump();
+            });
         }
         if changed {
             inner.bump();

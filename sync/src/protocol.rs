@@ -1,4 +1,4 @@
-//! The `deskhand/sync/3` protocol handler, mounted on iroh's router by the desktop. Thin: it
+//! The `deskhand/sync/4` protocol handler, mounted on iroh's router by the desktop. Thin: it
 //! checks the registry, then hands the connection to the driver.
 
 use std::sync::Arc;
@@ -69,13 +69,13 @@ impl ProtocolHandler for SyncProtocol {
 }
 
 /// The sync protocols before this one (`deskhand/sync/1`, unsigned changes; `deskhand/sync/2`,
-/// one document): a desktop accepts the connection only to tell the device to update, in the
-/// close reason its user sees.
+/// one document; `deskhand/sync/3`, the workspace still in one document): a desktop accepts
+/// the connection only to tell the device to update, in the close reason its user sees.
 #[derive(Clone, Debug)]
 pub(crate) struct OutdatedSyncProtocol;
 
 /// What a device still speaking `deskhand/sync/1` is told.
-pub(crate) const UPDATE_REASON: &str = "this desktop runs a newer Deskhand (sync protocol 3, a workspace of several documents): update Deskhand on this device, then sync again";
+pub(crate) const UPDATE_REASON: &str = "this desktop runs a newer Deskhand (sync protocol 4, a workspace of one document per week): update Deskhand on this device, then sync again";
 
 impl ProtocolHandler for OutdatedSyncProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {

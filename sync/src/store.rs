@@ -10,6 +10,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::migrations;
@@ -67,8 +68,13 @@ pub enum StoreError {
 pub struct DocKey(std::borrow::Cow<'static, str>);
 
 impl DocKey {
-    /// The workspace's one document (schema 1; everything before migration 4 is stored here).
+    /// The workspace's own document: its root (schema 2), or the whole workspace in one
+    /// document (schema 1; everything before migration 4 is stored here).
     pub const WORKSPACE: DocKey = DocKey(std::borrow::Cow::Borrowed("workspace"));
+
+    /// A phone's single-document workspace of before the multi-document layout, set aside
+    /// until its own unsent writes are written again into their weeks.
+    pub const LEGACY: DocKey = DocKey(std::borrow::Cow::Borrowed("legacy"));
 
     /// A document stored under its own id (32 lowercase hex digits), such as a week's
     /// conversation document (`deskhand_core::conversation_doc_id`).
@@ -185,6 +191,15 @@ pub enum WriteOp {
     WithSignatures(Box<WriteOp>, DocKey, Vec<(String, Vec<u8>)>),
     /// Change signatures of a document alone (actor hex, `Signed` bytes).
     PutSignatures(DocKey, Vec<(String, Vec<u8>)>),
+    /// What the node knows of a conversation document without loading it ([`DocInfo`]).
+    PutDocInfo(DocKey, Vec<u8>),
+    /// Forgets a document's change signatures and every peer's sync state of it: its history
+    /// was replaced (the root a split workspace starts from).
+    ResetDoc(DocKey),
+    /// Removes a document: its snapshot, chunks, signatures, sync states and record.
+    DropDoc(DocKey),
+    /// Several writes in one transaction, in order.
+    Batch(Vec<WriteOp>),
 }
 
 impl WriteOp {
@@ -193,6 +208,7 @@ impl WriteOp {
         match self {
             WriteOp::Compact(..) => true,
             WriteOp::WithSignatures(inner, ..) => inner.compacts(),
+            WriteOp::Batch(ops) => ops.iter().any(WriteOp::compacts),
             _ => false,
         }
     }
@@ -227,6 +243,27 @@ pub struct Loaded {
     pub sync_states: Vec<(String, DocKey, Vec<u8>)>,
     /// Pairing token records (hash hex, JSON).
     pub pairing_tokens: Vec<(String, Vec<u8>)>,
+    /// What is known of each conversation document without loading it.
+    pub doc_info: Vec<(DocKey, DocInfo)>,
+}
+
+/// What a node keeps of a conversation document outside it, so that it can announce the
+/// document and decide whether to load it without reading it. JSON in the `doc_info` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocInfo {
+    /// Its week (ISO 8601 label, `2026-W48`).
+    pub week: String,
+    /// Its heads as stored (hex change hashes).
+    pub heads: Vec<String>,
+    /// Messages it holds (always current).
+    pub messages: u64,
+    /// Tasks not in a final state, as last counted.
+    pub open_tasks: u64,
+    /// Approval requests without a resolution, as last counted.
+    pub pending_approvals: u64,
+    /// The heads at which `open_tasks` and `pending_approvals` were counted: when they differ
+    /// from `heads`, the counts may be stale (the document is loaded at start to recount).
+    pub counted: Vec<String>,
 }
 
 /// Async handle to the store thread. Cheap to clone.
@@ -463,6 +500,17 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
         let (k, v) = item?;
         out.pairing_tokens
             .push((k.value().to_owned(), v.value().to_vec()));
+    }
+    for item in rx.open_table(DOC_INFO)?.iter()? {
+        let (k, v) = item?;
+        match serde_json::from_slice::<DocInfo>(v.value()) {
+            Ok(info) => out.doc_info.push((doc_key(k.value()), info)),
+            // Without it the document is still stored: it is announced once it is loaded.
+            Err(e) => tracing::warn!(
+                "skipping the unreadable record of document {}: {e}",
+                k.value()
+            ),
+        }
     }
     Ok(out)
 }
@@ -727,6 +775,7 @@ fn apply_op(tx: &redb::WriteTransaction, op: &WriteOp, audit: &mut u64) -> Resul
             tx.open_table(SYNC_STATES)?.retain(|_, _| false)?;
             tx.open_table(META)?.remove("doc_id")?;
             tx.open_table(CHANGE_SIGNATURES)?.retain(|_, _| false)?;
+            tx.open_table(DOC_INFO)?.retain(|_, _| false)?;
             tx.open_table(META)?.remove("own_history_signed")?;
         }
         WriteOp::WithSignatures(inner, doc, signatures) => {
@@ -734,6 +783,29 @@ fn apply_op(tx: &redb::WriteTransaction, op: &WriteOp, audit: &mut u64) -> Resul
             put_signatures(tx, doc, signatures)?;
         }
         WriteOp::PutSignatures(doc, signatures) => put_signatures(tx, doc, signatures)?,
+        WriteOp::PutDocInfo(doc, info) => {
+            tx.open_table(DOC_INFO)?
+                .insert(doc.as_str(), info.as_slice())?;
+        }
+        WriteOp::ResetDoc(doc) => {
+            let doc = doc.as_str();
+            tx.open_table(CHANGE_SIGNATURES)?
+                .retain(|(d, _), _| d != doc)?;
+            tx.open_table(SYNC_STATES)?.retain(|(_, d), _| d != doc)?;
+        }
+        WriteOp::DropDoc(doc) => {
+            let key = doc.as_str();
+            tx.open_table(DOC_SNAPSHOTS)?.remove(key)?;
+            tx.open_table(DOC_CHUNKS)?
+                .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
+            tx.open_table(DOC_INFO)?.remove(key)?;
+            apply_op(tx, &WriteOp::ResetDoc(doc.clone()), audit)?;
+        }
+        WriteOp::Batch(ops) => {
+            for op in ops {
+                apply_op(tx, op, audit)?;
+            }
+        }
         WriteOp::Audit(event) => {
             tx.open_table(AUDIT)?.insert(*audit, event.as_str())?;
             *audit += 1;

@@ -43,3 +43,7 @@ pub const CHANGE_SIGNATURES_V1: TableDefinition<'static, &str, &[u8]> =
 /// per document too.
 pub const CHANGE_SIGNATURES: TableDefinition<'static, (&str, &str), &[u8]> =
     TableDefinition::new("change_signatures_v2");
+/// Per document key, what the node must know of a conversation document without loading it
+/// (`store::DocInfo`, JSON): its week, heads, and counts. Written in the same transaction as
+/// each of the document's changes.
+pub const DOC_INFO: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("doc_info_v1");

@@ -1,8 +1,9 @@
-//! A workspace of several documents synced over one connection per peer (`deskhand/sync/3`):
-//! real nodes on loopback, a desktop and two phones. Each week's conversation document syncs on
+//! A workspace of several documents synced over one connection per peer (`deskhand/sync/4`):
+//! real nodes on loopback, a desktop and phones. Each week's conversation document syncs on
 //! its own stream, is relayed by the desktop to the other phones that hold it, and is stored
 //! under its own key; a stream for a document that is not one of the workspace's is refused on
-//! its own, and the rest of the connection goes on.
+//! its own, and the rest of the connection goes on. A new phone syncs the recent weeks the
+//! desktop's catalog announces and pages back through the rest on demand.
 
 use std::time::Duration;
 
@@ -138,14 +139,8 @@ async fn a_week_document_syncs_on_its_own_stream_and_is_relayed_between_phones()
     }
     desk.shutdown().await;
 
-    // The desktop stored the week under its own key.
+    // The desktop stored the week under its own key, and loads it at start: it is this week.
     let desk = desktop(dirs[0].path()).await?;
-    assert_eq!(
-        desk.read_doc(&key, |_| ()),
-        None,
-        "loaded before it is used"
-    );
-    desk.open_doc(&key, || panic!("the week is stored")).await?;
     assert_eq!(desk.read_doc(&key, |d| d.get_heads()), Some(heads));
     desk.shutdown().await;
     Ok(())
@@ -161,6 +156,7 @@ async fn a_stream_for_a_document_not_of_the_workspace_is_refused_alone() -> Resu
         a.read(|d| Workspace::check_version(d).is_ok())
     })
     .await?;
+    let now = open_week(&a, workspace, this_week()).await?;
 
     // A document of no workspace, and a week too far ahead of the desktop's clock.
     let stranger = DocKey::of(&DocId::from_bytes([9; 16]));
@@ -171,11 +167,12 @@ async fn a_stream_for_a_document_not_of_the_workspace_is_refused_alone() -> Resu
     a.write_doc(&ahead, |tx| Workspace::append_message(tx, &m))
         .await?;
 
-    // The workspace's document still syncs.
-    let m = message(&a, "in the workspace");
-    a.write(|tx| Workspace::append_message(tx, &m)).await?;
+    // This week's document still syncs.
+    let m = message(&a, "in this week");
+    a.write_doc(&now, |tx| Workspace::append_message(tx, &m))
+        .await?;
     until("the desktop to hold A's message", || {
-        desk.read(Workspace::message_count) == 1
+        desk.read_doc(&now, Workspace::message_count) == Some(1)
     })
     .await?;
     until("A to show why its documents are refused", || {
@@ -193,11 +190,12 @@ async fn a_stream_for_a_document_not_of_the_workspace_is_refused_alone() -> Resu
         a.peers().iter().all(|p| p.in_sync)
     })
     .await?;
-    // The session stays up: a later message in the workspace still arrives.
+    // The session stays up: a later message still arrives.
     let m = message(&a, "still here");
-    a.write(|tx| Workspace::append_message(tx, &m)).await?;
+    a.write_doc(&now, |tx| Workspace::append_message(tx, &m))
+        .await?;
     until("the desktop to hold A's second message", || {
-        desk.read(Workspace::message_count) == 2
+        desk.read_doc(&now, Workspace::message_count) == Some(2)
     })
     .await?;
     a.shutdown().await;
@@ -241,6 +239,95 @@ async fn a_phone_writing_outside_its_rights_in_a_week_is_refused() -> Result<()>
         Some("\"".to_owned() + &this_week().label() + "\"")
     );
     a.shutdown().await;
+    desk.shutdown().await;
+    Ok(())
+}
+
+/// A desktop with a year of conversation: 52 weeks of `per_week` messages, each written in its
+/// week's document (2025-W01 … 2025-W52), and one task left open in week 10.
+async fn desktop_with_a_year(dir: &std::path::Path, per_week: usize) -> Result<Node> {
+    use deskhand_core::schema::Task;
+    let desk = desktop(dir).await?;
+    for w in 1..=52u8 {
+        let week = ConversationWeek::new(2025, w)?;
+        let key = desk.open_week(week).await?;
+        let at = week.start_unix_ms() + 3_600_000;
+        for i in 0..per_week {
+            let m = Message {
+                created_at: at + i as i64,
+                ..message(&desk, &format!("{}#{i}", week.label()))
+            };
+            desk.write_doc_queued(&key, |tx| Workspace::append_message(tx, &m))?;
+        }
+        if w == 10 {
+            let t = Task::queued("t-open".into(), "still running", &desk.id(), at);
+            desk.write_doc_queued(&key, |tx| Workspace::add_task(tx, &t))?;
+        }
+    }
+    desk.flush().await?;
+    Ok(desk)
+}
+
+/// A new phone syncs the newest weeks (enough for the latest messages) and the week with an open
+/// task, not the year; then pages back through every week, newest first, until it holds the
+/// whole conversation in order. The desktop, restarted, loads only this week and the active one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_phone_syncs_the_recent_weeks_and_pages_back_through_a_year() -> Result<()> {
+    use deskhand_sync::{Phone, PhoneConfig};
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let desk = desktop_with_a_year(dirs[0].path(), 30).await?;
+    desk.shutdown().await;
+    let desk = desktop(dirs[0].path()).await?;
+    assert_eq!(desk.catalog().len(), 52, "every week is announced");
+    let loaded = desk.conversation_docs().len();
+    assert!(
+        loaded <= 3,
+        "the desktop loaded {loaded} weeks at start (this week and the active one)"
+    );
+
+    let phone = Phone::open(PhoneConfig::new(dirs[1].path(), "p", "test").with_net(net())).await?;
+    let code = desk.create_pairing(Duration::from_secs(60))?.to_uri();
+    phone.pair(&code).await?;
+    phone.sync(T).await?;
+    let snap = phone.snapshot()?;
+    let labels = |snap: &deskhand_sync::PhoneSnapshot| -> Vec<String> {
+        snap.messages
+            .iter()
+            .map(|m| m.message.text.split('#').next().unwrap_or("").to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    // The newest two weeks make the latest 50 messages; week 10 has the open task.
+    assert_eq!(labels(&snap), ["2025-W10", "2025-W51", "2025-W52"]);
+    assert_eq!(snap.messages.len(), 90);
+    assert!(
+        snap.task(&"t-open".into()).is_some(),
+        "the open task is shown"
+    );
+    assert_eq!(snap.older_weeks, 49);
+
+    let mut pages = 0;
+    while phone.snapshot()?.older_weeks > 0 {
+        let before = phone.snapshot()?.older_weeks;
+        assert_eq!(phone.load_older(10).await?, before.min(10));
+        phone.sync(T).await?;
+        pages += 1;
+    }
+    assert_eq!(pages, 5);
+    let snap = phone.snapshot()?;
+    assert_eq!(snap.messages.len(), 52 * 30);
+    let texts: Vec<&str> = snap
+        .messages
+        .iter()
+        .map(|m| m.message.text.as_str())
+        .collect();
+    let expected: Vec<String> = (1..=52)
+        .flat_map(|w| (0..30).map(move |i| format!("2025-W{w:02}#{i}")))
+        .collect();
+    assert_eq!(texts, expected, "the whole year, in order");
+    assert_eq!(phone.load_older(1).await?, 0, "nothing older");
+    phone.shutdown().await;
     desk.shutdown().await;
     Ok(())
 }

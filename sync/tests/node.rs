@@ -1,6 +1,7 @@
 //! Storage behaviour of a node: reload after restart, damaged files refused with a clear error.
 
 use deskhand_core::schema::{Message, Role, Workspace};
+use deskhand_sync::store::DocKey;
 use deskhand_sync::{Node, NodeConfig, NodeError, NodeRole};
 
 fn desktop(dir: &std::path::Path) -> NodeConfig {
@@ -10,6 +11,17 @@ fn desktop(dir: &std::path::Path) -> NodeConfig {
             name: "desk".into(),
         },
     )
+}
+
+/// The conversation document the test messages go to (that of their `created_at`, 1970-W01),
+/// loaded.
+async fn week(node: &Node) -> anyhow::Result<DocKey> {
+    Ok(node.conversation_doc_at(1).await?)
+}
+
+/// Messages in `key`, 0 when it is not loaded.
+fn count(node: &Node, key: &DocKey) -> usize {
+    node.read_doc(key, Workspace::message_count).unwrap_or(0)
 }
 
 fn msg(node: &Node, text: &str) -> Message {
@@ -28,24 +40,39 @@ async fn document_identity_and_doc_id_survive_a_restart() -> anyhow::Result<()> 
     let dir = tempfile::tempdir()?;
     let node = Node::open(desktop(dir.path())).await?;
     let (id, doc_id) = (node.id(), node.doc_id());
+    let key = week(&node).await?;
     for i in 0..5 {
         let m = msg(&node, &format!("m{i}"));
-        node.write(|tx| Workspace::append_message(tx, &m)).await?;
+        node.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+            .await?;
     }
-    let heads = node.read(|d| d.get_heads());
+    let heads = node.read_doc(&key, |d| d.get_heads()).unwrap_or_default();
+    let root_heads = node.read(|d| d.get_heads());
     node.shutdown().await;
 
     let node = Node::open(desktop(dir.path())).await?;
     assert_eq!(node.id(), id);
     assert_eq!(node.doc_id(), doc_id);
-    // Everything from before is there (on a new port the desktop publishes its new address on
-    // top: the only change it makes at start).
-    assert!(node.read(|d| heads.iter().all(|h| d.get_change_meta_by_hash(h).is_some())));
-    assert!(node.read(|d| d.get_changes(&heads).len()) <= 1);
-    assert_eq!(node.read(Workspace::message_count), 5);
+    // A week that holds nothing to act on stays on disk until it is asked for.
+    assert!(
+        node.read_doc(&key, |_| ()).is_none(),
+        "a quiet old week was loaded at start"
+    );
+    assert_eq!(week(&node).await?, key);
+    // Everything from before is there (on a new port the desktop publishes its new address in
+    // the root: the only change it makes at start).
+    assert_eq!(node.read_doc(&key, |d| d.get_heads()), Some(heads));
+    assert!(node.read(|d| {
+        root_heads
+            .iter()
+            .all(|h| d.get_change_meta_by_hash(h).is_some())
+    }));
+    assert!(node.read(|d| d.get_changes(&root_heads).len()) <= 1);
+    assert_eq!(count(&node, &key), 5);
     // New changes continue the same actor's sequence without clashing.
     let m = msg(&node, "after restart");
-    node.write(|tx| Workspace::append_message(tx, &m)).await?;
+    node.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+        .await?;
     node.shutdown().await;
     Ok(())
 }
@@ -55,14 +82,15 @@ async fn queued_writes_keep_their_order_and_are_on_disk_after_flush_without_a_cl
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let node = Node::open(desktop(dir.path())).await?;
+    let key = week(&node).await?;
     for i in 0..200 {
         let m = msg(&node, &format!("q{i}"));
-        node.write_queued(|tx| Workspace::append_message(tx, &m))?;
+        node.write_doc_queued(&key, |tx| Workspace::append_message(tx, &m))?;
     }
     // Visible locally at once, durable after flush.
-    assert_eq!(node.read(Workspace::message_count), 200);
+    assert_eq!(count(&node, &key), 200);
     node.flush().await?;
-    let heads = node.read(|d| d.get_heads());
+    let heads = node.read_doc(&key, |d| d.get_heads()).unwrap_or_default();
     // No shutdown (no snapshot): what is on disk is the chunks the store committed.
     drop(node);
     // The dropped node's threads (store, blob store) let go of their files shortly after.
@@ -77,10 +105,11 @@ async fn queued_writes_keep_their_order_and_are_on_disk_after_flush_without_a_cl
             Err(e) => return Err(e.into()),
         }
     };
-    assert!(node.read(|d| heads.iter().all(|h| d.get_change_meta_by_hash(h).is_some())));
-    assert!(node.read(|d| d.get_changes(&heads).len()) <= 1);
+    // Its counts were never taken (no clean shutdown): the week is loaded at start.
+    assert_eq!(node.read_doc(&key, |d| d.get_heads()), Some(heads));
     let texts: Vec<String> = node
-        .read(|d| Workspace::messages_from(d, 0))?
+        .read_doc(&key, |d| Workspace::messages_from(d, 0))
+        .unwrap_or(Ok(Vec::new()))?
         .into_iter()
         .map(|m| m.text)
         .collect();
@@ -121,9 +150,11 @@ async fn a_truncated_database_file_is_refused_or_recovered_never_silently_reset(
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let node = Node::open(desktop(dir.path())).await?;
+    let key = week(&node).await?;
     for i in 0..50 {
         let m = msg(&node, &format!("message {i}"));
-        node.write(|tx| Workspace::append_message(tx, &m)).await?;
+        node.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+            .await?;
     }
     let doc_id = node.doc_id();
     node.shutdown().await;
@@ -201,6 +232,7 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_every_acknowledged_chan
     let _guard = Unmount(mnt.clone());
     let data = mnt.join("desk");
     let node = Node::open(desktop(&data)).await?;
+    let key = week(&node).await?;
     let mut acked = 0usize;
     let big = "z".repeat(16 * 1024);
     let err = loop {
@@ -208,7 +240,10 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_every_acknowledged_chan
             text: format!("{acked} {big}"),
             ..msg(&node, &format!("m{acked}"))
         };
-        match node.write(|tx| Workspace::append_message(tx, &m)).await {
+        match node
+            .write_doc(&key, |tx| Workspace::append_message(tx, &m))
+            .await
+        {
             Ok(()) => acked += 1,
             Err(e) => break e,
         }
@@ -229,7 +264,7 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_every_acknowledged_chan
         .status()?;
     assert!(grown.success());
     let node = Node::open(desktop(&data)).await?;
-    let have = node.read(Workspace::message_count);
+    let have = count(&node, &week(&node).await?);
     assert!(have >= acked, "acknowledged {acked}, found {have}");
     node.shutdown().await;
     Ok(())

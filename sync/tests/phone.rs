@@ -85,7 +85,7 @@ async fn desktop_until<R>(
     let deadline = tokio::time::Instant::now() + T;
     let mut changes = node.subscribe();
     loop {
-        if let Some(r) = node.read(|d| Workspace::read(d).ok()).as_ref().and_then(&f) {
+        if let Some(r) = node.read_workspace().ok().as_ref().and_then(&f) {
             return Ok(r);
         }
         if tokio::time::timeout_at(deadline, changes.changed())
@@ -110,8 +110,21 @@ async fn request(desk: &Node, task: &TaskId, id: &str, expires_in_ms: i64) -> Re
         now + expires_in_ms,
         &desk.id(),
     );
-    desk.write(|tx| Workspace::put_approval(tx, &a)).await?;
+    let key = task_doc(desk, task).await?;
+    desk.write_doc(&key, |tx| Workspace::put_approval(tx, &a))
+        .await?;
     Ok(a.id)
+}
+
+/// The document of `task` on the desktop; this week's when it holds no such task.
+async fn task_doc(desk: &Node, task: &TaskId) -> Result<deskhand_sync::store::DocKey> {
+    Ok(match desk.task_doc(task) {
+        Some(k) => k,
+        None => {
+            desk.conversation_doc_at(deskhand_sync::presence::now_unix_ms())
+                .await?
+        }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +289,8 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         &desk.id(),
     );
     tampered.args = r#"{"path":"~/important"}"#.into();
-    desk.write(|tx| Workspace::put_approval(tx, &tampered))
+    let key = task_doc(&desk, &tampered.task_id).await?;
+    desk.write_doc(&key, |tx| Workspace::put_approval(tx, &tampered))
         .await?;
     let resolved = request(&desk, &tid, "ap-resolved", 60_000).await?;
     let r = deskhand_core::approval::Resolution {
@@ -286,7 +300,10 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         reason: "test".into(),
         counted: None,
     };
-    desk.write(|tx| Workspace::set_resolution(tx, &resolved, &r))
+    let key = desk
+        .approval_doc(&resolved)
+        .context("the request's document")?;
+    desk.write_doc(&key, |tx| Workspace::set_resolution(tx, &resolved, &r))
         .await?;
     let s = feed
         .until("the three requests", |s| {
@@ -415,7 +432,10 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
         created_at: 1,
         task_id: None,
     };
-    desk.write(|tx| Workspace::append_message(tx, &extra))
+    let key = desk
+        .conversation_doc_at(deskhand_sync::presence::now_unix_ms())
+        .await?;
+    desk.write_doc(&key, |tx| Workspace::append_message(tx, &extra))
         .await?;
     p.sync(T).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -449,7 +469,11 @@ async fn a_task_from_another_phone_is_not_mine_and_the_key_file_is_private() -> 
     assert!(a.snapshot()?.task(&t).is_some_and(|t| t.mine));
     // b may not cancel what it cannot see finished; it may ask to cancel a's task (the desktop
     // decides), but never write a's decision: decisions are keyed by the writer's own id.
-    let task: Task = desk.read(|d| Workspace::task(d, &t))?.context("task")?;
+    let key = desk.task_doc(&t).context("the task's document")?;
+    let task: Task = desk
+        .read_doc(&key, |d| Workspace::task(d, &t))
+        .context("loaded")??
+        .context("task")?;
     assert_eq!(task.created_by, a.id().to_string());
 
     #[cfg(unix)]

@@ -224,7 +224,11 @@ async fn a_desktop_node_opens_the_v1_fixture_and_goes_on_writing() -> Result<()>
     let node = Node::open(config()).await?;
     let (id, doc_id) = (node.id(), node.doc_id());
     ensure!(doc_id.is_some(), "the fixture's workspace id was lost");
-    let ws = node.read(Workspace::read)?;
+    // Opened, the workspace was split: a root (schema 2) and one document per week, stored.
+    ensure!(node.read(Workspace::check_version)? == 2, "not split");
+    ensure!(!node.catalog().is_empty(), "no week announced");
+    node.open_all_weeks().await?;
+    let ws = node.read_workspace()?;
     assert_eq!(kept(&ws), expected);
     let names: Vec<String> = node.peers().into_iter().map(|p| p.record.name).collect();
     ensure!(names.len() == 3, "paired devices: {names:?}");
@@ -232,21 +236,148 @@ async fn a_desktop_node_opens_the_v1_fixture_and_goes_on_writing() -> Result<()>
         id: "after-upgrade".into(),
         author: id.to_string(),
         role: Role::User,
-        text: "written after migration 4".into(),
-        created_at: 1,
+        text: "written after the split".into(),
+        created_at: now_ms(),
         task_id: None,
     };
-    node.write(|tx| Workspace::append_message(tx, &m)).await?;
+    let key = node.conversation_doc_at(m.created_at).await?;
+    node.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+        .await?;
     node.shutdown().await;
 
+    // Reopened: not split again; the weeks are read from the store.
     let node = Node::open(config()).await?;
     assert_eq!((node.id(), node.doc_id()), (id, doc_id));
-    let ws = node.read(Workspace::read)?;
+    node.open_all_weeks().await?;
+    let ws = node.read_workspace()?;
     assert_eq!(ws.messages.len(), 11);
     assert_eq!(
         ws.messages.last().map(|m| m.text.as_str()),
         Some(m.text.as_str())
     );
     node.shutdown().await;
+    Ok(())
+}
+
+/// Now, Unix milliseconds.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A phone updated while it held the single-document workspace, with a message the desktop
+/// never received: it sets that document aside, receives the desktop's split (root and
+/// weeks), writes its unsent message again into the week the split puts it in, and drops the
+/// old document. The desktop ends up with the message, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_updated_with_an_unsent_message_sends_it_into_its_week() -> Result<()> {
+    use deskhand_core::schema::{Message, Role};
+    use deskhand_sync::{NetConfig, Node, NodeConfig, NodeRole, Phone, PhoneConfig, RelaySetting};
+
+    let dir = tempfile::tempdir()?;
+    let (desk_dir, alpha_dir) = (dir.path().join("desk"), dir.path().join("alpha"));
+    for (from, to) in [("desk", &desk_dir), ("alpha", &alpha_dir)] {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(fixture().join(from))? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    // Alpha's unsent message, written as the old release would have: into the one document.
+    let unsent = {
+        let (store, thread, _) = Store::open(&Node::db_path(&alpha_dir))?;
+        let secret = std::fs::read(alpha_dir.join(deskhand_sync::phone::KEY_FILE))?;
+        let alpha = deskhand_core::DeviceKey::from_secret_slice(&secret)?.device_id();
+        let mut doc = store
+            .load_doc_blocking(&DocKey::WORKSPACE)?
+            .context("alpha's workspace")?
+            .load()?;
+        doc.set_actor(alpha.session_actor([1; 8]));
+        let m = Message {
+            id: "unsent-before-the-update".into(),
+            author: alpha.to_string(),
+            role: Role::User,
+            text: "written offline, before the update".into(),
+            created_at: now_ms(),
+            task_id: None,
+        };
+        doc.transact::<_, _, deskhand_core::SchemaError>(|tx| Workspace::append_message(tx, &m))
+            .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;
+        store
+            .write(deskhand_sync::store::WriteOp::Compact(
+                DocKey::WORKSPACE,
+                doc.save(),
+            ))
+            .await
+            .context("storing alpha's message")?;
+        drop(store);
+        drop(thread);
+        m
+    };
+    let net = || NetConfig::default().with_relay(RelaySetting::Off);
+    let desk = Node::open(
+        NodeConfig::new(
+            &desk_dir,
+            NodeRole::Desktop {
+                name: "desk".into(),
+            },
+        )
+        .with_net(net()),
+    )
+    .await?;
+    // Alpha, as its terminal app opens it: its key in its key file.
+    let phone = Phone::open(
+        PhoneConfig::new(&alpha_dir, "alpha", "test")
+            .with_net(net())
+            .with_key_provider(std::sync::Arc::new(
+                deskhand_sync::phone::FileKeyProvider::in_data_dir(&alpha_dir),
+            )),
+    )
+    .await?;
+    // Paired again with the same desktop (it listens on a new port): the phone keeps its data.
+    phone
+        .pair(
+            &desk
+                .create_pairing(std::time::Duration::from_secs(60))?
+                .to_uri(),
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let week = deskhand_core::conversation::ConversationWeek::of_unix_ms(unsent.created_at)?;
+    let key = desk.open_week(week).await?;
+    let held = || {
+        desk.read_doc(&key, |d| {
+            Workspace::messages_from(d, 0)
+                .map(|ms| ms.iter().filter(|m| m.id == unsent.id).count())
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+    };
+    while held() == 0 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the desktop never received the message written before the update; the phone shows {:?}, {} messages, unsent {:?}",
+            phone.snapshot()?.desktop,
+            phone.snapshot()?.messages.len(),
+            phone.unsent_count()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    phone.sync(std::time::Duration::from_secs(20)).await?;
+    ensure!(held() == 1, "the message arrived {} times", held());
+    let snap = phone.snapshot()?;
+    ensure!(
+        snap.messages.iter().any(|m| m.message.id == unsent.id),
+        "the phone does not show its own message"
+    );
+    phone.shutdown().await;
+    desk.shutdown().await;
+    // The old document is gone from the phone's store.
+    let (_store, _thread, loaded) = Store::open(&Node::db_path(&alpha_dir))?;
+    ensure!(
+        !loaded.doc_keys.contains(&DocKey::LEGACY),
+        "the set-aside workspace was kept"
+    );
     Ok(())
 }

@@ -24,6 +24,7 @@ use deskhand_core::schema::{DesktopInfo, ExecutorState, Message, Role, SchemaErr
 use deskhand_core::{DeviceKey, MessageId, TaskId};
 use deskhand_sync::node::{random_bytes, random_id_bytes};
 use deskhand_sync::presence::now_unix_ms;
+use deskhand_sync::store::DocKey;
 use deskhand_sync::{Node, NodeConfig, NodeRole, PeerRecord};
 use deskhand_tests::model_server::{ModelServer, Reply, Turn};
 use deskhand_tests::{NodeProc, Serve};
@@ -106,10 +107,43 @@ async fn phone(dir: &Path, desk: &mut NodeProc, name: &str) -> Result<Node> {
     Ok(node)
 }
 
+/// This week's conversation document on `n` (where the benchmarks write and read now), loaded.
+async fn week(n: &Node) -> Result<DocKey> {
+    Ok(n.conversation_doc_at(now_unix_ms()).await?)
+}
+
+/// Messages in `n`'s document `key` (0 when it is not loaded).
+fn count(n: &Node, key: &DocKey) -> usize {
+    n.read_doc(key, Workspace::message_count).unwrap_or(0)
+}
+
+/// Runs `f` on each conversation document `n` has loaded, oldest week first.
+fn each_week<R>(n: &Node, mut f: impl FnMut(&Automerge) -> R) -> Vec<R> {
+    n.conversation_docs()
+        .iter()
+        .filter_map(|k| n.read_doc(k, &mut f))
+        .collect()
+}
+
+/// Waits until `f` holds on one of `node`'s loaded conversation documents.
+async fn wait_for_week(
+    node: &Node,
+    timeout: Duration,
+    f: impl Fn(&Automerge) -> bool,
+) -> Result<()> {
+    wait_until(node, timeout, || each_week(node, &f).contains(&true)).await
+}
+
+/// Waits until `f` holds on `node`'s workspace document.
 async fn wait_for(node: &Node, timeout: Duration, f: impl Fn(&Automerge) -> bool) -> Result<()> {
+    wait_until(node, timeout, || node.read(&f)).await
+}
+
+/// Waits until `holds`, checked whenever `node`'s documents change.
+async fn wait_until(node: &Node, timeout: Duration, holds: impl Fn() -> bool) -> Result<()> {
     let mut sub = node.subscribe();
     tokio::time::timeout(timeout, async {
-        while !node.read(&f) {
+        while !holds() {
             if sub.changed().await.is_err() {
                 break;
             }
@@ -119,6 +153,7 @@ async fn wait_for(node: &Node, timeout: Duration, f: impl Fn(&Automerge) -> bool
     .context("timed out waiting for the document")
 }
 
+/// Waits until `node` and its desktop hold the same changes of every document it syncs.
 async fn in_sync(node: &Node, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -145,13 +180,16 @@ async fn w1(r: &mut Report, quick: bool) -> Result<()> {
     let (warm, n) = if quick { (10, 100) } else { (50, 1000) };
     let (mut from_commit, mut with_commit) = (Vec::new(), Vec::new());
     let mut sub = b.subscribe();
+    let key = week(&a).await?;
+    week(&b).await?;
     for i in 0..warm + n {
-        let target = b.read(Workspace::message_count) + 1;
+        let target = count(&b, &key) + 1;
         let m = message(&a, i);
         let t0 = Instant::now();
-        a.write(|tx| Workspace::append_message(tx, &m)).await?;
+        a.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+            .await?;
         let t1 = Instant::now();
-        while b.read(Workspace::message_count) < target {
+        while count(&b, &key) < target {
             tokio::time::timeout(Duration::from_secs(10), sub.changed())
                 .await
                 .context("B never saw it")??;
@@ -193,10 +231,11 @@ async fn w1(r: &mut Report, quick: bool) -> Result<()> {
     // A → desktop only: the desktop process stamps when it observes the message.
     let mut to_desk = Vec::new();
     for i in 0..n / 2 {
-        let target = a.read(Workspace::message_count) + 1;
+        let target = count(&a, &key) + 1;
         desk.send_only(json!({"cmd": "wait_messages", "count": target, "brief": true}))?;
         let m = message(&a, i);
-        a.write(|tx| Workspace::append_message(tx, &m)).await?;
+        a.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+            .await?;
         let committed = unix_us();
         let ans = tokio::task::block_in_place(|| desk.answer())?;
         let seen = ans["observed_at_us"].as_u64().unwrap_or(0);
@@ -227,9 +266,10 @@ async fn w2(r: &mut Report, quick: bool) -> Result<()> {
     let mut desk = desk_proc(dir.path())?;
     let a = phone(dir.path(), &mut desk, "a").await?;
     let (base, offline) = if quick { (1000, 1000) } else { (1000, 10_000) };
+    let key = week(&a).await?;
     for chunk in 0..base / 100 {
         let msgs: Vec<Message> = (0..100).map(|i| message(&a, chunk * 100 + i)).collect();
-        a.write(|tx| {
+        a.write_doc(&key, |tx| {
             msgs.iter()
                 .try_for_each(|m| Workspace::append_message(tx, m))
         })
@@ -237,11 +277,12 @@ async fn w2(r: &mut Report, quick: bool) -> Result<()> {
     }
     desk.ok(json!({"cmd": "wait_messages", "count": base, "brief": true}))?;
     in_sync(&a, Duration::from_secs(10)).await?;
-    let before = a.read(|d| d.save());
+    let before = a.read_doc(&key, |d| d.save()).context("loaded")?;
     a.set_sync_paused(true);
     for i in 0..offline {
         let m = message(&a, base + i);
-        a.write(|tx| Workspace::append_message(tx, &m)).await?;
+        a.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+            .await?;
     }
     let total = base + offline;
     desk.send_only(
@@ -281,7 +322,7 @@ async fn w2(r: &mut Report, quick: bool) -> Result<()> {
     );
 
     // The floor: Automerge's own in-memory sync of the same changes.
-    let after = a.read(|d| d.save());
+    let after = a.read_doc(&key, |d| d.save()).context("loaded")?;
     let mut src = Automerge::load(&after)?;
     let mut dst = Automerge::load(&before)?;
     let t = Instant::now();
@@ -338,7 +379,7 @@ async fn w3(r: &mut Report, quick: bool) -> Result<()> {
         let waits = phones.iter().map(|p| {
             let task = task.clone();
             async move {
-                wait_for(p, Duration::from_secs(120), |d| {
+                wait_for_week(p, Duration::from_secs(120), |d| {
                     Workspace::task_event_count(d, &task) >= events
                 })
                 .await
@@ -402,10 +443,8 @@ async fn w4(r: &mut Report, quick: bool) -> Result<()> {
         setup.elapsed()
     );
     let p = phone(dir.path(), &mut desk, "p").await?;
-    wait_for(&p, Duration::from_secs(120), |d| {
-        Workspace::message_count(d) >= count
-    })
-    .await?;
+    // The phone syncs the weeks the desktop's catalog makes it choose (the recent ones).
+    in_sync(&p, Duration::from_secs(120)).await?;
     // Until the desktop has heard that the phone holds everything (and so saves that): a restart
     // must not look like a first meeting, which would start with a filter over every change.
     let phone_id = p.id().to_string();
@@ -435,10 +474,10 @@ async fn w4(r: &mut Report, quick: bool) -> Result<()> {
     let ready_ms = t0.elapsed().as_secs_f64() * 1000.0;
     p.sync_now();
     let m = message(&p, 0);
-    p.write(|tx| Workspace::append_message(tx, &m)).await?;
-    desk.ok(
-        json!({"cmd": "wait_messages", "count": count + 1, "brief": true, "timeout_ms": 60_000}),
-    )?;
+    let key = p.conversation_doc_at(m.created_at).await?;
+    p.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+        .await?;
+    desk.ok(json!({"cmd": "wait_message", "id": m.id.as_str(), "timeout_ms": 60_000}))?;
     let served_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let rss = std::fs::read_to_string(format!("/proc/{}/status", desk.pid()))
         .ok()
@@ -462,71 +501,9 @@ async fn w4(r: &mut Report, quick: bool) -> Result<()> {
     );
     r.put("W4", "peak_rss_mb", rss / 1024.0, "desktop process VmHWM");
     w7(r, quick, dir.path(), &mut desk, &p, count).await?;
-    w8(r, dir.path(), &mut desk, count)?;
+    w8(r, dir.path(), &mut desk)?;
     p.shutdown().await;
-    desk.quit()?;
-    w4_split(r, &dir.path().join("desk"))
-}
-
-/// The split as a desktop would run it: route once, the newest week first, the weeks spread over
-/// every core, then the root. Returns the whole time, the time until the newest week was built,
-/// and the threads used; fails unless the result is the same as `split_v1`'s.
-fn split_in_parallel(
-    v1: &Automerge,
-    workspace: &deskhand_core::DocId,
-    expected: &deskhand_core::conversation::SplitWorkspace,
-) -> Result<(f64, f64, usize)> {
-    use deskhand_core::conversation::SplitPlan;
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let t = Instant::now();
-    let plan = SplitPlan::new(v1, workspace)?;
-    let weeks: Vec<_> = plan.weeks().rev().collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let next = AtomicUsize::new(0);
-    let built = Mutex::new(std::collections::BTreeMap::new());
-    let newest_ms = Mutex::new(0.0);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&week) = weeks.get(i) else { break };
-                    let r = plan.build_week(v1, week);
-                    if i == 0
-                        && let Ok(mut n) = newest_ms.lock()
-                    {
-                        *n = t.elapsed().as_secs_f64() * 1000.0;
-                    }
-                    if let Ok(mut b) = built.lock() {
-                        b.insert(week, r);
-                    }
-                }
-            });
-        }
-    });
-    let mut counts = std::collections::BTreeMap::new();
-    let built = built
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a split thread panicked"))?;
-    for (week, r) in built {
-        let (doc, c) = r?;
-        if expected.weeks.get(&week).map(|d| d.get_heads()) != Some(doc.get_heads()) {
-            bail!(
-                "the parallel split of {} differs from split_v1's",
-                week.label()
-            );
-        }
-        counts.insert(week, c);
-    }
-    let root = plan.build_root(v1, &counts)?;
-    if root.get_heads() != expected.root.get_heads() {
-        bail!("the parallel split's root differs from split_v1's");
-    }
-    let newest = *newest_ms
-        .lock()
-        .map_err(|_| anyhow::anyhow!("a split thread panicked"))?;
-    Ok((t.elapsed().as_secs_f64() * 1000.0, newest, threads))
+    desk.quit()
 }
 
 /// W7: W1's relay on the W4 workspace. A second phone `q` pairs and receives the workspace;
@@ -541,23 +518,25 @@ async fn w7(
 ) -> Result<()> {
     let t = Instant::now();
     let q = phone(dir, desk, "q").await?;
-    wait_for(&q, Duration::from_secs(600), |d| {
-        Workspace::message_count(d) > count
-    })
-    .await?;
+    in_sync(&q, Duration::from_secs(600)).await?;
     eprintln!(
-        "W7 setup: a second phone received the workspace in {:?}",
+        "W7 setup: a second phone received the recent weeks in {:?}",
         t.elapsed()
     );
     let (warm, n) = if quick { (10, 100) } else { (50, 1000) };
     let mut lat = Vec::new();
     let mut sub = q.subscribe();
+    // This week's document, where both phones write and read now.
+    let key = p.conversation_doc_at(now_unix_ms()).await?;
+    q.conversation_doc_at(now_unix_ms()).await?;
+    let held = |q: &Node| q.read_doc(&key, Workspace::message_count).unwrap_or(0);
     for i in 0..warm + n {
-        let target = q.read(Workspace::message_count) + 1;
+        let target = held(&q) + 1;
         let m = message(p, i);
-        p.write(|tx| Workspace::append_message(tx, &m)).await?;
+        p.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+            .await?;
         let t1 = Instant::now();
-        while q.read(Workspace::message_count) < target {
+        while held(&q) < target {
             tokio::time::timeout(Duration::from_secs(30), sub.changed())
                 .await
                 .context("the second phone never saw it")??;
@@ -595,7 +574,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 /// W8: a phone app (the phone API in a process of its own) on the W4 workspace. Newly paired:
 /// the time from the pairing code until its latest 50 messages read, and the bytes it received.
 /// Then restarted: process start until the latest 50 messages read, and its peak memory.
-fn w8(r: &mut Report, dir: &Path, desk: &mut NodeProc, count: usize) -> Result<()> {
+fn w8(r: &mut Report, dir: &Path, desk: &mut NodeProc) -> Result<()> {
     let data = dir.join("app");
     let mut app = NodeProc::spawn(&node_bin(), &data, "app", None)?;
     let code = desk.ok(json!({"cmd": "pairing_code"}))?;
@@ -605,7 +584,7 @@ fn w8(r: &mut Report, dir: &Path, desk: &mut NodeProc, count: usize) -> Result<(
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let latest = app.ok(json!({"cmd": "latest", "n": 50}))?;
-        if latest["latest"].as_u64() == Some(50) && latest["total"].as_u64() >= Some(count as u64) {
+        if latest["latest"].as_u64() == Some(50) {
             break;
         }
         if Instant::now() > deadline {
@@ -653,76 +632,6 @@ fn w8(r: &mut Report, dir: &Path, desk: &mut NodeProc, count: usize) -> Result<(
         "phone process VmHWM",
     );
     app.quit()?;
-    Ok(())
-}
-
-/// The split of the W4 desktop's workspace into week documents, timed in this process.
-fn w4_split(r: &mut Report, data_dir: &Path) -> Result<()> {
-    use deskhand_core::conversation::split_v1;
-    use deskhand_sync::store::{DocKey, Store};
-    let (store, thread, loaded) = Store::open(&Node::db_path(data_dir))?;
-    let v1 = store
-        .load_doc_blocking(&DocKey::WORKSPACE)?
-        .context("the W4 desktop holds no workspace document")?
-        .load()?;
-    drop(store);
-    drop(thread);
-    let doc_id = loaded
-        .meta
-        .iter()
-        .find(|(k, _)| k == "doc_id")
-        .and_then(|(_, v)| <[u8; 16]>::try_from(v.as_slice()).ok())
-        .map(deskhand_core::DocId::from_bytes)
-        .context("the W4 desktop has no workspace id")?;
-    let t = Instant::now();
-    let split = split_v1(&v1, &doc_id)?;
-    let split_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let (parallel_ms, newest_ms, threads) = split_in_parallel(&v1, &doc_id, &split)?;
-    drop(v1);
-    let root = split.root.save();
-    let (_, newest) = split
-        .weeks
-        .last_key_value()
-        .context("the split made no week document")?;
-    let newest = newest.save();
-    let t = Instant::now();
-    let loaded_root = Automerge::load(&root)?;
-    let loaded_week = Automerge::load(&newest)?;
-    let open_ms = t.elapsed().as_secs_f64() * 1000.0;
-    drop((loaded_root, loaded_week));
-    r.put(
-        "W4",
-        "split_ms",
-        split_ms,
-        &format!(
-            "split into {} week documents and a root (migration cost, once)",
-            split.weeks.len()
-        ),
-    );
-    r.put(
-        "W4",
-        "split_newest_week_ms",
-        newest_ms,
-        "routing every item, then the newest week's document alone",
-    );
-    r.put(
-        "W4",
-        "split_parallel_ms",
-        parallel_ms,
-        &format!("the same split, newest week first, on {threads} threads"),
-    );
-    r.put(
-        "W4",
-        "root_and_newest_week_kb",
-        (root.len() + newest.len()) as f64 / 1024.0,
-        "saved root + newest week document: what a phone opens on",
-    );
-    r.put(
-        "W4",
-        "root_and_newest_week_load_ms",
-        open_ms,
-        "Automerge::load of those two",
-    );
     Ok(())
 }
 
@@ -1032,7 +941,9 @@ async fn s1(r: &mut Report, quick: bool) -> Result<()> {
                     text: "list ~".into(),
                     ..message(&p, i)
                 };
-                p.write(|tx| Workspace::append_message(tx, &m)).await?;
+                let key = p.conversation_doc_at(m.created_at).await?;
+                p.write_doc(&key, |tx| Workspace::append_message(tx, &m))
+                    .await?;
                 ids.push(m.id.to_string());
             }
             anyhow::Ok(ids)
@@ -1062,9 +973,13 @@ async fn s1(r: &mut Report, quick: bool) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         for (i, p) in phones.iter().enumerate() {
-            if converged[i].is_none() && p.read(Workspace::message_count) >= total {
-                let have = p.read(|d| -> Result<usize> {
-                    let msgs = Workspace::messages_from(d, 0)?;
+            let held: usize = each_week(p, Workspace::message_count).into_iter().sum();
+            if converged[i].is_none() && held >= total {
+                let have = (|| -> Result<usize> {
+                    let mut msgs = Vec::new();
+                    for m in each_week(p, |d| Workspace::messages_from(d, 0)) {
+                        msgs.extend(m?);
+                    }
                     let mine: Vec<_> = msgs
                         .iter()
                         .filter(|m| m.role == Role::User)
@@ -1075,13 +990,16 @@ async fn s1(r: &mut Report, quick: bool) -> Result<()> {
                         bail!("a request appears twice in a phone's conversation");
                     }
                     Ok(mine.iter().filter(|id| wanted.contains(*id)).count())
-                })?;
+                })()?;
                 if have == total {
                     converged[i] = Some(t0.elapsed());
                 }
             }
             if converged[i].is_some() && finished[i].is_none() {
-                let statuses = p.read(Workspace::task_statuses);
+                let statuses: Vec<_> = each_week(p, Workspace::task_statuses)
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 let ours = statuses
                     .iter()
                     .filter(|(id, _)| {

@@ -300,6 +300,23 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 json!({"ok": reached, "waited_us": started.elapsed().as_micros() as u64, "observed_at_us": observed_at_us, "state": state(node)}),
             )
         }
+        "wait_message" => {
+            // Until a message with this id is in a loaded conversation document.
+            let id = cmd["id"].as_str().context("id")?.to_owned();
+            let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
+            let mut sub = node.subscribe();
+            let started = std::time::Instant::now();
+            let reached = tokio::time::timeout(timeout, async {
+                while !each_doc(node, |d| has_message(d, &id)).contains(&true) {
+                    if sub.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            Ok(json!({"ok": reached, "waited_us": started.elapsed().as_micros() as u64}))
+        }
         "wait_doc" => {
             let timeout = Duration::from_millis(cmd["timeout_ms"].as_u64().unwrap_or(20_000));
             let mut sub = node.subscribe();
@@ -557,6 +574,21 @@ fn each_doc<R>(node: &Node, mut f: impl FnMut(&automerge::Automerge) -> R) -> Ve
         .iter()
         .filter_map(|k| node.read_doc(k, &mut f))
         .collect()
+}
+
+/// Whether `doc` holds a message with id `id` (read newest first, ids only).
+fn has_message(doc: &automerge::Automerge, id: &str) -> bool {
+    use automerge::ReadDoc;
+    let Ok(Some((_, list))) = doc.get(automerge::ROOT, "messages") else {
+        return false;
+    };
+    (0..doc.length(&list)).rev().any(|i| {
+        doc.get(&list, i)
+            .ok()
+            .flatten()
+            .and_then(|(_, m)| doc.get(&m, "id").ok().flatten())
+            .is_some_and(|(v, _)| v.as_str() == Some(id))
+    })
 }
 
 /// Messages in every conversation document.

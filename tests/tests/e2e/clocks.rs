@@ -253,3 +253,102 @@ fn a_task_from_a_phone_two_hours_slow_is_listed_after_older_tasks() -> Result<()
     }
     Ok(())
 }
+
+/// A week of milliseconds, back.
+const A_WEEK_AGO: &str = "-604800000";
+
+/// A phone offline across a week boundary writes into the week it wrote in, by the desktop's
+/// clock as it last learned it: here a week before the desktop's now (the phone writes with its
+/// clock a week back, as if the message were written last week and sent only now). The desktop,
+/// restarted meanwhile, holds nothing of that week; when the phone syncs, the phone's catalog
+/// has a week the desktop's lacks, so that week syncs on a stream of its own: the desktop runs
+/// the message's task and answers in the old week, a message written now goes to this week, and
+/// both sides end with the same conversation, in order.
+#[test]
+fn a_phone_offline_across_a_week_boundary_writes_into_the_old_week_and_converges() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("desk");
+    let listen = free_udp_addr();
+    let serve = Serve::start_with(&data, listen, &[], &[])?;
+    let phone = |args: &[&str]| {
+        let p = dir.path().join("p");
+        let mut all = vec!["phone", "--data", path(&p)];
+        all.extend_from_slice(args);
+        deskhand(&all)
+    };
+    let r = ok(phone(&["pair", &serve.payload, "--name", "p"])?)?;
+    ensure!(r.stdout.contains("Workspace received"), "{}", r.stdout);
+    drop(serve);
+
+    // Offline, last week: the message goes into last week's document.
+    let p = dir.path().join("p");
+    let r = ok(deskhand_env(
+        &["phone", "--data", path(&p), "send", "list ~", "--wait", "1"],
+        &[(SKEW, A_WEEK_AGO)],
+    )?)?;
+    ensure!(r.stdout.contains("queued"), "{}", r.stdout);
+
+    // The desktop is back.
+    let serve = Serve::start_with(&data, listen, &[], &[])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let t = Instant::now();
+    let v = loop {
+        let r = phone(&["sync", "--timeout", "5"])?;
+        eprintln!(
+            "[week boundary] {:?} sync: {} {}",
+            t.elapsed(),
+            r.stdout.trim(),
+            r.stderr.trim()
+        );
+        let v: Value = serde_json::from_str(&ok(phone(&["show", "--json"])?)?.stdout)?;
+        let answered = v["messages"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| m["role"] == "agent"));
+        if answered {
+            break v;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the old week's message was never answered: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let texts = |v: &Value| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                m["text"]
+                    .as_str()
+                    .map(|t| t.lines().next().unwrap_or("").to_owned())
+            })
+            .collect()
+    };
+    let before = texts(&v);
+    ensure!(before.len() == 2 && before[0] == "list ~", "{before:?}");
+
+    // Written now: the desktop's new week, after the old one.
+    let r = ok(phone(&["send", "written this week", "--wait", "20"])?)?;
+    ensure!(!r.stdout.contains("queued"), "{}", r.stdout);
+    let v = loop {
+        let _ = phone(&["sync", "--timeout", "5"])?;
+        let v: Value = serde_json::from_str(&ok(phone(&["show", "--json"])?)?.stdout)?;
+        if texts(&v).len() >= 4 {
+            break v;
+        }
+        ensure!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "no answer this week: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let all = texts(&v);
+    ensure!(all[..2] == before[..], "the old week comes first: {all:?}");
+    ensure!(all[2] == "written this week", "{all:?}");
+    // Both weeks sync to the end: the phone and the desktop hold the same changes.
+    let r = ok(phone(&["sync", "--timeout", "20"])?)?;
+    eprintln!("[week boundary] {}", r.stdout.trim());
+    drop(serve);
+    Ok(())
+}

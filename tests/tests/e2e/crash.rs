@@ -28,20 +28,31 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The desktop's document as its files hold it after the crash: opened by the test itself
-/// (redb repairs what a crash left), snapshot plus chunks, as the node loads it.
-fn desktop_document(data: &std::path::Path) -> Result<Automerge> {
-    let (store, thread, _) = deskhand_sync::store::Store::open(&data.join("deskhand.redb"))
+/// The messages of every conversation document on the desktop's disk (a root and one document
+/// per week), read straight from the store after a crash.
+fn desktop_messages(data: &std::path::Path) -> Result<Vec<deskhand_core::schema::Message>> {
+    use deskhand_sync::store::DocKey;
+    let (store, thread, loaded) = deskhand_sync::store::Store::open(&data.join("deskhand.redb"))
         .context("the desktop's database does not open after the crash")?;
-    let doc = store
-        .load_doc_blocking(&deskhand_sync::store::DocKey::WORKSPACE)?
-        .map(|d| d.load())
-        .transpose()
-        .context("the desktop's document does not load")?
-        .unwrap_or_default();
+    let mut out = Vec::new();
+    for key in &loaded.doc_keys {
+        if *key == DocKey::WORKSPACE || *key == DocKey::LEGACY {
+            continue;
+        }
+        let doc: Automerge = store
+            .load_doc_blocking(key)?
+            .map(|d| d.load())
+            .transpose()
+            .with_context(|| format!("the desktop's document {key} does not load"))?
+            .unwrap_or_default();
+        out.extend(
+            Workspace::messages_from(&doc, 0)
+                .with_context(|| format!("the messages of {key} do not read"))?,
+        );
+    }
     drop(store);
     drop(thread);
-    Ok(doc)
+    Ok(out)
 }
 
 /// How a round went.
@@ -124,9 +135,8 @@ fn round(rig: &mut Rig, spec: &str, round: u64, tally: &mut Tally) -> Result<()>
         .iter()
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect();
-    let doc = desktop_document(&rig.data()).with_context(|| ctx.clone())?;
-    let held: Vec<String> = Workspace::messages_from(&doc, 0)
-        .with_context(|| format!("{ctx}: messages do not read"))?
+    let held: Vec<String> = desktop_messages(&rig.data())
+        .with_context(|| ctx.clone())?
         .into_iter()
         .map(|m| m.id.as_str().to_owned())
         .collect();
@@ -136,7 +146,6 @@ fn round(rig: &mut Rig, spec: &str, round: u64, tally: &mut Tally) -> Result<()>
             "{ctx}: message {id} was acknowledged to the phone but is not on the desktop's disk"
         );
     }
-    drop(doc);
 
     // Restarted on the same data: every task ends in a state that tells the truth.
     rig.restart()?;

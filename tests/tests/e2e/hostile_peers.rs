@@ -59,22 +59,29 @@ async fn fresh_code(data: &Path) -> Result<String> {
         .context("no payload printed")
 }
 
-/// Waits until `f` holds on `node`'s document.
+/// This week's conversation document on `node` (where the tests write), loaded.
+async fn week(node: &Node) -> Result<deskhand_sync::store::DocKey> {
+    Ok(node.conversation_doc_at(now_unix_ms()).await?)
+}
+
+/// Waits until `f` holds on `node`'s conversation document of this week.
 async fn until(
     node: &Node,
     what: &str,
     timeout: Duration,
     f: impl Fn(&Automerge) -> bool,
 ) -> Result<()> {
+    let key = week(node).await?;
+    let holds = || node.read_doc(&key, &f).unwrap_or(false);
     let mut sub = node.subscribe();
     let wait = async {
-        while !node.read(&f) {
+        while !holds() {
             if sub.changed().await.is_err() {
                 break;
             }
         }
     };
-    if tokio::time::timeout(timeout, wait).await.is_err() || !node.read(&f) {
+    if tokio::time::timeout(timeout, wait).await.is_err() || !holds() {
         bail!("timed out after {timeout:?} waiting until {what}");
     }
     Ok(())
@@ -85,13 +92,20 @@ async fn phone(dir: &Path, payload: &str, name: &str) -> Result<Node> {
     let node = Node::open(NodeConfig::new(dir, NodeRole::Phone)).await?;
     node.pair(&PairingPayload::parse(payload)?, name, "terminal")
         .await?;
-    until(
-        &node,
-        "the workspace arrives",
-        Duration::from_secs(20),
-        |d| Workspace::check_version(d).is_ok(),
-    )
-    .await?;
+    let mut sub = node.subscribe();
+    let arrived = async {
+        while node.read(|d| Workspace::check_version(d).is_err()) {
+            if sub.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), arrived)
+        .await
+        .is_err()
+    {
+        bail!("the workspace never arrived");
+    }
     Ok(node)
 }
 
@@ -153,7 +167,8 @@ async fn peer_text_reaches_no_terminal_raw_and_the_console_prints_each_message_o
     a.set_sync_paused(true);
     for _ in 0..10 {
         let t = task("help", &a);
-        a.write(|tx| Workspace::add_task(tx, &t)).await?;
+        a.write_doc(&week(&a).await?, |tx| Workspace::add_task(tx, &t))
+            .await?;
     }
     let attack = Message {
         id: MessageId::from_random(random_id_bytes()),
@@ -163,7 +178,10 @@ async fn peer_text_reaches_no_terminal_raw_and_the_console_prints_each_message_o
         created_at: now_unix_ms(),
         task_id: None,
     };
-    a.write(|tx| Workspace::append_message(tx, &attack)).await?;
+    a.write_doc(&week(&a).await?, |tx| {
+        Workspace::append_message(tx, &attack)
+    })
+    .await?;
     ok(&[
         "phone",
         "--data",
@@ -368,9 +386,10 @@ async fn a_flood_of_tasks_is_capped_and_does_not_starve_another_phone() -> Resul
 
     // Phone A: 500 `run` tasks (each would ask for an approval), one change each.
     let t = Instant::now();
+    let wk = week(&a).await?;
     for _ in 0..500 {
         let t = task("run true", &a);
-        a.write_queued(|tx| Workspace::add_task(tx, &t))?;
+        a.write_doc_queued(&wk, |tx| Workspace::add_task(tx, &t))?;
     }
     a.flush().await?;
     until(
@@ -391,7 +410,8 @@ async fn a_flood_of_tasks_is_capped_and_does_not_starve_another_phone() -> Resul
     // Phone B's request runs at once, not behind A's.
     let t = Instant::now();
     let mine = task("list ~", &b);
-    b.write(|tx| Workspace::add_task(tx, &mine)).await?;
+    b.write_doc(&week(&b).await?, |tx| Workspace::add_task(tx, &mine))
+        .await?;
     until(&b, "B's task is done", Duration::from_secs(20), |d| {
         Workspace::task(d, &mine.id)
             .ok()
@@ -409,15 +429,17 @@ async fn a_flood_of_tasks_is_capped_and_does_not_starve_another_phone() -> Resul
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (pending, queued) = a.read(|d| {
-        (
-            pending_approvals(d),
-            summaries(d, &a)
-                .iter()
-                .filter(|(s, _)| *s == TaskStatus::Queued)
-                .count(),
-        )
-    });
+    let (pending, queued) = a
+        .read_doc(&week(&a).await?, |d| {
+            (
+                pending_approvals(d),
+                summaries(d, &a)
+                    .iter()
+                    .filter(|(s, _)| *s == TaskStatus::Queued)
+                    .count(),
+            )
+        })
+        .context("this week is loaded")?;
     ensure!(
         pending == 4 && queued == 12,
         "pending approvals {pending}, queued {queued}"
@@ -453,7 +475,8 @@ async fn a_relative_data_directory_is_protected_where_it_really_is() -> Result<(
     let a = phone(&dir.path().join("a"), &serve.payload, "reader").await?;
     for prompt in ["list ~/work/desk", "read ~/work/desk/pairing-qr.png"] {
         let t = task(prompt, &a);
-        a.write(|tx| Workspace::add_task(tx, &t)).await?;
+        a.write_doc(&week(&a).await?, |tx| Workspace::add_task(tx, &t))
+            .await?;
         until(&a, "the task ends", Duration::from_secs(20), |d| {
             Workspace::task(d, &t.id)
                 .ok()
@@ -461,7 +484,10 @@ async fn a_relative_data_directory_is_protected_where_it_really_is() -> Result<(
                 .is_some_and(|t| t.status.is_final())
         })
         .await?;
-        let done = a.read(|d| Workspace::task(d, &t.id))?.context("the task")?;
+        let done = a
+            .read_doc(&week(&a).await?, |d| Workspace::task(d, &t.id))
+            .context("this week is loaded")??
+            .context("the task")?;
         let why = done.result.map(|r| r.summary).unwrap_or_default();
         eprintln!("[paths] {prompt}: {} — {why}", done.status);
         ensure!(
@@ -490,8 +516,10 @@ async fn approval_requests_per_phone_are_capped_when_tasks_run_side_by_side() ->
     let a = phone(&dir.path().join("a"), &serve.payload, "eager").await?;
     // Five `run` tasks in one change: all five start at once, and each asks.
     let tasks: Vec<Task> = (0..5).map(|_| task("run true", &a)).collect();
-    a.write(|tx| tasks.iter().try_for_each(|t| Workspace::add_task(tx, t)))
-        .await?;
+    a.write_doc(&week(&a).await?, |tx| {
+        tasks.iter().try_for_each(|t| Workspace::add_task(tx, t))
+    })
+    .await?;
     const CAPPED: &str =
         "too many approval requests waiting from this phone (2); this call was not asked";
     until(
@@ -508,7 +536,9 @@ async fn approval_requests_per_phone_are_capped_when_tasks_run_side_by_side() ->
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pending = a.read(pending_approvals);
+    let pending = a
+        .read_doc(&week(&a).await?, pending_approvals)
+        .context("this week is loaded")?;
     ensure!(pending == 2, "pending approvals: {pending}");
     a.shutdown().await;
     drop(serve);

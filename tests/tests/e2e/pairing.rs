@@ -321,7 +321,8 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
     let me = key.device_id();
     let ep = deskhand_sync::endpoint::bind(&key, &NetConfig::default(), vec![]).await?;
     let payload = PairingPayload::parse(code)?;
-    deskhand_sync::pairing::pair_with(&ep, &payload, "crafted", "terminal").await?;
+    let paired = deskhand_sync::pairing::pair_with(&ep, &payload, "crafted", "terminal").await?;
+    let workspace = paired.doc_id.context("the desktop named its workspace")?;
     let addr = deskhand_sync::endpoint::peer_addr(&payload.desktop, &payload.addrs, None)?;
     let conn = ep.connect(addr, SYNC_ALPN).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -399,6 +400,30 @@ async fn crafted_peer(code: &str, forge: Forge) -> Result<String> {
     }
     let _ =
         pump!(|d: &Automerge, s: &SyncSession| s.in_sync(d) && Workspace::check_version(d).is_ok());
+
+    // The conversation is in this week's document, on a stream of its own (the root's stays
+    // open: the connection lives with it).
+    let week = deskhand_core::conversation::ConversationWeek::of_unix_ms(
+        deskhand_sync::presence::now_unix_ms(),
+    )?;
+    let (week_send, week_recv) = conn.open_bi().await?;
+    let _root_stream = (
+        std::mem::replace(&mut send, week_send),
+        std::mem::replace(&mut recv, week_recv),
+    );
+    doc = deskhand_core::conversation::conversation_genesis(&workspace, week)
+        .with_actor(me.actor_id());
+    session = SyncSession::new(
+        payload.desktop,
+        Some(deskhand_core::conversation::conversation_doc_id(
+            &workspace, week,
+        )),
+        None,
+        0,
+    );
+    out.extend(session.start(&doc));
+    dec = FrameDecoder::new();
+    let _ = pump!(|d: &Automerge, s: &SyncSession| s.in_sync(d));
 
     // An honest task of our own first: it must be accepted.
     let task_id = format!("crafted-{}", me.short());

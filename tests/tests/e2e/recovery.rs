@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use deskhand_core::{DeviceKey, PairingPayload, SYNC_ALPN_V1, SYNC_ALPN_V2};
+use deskhand_core::{DeviceKey, PairingPayload, SYNC_ALPN_V1, SYNC_ALPN_V2, SYNC_ALPN_V3};
 use deskhand_sync::NetConfig;
 use deskhand_tests::{Serve, deskhand, free_udp_addr};
 use serde_json::Value;
@@ -144,8 +144,9 @@ async fn a_device_on_the_old_protocol_is_told_to_update() -> Result<()> {
     let key = DeviceKey::from_secret_bytes(deskhand_sync::node::random_bytes());
     let ep = deskhand_sync::endpoint::bind(&key, &NetConfig::default(), vec![]).await?;
     let addr = deskhand_sync::endpoint::peer_addr(&payload.desktop, &payload.addrs, None)?;
-    // Protocol 1 (unsigned changes) and protocol 2 (one document) are both told to update.
-    for alpn in [SYNC_ALPN_V1, SYNC_ALPN_V2] {
+    // Protocols 1 (unsigned changes), 2 (one document) and 3 (the workspace in one of several
+    // documents) are all told to update.
+    for alpn in [SYNC_ALPN_V1, SYNC_ALPN_V2, SYNC_ALPN_V3] {
         let conn = tokio::time::timeout(Duration::from_secs(10), ep.connect(addr.clone(), alpn))
             .await
             .context("connect")??;
@@ -154,7 +155,7 @@ async fn a_device_on_the_old_protocol_is_told_to_update() -> Result<()> {
             .context("closed")?
             .to_string();
         assert!(
-            reason.contains("sync protocol 3") && reason.contains("update Deskhand on this device"),
+            reason.contains("sync protocol 4") && reason.contains("update Deskhand on this device"),
             "{}: {reason}",
             String::from_utf8_lossy(alpn)
         );

@@ -2,6 +2,7 @@ import DeskhandMobile
 import Foundation
 
 private let sendKey = "send"
+private let olderKey = "older"
 
 /// What the conversation screen shows.
 public struct ConversationState: Equatable {
@@ -15,6 +16,10 @@ public struct ConversationState: Equatable {
     public var health: DesktopHealthView?
     /// The conversation, oldest first; each of this phone's messages says whether it is delivered.
     public var messages: [MessageView]
+    /// Weeks of older conversation on the desktop not loaded here: offer "load older" while > 0.
+    public var olderWeeks: UInt32
+    /// Older messages are being asked for.
+    public var loadingOlder: Bool
     /// The workspace has arrived; until then nothing can be sent.
     public var canSend: Bool
     /// A message is being saved.
@@ -39,6 +44,8 @@ public final class ConversationModel {
                 inSync: s.desktop?.inSync == true,
                 health: s.desktop?.health.map(DesktopHealthView.init),
                 messages: s.messages,
+                olderWeeks: s.olderWeeks,
+                loadingOlder: busy.contains(olderKey),
                 canSend: s.workspaceReceived,
                 sending: busy.contains(sendKey),
                 error: error
@@ -61,6 +68,15 @@ public final class ConversationModel {
     public func send(_ text: String) async -> String? {
         let phone = core.session.phone
         return await core.act(sendKey) { try await phone.sendMessage(text: text) }
+    }
+
+    /// Loads the next `weeks` weeks of older conversation from the desktop, newest first; their
+    /// messages appear in `state` as they arrive. How many weeks were loaded (0: nothing older),
+    /// or `nil` with `error` set.
+    @discardableResult
+    public func loadOlder(weeks: UInt32 = 1) async -> UInt32? {
+        let phone = core.session.phone
+        return await core.act(olderKey) { try await phone.loadOlder(weeks: weeks) }
     }
 
     /// The id of the task the desktop runs for message `messageId` (its reply carries it).

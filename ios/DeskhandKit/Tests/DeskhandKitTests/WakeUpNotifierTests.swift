@@ -27,7 +27,8 @@ final class WakeUpNotifierTests: XCTestCase {
         PhoneSnapshot(
             deviceId: "phone", deviceName: "phone", syncing: false, workspaceId: "w",
             workspaceReceived: true, desktop: nil, messages: [], tasks: tasks,
-            pendingApprovals: pending, resolvedApprovals: resolved, devices: [], takenAtMs: 2_000,
+            pendingApprovals: pending, resolvedApprovals: resolved, devices: [], olderWeeks: 0,
+            takenAtMs: 2_000,
             desktopNowMs: 2_000)
     }
 

@@ -225,6 +225,10 @@ class ViewModelsTest {
         val reply = done.messages.first { it.taskId == tid && it.role == MessageRole.AGENT }
         assertTrue(reply.text.startsWith("~:"), "reply: ${reply.text}")
         assertFalse(reply.mine)
+        // A new desktop holds this week only: nothing older to load.
+        assertEquals(0, done.olderWeeks)
+        assertEquals(0, conversation.loadOlder().await())
+        conversation.state.until("loading older messages over") { !it.loadingOlder }
 
         val task = TaskModel(session, tid)
         val state = task.state.until("the task done with its progress") { it.finished }

@@ -16,6 +16,10 @@ data class ConversationState(
     val health: DesktopHealthView?,
     /** The conversation, oldest first; each of this phone's messages says whether it is delivered. */
     val messages: List<MessageView>,
+    /** Weeks of older conversation on the desktop not loaded here: offer "load older" while > 0. */
+    val olderWeeks: Int,
+    /** Older messages are being asked for. */
+    val loadingOlder: Boolean,
     /** The workspace has arrived; until then nothing can be sent. */
     val canSend: Boolean,
     /** A message is being saved. */
@@ -38,6 +42,8 @@ class ConversationModel(session: PhoneSession) : Model(session) {
             inSync = s.desktop?.inSync == true,
             health = s.desktop?.health?.let(DesktopHealthView::of),
             messages = s.messages,
+            olderWeeks = s.olderWeeks.toInt(),
+            loadingOlder = OLDER in busy,
             canSend = s.workspaceReceived,
             sending = SEND in busy,
             error = error,
@@ -50,10 +56,19 @@ class ConversationModel(session: PhoneSession) : Model(session) {
      */
     fun send(text: String): Deferred<String?> = act(SEND) { session.phone.sendMessage(text) }
 
+    /**
+     * Loads the next [weeks] weeks of older conversation from the desktop, newest first; their
+     * messages appear in [state] as they arrive. How many weeks were loaded (0: nothing older),
+     * or `null` with [error] set.
+     */
+    fun loadOlder(weeks: Int = 1): Deferred<Int?> =
+        act(OLDER) { session.phone.loadOlder(weeks.toUInt()).toInt() }
+
     /** The id of the task the desktop runs for message [messageId] (its reply carries it). */
     fun taskIdOf(messageId: String): String = "m-$messageId"
 
     private companion object {
         const val SEND = "send"
+        const val OLDER = "older"
     }
 }

@@ -17,6 +17,7 @@ import androidx.compose.material3.CardDefaults
 import androidx.compose.material3.MaterialTheme
 import androidx.compose.material3.OutlinedTextField
 import androidx.compose.material3.Text
+import androidx.compose.material3.TextButton
 import androidx.compose.runtime.Composable
 import androidx.compose.runtime.LaunchedEffect
 import androidx.compose.runtime.getValue
@@ -58,6 +59,15 @@ fun ConversationScreen(model: ConversationModel, onOpenTask: (String) -> Unit, m
             modifier = Modifier.weight(1f).fillMaxWidth().padding(horizontal = 8.dp),
             verticalArrangement = Arrangement.spacedBy(6.dp),
         ) {
+            if (state.olderWeeks > 0) {
+                item(key = "older") {
+                    TextButton(
+                        onClick = { model.loadOlder() },
+                        enabled = !state.loadingOlder,
+                        modifier = Modifier.fillMaxWidth(),
+                    ) { Text(if (state.loadingOlder) "Loading…" else "Load older messages") }
+                }
+            }
             items(state.messages, key = { it.id }) { m ->
                 val task = m.taskId ?: if (m.role == MessageRole.USER) model.taskIdOf(m.id) else null
                 MessageBubble(m, onClick = task?.let { { onOpenTask(it) } })
