@@ -267,6 +267,14 @@ pub(crate) struct DocSignals {
 /// A loaded document, shared by the sessions and writers that use it.
 pub(crate) type DocHandle = Arc<Mutex<DocState>>;
 
+/// A loaded document in the node's map, with when it was last used ([`Shared::now_ms`]): opened,
+/// written, or looked up for a task or an approval. Reads do not count (the executor reads every
+/// loaded document at each change).
+pub(crate) struct Loaded {
+    pub(crate) handle: DocHandle,
+    pub(crate) used_ms: u64,
+}
+
 /// The document ids of a workspace's weeks (`conversation_doc_id`), from 1970-W01 (where the
 /// split puts items without a time) up to the week after this device's now: the documents a
 /// peer may open a stream for. Derived ids cannot be reversed, so they are listed; about 3,000
@@ -450,8 +458,9 @@ pub(crate) struct Shared {
     /// The workspace's document: the one the sync sessions run on.
     main: DocHandle,
     /// Every loaded document by key, `main` too. A document is loaded when first used
-    /// ([`Node::open_doc`]) and stays loaded.
-    docs: Mutex<HashMap<DocKey, DocHandle>>,
+    /// ([`Node::open_doc`]); the desktop unloads week documents nobody uses
+    /// ([`Shared::unload_idle_weeks`]).
+    docs: Mutex<HashMap<DocKey, Loaded>>,
     store: Store,
     /// Bumped when a document was loaded ([`Shared::open_doc`]): a phone opens its stream.
     pub(crate) opened: watch::Sender<u64>,
@@ -547,7 +556,10 @@ impl Shared {
     }
     /// Every loaded document.
     pub(crate) fn loaded(&self) -> Vec<DocHandle> {
-        lock(&self.docs).values().cloned().collect()
+        lock(&self.docs)
+            .values()
+            .map(|l| l.handle.clone())
+            .collect()
     }
     /// The document a peer's stream asks for by `id`, loaded (or started from its genesis):
     /// one of this workspace's week documents, up to the week after now by this device's
@@ -620,7 +632,15 @@ impl Shared {
     }
     /// The loaded document stored under `key`, if it is loaded.
     pub(crate) fn doc(&self, key: &DocKey) -> Option<DocHandle> {
-        lock(&self.docs).get(key).cloned()
+        lock(&self.docs).get(key).map(|l| l.handle.clone())
+    }
+    /// Like [`Self::doc`], and records that it is in use now (it is not unloaded for a while).
+    pub(crate) fn use_doc(&self, key: &DocKey) -> Option<DocHandle> {
+        let now = self.now_ms();
+        lock(&self.docs).get_mut(key).map(|l| {
+            l.used_ms = now;
+            l.handle.clone()
+        })
     }
     /// The document stored under `key`, loaded from the store on first use; `genesis` makes
     /// it when nothing is stored under `key` yet.
@@ -633,17 +653,22 @@ impl Shared {
         key: &DocKey,
         genesis: impl FnOnce() -> Automerge,
     ) -> Result<DocHandle, NodeError> {
-        if let Some(h) = self.doc(key) {
+        if let Some(h) = self.use_doc(key) {
             return Ok(h);
         }
-        // Documents are never unloaded, so what the store holds (read after every write
-        // queued before) is all of it.
+        // A document is unloaded only once all of it is stored, so what the store holds (read
+        // after every write queued before) is all of it.
         let stored = self.store.load_doc(key).await?;
         let state = DocState::from_stored(key.clone(), stored, genesis, &self.id, &self.path)?;
         // Two callers may have loaded it at once: the first one in is kept.
+        let now = self.now_ms();
         let handle = lock(&self.docs)
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(state)))
+            .or_insert_with(|| Loaded {
+                handle: Arc::new(Mutex::new(state)),
+                used_ms: now,
+            })
+            .handle
             .clone();
         self.opened.send_modify(|g| *g += 1);
         Ok(handle)
@@ -1224,7 +1249,13 @@ impl Node {
             id,
             key: key.clone(),
             role: config.role.clone(),
-            docs: Mutex::new(HashMap::from([(DocKey::WORKSPACE, main.clone())])),
+            docs: Mutex::new(HashMap::from([(
+                DocKey::WORKSPACE,
+                Loaded {
+                    handle: main.clone(),
+                    used_ms: 0,
+                },
+            )])),
             main,
             store: store.clone(),
             opened: watch::channel(0).0,
@@ -1332,6 +1363,7 @@ impl Node {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         if is_desktop {
+            tasks.spawn(unload_idle(shared.clone(), cancel.clone()));
             publish_addrs_once(&shared, &endpoint).await;
             tasks.spawn(publish_addrs(
                 shared.clone(),
@@ -1624,18 +1656,22 @@ impl Node {
     /// The loaded conversation document that holds task `id`, if one does (where the task's
     /// status, events, result and approval requests are written).
     pub fn task_doc(&self, id: &TaskId) -> Option<DocKey> {
-        self.shared.conversation_docs().iter().find_map(|h| {
+        let key = self.shared.conversation_docs().iter().find_map(|h| {
             let ds = lock(h);
             matches!(Workspace::task(&ds.doc, id), Ok(Some(_))).then(|| ds.key.clone())
-        })
+        })?;
+        self.shared.use_doc(&key);
+        Some(key)
     }
 
     /// The loaded conversation document that holds approval request `id`, if one does.
     pub fn approval_doc(&self, id: &ApprovalId) -> Option<DocKey> {
-        self.shared.conversation_docs().iter().find_map(|h| {
+        let key = self.shared.conversation_docs().iter().find_map(|h| {
             let ds = lock(h);
             matches!(Workspace::approval(&ds.doc, id), Ok(Some(_))).then(|| ds.key.clone())
-        })
+        })?;
+        self.shared.use_doc(&key);
+        Some(key)
     }
 
     /// Makes one local change to the loaded document stored under `key` like
@@ -1651,11 +1687,26 @@ impl Node {
         local_change(&self.shared, &self.loaded_doc(key)?, f, None)
     }
 
-    /// The loaded document stored under `key`, or [`NodeError::NotLoaded`].
+    /// The loaded document stored under `key` (recorded as in use), or
+    /// [`NodeError::NotLoaded`].
     fn loaded_doc(&self, key: &DocKey) -> Result<DocHandle, NodeError> {
         self.shared
-            .doc(key)
+            .use_doc(key)
             .ok_or_else(|| NodeError::NotLoaded(key.clone()))
+    }
+
+    /// Desktop: unloads the week documents unused for `idle` or longer that nothing needs at
+    /// hand; the desktop does so by itself every minute for documents unused for five. Kept
+    /// loaded: this week's, any week with open tasks or pending approvals (or counts not yet
+    /// taken at its latest heads), any with a change not yet stored, and any a sync session or
+    /// a writer holds. An unloaded week loads again when a phone asks for it or a writer opens
+    /// it. Returns how many were unloaded (on a phone, which keeps what its screen shows: 0).
+    pub fn unload_idle_weeks(&self, idle: Duration) -> usize {
+        if matches!(self.shared.role, NodeRole::Phone) {
+            return 0;
+        }
+        self.shared.recount_weeks();
+        self.shared.unload_idle_weeks(idle)
     }
 
     /// Makes one local change to the loaded document stored under `key`, like
@@ -2036,6 +2087,31 @@ impl Node {
         }
         // Wait for queued writes (sync states, peer records, snapshot) to be committed.
         let _ = self.shared.store.read(|_| ()).await;
+    }
+}
+
+/// How often the desktop looks for week documents to unload.
+const UNLOAD_EVERY: Duration = Duration::from_secs(60);
+/// How long a week document must have gone unused before the desktop unloads it.
+const UNLOAD_IDLE: Duration = Duration::from_secs(300);
+
+/// Desktop: every [`UNLOAD_EVERY`], recounts the loaded weeks and unloads those idle for
+/// [`UNLOAD_IDLE`] ([`Shared::unload_idle_weeks`]), so that memory follows what is in use, not
+/// what phones once paged through.
+async fn unload_idle(shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(UNLOAD_EVERY) => {}
+        }
+        shared.recount_weeks();
+        let n = shared.unload_idle_weeks(UNLOAD_IDLE);
+        if n > 0 {
+            tracing::info!(
+                weeks = n,
+                "unloaded week documents nobody used for {UNLOAD_IDLE:?}"
+            );
+        }
     }
 }
 

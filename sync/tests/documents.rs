@@ -331,3 +331,71 @@ async fn a_new_phone_syncs_the_recent_weeks_and_pages_back_through_a_year() -> R
     desk.shutdown().await;
     Ok(())
 }
+
+/// The desktop unloads the weeks nobody uses (keeping this week, the week with an open task, and
+/// the weeks a phone syncs on a stream), loads an unloaded week again when a phone or a writer
+/// asks for it, and loses nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktop_unloads_idle_weeks_and_loads_them_again_when_asked() -> Result<()> {
+    use deskhand_sync::{Phone, PhoneConfig};
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let desk = desktop_with_a_year(dirs[0].path(), 30).await?;
+    // Written in this run: this week and all 52 are loaded, and were used just now.
+    assert_eq!(desk.conversation_docs().len(), 53);
+    assert_eq!(desk.unload_idle_weeks(Duration::from_secs(3600)), 0);
+    assert_eq!(desk.unload_idle_weeks(Duration::ZERO), 51);
+    let w10 = ConversationWeek::new(2025, 10)?;
+    let w20 = ConversationWeek::new(2025, 20)?;
+    let workspace = desk.doc_id().context("workspace")?;
+    let key_of = |w: ConversationWeek| DocKey::of(&conversation_doc_id(&workspace, w));
+    assert_eq!(
+        desk.conversation_docs(),
+        [key_of(w10), key_of(this_week())],
+        "kept: the week with the open task and this week"
+    );
+
+    // A phone pairs: the weeks it syncs load again and stay while its streams hold them.
+    let phone = Phone::open(PhoneConfig::new(dirs[1].path(), "p", "test").with_net(net())).await?;
+    phone
+        .pair(&desk.create_pairing(Duration::from_secs(60))?.to_uri())
+        .await?;
+    phone.sync(T).await?;
+    let snap = phone.snapshot()?;
+    assert_eq!(snap.messages.len(), 90);
+    assert_eq!(snap.messages[30].message.text, "2025-W51#0");
+    assert_eq!(
+        desk.unload_idle_weeks(Duration::ZERO),
+        0,
+        "the phone's streams hold them"
+    );
+    assert_eq!(desk.conversation_docs().len(), 4);
+    phone.shutdown().await;
+    until("the phone's session ended", || {
+        desk.peers().iter().all(|p| {
+            !matches!(
+                p.presence,
+                deskhand_sync::presence::Presence::Connected { .. }
+            )
+        })
+    })
+    .await?;
+    assert_eq!(desk.unload_idle_weeks(Duration::ZERO), 2);
+
+    // A writer opens an unloaded week: it loads whole, takes the change, and unloads again.
+    let key = desk.open_week(w20).await?;
+    assert_eq!(desk.read_doc(&key, texts).context("loaded")?.len(), 30);
+    let late = Message {
+        created_at: w20.start_unix_ms() + 7_200_000,
+        ..message(&desk, "2025-W20#late")
+    };
+    desk.write_doc(&key, |tx| Workspace::append_message(tx, &late))
+        .await?;
+    assert_eq!(desk.unload_idle_weeks(Duration::ZERO), 1);
+    assert!(desk.read_doc(&key, texts).is_none(), "unloaded");
+    let key = desk.open_week(w20).await?;
+    let texts20 = desk.read_doc(&key, texts).context("loaded")?;
+    assert_eq!(texts20.len(), 31);
+    assert_eq!(texts20.last().map(String::as_str), Some("2025-W20#late"));
+    desk.shutdown().await;
+    Ok(())
+}

@@ -230,7 +230,8 @@ impl Shared {
     /// - a phone: its newest weeks that together hold [`RECENT_MESSAGES`] messages, and every
     ///   week with open tasks or pending approvals.
     ///
-    /// The rest stays on disk until a peer or the user asks for it.
+    /// The rest stays on disk until a peer or the user asks for it; a phone lists it as its
+    /// older pages ([`Shared::load_older`]), so that it pages back offline too.
     pub(crate) async fn load_weeks_at_start(&self, desktop: bool) -> Result<(), NodeError> {
         let Some(workspace) = lock(&self.main).doc_id else {
             return Ok(());
@@ -261,10 +262,50 @@ impl Shared {
         }
         wanted.sort();
         wanted.dedup();
+        if !desktop {
+            // Until the desktop's catalog says more, the older pages are the weeks held here.
+            *lock(&self.older) = infos
+                .iter()
+                .rev()
+                .map(|(w, _)| *w)
+                .filter(|w| wanted.binary_search(w).is_err())
+                .collect();
+        }
         for week in wanted {
             self.open_week(workspace, week).await?;
         }
         Ok(())
+    }
+
+    /// Unloads the week documents unused for `idle` (see [`super::Node::unload_idle_weeks`]).
+    /// A document is dropped only when this map holds its one handle (no session, writer or
+    /// reader has it), its lock is free, everything of it is stored, and its recorded counts
+    /// were taken at its heads and show no open task or pending approval. Returns how many.
+    pub(crate) fn unload_idle_weeks(&self, idle: std::time::Duration) -> usize {
+        let now = self.now_ms();
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let this_week = ConversationWeek::of_unix_ms(self.wall_ms()).ok();
+        let infos = lock(&self.infos).clone();
+        let mut docs = lock(&self.docs);
+        let before = docs.len();
+        docs.retain(|_, l| {
+            if Arc::strong_count(&l.handle) > 1 || now.saturating_sub(l.used_ms) < idle_ms {
+                return true;
+            }
+            // Held by someone right now: kept (never waited for, under the map's lock).
+            let Ok(ds) = l.handle.try_lock() else {
+                return true;
+            };
+            let Some(week) = ds.week else { return true };
+            if Some(week) == this_week || Shared::is_dirty(&ds) || ds.book_unsaved {
+                return true;
+            }
+            let quiet = infos
+                .get(&week)
+                .is_some_and(|i| !i.active() && same_heads(&i.heads, &ds.doc.get_heads()));
+            !quiet
+        });
+        before - docs.len()
     }
 
     /// Forgets what is known of the weeks (a phone forgetting its desktop).

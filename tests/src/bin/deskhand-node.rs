@@ -5,7 +5,8 @@
 //! one JSON line. See `deskhand_tests::NodeProc` for the commands.
 //!
 //! `--role app` is a phone driven through the phone API the mobile apps use
-//! (`deskhand_sync::Phone`): commands `pair`, `send`, `task`, `sync`, `snapshot`, `quit`;
+//! (`deskhand_sync::Phone`): commands `pair`, `send`, `task`, `sync`, `snapshot`, `latest`, `load_older`,
+//! `push_subscribe`, `push_clear`, `quit`;
 //! `--mdns on` turns its local-network discovery on.
 
 use std::io::{BufRead, Write};
@@ -233,6 +234,36 @@ async fn handle(node: &Node, cmd: &Value) -> Result<Value> {
                 done += n;
             }
             Ok(json!({"ok": true}))
+        }
+        "year" => {
+            // Setup for history tests: a year of conversation, `per_week` messages in each of
+            // the 52 weeks' documents (texts "YYYY-Www#i", at that week's Monday 01:00 UTC plus
+            // i ms), and one task left open in week `open_task_week` (id "t-open").
+            let year = cmd["year"].as_i64().context("year")? as i32;
+            let per_week = cmd["per_week"].as_u64().context("per_week")? as usize;
+            let open_in = cmd["open_task_week"].as_u64().unwrap_or(0);
+            for w in 1..=52u8 {
+                let week = deskhand_core::conversation::ConversationWeek::new(year, w)?;
+                let key = node.open_week(week).await?;
+                let at = week.start_unix_ms() + 3_600_000;
+                for i in 0..per_week {
+                    let m = Message {
+                        id: MessageId::from_random(deskhand_sync::node::random_id_bytes()),
+                        author: node.id().to_string(),
+                        role: Role::User,
+                        text: format!("{}#{i}", week.label()),
+                        created_at: at + i as i64,
+                        task_id: None,
+                    };
+                    node.write_doc_queued(&key, |tx| Workspace::append_message(tx, &m))?;
+                }
+                if u64::from(w) == open_in {
+                    let t = Task::queued("t-open".into(), "still running", &node.id(), at);
+                    node.write_doc_queued(&key, |tx| Workspace::add_task(tx, &t))?;
+                }
+            }
+            node.flush().await?;
+            Ok(json!({"ok": true, "weeks": node.catalog().len()}))
         }
         "events" => {
             // The executor's pace: one change per progress event, queued to the store (group commit).
@@ -720,6 +751,12 @@ async fn app_main(data: &std::path::Path, mdns: bool) -> Result<()> {
                         .map(|m| m.message.id.as_str())
                         .collect();
                     Ok(json!({"ok": true, "total": s.messages.len(), "latest": latest.len()}))
+                }
+                // "Load older messages": the next `weeks` weeks the desktop announced.
+                "load_older" => {
+                    let weeks = cmd["weeks"].as_u64().unwrap_or(1) as u32;
+                    let loaded = phone.load_older(weeks).await?;
+                    Ok(json!({"ok": true, "loaded": loaded}))
                 }
                 "push_subscribe" => {
                     phone

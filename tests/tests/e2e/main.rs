@@ -9,6 +9,7 @@ mod crash;
 mod desktop_x11;
 mod executor;
 mod faults_net;
+mod history;
 mod hostile_peers;
 mod pairing;
 mod push;
