@@ -599,13 +599,12 @@ impl Shared {
         workspace: DocId,
         week: ConversationWeek,
     ) -> Result<DocHandle, NodeError> {
-        let handle = self
-            .open_doc(&DocKey::of(&conversation_doc_id(&workspace, week)), || {
-                conversation_genesis(&workspace, week)
-            })
-            .await?;
-        lock(&handle).week = Some(week);
-        Ok(handle)
+        self.open_doc(
+            &DocKey::of(&conversation_doc_id(&workspace, week)),
+            || conversation_genesis(&workspace, week),
+            Some(week),
+        )
+        .await
     }
 
     /// The loaded documents that hold the conversation, oldest first: the workspace's own
@@ -643,7 +642,9 @@ impl Shared {
         })
     }
     /// The document stored under `key`, loaded from the store on first use; `genesis` makes
-    /// it when nothing is stored under `key` yet.
+    /// it when nothing is stored under `key` yet. `week`: the week whose conversation it holds,
+    /// set before any session or writer can reach it (its changes are stored with the week's
+    /// `doc_info` record from the first one on).
     ///
     /// # Errors
     /// [`NodeError::Store`] if the store cannot read it; [`NodeError::CorruptDocument`] if it
@@ -652,6 +653,7 @@ impl Shared {
         &self,
         key: &DocKey,
         genesis: impl FnOnce() -> Automerge,
+        week: Option<ConversationWeek>,
     ) -> Result<DocHandle, NodeError> {
         if let Some(h) = self.use_doc(key) {
             return Ok(h);
@@ -659,7 +661,8 @@ impl Shared {
         // A document is unloaded only once all of it is stored, so what the store holds (read
         // after every write queued before) is all of it.
         let stored = self.store.load_doc(key).await?;
-        let state = DocState::from_stored(key.clone(), stored, genesis, &self.id, &self.path)?;
+        let mut state = DocState::from_stored(key.clone(), stored, genesis, &self.id, &self.path)?;
+        state.week = week;
         // Two callers may have loaded it at once: the first one in is kept.
         let now = self.now_ms();
         let handle = lock(&self.docs)
@@ -1010,6 +1013,19 @@ impl Shared {
                 .entry(doc.clone())
                 .or_insert((SessionStats::default(), false));
         });
+    }
+
+    /// Phone: `docs` were just loaded and their streams open on every live connection soon:
+    /// no connection counts as in sync before their sessions say so (a `sync` right after
+    /// "load older" waits for the weeks it loaded).
+    pub(crate) fn streams_opening(&self, docs: &[DocKey]) {
+        for e in lock(&self.peers).values_mut().filter(|e| e.live.is_some()) {
+            for doc in docs {
+                e.streams
+                    .entry(doc.clone())
+                    .or_insert((SessionStats::default(), false));
+            }
+        }
     }
 
     fn with_live(&self, peer: &DeviceId, conn: u64, f: impl FnOnce(&mut PeerEntry)) {
@@ -1529,7 +1545,7 @@ impl Node {
         key: &DocKey,
         genesis: impl FnOnce() -> Automerge,
     ) -> Result<(), NodeError> {
-        self.shared.open_doc(key, genesis).await.map(|_| ())
+        self.shared.open_doc(key, genesis, None).await.map(|_| ())
     }
 
     /// Reads the loaded document stored under `key`; `None` if it is not loaded.

@@ -218,9 +218,12 @@ impl Shared {
             let n = weeks.min(older.len());
             older.drain(..n).collect()
         };
+        let mut keys = Vec::new();
         for week in &take {
-            self.open_week(workspace, *week).await?;
+            let handle = self.open_week(workspace, *week).await?;
+            keys.push(lock(&handle).key.clone());
         }
+        self.streams_opening(&keys);
         Ok(take)
     }
 
