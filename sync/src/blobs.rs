@@ -143,7 +143,7 @@ mod store {
 
     use super::{BlobError, parse_hash};
     use crate::endpoint::device_id;
-    use crate::node::Shared;
+    use crate::gate::PeerGate;
 
     /// The desktop's blob store.
     #[derive(Clone, Debug)]
@@ -220,7 +220,7 @@ mod store {
     /// The blob protocol as the desktop mounts it: the registry decides who may fetch.
     #[derive(Clone)]
     pub(crate) struct GatedBlobs {
-        shared: Arc<Shared>,
+        gate: Arc<dyn PeerGate>,
         inner: BlobsProtocol,
     }
 
@@ -231,9 +231,9 @@ mod store {
     }
 
     impl GatedBlobs {
-        pub(crate) fn new(shared: Arc<Shared>, store: &BlobStore) -> Self {
+        pub(crate) fn new(gate: Arc<dyn PeerGate>, store: &BlobStore) -> Self {
             Self {
-                shared,
+                gate,
                 inner: BlobsProtocol::new(&store.store, Some(super::desktop_blob_events())),
             }
         }
@@ -242,9 +242,9 @@ mod store {
     impl ProtocolHandler for GatedBlobs {
         async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
             let peer = device_id(&conn.remote_id());
-            if !self.shared.is_allowed(&peer) {
+            if !self.gate.is_allowed(&peer) {
                 tracing::warn!(peer = %peer.short(), "refused a blob request from a device that is not paired");
-                self.shared
+                self.gate
                     .audit("refused_blob_request", &peer, "not in the registry");
                 conn.close(
                     u32::from(close_code::NOT_ALLOWED).into(),

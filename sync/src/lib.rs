@@ -11,6 +11,7 @@ mod driver;
 pub mod endpoint;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
+mod gate;
 mod migrations;
 pub mod node;
 pub mod pairing;

@@ -46,6 +46,7 @@ use crate::endpoint::{self, EndpointError, NetConfig};
 use crate::presence::{Clock, Presence, SystemClock};
 use crate::store::{DocKey, Store, StoreError, StoreThread, WriteOp};
 
+mod handles;
 mod layout;
 
 /// Compact the stored document after this many incremental chunks.
@@ -1411,7 +1412,7 @@ impl Node {
                 let router = router.accept(
                     crate::blobs::BLOB_ALPN,
                     crate::blobs::GatedBlobs::new(
-                        shared.clone(),
+                        shared.clone() as Arc<dyn crate::gate::PeerGate>,
                         blobs
                             .as_ref()
                             .ok_or(NodeError::WrongRole("a desktop has blobs"))?,
@@ -1860,7 +1861,12 @@ impl Node {
             ));
         };
         let token = PairingToken::from_bytes(random_bytes());
-        let record = crate::pairing::new_code(&self.shared, ttl, token.clone());
+        let record = crate::pairing::new_code(
+            &mut self.shared.codes(),
+            self.shared.store(),
+            ttl,
+            token.clone(),
+        );
         Ok(PairingPayload {
             desktop: self.id(),
             addrs: self.direct_addrs(),

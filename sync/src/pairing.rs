@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use deskhand_core::pairing::{
     MAX_PAIR_MESSAGE, PairAnswer, PairRequest, ReadPairAnswer, ReadPairRequest, ct_eq,
 };
-use deskhand_core::schema::{DeviceEntry, Workspace};
 use deskhand_core::{DeviceId, PAIR_ALPN, PairingPayload, PairingToken};
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
@@ -25,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::endpoint::device_id;
-use crate::node::{PeerRecord, Shared};
+use crate::gate::PeerGate;
 use crate::presence::now_unix_ms;
-use crate::store::WriteOp;
+use crate::store::{Store, WriteOp};
 
 const MAX_MESSAGE: usize = MAX_PAIR_MESSAGE;
 /// Failed attempts one source may make per window; past that its failures are answered
@@ -305,8 +304,13 @@ impl Codes {
     }
 }
 
-/// Creates a fresh one-time code valid for `ttl`.
-pub(crate) fn new_code(shared: &Shared, ttl: Duration, token: PairingToken) -> TokenRecord {
+/// Creates a fresh one-time code valid for `ttl`, kept in `codes` and queued to `store`.
+pub(crate) fn new_code(
+    codes: &mut Codes,
+    store: &Store,
+    ttl: Duration,
+    token: PairingToken,
+) -> TokenRecord {
     let now = now_unix_ms();
     let record = TokenRecord {
         created_at: now,
@@ -315,29 +319,66 @@ pub(crate) fn new_code(shared: &Shared, ttl: Duration, token: PairingToken) -> T
         used_by: None,
     };
     let h = token_hash(&token);
-    shared.codes().tokens.insert(h, record.clone());
+    codes.tokens.insert(h, record.clone());
     if let Ok(json) = serde_json::to_vec(&record) {
-        shared
-            .store()
-            .queue(WriteOp::PutPairingToken(hex::encode(h), json), None);
+        store.queue(WriteOp::PutPairingToken(hex::encode(h), json), None);
     }
     record
 }
 
-#[derive(Clone)]
-pub(crate) struct PairProtocol {
-    shared: Arc<Shared>,
+/// What the pairing handler may ask of the desktop: the gate's audit log, redeeming a one-time
+/// code, admitting the phone, and what the answer tells it.
+pub(crate) trait PairingHost: PeerGate {
+    /// [`Codes::redeem`] on the desktop's codes.
+    ///
+    /// # Errors
+    /// [`Refused`]: the code is unknown, used, expired, or the source is over its rate limit.
+    fn redeem(
+        &self,
+        token: Option<&PairingToken>,
+        phone: &DeviceId,
+        sources: &[Source],
+        now_ms: i64,
+        now: Instant,
+    ) -> Result<([u8; 32], TokenRecord), Refused>;
+    /// Admits `phone` with the code `redeemed` (its hash and record, now used): stores the code
+    /// as used, adds the phone to the registry, and writes it into the workspace's device list;
+    /// returns once all of it is durable.
+    ///
+    /// # Errors
+    /// What could not be stored, for the phone's refusal.
+    fn admit(
+        self: Arc<Self>,
+        phone: DeviceId,
+        name: String,
+        platform: String,
+        redeemed: ([u8; 32], TokenRecord),
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    /// The workspace's id (if it has one), the desktop's name, and its clock (Unix ms).
+    fn welcome(&self) -> (Option<String>, String, i64);
 }
 
-impl std::fmt::Debug for PairProtocol {
+pub(crate) struct PairProtocol<H> {
+    host: Arc<H>,
+}
+
+impl<H> Clone for PairProtocol<H> {
+    fn clone(&self) -> Self {
+        Self {
+            host: self.host.clone(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for PairProtocol<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PairProtocol")
     }
 }
 
-impl PairProtocol {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+impl<H: PairingHost> PairProtocol<H> {
+    pub(crate) fn new(host: Arc<H>) -> Self {
+        Self { host }
     }
 }
 
@@ -368,7 +409,7 @@ async fn write_msg(send: &mut iroh::endpoint::SendStream, body: &[u8]) -> Result
     send.finish().map_err(|e| format!("writing: {e}"))
 }
 
-impl ProtocolHandler for PairProtocol {
+impl<H: PairingHost> ProtocolHandler for PairProtocol<H> {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let phone = device_id(&conn.remote_id());
         let sources = sources_of(&conn, phone);
@@ -401,86 +442,57 @@ fn refusal(code: &str, error: String) -> PairAnswer {
     }
 }
 
-impl PairProtocol {
+impl<H: PairingHost> PairProtocol<H> {
     async fn handle(
         &self,
         phone: DeviceId,
         sources: &[Source],
         req: ReadPairRequest,
     ) -> PairAnswer {
-        let shared = &self.shared;
+        let host = &self.host;
         let ReadPairRequest {
             token,
             name,
             platform,
         } = req;
-        let redeemed = shared.codes().redeem(
+        let redeemed = host.redeem(
             token.as_ref(),
             &phone,
             sources,
             now_unix_ms(),
             Instant::now(),
         );
-        let (h, record) = match redeemed {
+        let redeemed = match redeemed {
             Ok(r) => r,
             Err(refused) => {
                 if refused.audit {
                     tracing::warn!(peer = %phone.short(), code = refused.code, "pairing refused");
-                    shared.audit("pairing_refused", &phone, refused.code);
+                    host.audit("pairing_refused", &phone, refused.code);
                 }
                 return refusal(refused.code, refused.message);
             }
         };
-        let persist = async {
-            let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-            shared
-                .store()
-                .write(WriteOp::PutPairingToken(hex::encode(h), json))
-                .await
-                .map_err(|e| e.to_string())?;
-            let now = now_unix_ms();
-            let rec = PeerRecord {
-                name: name.clone(),
-                platform: platform.clone(),
-                paired_at: now,
-                revoked_at: None,
-                last_seen: None,
-                addrs: vec![],
-                clock_offset_ms: None,
-                relay: None,
-            };
-            shared
-                .put_peer(phone, rec)
-                .await
-                .map_err(|e| e.to_string())?;
-            let entry = DeviceEntry {
-                name: name.clone(),
-                platform: platform.clone(),
-                paired_at: now,
-                revoked_at: None,
-            };
-            crate::node::write_change(shared, |tx| Workspace::put_device(tx, &phone, &entry))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(())
-        };
-        if let Err(e) = persist.await {
+        let admitted = host
+            .clone()
+            .admit(phone, name.clone(), platform, redeemed)
+            .await;
+        if let Err(e) = admitted {
             tracing::error!("pairing could not be stored: {e}");
             return refusal(
                 "storage",
                 format!("the desktop could not store the pairing: {e}"),
             );
         }
-        shared.audit("paired", &phone, &name);
+        host.audit("paired", &phone, &name);
         tracing::info!(peer = %phone.short(), %name, "paired a new device");
-        let doc_id = shared.lock_doc().doc_id.map(|d| d.to_string());
+        let (doc_id, desktop_name, now_ms) = host.welcome();
         PairAnswer {
             ok: true,
             code: String::new(),
             error: String::new(),
             doc_id,
-            desktop_name: shared.desktop_name(),
-            now_ms: Some(shared.wall_ms()),
+            desktop_name,
+            now_ms: Some(now_ms),
         }
     }
 }

@@ -1,41 +1,65 @@
 //! The `deskhand/sync/4` protocol handler, mounted on iroh's router by the desktop. Thin: it
-//! checks the registry, then hands the connection to the driver.
+//! checks the registry through its [`SyncHost`], then hands the connection to it.
 
+use std::future::Future;
 use std::sync::Arc;
 
+use deskhand_core::DeviceId;
 use deskhand_core::session::{REVOKED_REASON, close_code};
-use iroh::endpoint::Connection;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 
 use crate::endpoint::device_id;
-use crate::node::Shared;
+use crate::gate::PeerGate;
 
-#[derive(Clone)]
-pub(crate) struct SyncProtocol {
-    shared: Arc<Shared>,
+/// What the sync handler may ask of the node: the gate, and running an admitted device's
+/// connection.
+pub(crate) trait SyncHost: PeerGate {
+    /// Runs the connection of `peer` (already admitted by [`PeerGate::is_allowed`]), whose
+    /// first bi-stream is `send`/`recv`, until it ends; the connection is closed with the
+    /// reason.
+    fn run_peer(
+        self: Arc<Self>,
+        peer: DeviceId,
+        conn: Connection,
+        send: SendStream,
+        recv: RecvStream,
+    ) -> impl Future<Output = ()> + Send;
 }
 
-impl std::fmt::Debug for SyncProtocol {
+pub(crate) struct SyncProtocol<H> {
+    host: Arc<H>,
+}
+
+impl<H> Clone for SyncProtocol<H> {
+    fn clone(&self) -> Self {
+        Self {
+            host: self.host.clone(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for SyncProtocol<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SyncProtocol")
     }
 }
 
-impl SyncProtocol {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+impl<H: SyncHost> SyncProtocol<H> {
+    pub(crate) fn new(host: Arc<H>) -> Self {
+        Self { host }
     }
 }
 
-impl ProtocolHandler for SyncProtocol {
+impl<H: SyncHost> ProtocolHandler for SyncProtocol<H> {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = device_id(&conn.remote_id());
         // Deny by default: only registered, unrevoked devices get a stream accepted, so an
         // unknown peer never sees a byte of the document.
-        if !self.shared.is_allowed(&peer) {
-            if self.shared.is_revoked(&peer) {
+        if !self.host.is_allowed(&peer) {
+            if self.host.is_revoked(&peer) {
                 tracing::warn!(peer = %peer.short(), "refused a sync connection from a revoked device");
-                self.shared
+                self.host
                     .audit("refused_revoked_peer", &peer, "revoked in the registry");
                 conn.close(
                     u32::from(close_code::REVOKED).into(),
@@ -43,7 +67,7 @@ impl ProtocolHandler for SyncProtocol {
                 );
             } else {
                 tracing::warn!(peer = %peer.short(), "refused a sync connection from a device that is not paired");
-                self.shared
+                self.host
                     .audit("refused_unknown_peer", &peer, "not in the registry");
                 conn.close(
                     u32::from(close_code::NOT_ALLOWED).into(),
@@ -55,15 +79,7 @@ impl ProtocolHandler for SyncProtocol {
             return Ok(());
         }
         let (send, recv) = conn.accept_bi().await?;
-        let _ = crate::driver::run_peer(
-            self.shared.clone(),
-            peer,
-            conn,
-            send,
-            recv,
-            crate::driver::Side::Accept,
-        )
-        .await;
+        self.host.clone().run_peer(peer, conn, send, recv).await;
         Ok(())
     }
 }
