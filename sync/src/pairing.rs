@@ -329,18 +329,8 @@ pub(crate) fn new_code(
 /// What the pairing handler may ask of the desktop: the gate's audit log, redeeming a one-time
 /// code, admitting the phone, and what the answer tells it.
 pub(crate) trait PairingHost: PeerGate {
-    /// [`Codes::redeem`] on the desktop's codes.
-    ///
-    /// # Errors
-    /// [`Refused`]: the code is unknown, used, expired, or the source is over its rate limit.
-    fn redeem(
-        &self,
-        token: Option<&PairingToken>,
-        phone: &DeviceId,
-        sources: &[Source],
-        now_ms: i64,
-        now: Instant,
-    ) -> Result<([u8; 32], TokenRecord), Refused>;
+    /// The desktop's one-time codes (and their per-source failure limits), locked.
+    fn codes(&self) -> std::sync::MutexGuard<'_, Codes>;
     /// Admits `phone` with the code `redeemed` (its hash and record, now used): stores the code
     /// as used, adds the phone to the registry, and writes it into the workspace's device list;
     /// returns once all of it is durable.
@@ -455,7 +445,7 @@ impl<H: PairingHost> PairProtocol<H> {
             name,
             platform,
         } = req;
-        let redeemed = host.redeem(
+        let redeemed = host.codes().redeem(
             token.as_ref(),
             &phone,
             sources,

@@ -2,15 +2,14 @@
 //! handler may ask, answered from the node's state. The handlers never see [`Shared`].
 
 use std::sync::Arc;
-use std::time::Instant;
 
+use deskhand_core::DeviceId;
 use deskhand_core::schema::{DeviceEntry, Workspace};
-use deskhand_core::{DeviceId, PairingToken};
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 
 use super::{PeerRecord, Shared, write_change};
 use crate::gate::PeerGate;
-use crate::pairing::{PairingHost, Refused, Source, TokenRecord};
+use crate::pairing::{Codes, PairingHost, TokenRecord};
 use crate::protocol::SyncHost;
 use crate::store::WriteOp;
 
@@ -41,15 +40,8 @@ impl SyncHost for Shared {
 }
 
 impl PairingHost for Shared {
-    fn redeem(
-        &self,
-        token: Option<&PairingToken>,
-        phone: &DeviceId,
-        sources: &[Source],
-        now_ms: i64,
-        now: Instant,
-    ) -> Result<([u8; 32], TokenRecord), Refused> {
-        self.codes().redeem(token, phone, sources, now_ms, now)
+    fn codes(&self) -> std::sync::MutexGuard<'_, Codes> {
+        Shared::codes(self)
     }
 
     async fn admit(
