@@ -344,6 +344,9 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
     eprintln!("[phone {:?}] Desktop down", started.elapsed());
     // Desktop down: the write is kept, pending, across a reopen; it converges when it is back.
     desk.shutdown().await;
+    // Its port stays taken while it is down, so that the phone reopened below (listening on a
+    // port of the system's choosing) cannot be given it; seen once in CI as "cannot listen".
+    let held_port = std::net::UdpSocket::bind(listen).ok();
     let offline = p.send_message("while you were away").await?;
     let s = p.snapshot()?;
     let m = s
@@ -373,6 +376,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
             .iter()
             .any(|m| m.message.id == mid && m.delivery == Delivery::Synced)
     );
+    drop(held_port);
     let desk = desktop(&desk_dir, listen).await?;
     p.sync(T).await?;
     desktop_until(&desk, "the offline message", |w| {
