@@ -398,6 +398,31 @@ struct Piece<'a> {
     bytes: &'a [u8],
 }
 
+/// The hashes of the changes one chunk of a sync message carries (a whole document: all of
+/// its changes), decoded without a document to apply them to: for traces and for checks of
+/// what was sent (the deterministic simulations).
+///
+/// # Errors
+/// [`IncomingError::Undecodable`] when a piece is neither a change nor a document.
+pub fn carried_changes(chunk: &[u8]) -> Result<Vec<ChangeHash>, IncomingError> {
+    let mut hashes = Vec::new();
+    for piece in split_storage_chunks(chunk)? {
+        if piece.kind == CHUNK_DOCUMENT {
+            let doc = guarded(|| Automerge::load(piece.bytes))
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| IncomingError::Undecodable(format!("a document: {e}")))?;
+            hashes.extend(doc.get_changes(&[]).iter().map(|c| c.hash()));
+        } else {
+            let bytes = piece.bytes.to_vec();
+            let c = guarded(|| Change::from_bytes(bytes))
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| IncomingError::Undecodable(format!("a change: {e}")))?;
+            hashes.push(c.hash());
+        }
+    }
+    Ok(hashes)
+}
+
 /// Splits concatenated Automerge storage chunks (magic, checksum, type, LEB128 length, body).
 fn split_storage_chunks(mut data: &[u8]) -> Result<Vec<Piece<'_>>, BoundsError> {
     let malformed = BoundsError::Malformed;
