@@ -19,15 +19,15 @@ use std::sync::{Arc, Mutex};
 
 use deskhand_core::catalog::{Catalog, HeadsDigest};
 use deskhand_core::conversation::{ConversationWeek, WeekCounts};
-use deskhand_core::session::{
-    REVOKED_REASON, SessionError, SessionOutput, SessionStats, close_code,
-};
+use deskhand_core::hub::StreamId;
+use deskhand_core::session::{REVOKED_REASON, SessionError, SessionStats, close_code};
 use deskhand_core::{DeviceId, Frame, FrameDecoder, SyncSession};
 use iroh::endpoint::{Connection, RecvStream, SendStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{DocHandle, DocState, Shared, lock};
+use crate::node::{DocHandle, Shared, lock};
 use crate::store::DocKey;
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -304,9 +304,13 @@ impl Conn {
             peer: self.peer,
             send,
             out: Vec::new(),
-            owes_ack: false,
             conn: self.conn.clone(),
             conn_no: self.conn_no,
+            stream: self
+                .shared
+                .next_stream
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            outbox: mpsc::unbounded_channel().1,
         };
         let (result, stats, refused) = driver.run(recv, decoder, first, &self.cancel).await;
         let _ = driver.send.finish();
@@ -456,8 +460,24 @@ struct Driver {
     peer: DeviceId,
     send: SendStream,
     out: Vec<u8>,
-    /// This peer's changes were applied and are not known durable yet: the answer waits.
-    owes_ack: bool,
+    /// The session's name in the document's hub.
+    stream: StreamId,
+    /// The frames the hub has for this session (its own answers and relays of other sessions).
+    outbox: mpsc::UnboundedReceiver<Frame>,
+}
+
+/// Removes a session from its document's hub when its driver ends, however it ends.
+struct Registered {
+    doc: DocHandle,
+    stream: StreamId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut ds = lock(&self.doc);
+        ds.hub.close(self.stream);
+        ds.outboxes.remove(&self.stream);
+    }
 }
 
 impl Driver {
@@ -472,26 +492,28 @@ impl Driver {
         cancel: &CancellationToken,
     ) -> (Result<(), String>, SessionStats, bool) {
         let now = self.shared.now_ms();
-        let mut session = {
-            let ds = lock(&self.doc);
+        let _registered = {
+            let (outbox, frames) = mpsc::unbounded_channel();
+            self.outbox = frames;
+            let mut guard = lock(&self.doc);
+            let ds = &mut *guard;
             let persisted = self.shared.sync_state(&self.peer, &ds.key);
-            let mut s = SyncSession::new(self.peer, ds.doc_id, persisted.as_deref(), now)
+            let session = SyncSession::new(self.peer, ds.doc_id, persisted.as_deref(), now)
                 .with_wall_clock(self.shared.wall_ms());
-            s.set_hold(!Shared::may_relay(&ds));
-            let first = s.start(&ds.doc);
-            drop(ds);
-            self.queue(first);
-            s
+            ds.outboxes.insert(self.stream, outbox);
+            let outputs = ds.hub.open(self.stream, session, &ds.doc);
+            self.shared.dispatch(ds, outputs, None);
+            Registered {
+                doc: self.doc.clone(),
+                stream: self.stream,
+            }
         };
         let result = match first {
-            Some(frame) => self.on_frame(&mut session, frame),
+            Some(frame) => self.on_frame(frame),
             None => Ok(()),
         };
         let result = match result {
-            Ok(()) => {
-                self.main_loop(&mut session, &mut recv, &mut decoder, cancel)
-                    .await
-            }
+            Ok(()) => self.main_loop(&mut recv, &mut decoder, cancel).await,
             Err(e) => Err(e),
         };
         let refused = matches!(result, Err(SessionError::Refused(_)));
@@ -530,28 +552,28 @@ impl Driver {
                 Err(e.to_string())
             }
         };
-        (result, session.stats(), refused)
+        let stats = lock(&self.doc).hub.stats(self.stream).unwrap_or_default();
+        (result, stats, refused)
     }
 
     async fn main_loop(
         &mut self,
-        session: &mut SyncSession,
         recv: &mut RecvStream,
         decoder: &mut FrameDecoder,
         cancel: &CancellationToken,
     ) -> Result<(), SessionError> {
-        let signals = lock(&self.doc).signals.clone();
-        let mut durable = signals.durable.subscribe();
-        durable.mark_unchanged();
-        let mut relay = signals.relayable.subscribe();
-        relay.mark_unchanged();
         let mut probe = self.shared.probe.subscribe();
         probe.mark_unchanged();
         let mut lan = self.shared.lan_sighting.subscribe();
         lan.mark_unchanged();
+        self.take_outbox();
         self.flush().await.map_err(SessionError::Protocol)?;
         loop {
-            let deadline = self.shared.instant_at(session.next_deadline());
+            let next = lock(&self.doc).hub.next_deadline(self.stream);
+            // A session always has a deadline (its next ping); the cap only guards the sum.
+            let deadline = self
+                .shared
+                .instant_at(next.min(self.shared.now_ms() + 3_600_000));
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
@@ -564,35 +586,24 @@ impl Driver {
                                     .next_frame()
                                     .map_err(|e| SessionError::Protocol(e.to_string()))?;
                                 let Some(frame) = frame else { break };
-                                self.on_frame(session, frame)?;
+                                self.on_frame(frame)?;
                             }
                         }
                         Ok(None) => return Err(self.closed_by_peer("the peer finished the stream".into())),
                         Err(e) => return Err(self.closed_by_peer(e.to_string())),
                     }
                 }
-                _ = durable.changed() => {
-                    let ds = lock(&self.doc);
-                    if !Shared::is_dirty(&ds) {
-                        self.owes_ack = false;
+                frame = self.outbox.recv() => {
+                    // Sent by the hub: an answer now durable, or another session's relay.
+                    if let Some(frame) = frame {
+                        frame.encode_into(&mut self.out);
                     }
-                    session.set_hold(self.hold(&ds));
-                    let out = session.on_local_change(&ds.doc, &ds.book, self.shared.now_ms());
-                    drop(ds);
-                    self.queue(out);
-                }
-                _ = relay.changed(), if !self.owes_ack => {
-                    // Another peer's changes arrived (or this device's own are all stored):
-                    // relay them now, before they are durable here (see `node.rs`).
-                    let ds = lock(&self.doc);
-                    session.set_hold(self.hold(&ds));
-                    let out = session.on_local_change(&ds.doc, &ds.book, self.shared.now_ms());
-                    drop(ds);
-                    self.queue(out);
                 }
                 _ = probe.changed() => {
-                    let out = session.probe(self.shared.now_ms());
-                    self.queue(out);
+                    let mut guard = lock(&self.doc);
+                    let ds = &mut *guard;
+                    let outputs = ds.hub.probe(self.stream, self.shared.now_ms());
+                    self.shared.dispatch(ds, outputs, None);
                 }
                 _ = lan.changed(), if self.main => {
                     let seen = lan.borrow_and_update().clone();
@@ -607,21 +618,23 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let ds = lock(&self.doc);
-                    let out = session.on_tick(&ds.doc, &ds.book, self.shared.now_ms())?;
-                    drop(ds);
-                    self.queue(out);
+                    let mut guard = lock(&self.doc);
+                    let ds = &mut *guard;
+                    let outputs = ds.hub.on_tick(self.stream, &ds.doc, &ds.book, self.shared.now_ms())?;
+                    self.shared.dispatch(ds, outputs, None);
                 }
             }
+            self.take_outbox();
             self.flush().await.map_err(SessionError::Protocol)?;
-            let in_sync = session.in_sync(&lock(&self.doc).doc);
-            self.shared.session_progress(
-                &self.peer,
-                self.conn_no,
-                &self.key,
-                session.stats(),
-                in_sync,
-            );
+            let (in_sync, stats) = {
+                let ds = lock(&self.doc);
+                (
+                    ds.hub.in_sync(self.stream, &ds.doc),
+                    ds.hub.stats(self.stream).unwrap_or_default(),
+                )
+            };
+            self.shared
+                .session_progress(&self.peer, self.conn_no, &self.key, stats, in_sync);
         }
     }
 
@@ -662,83 +675,37 @@ impl Driver {
         }
     }
 
-    fn on_frame(&mut self, session: &mut SyncSession, frame: Frame) -> Result<(), SessionError> {
+    fn on_frame(&mut self, frame: Frame) -> Result<(), SessionError> {
         let len = match &frame {
             Frame::Sync(b) => 6 + b.len(),
             f => f.encode().len(),
         };
         let now = self.shared.now_ms();
         let shared = self.shared.clone();
-        let doc = self.doc.clone();
-        let mut guard = lock(&doc);
+        let standing = |d: &DeviceId| shared.standing_of(d);
+        let mut guard = lock(&self.doc);
         let ds = &mut *guard;
-        session.set_hold(self.hold(ds));
-        let outputs = session.on_frame(frame, len, &ds.doc, &ds.book, now)?;
-        let mut to_send = Vec::new();
-        for o in outputs {
-            match o {
-                SessionOutput::Received(pending) => {
-                    let filter = self.shared.filter.clone();
-                    let standing = |d: &DeviceId| shared.standing_of(d);
-                    let more = session.apply(
-                        pending,
-                        &mut ds.doc,
-                        &ds.book,
-                        filter.as_ref(),
-                        &standing,
-                        now,
-                    )?;
-                    self.handle_applied(ds, more, &mut to_send);
-                }
-                other => self.handle_applied(ds, vec![other], &mut to_send),
-            }
-        }
-        drop(guard);
-        self.queue(to_send);
-        Ok(())
+        let mut outputs = Vec::new();
+        let result = ds.hub.on_frame(
+            self.stream,
+            frame,
+            len,
+            &mut ds.doc,
+            &mut ds.book,
+            shared.filter.as_ref(),
+            &standing,
+            now,
+            &mut outputs,
+        );
+        // Also after an error: changes applied before it are stored and relayed.
+        self.shared.dispatch(ds, outputs, None);
+        result
     }
 
-    /// Whether the session must not send now: it owes its peer an answer that waits for the
-    /// peer's changes to be durable, or this device has own changes not yet stored.
-    fn hold(&self, ds: &DocState) -> bool {
-        self.owes_ack || !Shared::may_relay(ds)
-    }
-
-    fn handle_applied(
-        &mut self,
-        ds: &mut DocState,
-        outputs: Vec<SessionOutput>,
-        to_send: &mut Vec<SessionOutput>,
-    ) {
-        for o in outputs {
-            match o {
-                SessionOutput::DocChanged {
-                    before,
-                    stored,
-                    signatures,
-                } => {
-                    let received = stored.map(|s| (before.as_slice(), s));
-                    // The session holds itself until the store confirms (`durable` lifts it).
-                    self.owes_ack = true;
-                    self.shared
-                        .persist_changes(ds, true, None, received, signatures);
-                }
-                SessionOutput::PersistSyncState(bytes) => {
-                    self.shared.persist_sync_state(&self.peer, &ds.key, bytes)
-                }
-                SessionOutput::AdoptDocId(id) => self.shared.adopt_doc_id(ds, id),
-                SessionOutput::PeerClockOffset(ms) => self.shared.set_clock_offset(&self.peer, ms),
-                send @ SessionOutput::Send(_) => to_send.push(send),
-                SessionOutput::Received(_) => {}
-            }
-        }
-    }
-
-    fn queue(&mut self, outputs: Vec<SessionOutput>) {
-        for o in outputs {
-            if let SessionOutput::Send(f) = o {
-                f.encode_into(&mut self.out);
-            }
+    /// Moves the frames the hub queued for this session into the write buffer.
+    fn take_outbox(&mut self) {
+        while let Ok(frame) = self.outbox.try_recv() {
+            frame.encode_into(&mut self.out);
         }
     }
 

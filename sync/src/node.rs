@@ -18,11 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use automerge::{ActorId, Automerge, ChangeHash, transaction::Transaction};
+use automerge::{ActorId, Automerge, transaction::Transaction};
 use deskhand_core::authorship::{SignatureBook, Signed};
 use deskhand_core::conversation::{ConversationWeek, conversation_doc_id, conversation_genesis};
+use deskhand_core::durability::{Durability, StoreWrite};
+use deskhand_core::hub::{DocHub, HubOutput, StreamId};
 use deskhand_core::ids::ApprovalId;
-use deskhand_core::incoming::Storable;
 use deskhand_core::schema::DeviceEntry;
 use deskhand_core::schema::{DesktopAddrs, DesktopInfo, ExecutorState, SchemaError, Workspace};
 use deskhand_core::session::SessionStats;
@@ -37,7 +38,7 @@ use crate::pairing::PairError;
 use iroh::Endpoint;
 use iroh::protocol::Router;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -49,8 +50,6 @@ use crate::store::{DocKey, Store, StoreError, StoreThread, WriteOp};
 mod handles;
 mod layout;
 
-/// Compact the stored document after this many incremental chunks.
-const COMPACT_EVERY_CHUNKS: usize = 4096;
 /// Give up a connection attempt after this long (iroh's own timeout is ~30 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A dial woken (`sync_now`) while connecting starts over only once it is this old.
@@ -237,32 +236,13 @@ pub(crate) struct DocState {
     pub(crate) doc_id: Option<DocId>,
     /// The week whose conversation it holds, for a week's document.
     pub(crate) week: Option<ConversationWeek>,
-    persisted_heads: Vec<ChangeHash>,
-    unflushed: usize,
-    /// Of `unflushed`, the chunks of this device's own changes.
-    unflushed_local: usize,
-    /// A chunk failed to store (disk full, IO error): part of the document exists only in
-    /// memory until a later chunk, saved from scratch, succeeds. Sessions stay held meanwhile.
-    undurable: bool,
-    /// Bumped at each failure; a chunk queued after the latest bump covers everything.
-    fail_gen: u64,
-    chunks_since_snapshot: usize,
     /// Per actor, the signature of its latest change held here (sent with the changes).
     pub(crate) book: SignatureBook,
-    /// A write carrying signatures failed: the next chunk stores the whole book again.
-    book_unsaved: bool,
-    /// What wakes this document's sessions.
-    pub(crate) signals: Arc<DocSignals>,
-}
-
-/// The wake-ups of one document's sync sessions.
-#[derive(Debug)]
-pub(crate) struct DocSignals {
-    /// Bumped when the whole document is durable again after a change: sessions send then.
-    pub(crate) durable: watch::Sender<u64>,
-    /// Bumped when a peer's changes were applied, and when this device's own changes are all
-    /// durable again: sessions other than the sender's may send (relay) then.
-    pub(crate) relayable: watch::Sender<u64>,
+    /// The document's sync sessions and storage state, with the durability rules between them
+    /// ([`DocHub`]).
+    pub(crate) hub: DocHub,
+    /// Where the frames of each of `hub`'s sessions go: the stream's driver writes them.
+    pub(crate) outboxes: HashMap<StreamId, mpsc::UnboundedSender<deskhand_core::Frame>>,
 }
 
 /// A loaded document, shared by the sessions and writers that use it.
@@ -358,28 +338,15 @@ impl DocState {
             }
         }
         // A new document (its genesis, if any) is stored with its first change.
-        let persisted_heads = if is_stored {
-            doc.get_heads()
-        } else {
-            Vec::new()
-        };
+        let durability = Durability::new(is_stored.then(|| doc.get_heads()), chunks);
         Ok(DocState {
             week: None,
             doc_id: key.doc_id(),
             key,
             doc,
-            persisted_heads,
-            unflushed: 0,
-            unflushed_local: 0,
-            undurable: false,
-            fail_gen: 0,
-            chunks_since_snapshot: chunks,
             book,
-            book_unsaved: false,
-            signals: Arc::new(DocSignals {
-                durable: watch::channel(0).0,
-                relayable: watch::channel(0).0,
-            }),
+            hub: DocHub::new(durability),
+            outboxes: HashMap::new(),
         })
     }
 }
@@ -476,6 +443,8 @@ pub(crate) struct Shared {
     origin: Instant,
     clock: Arc<dyn Clock>,
     next_conn: std::sync::atomic::AtomicU64,
+    /// Names the next sync session in its document's hub ([`StreamId`]).
+    pub(crate) next_stream: std::sync::atomic::AtomicU64,
     wake_dialer: Notify,
     path: PathBuf,
     codes: Mutex<crate::pairing::Codes>,
@@ -714,156 +683,96 @@ impl Shared {
         self.wake_dialer.notify_one();
         Ok(())
     }
-    pub(crate) fn is_dirty(ds: &DocState) -> bool {
-        ds.unflushed > 0 || ds.undurable
-    }
-
-    /// Whether a session may send now, other than to a peer whose changes are not yet durable:
-    /// every change of this device's own is stored (received ones may still be on their way to
-    /// the disk: they are relayed at once).
-    pub(crate) fn may_relay(ds: &DocState) -> bool {
-        ds.unflushed_local == 0 && !ds.undurable
-    }
-
-    /// Queues the changes since the last persisted heads as one chunk. Must be called with the
-    /// document lock held (it is: `ds` borrows it). `notify_applied` bumps `changed` at once
-    /// (received changes); otherwise it is bumped when durable (own changes). `received` is a
-    /// peer's changes as they arrived, applied from heads `before`: stored as they are when they
-    /// hold everything new (a whole document the peer sent becomes the snapshot), which spares
-    /// saving them again.
-    ///
-    /// `signatures` are the change signatures the change brings (own: its signature; received:
-    /// the verified ones of its authors); they are recorded in the book and stored in the same
-    /// transaction as the chunk.
-    pub(crate) fn persist_changes(
+    /// Does what document `ds`'s hub asked for: frames to its sessions' outboxes, writes to
+    /// the store in order (a tracked one reports back to the hub when stored, under the
+    /// document's lock, and `done` hears the first one's outcome, or `Ok` at once when there
+    /// is none), sync states, the document's id, clock offsets, and wake-ups of readers.
+    pub(crate) fn dispatch(
         self: &Arc<Self>,
         ds: &mut DocState,
-        notify_applied: bool,
-        done: Option<oneshot::Sender<Result<(), StoreError>>>,
-        received: Option<(&[ChangeHash], Storable)>,
-        signatures: Vec<(ActorId, Signed)>,
+        outputs: Vec<HubOutput>,
+        mut done: Option<oneshot::Sender<Result<(), StoreError>>>,
     ) {
-        // Stored when they are (now) the latest of their actor; the book may hold them already
-        // (`SignatureBook::sign_local` records what it signs).
-        let mut changed_signatures = Vec::new();
-        for (actor, signed) in signatures {
-            ds.book.insert(actor.clone(), signed);
-            if ds.book.get(&actor) == Some(&signed) {
-                changed_signatures.push((actor, signed));
-            }
-        }
-        let heads = ds.doc.get_heads();
-        if heads == ds.persisted_heads {
-            if !changed_signatures.is_empty() {
-                self.store.queue(
-                    WriteOp::PutSignatures(
-                        ds.key.clone(),
-                        signature_records(changed_signatures.iter().map(|(a, s)| (a, s))),
-                    ),
+        for o in outputs {
+            match o {
+                HubOutput::Send { stream, frame } => {
+                    if let Some(outbox) = ds.outboxes.get(&stream) {
+                        let _ = outbox.send(frame);
+                    }
+                }
+                HubOutput::Store(StoreWrite::Signatures(signatures)) => self.store.queue(
+                    WriteOp::PutSignatures(ds.key.clone(), signature_records(&signatures)),
                     None,
-                );
-            }
-            if let Some(d) = done {
-                let _ = d.send(Ok(()));
-            }
-            return;
-        }
-        let op = match received {
-            // The peer's whole document, holding everything this one has: the new snapshot.
-            Some((_, Storable::Document(bytes))) => {
-                ds.chunks_since_snapshot = 0;
-                WriteOp::Compact(ds.key.clone(), bytes)
-            }
-            Some((before, Storable::Changes(bytes))) if before == ds.persisted_heads.as_slice() => {
-                ds.chunks_since_snapshot += 1;
-                WriteOp::AppendChunk(ds.key.clone(), bytes)
-            }
-            _ => {
-                ds.chunks_since_snapshot += 1;
-                WriteOp::AppendChunk(ds.key.clone(), ds.doc.save_after(&ds.persisted_heads))
-            }
-        };
-        let op = if ds.book_unsaved {
-            ds.book_unsaved = false;
-            WriteOp::WithSignatures(
-                Box::new(op),
-                ds.key.clone(),
-                signature_records(ds.book.iter()),
-            )
-        } else if changed_signatures.is_empty() {
-            op
-        } else {
-            WriteOp::WithSignatures(
-                Box::new(op),
-                ds.key.clone(),
-                signature_records(changed_signatures.iter().map(|(a, s)| (a, s))),
-            )
-        };
-        let op = match ds.week {
-            Some(week) => WriteOp::Batch(vec![op, self.note_week_stored(ds, week)]),
-            None => op,
-        };
-        ds.persisted_heads = heads;
-        ds.unflushed += 1;
-        if !notify_applied {
-            ds.unflushed_local += 1;
-        }
-        let queued_gen = ds.fail_gen;
-        if notify_applied {
-            self.changed.send_modify(|g| *g += 1);
-            ds.signals.relayable.send_modify(|g| *g += 1);
-        }
-        let me = Arc::downgrade(self);
-        let key = ds.key.clone();
-        let signals = ds.signals.clone();
-        self.store.queue(
-            op,
-            Some(Box::new(move |r| {
-                if let Some(me) = me.upgrade()
-                    && let Some(handle) = me.doc(&key)
-                {
-                    let (clean, relay) = {
-                        let mut ds = lock(&handle);
-                        ds.unflushed -= 1;
-                        if !notify_applied {
-                            ds.unflushed_local -= 1;
-                        }
-                        match &r {
-                            Ok(()) if queued_gen == ds.fail_gen => ds.undurable = false,
-                            Ok(()) => {}
-                            Err(e) => {
-                                // Save everything again with the next chunk; hold the sessions.
-                                tracing::error!("a document change could not be stored: {e}");
-                                ds.undurable = true;
-                                ds.fail_gen += 1;
-                                ds.persisted_heads.clear();
-                                ds.book_unsaved = true;
-                            }
-                        }
-                        (
-                            ds.unflushed == 0 && !ds.undurable,
-                            !notify_applied && Shared::may_relay(&ds),
+                ),
+                HubOutput::Store(StoreWrite::Compact(bytes)) => self
+                    .store
+                    .queue(WriteOp::Compact(ds.key.clone(), bytes), None),
+                HubOutput::Store(StoreWrite::Chunk {
+                    ticket,
+                    bytes,
+                    snapshot,
+                    signatures,
+                }) => {
+                    let op = if snapshot {
+                        WriteOp::Compact(ds.key.clone(), bytes)
+                    } else {
+                        WriteOp::AppendChunk(ds.key.clone(), bytes)
+                    };
+                    let op = if signatures.is_empty() {
+                        op
+                    } else {
+                        WriteOp::WithSignatures(
+                            Box::new(op),
+                            ds.key.clone(),
+                            signature_records(&signatures),
                         )
                     };
-                    if r.is_ok() && !notify_applied {
-                        me.changed.send_modify(|g| *g += 1);
-                    }
-                    if relay {
-                        signals.relayable.send_modify(|g| *g += 1);
-                    }
-                    if clean {
-                        signals.durable.send_modify(|g| *g += 1);
-                    }
+                    let op = match ds.week {
+                        Some(week) => WriteOp::Batch(vec![op, self.note_week_stored(ds, week)]),
+                        None => op,
+                    };
+                    let me = Arc::downgrade(self);
+                    let key = ds.key.clone();
+                    let done = done.take();
+                    self.store.queue(
+                        op,
+                        Some(Box::new(move |r| {
+                            if let Some(me) = me.upgrade()
+                                && let Some(handle) = me.doc(&key)
+                            {
+                                if let Err(e) = &r {
+                                    // Saved again with the next chunk; the sessions wait.
+                                    tracing::error!("a document change could not be stored: {e}");
+                                }
+                                let mut guard = lock(&handle);
+                                let ds = &mut *guard;
+                                let outputs = ds.hub.stored(
+                                    ticket,
+                                    r.is_ok(),
+                                    &ds.doc,
+                                    &ds.book,
+                                    me.now_ms(),
+                                );
+                                me.dispatch(ds, outputs, None);
+                            }
+                            if let Some(d) = done {
+                                let _ = d.send(r);
+                            }
+                        })),
+                    );
                 }
-                if let Some(d) = done {
-                    let _ = d.send(r);
+                HubOutput::PersistSyncState { peer, state } => {
+                    self.persist_sync_state(&peer, &ds.key, state)
                 }
-            })),
-        );
-        if ds.chunks_since_snapshot >= COMPACT_EVERY_CHUNKS {
-            ds.chunks_since_snapshot = 0;
-            self.store
-                .queue(WriteOp::Compact(ds.key.clone(), ds.doc.save()), None);
+                HubOutput::AdoptDocId(id) => self.adopt_doc_id(ds, id),
+                HubOutput::PeerClockOffset { peer, offset_ms } => {
+                    self.set_clock_offset(&peer, offset_ms)
+                }
+                HubOutput::Changed => self.changed.send_modify(|g| *g += 1),
+            }
+        }
+        if let Some(d) = done {
+            let _ = d.send(Ok(()));
         }
     }
 
@@ -1228,7 +1137,7 @@ impl Node {
                 .write(WriteOp::WithSignatures(
                     Box::new(WriteOp::PutMeta("own_history_signed", vec![1])),
                     DocKey::WORKSPACE,
-                    signature_records(signed.iter().map(|(a, s)| (a, s))),
+                    signature_records(&signed),
                 ))
                 .await?;
         }
@@ -1284,6 +1193,7 @@ impl Node {
             origin: Instant::now(),
             clock: config.clock.clone(),
             next_conn: 0.into(),
+            next_stream: 0.into(),
             wake_dialer: Notify::new(),
             path: path.clone(),
             codes: Mutex::new(crate::pairing::Codes::load(&loaded.pairing_tokens)),
@@ -1745,7 +1655,12 @@ impl Node {
     pub async fn flush(&self) -> Result<(), NodeError> {
         // A read runs only after everything queued before it is committed.
         self.shared.store.read(|_| ()).await?;
-        if self.shared.loaded().iter().any(|d| lock(d).undurable) {
+        if self
+            .shared
+            .loaded()
+            .iter()
+            .any(|d| lock(d).hub.durability().undurable())
+        {
             return Err(NodeError::Store(StoreError::Io {
                 path: self.shared.path.clone(),
                 reason: "a document change could not be stored (see the log)".into(),
@@ -1964,8 +1879,7 @@ impl Node {
             ds.doc = Automerge::new().with_actor(self.shared.id.session_actor(random_bytes()));
             ds.book.clear();
             ds.doc_id = None;
-            ds.persisted_heads.clear();
-            ds.chunks_since_snapshot = 0;
+            ds.hub.durability_mut().replaced(Vec::new());
             lock(&self.shared.sync_states).clear();
             self.shared.forget_weeks();
             self.shared.store.queue(WriteOp::ClearDocuments, None);
@@ -2099,12 +2013,12 @@ impl Node {
         // Leave a single snapshot of each document behind so that the next start loads one
         // compact document instead of replaying every incremental chunk.
         for doc in self.shared.loaded() {
-            let mut ds = lock(&doc);
-            if ds.chunks_since_snapshot > 0 {
-                ds.chunks_since_snapshot = 0;
+            let mut guard = lock(&doc);
+            let ds = &mut *guard;
+            if let Some(snapshot) = ds.hub.durability_mut().snapshot_due(&ds.doc) {
                 self.shared
                     .store
-                    .queue(WriteOp::Compact(ds.key.clone(), ds.doc.save()), None);
+                    .queue(WriteOp::Compact(ds.key.clone(), snapshot), None);
             }
         }
         // Wait for queued writes (sync states, peer records, snapshot) to be committed.
@@ -2171,15 +2085,16 @@ fn local_change<R>(
         let ds = &mut *ds;
         signatures.extend(ds.book.sign_local(&ds.doc, &shared.key, hash));
     }
-    shared.persist_changes(&mut ds, false, done, None, signatures);
+    let ds = &mut *ds;
+    let outputs = ds.hub.local_change(&ds.doc, &mut ds.book, signatures);
+    shared.dispatch(ds, outputs, done);
     Ok(r.result)
 }
 
 /// Change signatures as stored: (actor hex, [`Signed::to_bytes`]).
-fn signature_records<'a>(
-    signed: impl Iterator<Item = (&'a ActorId, &'a Signed)>,
-) -> Vec<(String, Vec<u8>)> {
+fn signature_records(signed: &[(ActorId, Signed)]) -> Vec<(String, Vec<u8>)> {
     signed
+        .iter()
         .map(|(a, s)| (a.to_hex_string(), s.to_bytes().to_vec()))
         .collect()
 }

@@ -38,7 +38,7 @@ pub enum StoreError {
     },
     /// The disk is full; nothing of the failed write was kept, earlier commits are intact.
     #[error(
-        "no space left on the disk of {path}: the change was not saved (it is kept in memory, not sent, and saved with the next change once there is space)"
+        "no space left on the disk of {path}: the change was not saved (it is kept in memory, not sent, and saved once there is space: with the next change, or retried while a peer is connected)"
     )]
     DiskFull {
         /// The file.

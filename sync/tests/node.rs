@@ -208,28 +208,12 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_every_acknowledged_chan
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt)?;
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(disk) = small_disk(&mnt, "1m") else {
         eprintln!(
             "SKIPPED: mounting a 1 MiB tmpfs needs root; the full-disk behaviour was not checked"
         );
         return Ok(());
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let data = mnt.join("desk");
     let node = Node::open(desktop(&data)).await?;
     let key = week(&node).await?;
@@ -258,15 +242,123 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_every_acknowledged_chan
     );
     node.shutdown().await;
     // Make room and reopen: every acknowledged message is there.
-    let grown = std::process::Command::new("mount")
-        .args(["-o", "remount,size=8m"])
-        .arg(&mnt)
-        .status()?;
-    assert!(grown.success());
+    disk.grow("8m");
     let node = Node::open(desktop(&data)).await?;
     let have = count(&node, &week(&node).await?);
     assert!(have >= acked, "acknowledged {acked}, found {have}");
     node.shutdown().await;
+    Ok(())
+}
+
+/// Mounts a tmpfs of `size` (e.g. "1m") on `dir`; unmounted on drop. `None` without root.
+fn small_disk(dir: &std::path::Path, size: &str) -> Option<Unmount> {
+    std::fs::create_dir_all(dir).ok()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    mounted.then(|| Unmount(dir.to_path_buf()))
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Unmount {
+    fn grow(&self, size: &str) {
+        let grown = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("mount");
+        assert!(grown.success(), "remounting {} failed", self.0.display());
+    }
+}
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A change the full disk refused is kept in memory and not sent; once there is space it is
+/// stored and reaches the phone with no further change to trigger it (the hub retries the
+/// write). Needs root, as in CI; elsewhere it says so and checks nothing.
+#[tokio::test]
+async fn a_change_a_full_disk_refused_reaches_the_phone_once_there_is_space() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let Some(disk) = small_disk(&dir.path().join("small"), "1m") else {
+        eprintln!("SKIPPED: mounting a 1 MiB tmpfs needs root; the retry was not checked");
+        return Ok(());
+    };
+    let data = dir.path().join("small").join("desk");
+    let desk = Node::open(desktop(&data)).await?;
+    let phone = Node::open(NodeConfig::new(dir.path().join("phone"), NodeRole::Phone)).await?;
+    let payload = desk.create_pairing(std::time::Duration::from_secs(60))?;
+    phone.pair(&payload, "phone", "terminal").await?;
+    let key = week(&desk).await?;
+    assert_eq!(phone.conversation_doc_at(1).await?, key);
+    let big = "z".repeat(16 * 1024);
+    let mut acked = 0usize;
+    loop {
+        let m = Message {
+            text: format!("{acked} {big}"),
+            ..msg(&desk, &format!("m{acked}"))
+        };
+        match desk
+            .write_doc(&key, |tx| Workspace::append_message(tx, &m))
+            .await
+        {
+            Ok(()) => acked += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("no space left"), "{e}");
+                break;
+            }
+        }
+        assert!(acked < 1000, "a 1 MiB disk never filled up");
+    }
+    let refused = format!("m{acked}");
+    let has_refused = |node: &Node| {
+        node.read_doc(&key, |d| {
+            Workspace::messages_from(d, 0)
+                .is_ok_and(|ms| ms.iter().any(|m| m.id.as_str() == refused))
+        })
+        .unwrap_or(false)
+    };
+    assert!(has_refused(&desk), "the refused change is kept in memory");
+    // While the disk stays full the desktop retries and fails: the change is never sent.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        !has_refused(&phone),
+        "a change that is not on the desktop's disk reached the phone"
+    );
+    // Room again, and nobody writes: the retry stores it and the phone receives it.
+    disk.grow("16m");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !has_refused(&phone) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused change never reached the phone once there was space"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        count(&phone, &key) > acked,
+        "every acknowledged message too"
+    );
+    desk.shutdown().await;
+    phone.shutdown().await;
+    // It was stored, not only relayed: the desktop has it after a restart.
+    let desk = Node::open(desktop(&data)).await?;
+    assert_eq!(week(&desk).await?, key);
+    assert!(
+        has_refused(&desk),
+        "the retried change is on the desktop's disk"
+    );
+    desk.shutdown().await;
     Ok(())
 }
 

@@ -300,7 +300,10 @@ impl Shared {
                 return true;
             };
             let Some(week) = ds.week else { return true };
-            if Some(week) == this_week || Shared::is_dirty(&ds) || ds.book_unsaved {
+            if Some(week) == this_week
+                || ds.hub.durability().is_dirty()
+                || ds.hub.durability().book_unsaved()
+            {
                 return true;
             }
             let quiet = infos
@@ -414,8 +417,8 @@ pub(crate) async fn split_workspace(
         let mut ds = lock(&shared.main);
         ds.doc = root;
         ds.doc.set_actor(device.session_actor(random_bytes()));
-        ds.persisted_heads = ds.doc.get_heads();
-        ds.chunks_since_snapshot = 0;
+        let heads = ds.doc.get_heads();
+        ds.hub.durability_mut().replaced(heads);
         ds.book.clear();
     }
     lock(&shared.sync_states).retain(|(_, d), _| *d != DocKey::WORKSPACE);
@@ -488,8 +491,7 @@ pub(crate) async fn set_aside_legacy(
         .await?;
     let mut ds = lock(&shared.main);
     ds.doc = Automerge::new().with_actor(device.session_actor(random_bytes()));
-    ds.persisted_heads.clear();
-    ds.chunks_since_snapshot = 0;
+    ds.hub.durability_mut().replaced(Vec::new());
     ds.book.clear();
     drop(ds);
     lock(&shared.sync_states).retain(|(_, d), _| *d != DocKey::WORKSPACE);
