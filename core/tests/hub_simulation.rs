@@ -24,6 +24,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod sim;
+use sim::{Faults, Rng, Wire};
+
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ChangeHash, ROOT, ReadDoc};
 use deskhand_core::authorship::SignatureBook;
@@ -40,25 +43,6 @@ const DESKTOP: usize = 0;
 const HEAL_LIMIT_MS: u64 = 120_000;
 /// Guards against a loop that never advances the clock.
 const MAX_EVENTS: u64 = 400_000;
-
-/// splitmix64: tiny, fast, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn per_mille(&mut self, p: u64) -> bool {
-        self.below(1000) < p
-    }
-}
 
 /// What one run does. Probabilities are per mille: per frame for the network, per write for
 /// the disk, per chaos step for the rest.
@@ -133,17 +117,10 @@ struct Device {
     disk: Disk,
 }
 
-struct Packet {
-    due: u64,
-    seq: u64,
-    frame: Frame,
-}
-
 /// One document's stream between the desktop (side 0) and a phone (side 1).
 #[derive(Default)]
 struct Link {
-    inbox: [Vec<Packet>; 2],
-    fifo_due: [u64; 2],
+    wire: Wire,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -415,30 +392,17 @@ impl Sim {
         self.stats.frames += 1;
         let side = if dev == DESKTOP { 0 } else { 1 };
         let to = 1 - side;
-        if self.chaos && self.rng.per_mille(self.cfg.drop) {
+        let faults = self.chaos.then_some(Faults {
+            drop: self.cfg.drop,
+            duplicate: self.cfg.duplicate,
+            reorder: self.cfg.reorder,
+        });
+        let sent =
+            self.links[link]
+                .wire
+                .send(to, &frame, self.now, &mut self.seq, &mut self.rng, faults);
+        if sent.dropped {
             self.stats.dropped += 1;
-            return;
-        }
-        let copies = if self.chaos && self.rng.per_mille(self.cfg.duplicate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut due = self.now + 1 + self.rng.below(20);
-            if self.chaos && self.rng.per_mille(self.cfg.reorder) {
-                due += self.rng.below(500);
-            } else {
-                let l = &mut self.links[link];
-                due = due.max(l.fifo_due[to]);
-                l.fifo_due[to] = due;
-            }
-            self.seq += 1;
-            self.links[link].inbox[to].push(Packet {
-                due,
-                seq: self.seq,
-                frame: frame.clone(),
-            });
         }
     }
 
@@ -454,7 +418,7 @@ impl Sim {
                 continue;
             }
             for side in 0..2 {
-                for (index, p) in l.inbox[side].iter().enumerate() {
+                for (index, p) in l.wire.inbox[side].iter().enumerate() {
                     consider(p.due, p.seq, Event::Deliver { link, side, index });
                 }
                 let hub = &self.devices[side_device(link, side)].replicas[link % DOCS].hub;
@@ -482,7 +446,7 @@ impl Sim {
         }
         match event {
             Event::Deliver { link, side, index } => {
-                let p = self.links[link].inbox[side].swap_remove(index);
+                let p = self.links[link].wire.inbox[side].swap_remove(index);
                 let len = p.frame.encode().len();
                 let (dev, d) = (side_device(link, side), link % DOCS);
                 let r = &mut self.devices[dev].replicas[d];
@@ -798,34 +762,14 @@ fn run(cfg: Config) -> Result<Stats, String> {
     Ok(sim.stats)
 }
 
-fn seeds() -> Vec<u64> {
-    match std::env::var("SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("SIM_SEED must be a number")],
-        Err(_) => {
-            let n = std::env::var("SIM_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(48);
-            (0..n).collect()
-        }
-    }
-}
-
 #[test]
 fn documents_converge_under_network_and_storage_faults_and_crashes() {
     let mut failures = Vec::new();
     let mut total = Stats::default();
-    let seeds = seeds();
+    let seeds = sim::seeds(48);
     for &seed in &seeds {
         let cfg = Config::from_seed(seed);
-        let result = std::panic::catch_unwind(|| run(cfg)).unwrap_or_else(|p| {
-            let what = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("?");
-            Err(format!("panicked: {what}"))
-        });
+        let result = sim::catch(|| run(cfg));
         match result {
             Ok(s) => {
                 total.frames += s.frames;

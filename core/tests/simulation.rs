@@ -18,6 +18,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod sim;
+use sim::{Faults, Rng, Wire};
+
 use automerge::{Automerge, ChangeHash};
 use deskhand_core::authorship::SignatureBook;
 use deskhand_core::schema::{DesktopInfo, ExecutorState};
@@ -43,25 +46,6 @@ const SETTLE_MS: u64 = 5_000;
 const QUIET_WINDOW_MS: u64 = 60_000;
 /// Guards against a loop that never advances the clock.
 const MAX_EVENTS: u64 = 100_000;
-
-/// splitmix64: tiny, fast, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn per_mille(&mut self, p: u64) -> bool {
-        self.below(1000) < p
-    }
-}
 
 /// What one run does. Probabilities are per mille: per frame for the network faults, per chaos
 /// step for the rest.
@@ -101,21 +85,13 @@ struct Node {
     sync_states: BTreeMap<DeviceId, Vec<u8>>,
 }
 
-struct Packet {
-    due: u64,
-    seq: u64,
-    frame: Frame,
-}
-
 /// The connection between the desktop (side 0) and one phone (side 1).
 #[derive(Default)]
 struct Link {
     /// Both are `Some` while the link is up.
     sessions: [Option<SyncSession>; 2],
     /// Frames on their way to each side.
-    inbox: [Vec<Packet>; 2],
-    /// Latest due time handed out per direction, which keeps frames that are not reordered in order.
-    fifo_due: [u64; 2],
+    wire: Wire,
 }
 
 impl Link {
@@ -307,35 +283,21 @@ impl Sim {
             }
         }
         self.log(|| format!("link {link} -> side {to}: {}", describe(&frame)));
-        if self.chaos && self.rng.per_mille(self.cfg.drop) {
+        let faults = self.chaos.then_some(Faults {
+            drop: self.cfg.drop,
+            duplicate: self.cfg.duplicate,
+            reorder: self.cfg.reorder,
+        });
+        let sent =
+            self.links[link]
+                .wire
+                .send(to, &frame, self.now, &mut self.seq, &mut self.rng, faults);
+        if sent.dropped {
             self.stats.dropped += 1;
             self.log(|| "  dropped".into());
-            return;
         }
-        let copies = if self.chaos && self.rng.per_mille(self.cfg.duplicate) {
-            self.stats.duplicated += 1;
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut due = self.now + 1 + self.rng.below(20);
-            if self.chaos && self.rng.per_mille(self.cfg.reorder) {
-                // Held back without holding up what follows: later frames overtake it.
-                self.stats.reordered += 1;
-                due += self.rng.below(500);
-            } else {
-                let l = &mut self.links[link];
-                due = due.max(l.fifo_due[to]);
-                l.fifo_due[to] = due;
-            }
-            self.seq += 1;
-            self.links[link].inbox[to].push(Packet {
-                due,
-                seq: self.seq,
-                frame: frame.clone(),
-            });
-        }
+        self.stats.duplicated += u64::from(sent.duplicated);
+        self.stats.reordered += sent.reordered;
     }
 
     /// Carries out what a session asked for, including what that in turn causes.
@@ -422,7 +384,7 @@ impl Sim {
                 let Some(session) = &l.sessions[side] else {
                     continue;
                 };
-                for (index, p) in l.inbox[side].iter().enumerate() {
+                for (index, p) in l.wire.inbox[side].iter().enumerate() {
                     consider(p.due, p.seq, Event::Deliver { link, side, index });
                 }
                 consider(
@@ -444,7 +406,7 @@ impl Sim {
         }
         match event {
             Event::Deliver { link, side, index } => {
-                let p = self.links[link].inbox[side].swap_remove(index);
+                let p = self.links[link].wire.inbox[side].swap_remove(index);
                 let len = p.frame.encode().len();
                 self.log(|| format!("link {link} side {side} <- {}", describe(&p.frame)));
                 let doc = &self.nodes[node_of(link, side)].doc;
@@ -584,7 +546,7 @@ impl Sim {
         let heads = sorted_heads(&self.nodes[DESKTOP].doc);
         self.links
             .iter()
-            .all(|l| l.is_up() && l.inbox.iter().all(Vec::is_empty))
+            .all(|l| l.is_up() && l.wire.inbox.iter().all(Vec::is_empty))
             && self.nodes.iter().all(|n| sorted_heads(&n.doc) == heads)
     }
 
@@ -787,34 +749,14 @@ fn run(cfg: Config) -> Result<Stats, String> {
     Ok(sim.stats)
 }
 
-fn seeds() -> Vec<u64> {
-    match std::env::var("SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("SIM_SEED must be a number")],
-        Err(_) => {
-            let n = std::env::var("SIM_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(64);
-            (0..n).collect()
-        }
-    }
-}
-
 #[test]
 fn star_converges_under_drops_duplicates_reorders_and_disconnects() {
     let mut failures = Vec::new();
     let mut total = Stats::default();
-    let seeds = seeds();
+    let seeds = sim::seeds(64);
     for &seed in &seeds {
         let cfg = Config::from_seed(seed);
-        let result = std::panic::catch_unwind(|| run(cfg)).unwrap_or_else(|p| {
-            let what = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("?");
-            Err(format!("panicked: {what}"))
-        });
+        let result = sim::catch(|| run(cfg));
         match result {
             Ok(s) if s.edits == 0 => {
                 eprintln!("seed {seed} made no edit: the run exercised nothing");
