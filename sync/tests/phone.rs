@@ -41,6 +41,45 @@ async fn desktop(dir: &std::path::Path, listen: std::net::SocketAddr) -> Result<
     .await?)
 }
 
+/// Takes the stopped desktop's port `listen` as soon as the desktop has let it go (its endpoint
+/// closes in the background), so that no other socket is given it while the desktop is down.
+/// Errors when the port is not free within [`T`].
+async fn hold_port(listen: std::net::SocketAddr) -> Result<std::net::UdpSocket> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match std::net::UdpSocket::bind(listen) {
+            Ok(held) => return Ok(held),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                bail!("the stopped desktop's port {listen} never came free: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Opens the desktop in `dir` again on `listen`, letting go of `held` (from [`hold_port`]) just
+/// before. Tests run in parallel processes that bind ports of the system's choosing, so one may
+/// take the port in that instant: the open is retried for up to [`T`], and its last error is
+/// returned.
+async fn reopen_desktop(
+    dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    held: std::net::UdpSocket,
+) -> Result<Node> {
+    drop(held);
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match desktop(dir, listen).await {
+            Ok(desk) => return Ok(desk),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+            Err(e) => {
+                eprintln!("reopening the desktop: {e:#}; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 async fn phone(dir: &std::path::Path, name: &str) -> Result<Phone> {
     let key = Arc::new(FileKeyProvider::in_data_dir(dir));
     Ok(Phone::open(PhoneConfig::new(dir, name, "test").with_key_provider(key)).await?)
@@ -345,8 +384,8 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
     // Desktop down: the write is kept, pending, across a reopen; it converges when it is back.
     desk.shutdown().await;
     // Its port stays taken while it is down, so that the phone reopened below (listening on a
-    // port of the system's choosing) cannot be given it; seen once in CI as "cannot listen".
-    let held_port = std::net::UdpSocket::bind(listen).ok();
+    // port of the system's choosing) cannot be given it; seen in CI as "cannot listen".
+    let held_port = hold_port(listen).await?;
     let offline = p.send_message("while you were away").await?;
     let s = p.snapshot()?;
     let m = s
@@ -376,8 +415,7 @@ async fn a_phone_pairs_writes_decides_fetches_and_keeps_what_it_wrote_offline() 
             .iter()
             .any(|m| m.message.id == mid && m.delivery == Delivery::Synced)
     );
-    drop(held_port);
-    let desk = desktop(&desk_dir, listen).await?;
+    let desk = reopen_desktop(&desk_dir, listen, held_port).await?;
     p.sync(T).await?;
     desktop_until(&desk, "the offline message", |w| {
         w.messages.iter().any(|m| m.id == offline).then_some(())
